@@ -1,0 +1,188 @@
+"""Label catalogs of the HPA classification tasks and label-string parsing.
+
+Two catalogs are known:
+
+``hpa2021``
+    The 19 classes of the 2021 single-cell challenge (18 = Negative); label strings use ``|``.
+``hpa2018``
+    The 28 classes of the 2018 image-level challenge; label strings use spaces.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+HPA2021: tuple[str, ...] = (
+    "Nucleoplasm",
+    "Nuclear membrane",
+    "Nucleoli",
+    "Nucleoli fibrillar center",
+    "Nuclear speckles",
+    "Nuclear bodies",
+    "Endoplasmic reticulum",
+    "Golgi apparatus",
+    "Intermediate filaments",
+    "Actin filaments",
+    "Microtubules",
+    "Mitotic spindle",
+    "Centrosome",
+    "Plasma membrane",
+    "Mitochondria",
+    "Aggresome",
+    "Cytosol",
+    "Vesicles and punctate cytosolic patterns",
+    "Negative",
+)
+
+HPA2018: tuple[str, ...] = (
+    "Nucleoplasm",
+    "Nuclear membrane",
+    "Nucleoli",
+    "Nucleoli fibrillar center",
+    "Nuclear speckles",
+    "Nuclear bodies",
+    "Endoplasmic reticulum",
+    "Golgi apparatus",
+    "Peroxisomes",
+    "Endosomes",
+    "Lysosomes",
+    "Intermediate filaments",
+    "Actin filaments",
+    "Focal adhesion sites",
+    "Microtubules",
+    "Microtubule ends",
+    "Cytokinetic bridge",
+    "Mitotic spindle",
+    "Microtubule organizing center",
+    "Centrosome",
+    "Lipid droplets",
+    "Plasma membrane",
+    "Cell junctions",
+    "Mitochondria",
+    "Aggresome",
+    "Cytosol",
+    "Cytoplasmic bodies",
+    "Rods & rings",
+)
+
+
+@dataclass(frozen=True)
+class LabelCatalog:
+    """A named, ordered list of classes.
+
+    Attributes
+    ----------
+    name : str
+        ``"hpa2021"`` or ``"hpa2018"``.
+    classes : tuple of str
+        Class names; the index is the class id.
+    separator : str
+        Separator used by this catalog's metadata tables.
+    negative : int or None
+        Id of the Negative class, if the catalog has one.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    separator: str
+    negative: int | None
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    def index(self, name: str) -> int:
+        """Class id of a class name (case-insensitive).
+
+        Raises
+        ------
+        KeyError
+            If the name is not in the catalog.
+        """
+        lowered = {c.lower(): i for i, c in enumerate(self.classes)}
+        try:
+            return lowered[name.strip().lower()]
+        except KeyError:
+            raise KeyError(f"class {name!r} is not in catalog {self.name}") from None
+
+
+CATALOGS: dict[str, LabelCatalog] = {
+    "hpa2021": LabelCatalog("hpa2021", HPA2021, "|", 18),
+    "hpa2018": LabelCatalog("hpa2018", HPA2018, " ", None),
+}
+
+
+def get_catalog(name: str) -> LabelCatalog:
+    """Return the catalog registered under ``name``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown catalog name, listing the known ones.
+    """
+    try:
+        return CATALOGS[name]
+    except KeyError:
+        raise ValueError(f"unknown label catalog {name!r}; known: {sorted(CATALOGS)}") from None
+
+
+class LabelError(ValueError):
+    """A label string that does not parse against its catalog."""
+
+
+_SPLIT_AUTO = re.compile(r"[|\s;,]+")
+
+
+def parse_labels(text: object, catalog: LabelCatalog, separator: str = "auto") -> tuple[int, ...]:
+    """Parse a metadata label string into sorted, unique class ids.
+
+    Parameters
+    ----------
+    text : str or int
+        Label string such as ``"0|16"`` (2021), ``"0 16"`` (2018) or a single id.
+    catalog : LabelCatalog
+        Catalog the ids must belong to.
+    separator : str
+        ``"|"``, ``" "`` or ``"auto"`` (any of ``| ; ,`` or whitespace).
+
+    Returns
+    -------
+    tuple of int
+        Sorted unique class ids.
+
+    Raises
+    ------
+    LabelError
+        Empty string, a token that is not an integer, or an id outside the catalog.
+    """
+    if text is None or (isinstance(text, float) and text != text):
+        raise LabelError("no labels")
+    raw = str(text).strip()
+    if not raw:
+        raise LabelError("no labels")
+    if separator == "auto":
+        tokens = [t for t in _SPLIT_AUTO.split(raw) if t]
+    elif separator.strip() == "":
+        tokens = raw.split()
+    else:
+        tokens = [t.strip() for t in raw.split(separator)]
+    ids: set[int] = set()
+    for tok in tokens:
+        if not re.fullmatch(r"\d+", tok):
+            raise LabelError(f"label {tok!r} is not a class id (string {raw!r})")
+        value = int(tok)
+        if value >= catalog.n_classes:
+            raise LabelError(
+                f"label {value} is outside catalog {catalog.name} (0..{catalog.n_classes - 1})"
+            )
+        ids.add(value)
+    if catalog.negative is not None and catalog.negative in ids and len(ids) > 1:
+        raise LabelError(f"Negative ({catalog.negative}) combined with other labels in {raw!r}")
+    return tuple(sorted(ids))
+
+
+def format_labels(ids: tuple[int, ...] | list[int], catalog: LabelCatalog) -> str:
+    """Inverse of :func:`parse_labels` with the catalog's own separator."""
+    return catalog.separator.join(str(i) for i in sorted(set(ids)))
