@@ -1,0 +1,26 @@
+# hpa_batch workflow: HPA immunofluorescence images -> OME-Zarr -> ... (see docs/ARCHITECTURE.md).
+# Local:   snakemake --cores all
+# Cluster: snakemake --profile slurm        (see README.md, "Running on a SLURM cluster")
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/convert.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.convert.input,
+
+
+onsuccess:
+    print_qc_summary()

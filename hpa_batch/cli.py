@@ -1,0 +1,237 @@
+"""``hpa-batch``: one verb per pipeline stage; every stage runs with or without Snakemake.
+
+Stage verbs take ``--config FILE`` (the YAML the user edits) and/or ``--config-json STR`` (a partial
+config merged on top; Snakemake rules pass the config subset the stage reads so a job reruns exactly
+when that subset changes). Paths not given default to the contract under ``results_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hpa_batch import __version__
+from hpa_batch.config import Config, ConfigError, load_config
+from hpa_batch.plan import PlanError
+from hpa_batch.progress import get_logger
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config (e.g. config/config.yaml)")
+    p.add_argument("--config-json", help="JSON object merged over --config (used by Snakemake rules)")
+
+
+def _cfg(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.config_json)
+
+
+def _paths(cfg: Config, shard: str) -> dict[str, Path]:
+    r = cfg.results_dir
+    return {
+        "manifest": r / "manifest" / f"{shard}.parquet",
+        "manifest_rejected": r / "qc" / f"{shard}.manifest.tsv",
+        "store": r / "zarr" / f"{shard}.zarr",
+        "rejected": r / "qc" / f"{shard}.rejected.tsv",
+        "summary": r / "zarr" / f"{shard}.convert.json",
+    }
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from hpa_batch.synth import synthesize_dataset
+
+    summary = synthesize_dataset(
+        args.out,
+        args.n_images,
+        args.seed,
+        sizes=[int(s) for s in args.sizes.split(",")],
+        cell_lines=args.cell_lines.split(",") if args.cell_lines else None,
+        fmt=args.format,
+        catalog=args.labels,
+        workers=args.workers,
+    )
+    print(f"wrote {len(summary.ids)} images ({summary.n_cells} cells) to {summary.images_dir}")
+    print(f"metadata: {summary.metadata}\nground truth: {summary.truth_dir}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from hpa_batch.plan import plan_from_config
+
+    shards = plan_from_config(_cfg(args))
+    if args.format == "json":
+        print(json.dumps([s.__dict__ for s in shards], indent=1))
+    elif args.format == "names":
+        print("\n".join(s.name for s in shards))
+    else:
+        print(f"{'shard':<28}{'cell line':<20}{'images':>7}  digest")
+        for s in shards:
+            print(f"{s.name:<28}{s.cell_line:<20}{len(s.ids):>7}  {s.digest}")
+        print(f"{len(shards)} shard(s), {sum(len(s.ids) for s in shards)} image(s)")
+    return 0
+
+
+def _run_manifest(cfg: Config, shard_name: str, out: Path, rejected: Path, expect: str | None) -> int:
+    from hpa_batch.manifest import build_manifest, write_manifest
+    from hpa_batch.plan import find_shard
+
+    shard, meta = find_shard(cfg, shard_name)
+    if expect and shard.digest != expect:
+        raise SystemExit(
+            f"shard {shard_name}: metadata changed since the workflow was planned "
+            f"(digest {shard.digest} != {expect}); rerun snakemake"
+        )
+    manifest = build_manifest(cfg, shard, meta)
+    write_manifest(manifest, out, rejected)
+    get_logger().info(
+        "manifest %s: %d admitted, %d refused (%s)", shard_name, len(manifest.admitted),
+        len(manifest.rejected), rejected,
+    )
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    p = _paths(cfg, args.shard)
+    return _run_manifest(
+        cfg, args.shard, args.out or p["manifest"], args.rejected or p["manifest_rejected"],
+        args.expect_digest,
+    )
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from hpa_batch.convert import convert_shard
+
+    cfg = _cfg(args)
+    p = _paths(cfg, args.shard)
+    manifest = args.manifest or p["manifest"]
+    manifest_rejected = args.manifest_rejected or p["manifest_rejected"]
+    if not manifest.is_file():
+        _run_manifest(cfg, args.shard, manifest, manifest_rejected, None)
+    convert_shard(
+        cfg, manifest, manifest_rejected, args.store or p["store"], args.rejected or p["rejected"],
+        args.summary or p["summary"], threads=args.threads,
+    )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hpa_batch.validate import validate_dataset, validate_store
+
+    if args.path is not None:
+        report = validate_store(args.path, deep=args.deep)
+        what = f"store {args.path}"
+    else:
+        report, _ = validate_dataset(_cfg(args))
+        what = "dataset"
+    for problem in report.problems:
+        print(f"PROBLEM {problem}")
+    print(f"{what}: {report.checked} image(s) checked, {len(report.problems)} problem(s)")
+    return 0 if report.ok else 1
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hpa_batch.validate import describe_store
+
+    info = describe_store(args.path)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"{info['store']}: {info['n_images']} image(s), {info['n_complete']} complete, "
+          f"{info['bytes'] / 1e6:.1f} MB, files per image {info['files_per_image']}")
+    for image in info["images"][: args.limit]:
+        shapes = " ".join("x".join(map(str, lv["shape"])) for lv in image["levels"])
+        print(f"  {image['image']}: {len(image['levels'])} levels [{shapes}] "
+              f"{image['levels'][0]['dtype']} chunks {image['levels'][0]['chunks']} "
+              f"{'complete' if image['complete'] else 'INCOMPLETE'}")
+    if info["n_images"] > args.limit:
+        print(f"  ... {info['n_images'] - args.limit} more")
+    return 0
+
+
+def cmd_qc(args: argparse.Namespace) -> int:
+    from hpa_batch.qc import merge_rejected, summarise
+
+    merged = merge_rejected(args.inputs, args.out)
+    print(summarise(merged))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``hpa-batch`` with all verbs."""
+    parser = argparse.ArgumentParser(prog="hpa-batch", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"hpa-batch {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("synth", help="write a synthetic dataset in the HPA layout (+ ground truth)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n-images", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sizes", default="1728,2048,3072", help="comma-separated image sides")
+    p.add_argument("--cell-lines", help="comma-separated cell line names")
+    p.add_argument("--format", choices=["png", "tif", "jpg"], default="png")
+    p.add_argument("--labels", choices=["hpa2021", "hpa2018"], default="hpa2021")
+    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("plan", help="print the shard plan of a config")
+    _add_config_args(p)
+    p.add_argument("--format", choices=["table", "json", "names"], default="table")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("manifest", help="check a shard's images and write its manifest + refusals")
+    _add_config_args(p)
+    p.add_argument("--shard", required=True)
+    p.add_argument("--out", type=Path, help="manifest parquet")
+    p.add_argument("--rejected", type=Path, help="refused-images TSV")
+    p.add_argument("--expect-digest", help="fail if the shard's rows no longer hash to this")
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("convert", help="convert a shard to OME-Zarr (runs the manifest if missing)")
+    _add_config_args(p)
+    p.add_argument("--shard", required=True)
+    p.add_argument("--manifest", type=Path)
+    p.add_argument("--manifest-rejected", type=Path)
+    p.add_argument("--store", type=Path)
+    p.add_argument("--rejected", type=Path)
+    p.add_argument("--summary", type=Path)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("validate", help="check a zarr store (PATH) or the configured dataset")
+    _add_config_args(p)
+    p.add_argument("path", nargs="?", type=Path, help="shard store or image group")
+    p.add_argument("--deep", action="store_true", help="also decode every level and check the pyramid")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("info", help="what a store (or image group) holds")
+    p.add_argument("path", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=10)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("qc", help="merge shard refusal tables and print the summary")
+    p.add_argument("inputs", nargs="*", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_qc)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hpa-batch`` command."""
+    args = build_parser().parse_args(argv)
+    get_logger()
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"hpa-batch: {exc}", file=sys.stderr)
+        return 2
+    except PlanError as exc:
+        print(f"hpa-batch {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Typed view of the one configuration schema (``workflow/schemas/config.schema.yaml``).
+
+The Snakefile validates ``config/config.yaml`` against the same schema; the library validates
+whatever it is handed (a YAML file, a dict, or a partial JSON string from a rule's params) and fills
+the schema's defaults, so a stage run from the CLI sees exactly what a stage run by Snakemake sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from hpa_batch.labels import LabelCatalog, get_catalog
+
+
+class ConfigError(ValueError):
+    """Configuration that does not satisfy the schema."""
+
+
+def load_schema() -> dict[str, Any]:
+    """Return the configuration JSON schema as a dict."""
+    text = resources.files("hpa_batch").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _with_defaults(validator_cls: type) -> type:
+    """Extend a jsonschema validator class so validation fills ``default`` values in place."""
+    validate_props = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+_DefaultingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def validate_config(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a (possibly partial) config and return a deep copy with defaults filled.
+
+    Raises
+    ------
+    ConfigError
+        Listing every violation with its key path.
+    """
+    data = copy.deepcopy(dict(raw or {}))
+    validator = _DefaultingValidator(load_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"  {'.'.join(str(p) for p in e.path) or '<root>'}: {e.message}" for e in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    return data
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where the raw images and the metadata table are, and how to read them."""
+
+    name: str
+    images_dirs: tuple[Path, ...]
+    metadata: Path
+    id_column: str
+    label_column: str | None
+    cell_line_column: str
+    label_separator: str
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """Limits applied when images are admitted."""
+
+    max_pixels: int
+    min_side: int
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Blosc settings for every chunk (zarr.codecs.BloscCodec)."""
+
+    cname: str
+    clevel: int
+    shuffle: str
+
+
+@dataclass(frozen=True)
+class ConversionConfig:
+    """OME-Zarr conversion settings."""
+
+    chunk: int
+    min_level_size: int
+    max_levels: int | None
+    codec: CodecConfig
+    pixel_size_um: float | None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration.
+
+    Attributes
+    ----------
+    raw : dict
+        The validated dict with defaults (what Snakemake's ``config`` holds).
+    """
+
+    raw: dict[str, Any]
+    results_dir: Path
+    logs_dir: Path
+    dataset: DatasetConfig
+    catalog: LabelCatalog
+    cell_lines: tuple[str, ...] | None
+    shard_size: int
+    qc: QCConfig
+    conversion: ConversionConfig
+
+
+def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
+    """Validate ``raw`` (filling defaults) and build the typed view."""
+    d = validate_config(raw)
+    ds, conv = d["dataset"], d["conversion"]
+    return Config(
+        raw=d,
+        results_dir=Path(d["results_dir"]),
+        logs_dir=Path(d["logs_dir"]),
+        dataset=DatasetConfig(
+            name=ds["name"],
+            images_dirs=tuple(Path(p) for p in ds["images_dirs"]),
+            metadata=Path(ds["metadata"]),
+            id_column=ds["id_column"],
+            label_column=ds["label_column"],
+            cell_line_column=ds["cell_line_column"],
+            label_separator=ds["label_separator"],
+            extensions=tuple(ds["extensions"]),
+        ),
+        catalog=get_catalog(d["labels"]["catalog"]),
+        cell_lines=None if d["cell_lines"] == "all" else tuple(d["cell_lines"]),
+        shard_size=d["shard_size"],
+        qc=QCConfig(**d["qc"]),
+        conversion=ConversionConfig(
+            chunk=conv["chunk"],
+            min_level_size=conv["min_level_size"],
+            max_levels=conv["max_levels"],
+            codec=CodecConfig(**conv["codec"]),
+            pixel_size_um=conv["pixel_size_um"],
+        ),
+    )
+
+
+def load_config(path: str | Path | None = None, overrides_json: str | None = None) -> Config:
+    """Load a YAML config file and/or a JSON object of overrides (deep-merged on top).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        YAML file such as ``config/config.yaml``.
+    overrides_json : str, optional
+        JSON object, e.g. the stage subset a Snakemake rule passes in its params.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p} does not hold a mapping")
+    if overrides_json:
+        try:
+            extra = json.loads(overrides_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config-json is not valid JSON: {exc}") from None
+        raw = deep_merge(raw, extra)
+    return config_from_dict(raw)
+
+
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated recursively with ``extra`` (neither is modified)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def stage_subset(raw: Mapping[str, Any], keys: tuple[str, ...]) -> str:
+    """Compact, key-sorted JSON of the top-level ``keys`` of a config.
+
+    Rules pass this as a param, so a job reruns when (and only when) the part of the
+    configuration it reads changes.
+    """
+    return json.dumps({k: raw[k] for k in keys if k in raw}, sort_keys=True, separators=(",", ":"))

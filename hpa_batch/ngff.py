@@ -1,0 +1,291 @@
+"""OME-NGFF 0.5 multiscale images in zarr-python 3 stores.
+
+Each image is a group ``{image_id}/`` with arrays ``s0 .. sN`` of shape ``(4, y, x)`` uint16 in the
+canonical channel order. Chunks are one channel x ``chunk`` x ``chunk``; each level is ONE zarr shard
+(sharding codec), so an image is ``levels x 2 + 1`` files whatever its size. Every chunk is written, even
+an empty one (``write_empty_chunks``), which makes completeness checkable from the shard index alone.
+
+An image is written into a staging directory, verified (every level's shard file present with every
+chunk in its index and a valid index checksum), stamped ``complete`` in its attributes and only then
+renamed into the store; a killed job leaves at most a staging directory, never a half image in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from hpa_batch import CHANNEL_COLORS, CHANNEL_STAINS, CHANNELS, __version__
+from hpa_batch.config import CodecConfig
+
+NGFF_VERSION = "0.5"
+_EMPTY = np.uint64(2**64 - 1)
+
+
+class IncompleteImageError(RuntimeError):
+    """A stored image with missing or damaged data."""
+
+
+def level_shapes(
+    height: int, width: int, min_level_size: int, max_levels: int | None = None
+) -> list[tuple[int, int]]:
+    """Shapes of the pyramid levels: halve (rounding up) until the longer side <= ``min_level_size``.
+
+    >>> level_shapes(2048, 2048, 512)
+    [(2048, 2048), (1024, 1024), (512, 512)]
+    """
+    shapes = [(height, width)]
+    while max(shapes[-1]) > min_level_size and (max_levels is None or len(shapes) < max_levels):
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def downsample2x(arr: np.ndarray) -> np.ndarray:
+    """2x2 mean of the last two axes, rounded half up; an odd last row/column is edge-replicated.
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        ``(..., h, w)`` unsigned integer.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., ceil(h/2), ceil(w/2))``, same dtype.
+    """
+    h, w = arr.shape[-2:]
+    if h % 2 or w % 2:
+        pad = [(0, 0)] * (arr.ndim - 2) + [(0, h % 2), (0, w % 2)]
+        arr = np.pad(arr, pad, mode="edge")
+    a = arr.astype(np.uint32)
+    s = a[..., 0::2, 0::2] + a[..., 1::2, 0::2] + a[..., 0::2, 1::2] + a[..., 1::2, 1::2]
+    return ((s + 2) // 4).astype(arr.dtype)
+
+
+def blosc_codec(codec: CodecConfig) -> BloscCodec:
+    """The zarr.codecs Blosc codec for a :class:`CodecConfig`."""
+    return BloscCodec(cname=codec.cname, clevel=codec.clevel, shuffle=codec.shuffle)
+
+
+def multiscales_attrs(
+    n_levels: int, name: str, pixel_size_um: float | None, dtype_max: int = 65535
+) -> dict[str, Any]:
+    """The ``ome`` attribute block (NGFF 0.5) of an image group with ``n_levels`` 2x levels."""
+    unit = {"unit": "micrometer"} if pixel_size_um else {}
+    px = float(pixel_size_um or 1.0)
+    datasets = []
+    for k in range(n_levels):
+        f = float(2**k)
+        datasets.append(
+            {
+                "path": f"s{k}",
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, px * f, px * f]},
+                    {"type": "translation", "translation": [0.0, px * (f - 1) / 2, px * (f - 1) / 2]},
+                ],
+            }
+        )
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space", **unit},
+                    {"name": "x", "type": "space", **unit},
+                ],
+                "datasets": datasets,
+                "type": "mean",
+                "metadata": {"method": "hpa_batch.ngff.downsample2x", "version": __version__},
+            }
+        ],
+        "omero": {
+            "channels": [
+                {
+                    "label": f"{c} ({CHANNEL_STAINS[c]})",
+                    "color": CHANNEL_COLORS[c],
+                    "active": True,
+                    "window": {"min": 0, "max": dtype_max, "start": 0, "end": min(dtype_max, 8000)},
+                }
+                for c in CHANNELS
+            ],
+            "rdefs": {"model": "color"},
+        },
+    }
+
+
+def _create_level(
+    group: zarr.Group, name: str, shape: tuple[int, ...], chunk: int, codec: BloscCodec, dtype: str
+) -> zarr.Array:
+    c, h, w = shape
+    return group.create_array(
+        name,
+        shape=shape,
+        dtype=dtype,
+        chunks=(1, chunk, chunk),
+        shards=(c, math.ceil(h / chunk) * chunk, math.ceil(w / chunk) * chunk),
+        compressors=[codec],
+        fill_value=0,
+        dimension_names=("c", "y", "x"),
+        config={"write_empty_chunks": True},
+    )
+
+
+def write_pyramid(
+    path: Path,
+    levels: Sequence[np.ndarray],
+    *,
+    chunk: int,
+    codec: CodecConfig,
+    ome: dict[str, Any],
+) -> zarr.Group:
+    """Write pre-computed levels as arrays ``s0..`` of a new group at ``path`` (no completion stamp).
+
+    Parameters
+    ----------
+    levels : sequence of numpy.ndarray
+        ``(c, y_k, x_k)`` arrays, one per level, same dtype.
+    """
+    group = zarr.open_group(path, mode="w", zarr_format=3, attributes={"ome": ome})
+    blosc = blosc_codec(codec)
+    for k, data in enumerate(levels):
+        arr = _create_level(group, f"s{k}", data.shape, chunk, blosc, data.dtype.name)
+        arr[...] = data
+    return group
+
+
+def shard_files(array_path: Path) -> list[Path]:
+    """Shard files of a level (``c/...`` keys), sorted."""
+    root = array_path / "c"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def check_shard_index(shard_path: Path, n_chunks: int) -> None:
+    """Verify one shard file: size, index checksum, and every chunk present within the file.
+
+    Raises
+    ------
+    IncompleteImageError
+        Missing file, truncated file, bad checksum, or a chunk absent from the index.
+    """
+    index_len = n_chunks * 16 + 4
+    try:
+        size = shard_path.stat().st_size
+    except FileNotFoundError:
+        raise IncompleteImageError(f"{shard_path}: shard file missing") from None
+    if size < index_len:
+        raise IncompleteImageError(f"{shard_path}: {size} bytes, shorter than its index")
+    with open(shard_path, "rb") as fh:
+        fh.seek(size - index_len)
+        tail = fh.read(index_len)
+    body, crc = tail[:-4], tail[-4:]
+    if np.uint32(google_crc32c.value(body)).tobytes() != crc:
+        raise IncompleteImageError(f"{shard_path}: shard index checksum mismatch (truncated or corrupt)")
+    index = np.frombuffer(body, dtype="<u8").reshape(n_chunks, 2)
+    if np.any(index[:, 0] == _EMPTY):
+        missing = int(np.sum(index[:, 0] == _EMPTY))
+        raise IncompleteImageError(f"{shard_path}: {missing} of {n_chunks} chunks missing")
+    if np.any(index[:, 0] + index[:, 1] > size - index_len):
+        raise IncompleteImageError(f"{shard_path}: chunk extends past the data section")
+
+
+def _level_meta(array_path: Path) -> dict[str, Any]:
+    meta_path = array_path / "zarr.json"
+    try:
+        return json.loads(meta_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise IncompleteImageError(f"{meta_path}: unreadable array metadata ({exc})") from None
+
+
+def verify_level(array_path: Path) -> int:
+    """Check every shard of one level array; return its total bytes on disk."""
+    meta = _level_meta(array_path)
+    shape = meta["shape"]
+    sharding = meta["codecs"][0]
+    if sharding.get("name") != "sharding_indexed":
+        raise IncompleteImageError(f"{array_path}: not a sharded array")
+    shard_shape = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    inner = sharding["configuration"]["chunk_shape"]
+    n_inner = math.prod(s // i for s, i in zip(shard_shape, inner))
+    grid = [math.ceil(n / s) for n, s in zip(shape, shard_shape)]
+    total = 0
+    for idx in np.ndindex(*grid):
+        shard_path = array_path.joinpath("c", *(str(i) for i in idx))
+        check_shard_index(shard_path, n_inner)
+        total += shard_path.stat().st_size
+    return total
+
+
+def read_group_attrs(path: Path) -> dict[str, Any]:
+    """Attributes of a zarr v3 group directory (raises IncompleteImageError if unreadable)."""
+    meta_path = Path(path) / "zarr.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise IncompleteImageError(f"{meta_path}: unreadable group metadata ({exc})") from None
+    return meta.get("attributes", {})
+
+
+def verify_image(path: Path) -> dict[str, Any]:
+    """Verify a stored image: multiscales metadata, every level's shards and chunks.
+
+    Returns
+    -------
+    dict
+        ``{"levels": n, "bytes": total, "shapes": [...]}``.
+
+    Raises
+    ------
+    IncompleteImageError
+        Naming the file and what is wrong.
+    """
+    attrs = read_group_attrs(path)
+    try:
+        datasets = attrs["ome"]["multiscales"][0]["datasets"]
+    except (KeyError, IndexError, TypeError):
+        raise IncompleteImageError(f"{path}: no OME multiscales metadata") from None
+    total, shapes = 0, []
+    for ds in datasets:
+        total += verify_level(Path(path) / ds["path"])
+        shapes.append(_level_meta(Path(path) / ds["path"])["shape"])
+    return {"levels": len(datasets), "bytes": total, "shapes": shapes}
+
+
+def stamp_complete(path: Path, info: dict[str, Any]) -> None:
+    """Record in the group's attributes that the image was verified complete."""
+    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    group.attrs.update({"hpa_batch": {**info, "complete": True, "version": __version__}})
+
+
+def is_complete(path: Path) -> bool:
+    """True if the image group is stamped complete AND verifies."""
+    try:
+        if not read_group_attrs(path).get("hpa_batch", {}).get("complete"):
+            return False
+        verify_image(path)
+    except IncompleteImageError:
+        return False
+    return True
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Move a verified image from its staging directory into the store (atomic rename)."""
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+
+
+def count_files(path: Path) -> int:
+    """Number of files under ``path``."""
+    return sum(1 for p in Path(path).rglob("*") if p.is_file())
