@@ -1,0 +1,62 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpa_batch.config import ConfigError, config_from_dict, load_config, load_schema, stage_subset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_fill_nested():
+    cfg = config_from_dict({})
+    assert cfg.shard_size == 250 and cfg.catalog.name == "hpa2021" and cfg.cell_lines is None
+    assert cfg.conversion.codec.cname == "zstd" and cfg.conversion.codec.shuffle == "bitshuffle"
+    assert cfg.conversion.chunk == 512 and cfg.conversion.min_level_size == 512
+    assert cfg.raw["dataset"]["extensions"] == ["png", "tif", "tiff", "jpg"]
+
+
+def test_errors_list_every_problem():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"shard_size": 0, "labels": {"catalog": "x"}, "bogus": 1})
+    text = str(err.value)
+    assert "shard_size" in text and "labels.catalog" in text and "bogus" in text
+
+
+def test_cell_line_list_and_json_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"cell_lines": ["HeLa"], "conversion": {"chunk": 256}}))
+    cfg = load_config(path, json.dumps({"conversion": {"codec": {"clevel": 3}}}))
+    assert cfg.cell_lines == ("HeLa",)
+    assert cfg.conversion.chunk == 256 and cfg.conversion.codec.clevel == 3
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(None, "{")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_validate_and_document_every_key():
+    schema = load_schema()
+    text = (REPO / "config" / "config.yaml").read_text()
+
+    def keys(node, prefix=""):
+        for name, sub in node.get("properties", {}).items():
+            yield name
+            yield from keys(sub, prefix + name + ".")
+
+    missing = [k for k in keys(schema) if f"{k}:" not in text]
+    assert not missing, f"config.yaml does not list {missing}"
+    for name in ("config.yaml", "demo.yaml"):
+        load_config(REPO / "config" / name)
+
+
+def test_library_and_workflow_share_one_schema():
+    assert (REPO / "hpa_batch" / "schemas" / "config.schema.yaml").resolve() == (
+        REPO / "workflow" / "schemas" / "config.schema.yaml"
+    ).resolve()
+
+
+def test_stage_subset_is_stable():
+    a = stage_subset({"b": {"y": 1, "x": 2}, "a": 1, "c": 3}, ("b", "a"))
+    assert a == '{"a":1,"b":{"x":2,"y":1}}'

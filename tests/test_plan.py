@@ -1,0 +1,56 @@
+import pandas as pd
+import pytest
+
+from hpa_batch.plan import PlanError, plan_shards, slugify
+
+
+def meta(rows):
+    return pd.DataFrame(
+        [(i, lab, cl, n) for n, (i, lab, cl) in enumerate(rows)],
+        columns=["image_id", "label_string", "cell_line", "row"],
+    )
+
+
+def test_slugify():
+    assert slugify("U-2 OS") == "u-2-os" and slugify("Hep G2") == "hep-g2" and slugify("  ") == "unknown"
+
+
+def test_shards_are_per_cell_line_sorted_and_bounded():
+    m = meta([(f"id{k:02d}", "0", "HeLa" if k % 2 else "U-2 OS") for k in range(11)][::-1])
+    shards = plan_shards(m, None, 2)
+    assert [s.name for s in shards] == [
+        "hela-0000", "hela-0001", "hela-0002", "u-2-os-0000", "u-2-os-0001", "u-2-os-0002",
+    ]
+    for s in shards:
+        assert list(s.ids) == sorted(s.ids) and 1 <= len(s.ids) <= 2
+        assert {m.set_index("image_id").at[i, "cell_line"] for i in s.ids} == {s.cell_line}
+    assert sorted(i for s in shards for i in s.ids) == sorted(m["image_id"])
+
+
+def test_adding_a_cell_line_leaves_other_shards_untouched():
+    rows = [(f"a{k}", "0", "HeLa") for k in range(5)] + [(f"b{k}", "1", "A549") for k in range(4)]
+    only = {s.name: s for s in plan_shards(meta(rows), ["HeLa"], 2)}
+    both = {s.name: s for s in plan_shards(meta(rows), ["HeLa", "A549"], 2)}
+    assert set(both) - set(only) == {"a549-0000", "a549-0001"}
+    assert all(both[n] == only[n] for n in only)
+
+
+def test_digest_changes_only_with_rows():
+    rows = [(f"a{k}", "0", "HeLa") for k in range(4)]
+    before = plan_shards(meta(rows), None, 2)
+    rows[3] = ("a3", "0|1", "HeLa")
+    after = plan_shards(meta(rows), None, 2)
+    assert before[0].digest == after[0].digest and before[1].digest != after[1].digest
+
+
+def test_unknown_cell_line_and_slug_collision():
+    with pytest.raises(PlanError, match="not in the metadata"):
+        plan_shards(meta([("a", "0", "HeLa")]), ["HeLaa"], 5)
+    with pytest.raises(PlanError, match="same slug"):
+        plan_shards(meta([("a", "0", "HEK 293"), ("b", "0", "HEK-293")]), None, 5)
+
+
+def test_duplicate_ids_are_planned_once():
+    shards = plan_shards(meta([("a", "0", "HeLa"), ("a", "1", "A549"), ("b", "0", "HeLa")]), None, 5)
+    ids = [i for s in shards for i in s.ids]
+    assert sorted(ids) == ["a", "b"] and [s.name for s in shards] == ["hela-0000"]
