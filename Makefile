@@ -1,0 +1,39 @@
+# Two commands for a fresh clone (see README.md):
+#   make demo   -> creates .venv, installs everything, writes the synthetic dataset, runs the workflow
+#   make test   -> creates .venv, installs everything, runs the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+DEMO_IMAGES ?= 12
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[workflow,test]"
+	touch $@
+
+resources/demo/train.csv: | setup
+	$(BIN)/hpa-batch synth --out resources/demo --n-images $(DEMO_IMAGES) --seed 0 \
+		--sizes 1728,2048 --cell-lines "U-2 OS,A-431,U-251 MG" --workers 2
+
+demo: setup resources/demo/train.csv
+	$(BIN)/snakemake --cores all --configfile config/demo.yaml
+	$(BIN)/hpa-batch info results/zarr/$$($(BIN)/hpa-batch plan --config config/demo.yaml --format names | head -1).zarr
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/convert.py
+
+clean-demo:
+	rm -rf resources/demo results logs .snakemake
