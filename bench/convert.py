@@ -1,0 +1,160 @@
+"""Conversion benchmark: ``hpa-batch convert`` against a floor measured in the same run.
+
+The floor is a bare loop that does the unavoidable work and nothing else: decode the 4 PNGs with
+imagecodecs, build the same 2x-mean pyramid with numpy, and Blosc-compress every 512^2 chunk with the
+same codec settings, writing nothing. The pipeline is the real ``hpa-batch convert`` on the same shard
+with the same thread count (manifest prebuilt, so only conversion is timed).
+
+Prints floor and pipeline seconds per image, their ratio (goal >= 0.9), MB/s per core, files per image,
+peak RSS of the convert process, the extrapolation to 82,500 images, and peak RSS when the shard size
+doubles (it must not grow).
+
+    python bench/convert.py [--images 8] [--size 2048] [--threads 2] [--out bench/out/convert]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pandas as pd
+import yaml
+from numcodecs import Blosc
+
+from hpa_batch import CHANNELS
+from hpa_batch.ngff import count_files, downsample2x, level_shapes
+
+N_HPA = 82_500
+
+
+def make_dataset(out: Path, n: int, size: int) -> Path:
+    """Synthetic HPA-layout dataset of ``n`` 16-bit PNG images at ``size`` (reused if present)."""
+    from hpa_batch.synth import synthesize_dataset
+
+    meta = out / "data" / "train.csv"
+    if meta.is_file() and len(pd.read_csv(meta)) >= n:
+        return out / "data"
+    shutil.rmtree(out / "data", ignore_errors=True)
+    synthesize_dataset(out / "data", n, seed=7, sizes=(size,), cell_lines=["HeLa"], fmt="png", workers=2)
+    return out / "data"
+
+
+def floor_image(paths: list[Path], chunk: int, min_level: int, codec: Blosc) -> int:
+    """Decode, pyramid, compress one image; return compressed bytes (discarded)."""
+    planes = [imagecodecs.png_decode(p.read_bytes()) for p in paths]
+    level = np.stack(planes)
+    total = 0
+    shapes = level_shapes(level.shape[1], level.shape[2], min_level)
+    for k in range(len(shapes)):
+        if k:
+            level = downsample2x(level)
+        for c in range(level.shape[0]):
+            for y in range(0, level.shape[1], chunk):
+                for x in range(0, level.shape[2], chunk):
+                    block = np.zeros((chunk, chunk), level.dtype)
+                    tile = level[c, y : y + chunk, x : x + chunk]
+                    block[: tile.shape[0], : tile.shape[1]] = tile
+                    total += len(codec.encode(block))
+    return total
+
+
+def run_floor(images: Path, ids: list[str], threads: int) -> float:
+    """Seconds for the floor over ``ids`` with ``threads`` threads."""
+    codec = Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE)
+    jobs = [[images / f"{i}_{c}.png" for c in CHANNELS] for i in ids]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda p: floor_image(p, 512, 512, codec), jobs))
+    return time.perf_counter() - t0
+
+
+def run_pipeline(data: Path, work: Path, n: int, threads: int) -> tuple[float, int, Path]:
+    """Run manifest (untimed) then ``hpa-batch convert`` (timed) on a shard of ``n`` images.
+
+    Returns seconds, peak RSS in bytes of the convert process, and the store path.
+    """
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    cfg = {
+        "results_dir": str(work / "results"),
+        "dataset": {"images_dirs": [str(data / "images")], "metadata": str(data / "train.csv")},
+        "shard_size": n,
+    }
+    cfg_path = work / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    exe = [sys.executable, "-m", "hpa_batch.cli"]
+    subprocess.run([*exe, "manifest", "--config", str(cfg_path), "--shard", "hela-0000"], check=True,
+                   capture_output=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*exe, "convert", "--config", str(cfg_path), "--shard", "hela-0000",
+                             "--threads", str(threads)], stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"convert failed: {proc.stderr.read().decode()}")
+    return seconds, usage.ru_maxrss * 1024, work / "results" / "zarr" / "hela-0000.zarr"
+
+
+def warm_cache(images: Path) -> None:
+    """Read every file once so floor and pipeline both start from a warm page cache."""
+    for p in images.iterdir():
+        p.read_bytes()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("bench/out/convert"))
+    args = ap.parse_args()
+    n, t = args.images, args.threads
+    data = make_dataset(args.out, 2 * n, args.size)
+    ids = sorted(pd.read_csv(data / "train.csv")["ID"])
+    warm_cache(data / "images")
+    raw_mb = 4 * args.size * args.size * 2 / 1e6
+
+    floor = run_floor(data / "images", ids[:n], t) / n
+    pipe_s, rss, store = run_pipeline(data, args.out / "run_n", n, t)
+    pipe = pipe_s / n
+    floor2 = run_floor(data / "images", ids[:n], t) / n  # floor again, to bracket machine noise
+    _, rss2, _ = run_pipeline(data, args.out / "run_2n", 2 * n, t)
+    floor_best = min(floor, floor2)
+    images = [p for p in store.iterdir() if p.is_dir()]
+    files = sorted({count_files(p) for p in images})
+    levels = len(level_shapes(args.size, args.size, 512))
+    result = {
+        "images": n,
+        "size": args.size,
+        "threads": t,
+        "floor_s_per_image": round(floor_best, 4),
+        "pipeline_s_per_image": round(pipe, 4),
+        "ratio_floor_over_pipeline": round(floor_best / pipe, 3),
+        "pipeline_MB_per_s_per_core": round(raw_mb / pipe / t, 1),
+        "files_per_image": files,
+        "files_per_image_goal": levels * 2 + 1,
+        "peak_rss_MB_shard_n": round(rss / 1e6, 1),
+        "peak_rss_MB_shard_2n": round(rss2 / 1e6, 1),
+        "rss_growth_2n_over_n": round(rss2 / rss, 3),
+        "core_hours_for_82500": round(pipe * t * N_HPA / 3600, 1),
+    }
+    print(json.dumps(result, indent=1))
+    print(
+        f"floor {floor_best:.3f} s/image | pipeline {pipe:.3f} s/image | ratio {floor_best / pipe:.2f} "
+        f"(goal >= 0.9) | {raw_mb / pipe / t:.1f} MB/s/core | files/image {files} "
+        f"(goal {levels * 2 + 1}) | peak RSS {rss / 1e6:.0f} MB (n={n}) vs {rss2 / 1e6:.0f} MB "
+        f"(n={2 * n}) | 82,500 images = {pipe * t * N_HPA / 3600:.0f} core-hours"
+    )
+
+
+if __name__ == "__main__":
+    main()
