@@ -108,6 +108,47 @@ class ConversionConfig:
 
 
 @dataclass(frozen=True)
+class SegmentationConfig:
+    """Which backend segments cells, at which pyramid level, and which cells are kept."""
+
+    backend: str
+    max_size: int
+    options: dict[str, Any]
+    min_cell_area: int
+    exclude_border: bool
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Parameters of the hand-crafted localisation features."""
+
+    blob_quantile: float
+    background_sigmas: float
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    """16-bit -> uint8 mapping of the tiles."""
+
+    mode: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class TilesConfig:
+    """Cell tiles and whole-image inputs."""
+
+    size: int
+    margin: float
+    mask_outside: bool
+    image_size: int
+    include_border: bool
+    chunk_tiles: int
+    intensity: IntensityConfig
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration.
 
@@ -126,6 +167,9 @@ class Config:
     shard_size: int
     qc: QCConfig
     conversion: ConversionConfig
+    segmentation: SegmentationConfig
+    measure: MeasureConfig
+    tiles: TilesConfig
 
 
 def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
@@ -156,6 +200,12 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
             max_levels=conv["max_levels"],
             codec=CodecConfig(**conv["codec"]),
             pixel_size_um=conv["pixel_size_um"],
+        ),
+        segmentation=SegmentationConfig(**d["segmentation"]),
+        measure=MeasureConfig(**d["measure"]),
+        tiles=TilesConfig(
+            **{k: v for k, v in d["tiles"].items() if k != "intensity"},
+            intensity=IntensityConfig(**d["tiles"]["intensity"]),
         ),
     )
 

@@ -77,12 +77,10 @@ def blosc_codec(codec: CodecConfig) -> BloscCodec:
     return BloscCodec(cname=codec.cname, clevel=codec.clevel, shuffle=codec.shuffle)
 
 
-def multiscales_attrs(
-    n_levels: int, name: str, pixel_size_um: float | None, dtype_max: int = 65535
-) -> dict[str, Any]:
-    """The ``ome`` attribute block (NGFF 0.5) of an image group with ``n_levels`` 2x levels."""
+def _multiscale(n_levels: int, name: str, pixel_size_um: float | None, channel_axis: bool) -> dict[str, Any]:
     unit = {"unit": "micrometer"} if pixel_size_um else {}
     px = float(pixel_size_um or 1.0)
+    lead_scale, lead_shift = ([1.0], [0.0]) if channel_axis else ([], [])
     datasets = []
     for k in range(n_levels):
         f = float(2**k)
@@ -90,26 +88,30 @@ def multiscales_attrs(
             {
                 "path": f"s{k}",
                 "coordinateTransformations": [
-                    {"type": "scale", "scale": [1.0, px * f, px * f]},
-                    {"type": "translation", "translation": [0.0, px * (f - 1) / 2, px * (f - 1) / 2]},
+                    {"type": "scale", "scale": [*lead_scale, px * f, px * f]},
+                    {"type": "translation", "translation": [*lead_shift, px * (f - 1) / 2, px * (f - 1) / 2]},
                 ],
             }
         )
+    axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
+    if channel_axis:
+        axes.insert(0, {"name": "c", "type": "channel"})
+    return {
+        "name": name,
+        "axes": axes,
+        "datasets": datasets,
+        "type": "mean" if channel_axis else "nearest",
+        "metadata": {"version": __version__},
+    }
+
+
+def multiscales_attrs(
+    n_levels: int, name: str, pixel_size_um: float | None, dtype_max: int = 65535
+) -> dict[str, Any]:
+    """The ``ome`` attribute block (NGFF 0.5) of an image group with ``n_levels`` 2x levels."""
     return {
         "version": NGFF_VERSION,
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [
-                    {"name": "c", "type": "channel"},
-                    {"name": "y", "type": "space", **unit},
-                    {"name": "x", "type": "space", **unit},
-                ],
-                "datasets": datasets,
-                "type": "mean",
-                "metadata": {"method": "hpa_batch.ngff.downsample2x", "version": __version__},
-            }
-        ],
+        "multiscales": [_multiscale(n_levels, name, pixel_size_um, channel_axis=True)],
         "omero": {
             "channels": [
                 {
@@ -125,19 +127,64 @@ def multiscales_attrs(
     }
 
 
+def label_attrs(n_levels: int, name: str, pixel_size_um: float | None) -> dict[str, Any]:
+    """The ``ome`` attribute block of one label image (``labels/{name}``), axes ``(y, x)``."""
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [_multiscale(n_levels, name, pixel_size_um, channel_axis=False)],
+        "image-label": {"source": {"image": "../../"}},
+    }
+
+
+def label_levels(mask: np.ndarray, work_level: int, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """A label image computed at pyramid level ``work_level``, brought to every level exactly.
+
+    Finer levels repeat each pixel ``2**(work_level - k)`` times (nearest, exact inverse of the
+    image pyramid's grid); coarser levels take every ``2**(k - work_level)``-th pixel.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        ``(y_L, x_L)`` integer labels at level ``work_level``.
+    shapes : sequence of (int, int)
+        ``(y_k, x_k)`` of every image level.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``(y_k, x_k)`` uint32 per level.
+    """
+    out = []
+    for k, (h, w) in enumerate(shapes):
+        if k <= work_level:
+            f = 2 ** (work_level - k)
+            level = np.repeat(np.repeat(mask, f, axis=0), f, axis=1)[:h, :w]
+        else:
+            f = 2 ** (k - work_level)
+            level = mask[::f, ::f][:h, :w]
+        if level.shape != (h, w):
+            raise ValueError(f"label level {k}: shape {level.shape} != image level {(h, w)}")
+        out.append(np.ascontiguousarray(level, dtype=np.uint32))
+    return out
+
+
 def _create_level(
     group: zarr.Group, name: str, shape: tuple[int, ...], chunk: int, codec: BloscCodec, dtype: str
 ) -> zarr.Array:
-    c, h, w = shape
+    """A level array: ``(c, y, x)`` chunked ``(1, chunk, chunk)`` or ``(y, x)`` chunked
+    ``(chunk, chunk)``; one shard covers the whole level."""
+    h, w = shape[-2:]
+    spatial = (math.ceil(h / chunk) * chunk, math.ceil(w / chunk) * chunk)
+    lead = shape[:-2]
     return group.create_array(
         name,
         shape=shape,
         dtype=dtype,
-        chunks=(1, chunk, chunk),
-        shards=(c, math.ceil(h / chunk) * chunk, math.ceil(w / chunk) * chunk),
+        chunks=(*(1 for _ in lead), chunk, chunk),
+        shards=(*lead, *spatial),
         compressors=[codec],
         fill_value=0,
-        dimension_names=("c", "y", "x"),
+        dimension_names=("c", "y", "x")[-len(shape):],
         config={"write_empty_chunks": True},
     )
 
@@ -155,7 +202,7 @@ def write_pyramid(
     Parameters
     ----------
     levels : sequence of numpy.ndarray
-        ``(c, y_k, x_k)`` arrays, one per level, same dtype.
+        ``(c, y_k, x_k)`` (image) or ``(y_k, x_k)`` (labels) arrays, one per level, same dtype.
     """
     group = zarr.open_group(path, mode="w", zarr_format=3, attributes={"ome": ome})
     blosc = blosc_codec(codec)
@@ -163,6 +210,49 @@ def write_pyramid(
         arr = _create_level(group, f"s{k}", data.shape, chunk, blosc, data.dtype.name)
         arr[...] = data
     return group
+
+
+def write_labels(
+    path: Path,
+    masks: dict[str, Sequence[np.ndarray]],
+    *,
+    chunk: int,
+    codec: CodecConfig,
+    pixel_size_um: float | None,
+    info: dict[str, Any],
+) -> None:
+    """Write a ``labels`` group (NGFF 0.5) holding one multiscale label image per mask, verify every
+    label image, and stamp the labels group complete with ``info``.
+
+    Parameters
+    ----------
+    path : Path
+        Where the ``labels`` group goes (a staging directory; see :func:`publish`).
+    masks : dict of str to sequence of numpy.ndarray
+        Name -> ``(y_k, x_k)`` uint32 per level (:func:`label_levels`).
+    """
+    zarr.open_group(path, mode="w", zarr_format=3,
+                    attributes={"ome": {"version": NGFF_VERSION, "labels": list(masks)}})
+    for name, levels in masks.items():
+        write_pyramid(path / name, levels, chunk=chunk, codec=codec,
+                      ome=label_attrs(len(levels), name, pixel_size_um))
+        verify_image(path / name)
+    zarr.open_group(path, mode="r+", zarr_format=3).attrs.update(
+        {"hpa_batch": {**info, "complete": True, "version": __version__}}
+    )
+
+
+def labels_complete(image_path: Path, names: Sequence[str]) -> bool:
+    """True if ``image_path/labels`` is stamped complete and every named label image verifies."""
+    labels = Path(image_path) / "labels"
+    try:
+        if not read_group_attrs(labels).get("hpa_batch", {}).get("complete"):
+            return False
+        for name in names:
+            verify_image(labels / name)
+    except IncompleteImageError:
+        return False
+    return True
 
 
 def shard_files(array_path: Path) -> list[Path]:

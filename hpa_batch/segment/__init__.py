@@ -1,0 +1,86 @@
+"""Cell segmentation backends, chosen by name through a registry (as timm chooses models).
+
+A backend turns one image at a working pyramid level into two label images with consistent ids:
+``cells`` and ``nuclei`` (nucleus ``k`` lies inside cell ``k``; 0 is background).
+
+>>> seg = create_segmenter("watershed", cell_sigma=6.0)
+>>> cells, nuclei = seg.segment(image, scale=2)  # image: (4, h, w) uint16 at pyramid level 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Segmenter(Protocol):
+    """What every backend provides."""
+
+    name: str
+
+    def segment(self, image: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Segment one image.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            ``(4, h, w)`` uint16 in canonical channel order (red, green, blue, yellow), at the
+            working pyramid level.
+        scale : float
+            Downsampling factor of that level relative to full resolution (1, 2, 4, ...); backends
+            convert their full-resolution size parameters with it.
+
+        Returns
+        -------
+        cells, nuclei : numpy.ndarray
+            ``(h, w)`` int32 label images; ids ``1..n`` in both, nucleus ``k`` inside cell ``k``.
+        """
+        ...
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend whose package or local weights are missing (never downloaded)."""
+
+
+_REGISTRY: dict[str, Callable[..., Segmenter]] = {}
+
+
+def register_backend(name: str) -> Callable[[Callable[..., Segmenter]], Callable[..., Segmenter]]:
+    """Class decorator adding a backend factory to the registry under ``name``."""
+
+    def add(factory: Callable[..., Segmenter]) -> Callable[..., Segmenter]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+def list_backends() -> list[str]:
+    """Names of all registered backends."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
+    """Instantiate the backend registered under ``name`` with its keyword options.
+
+    Raises
+    ------
+    ValueError
+        Unknown backend name (the message lists the known ones).
+    BackendUnavailable
+        The backend's package or weights are missing.
+    """
+    _load_builtin()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown segmentation backend {name!r}; known: {sorted(_REGISTRY)}") from None
+    return factory(**kwargs)
+
+
+def _load_builtin() -> None:
+    # importing the modules runs their @register_backend decorators
+    from hpa_batch.segment import watershed  # noqa: F401
