@@ -14,12 +14,15 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/convert.smk"
+include: "workflow/rules/cells.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.convert.input,
+        rules.cells.input,
+        rules.tiles.input,
 
 
 onsuccess:

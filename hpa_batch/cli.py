@@ -36,6 +36,10 @@ def _paths(cfg: Config, shard: str) -> dict[str, Path]:
         "store": r / "zarr" / f"{shard}.zarr",
         "rejected": r / "qc" / f"{shard}.rejected.tsv",
         "summary": r / "zarr" / f"{shard}.convert.json",
+        "segment_qc": r / "qc" / f"{shard}.segment.tsv",
+        "segment_summary": r / "zarr" / f"{shard}.segment.json",
+        "cells": r / "cells" / f"{shard}.parquet",
+        "tiles": r / "tiles" / f"{shard}.zarr",
     }
 
 
@@ -114,6 +118,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
         cfg, manifest, manifest_rejected, args.store or p["store"], args.rejected or p["rejected"],
         args.summary or p["summary"], threads=args.threads,
     )
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from hpa_batch.segment.stage import segment_shard
+
+    cfg = _cfg(args)
+    p = _paths(cfg, args.shard)
+    segment_shard(cfg, args.store or p["store"], args.qc or p["segment_qc"],
+                  args.summary or p["segment_summary"], threads=args.threads)
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from hpa_batch.measure import measure_shard
+
+    cfg = _cfg(args)
+    p = _paths(cfg, args.shard)
+    measure_shard(cfg, args.store or p["store"], args.manifest or p["manifest"], args.out or p["cells"])
+    return 0
+
+
+def cmd_tiles(args: argparse.Namespace) -> int:
+    from hpa_batch.tiles import tiles_shard
+
+    cfg = _cfg(args)
+    p = _paths(cfg, args.shard)
+    tiles_shard(cfg, args.store or p["store"], args.cells or p["cells"], args.out or p["tiles"])
     return 0
 
 
@@ -199,6 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("segment", help="segment cells and nuclei of a converted shard (labels in the store)")
+    _add_config_args(p)
+    p.add_argument("--shard", required=True)
+    p.add_argument("--store", type=Path)
+    p.add_argument("--qc", type=Path, help="per-image segmentation QC TSV")
+    p.add_argument("--summary", type=Path)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("measure", help="per-cell table of a segmented shard")
+    _add_config_args(p)
+    p.add_argument("--shard", required=True)
+    p.add_argument("--store", type=Path)
+    p.add_argument("--manifest", type=Path)
+    p.add_argument("--out", type=Path, help="cells parquet")
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("tiles", help="packed cell tiles + whole-image inputs of a measured shard")
+    _add_config_args(p)
+    p.add_argument("--shard", required=True)
+    p.add_argument("--store", type=Path)
+    p.add_argument("--cells", type=Path, help="cells parquet")
+    p.add_argument("--out", type=Path, help="tile store (.zarr)")
+    p.set_defaults(func=cmd_tiles)
 
     p = sub.add_parser("validate", help="check a zarr store (PATH) or the configured dataset")
     _add_config_args(p)

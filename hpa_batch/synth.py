@@ -73,6 +73,7 @@ __all__ = [
     "SynthImage",
     "SynthSummary",
     "cell_line_profile",
+    "composite",
     "contact_sheet",
     "synthesize_dataset",
     "synthesize_image",
@@ -88,9 +89,10 @@ NEGATIVE_IMAGE_P = 0.05
 NEGATIVE_CELL_P = 0.15
 #: Probability that a pattern of the image is present in a (positive) cell.
 CELL_PATTERN_P = 0.75
+#: Images up to this size draw texture noise once per image instead of per cell.
+GLOBAL_TEXTURE_MAX = 768
 
 F32 = np.float32
-FloatArray = np.ndarray  # float32 arrays; numpy typing kept simple on purpose
 
 
 # --------------------------------------------------------------------------------------
@@ -139,6 +141,7 @@ class CellLineProfile:
 
 
 def _profile(name: str, *values: float) -> CellLineProfile:
+    """Positional shorthand for :class:`CellLineProfile` (table below)."""
     return CellLineProfile(name, *values)
 
 
@@ -148,17 +151,17 @@ _PROFILES: dict[str, CellLineProfile] = {
     p.name: p
     for p in (
         _profile("U-2 OS", 190, 1.45, 0.17, 0.10, 0.33, 0.42, 0.15, 0.2, 0.02),
-        _profile("A-431", 125, 1.08, 0.05, 0.00, 0.48, 0.45, 0.85, 0.0, 0.03),
+        _profile("A-431", 140, 1.08, 0.05, 0.00, 0.48, 0.40, 0.85, 0.0, 0.03),
         _profile("U-251 MG", 150, 2.40, 0.12, 0.45, 0.34, 0.38, 0.25, 0.6, 0.02),
-        _profile("HeLa", 145, 1.30, 0.12, 0.05, 0.40, 0.45, 0.35, 0.1, 0.03),
-        _profile("A549", 140, 1.25, 0.10, 0.03, 0.50, 0.45, 0.45, 0.1, 0.02),
-        _profile("MCF7", 125, 1.15, 0.08, 0.00, 0.50, 0.48, 0.75, 0.0, 0.02),
-        _profile("RT4", 115, 1.10, 0.06, 0.00, 0.48, 0.50, 0.85, 0.0, 0.02),
-        _profile("SH-SY5Y", 105, 1.60, 0.20, 0.60, 0.56, 0.32, 0.60, 0.3, 0.02),
-        _profile("HEK 293", 115, 1.20, 0.12, 0.10, 0.55, 0.45, 0.60, 0.1, 0.03),
-        _profile("CACO-2", 125, 1.10, 0.06, 0.00, 0.45, 0.50, 0.90, 0.0, 0.02),
+        _profile("HeLa", 145, 1.30, 0.12, 0.05, 0.40, 0.40, 0.35, 0.1, 0.03),
+        _profile("A549", 140, 1.25, 0.10, 0.03, 0.50, 0.38, 0.45, 0.1, 0.02),
+        _profile("MCF7", 135, 1.15, 0.08, 0.00, 0.50, 0.36, 0.75, 0.0, 0.02),
+        _profile("RT4", 130, 1.10, 0.06, 0.00, 0.48, 0.34, 0.85, 0.0, 0.02),
+        _profile("SH-SY5Y", 115, 1.60, 0.20, 0.60, 0.56, 0.28, 0.60, 0.3, 0.02),
+        _profile("HEK 293", 125, 1.20, 0.12, 0.10, 0.55, 0.32, 0.60, 0.1, 0.03),
+        _profile("CACO-2", 135, 1.10, 0.06, 0.00, 0.45, 0.38, 0.90, 0.0, 0.02),
         _profile("PC-3", 150, 1.30, 0.20, 0.15, 0.40, 0.40, 0.25, 0.1, 0.02),
-        _profile("Hep G2", 120, 1.15, 0.08, 0.00, 0.50, 0.48, 0.85, 0.0, 0.02),
+        _profile("Hep G2", 130, 1.15, 0.08, 0.00, 0.50, 0.36, 0.85, 0.0, 0.02),
     )
 }
 
@@ -183,14 +186,16 @@ def cell_line_profile(name: str) -> CellLineProfile:
         return _PROFILES[name]
     digest = hashlib.sha256(name.encode("utf-8")).digest()
     r = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    radius = float(r.uniform(120, 190))
+    n_cells = float(r.uniform(12, 28))
     return CellLineProfile(
         name=name,
-        radius=float(r.uniform(105, 190)),
+        radius=radius,
         aspect=float(r.uniform(1.05, 2.2)),
         irregularity=float(r.uniform(0.04, 0.2)),
         spikiness=float(r.choice([0.0, 0.0, r.uniform(0.1, 0.5)])),
         nucleus_ratio=float(r.uniform(0.32, 0.55)),
-        coverage=float(r.uniform(0.35, 0.5)),
+        coverage=n_cells * math.pi * radius**2 / REFERENCE_SIZE**2,
         clustering=float(r.uniform(0.1, 0.9)),
         alignment=float(r.uniform(0.0, 0.5)),
         mitotic_rate=0.02,
@@ -222,7 +227,6 @@ _PATTERN_INFO: dict[str, tuple[float, str, bool]] = {
     "Cytosol": (20.0, "cytoplasm", True),
     "Vesicles and punctate cytosolic patterns": (6.0, "cytoplasm", True),
 }
-_SPINDLE = "Mitotic spindle"
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,7 @@ class _Pattern:
     mitotic_ok: bool
 
     def allowed(self, mitotic: bool) -> bool:
+        """Whether the pattern may be drawn on a (non-)mitotic cell."""
         return self.mitotic_ok if mitotic else not self.mitotic_only
 
 
@@ -260,6 +265,10 @@ def _draw_image_patterns(
     """Image-level patterns: [] means a Negative-only image."""
     space = _pattern_space(catalog)
     if forced is not None:
+        if not forced and catalog.negative is None:
+            raise ValueError(
+                f"catalog {catalog.name} has no Negative class; give at least one pattern"
+            )
         by_name = {p.name.lower(): p for p in space}
         try:
             return [by_name[n.lower()] for n in forced]
@@ -337,8 +346,26 @@ class _Shape:
 
     def extent(self) -> float:
         """Radius of a circle that contains the shape, px."""
-        amp = float(np.abs(self.harmonics[:, 1]).sum()) if len(self.harmonics) else 0.0
-        return self.radius * math.sqrt(self.aspect) * (1.0 + amp + self.spikes) + 2.0
+        return float(self.table.max()) * math.sqrt(self.aspect) + 2.0
+
+    @cached_property
+    def table(self) -> np.ndarray:
+        """Outline radius (px) on equally spaced angles in [-pi, pi), float32.
+
+        The number of angles (a power of two, 64..2048) follows the outline length.
+        """
+        outline = max(1.0, 12 * self.radius * math.sqrt(self.aspect))
+        n = int(np.clip(2 ** math.ceil(math.log2(outline)), 64, 2048))
+        th = np.linspace(-np.pi, np.pi, n, endpoint=False)
+        r = np.ones_like(th)
+        if len(self.harmonics):
+            k, a, p = self.harmonics.T
+            r += (a[:, None] * np.cos(k[:, None] * th[None, :] + p[:, None])).sum(axis=0)
+        if self.spikes > 0:
+            ath = np.abs(th)
+            ends = np.exp(-((ath / 0.28) ** 2)) + np.exp(-(((np.pi - ath) / 0.28) ** 2))
+            r += self.spikes * ends
+        return (np.maximum(r, 0.3) * self.radius).astype(F32)
 
     def distance(self, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
         """Shape-normalised distance (< 1 inside) at offsets from the centre.
@@ -352,21 +379,15 @@ class _Shape:
         -------
         ndarray of float32, shape (h, w)
         """
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        sa = math.sqrt(self.aspect)
+        c, s = F32(math.cos(self.angle)), F32(math.sin(self.angle))
+        sa = F32(math.sqrt(self.aspect))
         u = (dx * c + dy * s) / sa
         v = (dy * c - dx * s) * sa
         rho = np.hypot(u, v)
-        th = np.arctan2(v, u)
-        r = np.ones_like(rho)
-        for k, a, p in self.harmonics:
-            r += F32(a) * np.cos(F32(k) * th + F32(p))
-        if self.spikes > 0:
-            ath = np.abs(th)
-            w = F32(0.28)
-            r += F32(self.spikes) * (np.exp(-((ath / w) ** 2)) + np.exp(-(((np.pi - ath) / w) ** 2)))
-        np.maximum(r, F32(0.3), out=r)
-        return (rho / (F32(self.radius) * r)).astype(F32, copy=False)
+        n = self.table.size
+        idx = ((np.arctan2(v, u) + F32(np.pi)) * F32(n / (2 * np.pi))).astype(np.int32)
+        np.clip(idx, 0, n - 1, out=idx)
+        return (rho / self.table[idx]).astype(F32, copy=False)
 
 
 @dataclass
@@ -378,7 +399,10 @@ class _CellGeom:
     mitotic: bool
 
 
-def _harmonics(rng: np.random.Generator, amp: float, ks: Sequence[int], decay: float = 0.8) -> np.ndarray:
+def _harmonics(
+    rng: np.random.Generator, amp: float, ks: Sequence[int], decay: float = 0.8
+) -> np.ndarray:
+    """(K, 3) rows of (k, amplitude, phase); amplitudes ~ N(0, amp / k**decay)."""
     ks_arr = np.asarray(ks, dtype=float)
     a = rng.normal(0.0, 1.0, ks_arr.size) * amp / ks_arr**decay
     p = rng.uniform(0, 2 * np.pi, ks_arr.size)
@@ -388,7 +412,12 @@ def _harmonics(rng: np.random.Generator, amp: float, ks: Sequence[int], decay: f
 def _place_centres(
     rng: np.random.Generator, size: int, radius: float, n: int, clustering: float
 ) -> list[tuple[float, float, float]]:
-    """Dart throwing with clustering; returns (cy, cx, r) per cell."""
+    """Dart throwing with clustering; returns (cy, cx, r) per cell.
+
+    Clustered cell lines place new cells next to existing ones and pack them more
+    tightly (the overlap is resolved when rasterising).
+    """
+    min_sep = 0.8 - 0.2 * clustering
     pts: list[tuple[float, float, float]] = []
     arr = np.zeros((0, 3))
     tries = 0
@@ -398,7 +427,7 @@ def _place_centres(
         if pts and rng.random() < clustering:
             j = int(rng.integers(len(pts)))
             ang = rng.uniform(0, 2 * np.pi)
-            dist = (pts[j][2] + r) * rng.uniform(0.85, 1.1)
+            dist = (pts[j][2] + r) * rng.uniform(min_sep, min_sep + 0.25)
             cy, cx = pts[j][0] + dist * math.sin(ang), pts[j][1] + dist * math.cos(ang)
         else:
             cy, cx = rng.uniform(0, size, 2)
@@ -406,7 +435,7 @@ def _place_centres(
             continue
         if len(pts):
             d = np.hypot(arr[:, 0] - cy, arr[:, 1] - cx)
-            if np.any(d < 0.8 * (arr[:, 2] + r)):
+            if np.any(d < min_sep * (arr[:, 2] + r)):
                 continue
         pts.append((float(cy), float(cx), r))
         arr = np.asarray(pts)
@@ -424,7 +453,7 @@ def _cell_geom(
 ) -> _CellGeom:
     """Random body and nucleus shapes for one cell."""
     if mitotic:
-        r *= 0.72
+        r *= 0.6
         body = _Shape(cy, cx, r, 1.05, rng.uniform(0, np.pi), _harmonics(rng, 0.03, range(2, 5)))
         plate_angle = rng.uniform(0, np.pi)
         a, b = 0.40 * r, 0.11 * r
@@ -467,12 +496,19 @@ def _cell_geom(
 
 
 def _bbox(shape: _Shape, size: int) -> tuple[slice, slice] | None:
+    """Image slices of the square around ``shape`` (clipped), or None if outside."""
     e = shape.extent()
     y0, y1 = max(0, int(shape.cy - e)), min(size, int(shape.cy + e) + 2)
     x0, x1 = max(0, int(shape.cx - e)), min(size, int(shape.cx + e) + 2)
     if y0 >= y1 or x0 >= x1:
         return None
     return slice(y0, y1), slice(x0, x1)
+
+
+def _local_window(inner: slice, outer: slice) -> slice:
+    """``inner`` (image coordinates) clipped to ``outer``, relative to ``outer.start``."""
+    start = max(inner.start, outer.start) - outer.start
+    return slice(start, min(inner.stop, outer.stop) - outer.start)
 
 
 def _rasterize(
@@ -486,13 +522,20 @@ def _rasterize(
         sl = _bbox(g.body, size)
         if sl is None:
             continue
-        dy = (np.arange(sl[0].start, sl[0].stop, dtype=F32) - F32(g.body.cy))[:, None]
-        dx = (np.arange(sl[1].start, sl[1].stop, dtype=F32) - F32(g.body.cx))[None, :]
-        d = g.body.distance(dy, dx)
-        dn = g.nucleus.distance(dy + F32(g.body.cy - g.nucleus.cy), dx + F32(g.body.cx - g.nucleus.cx))
-        nuc = (dn < 1) & (d < 0.92)
-        score = np.where(nuc, d - F32(2), d)
-        upd = (d < 1) & (score < best[sl])
+        ys = np.arange(sl[0].start, sl[0].stop, dtype=F32)[:, None]
+        xs = np.arange(sl[1].start, sl[1].stop, dtype=F32)[None, :]
+        score = g.body.distance(ys - F32(g.body.cy), xs - F32(g.body.cx))
+        inside = score < 1
+        nuc = np.zeros(score.shape, bool)
+        nsl = _bbox(g.nucleus, size)
+        if nsl is not None:
+            wy = _local_window(nsl[0], sl[0])
+            wx = _local_window(nsl[1], sl[1])
+            if wy.start < wy.stop and wx.start < wx.stop:
+                dn = g.nucleus.distance(ys[wy] - F32(g.nucleus.cy), xs[:, wx] - F32(g.nucleus.cx))
+                nuc[wy, wx] = (dn < 1) & (score[wy, wx] < 0.92)
+                score[nuc] -= F32(2)
+        upd = inside & (score < best[sl])
         cells[sl][upd] = k
         best[sl][upd] = score[upd]
         nucflag[sl][upd] = nuc[upd]
@@ -527,7 +570,8 @@ def _clean(
             cells[sl][drop] = 0
             sub &= ~drop
         c_area = int(sub.sum())
-        if n_area < max(6.0, 0.3 * exp_nuc) or c_area < 0.12 * exp_cell or c_area - n_area < 0.3 * n_area:
+        too_small = n_area < max(6.0, 0.3 * exp_nuc) or c_area < 0.12 * exp_cell
+        if too_small or c_area - n_area < 0.3 * n_area:
             cells[sl][sub] = 0
             continue
         keep[k] = True
@@ -542,9 +586,14 @@ def _clean(
 def _make_geometry(
     rng: np.random.Generator, size: int, profile: CellLineProfile, n_forced_mitotic: int
 ) -> tuple[np.ndarray, np.ndarray, list[_CellGeom]]:
-    """Cells and nuclei label images (uint16, (size, size)) and per-cell geometry."""
-    scale = size / REFERENCE_SIZE
-    radius = profile.radius * scale
+    """Cells and nuclei label images (uint16, (size, size)) and per-cell geometry.
+
+    Cell radii are ``profile.radius * size / 2048`` (at least 6 px).  Up to 8 layouts
+    are drawn until one keeps at least one cell (and a mitotic cell if one is forced);
+    as a last resort a single cell is placed in the centre.
+    """
+    radius = max(6.0, profile.radius * size / REFERENCE_SIZE)
+    best: tuple[np.ndarray, np.ndarray, list[_CellGeom]] | None = None
     for _attempt in range(8):
         n_target = profile.coverage * size * size / (math.pi * radius * radius)
         n_target = int(np.clip(round(n_target * rng.uniform(0.8, 1.2)), 3, 80))
@@ -558,13 +607,23 @@ def _make_geometry(
                 mitotic[int(i)] = True
         orientation = rng.uniform(0, np.pi)
         geoms = [
-            _cell_geom(rng, cy, cx, r, profile, orientation, m) for (cy, cx, r), m in zip(pts, mitotic)
+            _cell_geom(rng, cy, cx, r, profile, orientation, m)
+            for (cy, cx, r), m in zip(pts, mitotic)
         ]
         cells, nucflag = _rasterize(geoms, size)
-        cells_u16, nuclei, kept = _clean(cells, nucflag, geoms)
-        if kept and (not n_forced_mitotic or any(g.mitotic for g in kept)):
-            return cells_u16, nuclei, kept
-    return cells_u16, nuclei, kept
+        result = _clean(cells, nucflag, geoms)
+        if result[2] and (not n_forced_mitotic or any(g.mitotic for g in result[2])):
+            return result
+        if result[2] and best is None:
+            best = result
+    if best is not None:
+        return best
+    r = min(max(radius, 0.25 * size), 0.3 * size)
+    geom = _cell_geom(rng, size / 2, size / 2, r, profile, 0.0, n_forced_mitotic > 0)
+    geom.body.aspect = 1.0
+    geom.body.spikes = 0.0
+    cells, nucflag = _rasterize([geom], size)
+    return _clean(cells, nucflag, [geom])
 
 
 # --------------------------------------------------------------------------------------
@@ -573,9 +632,33 @@ def _make_geometry(
 
 
 def _normalise(a: np.ndarray) -> np.ndarray:
+    """Zero mean, unit standard deviation, float32."""
     a = a - a.mean()
     sd = float(a.std())
     return (a / sd if sd > 0 else a).astype(F32, copy=False)
+
+
+@lru_cache(maxsize=64)
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """Linear interpolation matrix (n_out, n_in), float32, mapping end points to end points."""
+    m = np.zeros((n_out, n_in), F32)
+    if n_in == 1:
+        m[:, 0] = 1
+        return m
+    pos = np.linspace(0, n_in - 1, n_out)
+    i0 = np.clip(np.floor(pos).astype(int), 0, n_in - 2)
+    t = (pos - i0).astype(F32)
+    rows = np.arange(n_out)
+    m[rows, i0] = 1 - t
+    m[rows, i0 + 1] = t
+    return m
+
+
+def _upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a small float32 (h, w) field to ``shape`` (two matrix products)."""
+    a = _interp_matrix(shape[0], small.shape[0])
+    b = _interp_matrix(shape[1], small.shape[1])
+    return (a @ small.astype(F32, copy=False)) @ b.T
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -584,18 +667,22 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     Large ``sigma`` is generated on a coarse grid and bilinearly upsampled.
     """
     f = max(1, int(sigma // 2))
+    if f == 1:
+        z = rng.standard_normal(shape, dtype=F32)
+        return _normalise(ndi.gaussian_filter(z, max(sigma, 0.5), truncate=3.0))
     hs, ws = shape[0] // f + 3, shape[1] // f + 3
     z = rng.standard_normal((hs, ws), dtype=F32)
-    z = ndi.gaussian_filter(z, max(sigma / f, 0.5), truncate=3.0)
-    if f > 1:
-        z = ndi.zoom(z, f, order=1)
-    return _normalise(z[: shape[0], : shape[1]])
+    z = ndi.gaussian_filter(z, sigma / f, truncate=3.0)
+    return _normalise(_upsample(z, shape))
 
 
-def _ridges(rng: np.random.Generator, shape: tuple[int, int], sigma: float, width: float = 0.3) -> np.ndarray:
+def _ridges(
+    rng: np.random.Generator, shape: tuple[int, int], sigma: float, width: float = 0.35
+) -> np.ndarray:
     """Reticular network in [0, 1]: zero crossings of band-passed noise, float32 ``shape``."""
     z = rng.standard_normal(shape, dtype=F32)
-    band = ndi.gaussian_filter(z, sigma, truncate=3.0) - ndi.gaussian_filter(z, 2.5 * sigma, truncate=3.0)
+    band = ndi.gaussian_filter(z, sigma, truncate=3.0)
+    band -= ndi.gaussian_filter(z, 2.5 * sigma, truncate=3.0)
     band = _normalise(band)
     return np.exp(-((band / F32(width)) ** 2)).astype(F32)
 
@@ -670,7 +757,8 @@ def _trace(
     kappa = rng.normal(0.0, curvature, (n, 1)).astype(F32)
     if wiggle > 0:
         kappa = kappa + np.cumsum(rng.normal(0.0, wiggle, (n, n_steps)).astype(F32), axis=1)
-    theta = a0.astype(F32)[:, None] + np.cumsum(np.broadcast_to(kappa * F32(step), (n, n_steps)), axis=1)
+    turn = np.broadcast_to(kappa * F32(step), (n, n_steps))
+    theta = a0.astype(F32)[:, None] + np.cumsum(turn, axis=1)
     ys = y0.astype(F32)[:, None] + np.cumsum(np.sin(theta), axis=1) * F32(step)
     xs = x0.astype(F32)[:, None] + np.cumsum(np.cos(theta), axis=1) * F32(step)
     iy = np.rint(ys).astype(np.int64)
@@ -709,10 +797,12 @@ def _segments(
 
 
 def _saturate(counts: np.ndarray, k: float) -> np.ndarray:
+    """Soft saturation ``1 - exp(-counts / k)`` of a count image, float32."""
     return (1.0 - np.exp(-counts / F32(k))).astype(F32)
 
 
 def _angdiff(a: np.ndarray, b: float) -> np.ndarray:
+    """Absolute angular difference in [0, pi], float32."""
     return np.abs((a - F32(b) + F32(np.pi)) % F32(2 * np.pi) - F32(np.pi))
 
 
@@ -741,11 +831,50 @@ def _edge_distance(mask: np.ndarray, sides: tuple[bool, bool, bool, bool]) -> np
 # --------------------------------------------------------------------------------------
 
 
+class _TextureBank:
+    """Source of texture noise for the cells of one image.
+
+    Large images draw noise per cell bounding box (cheaper than full-image filtering);
+    small images (``size <= GLOBAL_TEXTURE_MAX``) draw each kind of noise once for the
+    whole image and hand out slices, which avoids per-cell call overhead.
+    """
+
+    def __init__(self, rng: np.random.Generator, size: int) -> None:
+        self.rng = rng
+        self.size = size
+        self.global_fields = size <= GLOBAL_TEXTURE_MAX
+        self._cache: dict[tuple[str, float], np.ndarray] = {}
+
+    def _field(self, kind: str, sigma: float) -> np.ndarray:
+        """Full-image texture of ``kind`` and ``sigma``, drawn on first use."""
+        key = (kind, round(sigma, 3))
+        if key not in self._cache:
+            shape = (self.size, self.size)
+            if kind == "ridges":
+                self._cache[key] = _ridges(self.rng, shape, sigma)
+            else:
+                self._cache[key] = _smooth_noise(self.rng, shape, sigma)
+        return self._cache[key]
+
+    def noise(self, sl: tuple[slice, slice], sigma: float) -> np.ndarray:
+        """Zero-mean unit-std smooth noise over the image region ``sl``, float32."""
+        if self.global_fields:
+            return self._field("noise", sigma)[sl]
+        return _smooth_noise(self.rng, (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start), sigma)
+
+    def ridges(self, sl: tuple[slice, slice], sigma: float) -> np.ndarray:
+        """Reticular network in [0, 1] over the image region ``sl``, float32."""
+        if self.global_fields:
+            return self._field("ridges", sigma)[sl]
+        return _ridges(self.rng, (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start), sigma)
+
+
 class CellContext:
     """Everything a pattern renderer needs about one cell, in its bounding box.
 
     Arrays are float32 or bool of shape ``(h, w)`` = the cell's bounding box.  Derived
-    fields are computed on first use and cached.  ``s`` is the image size / 2048.
+    fields are computed on first use and cached.  ``s`` is the image size / 2048;
+    ``nwin`` is the window (local slices) around the nucleus where nuclear work is done.
     """
 
     def __init__(
@@ -756,32 +885,43 @@ class CellContext:
         nuc: np.ndarray,
         sides: tuple[bool, bool, bool, bool],
         geom: _CellGeom,
-        origin: tuple[int, int],
+        bank: _TextureBank,
+        sl: tuple[slice, slice],
     ) -> None:
         self.rng = rng
         self.s = s
+        self.bank = bank
+        self.sl = sl
         self.cell = cell
         self.nuc = nuc
         self.cyto = cell & ~nuc
         self.sides = sides
         self.geom = geom
-        self.origin = origin
         self.mitotic = geom.mitotic
-        self.shape: tuple[int, int] = cell.shape  # type: ignore[assignment]
+        self.shape: tuple[int, int] = (int(cell.shape[0]), int(cell.shape[1]))
         ys, xs = np.nonzero(nuc)
         self.ncy, self.ncx = float(ys.mean()), float(xs.mean())
         cys, cxs = np.nonzero(cell)
         self.ccy, self.ccx = float(cys.mean()), float(cxs.mean())
         self.rn = math.sqrt(ys.size / math.pi)
         self.rc = math.sqrt(cys.size / math.pi)
+        h, w = self.shape
+        self.nwin = (
+            slice(max(0, int(ys.min()) - 2), min(h, int(ys.max()) + 3)),
+            slice(max(0, int(xs.min()) - 2), min(w, int(xs.max()) + 3)),
+        )
+        # Farthest cell pixel from the nucleus centre (bounds curve lengths).
+        self.far = float(np.hypot(np.abs(cys - self.ncy).max(), np.abs(cxs - self.ncx).max()))
 
-    # --- coordinates and distances ---------------------------------------------------
+    # --- coordinates, distances, noise -------------------------------------------------
     @cached_property
     def yy(self) -> np.ndarray:
+        """Row coordinates, float32 (h, 1)."""
         return np.arange(self.shape[0], dtype=F32)[:, None]
 
     @cached_property
     def xx(self) -> np.ndarray:
+        """Column coordinates, float32 (1, w)."""
         return np.arange(self.shape[1], dtype=F32)[None, :]
 
     @cached_property
@@ -797,7 +937,17 @@ class CellContext:
     @cached_property
     def d_nuc_in(self) -> np.ndarray:
         """Distance to the nucleus edge inside the nucleus (px), 0 elsewhere."""
-        return _edge_distance(self.nuc, self.sides)
+        out = np.zeros(self.shape, F32)
+        wy, wx = self.nwin
+        h, w = self.shape
+        sides = (
+            self.sides[0] and wy.start == 0,
+            self.sides[1] and wy.stop == h,
+            self.sides[2] and wx.start == 0,
+            self.sides[3] and wx.stop == w,
+        )
+        out[self.nwin] = _edge_distance(self.nuc[self.nwin], sides)
+        return out
 
     @cached_property
     def d_nuc_out(self) -> np.ndarray:
@@ -809,17 +959,30 @@ class CellContext:
         """Cytoplasm coordinate: 0 at the nucleus edge, 1 at the cell edge, 0 in the nucleus."""
         dn, dc = self.d_nuc_out, self.d_edge
         u = dn / np.maximum(dn + dc, F32(1e-3))
-        return np.where(self.cyto, u, F32(0)).astype(F32)
+        u[~self.cyto] = 0
+        return u
 
     @cached_property
     def thickness(self) -> np.ndarray:
-        """Relative cytoplasm thickness (1 near the nucleus, ~0.25 at the edge), 0 outside."""
-        t = F32(0.25) + F32(0.75) * (F32(1) - self.u) ** F32(1.3)
-        return np.where(self.cyto, t, F32(0)).astype(F32)
+        """Relative cytoplasm thickness: 1 near the nucleus, ~0.1 at the cell edge, 0 outside."""
+        v = F32(1) - self.u
+        edge = F32(1) - np.exp(-self.d_edge / F32(self.px(7.0, 0.8)))
+        t = (F32(0.25) + F32(0.75) * v * np.sqrt(v)) * (F32(0.3) + F32(0.7) * edge)
+        t[~self.cyto] = 0
+        return t
 
     def noise(self, sigma_ref: float) -> np.ndarray:
-        """Fresh smooth noise (zero mean, unit std) with correlation ``sigma_ref`` px at 2048."""
-        return _smooth_noise(self.rng, self.shape, max(0.6, sigma_ref * self.s))
+        """Smooth noise (zero mean, unit std) with correlation ``sigma_ref`` px at 2048, (h, w)."""
+        return self.bank.noise(self.sl, max(0.6, sigma_ref * self.s))
+
+    def nuc_noise(self, sigma_ref: float) -> np.ndarray:
+        """Like :meth:`noise` but only inside the nucleus window (zero elsewhere)."""
+        out = np.zeros(self.shape, F32)
+        wy, wx = self.nwin
+        y0, x0 = self.sl[0].start, self.sl[1].start
+        win = (slice(y0 + wy.start, y0 + wy.stop), slice(x0 + wx.start, x0 + wx.stop))
+        out[self.nwin] = self.bank.noise(win, max(0.6, sigma_ref * self.s))
+        return out
 
     def px(self, length_ref: float, minimum: float = 0.6) -> float:
         """A length given in px at 2048, in px of this image (at least ``minimum``)."""
@@ -834,21 +997,28 @@ class CellContext:
             return soft, []
         rng = self.rng
         n = int(rng.integers(2, 5))
-        din = self.d_nuc_in
+        wy, wx = self.nwin
+        din = self.d_nuc_in[self.nwin]
+        sub = soft[self.nwin]
+        yy = np.arange(wy.stop - wy.start, dtype=F32)[:, None]
+        xx = np.arange(wx.stop - wx.start, dtype=F32)[None, :]
         blobs: list[tuple[float, float, float]] = []
+        centres = []
         for _ in range(n):
             rr = max(0.8, self.rn * rng.uniform(0.12, 0.2))
             cand = din > max(1.0, 1.4 * rr)
             if not cand.any():
                 cand = din >= din.max()
             ys, xs = _sample_pixels(rng, cand, 1)
-            blobs.append((float(ys[0]), float(xs[0]), rr))
-            for _k in range(3):
-                oy, ox = rng.normal(0, 0.45 * rr, 2)
-                sub_r = rr * rng.uniform(0.6, 0.9)
-                d2 = ((self.yy - F32(ys[0] + oy)) ** 2 + (self.xx - F32(xs[0] + ox)) ** 2) / F32(sub_r**2)
-                np.maximum(soft, np.exp(-(d2**2)), out=soft)
-        return np.where(self.nuc, soft, F32(0)).astype(F32), blobs
+            blobs.append((float(ys[0]) + wy.start, float(xs[0]) + wx.start, rr))
+            off = rng.normal(0, 0.45 * rr, (3, 2))
+            for (oy, ox), sub_r in zip(off, rr * rng.uniform(0.6, 0.9, 3)):
+                centres.append((ys[0] + oy, xs[0] + ox, sub_r))
+        cy, cx, cr = (np.asarray(v, F32)[:, None, None] for v in zip(*centres))
+        d2 = ((yy[None] - cy) ** 2 + (xx[None] - cx) ** 2) / (cr * cr)
+        sub[...] = np.exp(-(d2 * d2)).max(axis=0)
+        soft[~self.nuc] = 0
+        return soft, blobs
 
     @cached_property
     def golgi_angle(self) -> float:
@@ -872,33 +1042,37 @@ class CellContext:
     @cached_property
     def er(self) -> np.ndarray:
         """Endoplasmic reticulum: reticular, perinuclear, decaying to the edge; float32 (h, w)."""
-        net = _ridges(self.rng, self.shape, self.px(1.6, 0.7), width=0.35)
-        env = F32(0.12) + F32(0.88) * np.exp(-self.u / F32(0.3))
+        net = self.bank.ridges(self.sl, self.px(2.2, 0.7))
+        if self.mitotic:
+            env = F32(0.55) * (F32(1) - F32(0.7) * np.minimum(self.spindle, F32(1)))
+            cyto = env * (F32(0.25) + F32(0.75) * net)
+            return np.where(self.cyto, cyto, F32(0)).astype(F32)
+        env = F32(0.12) + F32(0.88) * np.exp(-self.u / F32(0.4))
         cyto = env * (F32(0.2) + F32(0.8) * net) * (F32(0.5) + F32(0.5) * self.thickness)
         w = self.px(2.5, 0.8)
-        rim = np.exp(-(((self.d_nuc_in - 1) / F32(w)) ** 2)) * F32(0.45) + F32(0.03)
+        rim = np.exp(-(((self.d_nuc_in - 1) / F32(w)) ** 2)) * F32(0.3) + F32(0.03)
         return np.where(self.cyto, cyto, np.where(self.nuc, rim, F32(0))).astype(F32)
 
     @cached_property
     def microtubules(self) -> np.ndarray:
         """Microtubule network radiating from around the nucleus; float32 (h, w)."""
         if self.mitotic:
-            return (self.spindle + F32(0.25) * self.thickness).astype(F32)
+            return (self.spindle + F32(0.3) * np.where(self.cyto, F32(0.7), F32(0))).astype(F32)
         rng, s = self.rng, max(self.s, 0.1)
-        n = int(np.clip(2 * np.pi * self.rc / (5.0 * s), 24, 320))
+        n = int(np.clip(2 * np.pi * self.rc / (4.0 * s), 24, 400))
         phi = rng.uniform(-np.pi, np.pi, n)
-        rad = self.rn * rng.uniform(0.2, 1.0, n)
+        rad = self.rn * rng.uniform(0.3, 1.0, n)
         y0 = self.ncy + rad * np.sin(phi)
         x0 = self.ncx + rad * np.cos(phi)
-        a0 = phi + rng.normal(0, 0.45, n)
-        n_steps = int(math.hypot(*self.shape) / 0.7)
+        a0 = phi + rng.normal(0, 0.7, n)
+        step = 0.8
         counts = _trace(
-            rng, self.cell, y0, x0, a0, n_steps,
-            curvature=0.003 / s, wiggle=0.0004 / s, weights=rng.uniform(0.5, 1.0, n),
+            rng, self.cell, y0, x0, a0, int(1.25 * self.far / step), step=step,
+            curvature=0.003 / s, wiggle=0.0004 / s, weights=rng.uniform(0.3, 1.0, n),
         )
-        fil = _saturate(counts, 1.2)
-        cyto = fil * (F32(0.55) + F32(0.45) * self.thickness) + F32(0.18) * self.thickness
-        return np.where(self.cyto, cyto, np.where(self.nuc, F32(0.2) * fil + F32(0.05), F32(0)))
+        fil = _saturate(counts, 2.0)
+        cyto = fil * (F32(0.3) + F32(0.7) * self.thickness) + F32(0.3) * self.thickness
+        return np.where(self.cyto, cyto, np.where(self.nuc, F32(0.15) * fil + F32(0.05), F32(0)))
 
     @cached_property
     def spindle(self) -> np.ndarray:
@@ -912,22 +1086,22 @@ class CellContext:
         half = g.radius * math.sqrt(g.aspect)
         centre = np.array([self.ncy, self.ncx])
         length = 0.95 * half
-        parts = []
+        counts = np.zeros(self.shape, F32)
         poles = []
         for sign in (-1.0, 1.0):
             pole = centre + sign * length * axis
             poles.append(pole)
-            m = 45
+            m = 70
             t = rng.uniform(-0.95, 0.95, m) * half
-            target = centre + t[:, None] * plate_dir[None, :] - sign * rng.uniform(0, 0.12, m)[:, None] * length * axis
-            parts.append(_segments(self.cell, np.repeat(pole[None, :], m, 0), target))
+            back = rng.uniform(0, 0.12, m)[:, None] * length * axis
+            target = centre + t[:, None] * plate_dir[None, :] - sign * back
+            counts += _segments(self.cell, np.repeat(pole[None, :], m, 0), target)
             k = 14
             ang = math.atan2(sign * axis[0], sign * axis[1]) + rng.uniform(-1.3, 1.3, k)
-            tips = pole[None, :] + (0.45 * length * rng.uniform(0.5, 1.0, k))[:, None] * np.stack(
-                [np.sin(ang), np.cos(ang)], 1
-            )
-            parts.append(0.5 * _segments(self.cell, np.repeat(pole[None, :], k, 0), tips))
-        fib = _saturate(sum(parts), 2.5)
+            reach = (0.45 * length * rng.uniform(0.5, 1.0, k))[:, None]
+            tips = pole[None, :] + reach * np.stack([np.sin(ang), np.cos(ang)], 1)
+            counts += F32(0.5) * _segments(self.cell, np.repeat(pole[None, :], k, 0), tips)
+        fib = _saturate(counts, 2.5)
         pts = np.asarray(poles)
         dots = _splat(self.shape, pts[:, 0], pts[:, 1], self.px(3.0))
         return np.where(self.cell, fib + dots, F32(0)).astype(F32)
@@ -935,14 +1109,15 @@ class CellContext:
     @cached_property
     def dna(self) -> np.ndarray:
         """DAPI signal: textured chromatin, dim nucleoli, bright rim; float32 (h, w)."""
-        chrom = self.noise(5.0)
-        fine = self.noise(1.5)
+        chrom = self.nuc_noise(5.0)
+        fine = self.nuc_noise(1.5)
         if self.mitotic:
             v = F32(1.5) * (F32(0.8) + F32(0.12) * chrom + F32(0.1) * fine)
             return np.where(self.nuc, v, F32(0)).astype(F32)
         soft, _ = self.nucleoli
         rim = np.exp(-self.d_nuc_in / F32(self.px(4.0, 0.8)))
-        v = (F32(0.72) + F32(0.12) * chrom + F32(0.07) * fine) * (F32(1) - F32(0.5) * soft) + F32(0.12) * rim
+        v = F32(0.72) + F32(0.12) * chrom + F32(0.07) * fine
+        v = v * (F32(1) - F32(0.5) * soft) + F32(0.1) * rim
         return np.where(self.nuc, np.maximum(v, F32(0.2)), F32(0)).astype(F32)
 
 
@@ -954,12 +1129,14 @@ PatternRenderer = Callable[[CellContext], np.ndarray]
 
 
 def _nucleoplasm(c: CellContext) -> np.ndarray:
+    """Diffuse nucleus fill with dark nucleoli."""
     soft, _ = c.nucleoli
-    v = (F32(0.85) + F32(0.1) * c.noise(3.0)) * (F32(1) - F32(0.85) * soft)
+    v = (F32(0.85) + F32(0.1) * c.nuc_noise(3.0)) * (F32(1) - F32(0.85) * soft)
     return np.where(c.nuc, v, F32(0.02) * c.thickness).astype(F32)
 
 
 def _nuclear_membrane(c: CellContext) -> np.ndarray:
+    """Thin ring at the nucleus edge."""
     w = c.px(2.2, 0.7)
     sd = c.d_nuc_in - c.d_nuc_out
     ring = np.exp(-(((sd - F32(0.5)) / F32(w)) ** 2)) * (F32(0.85) + F32(0.15) * c.noise(4.0))
@@ -967,82 +1144,97 @@ def _nuclear_membrane(c: CellContext) -> np.ndarray:
 
 
 def _nucleoli(c: CellContext) -> np.ndarray:
+    """2-4 bright irregular blobs in the nucleus."""
     soft, _ = c.nucleoli
-    return (soft * (F32(0.9) + F32(0.1) * c.noise(1.5)) + F32(0.04) * c.nuc).astype(F32)
+    return (soft * (F32(0.9) + F32(0.1) * c.nuc_noise(1.5)) + F32(0.04) * c.nuc).astype(F32)
 
 
 def _fibrillar_center(c: CellContext) -> np.ndarray:
+    """Clusters of tiny dots inside the nucleoli."""
     soft, blobs = c.nucleoli
     ys, xs = [], []
     for by, bx, rr in blobs:
         k = int(c.rng.integers(3, 9))
         ang = c.rng.uniform(0, 2 * np.pi, k)
-        rad = rr * 0.65 * np.sqrt(c.rng.uniform(0, 1, k))
+        rad = rr * 0.85 * np.sqrt(c.rng.uniform(0, 1, k))
         ys.append(by + rad * np.sin(ang))
         xs.append(bx + rad * np.cos(ang))
     if not ys:
         return np.zeros(c.shape, F32)
-    dots = _splat(c.shape, np.concatenate(ys), np.concatenate(xs), c.px(1.6))
-    return (np.minimum(dots, F32(1.3)) + F32(0.08) * soft).astype(F32)
+    dots = _splat(c.shape, np.concatenate(ys), np.concatenate(xs), c.px(1.3))
+    return (np.minimum(dots, F32(1.3)) + F32(0.1) * soft).astype(F32)
 
 
-def _nuclear_dots(c: CellContext, n: int, sigma_ref: float, jitter: int, diffuse: float) -> np.ndarray:
+def _nuclear_dots(
+    c: CellContext, n: int, sigma_ref: float, jitter: int, diffuse: float
+) -> np.ndarray:
+    """``n`` dots (each ``jitter`` sub-spots) in the nucleoplasm on a ``diffuse`` fill."""
     soft, _ = c.nucleoli
     sigma = c.px(sigma_ref)
     where = c.nuc & (soft < 0.3) & (c.d_nuc_in > sigma)
     if not where.any():
         where = c.nuc
     ys, xs = _sample_pixels(c.rng, where, n)
+    m = ys.size
     if jitter > 1:
-        ys = np.repeat(ys, jitter) + c.rng.normal(0, sigma, n * jitter)
-        xs = np.repeat(xs, jitter) + c.rng.normal(0, sigma, n * jitter)
-    wts = np.repeat(c.rng.uniform(0.5, 1.0, n), max(jitter, 1)) / max(1.0, jitter * 0.5)
+        ys = np.repeat(ys, jitter) + c.rng.normal(0, 0.8 * sigma, m * jitter)
+        xs = np.repeat(xs, jitter) + c.rng.normal(0, 0.8 * sigma, m * jitter)
+    wts = np.repeat(c.rng.uniform(0.5, 1.0, m), max(jitter, 1)) / max(1.0, jitter * 0.5)
     dots = _splat(c.shape, ys, xs, sigma, wts)
-    return np.where(c.nuc, np.minimum(dots, F32(1.5)) + F32(diffuse) * (1 - soft), F32(0)).astype(F32)
+    v = np.minimum(dots, F32(1.5)) + F32(diffuse) * (1 - soft)
+    return np.where(c.nuc, v, F32(0)).astype(F32)
 
 
 def _nuclear_speckles(c: CellContext) -> np.ndarray:
-    return _nuclear_dots(c, int(c.rng.integers(10, 31)), 3.2, 3, 0.12)
+    """15-40 irregular speckles on a dim nucleoplasm."""
+    return _nuclear_dots(c, int(c.rng.integers(15, 41)), 2.4, 3, 0.15)
 
 
 def _nuclear_bodies(c: CellContext) -> np.ndarray:
+    """2-6 small bright dots in the nucleus."""
     return _nuclear_dots(c, int(c.rng.integers(2, 7)), 2.8, 1, 0.04)
 
 
 def _endoplasmic_reticulum(c: CellContext) -> np.ndarray:
+    """Reticular perinuclear network (the yellow channel pattern)."""
     return c.er
 
 
 def _golgi(c: CellContext) -> np.ndarray:
-    near = np.exp(-((c.d_nuc_out / F32(max(3.0, 0.3 * c.rn))) ** 2))
-    side = np.exp(-((_angdiff(c.theta, c.golgi_angle) / F32(0.6)) ** 2))
+    """Compact cluster of fragments next to the nucleus, on the centrosome side."""
+    near = np.exp(-((c.d_nuc_out / F32(max(2.0, 0.25 * c.rn))) ** 2))
+    side = np.exp(-((_angdiff(c.theta, c.golgi_angle) / F32(0.5)) ** 2))
     weight = np.where(c.cyto, near * side, F32(0))
-    n = int(c.rng.integers(25, 60))
+    n = int(c.rng.integers(40, 80))
     ys, xs = _sample_pixels(c.rng, weight, n)
-    blobs = _splat(c.shape, ys, xs, c.px(3.0), c.rng.uniform(0.3, 0.7, n))
-    v = np.minimum(blobs, F32(1.4)) + F32(0.25) * weight + F32(0.02) * c.thickness
+    blobs = _splat(c.shape, ys, xs, c.px(2.6), c.rng.uniform(0.25, 0.5, ys.size))
+    v = np.minimum(blobs, F32(1.3)) + F32(0.3) * weight + F32(0.02) * c.thickness
     return np.where(c.cell, v, F32(0)).astype(F32)
 
 
 def _intermediate_filaments(c: CellContext) -> np.ndarray:
+    """Long wavy fibres, densest around the nucleus."""
     rng, s = c.rng, max(c.s, 0.1)
-    n = int(np.clip(c.rc / (2.5 * s), 15, 120))
-    weight = np.where(c.cyto, np.exp(-c.u / F32(0.35)), F32(0))
+    n = int(np.clip(c.rc / (1.2 * s), 20, 250))
+    weight = np.where(c.cyto, np.exp(-c.u / F32(0.25)), F32(0))
     y0, x0 = _sample_pixels(rng, weight, n)
     if y0.size == 0:
         return np.zeros(c.shape, F32)
     th = np.arctan2(y0 - c.ncy, x0 - c.ncx)
-    a0 = th + rng.choice([-1.0, 1.0], y0.size) * np.pi / 2 + rng.normal(0, 0.5, y0.size)
+    a0 = th + rng.choice([-1.0, 1.0], y0.size) * rng.uniform(0.4, 1.4, y0.size)
+    step = 0.8
+    lengths = (rng.uniform(0.4, 1.2, y0.size) * c.far / step).astype(np.int64)
     counts = _trace(
-        rng, c.cell, y0, x0, a0, int(3.0 * c.rc / 0.7),
-        curvature=0.006 / s, wiggle=0.0012 / s, weights=rng.uniform(0.4, 1.0, y0.size),
+        rng, c.cell, y0, x0, a0, int(1.2 * c.far / step), step=step, lengths=lengths,
+        curvature=0.004 / s, wiggle=0.0012 / s, weights=rng.uniform(0.3, 1.0, y0.size),
     )
-    fil = _saturate(counts, 1.0)
-    v = np.where(c.nuc, F32(0.3) * fil, fil) + F32(0.08) * c.thickness
+    fil = _saturate(counts, 1.6)
+    v = np.where(c.nuc, F32(0.3) * fil, fil) + F32(0.1) * c.thickness
     return np.where(c.cell, v, F32(0)).astype(F32)
 
 
 def _actin(c: CellContext) -> np.ndarray:
+    """Cortical ring plus parallel stress fibres (cortex only in mitotic cells)."""
     w = c.px(2.5, 0.8)
     cortex = np.exp(-(((c.d_edge - 1) / F32(w)) ** 2)) * F32(0.8)
     base = np.where(c.cell, cortex + F32(0.06) * c.thickness, F32(0))
@@ -1061,7 +1253,7 @@ def _actin(c: CellContext) -> np.ndarray:
     y0 = c.ccy + off * perp[0] - half * d[0]
     x0 = c.ccx + off * perp[1] - half * d[1]
     a0 = np.full(n, math.atan2(d[0], d[1])) + rng.normal(0, 0.04, n)
-    counts = _trace(rng, c.cell, y0, x0, a0, int(2 * half / 0.7), terminate=False,
+    counts = _trace(rng, c.cell, y0, x0, a0, int(2 * half / 0.8), step=0.8, terminate=False,
                     weights=rng.uniform(0.3, 1.0, n))
     fib = _saturate(counts, 1.0) * (F32(0.4) + F32(0.6) * _saturate(c.d_edge, 6 * c.s + 1))
     fib = np.where(c.nuc, F32(0.4) * fib, fib)
@@ -1069,14 +1261,17 @@ def _actin(c: CellContext) -> np.ndarray:
 
 
 def _microtubules(c: CellContext) -> np.ndarray:
+    """The microtubule network of the red channel."""
     return c.microtubules
 
 
 def _mitotic_spindle(c: CellContext) -> np.ndarray:
+    """Bipolar spindle of a mitotic cell."""
     return (c.spindle + F32(0.05) * c.thickness).astype(F32)
 
 
 def _centrosome(c: CellContext) -> np.ndarray:
+    """One or two bright dots next to the nucleus."""
     cy, cx = c.centrosome
     ang = c.rng.uniform(0, 2 * np.pi)
     gap = c.px(5.0, 0.8)
@@ -1088,21 +1283,23 @@ def _centrosome(c: CellContext) -> np.ndarray:
 
 
 def _plasma_membrane(c: CellContext) -> np.ndarray:
+    """Thin ring along the cell edge."""
     w = c.px(2.2, 0.7)
     ring = np.exp(-(((c.d_edge - 1) / F32(w)) ** 2)) * (F32(0.85) + F32(0.15) * c.noise(6.0))
     return np.where(c.cell, ring + F32(0.04) * c.thickness, F32(0)).astype(F32)
 
 
 def _mitochondria(c: CellContext) -> np.ndarray:
+    """Many short worm-like segments, denser near the nucleus."""
     rng, s = c.rng, max(c.s, 0.1)
     area = float(c.cyto.sum())
-    n = int(np.clip(area / (180.0 * s * s), 10, 1200))
-    weight = np.where(c.cyto, F32(0.3) + (F32(1) - c.u) ** F32(0.7), F32(0))
+    n = int(np.clip(area / (160.0 * s * s), 10, 1500))
+    weight = np.where(c.cyto, F32(0.2) + (F32(1) - c.u) ** 2, F32(0))
     y0, x0 = _sample_pixels(rng, weight, n)
     n = y0.size
     if n == 0:
         return np.zeros(c.shape, F32)
-    max_len = max(3, int(26 * s / 0.7))
+    max_len = max(3, int(24 * s / 0.7))
     lengths = rng.integers(max(2, max_len // 3), max_len + 1, n)
     counts = _trace(
         rng, c.cyto, y0, x0, rng.uniform(-np.pi, np.pi, n), max_len,
@@ -1113,6 +1310,7 @@ def _mitochondria(c: CellContext) -> np.ndarray:
 
 
 def _aggresome(c: CellContext) -> np.ndarray:
+    """One large bright perinuclear blob."""
     cy, cx = c.centrosome
     rad = max(1.0, 0.28 * c.rn)
     ang = c.golgi_angle
@@ -1125,21 +1323,25 @@ def _aggresome(c: CellContext) -> np.ndarray:
 
 
 def _cytosol(c: CellContext) -> np.ndarray:
+    """Diffuse cytoplasm fill, nucleus excluded."""
     v = c.thickness * (F32(0.85) + F32(0.12) * c.noise(8.0) + F32(0.05) * c.noise(1.5))
     return np.where(c.nuc, F32(0.05), v).astype(F32) * c.cell
 
 
 def _vesicles(c: CellContext) -> np.ndarray:
+    """Many small dots across the cytoplasm."""
     s = max(c.s, 0.1)
     area = float(c.cyto.sum())
     n = int(np.clip(area / (450.0 * s * s), 8, 600))
     weight = np.where(c.cyto, F32(0.4) + (F32(1) - c.u), F32(0))
     ys, xs = _sample_pixels(c.rng, weight, n)
     dots = _splat(c.shape, ys, xs, c.px(1.9), c.rng.lognormal(0, 0.4, ys.size))
-    return np.where(c.cell, np.minimum(dots, F32(2.0)) + F32(0.04) * c.thickness, F32(0)).astype(F32)
+    v = np.minimum(dots, F32(2.0)) + F32(0.04) * c.thickness
+    return np.where(c.cell, v, F32(0)).astype(F32)
 
 
 def _negative(c: CellContext) -> np.ndarray:
+    """No specific signal (autofluorescence is added for every cell)."""
     return np.zeros(c.shape, F32)
 
 
@@ -1209,6 +1411,7 @@ class SynthImage:
 
 
 def _sides(sl: tuple[slice, slice], size: int) -> tuple[bool, bool, bool, bool]:
+    """Which sides (top, bottom, left, right) of ``sl`` lie on the image border."""
     return sl[0].start == 0, sl[0].stop == size, sl[1].start == 0, sl[1].stop == size
 
 
@@ -1221,17 +1424,33 @@ def _render_cells(
     cell_patterns: list[list[_Pattern]],
     levels: np.ndarray,
 ) -> np.ndarray:
-    """Expected photons per channel before optics, float32 (4, size, size)."""
+    """Expected photons per channel before optics.
+
+    Parameters
+    ----------
+    cells, nuclei : ndarray of uint16, shape (size, size)
+        Label images.
+    geoms, cell_patterns : list
+        Geometry and patterns of cell ``k`` at index ``k - 1``.
+    levels : ndarray, shape (5,)
+        Photons of a bright structure in red, green (expression), blue and yellow
+        (canonical channel order), then the green autofluorescence.
+
+    Returns
+    -------
+    ndarray of float32, shape (4, size, size)
+    """
     s = size / REFERENCE_SIZE
     canvas = np.zeros((4, size, size), F32)
     red, green, blue, yellow = (CHANNELS.index(c) for c in ("red", "green", "blue", "yellow"))
     green_af = levels[4]  # autofluorescence photons
+    bank = _TextureBank(rng, size)
     for k, sl in enumerate(ndi.find_objects(cells), start=1):
         if sl is None:
             continue
         cell = cells[sl] == k
         nuc = nuclei[sl] == k
-        ctx = CellContext(rng, s, cell, nuc, _sides(sl, size), geoms[k - 1], (sl[0].start, sl[1].start))
+        ctx = CellContext(rng, s, cell, nuc, _sides(sl, size), geoms[k - 1], bank, sl)
         canvas[blue][sl] += F32(levels[blue] * rng.uniform(0.8, 1.2)) * ctx.dna
         canvas[red][sl] += F32(levels[red] * rng.uniform(0.7, 1.3)) * ctx.microtubules
         canvas[yellow][sl] += F32(levels[yellow] * rng.uniform(0.7, 1.3)) * ctx.er
@@ -1248,10 +1467,13 @@ def _camera(
 ) -> tuple[np.ndarray, tuple[float, ...]]:
     """Optics and camera: PSF, haze, vignetting, background, shot and read noise.
 
+    ``ADU = offset + gain * lambda + sqrt(gain**2 * lambda + read_noise**2) * N(0, 1)``
+    with ``lambda`` the expected photons (normal approximation of the Poisson shot noise).
+
     Parameters
     ----------
     photons : ndarray of float32, shape (4, size, size)
-        Expected signal photons; modified in place.
+        Expected signal photons.
 
     Returns
     -------
@@ -1261,31 +1483,37 @@ def _camera(
     """
     s = size / REFERENCE_SIZE
     psf = max(0.5, 1.1 * s)
-    gain = float(rng.uniform(2.5, 4.0))
+    gain = F32(rng.uniform(2.5, 4.0))
     base = float(rng.uniform(300, 600))
-    read_noise = float(rng.uniform(5, 15))
+    read_var = F32(rng.uniform(5, 15) ** 2)
     offsets = tuple(float(base + rng.uniform(-15, 15)) for _ in range(4))
-    yy = (np.arange(size, dtype=F32)[:, None] / F32(size) - F32(rng.uniform(0.4, 0.6))) * F32(2)
-    xx = (np.arange(size, dtype=F32)[None, :] / F32(size) - F32(rng.uniform(0.4, 0.6))) * F32(2)
-    vignette = F32(1) - F32(rng.uniform(0.08, 0.2)) * (yy * yy + xx * xx) / F32(2)
     f = max(1, size // 64)
+    m = size // f
+    grid = (np.arange(m, dtype=F32) + F32(0.5)) / F32(m)
+    cy, cx = rng.uniform(0.4, 0.6, 2)
+    r2 = ((grid[:, None] - F32(cy)) ** 2 + (grid[None, :] - F32(cx)) ** 2) * F32(2)
+    vig_small = F32(1) - F32(rng.uniform(0.08, 0.2)) * r2
+    vignette = _upsample(vig_small, (size, size))
     out = np.empty(photons.shape, np.uint16)
     for c in range(photons.shape[0]):
-        img = ndi.gaussian_filter(photons[c], psf, truncate=3.0)
-        small = img[: size // f * f, : size // f * f].reshape(size // f, f, size // f, f).mean(axis=(1, 3))
-        haze = ndi.zoom(ndi.gaussian_filter(small, 2.0), f, order=1)
-        bg = F32(rng.uniform(4, 14)) * (F32(1) + F32(0.25) * _smooth_noise(rng, (size // f + 1,) * 2, 6.0))
-        bg_full = ndi.zoom(bg, f, order=1)
-        lam = img
-        lam[: haze.shape[0], : haze.shape[1]] += F32(0.04) * haze
+        lam = ndi.gaussian_filter(photons[c], psf, truncate=3.0)
+        small = lam[: m * f, : m * f].reshape(m, f, m, f).mean(axis=(1, 3))
+        haze = ndi.gaussian_filter(small, 2.0)
+        bg = F32(rng.uniform(4, 14)) * (F32(1) + F32(0.25) * _smooth_noise(rng, (m, m), 6.0))
+        low = _upsample(F32(0.04) * haze * vig_small + bg, (size, size))
         lam *= vignette
-        lam[: bg_full.shape[0], : bg_full.shape[1]] += bg_full[:size, :size]
+        lam += low
         np.maximum(lam, F32(0), out=lam)
-        z = rng.standard_normal((size, size), dtype=F32)
-        sd = np.sqrt(F32(gain * gain) * lam + F32(read_noise * read_noise))
-        adu = F32(offsets[c]) + F32(gain) * lam + sd * z
-        np.clip(np.rint(adu, out=adu), 0, 65535, out=adu)
-        out[c] = adu.astype(np.uint16)
+        sd = lam * (gain * gain)
+        sd += read_var
+        np.sqrt(sd, out=sd)
+        sd *= rng.standard_normal((size, size), dtype=F32)
+        lam *= gain
+        lam += F32(offsets[c])
+        lam += sd
+        np.rint(lam, out=lam)
+        np.clip(lam, 0, 65535, out=lam)
+        out[c] = lam
     return out, offsets
 
 
@@ -1335,9 +1563,9 @@ def synthesize_image(
     levels = np.array(
         [
             rng.uniform(8000, 20000) / gain_guess,  # red
-            float(np.exp(rng.uniform(np.log(3000), np.log(20000)))) / gain_guess,  # green expression
+            float(np.exp(rng.uniform(np.log(3000), np.log(20000)))) / gain_guess,  # green
             rng.uniform(14000, 28000) / gain_guess,  # blue
-            rng.uniform(8000, 18000) / gain_guess,  # yellow
+            rng.uniform(12000, 26000) / gain_guess,  # yellow
             rng.uniform(40, 120) / gain_guess,  # green autofluorescence
         ]
     )
@@ -1399,6 +1627,8 @@ class SynthSummary:
 
 @dataclass(frozen=True)
 class _Job:
+    """Arguments of :func:`_generate_one` (picklable for process pools)."""
+
     index: int
     seed: int
     size: int
@@ -1420,11 +1650,18 @@ def _encode_channel(arr: np.ndarray, fmt: str) -> bytes:
 
 
 def _write_tif(path: Path, arr: np.ndarray) -> None:
+    """Write a 2-D array as zlib-compressed TIFF (deterministic bytes)."""
     tifffile.imwrite(path, arr, compression="zlib", predictor=True, metadata=None)
 
 
 def _generate_one(job: _Job) -> tuple[str, str, str, list[list[object]]]:
-    """Generate, write and describe image ``job.index``; returns (ID, Label, Cell_line, cell rows)."""
+    """Generate and write image ``job.index``.
+
+    Returns
+    -------
+    tuple
+        (ID, Label, Cell_line, rows of cells.csv)
+    """
     rng = np.random.default_rng([job.seed, job.index])
     image_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
     catalog = get_catalog(job.catalog)
@@ -1458,7 +1695,8 @@ def _generate_one(job: _Job) -> tuple[str, str, str, list[list[object]]]:
 
 
 _README = """\
-Ground truth of a synthetic HPA dataset written by hpa_batch.synth (catalog: {catalog}, seed: {seed}).
+Ground truth of a synthetic HPA dataset written by hpa_batch.synth
+(catalog: {catalog}, seed: {seed}).
 
 {{ID}}_cells.tif   uint16 cell label image (zlib TIFF, full resolution): 0 = background, cells 1..n.
 {{ID}}_nuclei.tif  uint16 nucleus label image: nucleus k lies inside cell k.
@@ -1532,7 +1770,10 @@ def synthesize_dataset(
     truth_dir.mkdir(parents=True, exist_ok=True)
     nl = len(lines)
     jobs = [
-        _Job(i, int(seed), sizes[(i + i // nl) % len(sizes)], lines[i % nl], fmt, cat.name, images_dir, truth_dir)
+        _Job(
+            i, int(seed), sizes[(i + i // nl) % len(sizes)], lines[i % nl],
+            fmt, cat.name, images_dir, truth_dir,
+        )
         for i in range(n_images)
     ]
     if workers > 1 and n_images > 1:
@@ -1555,7 +1796,9 @@ def synthesize_dataset(
             w.writerows(rows)
             n_cells += len(rows)
     negative = (
-        f'an all-negative cell is "{cat.negative}"' if cat.negative is not None else "empty for a negative cell"
+        f'an all-negative cell is "{cat.negative}"'
+        if cat.negative is not None
+        else "empty for a negative cell"
     )
     depth = "8-bit, ADU >> 7" if fmt == "jpg" else "16-bit ADU"
     (truth_dir / "README.txt").write_text(
@@ -1577,6 +1820,7 @@ def synthesize_dataset(
 
 
 def _read_channel(images_dir: Path, image_id: str, channel: str) -> np.ndarray:
+    """Read ``{ID}_{channel}.{png,tif,jpg}`` as a 2-D array."""
     for ext in FORMATS:
         path = images_dir / f"{image_id}_{channel}.{ext}"
         if path.exists():
@@ -1586,26 +1830,41 @@ def _read_channel(images_dir: Path, image_id: str, channel: str) -> np.ndarray:
     raise FileNotFoundError(f"no {channel} image for {image_id} in {images_dir}")
 
 
-def _stretch(a: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.8) -> np.ndarray:
+def _stretch(a: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.9) -> np.ndarray:
+    """Percentile stretch to [0, 1] (float32) with a minimum range of 3% of the dtype range.
+
+    The floor keeps noise-only channels (Negative images) dark instead of stretching
+    the noise to full brightness.
+    """
     lo, hi = np.percentile(a, [lo_pct, hi_pct])
-    return np.clip((a.astype(F32) - F32(lo)) / F32(max(hi - lo, 1e-6)), 0, 1)
+    full = float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else 1.0
+    hi = max(float(hi), float(lo) + 0.03 * full)
+    return np.clip((a.astype(F32) - F32(lo)) / F32(hi - lo), 0, 1)
 
 
 def composite(channels: np.ndarray) -> np.ndarray:
     """HPA-style RGB composite of a (4, h, w) stack in canonical order.
 
-    Each channel is percentile-stretched (1 - 99.8 %); yellow is added to red and green.
+    Each channel is percentile-stretched (1 - 99.9 %, see :func:`_stretch`); yellow is
+    added to red and green.
 
     Returns
     -------
     ndarray of uint8, shape (h, w, 3)
     """
     r, g, b, y = (_stretch(channels[CHANNELS.index(c)]) for c in ("red", "green", "blue", "yellow"))
-    rgb = np.stack([r + F32(0.6) * y, g + F32(0.6) * y, b], axis=-1)
+    rgb = np.stack([r + F32(0.8) * y, g + F32(0.8) * y, b], axis=-1)
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def contact_sheet(dataset_dir: str | Path, out_png: str | Path, n: int = 4, size: int = 512) -> Path:
+def contact_sheet(
+    dataset_dir: str | Path,
+    out_png: str | Path,
+    n: int = 4,
+    size: int = 512,
+    *,
+    catalog: str | None = None,
+) -> Path:
     """Grid of RGB composites of a synthetic (or real) HPA dataset.
 
     Parameters
@@ -1618,6 +1877,9 @@ def contact_sheet(dataset_dir: str | Path, out_png: str | Path, n: int = 4, size
         Number of images; one per cell line first, in ``train.csv`` order.
     size : int
         Tile size in px.
+    catalog : str, optional
+        Label catalog of ``train.csv``; when given, tiles are captioned with class names
+        instead of ids.
 
     Returns
     -------
@@ -1629,23 +1891,32 @@ def contact_sheet(dataset_dir: str | Path, out_png: str | Path, n: int = 4, size
     root = Path(dataset_dir)
     with (root / "train.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    seen: set[str] = set()
-    first = [r for r in rows if not (r["Cell_line"] in seen or seen.add(r["Cell_line"]))]
-    picked = (first + [r for r in rows if r not in first])[:n]
+    first_of_line: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        first_of_line.setdefault(r["Cell_line"], i)
+    firsts = sorted(first_of_line.values())
+    chosen = set(firsts)
+    order = firsts + [i for i in range(len(rows)) if i not in chosen]
+    picked = [rows[i] for i in order[:n]]
     if not picked:
         raise ValueError(f"no images in {root / 'train.csv'}")
+    cat = get_catalog(catalog) if catalog else None
     cols = math.ceil(math.sqrt(len(picked)))
     nrows = math.ceil(len(picked) / cols)
     sheet = Image.new("RGB", (cols * size, nrows * size))
     try:
-        font = ImageFont.load_default(size=max(10, size // 28))
+        font = ImageFont.load_default(size=max(10, size // 30))
     except TypeError:  # Pillow < 10.1
         font = ImageFont.load_default()
     for i, row in enumerate(picked):
         stack = np.stack([_read_channel(root / "images", row["ID"], c) for c in CHANNELS])
         tile = Image.fromarray(composite(stack)).resize((size, size), Image.Resampling.LANCZOS)
-        draw = ImageDraw.Draw(tile)
-        draw.text((6, 4), f"{row['Cell_line']}  [{row['Label']}]", fill=(255, 255, 255), font=font)
+        label = row["Label"]
+        if cat is not None and label:
+            tokens = label.split(cat.separator) if cat.separator.strip() else label.split()
+            label = ", ".join(cat.classes[int(t)].split(" and ")[0] for t in tokens)
+        caption = f"{row['Cell_line']}: {label}"
+        ImageDraw.Draw(tile).text((6, 4), caption, fill=(255, 255, 255), font=font)
         sheet.paste(tile, ((i % cols) * size, (i // cols) * size))
     out_path = Path(out_png)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,82 @@
+# Stage 2: segmentation (labels into each image's OME-Zarr), per-cell table, packed cell tiles.
+
+
+rule segment_shard:
+    input:
+        converted=rules.convert_shard.output.summary,
+    output:
+        summary=f"{RESULTS}/zarr/{{shard}}.segment.json",
+        qc=f"{RESULTS}/qc/{{shard}}.segment.tsv",
+    log:
+        f"{LOGS}/segment/{{shard}}.log",
+    params:
+        store=lambda wildcards: f"{RESULTS}/zarr/{wildcards.shard}.zarr",
+        cfg=stage_config("segmentation", "conversion"),
+    threads: 4
+    resources:
+        mem_mb=lambda wildcards, threads, attempt: (1000 + 600 * threads) * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "hpa-batch segment --shard {wildcards.shard} --config-json {params.cfg}"
+        " --store {params.store} --qc {output.qc} --summary {output.summary}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule measure_shard:
+    input:
+        segmented=rules.segment_shard.output.summary,
+        manifest=rules.manifest.output.manifest,
+    output:
+        f"{RESULTS}/cells/{{shard}}.parquet",
+    log:
+        f"{LOGS}/measure/{{shard}}.log",
+    params:
+        store=lambda wildcards: f"{RESULTS}/zarr/{wildcards.shard}.zarr",
+        cfg=stage_config("measure"),
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "hpa-batch measure --shard {wildcards.shard} --config-json {params.cfg}"
+        " --store {params.store} --manifest {input.manifest} --out {output} > {log} 2>&1"
+
+
+rule tiles_shard:
+    input:
+        cells=rules.measure_shard.output[0],
+    output:
+        directory(f"{RESULTS}/tiles/{{shard}}.zarr"),
+    log:
+        f"{LOGS}/tiles/{{shard}}.log",
+    params:
+        store=lambda wildcards: f"{RESULTS}/zarr/{wildcards.shard}.zarr",
+        cfg=stage_config("tiles"),
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "hpa-batch tiles --shard {wildcards.shard} --config-json {params.cfg}"
+        " --store {params.store} --cells {input.cells} --out {output} > {log} 2>&1"
+
+
+rule segment:
+    input:
+        shard_files(f"{RESULTS}/zarr/{{shard}}.segment.json"),
+
+
+rule cells:
+    input:
+        shard_files(f"{RESULTS}/cells/{{shard}}.parquet"),
+
+
+rule tiles:
+    input:
+        shard_files(f"{RESULTS}/tiles/{{shard}}.zarr"),
