@@ -110,3 +110,57 @@ def tool_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+#: Watershed options scaled for the 384 px synthetic images of the tests (defaults suit ~2048 px).
+SMALL_SEGMENTATION = {
+    "max_size": 512,
+    "min_cell_area": 60,
+    "options": {"nucleus_sigma": 0.75, "cell_sigma": 1.1, "min_nucleus_area": 50,
+                "nucleus_min_distance": 7.5},
+}
+
+
+def synth_config(root: Path, data: Path, **extra: object) -> dict:
+    """Config for a synthetic dataset at ``data`` with results under ``root``."""
+    cfg = {
+        "results_dir": str(root / "results"),
+        "logs_dir": str(root / "logs"),
+        "dataset": {"images_dirs": [str(data / "images")], "metadata": str(data / "train.csv")},
+        "shard_size": 4,
+        "conversion": {"min_level_size": 128, "chunk": 128},
+        "segmentation": SMALL_SEGMENTATION,
+        "tiles": {"size": 64, "image_size": 128, "chunk_tiles": 16},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six 384 px synthetic HPA images (3 cell lines) with ground truth, made once per session."""
+    from hpa_batch.synth import synthesize_dataset
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    synthesize_dataset(out, 6, seed=11, sizes=(384,))
+    return out
+
+
+@pytest.fixture(scope="session")
+def segmented(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> dict:
+    """The synthetic set converted, segmented, measured and tiled (library calls, one shard)."""
+    from hpa_batch.cli import main
+
+    root = tmp_path_factory.mktemp("segmented")
+    cfg_path = root / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(synth_config(root, synth_data, shard_size=10)))
+    shards = []
+    from hpa_batch.config import load_config
+    from hpa_batch.plan import plan_from_config
+
+    for shard in plan_from_config(load_config(cfg_path)):
+        for verb in ("convert", "segment", "measure", "tiles"):
+            assert main([verb, "--config", str(cfg_path), "--shard", shard.name]) == 0
+        shards.append(shard.name)
+    return {"root": root, "config": cfg_path, "results": root / "results", "shards": shards,
+            "data": synth_data}

@@ -83,4 +83,4 @@ def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
 
 def _load_builtin() -> None:
     # importing the modules runs their @register_backend decorators
-    from hpa_batch.segment import watershed  # noqa: F401
+    from hpa_batch.segment import adapters, watershed  # noqa: F401

@@ -1,0 +1,241 @@
+"""Segmentation: registry, backends (watershed real; adapters with stand-in networks), labels in the
+store (ome-zarr-models, napari-ome-zarr), quality against the synthetic truth, resume."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+
+from hpa_batch.config import load_config
+from hpa_batch.ngff import label_levels
+from hpa_batch.segment import BackendUnavailable, create_segmenter, list_backends
+from hpa_batch.segment.adapters import CellposeSegmenter, HPACellSegSegmenter, match_nuclei
+from hpa_batch.segment.quality import average_precision, iou_matrix
+from hpa_batch.segment.stage import border_ids, filter_cells, working_level
+from hpa_batch.synth import synthesize_image
+from hpa_batch.labels import CATALOGS
+
+from conftest import SMALL_SEGMENTATION
+
+
+def synth(seed=0, size=384, line="A-431"):
+    return synthesize_image(np.random.default_rng(seed), size, line, CATALOGS["hpa2021"])
+
+
+def check_consistent(cells, nuclei):
+    n = cells.max()
+    assert set(range(1, n + 1)) <= set(np.unique(cells)) <= set(range(n + 1))
+    assert set(np.unique(nuclei)) <= set(range(n + 1))
+    assert np.all(cells[nuclei > 0] == nuclei[nuclei > 0])  # nucleus k lies inside cell k
+
+
+def test_registry():
+    assert {"watershed", "hpacellseg", "cellpose"} <= set(list_backends())
+    with pytest.raises(ValueError, match="known"):
+        create_segmenter("stardust")
+
+
+def test_quality_metric_known_cases():
+    a = np.zeros((10, 10), int)
+    a[:5, :5], a[5:, 5:] = 1, 2
+    assert average_precision(a, a, 0.5) == 1.0
+    b = a.copy()
+    b[b == 2] = 0  # one missed object
+    assert average_precision(a, b, 0.5) == 0.5
+    c = a.copy()
+    c[:5, :3] = 0  # IoU of object 1 = 10/25
+    assert average_precision(a, c, 0.5) == pytest.approx(1 / 3)
+    assert iou_matrix(a, c)[0, 0] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("line", ["U-2 OS", "A-431", "U-251 MG"])
+def test_watershed_finds_the_synthetic_cells(line):
+    img = synth(3, 384, line)
+    seg = create_segmenter("watershed", **SMALL_SEGMENTATION["options"])
+    cells, nuclei = seg.segment(img.channels, scale=1.0)
+    check_consistent(cells, nuclei)
+    assert average_precision(img.cells.astype(int), cells, 0.5) >= 0.9
+
+
+def test_working_level_at_half_resolution_matches_full():
+    img = synth(5, 512, "HeLa")
+    from hpa_batch.ngff import downsample2x
+
+    opts = {k: v * (512 / 384) ** (2 if "area" in k else 1) for k, v in SMALL_SEGMENTATION["options"].items()}
+    seg = create_segmenter("watershed", **opts)
+    low, _ = seg.segment(downsample2x(img.channels), scale=2.0)
+    full = label_levels(low, 1, [(512, 512), (256, 256)])[0]
+    assert average_precision(img.cells.astype(int), full.astype(int), 0.5) >= 0.85
+
+
+def test_label_levels_are_exact():
+    mask = np.arange(12, dtype=np.uint32).reshape(3, 4)
+    levels = label_levels(mask, 1, [(5, 7), (3, 4), (2, 2)])
+    assert [lv.shape for lv in levels] == [(5, 7), (3, 4), (2, 2)]
+    assert np.array_equal(levels[1], mask) and np.array_equal(levels[2], mask[::2, ::2])
+    assert np.array_equal(levels[0][::2, ::2], mask[:, :4][:3, :4]) and levels[0][4, 6] == mask[2, 3]
+
+
+def test_filters_and_border():
+    cells = np.zeros((20, 20), np.int32)
+    cells[0:5, 0:5], cells[8:14, 8:14], cells[15:16, 15:16] = 1, 2, 3
+    nuclei = np.where(cells > 0, cells, 0)
+    assert border_ids(cells).tolist() == [1]
+    kept, _ = filter_cells(cells, nuclei, 4, exclude_border=True)
+    assert kept.max() == 1 and kept[10, 10] == 1  # 1 (border) and 3 (small) gone, 2 renumbered
+
+
+class StandInHPA:
+    """Same methods as hpacellseg's CellSegmentator, answering from ground truth (uint8 maps)."""
+
+    def __init__(self, img):
+        self.img = img
+
+    def pred_nuclei(self, images):
+        n = self.img.nuclei > 0
+        border = n & ~np.pad(n, 1)[2:, 1:-1] | n & ~np.pad(n, 1)[:-2, 1:-1]
+        return [np.stack([np.zeros_like(n), border, n], -1).astype(np.uint8) * 255]
+
+    def pred_cells(self, images):
+        assert len(images) == 3 and images[0][0].shape == self.img.cells.shape
+        c = self.img.cells > 0
+        edges = np.zeros_like(c)
+        edges[:-1] |= self.img.cells[:-1] != self.img.cells[1:]
+        edges[:, :-1] |= self.img.cells[:, :-1] != self.img.cells[:, 1:]
+        return [np.stack([np.zeros_like(c), edges, c & ~edges], -1).astype(np.uint8) * 255]
+
+
+class StandInCellpose:
+    def __init__(self, masks):
+        self.masks = masks
+
+    def eval(self, x, **kwargs):
+        assert x.ndim == 3 and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+        return self.masks, None, None
+
+
+def test_hpacellseg_adapter_contract_with_stand_in_network():
+    img = synth(7)
+    seg = HPACellSegSegmenter(network=StandInHPA(img), min_nucleus_area=20)
+    cells, nuclei = seg.segment(img.channels)
+    check_consistent(cells, nuclei)
+    assert average_precision(img.cells.astype(int), cells, 0.6) >= 0.9
+
+
+def test_cellpose_adapter_contract_with_stand_in_network():
+    img = synth(8)
+    nuclei_shifted = np.roll(img.nuclei, 1, axis=0)  # independent model: ids and borders differ
+    nuclei_shifted = np.where(nuclei_shifted > 0, nuclei_shifted + 100, 0)
+    seg = CellposeSegmenter(network=StandInCellpose(img.cells.astype(np.int32)),
+                            nuclei_network=StandInCellpose(nuclei_shifted.astype(np.int32)))
+    cells, nuclei = seg.segment(img.channels)
+    check_consistent(cells, nuclei)
+    assert cells.max() == img.cells.max() and average_precision(img.cells.astype(int), cells, 0.9) == 1.0
+
+
+@pytest.mark.parametrize("backend,opts,missing", [
+    ("hpacellseg", {}, "segmentation.options.nuclei_model is required"),
+    ("hpacellseg", {"nuclei_model": "/nope/n.pth", "cell_model": "/nope/c.pth"}, "/nope/n.pth"),
+    ("cellpose", {"cell_model": "/nope/cyto", "nuclei_model": "/nope/nuc"}, "does not exist"),
+])
+def test_adapters_refuse_missing_weights(backend, opts, missing):
+    with pytest.raises(BackendUnavailable, match=missing):
+        create_segmenter(backend, **opts)
+
+
+def test_adapters_name_a_missing_package(tmp_path):
+    import importlib.util
+
+    for backend, module, keys in (("hpacellseg", "hpacellseg", ("nuclei_model", "cell_model")),
+                                  ("cellpose", "cellpose", ("cell_model", "nuclei_model"))):
+        if importlib.util.find_spec(module) is not None:
+            continue
+        opts = {}
+        for k in keys:
+            (tmp_path / k).write_bytes(b"weights")
+            opts[k] = str(tmp_path / k)
+        with pytest.raises(BackendUnavailable, match=f"'{module}' package is not installed"):
+            create_segmenter(backend, **opts)
+
+
+def test_match_nuclei():
+    cells = np.zeros((10, 10), np.int32)
+    cells[:, :5], cells[:, 5:] = 4, 9
+    nuclei = np.zeros_like(cells)
+    nuclei[2:4, 2:7] = 1  # straddles both cells, mostly in cell 4
+    nuclei[6:9, 6:9] = 2
+    c, n = match_nuclei(cells, nuclei)
+    check_consistent(c, n)
+    assert c.max() == 2 and n[7, 7] == c[7, 7] and n[3, 3] == c[3, 3] and n[3, 6] == 0
+
+
+def test_labels_in_store_are_valid_ngff_and_open_in_napari(segmented):
+    from ome_zarr_models.v05 import Image
+
+    store = segmented["results"] / "zarr" / f"{segmented['shards'][0]}.zarr"
+    image = sorted(p for p in store.iterdir() if p.is_dir())[0]
+    model = Image.from_zarr(zarr.open_group(image, mode="r"))
+    assert model.labels is not None and list(model.labels.label_paths) == ["cells", "nuclei"]
+    from napari_ome_zarr._reader import napari_get_reader
+
+    layers = napari_get_reader(str(image))(str(image))
+    kinds = [kind for _, _, kind in layers]
+    assert kinds.count("image") == 1 and kinds.count("labels") == 2
+    g = zarr.open_group(image, mode="r")
+    for k in range(3):
+        assert g["labels/cells"][f"s{k}"].shape == g[f"s{k}"].shape[1:]
+    cells, nuclei = g["labels/cells/s0"][...], g["labels/nuclei/s0"][...]
+    check_consistent(cells.astype(int), nuclei.astype(int))
+
+
+def test_stage_quality_against_truth(segmented):
+    aps = []
+    for shard in segmented["shards"]:
+        store = segmented["results"] / "zarr" / f"{shard}.zarr"
+        for image in (p for p in store.iterdir() if p.is_dir()):
+            truth = tifffile.imread(segmented["data"] / "truth" / f"{image.name}_cells.tif")
+            pred = zarr.open_group(image, mode="r")["labels/cells/s0"][...]
+            aps.append(average_precision(truth.astype(int), pred.astype(int), 0.5))
+    assert len(aps) == 6 and np.mean(aps) >= 0.9
+
+
+def test_zero_cell_image_is_kept_and_flagged(dataset, tmp_path):
+    from hpa_batch.cli import main
+
+    dataset.add("blank", shape=(256, 256))
+    for c in ("red", "green", "blue", "yellow"):
+        from conftest import write_channel
+
+        write_channel(dataset.path("blank", c), np.full((256, 256), 100, np.uint16))
+    dataset.add("blank2", shape=(256, 256))
+    cfg = str(dataset.config_file(segmentation=SMALL_SEGMENTATION, shard_size=5))
+    assert main(["convert", "--config", cfg, "--shard", "hela-0000"]) == 0
+    assert main(["segment", "--config", cfg, "--shard", "hela-0000"]) == 0
+    qc = pd.read_csv(dataset.root / "results" / "qc" / "hela-0000.segment.tsv", sep="\t").set_index("image_id")
+    assert qc.at["blank", "n_cells"] == 0 and qc.at["blank", "flag"] == "zero cells"
+    assert main(["measure", "--config", cfg, "--shard", "hela-0000"]) == 0
+    cells = pd.read_parquet(dataset.root / "results" / "cells" / "hela-0000.parquet")
+    assert "blank" not in set(cells["image_id"])
+
+
+def test_resume_keeps_and_settings_change_redoes(segmented, tmp_path):
+    from hpa_batch.segment.stage import segment_shard
+
+    shard = segmented["shards"][0]
+    res = segmented["results"]
+    cfg = load_config(segmented["config"])
+    store = res / "zarr" / f"{shard}.zarr"
+    image = sorted(p for p in store.iterdir() if p.is_dir())[0]
+    before = (image / "labels" / "zarr.json").stat().st_mtime_ns
+    segment_shard(cfg, store, tmp_path / "qc.tsv", tmp_path / "s.json")
+    assert (image / "labels" / "zarr.json").stat().st_mtime_ns == before  # kept
+    raw = json.loads(json.dumps(cfg.raw))
+    raw["segmentation"]["options"]["cell_sigma"] = 1.2
+    from hpa_batch.config import config_from_dict
+
+    segment_shard(config_from_dict(raw), store, tmp_path / "qc.tsv", tmp_path / "s.json")
+    assert (image / "labels" / "zarr.json").stat().st_mtime_ns != before  # redone
