@@ -239,3 +239,62 @@ def test_resume_keeps_and_settings_change_redoes(segmented, tmp_path):
 
     segment_shard(config_from_dict(raw), store, tmp_path / "qc.tsv", tmp_path / "s.json")
     assert (image / "labels" / "zarr.json").stat().st_mtime_ns != before  # redone
+
+
+@pytest.mark.slow
+def test_kill9_mid_segmentation_then_rerun_equals_uninterrupted(synth_data, tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from conftest import synth_config, tool_env
+    from hpa_batch.cli import main
+    from hpa_batch.ngff import labels_complete
+
+    runs = {}
+    for name in ("killed", "reference"):
+        root = tmp_path / name
+        cfg = root / "config.yaml"
+        root.mkdir()
+        cfg.write_text(yaml.safe_dump(synth_config(root, synth_data, shard_size=10)))
+        for shard in ("a-431-0000", "u-2-os-0000"):
+            assert main(["convert", "--config", str(cfg), "--shard", shard]) == 0
+        runs[name] = (root, cfg)
+    # more images: copy the converted images of two shards into one store (ids made unique)
+    for name, (root, _) in runs.items():
+        store = root / "results" / "zarr" / "a-431-0000.zarr"
+        other = root / "results" / "zarr" / "u-2-os-0000.zarr"
+        for k, img in enumerate(sorted(p for p in other.iterdir() if p.is_dir())):
+            for rep in range(3):
+                shutil.copytree(img, store / f"x{rep}-{img.name}")
+    root, cfg = runs["killed"]
+    store = root / "results" / "zarr" / "a-431-0000.zarr"
+    cmd = [sys.executable, "-m", "hpa_batch.cli", "segment", "--config", str(cfg), "--shard", "a-431-0000"]
+    proc = subprocess.Popen(cmd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(store.glob("*/labels"))) < 2:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    images = sorted(p for p in store.iterdir() if p.is_dir())
+    done = [p for p in images if (p / "labels").exists()]
+    assert 2 <= len(done) < len(images), "kill came too late to test anything"
+    assert all(labels_complete(p, ("cells", "nuclei")) for p in done)  # nothing half-written
+    subprocess.run(cmd, env=tool_env(), check=True, capture_output=True)
+    ref_root, ref_cfg = runs["reference"]
+    assert main(["segment", "--config", str(ref_cfg), "--shard", "a-431-0000"]) == 0
+    ref = ref_root / "results" / "zarr" / "a-431-0000.zarr"
+    for img in images:
+        for name in ("cells", "nuclei"):
+            for level in ("s0", "s1", "s2"):
+                got = zarr.open_array(img / "labels" / name / level, mode="r")[...]
+                want = zarr.open_array(ref / img.name / "labels" / name / level, mode="r")[...]
+                assert np.array_equal(got, want), (img.name, name, level)
+    a = pd.read_csv(root / "results" / "qc" / "a-431-0000.segment.tsv", sep="\t")
+    b = pd.read_csv(ref_root / "results" / "qc" / "a-431-0000.segment.tsv", sep="\t")
+    assert a.equals(b)
