@@ -256,3 +256,58 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
     tmp.rename(out)
     get_logger().info("tiles %s: %d cell tiles, %d image inputs", out, len(table), len(image_ids))
     return attrs
+
+
+class TileReader:
+    """Reads a tile store the way training does: whole chunks, shuffled at two levels.
+
+    Each epoch visits the chunks in a random order, keeps ``buffer_chunks`` decoded chunks in a
+    buffer, shuffles the rows within the buffer and yields minibatches; every row is read exactly
+    once per epoch and every read decodes a whole chunk (never one tile per file read).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``results/tiles/{shard}.zarr``.
+    array : str
+        ``"cells"`` or ``"images"``.
+    """
+
+    def __init__(self, path: str | Path, array: str = "cells"):
+        self.group = zarr.open_group(path, mode="r", zarr_format=3)
+        self.array = self.group[array]
+        self.n = int(self.array.shape[0])
+        self.chunk = int(self.array.chunks[0])
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop``: ``(k, 4, S, S)`` uint8."""
+        return self.array[start:stop]
+
+    def iter_batches(self, batch_size: int, seed: int = 0, shuffle: bool = True, buffer_chunks: int = 4,
+                     rows: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(row_indices (b,), tiles (b, 4, S, S) uint8)`` minibatches for one epoch.
+
+        Parameters
+        ----------
+        rows : numpy.ndarray, optional
+            Only these row indices (e.g. one fold); chunks without any of them are not read.
+        """
+        rng = np.random.default_rng(seed)
+        wanted = np.ones(self.n, bool) if rows is None else np.isin(np.arange(self.n), rows)
+        chunks = np.unique(np.flatnonzero(wanted) // self.chunk)
+        if shuffle:
+            chunks = rng.permutation(chunks)
+        buf_idx: list[np.ndarray] = []
+        buf_data: list[np.ndarray] = []
+        for i, k in enumerate(chunks):
+            start, stop = int(k) * self.chunk, min((int(k) + 1) * self.chunk, self.n)
+            keep = np.flatnonzero(wanted[start:stop])
+            buf_idx.append(start + keep)
+            buf_data.append(self.read_rows(start, stop)[keep])
+            if len(buf_idx) >= buffer_chunks or i == len(chunks) - 1:
+                idx, data = np.concatenate(buf_idx), np.concatenate(buf_data)
+                order = rng.permutation(len(idx)) if shuffle else np.arange(len(idx))
+                for b in range(0, len(order), batch_size):
+                    sel = order[b : b + batch_size]
+                    yield idx[sel], data[sel]
+                buf_idx, buf_data = [], []

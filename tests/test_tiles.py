@@ -71,3 +71,24 @@ def test_chunked_appender_equals_direct_write(tmp_path, chunk):
         app.add(rows[start : start + 5])
     app.close()
     assert np.array_equal(arr[:], rows)
+
+
+def test_tile_reader_epoch_reads_every_row_once(tmp_path):
+    from hpa_batch.tiles import TileReader
+
+    rows = np.arange(50, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 2, 2), np.uint8)
+    root = zarr.open_group(tmp_path / "t.zarr", mode="w")
+    root.create_array("cells", shape=rows.shape, chunks=(8, 4, 2, 2), dtype="uint8")[:] = rows
+    reader = TileReader(tmp_path / "t.zarr")
+    batches = list(reader.iter_batches(7, seed=3, buffer_chunks=2))
+    idx = np.concatenate([i for i, _ in batches])
+    assert sorted(idx.tolist()) == list(range(50)) and idx.tolist() != list(range(50))
+    for i, data in batches:
+        assert np.array_equal(data[:, 0, 0, 0], i)  # rows travel with their indices
+    again = np.concatenate([i for i, _ in reader.iter_batches(7, seed=3, buffer_chunks=2)])
+    assert np.array_equal(idx, again)  # deterministic per seed
+    subset = np.array([3, 9, 10, 49])
+    got = np.concatenate([i for i, _ in reader.iter_batches(2, seed=0, rows=subset)])
+    assert sorted(got.tolist()) == subset.tolist()
+    ordered = np.concatenate([i for i, _ in reader.iter_batches(16, shuffle=False)])
+    assert ordered.tolist() == list(range(50))

@@ -1,0 +1,52 @@
+"""Pictures of stored images: RGB composites with cell and nucleus outlines (for docs and reports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+from PIL import Image
+from skimage.segmentation import find_boundaries
+
+from hpa_batch.synth import composite
+
+
+def overlay(channels: np.ndarray, cells: np.ndarray, nuclei: np.ndarray | None = None) -> np.ndarray:
+    """RGB composite with cell outlines (white) and nucleus outlines (cyan).
+
+    Parameters
+    ----------
+    channels : numpy.ndarray
+        ``(4, h, w)`` intensities, canonical channel order.
+    cells, nuclei : numpy.ndarray
+        ``(h, w)`` integer labels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(h, w, 3)`` uint8.
+    """
+    rgb = composite(channels)
+    rgb[find_boundaries(cells, mode="inner")] = (255, 255, 255)
+    if nuclei is not None:
+        rgb[find_boundaries(nuclei, mode="inner")] = (0, 255, 255)
+    return rgb
+
+
+def store_overlay(image_path: str | Path, level: int = 1) -> np.ndarray:
+    """Overlay of a stored, segmented image at pyramid ``level`` (``(h, w, 3)`` uint8)."""
+    group = zarr.open_group(image_path, mode="r", zarr_format=3)
+    name = f"s{level}"
+    return overlay(group[name][...], group["labels/cells"][name][...], group["labels/nuclei"][name][...])
+
+
+def save_png(rgb: np.ndarray, path: str | Path, size: int | None = None) -> Path:
+    """Save ``(h, w, 3)`` uint8 as PNG, optionally resized to ``size`` px on the longer side."""
+    img = Image.fromarray(rgb)
+    if size is not None and max(img.size) != size:
+        scale = size / max(img.size)
+        img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.Resampling.LANCZOS)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return Path(path)
