@@ -34,6 +34,8 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/convert.py
+	$(BIN)/python bench/segment.py
+	$(BIN)/python bench/tiles.py
 
 clean-demo:
 	rm -rf resources/demo results logs .snakemake
