@@ -15,6 +15,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/cells.smk"
+include: "workflow/rules/models.smk"
 
 
 rule all:
@@ -23,6 +24,7 @@ rule all:
         rules.convert.input,
         rules.cells.input,
         rules.tiles.input,
+        rules.predict.input,
 
 
 onsuccess:

@@ -149,6 +149,65 @@ def cmd_tiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_spec(cfg: Config, name: str) -> dict:
+    for spec in cfg.raw["models"]:
+        if spec["name"] == name:
+            return spec
+    raise PlanError(f"no model named {name!r} in the config; known: {[m['name'] for m in cfg.raw['models']]}")
+
+
+def _tile_stores(cfg: Config, given: list[Path] | None) -> list[Path]:
+    if given:
+        return list(given)
+    from hpa_batch.plan import plan_from_config
+
+    return [cfg.results_dir / "tiles" / f"{s.name}.zarr" for s in plan_from_config(cfg)]
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from hpa_batch.splits import make_splits, write_splits
+
+    cfg = _cfg(args)
+    if args.manifests:
+        manifests = list(args.manifests)
+    else:
+        from hpa_batch.plan import plan_from_config
+
+        manifests = [cfg.results_dir / "manifest" / f"{s.name}.parquet" for s in plan_from_config(cfg)]
+    sp = cfg.raw["splits"]
+    table = make_splits(manifests, cfg.catalog, sp["n_folds"], sp["seed"], sp["min_combination"])
+    out = args.out or cfg.results_dir / "splits.parquet"
+    write_splits(table, out)
+    counts = table["fold"].value_counts().sort_index()
+    print(f"{len(table)} images -> {out}; images per fold: {counts.to_dict()} (-1 = always train)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hpa_batch.train import train_model
+
+    cfg = _cfg(args)
+    spec = _model_spec(cfg, args.model)
+    out = args.out or cfg.results_dir / "models" / args.model / f"fold{args.fold}"
+    splits = args.splits or cfg.results_dir / "splits.parquet"
+    result = train_model(spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out, args.device)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hpa_batch.predict import predict_shard
+
+    cfg = _cfg(args)
+    spec = _model_spec(cfg, args.model)
+    models = args.models or [cfg.results_dir / "models" / args.model / f"fold{k}" / "model.pt"
+                             for k in spec["folds"]]
+    tiles = args.tiles or cfg.results_dir / "tiles" / f"{args.shard}.zarr"
+    out = args.out or cfg.results_dir / "predictions" / args.model / f"{args.shard}.parquet"
+    predict_shard(models, tiles, out, cfg.catalog, args.model, device=args.device)
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpa_batch.validate import validate_dataset, validate_store
 
@@ -256,6 +315,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", type=Path, help="cells parquet")
     p.add_argument("--out", type=Path, help="tile store (.zarr)")
     p.set_defaults(func=cmd_tiles)
+
+    p = sub.add_parser("split", help="multilabel-stratified folds of all admitted images")
+    _add_config_args(p)
+    p.add_argument("--manifests", nargs="*", type=Path)
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="train one configured model on one fold (resumes if interrupted)")
+    _add_config_args(p)
+    p.add_argument("--model", required=True, help="name of an entry of `models` in the config")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--splits", type=Path)
+    p.add_argument("--tiles", nargs="*", type=Path, help="tile stores (default: every planned shard)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="per-cell / per-image probabilities of a model for one shard")
+    _add_config_args(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--shard", required=True)
+    p.add_argument("--models", nargs="*", type=Path, help="fold checkpoints (model.pt)")
+    p.add_argument("--tiles", type=Path)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("validate", help="check a zarr store (PATH) or the configured dataset")
     _add_config_args(p)

@@ -1,4 +1,5 @@
 # Planning only: which shards exist and what each job is handed. No processing happens here.
+import json
 import shlex
 from pathlib import Path
 
@@ -36,3 +37,35 @@ def print_qc_summary():
     summary = Path(RESULTS) / "qc" / "summary.txt"
     if summary.is_file():
         print(summary.read_text())
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9._-]+",
+    fold="[0-9]+",
+
+
+def model_spec(name):
+    """The config entry of model ``name``."""
+    for spec in config["models"]:
+        if spec["name"] == name:
+            return spec
+    raise ValueError(f"no model named {name!r} in config['models']")
+
+
+def model_config(name):
+    """Shell-quoted JSON of what training/inference of ``name`` reads (its spec + catalog)."""
+    return shlex.quote(json.dumps({"labels": config["labels"], "models": [model_spec(name)]},
+                                  sort_keys=True, separators=(",", ":")))
+
+
+def fold_models(name):
+    """Checkpoints of every configured fold of model ``name``."""
+    return [f"{RESULTS}/models/{name}/fold{k}/model.pt" for k in model_spec(name)["folds"]]
+
+
+def train_launcher(name):
+    """``hpa-batch``, or torchrun with one process per GPU when the model asks for several."""
+    gpus = model_spec(name)["gpus"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc-per-node={gpus} -m hpa_batch.cli"
+    return "hpa-batch"

@@ -1,0 +1,197 @@
+"""Training/inference data from packed tile stores: index, deterministic epoch plans, group loading.
+
+An *epoch plan* is a pure function of (seed, epoch, rows): the chunks holding the rows are visited in a
+random order, ``buffer_chunks`` at a time; the rows of a buffer are shuffled and cut into minibatches.
+Because the plan needs no data, a resumed run rebuilds it and starts at the saved batch, and DDP ranks
+take disjoint buffers (``groups[rank::world]``, truncated to the same batch count on every rank).
+A *group* (one buffer) is the unit a DataLoader worker reads: whole zarr chunks, never one tile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+
+from hpa_batch.splits import multi_hot
+
+
+@dataclass
+class TileIndex:
+    """Every tile (row) of a set of tile stores with its labels and fold.
+
+    Attributes
+    ----------
+    stores : list of Path
+        Tile stores (``results/tiles/{shard}.zarr``).
+    array : str
+        ``"cells"`` or ``"images"``.
+    store : numpy.ndarray
+        ``(n,)`` int, store of each row.
+    row : numpy.ndarray
+        ``(n,)`` int, row within its store.
+    chunk : numpy.ndarray
+        ``(n,)`` int, chunk size of the row's store (rows per chunk).
+    image_id, cell_id : numpy.ndarray
+        ``(n,)`` object / int32 (``-1`` for image inputs).
+    y : numpy.ndarray
+        ``(n, c)`` float32 multi-hot weak labels (the image's labels).
+    fold : numpy.ndarray
+        ``(n,)`` int8, the image's fold (``-1`` = always train).
+    n_labels : numpy.ndarray
+        ``(n,)`` int, number of labels of the image.
+    """
+
+    stores: list[Path]
+    array: str
+    store: np.ndarray
+    row: np.ndarray
+    chunk: np.ndarray
+    image_id: np.ndarray
+    cell_id: np.ndarray
+    y: np.ndarray
+    fold: np.ndarray
+    n_labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def build_index(stores: list[Path], splits: pd.DataFrame, level: str, n_classes: int) -> TileIndex:
+    """Index the rows of ``stores`` and attach each row's image labels and fold from ``splits``."""
+    array = "cells" if level == "cell" else "images"
+    meta = splits.set_index("image_id")
+    parts = []
+    for k, path in enumerate(stores):
+        g = zarr.open_group(path, mode="r", zarr_format=3)
+        ids = g["cell_image"][:] if array == "cells" else g["image_id"][:]
+        cids = g["cell_id"][:] if array == "cells" else np.full(len(ids), -1, np.int32)
+        parts.append(pd.DataFrame({"store": k, "row": np.arange(len(ids)), "chunk": int(g[array].chunks[0]),
+                                   "image_id": np.asarray(ids, dtype=object), "cell_id": cids}))
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["store", "row", "chunk", "image_id", "cell_id"])
+    missing = set(table["image_id"]) - set(meta.index)
+    if missing:
+        raise ValueError(f"{len(missing)} tiled image(s) are not in the splits table, e.g. {sorted(missing)[:3]}")
+    labels = [list(meta.at[i, "labels"]) for i in table["image_id"]]
+    return TileIndex(
+        stores=list(stores), array=array, store=table["store"].to_numpy(int), row=table["row"].to_numpy(int),
+        chunk=table["chunk"].to_numpy(int), image_id=table["image_id"].to_numpy(object),
+        cell_id=table["cell_id"].to_numpy(np.int32), y=multi_hot(labels, n_classes).astype(np.float32),
+        fold=meta.loc[table["image_id"], "fold"].to_numpy(np.int8),
+        n_labels=np.array([len(v) for v in labels], int),
+    )
+
+
+def _batches(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    out = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:  # a 1-row batch breaks BatchNorm: merge it
+        out[-2] = np.concatenate([out[-2], out.pop()])
+    return out
+
+
+def epoch_plan(index: TileIndex, positions: np.ndarray, batch_size: int, seed: int, epoch: int,
+               buffer_chunks: int, shuffle: bool = True, rank: int = 0, world: int = 1
+               ) -> list[list[np.ndarray]]:
+    """Groups of minibatches (arrays of positions into ``index``) for one epoch of one rank.
+
+    Parameters
+    ----------
+    positions : numpy.ndarray
+        Rows of the index to visit (may repeat, e.g. oversampled negatives).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    key = index.store[positions] * (1 << 32) + index.row[positions] // index.chunk[positions]
+    chunks = np.unique(key)
+    if shuffle:
+        chunks = rng.permutation(chunks)
+    groups = []
+    for start in range(0, len(chunks), buffer_chunks):
+        members = positions[np.isin(key, chunks[start : start + buffer_chunks])]
+        if shuffle:
+            members = rng.permutation(members)
+        groups.append(_batches(members, batch_size))
+    mine = groups[rank::world]
+    if world > 1:  # every rank must run the same number of steps
+        steps = min(sum(len(g) for g in groups[r::world]) for r in range(world))
+        mine = _truncate(mine, steps)
+    return mine
+
+
+def _truncate(groups: list[list[np.ndarray]], steps: int) -> list[list[np.ndarray]]:
+    out, left = [], steps
+    for g in groups:
+        if left <= 0:
+            break
+        out.append(g[:left])
+        left -= len(out[-1])
+    return out
+
+
+class GroupDataset(torch.utils.data.Dataset):
+    """Item ``i`` = all tiles of group ``i`` (whole chunks read once), in the group's batch order.
+
+    Returns a dict: ``x`` uint8 ``(n, k, S, S)`` (selected channels), ``y`` float32 ``(n, c)``,
+    ``pos`` int64 ``(n,)``, ``sizes`` int64 (batch sizes).
+    """
+
+    def __init__(self, index: TileIndex, groups: list[list[np.ndarray]], channels: list[int]):
+        self.index, self.groups, self.channels = index, groups, channels
+        self._arrays: dict[int, zarr.Array] = {}
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def _array(self, store: int) -> zarr.Array:
+        if store not in self._arrays:  # opened lazily, inside the worker process
+            group = zarr.open_group(self.index.stores[store], mode="r", zarr_format=3)
+            self._arrays[store] = group[self.index.array]
+        return self._arrays[store]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        pos = np.concatenate(self.groups[i])
+        idx = self.index
+        rows: dict[tuple[int, int], np.ndarray] = {}
+        for s, c in {(int(idx.store[p]), int(idx.row[p] // idx.chunk[p])) for p in pos}:
+            size = int(self._array(s).chunks[0])
+            rows[(s, c)] = self._array(s)[c * size : (c + 1) * size][:, self.channels]
+        x = np.stack([rows[(int(idx.store[p]), int(idx.row[p] // idx.chunk[p]))][idx.row[p] % idx.chunk[p]]
+                      for p in pos])
+        return {"x": torch.from_numpy(x), "y": torch.from_numpy(idx.y[pos]), "pos": torch.from_numpy(pos),
+                "sizes": torch.tensor([len(b) for b in self.groups[i]])}
+
+
+def iterate_batches(dataset: GroupDataset, num_workers: int, skip: int = 0
+                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(batch_number, x, y, pos)`` over all groups, starting at batch ``skip``.
+
+    Groups wholly before ``skip`` are not read. Workers (spawned: zarr's I/O thread must not be forked)
+    read groups ahead; order is preserved.
+    """
+    first, seen = 0, 0
+    for g in dataset.groups:
+        if seen + len(g) > skip:
+            break
+        seen += len(g)
+        first += 1
+    sub = GroupDataset(dataset.index, dataset.groups[first:], dataset.channels)
+    loader = torch.utils.data.DataLoader(
+        sub, batch_size=None, shuffle=False, num_workers=num_workers,
+        multiprocessing_context="spawn" if num_workers else None,
+        prefetch_factor=2 if num_workers else None,
+    )
+    b = seen
+    for item in loader:
+        start = 0
+        for size in item["sizes"].tolist():
+            if b >= skip:
+                sl = slice(start, start + size)
+                yield b, item["x"][sl], item["y"][sl], item["pos"][sl]
+            b += 1
+            start += size
+

@@ -1,0 +1,59 @@
+"""Multilabel metrics (scikit-learn) and F1-optimal per-class thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
+
+
+def _present(y: np.ndarray) -> np.ndarray:
+    """Classes with at least one positive and one negative (where AP/AUC are defined)."""
+    pos = y.sum(axis=0)
+    return np.flatnonzero((pos > 0) & (pos < len(y)))
+
+
+def macro_f1(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray | float = 0.5) -> float:
+    """Macro F1 over classes with a positive in ``y`` or in the predictions.
+
+    Parameters
+    ----------
+    y, prob : numpy.ndarray
+        ``(n, c)`` true multi-hot and predicted probabilities.
+    """
+    pred = prob >= np.asarray(thresholds)
+    return float(f1_score(y, pred, average="macro", zero_division=0))
+
+
+def mean_ap(y: np.ndarray, prob: np.ndarray) -> float:
+    """Mean average precision over classes with positives and negatives (nan if none)."""
+    keep = _present(y)
+    return float(average_precision_score(y[:, keep], prob[:, keep], average="macro")) if len(keep) else float("nan")
+
+
+def macro_auc(y: np.ndarray, prob: np.ndarray) -> float:
+    """Macro ROC AUC over classes with positives and negatives (nan if none)."""
+    keep = _present(y)
+    return float(roc_auc_score(y[:, keep], prob[:, keep], average="macro")) if len(keep) else float("nan")
+
+
+def tune_thresholds(y: np.ndarray, prob: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per-class F1-optimal thresholds (classes without positives keep ``default``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(c,)`` float32.
+    """
+    out = np.full(y.shape[1], default, np.float32)
+    for c in range(y.shape[1]):
+        if y[:, c].sum() == 0:
+            continue
+        precision, recall, thr = precision_recall_curve(y[:, c], prob[:, c])
+        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+        out[c] = thr[int(np.argmax(f1))]
+    return out
+
+
+def summary(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
+    """``macro_f1``, ``map``, ``auc`` of a prediction."""
+    return {"macro_f1": macro_f1(y, prob, thresholds), "map": mean_ap(y, prob), "auc": macro_auc(y, prob)}

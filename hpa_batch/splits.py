@@ -1,0 +1,86 @@
+"""Cross-validation folds on images, multilabel-stratified (iterative stratification).
+
+Images are stratified on their multi-hot label vectors with
+:class:`iterstrat.ml_stratifiers.MultilabelStratifiedKFold`. As in the seed study, images whose label
+combination occurs only once (or fewer than ``min_combination`` times) cannot be represented in every
+fold and are kept in training: they get ``fold = -1`` (never validation). Cells inherit their image's
+fold. Deterministic per seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from hpa_batch.labels import LabelCatalog
+from hpa_batch.tables import write_table
+
+SPLITS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()), ("shard", pa.string()), ("cell_line", pa.string()),
+        ("labels", pa.list_(pa.int16())), ("combination", pa.string()), ("fold", pa.int8()),
+    ]
+)
+ALWAYS_TRAIN = -1
+
+
+def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
+    """``(n,)`` lists of class ids -> ``(n, n_classes)`` uint8 multi-hot matrix."""
+    out = np.zeros((len(labels), n_classes), np.uint8)
+    for i, ids in enumerate(labels):
+        out[i, list(ids)] = 1
+    return out
+
+
+def assign_folds(labels: Sequence[Sequence[int]], n_classes: int, n_folds: int, seed: int,
+                 min_combination: int = 2) -> np.ndarray:
+    """Fold of every image.
+
+    Parameters
+    ----------
+    labels : sequence of sequence of int
+        Class ids per image (empty for unlabelled images).
+    min_combination : int
+        Combinations seen fewer times than this go to training only (fold -1).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` int8 in ``-1 .. n_folds - 1``.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    combos = pd.Series(["|".join(map(str, sorted(ids))) for ids in labels])
+    counts = combos.map(combos.value_counts())
+    folds = np.full(len(combos), ALWAYS_TRAIN, np.int8)
+    eligible = np.flatnonzero((counts >= min_combination).to_numpy() & (combos != "").to_numpy())
+    if len(eligible) < n_folds:
+        return folds
+    y = multi_hot([labels[i] for i in eligible], n_classes)
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(np.zeros((len(eligible), 1)), y)):
+        folds[eligible[test]] = k
+    return folds
+
+
+def make_splits(manifests: Sequence[Path], catalog: LabelCatalog, n_folds: int, seed: int,
+                min_combination: int = 2) -> pd.DataFrame:
+    """Folds for every admitted image of the given shard manifests (rows sorted by image id)."""
+    cols = ["image_id", "shard", "cell_line", "labels"]
+    frames = [pd.read_parquet(p, columns=cols) for p in manifests]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    table = table.sort_values("image_id", kind="stable").reset_index(drop=True)
+    labels = [list(map(int, v)) for v in table["labels"]]
+    table["labels"] = labels
+    table["combination"] = ["|".join(map(str, sorted(v))) for v in labels]
+    table["fold"] = assign_folds(labels, catalog.n_classes, n_folds, seed, min_combination)
+    return table
+
+
+def write_splits(table: pd.DataFrame, path: Path) -> None:
+    """Write ``results/splits.parquet`` with its fixed schema."""
+    write_table(table, SPLITS_SCHEMA, path)

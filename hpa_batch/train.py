@@ -1,0 +1,416 @@
+"""The training stage: one timm model on one fold, resumable bit for bit.
+
+Cell-level models learn from cell tiles with weak labels (each cell gets its image's labels);
+image-level models from the whole-image inputs. Per epoch: train loss, validation loss, macro-F1,
+mAP and AUC go to ``history.csv`` and the log; the best epoch (validation loss) is kept, per-class
+F1-optimal thresholds are tuned on its validation predictions, and early stopping watches the same
+metric.
+
+Checkpoints (``state/last.pt``, written atomically: temp file + rename) hold model, optimizer, AMP
+scaler, epoch, step, position in the epoch plan, best-so-far bookkeeping and every RNG state; they
+load with ``torch.load(weights_only=True)``. SIGTERM or SIGUSR1 (what SLURM sends before a job's time
+runs out) make the loop save after the current step and exit with :data:`EXIT_REQUEUE`; running the
+same command again resumes where it stopped and ends with the same weights as an uninterrupted run.
+Multi-GPU: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DDP and each rank takes
+its own buffers of the same epoch plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from hpa_batch import __version__
+from hpa_batch.labels import LabelCatalog
+from hpa_batch.loader import GroupDataset, TileIndex, build_index, epoch_plan, iterate_batches
+from hpa_batch.metrics import summary, tune_thresholds
+from hpa_batch.models import channel_indices, create_model, input_stats
+from hpa_batch.progress import get_logger
+from hpa_batch.schedules import create_schedule
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again"; the next attempt resumes from state/last.pt
+
+
+@dataclass
+class RunState:
+    """Bookkeeping saved in every checkpoint (plain values only)."""
+
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+    best_loss: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGUSR1 (or, for tests, ``HPA_BATCH_STOP_AT_STEP``)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self.at_step = int(os.environ.get("HPA_BATCH_STOP_AT_STEP", "-1"))
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.raised = True
+
+    def due(self, step: int) -> bool:
+        return self.raised or step == self.at_step
+
+
+# ----------------------------------------------------------------------------- reproducibility
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": [list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((3, tuple(state["python"][0]), state["python"][1]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file in the same directory, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- data and losses
+def training_positions(index: TileIndex, fold: int, spec: dict[str, Any], negative: int | None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to train on (fold != ``fold``; options applied) and to validate on (fold == ``fold``)."""
+    train = np.flatnonzero(index.fold != fold)
+    val = np.flatnonzero(index.fold == fold)
+    if spec["single_label_only"]:
+        train = train[index.n_labels[train] == 1]
+    if negative is not None and spec["negative_oversample"] > 1:
+        neg = train[index.y[train, negative] > 0]
+        train = np.concatenate([train] + [neg] * (spec["negative_oversample"] - 1))
+    return np.sort(train), val
+
+
+def class_weights(y: np.ndarray, spec: dict[str, Any]) -> torch.Tensor:
+    """Per-class loss weights: ``n / (C * n_c)`` clipped to [0.1, 10] (``counts``) or ones."""
+    n, c = y.shape
+    w = np.ones(c, np.float32)
+    if spec["loss"]["class_weights"] == "counts":
+        counts = y.sum(0)
+        seen = counts > 0
+        w[seen] = np.clip(n / (c * counts[seen]), 0.1, 10.0)
+    w[spec["loss"]["unweighted_classes"]] = 1.0
+    return torch.from_numpy(w)
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
+    """BCE or focal loss with per-class weights, mean over samples and classes."""
+    logits = logits.float()
+    if spec["loss"]["kind"] == "focal":
+        from torchvision.ops import sigmoid_focal_loss
+
+        per = sigmoid_focal_loss(logits, y, alpha=-1, gamma=spec["loss"]["gamma"], reduction="none")
+    else:
+        per = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    return (per * weights).mean()
+
+
+def augment(x: torch.Tensor, spec: dict[str, Any], seed: int) -> torch.Tensor:
+    """Random flips, 90-degree rotations and brightness per sample (deterministic per ``seed``).
+
+    ``x`` is ``(b, k, s, s)`` float in [0, 1].
+    """
+    aug = spec["augment"]
+    g = torch.Generator().manual_seed(seed)
+    b = x.shape[0]
+    if aug["flips"]:
+        flip = torch.rand(b, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if aug["rot90"]:
+        k = torch.randint(0, 4, (b,), generator=g)
+        x = torch.stack([torch.rot90(x[i], int(k[i]), dims=(-2, -1)) for i in range(b)])
+    if aug["brightness"] > 0:
+        f = 1 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * aug["brightness"]
+        x = (x * f).clamp(0, 1)
+    return x
+
+
+def prepare(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(b, k, S, S)`` -> float in [0, 1] ``(b, k, size, size)`` (antialiased resize if needed)."""
+    x = x.float() / 255.0
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+# ----------------------------------------------------------------------------- trainer
+class Trainer:
+    """Trains one model spec on one fold; see the module docstring."""
+
+    def __init__(self, spec: dict[str, Any], fold: int, stores: list[Path], splits: pd.DataFrame,
+                 catalog: LabelCatalog, out: Path, device: str | None = None):
+        self.spec, self.fold, self.out, self.catalog = spec, fold, out, catalog
+        self.log = get_logger()
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.world > 1:
+            self._init_distributed()
+        seed_everything(spec["seed"])
+        self.index = build_index(stores, splits, spec["level"], catalog.n_classes)
+        self.train_pos, self.val_pos = training_positions(self.index, fold, spec, catalog.negative)
+        if len(self.train_pos) < 2:
+            raise ValueError(f"model {spec['name']} fold {fold}: fewer than 2 training tiles")
+        self.channels = channel_indices(spec["channels"])
+        self.model = create_model(spec["arch"], spec["channels"], catalog.n_classes, spec["pretrained"],
+                                  spec["dropout"]).to(self.device)
+        mean, std = input_stats(self.model, spec["channels"])
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.amp = self._amp_dtype()
+        if spec["channels_last"] and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = self._wrap(self.model)
+        self.optimizer = self._optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.weights = class_weights(self.index.y[self.train_pos], spec).to(self.device)
+        self.steps_per_epoch = sum(len(g) for g in self._plan(0))
+        sched = dict(spec["schedule"])
+        kind = sched.pop("kind")
+        if kind == "cosine":
+            sched.setdefault("steps_per_epoch", self.steps_per_epoch)
+        self.lr_at = create_schedule(kind, spec["epochs"], **sched)
+        self.state = RunState()
+        self.stop = StopFlag()
+
+    # -- setup helpers
+    def _init_distributed(self) -> None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.spec["amp"]
+        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
+            return None
+        return torch.float16 if amp == "fp16" else torch.bfloat16
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        net = model
+        if self.world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.spec["compile"]:
+            net = torch.compile(net)
+        return net
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        kind, wd = self.spec["optimizer"], self.spec["weight_decay"]
+        params = self.model.parameters()
+        lr0 = 1e-3
+        if kind == "sgd":
+            return torch.optim.SGD(params, lr=lr0, momentum=0.9, weight_decay=wd)
+        if kind == "adamw":
+            return torch.optim.AdamW(params, lr=lr0, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr0, weight_decay=wd)
+
+    def _plan(self, epoch: int) -> list[list[np.ndarray]]:
+        return epoch_plan(self.index, self.train_pos, self.spec["batch_size"], self.spec["seed"], epoch,
+                          self.spec["buffer_chunks"], rank=self.rank, world=self.world)
+
+    # -- checkpoints
+    @property
+    def state_dir(self) -> Path:
+        return self.out / "state"
+
+    def save_state(self) -> None:
+        if self.rank != 0:
+            return
+        atomic_save({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "run": self.state.__dict__, "rng": rng_state(),
+            "spec": json.loads(json.dumps(self.spec)), "fold": self.fold, "version": __version__,
+        }, self.state_dir / "last.pt")
+
+    def load_state(self) -> bool:
+        path = self.state_dir / "last.pt"
+        if not path.is_file():
+            return False
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        if ckpt["spec"] != json.loads(json.dumps(self.spec)) or ckpt["fold"] != self.fold:
+            raise ValueError(f"{path} was written for another model spec or fold; delete it to start over")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = RunState(**ckpt["run"])
+        set_rng_state(ckpt["rng"])
+        self.log.info("resuming %s fold %d at epoch %d batch %d (step %d)", self.spec["name"], self.fold,
+                      self.state.epoch, self.state.batch, self.state.global_step)
+        return True
+
+    # -- loops
+    def _set_lr(self, epoch_float: float) -> float:
+        lr = self.lr_at(epoch_float)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = ((x - self.mean) / self.std)
+        if self.spec["channels_last"] and self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            return self.net(x)
+
+    def train_epoch(self, epoch: int) -> float | None:
+        """One epoch from the saved batch position; returns the mean loss, or None if stopped."""
+        self.net.train()
+        plan = self._plan(epoch)
+        data = GroupDataset(self.index, plan, self.channels)
+        losses = []
+        for b, x, y, _ in iterate_batches(data, self.spec["num_workers"], skip=self.state.batch):
+            self._set_lr(epoch + b / max(self.steps_per_epoch, 1))
+            x = prepare(x, self.spec["input_size"]).to(self.device)
+            x = augment(x.cpu(), self.spec, hash((self.spec["seed"], epoch, b)) % (2**63)).to(self.device)
+            loss = loss_fn(self._forward(x), y.to(self.device), self.weights, self.spec)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            losses.append(float(loss.detach()))
+            self.state.batch, self.state.global_step = b + 1, self.state.global_step + 1
+            if self.stop.due(self.state.global_step):
+                self.save_state()
+                return None
+        self.state.batch = 0
+        return float(np.mean(losses)) if losses else float("nan")
+
+    @torch.no_grad()
+    def predict_positions(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and labels of the given rows, in order (no augmentation)."""
+        self.net.eval()
+        groups = [[positions[i : i + self.spec["batch_size"]]] for i in range(0, len(positions),
+                                                                               self.spec["batch_size"])]
+        probs, ys = [], []
+        for _, x, y, _ in iterate_batches(GroupDataset(self.index, groups, self.channels), 0):
+            x = prepare(x, self.spec["input_size"]).to(self.device)
+            probs.append(torch.sigmoid(self._forward(x).float()).cpu().numpy())
+            ys.append(y.numpy())
+        c = self.catalog.n_classes
+        return (np.concatenate(probs) if probs else np.zeros((0, c), np.float32),
+                np.concatenate(ys) if ys else np.zeros((0, c), np.float32))
+
+    def validate(self, epoch: int, train_loss: float) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        prob, y = self.predict_positions(self.val_pos)
+        val_loss = float("nan")
+        if len(y):
+            logits = torch.logit(torch.from_numpy(prob).clamp(1e-7, 1 - 1e-7))
+            val_loss = float(loss_fn(logits, torch.from_numpy(y), self.weights.cpu(), self.spec))
+        row = {"epoch": epoch, "lr": self.lr_at(epoch), "train_loss": train_loss, "val_loss": val_loss,
+               **({f"val_{k}": v for k, v in summary(y, prob).items()} if len(y) else {})}
+        return row, prob, y
+
+    def fit(self) -> dict[str, Any]:
+        """Train (resuming if a checkpoint exists); write the outputs; return the summary."""
+        self.stop.install()
+        self.load_state()
+        patience = self.spec["early_stopping_patience"]
+        while self.state.epoch < self.spec["epochs"]:
+            epoch = self.state.epoch
+            t0 = time.monotonic()
+            train_loss = self.train_epoch(epoch)
+            if train_loss is None:
+                self.log.info("stop requested: saved %s, exiting with %d", self.state_dir / "last.pt",
+                              EXIT_REQUEUE)
+                raise SystemExit(EXIT_REQUEUE)
+            row, prob, y = self.validate(epoch, train_loss)
+            row["seconds"] = round(time.monotonic() - t0, 2)
+            self.state.history.append(row)
+            self.log.info("%s fold %d epoch %d/%d: %s", self.spec["name"], self.fold, epoch + 1,
+                          self.spec["epochs"], " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            improved = self._track_best(row, prob, y)
+            self.state.epoch += 1
+            self.save_state()
+            if patience and not improved and self.state.bad_epochs >= patience:
+                self.log.info("early stopping after epoch %d", epoch + 1)
+                break
+        return self.finish()
+
+    def _track_best(self, row: dict[str, float], prob: np.ndarray, y: np.ndarray) -> bool:
+        metric = row["val_loss"] if np.isfinite(row["val_loss"]) else row["train_loss"]
+        if metric < self.state.best_loss:
+            self.state.best_loss, self.state.best_epoch, self.state.bad_epochs = metric, row["epoch"], 0
+            thresholds = tune_thresholds(y, prob) if len(y) else np.full(self.catalog.n_classes, 0.5)
+            if self.rank == 0:
+                atomic_save({"model": self.model.state_dict(), "thresholds": torch.from_numpy(thresholds),
+                             "epoch": row["epoch"]}, self.state_dir / "best.pt")
+            return True
+        self.state.bad_epochs += 1
+        return False
+
+    def finish(self) -> dict[str, Any]:
+        """Write ``model.pt`` (best weights + thresholds + spec), ``thresholds.json``, ``history.csv``."""
+        if self.rank != 0:
+            return {}
+        best = torch.load(self.state_dir / "best.pt", map_location="cpu", weights_only=True)
+        mean, std = input_stats(self.model, self.spec["channels"])
+        pd.DataFrame(self.state.history).to_csv(self.out / "history.csv", index=False)
+        thresholds = best["thresholds"].tolist()
+        (self.out / "thresholds.json").write_text(json.dumps(
+            {"classes": list(self.catalog.classes), "thresholds": thresholds}, indent=1))
+        result = {"name": self.spec["name"], "fold": self.fold, "best_epoch": int(best["epoch"]),
+                  "best_val_loss": self.state.best_loss, "epochs_run": len(self.state.history),
+                  "train_tiles": int(len(self.train_pos)), "val_tiles": int(len(self.val_pos)),
+                  "catalog": self.catalog.name, "version": __version__}
+        atomic_save({"model": best["model"], "thresholds": best["thresholds"],
+                     "spec": json.loads(json.dumps(self.spec)), "catalog": self.catalog.name,
+                     "mean": mean, "std": std, "summary": json.loads(json.dumps(result))},
+                    self.out / "model.pt")
+        return result
+
+
+def train_model(spec: dict[str, Any], fold: int, stores: list[Path], splits_path: Path, catalog: LabelCatalog,
+                out: Path, device: str | None = None) -> dict[str, Any]:
+    """Train one model spec on one fold into ``out`` (``results/models/{name}/fold{k}``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(spec, fold, stores, pd.read_parquet(splits_path), catalog, out, device)
+    return trainer.fit()
