@@ -12,10 +12,10 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[workflow,test]"
+	$(BIN)/python -m pip install -e ".[workflow,test,gpu]"
 	touch $@
 
 resources/demo/train.csv: | setup

@@ -91,7 +91,8 @@ def build_index(stores: list[Path], splits: pd.DataFrame, level: str, n_classes:
 def _batches(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:
     out = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
     if len(out) > 1 and len(out[-1]) < 2:  # a 1-row batch breaks BatchNorm: merge it
-        out[-2] = np.concatenate([out[-2], out.pop()])
+        tail = out.pop()
+        out[-1] = np.concatenate([out[-1], tail])
     return out
 
 

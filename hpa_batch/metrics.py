@@ -42,9 +42,9 @@ def tune_thresholds(y: np.ndarray, prob: np.ndarray, default: float = 0.5) -> np
     Returns
     -------
     numpy.ndarray
-        ``(c,)`` float32.
+        ``(c,)`` float64.
     """
-    out = np.full(y.shape[1], default, np.float32)
+    out = np.full(y.shape[1], default, np.float64)
     for c in range(y.shape[1]):
         if y[:, c].sum() == 0:
             continue

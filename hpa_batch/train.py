@@ -52,6 +52,8 @@ class RunState:
     best_loss: float = float("inf")
     best_epoch: int = -1
     bad_epochs: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -306,7 +308,6 @@ class Trainer:
         self.net.train()
         plan = self._plan(epoch)
         data = GroupDataset(self.index, plan, self.channels)
-        losses = []
         for b, x, y, _ in iterate_batches(data, self.spec["num_workers"], skip=self.state.batch):
             self._set_lr(epoch + b / max(self.steps_per_epoch, 1))
             x = prepare(x, self.spec["input_size"]).to(self.device)
@@ -316,13 +317,15 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            losses.append(float(loss.detach()))
+            self.state.loss_sum += float(loss.detach())
+            self.state.loss_count += 1
             self.state.batch, self.state.global_step = b + 1, self.state.global_step + 1
             if self.stop.due(self.state.global_step):
                 self.save_state()
                 return None
-        self.state.batch = 0
-        return float(np.mean(losses)) if losses else float("nan")
+        mean = self.state.loss_sum / self.state.loss_count if self.state.loss_count else float("nan")
+        self.state.batch, self.state.loss_sum, self.state.loss_count = 0, 0.0, 0
+        return mean
 
     @torch.no_grad()
     def predict_positions(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,24 @@
+import numpy as np
+from sklearn.metrics import average_precision_score, f1_score
+
+from hpa_batch.metrics import macro_auc, macro_f1, mean_ap, tune_thresholds
+
+
+def test_thresholds_are_f1_optimal_per_class():
+    y = np.array([[1, 0], [1, 0], [0, 1], [0, 0], [0, 1]])
+    p = np.array([[0.30, 0.9], [0.35, 0.2], [0.10, 0.8], [0.05, 0.85], [0.2, 0.95]])
+    thr = tune_thresholds(y, p)
+    assert thr[0] == 0.30  # 0.30 and 0.35 positive, 0.2 / 0.1 / 0.05 negative
+    assert macro_f1(y, p, thr) > macro_f1(y, p, 0.5)
+    assert f1_score(y[:, 0], p[:, 0] >= thr[0]) == 1.0
+
+
+def test_metrics_agree_with_sklearn():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 5)) < 0.3).astype(int)
+    p = np.clip(y * 0.4 + rng.random((200, 5)) * 0.6, 0, 1)
+    assert macro_f1(y, p) == f1_score(y, p >= 0.5, average="macro", zero_division=0)
+    assert np.isclose(mean_ap(y, p), average_precision_score(y, p, average="macro"))
+    assert 0.5 < macro_auc(y, p) <= 1.0
+    y[:, 4] = 0  # a class without positives is left out of AP/AUC
+    assert np.isclose(mean_ap(y, p), average_precision_score(y[:, :4], p[:, :4], average="macro"))

@@ -1,0 +1,169 @@
+"""Training and inference: loader plans, model factory, checkpoints, bit-exact resume, signals,
+a tiny end-to-end run on the synthetic tiles."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from hpa_batch.config import load_config
+from hpa_batch.labels import CATALOGS
+from hpa_batch.loader import build_index, epoch_plan
+from hpa_batch.models import WeightsUnavailable, create_model
+from hpa_batch.splits import make_splits, write_splits
+
+from conftest import tool_env
+
+TINY = {"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 2, "batch_size": 16,
+        "num_workers": 0, "schedule": {"kind": "seed"}, "folds": [0], "early_stopping_patience": 0}
+
+
+@pytest.fixture(scope="module")
+def trainable(segmented, tmp_path_factory):
+    """Config + splits over the segmented synthetic shards, for a tiny model."""
+    root = tmp_path_factory.mktemp("train")
+    cfg = yaml.safe_load(segmented["config"].read_text())
+    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
+    cfg["models"] = [TINY]
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    c = load_config(path)
+    manifests = [c.results_dir / "manifest" / f"{s}.parquet" for s in segmented["shards"]]
+    splits = make_splits(manifests, c.catalog, 3, 0, 1)
+    write_splits(splits, root / "splits.parquet")
+    stores = [c.results_dir / "tiles" / f"{s}.zarr" for s in segmented["shards"]]
+    return {"root": root, "config": path, "splits": root / "splits.parquet", "stores": stores, "cfg": c}
+
+
+def run_train(t, out, env_extra=None, check=True):
+    cmd = [sys.executable, "-m", "hpa_batch.cli", "train", "--config", str(t["config"]), "--model", "tiny",
+           "--fold", "0", "--splits", str(t["splits"]), "--out", str(out), "--tiles", *map(str, t["stores"])]
+    env = {**tool_env(), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def test_epoch_plan_covers_rows_once_and_ranks_are_disjoint(trainable):
+    splits = pd.read_parquet(trainable["splits"])
+    index = build_index(trainable["stores"], splits, "cell", 19)
+    pos = np.arange(len(index))
+    plan = epoch_plan(index, pos, 8, seed=0, epoch=1, buffer_chunks=2)
+    flat = np.concatenate([b for g in plan for b in g])
+    assert sorted(flat.tolist()) == pos.tolist() and flat.tolist() != pos.tolist()
+    assert all(len(b) >= 2 for g in plan for b in g)
+    again = np.concatenate([b for g in epoch_plan(index, pos, 8, 0, 1, 2) for b in g])
+    assert np.array_equal(flat, again)
+    r0 = [b for g in epoch_plan(index, pos, 8, 0, 1, 1, rank=0, world=2) for b in g]
+    r1 = [b for g in epoch_plan(index, pos, 8, 0, 1, 1, rank=1, world=2) for b in g]
+    assert len(r0) == len(r1) and not set(np.concatenate(r0)) & set(np.concatenate(r1))
+    # weak labels: a tile carries its image's labels
+    row = splits.set_index("image_id").loc[index.image_id[0]]
+    assert np.flatnonzero(index.y[0]).tolist() == sorted(row["labels"])
+
+
+def test_pretrained_weights_from_a_local_file_only(tmp_path):
+    import timm
+
+    ref = timm.create_model("resnet18", num_classes=10)
+    torch.save(ref.state_dict(), tmp_path / "resnet18.pth")
+    m = create_model("resnet18", ["red", "green", "blue", "yellow"], 19, str(tmp_path / "resnet18.pth"))
+    w, w0 = m.conv1.weight.detach(), ref.conv1.weight.detach()
+    assert torch.allclose(w[:, :3], w0 * 3 / 4) and torch.allclose(w[:, 3], w0[:, 0] * 3 / 4)
+    assert torch.equal(m.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
+    assert m.get_classifier().out_features == 19
+    with pytest.raises(WeightsUnavailable, match="no downloads"):
+        create_model("resnet18", ["green"], 19, str(tmp_path / "missing.pth"))
+
+
+def test_tiny_training_end_to_end_and_predict(trainable, tmp_path):
+    out = tmp_path / "fold0"
+    run_train(trainable, out)
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns[:4]) == ["epoch", "lr", "train_loss", "val_loss"]
+    assert {"val_macro_f1", "val_map", "val_auc"} <= set(history.columns) and len(history) == 2
+    assert history["lr"].tolist() == [0.005, pytest.approx(0.0037)]  # Table 4 schedule
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["thresholds"].shape == (19,) and ckpt["spec"]["arch"] == "test_resnet"
+    assert len(json.loads((out / "thresholds.json").read_text())["thresholds"]) == 19
+    from hpa_batch.predict import predict_shard
+
+    pred_path = tmp_path / "pred.parquet"
+    n = predict_shard([out / "model.pt"], trainable["stores"][0], pred_path, CATALOGS["hpa2021"], "tiny")
+    pred = pd.read_parquet(pred_path)
+    assert len(pred) == n > 0 and {f"prob_{k}" for k in range(19)} <= set(pred.columns)
+    probs = pred[[f"prob_{k}" for k in range(19)]].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    hits = probs >= ckpt["thresholds"].numpy()
+    assert (pred["n_predicted"].to_numpy() == hits.sum(1)).all()
+
+
+def test_checkpoint_round_trip(trainable, tmp_path):
+    from hpa_batch.train import Trainer
+
+    splits = pd.read_parquet(trainable["splits"])
+    spec = {**trainable["cfg"].raw["models"][0]}
+    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    a.train_epoch(0)
+    a.state.epoch = 1
+    a.save_state()
+    expected_rand = torch.rand(3)
+    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    assert b.load_state()
+    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert b.state == a.state and torch.equal(torch.rand(3), expected_rand)  # RNG restored
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    assert all(torch.equal(sa["state"][k]["exp_avg"], sb["state"][k]["exp_avg"]) for k in sa["state"])
+    raw = torch.load(tmp_path / "state" / "last.pt", weights_only=True)  # loads with weights_only
+    assert raw["run"]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_bit_exact(trainable, tmp_path):
+    run_train(trainable, tmp_path / "straight")
+    stopped = run_train(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": "3"}, check=False)
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    assert (tmp_path / "resumed" / "state" / "last.pt").is_file()
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    run_train(trainable, tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["thresholds"], b["thresholds"])
+    la = torch.load(tmp_path / "straight" / "state" / "last.pt", weights_only=True)
+    lb = torch.load(tmp_path / "resumed" / "state" / "last.pt", weights_only=True)
+    for k in la["model"]:
+        assert torch.equal(la["model"][k], lb["model"][k]), k  # last weights too
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight" / "history.csv").drop(columns="seconds"),
+                                  pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns="seconds"))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_requeueable(trainable, tmp_path):
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"][0]["epochs"] = 200
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hpa_batch.cli", "train", "--config", str(path), "--model", "tiny", "--fold", "0",
+           "--splits", str(trainable["splits"]), "--out", str(out), "--tiles", *map(str, trainable["stores"])]
+    proc = subprocess.Popen(cmd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "state" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # first epoch done
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 75
+    ckpt = torch.load(out / "state" / "last.pt", weights_only=True)
+    assert ckpt["run"]["global_step"] > 0 and ckpt["run"]["epoch"] < 200
