@@ -60,3 +60,18 @@ def test_library_and_workflow_share_one_schema():
 def test_stage_subset_is_stable():
     a = stage_subset({"b": {"y": 1, "x": 2}, "a": 1, "c": 3}, ("b", "a"))
     assert a == '{"a":1,"b":{"x":2,"y":1}}'
+
+
+def test_presets_validate_and_carry_the_seed_values():
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    from hpa_batch.config import config_from_dict, deep_merge
+
+    for preset in sorted((REPO / "config" / "presets").glob("*.yaml")):
+        cfg = config_from_dict(deep_merge(base, yaml.safe_load(preset.read_text())))
+        assert cfg.raw["models"], preset
+    seed = config_from_dict(deep_merge(base, yaml.safe_load((REPO / "config/presets/seed_resnet50.yaml").read_text())))
+    m = seed.raw["models"][0]
+    assert (m["arch"], m["input_size"], m["epochs"], m["single_label_only"]) == ("resnet50", 256, 10, True)
+    assert m["schedule"] == {"kind": "seed", "lr_start": 0.005, "lr_max": 0.0011, "lr_min": 0.0005,
+                             "rampup_epochs": 3, "sustain_epochs": 2, "exp_decay": 0.75}
+    assert m["loss"]["unweighted_classes"] == [11]
