@@ -13,7 +13,8 @@ def _present(y: np.ndarray) -> np.ndarray:
 
 
 def macro_f1(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray | float = 0.5) -> float:
-    """Macro F1 over classes with a positive in ``y`` or in the predictions.
+    """Macro F1 over the classes that occur in ``y`` or in the predictions (a class absent from
+    both has no defined F1 and is left out rather than counted as 0).
 
     Parameters
     ----------
@@ -21,7 +22,10 @@ def macro_f1(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray | float = 0
         ``(n, c)`` true multi-hot and predicted probabilities.
     """
     pred = prob >= np.asarray(thresholds)
-    return float(f1_score(y, pred, average="macro", zero_division=0))
+    keep = np.flatnonzero((np.asarray(y).sum(0) > 0) | (pred.sum(0) > 0))
+    if not len(keep):
+        return float("nan")
+    return float(f1_score(np.asarray(y)[:, keep], pred[:, keep], average="macro", zero_division=0))
 
 
 def mean_ap(y: np.ndarray, prob: np.ndarray) -> float:

@@ -416,4 +416,8 @@ def train_model(spec: dict[str, Any], fold: int, stores: list[Path], splits_path
     """Train one model spec on one fold into ``out`` (``results/models/{name}/fold{k}``)."""
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(spec, fold, stores, pd.read_parquet(splits_path), catalog, out, device)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

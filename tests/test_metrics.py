@@ -18,6 +18,10 @@ def test_metrics_agree_with_sklearn():
     y = (rng.random((200, 5)) < 0.3).astype(int)
     p = np.clip(y * 0.4 + rng.random((200, 5)) * 0.6, 0, 1)
     assert macro_f1(y, p) == f1_score(y, p >= 0.5, average="macro", zero_division=0)
+    z = y.copy()
+    z[:, 3], p2 = 0, p.copy()
+    p2[:, 3] = 0  # class 3 absent from truth and predictions: left out, not counted as 0
+    assert macro_f1(z, p2) == f1_score(z[:, [0, 1, 2, 4]], p2[:, [0, 1, 2, 4]] >= 0.5, average="macro")
     assert np.isclose(mean_ap(y, p), average_precision_score(y, p, average="macro"))
     assert 0.5 < macro_auc(y, p) <= 1.0
     y[:, 4] = 0  # a class without positives is left out of AP/AUC

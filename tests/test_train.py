@@ -167,3 +167,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_requeueable(trainable, tmp_path):
     assert proc.wait(60) == 75
     ckpt = torch.load(out / "state" / "last.pt", weights_only=True)
     assert ckpt["run"]["global_step"] > 0 and ckpt["run"]["epoch"] < 200
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(trainable, tmp_path):
+    """torchrun with 2 CPU processes (gloo): both ranks train on disjoint buffers, rank 0 writes."""
+    out = tmp_path / "ddp"
+    cmd = ["torchrun", "--standalone", "--nproc-per-node=2", "-m", "hpa_batch.cli", "train", "--config",
+           str(trainable["config"]), "--model", "tiny", "--fold", "0", "--splits", str(trainable["splits"]),
+           "--out", str(out), "--device", "cpu", "--tiles", *map(str, trainable["stores"])]
+    proc = subprocess.run(cmd, env={**tool_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.pt").is_file() and len(pd.read_csv(out / "history.csv")) == 2

@@ -41,9 +41,10 @@ def test_run_then_add_cell_line_reruns_only_new_shards(dataset, workflow_dir):
     wd = workflow_dir()
     cfg = ds.config(shard_size=2, cell_lines=["HeLa"])
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
-    plan = snakemake(wd, "-n", "--configfile", "run.yaml")
+    targets = ("convert", "tiles")  # the shard stages; training is covered by the synthetic run below
+    plan = snakemake(wd, "-n", *targets, "--configfile", "run.yaml")
     assert planned_jobs(plan).count(("convert_shard", "hela-0000")) == 1
-    out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
+    out = snakemake(wd, "--cores", "2", *targets, "--configfile", "run.yaml")
     assert "1 image(s) refused" in out and "hbad" in out  # reported at the end of the run
     res = ds.root / "results"
     hela = sorted((res / "zarr").glob("hela-*.convert.json"))
@@ -52,15 +53,16 @@ def test_run_then_add_cell_line_reruns_only_new_shards(dataset, workflow_dir):
     assert (ds.root / "logs" / "convert" / "hela-0000.log").read_text().count("images") >= 1
     mtimes = {p: p.stat().st_mtime_ns for p in res.rglob("*") if "hela" in p.name and p.is_file()}
 
-    assert planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml")) == []
+    assert planned_jobs(snakemake(wd, "-n", *targets, "--configfile", "run.yaml")) == []
     cfg["cell_lines"] = ["HeLa", "A549"]
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
-    jobs = planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml"))
+    jobs = planned_jobs(snakemake(wd, "-n", *targets, "--configfile", "run.yaml"))
     per_shard = ("manifest", "convert_shard", "segment_shard", "measure_shard", "tiles_shard")
     assert jobs == sorted(
-        [(rule, s) for rule in per_shard for s in ("a549-0000", "a549-0001")] + [("qc", None), ("all", None)]
+        [(rule, s) for rule in per_shard for s in ("a549-0000", "a549-0001")]
+        + [("qc", None), ("convert", None), ("tiles", None)]
     )
-    snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
+    snakemake(wd, "--cores", "2", *targets, "--configfile", "run.yaml")
     assert (res / "zarr" / "a549-0001.convert.json").is_file()
     after = {p: p.stat().st_mtime_ns for p in mtimes}
     assert after == mtimes, "existing shards were rewritten"
@@ -68,7 +70,7 @@ def test_run_then_add_cell_line_reruns_only_new_shards(dataset, workflow_dir):
     # a changed label reruns only that shard's manifest + conversion (params trigger)
     ds.rows[1] = ("h1", "3", "HeLa")
     ds.write_metadata()
-    jobs = planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml"))
+    jobs = planned_jobs(snakemake(wd, "-n", *targets, "--configfile", "run.yaml"))
     assert ("manifest", "hela-0000") in jobs and not any(s and s != "hela-0000" for _, s in jobs)
 
 
@@ -81,3 +83,29 @@ def test_lint_is_clean(workflow_dir):
         (wd / "resources" / "demo" / "train.csv").write_text("ID,Label,Cell_line\nx,0,HeLa\n")
         out = snakemake(wd, "--lint", "--configfile", "config/demo.yaml")
     assert "Congratulations, your workflow is in a good condition!" in out, out
+
+
+@pytest.mark.slow
+def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflow_dir, tmp_path):
+    from conftest import synth_config
+
+    wd = workflow_dir()
+    cfg = synth_config(tmp_path, synth_data)
+    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
+    cfg["models"] = [{"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 1, "batch_size": 16,
+                      "num_workers": 0, "folds": [0, 1]}]
+    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
+    assert "steps (100%) done" in out
+    res = tmp_path / "results"
+    import pandas as pd
+
+    assert (res / "splits.parquet").is_file()
+    for fold in (0, 1):
+        assert (res / "models" / "tiny" / f"fold{fold}" / "model.pt").is_file()
+    preds = sorted((res / "predictions" / "tiny").glob("*.parquet"))
+    cells = sorted((res / "cells").glob("*.parquet"))
+    assert [p.name for p in preds] == [p.name for p in cells]
+    for p, c in zip(preds, cells):
+        assert len(pd.read_parquet(p)) == len(pd.read_parquet(c))
+    assert planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml")) == []
