@@ -26,8 +26,12 @@ demo: setup resources/demo/train.csv
 	$(BIN)/snakemake --cores all --configfile config/demo.yaml
 	$(BIN)/hpa-batch info results/zarr/$$($(BIN)/hpa-batch plan --config config/demo.yaml --format names | head -1).zarr
 
+# The slurm-marked tests need a local SLURM (Debian slurm-wlm + munge, installed and started as root by
+# tests/slurm/harness.sh); without root they are skipped.
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@if [ "$$(id -u)" = 0 ]; then bash tests/slurm/harness.sh start; else echo "not root: SLURM tests will be skipped"; fi
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ "$$(id -u)" = 0 ]; then bash tests/slurm/harness.sh stop; fi; exit $$rc
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
