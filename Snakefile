@@ -27,5 +27,9 @@ rule all:
         rules.predict.input,
 
 
+onstart:
+    acquire_driver_lock()
+
+
 onsuccess:
     print_qc_summary()

@@ -32,6 +32,13 @@ def shard_files(pattern):
     return [pattern.format(shard=name) for name in SHARDS]
 
 
+def acquire_driver_lock():
+    """Refuse a second driver in this working directory (see hpa_batch.driver)."""
+    from hpa_batch.driver import acquire
+
+    acquire(".")
+
+
 def print_qc_summary():
     """Show the run's refused images (written by rule qc) at the end of a successful run."""
     summary = Path(RESULTS) / "qc" / "summary.txt"
