@@ -15,7 +15,7 @@ rule segment_shard:
     threads: 4
     resources:
         mem_mb=lambda wildcards, threads, attempt: (1000 + 600 * threads) * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        runtime=shard_runtime(seconds_per_image=3),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -38,7 +38,7 @@ rule measure_shard:
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        runtime=shard_runtime(seconds_per_image=5),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -59,7 +59,7 @@ rule tiles_shard:
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        runtime=shard_runtime(seconds_per_image=4),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -69,14 +69,17 @@ rule tiles_shard:
 
 rule segment:
     input:
+        METADATA,
         shard_files(f"{RESULTS}/zarr/{{shard}}.segment.json"),
 
 
 rule cells:
     input:
+        METADATA,
         shard_files(f"{RESULTS}/cells/{{shard}}.parquet"),
 
 
 rule tiles:
     input:
+        METADATA,
         shard_files(f"{RESULTS}/tiles/{{shard}}.zarr"),

@@ -9,8 +9,10 @@ from hpa_batch.plan import plan_from_config
 CFG = config_from_dict(config)
 RESULTS = str(CFG.results_dir)
 LOGS = str(CFG.logs_dir)
-# One CSV read at DAG-build time; a shard's membership depends only on its own cell line.
-SHARDS = {shard.name: shard for shard in plan_from_config(CFG)}
+# One CSV read at DAG-build time; a shard's membership depends only on its own cell line. A missing
+# table plans no shard and becomes a missing input of the target rules, which Snakemake reports by name.
+METADATA = str(CFG.dataset.metadata)
+SHARDS = {shard.name: shard for shard in plan_from_config(CFG)} if Path(METADATA).is_file() else {}
 
 
 wildcard_constraints:
@@ -76,3 +78,14 @@ def train_launcher(name):
     if gpus > 1:
         return f"torchrun --standalone --nproc-per-node={gpus} -m hpa_batch.cli"
     return "hpa-batch"
+
+
+def shard_runtime(seconds_per_image, base_minutes=10):
+    """Walltime (minutes) of a shard job: grows with the shard's image count, doubles per retry.
+    Memory does not grow with shard size (images are streamed), so only runtime scales."""
+
+    def runtime(wildcards, attempt):
+        n = len(SHARDS[wildcards.shard].ids)
+        return (base_minutes + -(-n * seconds_per_image // 60)) * attempt
+
+    return runtime

@@ -38,7 +38,7 @@ rule convert_shard:
     resources:
         # Images in flight = threads; ~350 MB each at 3072 px (decode + pyramid + encode buffers).
         mem_mb=lambda wildcards, threads, attempt: (800 + 400 * threads) * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        runtime=shard_runtime(seconds_per_image=3),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -64,5 +64,6 @@ rule qc:
 
 rule convert:
     input:
+        METADATA,
         shard_files(f"{RESULTS}/zarr/{{shard}}.convert.json"),
         rules.qc.output.table,

@@ -67,11 +67,13 @@ rule predict_shard:
 
 rule train:
     input:
+        METADATA,
         [fold_models(spec["name"]) for spec in config["models"]],
 
 
 rule predict:
     input:
+        METADATA,
         [
             f"{RESULTS}/predictions/{spec['name']}/{shard}.parquet"
             for spec in config["models"]
