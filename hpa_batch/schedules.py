@@ -20,27 +20,16 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from hpa_batch.registry import Registry
+
 Schedule = Callable[[float], float]
-_REGISTRY: dict[str, Callable[..., Schedule]] = {}
-
-
-def register_schedule(name: str) -> Callable[[Callable[..., Schedule]], Callable[..., Schedule]]:
-    """Decorator adding a schedule factory to the registry."""
-
-    def add(fn: Callable[..., Schedule]) -> Callable[..., Schedule]:
-        _REGISTRY[name] = fn
-        return fn
-
-    return add
+SCHEDULES: Registry[Schedule] = Registry("schedule")
+register_schedule = SCHEDULES.register
 
 
 def create_schedule(kind: str, epochs: int, **params: Any) -> Schedule:
     """The schedule ``kind`` with its parameters; returns ``lr(epoch: float) -> float``."""
-    try:
-        factory = _REGISTRY[kind]
-    except KeyError:
-        raise ValueError(f"unknown schedule {kind!r}; known: {sorted(_REGISTRY)}") from None
-    return factory(epochs=epochs, **params)
+    return SCHEDULES.create(kind, epochs=epochs, **params)
 
 
 @register_schedule("seed")

@@ -9,10 +9,11 @@ A backend turns one image at a working pyramid level into two label images with 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+
+from hpa_batch.registry import Registry
 
 
 class Segmenter(Protocol):
@@ -44,23 +45,14 @@ class BackendUnavailable(RuntimeError):
     """A backend whose package or local weights are missing (never downloaded)."""
 
 
-_REGISTRY: dict[str, Callable[..., Segmenter]] = {}
-
-
-def register_backend(name: str) -> Callable[[Callable[..., Segmenter]], Callable[..., Segmenter]]:
-    """Class decorator adding a backend factory to the registry under ``name``."""
-
-    def add(factory: Callable[..., Segmenter]) -> Callable[..., Segmenter]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return add
+BACKENDS: Registry[Segmenter] = Registry("segmentation backend")
+register_backend = BACKENDS.register
 
 
 def list_backends() -> list[str]:
     """Names of all registered backends."""
     _load_builtin()
-    return sorted(_REGISTRY)
+    return BACKENDS.names()
 
 
 def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
@@ -74,11 +66,7 @@ def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
         The backend's package or weights are missing.
     """
     _load_builtin()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown segmentation backend {name!r}; known: {sorted(_REGISTRY)}") from None
-    return factory(**kwargs)
+    return BACKENDS.create(name, **kwargs)
 
 
 def _load_builtin() -> None:
