@@ -56,7 +56,7 @@ def main() -> None:
                 sync(dev)
                 t0 = time.perf_counter()
             rows = torch.from_numpy(reader.read_rows(i * args.batch, (i + 1) * args.batch))
-            xb = (prepare(rows, args.size).to(dev, non_blocking=True) - mean) / std
+            xb = (prepare(rows.to(dev, non_blocking=True), args.size) - mean) / std
             run(model, xb, amp).cpu()
         sync(dev)
         full = args.batches * args.batch / (time.perf_counter() - t0)

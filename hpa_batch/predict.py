@@ -87,7 +87,7 @@ def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: Labe
     progress = Progress(reader.n, f"predict {model_name} {tiles.name}")
     for start in range(0, reader.n, batch_size):
         x = torch.from_numpy(reader.read_rows(start, min(start + batch_size, reader.n))[:, chans])
-        x = (prepare(x, spec["input_size"]).to(dev) - mean) / std
+        x = (prepare(x.to(dev, non_blocking=True), spec["input_size"]) - mean) / std
         p, e = run_models(models, x, spec["tta"], spec["embeddings"])
         probs.append(p)
         if e is not None:

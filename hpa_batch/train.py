@@ -154,23 +154,34 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, spec: 
 
 
 def augment(x: torch.Tensor, spec: dict[str, Any], seed: int) -> torch.Tensor:
-    """Random flips, 90-degree rotations and brightness per sample (deterministic per ``seed``).
+    """Random flips, 90-degree rotations and brightness per sample, on ``x``'s device.
 
-    ``x`` is ``(b, k, s, s)`` float in [0, 1].
+    ``x`` is ``(b, k, s, s)`` float in [0, 1]; the draws come from a CPU generator seeded with
+    ``seed``, so the result is the same on any device and after a resume.
     """
     aug = spec["augment"]
     g = torch.Generator().manual_seed(seed)
     b = x.shape[0]
+    flip = torch.rand(b, generator=g) < 0.5
+    k = torch.randint(0, 4, (b,), generator=g)
+    gain = 1 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * aug["brightness"]
     if aug["flips"]:
-        flip = torch.rand(b, generator=g) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
     if aug["rot90"]:
-        k = torch.randint(0, 4, (b,), generator=g)
-        x = torch.stack([torch.rot90(x[i], int(k[i]), dims=(-2, -1)) for i in range(b)])
+        out = x.clone()
+        for turns in range(1, 4):
+            sel = (k == turns).nonzero().flatten().to(x.device)
+            if len(sel):
+                out[sel] = torch.rot90(x[sel], turns, dims=(-2, -1))
+        x = out
     if aug["brightness"] > 0:
-        f = 1 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * aug["brightness"]
-        x = (x * f).clamp(0, 1)
+        x = (x * gain.to(x.device)).clamp(0, 1)
     return x
+
+
+def seed_of(*parts: int) -> int:
+    """A stable 63-bit seed from integers (Python's hash of ints is stable, but be explicit)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def prepare(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -310,8 +321,8 @@ class Trainer:
         data = GroupDataset(self.index, plan, self.channels)
         for b, x, y, _ in iterate_batches(data, self.spec["num_workers"], skip=self.state.batch):
             self._set_lr(epoch + b / max(self.steps_per_epoch, 1))
-            x = prepare(x, self.spec["input_size"]).to(self.device)
-            x = augment(x.cpu(), self.spec, hash((self.spec["seed"], epoch, b)) % (2**63)).to(self.device)
+            x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"])
+            x = augment(x, self.spec, seed_of(self.spec["seed"], epoch, b))
             loss = loss_fn(self._forward(x), y.to(self.device), self.weights, self.spec)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -335,7 +346,7 @@ class Trainer:
                                                                                self.spec["batch_size"])]
         probs, ys = [], []
         for _, x, y, _ in iterate_batches(GroupDataset(self.index, groups, self.channels), 0):
-            x = prepare(x, self.spec["input_size"]).to(self.device)
+            x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"])
             probs.append(torch.sigmoid(self._forward(x).float()).cpu().numpy())
             ys.append(y.numpy())
         c = self.catalog.n_classes

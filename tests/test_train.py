@@ -179,3 +179,18 @@ def test_ddp_two_processes_on_cpu(trainable, tmp_path):
     proc = subprocess.run(cmd, env={**tool_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model.pt").is_file() and len(pd.read_csv(out / "history.csv")) == 2
+
+
+def test_augment_is_deterministic_and_label_preserving():
+    from hpa_batch.train import augment
+
+    spec = {"augment": {"flips": True, "rot90": True, "brightness": 0.2}}
+    x = torch.rand(16, 4, 8, 8)
+    a, b = augment(x, spec, 7), augment(x, spec, 7)
+    assert torch.equal(a, b) and not torch.equal(a, augment(x, spec, 8))
+    off = augment(x, {"augment": {"flips": False, "rot90": False, "brightness": 0.0}}, 7)
+    assert torch.equal(off, x)
+    geo = augment(x, {"augment": {"flips": True, "rot90": True, "brightness": 0.0}}, 7)
+    for i in range(16):  # every output is one of the 8 dihedral transforms of its input
+        views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x[i], x[i].flip(-1)) for k in range(4)]
+        assert any(torch.equal(geo[i], v) for v in views)
