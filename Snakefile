@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/results.smk"
 
 
 rule all:
@@ -25,6 +26,8 @@ rule all:
         rules.cells.input,
         rules.tiles.input,
         rules.predict.input,
+        rules.tables.output,
+        rules.submission.output,
 
 
 onstart:

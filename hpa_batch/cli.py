@@ -208,6 +208,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pick_model(cfg: Config, chosen: str | None, level: str) -> dict | None:
+    if chosen:
+        return _model_spec(cfg, chosen)
+    return next((m for m in cfg.raw["models"] if m["level"] == level), None)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from hpa_batch.evaluate import truth_table
+    from hpa_batch.merge import ShardInputs, merge_tables, model_thresholds
+    from hpa_batch.plan import plan_from_config
+
+    cfg = _cfg(args)
+    r = cfg.results_dir
+    opts = cfg.raw["merge"]
+    cell_model = _pick_model(cfg, opts["cell_model"], "cell")
+    image_model = _pick_model(cfg, opts["image_model"], "image")
+    shards = []
+    for s in plan_from_config(cfg):
+        p = _paths(cfg, s.name)
+        shards.append(ShardInputs(
+            s.name, p["manifest"], p["rejected"], p["segment_qc"], p["cells"],
+            r / "predictions" / cell_model["name"] / f"{s.name}.parquet" if cell_model else None,
+            r / "predictions" / image_model["name"] / f"{s.name}.parquet" if image_model else None))
+    models = [r / "models" / cell_model["name"] / f"fold{k}" / "model.pt" for k in cell_model["folds"]] \
+        if cell_model else []
+    truth_dir = cfg.raw["evaluation"]["truth_dir"]
+    truth = truth_table([r / "zarr" / f"{s.name}.zarr" for s in shards], Path(truth_dir), cfg.catalog) \
+        if truth_dir else None
+    merge_tables(shards, r / "splits.parquet", cfg.catalog, opts, model_thresholds(models, cfg.catalog.n_classes),
+                 args.cells or r / "tables" / "cells.parquet", args.images or r / "tables" / "images.parquet", truth)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hpa_batch.submit import write_submission
+
+    n = write_submission(list(args.predictions), list(args.stores), args.out, args.n_classes, args.min_confidence)
+    print(f"{n} images -> {args.out}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpa_batch.validate import validate_dataset, validate_store
 
@@ -341,6 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path)
     p.add_argument("--device")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("merge", help="merge every shard into results/tables/{cells,images}.parquet")
+    _add_config_args(p)
+    p.add_argument("--cells", type=Path)
+    p.add_argument("--images", type=Path)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("submit", help="Kaggle HPA 2021 submission.csv (COCO RLE masks) from cell predictions")
+    p.add_argument("--predictions", nargs="+", type=Path, required=True, help="cell prediction parquet files")
+    p.add_argument("--stores", nargs="+", type=Path, required=True, help="shard zarr stores with labels/cells")
+    p.add_argument("--n-classes", type=int, default=19)
+    p.add_argument("--min-confidence", type=float, default=0.0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("validate", help="check a zarr store (PATH) or the configured dataset")
     _add_config_args(p)

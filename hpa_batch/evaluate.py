@@ -56,6 +56,15 @@ def truth_cell_labels(truth_dir: Path, catalog: LabelCatalog) -> pd.DataFrame:
     return pd.DataFrame({"image_id": t["ID"], "truth_cell_id": t["cell_id"].astype(np.int32), "labels": labels})
 
 
+def truth_table(stores: list[Path], truth_dir: Path, catalog: LabelCatalog) -> pd.DataFrame:
+    """(image_id, cell_id, truth_cell_id, truth_labels) for every segmented cell matched to a true cell."""
+    matches = pd.concat([truth_matches(s, truth_dir) for s in stores], ignore_index=True) if stores else None
+    if matches is None or matches.empty:
+        return pd.DataFrame(columns=["image_id", "cell_id", "truth_cell_id", "truth_labels"])
+    labels = truth_cell_labels(truth_dir, catalog).rename(columns={"labels": "truth_labels"})
+    return matches.drop(columns="iou").merge(labels, on=["image_id", "truth_cell_id"], how="left")
+
+
 def score_cells(pred: pd.DataFrame, matches: pd.DataFrame, truth: pd.DataFrame, catalog: LabelCatalog,
                 thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
     """Cell-level macro-F1 and mAP of predictions (``prob_k`` columns) on matched cells.

@@ -3,6 +3,8 @@
 import re
 import subprocess
 
+import numpy as np
+
 import pytest
 import yaml
 
@@ -94,6 +96,7 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
     cfg["models"] = [{"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 1, "batch_size": 16,
                       "num_workers": 0, "folds": [0, 1]}]
+    cfg["evaluation"] = {"truth_dir": str(synth_data / "truth")}
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
     assert "steps (100%) done" in out
@@ -109,3 +112,19 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     for p, c in zip(preds, cells):
         assert len(pd.read_parquet(p)) == len(pd.read_parquet(c))
     assert planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml")) == []
+    # merged tables: every cell of every shard, every image of the plan, truth attached
+    from hpa_batch.merge import cells_schema, images_schema
+    import pyarrow.parquet as pq
+
+    cells_t = pd.read_parquet(res / "tables" / "cells.parquet")
+    images_t = pd.read_parquet(res / "tables" / "images.parquet")
+    assert len(cells_t) == sum(len(pd.read_parquet(c)) for c in cells)
+    assert pq.read_schema(res / "tables" / "images.parquet").equals(images_schema(19), check_metadata=False)
+    assert sorted(images_t["image_id"]) == sorted(pd.read_csv(synth_data / "train.csv")["ID"])
+    fused = cells_t[[f"fused_prob_{k}" for k in range(19)]].to_numpy()
+    prod = cells_t[[f"cell_prob_{k}" for k in range(19)]].to_numpy() * cells_t[[f"image_prob_{k}" for k in range(19)]].to_numpy()
+    assert np.allclose(fused, prod)  # default fusion: cell x image
+    sub = pd.read_csv(res / "submission.csv", keep_default_na=False)
+    assert list(sub.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
+    assert len(sub) == len(images_t) and (sub["ImageWidth"] == 384).all()
+    assert sub["PredictionString"].str.split().map(len).sum() == 3 * 19 * len(cells_t)

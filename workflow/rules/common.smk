@@ -89,3 +89,21 @@ def shard_runtime(seconds_per_image, base_minutes=10):
         return (base_minutes + -(-n * seconds_per_image // 60)) * attempt
 
     return runtime
+
+
+def merge_inputs(wildcards):
+    """Every shard file the merge reads, and the chosen models' predictions and checkpoints."""
+    files = {
+        "splits": f"{RESULTS}/splits.parquet",
+        "cells": shard_files(f"{RESULTS}/cells/{{shard}}.parquet"),
+        "rejected": shard_files(f"{RESULTS}/qc/{{shard}}.rejected.tsv"),
+        "segment_qc": shard_files(f"{RESULTS}/qc/{{shard}}.segment.tsv"),
+    }
+    for level in ("cell", "image"):
+        chosen = config["merge"][f"{level}_model"]
+        spec = model_spec(chosen) if chosen else next(
+            (m for m in config["models"] if m["level"] == level), None)
+        if spec:
+            files[f"{level}_predictions"] = shard_files(f"{RESULTS}/predictions/{spec['name']}/{{shard}}.parquet")
+            files[f"{level}_models"] = fold_models(spec["name"])
+    return files

@@ -1,0 +1,190 @@
+"""The merge stage: ``results/tables/cells.parquet`` and ``results/tables/images.parquet``.
+
+Built shard by shard through parquet writers (memory holds one shard, whatever the number of
+shards). Column names are stable and documented in ``docs/TABLES.md``.
+
+cells.parquet
+    every column of the per-cell table, ``fold``, ``cell_prob_k`` (the cell model), ``image_prob_k``
+    (the image model, or the max over the image's cells when there is none), ``fused_prob_k``,
+    ``predicted`` (fused probabilities against the cell model's thresholds), ``image_labels``
+    (ground truth of the image) and, where per-cell truth exists, ``truth_cell_id`` / ``truth_labels``.
+images.parquet
+    one row per image of the shard plan, refused ones included: size, cell counts, QC flags,
+    ``image_prob_k`` (image model), ``cells_max_prob_k`` (max over cells), ``predicted`` (image level),
+    ``labels`` (truth).
+
+Fusion (``merge.fusion``): ``product`` = cell x image (the top 2021 solutions' choice),
+``mean`` = weighted mean with ``merge.cell_weight``, ``cell`` = cell probabilities alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from hpa_batch.labels import LabelCatalog, format_labels
+from hpa_batch.measure import CELLS_SCHEMA
+from hpa_batch.progress import get_logger
+from hpa_batch.tables import to_arrow
+
+
+@dataclass(frozen=True)
+class ShardInputs:
+    """The files of one shard that the merge reads (missing optional ones are ``None``)."""
+
+    name: str
+    manifest: Path
+    rejected: Path
+    segment_qc: Path
+    cells: Path
+    cell_predictions: Path | None
+    image_predictions: Path | None
+
+
+def prob_fields(prefix: str, n: int) -> list[tuple[str, pa.DataType]]:
+    """``[(f"{prefix}_prob_{k}", float32) ...]``."""
+    return [(f"{prefix}_prob_{k}", pa.float32()) for k in range(n)]
+
+
+def cells_schema(n: int, with_truth: bool) -> pa.Schema:
+    """Schema of ``cells.parquet`` for ``n`` classes."""
+    fields = list(CELLS_SCHEMA) + [pa.field("fold", pa.int8())]
+    for prefix in ("cell", "image", "fused"):
+        fields += [pa.field(*f) for f in prob_fields(prefix, n)]
+    fields += [pa.field("predicted", pa.string()), pa.field("image_labels", pa.list_(pa.int16()))]
+    if with_truth:
+        fields += [pa.field("truth_cell_id", pa.int32()), pa.field("truth_labels", pa.list_(pa.int16()))]
+    return pa.schema(fields)
+
+
+def images_schema(n: int) -> pa.Schema:
+    """Schema of ``images.parquet`` for ``n`` classes."""
+    return pa.schema(
+        [("image_id", pa.string()), ("shard", pa.string()), ("cell_line", pa.string()),
+         ("height", pa.int32()), ("width", pa.int32()), ("n_cells", pa.int32()), ("n_border", pa.int32()),
+         ("border_fraction", pa.float32()), ("rejected", pa.bool_()), ("reject_reason", pa.string()),
+         ("zero_cells", pa.bool_()), ("fold", pa.int8())]
+        + prob_fields("image", n) + prob_fields("cells_max", n)
+        + [("predicted", pa.string()), ("labels", pa.list_(pa.int16()))]
+    )
+
+
+def fuse(cell: np.ndarray, image: np.ndarray, method: str, cell_weight: float) -> np.ndarray:
+    """Fused per-cell probabilities: ``(n, c)`` cell and image probabilities -> ``(n, c)``."""
+    if method == "product":
+        return cell * image
+    if method == "mean":
+        return cell_weight * cell + (1 - cell_weight) * image
+    return cell
+
+
+def _probs(table: pd.DataFrame, n: int) -> np.ndarray:
+    return table[[f"prob_{k}" for k in range(n)]].to_numpy(np.float32)
+
+
+def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCatalog, options: dict[str, Any],
+                thresholds: np.ndarray, truth: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cells and images rows of one shard."""
+    cells = pd.read_parquet(inp.cells)
+    manifest = pd.read_parquet(inp.manifest)
+    folds = splits.set_index("image_id")["fold"]
+    labels = manifest.set_index("image_id")["labels"]
+    cells["fold"] = cells["image_id"].map(folds).fillna(-1).astype(np.int8)
+    cp = np.zeros((len(cells), n), np.float32)
+    if inp.cell_predictions is not None:
+        pred = pd.read_parquet(inp.cell_predictions)
+        cp = _probs(cells[["image_id", "cell_id"]].merge(pred, on=["image_id", "cell_id"], how="left"), n)
+        cp = np.nan_to_num(cp)
+    for k in range(n):
+        cells[f"cell_prob_{k}"] = cp[:, k]
+    img_probs = _image_probs(inp, cells, cp, n)
+    ip = np.stack([img_probs.get(i, np.zeros(n, np.float32)) for i in cells["image_id"]]) if len(cells) else cp
+    fused = fuse(cp, ip, options["fusion"], options["cell_weight"])
+    for k in range(n):
+        cells[f"image_prob_{k}"] = ip[:, k]
+        cells[f"fused_prob_{k}"] = fused[:, k]
+    cells["predicted"] = [format_labels(np.flatnonzero(r >= thresholds).tolist(), catalog) for r in fused]
+    cells["image_labels"] = [list(labels.get(i, [])) for i in cells["image_id"]]
+    if truth is not None:
+        cells = cells.merge(truth, on=["image_id", "cell_id"], how="left")
+        cells["truth_cell_id"] = cells["truth_cell_id"].fillna(-1).astype(np.int32)
+        cells["truth_labels"] = [list(v) if isinstance(v, list | np.ndarray) else [] for v in cells["truth_labels"]]
+    return cells, _images(inp, manifest, cells, cp, img_probs, folds, n, catalog, thresholds)
+
+
+def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    if inp.image_predictions is not None:
+        pred = pd.read_parquet(inp.image_predictions)
+        return dict(zip(pred["image_id"], _probs(pred, n)))
+    out: dict[str, np.ndarray] = {}
+    for image_id, idx in cells.groupby("image_id").indices.items():
+        out[image_id] = cp[idx].max(axis=0)
+    return out
+
+
+def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: np.ndarray,
+            img_probs: dict[str, np.ndarray], folds: pd.Series, n: int, catalog: LabelCatalog,
+            thresholds: np.ndarray) -> pd.DataFrame:
+    qc = pd.read_csv(inp.segment_qc, sep="\t").set_index("image_id")
+    rejected = pd.read_csv(inp.rejected, sep="\t", dtype=str, keep_default_na=False)
+    rows = []
+    groups = cells.groupby("image_id").indices
+    for r in manifest.itertuples():
+        idx = groups.get(r.image_id, np.array([], int))
+        n_cells = int(qc.at[r.image_id, "n_cells"]) if r.image_id in qc.index else len(idx)
+        n_border = int(qc.at[r.image_id, "n_border"]) if r.image_id in qc.index else 0
+        cmax = cp[idx].max(axis=0) if len(idx) else np.zeros(n, np.float32)
+        ip = img_probs.get(r.image_id, cmax)
+        rows.append({"image_id": r.image_id, "shard": inp.name, "cell_line": r.cell_line, "height": r.height,
+                     "width": r.width, "n_cells": n_cells, "n_border": n_border,
+                     "border_fraction": n_border / n_cells if n_cells else 0.0, "rejected": False,
+                     "reject_reason": None, "zero_cells": n_cells == 0,
+                     "fold": int(folds.get(r.image_id, -1)),
+                     **{f"image_prob_{k}": ip[k] for k in range(n)},
+                     **{f"cells_max_prob_{k}": cmax[k] for k in range(n)},
+                     "predicted": format_labels(np.flatnonzero(ip >= thresholds).tolist(), catalog),
+                     "labels": list(r.labels)})
+    for r in rejected.itertuples():
+        rows.append({"image_id": r.image_id, "shard": inp.name, "cell_line": r.cell_line, "height": None,
+                     "width": None, "n_cells": 0, "n_border": 0, "border_fraction": 0.0, "rejected": True,
+                     "reject_reason": r.reason, "zero_cells": False, "fold": -1,
+                     **{f"image_prob_{k}": np.nan for k in range(n)},
+                     **{f"cells_max_prob_{k}": np.nan for k in range(n)}, "predicted": None, "labels": []})
+    return pd.DataFrame(rows, columns=images_schema(n).names)
+
+
+def model_thresholds(model_paths: list[Path], n: int) -> np.ndarray:
+    """Mean per-class thresholds of a model's fold checkpoints (0.5 when there are none)."""
+    values = [torch.load(p, map_location="cpu", weights_only=True)["thresholds"].numpy() for p in model_paths]
+    return np.mean(values, axis=0) if values else np.full(n, 0.5)
+
+
+def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCatalog, options: dict[str, Any],
+                 thresholds: np.ndarray, out_cells: Path, out_images: Path,
+                 truth: pd.DataFrame | None = None) -> tuple[int, int]:
+    """Stream every shard into the two tables (written under temporary names, renamed at the end)."""
+    n = catalog.n_classes
+    splits = pd.read_parquet(splits_path)
+    cschema, ischema = cells_schema(n, truth is not None), images_schema(n)
+    out_cells.parent.mkdir(parents=True, exist_ok=True)
+    tmp_c, tmp_i = out_cells.with_name(f".{out_cells.name}.tmp"), out_images.with_name(f".{out_images.name}.tmp")
+    n_cells = n_images = 0
+    with pq.ParquetWriter(tmp_c, cschema) as wc, pq.ParquetWriter(tmp_i, ischema) as wi:
+        for inp in shards:
+            cells, images = merge_shard(inp, splits, n, catalog, options, thresholds, truth)
+            if len(cells):
+                wc.write_table(to_arrow(cells, cschema))
+            if len(images):
+                wi.write_table(to_arrow(images, ischema))
+            n_cells, n_images = n_cells + len(cells), n_images + len(images)
+    tmp_c.replace(out_cells)
+    tmp_i.replace(out_images)
+    get_logger().info("merge: %d cells, %d images -> %s, %s", n_cells, n_images, out_cells, out_images)
+    return n_cells, n_images

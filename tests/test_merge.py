@@ -1,0 +1,39 @@
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from hpa_batch.labels import CATALOGS
+from hpa_batch.merge import ShardInputs, cells_schema, fuse, images_schema, merge_tables
+
+
+def test_fusion_methods():
+    c, i = np.array([[0.8, 0.2]]), np.array([[0.5, 1.0]])
+    assert np.allclose(fuse(c, i, "product", 0.5), [[0.4, 0.2]])
+    assert np.allclose(fuse(c, i, "mean", 0.75), [[0.725, 0.4]])
+    assert np.allclose(fuse(c, i, "cell", 0.5), c)
+
+
+def test_merge_keeps_rejected_and_zero_cell_images(segmented, tmp_path):
+    from hpa_batch.splits import make_splits, write_splits
+
+    res = segmented["results"]
+    cat = CATALOGS["hpa2021"]
+    shards = [ShardInputs(s, res / "manifest" / f"{s}.parquet", res / "qc" / f"{s}.rejected.tsv",
+                          res / "qc" / f"{s}.segment.tsv", res / "cells" / f"{s}.parquet", None, None)
+              for s in segmented["shards"]]
+    # one extra refused image in the first shard's QC table
+    rej = pd.read_csv(shards[0].rejected, sep="\t")
+    extra = tmp_path / "rejected.tsv"
+    pd.concat([rej, pd.DataFrame([{"image_id": "bad1", "shard": segmented["shards"][0], "cell_line": "X",
+                                   "stage": "manifest", "reason": "missing yellow channel"}])]).to_csv(
+        extra, sep="\t", index=False)
+    shards[0] = ShardInputs(*[extra if f == "rejected" else getattr(shards[0], f) for f in shards[0].__dataclass_fields__])
+    write_splits(make_splits([s.manifest for s in shards], cat, 3, 0, 1), tmp_path / "splits.parquet")
+    opts = {"fusion": "product", "cell_weight": 0.5}
+    n_cells, n_images = merge_tables(shards, tmp_path / "splits.parquet", cat, opts, np.full(19, 0.5),
+                                     tmp_path / "cells.parquet", tmp_path / "images.parquet")
+    assert n_images == 7 and n_cells == sum(len(pd.read_parquet(s.cells)) for s in shards)
+    assert pq.read_schema(tmp_path / "cells.parquet").equals(cells_schema(19, False), check_metadata=False)
+    images = pd.read_parquet(tmp_path / "images.parquet").set_index("image_id")
+    assert images.at["bad1", "rejected"] and images.at["bad1", "reject_reason"] == "missing yellow channel"
+    assert (images.drop("bad1")["n_cells"] > 0).all() and not images["zero_cells"].any()
