@@ -28,6 +28,7 @@ rule all:
         rules.predict.input,
         rules.tables.output,
         rules.submission.output,
+        rules.evaluate.output,
 
 
 onstart:

@@ -241,6 +241,26 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from hpa_batch.evaluate import evaluate_run
+    from hpa_batch.plan import plan_from_config
+
+    cfg = _cfg(args)
+    r = cfg.results_dir
+    truth_dir = cfg.raw["evaluation"]["truth_dir"]
+    stores = [r / "zarr" / f"{s.name}.zarr" for s in plan_from_config(cfg)]
+    cells = pd.read_parquet(args.cells or r / "tables" / "cells.parquet")
+    images = pd.read_parquet(args.images or r / "tables" / "images.parquet")
+    result = evaluate_run(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog)
+    out = args.out or r / "metrics.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpa_batch.submit import write_submission
 
@@ -388,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", type=Path)
     p.add_argument("--images", type=Path)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("evaluate", help="metrics of a run (image F1/AP; instance mAP@0.6 with per-cell truth)")
+    _add_config_args(p)
+    p.add_argument("--cells", type=Path)
+    p.add_argument("--images", type=Path)
+    p.add_argument("--out", type=Path, help="metrics JSON (default results/metrics.json)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("submit", help="Kaggle HPA 2021 submission.csv (COCO RLE masks) from cell predictions")
     p.add_argument("--predictions", nargs="+", type=Path, required=True, help="cell prediction parquet files")

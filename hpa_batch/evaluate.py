@@ -84,3 +84,140 @@ def score_cells(pred: pd.DataFrame, matches: pd.DataFrame, truth: pd.DataFrame, 
     hits = prob >= np.asarray(thresholds)
     return {"cells": int(len(m)), "macro_f1": macro_f1(y, prob, thresholds), "map": mean_ap(y, prob),
             "accuracy": float((hits == y.astype(bool)).all(1).mean())}
+
+
+def interpolated_ap(scores: np.ndarray, tp: np.ndarray, n_true: int) -> float:
+    """Average precision of ranked detections, Open Images / VOC style (precision envelope, summed over
+    recall steps), as the HPA 2021 metric computes it.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        ``(n,)`` confidences of the detections of one class.
+    tp : numpy.ndarray
+        ``(n,)`` bool, whether each detection matched a true instance.
+    n_true : int
+        Number of true instances of the class (> 0).
+    """
+    if n_true == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = np.asarray(tp, bool)[order]
+    tps, fps = np.cumsum(hits), np.cumsum(~hits)
+    precision = tps / np.maximum(tps + fps, 1)
+    recall = tps / n_true
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    recall = np.concatenate([[0.0], recall, [recall[-1] if len(recall) else 0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
+
+
+def instance_map(pred: pd.DataFrame, truth: pd.DataFrame, ious: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 n_classes: int, iou_threshold: float = 0.6) -> tuple[float, dict[int, float]]:
+    """Mean over classes of the instance-level AP: a (cell, class, confidence) detection is a true
+    positive when it overlaps a not yet matched true cell of that class in the same image with IoU >=
+    ``iou_threshold`` (the 2021 metric uses 0.6); detections are taken in descending confidence.
+
+    Parameters
+    ----------
+    pred : pandas.DataFrame
+        image_id, cell_id, ``prob_k`` for k < ``n_classes`` (one row per predicted cell).
+    truth : pandas.DataFrame
+        image_id, truth_cell_id, labels (list of class ids; a cell without labels counts as class
+        ``negative`` only if the caller put it there).
+    ious : dict
+        image_id -> (pred cell ids ``(p,)``, true cell ids ``(t,)``, IoU ``(t, p)``).
+
+    Returns
+    -------
+    mAP, per-class AP
+        Classes without true instances are left out.
+    """
+    per_class: dict[int, float] = {}
+    gt_by_class: dict[int, set[tuple[str, int]]] = {}
+    for r in truth.itertuples():
+        for c in r.labels:
+            gt_by_class.setdefault(int(c), set()).add((r.image_id, int(r.truth_cell_id)))
+    for c, gt in sorted(gt_by_class.items()):
+        scores = pred[f"prob_{c}"].to_numpy(float)
+        order = np.argsort(-scores, kind="stable")
+        matched: set[tuple[str, int]] = set()
+        tp = np.zeros(len(pred), bool)
+        for i in order:
+            image_id, cell_id = pred["image_id"].iat[i], int(pred["cell_id"].iat[i])
+            if image_id not in ious:
+                continue
+            p_ids, t_ids, iou = ious[image_id]
+            col = np.flatnonzero(p_ids == cell_id)
+            if not len(col):
+                continue
+            for j in np.argsort(-iou[:, col[0]]):
+                key = (image_id, int(t_ids[j]))
+                if iou[j, col[0]] < iou_threshold:
+                    break
+                if key in gt and key not in matched:
+                    matched.add(key)
+                    tp[i] = True
+                    break
+        per_class[c] = interpolated_ap(scores, tp, len(gt))
+    return (float(np.mean(list(per_class.values()))) if per_class else float("nan")), per_class
+
+
+def image_ious(stores: list[Path], truth_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """image_id -> (pred cell ids, true cell ids, IoU matrix) for every segmented image with truth."""
+    out = {}
+    for store in stores:
+        for image in sorted(p for p in Path(store).iterdir() if p.is_dir()):
+            mask_path = Path(truth_dir) / f"{image.name}_cells.tif"
+            if not mask_path.is_file() or not (image / "labels").is_dir():
+                continue
+            pred = zarr.open_group(image, mode="r")["labels/cells/s0"][...].astype(np.int64)
+            truth = tifffile.imread(mask_path).astype(np.int64)
+            out[image.name] = (np.unique(pred[pred > 0]), np.unique(truth[truth > 0]), iou_matrix(truth, pred))
+    return out
+
+
+def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
+                 catalog: LabelCatalog, iou_threshold: float = 0.6) -> dict[str, object]:
+    """Metrics of a run: image-level macro-F1 / per-class F1 and AP, and with per-cell truth the
+    instance mAP at ``iou_threshold`` (fused probabilities), cell accuracy, per cell line."""
+    from sklearn.metrics import f1_score
+
+    n = catalog.n_classes
+    ok = images[~images["rejected"]]
+    y_img = multi_hot(ok["labels"].tolist(), n)
+    p_img = ok[[f"image_prob_{k}" for k in range(n)]].to_numpy(float)
+    pred_img = multi_hot([list(parse_labels(v, catalog, catalog.separator)) if v else [] for v in ok["predicted"]], n)
+    result: dict[str, object] = {
+        "images": int(len(ok)),
+        "image_macro_f1": macro_f1(y_img, pred_img.astype(float), 0.5) if len(ok) else None,
+        "image_map": mean_ap(y_img, p_img) if len(ok) else None,
+        "image_per_class_f1": {catalog.classes[k]: float(f1_score(y_img[:, k], pred_img[:, k], zero_division=0))
+                               for k in range(n) if y_img[:, k].any()},
+    }
+    if truth_dir is None:
+        return result
+    truth = truth_cell_labels(truth_dir, catalog)
+    if catalog.negative is not None:
+        truth["labels"] = [v if v else [catalog.negative] for v in truth["labels"]]
+    ious = image_ious(stores, truth_dir)
+    truth = truth[truth["image_id"].isin(list(ious))]
+    pred = cells.rename(columns={f"fused_prob_{k}": f"prob_{k}" for k in range(n)})
+    m, per = instance_map(pred, truth, ious, n, iou_threshold)
+    result.update({"cell_map": m, "iou_threshold": iou_threshold,
+                   "cell_ap_per_class": {catalog.classes[k]: v for k, v in per.items()}})
+    lines = {}
+    for line, idx in images.groupby("cell_line").groups.items():
+        ids = set(images.loc[idx, "image_id"])
+        sub_t = truth[truth["image_id"].isin(ids)]
+        if len(sub_t):
+            lines[line] = instance_map(pred[pred["image_id"].isin(ids)], sub_t, ious, n, iou_threshold)[0]
+    result["cell_map_per_cell_line"] = lines
+    if "truth_labels" in cells:
+        matched = cells[cells["truth_cell_id"] > 0]
+        truth_sets = [set(v) if len(v) else ({catalog.negative} if catalog.negative is not None else set())
+                      for v in matched["truth_labels"]]
+        pred_sets = [set(parse_labels(v, catalog, catalog.separator)) if v else set() for v in matched["predicted"]]
+        result["cell_accuracy"] = float(np.mean([a == b for a, b in zip(pred_sets, truth_sets)])) if len(matched) else None
+    return result

@@ -128,3 +128,8 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     assert list(sub.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
     assert len(sub) == len(images_t) and (sub["ImageWidth"] == 384).all()
     assert sub["PredictionString"].str.split().map(len).sum() == 3 * 19 * len(cells_t)
+    import json
+
+    metrics = json.loads((res / "metrics.json").read_text())
+    assert 0 <= metrics["cell_map"] <= 1 and metrics["iou_threshold"] == 0.6 and metrics["images"] == 6
+    assert set(metrics["cell_map_per_cell_line"]) == set(pd.read_csv(synth_data / "train.csv")["Cell_line"])

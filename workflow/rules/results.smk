@@ -39,3 +39,23 @@ rule submission:
     shell:
         "hpa-batch submit --predictions {input.predictions} --stores {params.stores}"
         " --n-classes {params.n_classes} --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        cells=rules.tables.output.cells,
+        images=rules.tables.output.images,
+    output:
+        f"{RESULTS}/metrics.json",
+    log:
+        f"{LOGS}/evaluate.log",
+    params:
+        cfg=stage_config(*config.keys()),
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "hpa-batch evaluate --config-json {params.cfg} --cells {input.cells} --images {input.images}"
+        " --out {output} > {log} 2>&1"
