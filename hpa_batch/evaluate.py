@@ -178,6 +178,14 @@ def image_ious(stores: list[Path], truth_dir: Path) -> dict[str, tuple[np.ndarra
     return out
 
 
+def predicted_ids(text: str | None, catalog: LabelCatalog) -> list[int]:
+    """Class ids of a predicted label string (thresholded outputs may combine any classes, Negative
+    included, so no catalog rule is applied beyond the separator)."""
+    if not text:
+        return []
+    return sorted({int(t) for t in str(text).replace(catalog.separator, " ").split()})
+
+
 def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
                  catalog: LabelCatalog, iou_threshold: float = 0.6) -> dict[str, object]:
     """Metrics of a run: image-level macro-F1 / per-class F1 and AP, and with per-cell truth the
@@ -188,7 +196,7 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
     ok = images[~images["rejected"]]
     y_img = multi_hot(ok["labels"].tolist(), n)
     p_img = ok[[f"image_prob_{k}" for k in range(n)]].to_numpy(float)
-    pred_img = multi_hot([list(parse_labels(v, catalog, catalog.separator)) if v else [] for v in ok["predicted"]], n)
+    pred_img = multi_hot([predicted_ids(v, catalog) for v in ok["predicted"]], n)
     result: dict[str, object] = {
         "images": int(len(ok)),
         "image_macro_f1": macro_f1(y_img, pred_img.astype(float), 0.5) if len(ok) else None,
@@ -218,6 +226,6 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
         matched = cells[cells["truth_cell_id"] > 0]
         truth_sets = [set(v) if len(v) else ({catalog.negative} if catalog.negative is not None else set())
                       for v in matched["truth_labels"]]
-        pred_sets = [set(parse_labels(v, catalog, catalog.separator)) if v else set() for v in matched["predicted"]]
+        pred_sets = [set(predicted_ids(v, catalog)) for v in matched["predicted"]]
         result["cell_accuracy"] = float(np.mean([a == b for a, b in zip(pred_sets, truth_sets)])) if len(matched) else None
     return result

@@ -63,3 +63,16 @@ def test_match_cells_pairs_overlapping_cells():
     pred = np.where(truth == 1, 7, np.where(truth == 2, 3, 0))
     m = match_cells(pred, truth)
     assert dict(zip(m.cell_id, m.truth_cell_id)) == {7: 1, 3: 2} and (m.iou == 1).all()
+
+
+def test_predicted_strings_may_combine_negative_with_other_classes():
+    from hpa_batch.evaluate import evaluate_run, predicted_ids
+    from hpa_batch.labels import CATALOGS
+
+    cat = CATALOGS["hpa2021"]
+    assert predicted_ids("0|17|18", cat) == [0, 17, 18] and predicted_ids("", cat) == []
+    images = pd.DataFrame({"image_id": ["a", "b"], "rejected": [False, False], "cell_line": ["X", "X"],
+                           "labels": [[0], [18]], "predicted": ["0|18", ""],
+                           **{f"image_prob_{k}": [0.6 if k in (0, 18) else 0.1, 0.2] for k in range(19)}})
+    result = evaluate_run(pd.DataFrame(), images, [], None, cat)
+    assert result["images"] == 2 and 0 <= result["image_macro_f1"] <= 1
