@@ -24,6 +24,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config-json", help="JSON object merged over --config (used by Snakemake rules)")
 
 
+def _shard_verb(sub: argparse._SubParsersAction, name: str, help_: str) -> argparse.ArgumentParser:
+    """A per-shard stage verb: config arguments, ``--shard`` and ``--store``."""
+    p = sub.add_parser(name, help=help_)
+    _add_config_args(p)
+    p.add_argument("--shard", required=True)
+    p.add_argument("--store", type=Path, help="the shard's zarr store (default: results_dir/zarr/{shard}.zarr)")
+    return p
+
+
 def _cfg(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.config_json)
 
@@ -341,38 +350,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect-digest", help="fail if the shard's rows no longer hash to this")
     p.set_defaults(func=cmd_manifest)
 
-    p = sub.add_parser("convert", help="convert a shard to OME-Zarr (runs the manifest if missing)")
-    _add_config_args(p)
-    p.add_argument("--shard", required=True)
+    p = _shard_verb(sub, "convert", "convert a shard to OME-Zarr (runs the manifest if missing)")
     p.add_argument("--manifest", type=Path)
     p.add_argument("--manifest-rejected", type=Path)
-    p.add_argument("--store", type=Path)
     p.add_argument("--rejected", type=Path)
     p.add_argument("--summary", type=Path)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("segment", help="segment cells and nuclei of a converted shard (labels in the store)")
-    _add_config_args(p)
-    p.add_argument("--shard", required=True)
-    p.add_argument("--store", type=Path)
+    p = _shard_verb(sub, "segment", "segment cells and nuclei of a converted shard (labels in the store)")
     p.add_argument("--qc", type=Path, help="per-image segmentation QC TSV")
     p.add_argument("--summary", type=Path)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("measure", help="per-cell table of a segmented shard")
-    _add_config_args(p)
-    p.add_argument("--shard", required=True)
-    p.add_argument("--store", type=Path)
+    p = _shard_verb(sub, "measure", "per-cell table of a segmented shard")
     p.add_argument("--manifest", type=Path)
     p.add_argument("--out", type=Path, help="cells parquet")
     p.set_defaults(func=cmd_measure)
 
-    p = sub.add_parser("tiles", help="packed cell tiles + whole-image inputs of a measured shard")
-    _add_config_args(p)
-    p.add_argument("--shard", required=True)
-    p.add_argument("--store", type=Path)
+    p = _shard_verb(sub, "tiles", "packed cell tiles + whole-image inputs of a measured shard")
     p.add_argument("--cells", type=Path, help="cells parquet")
     p.add_argument("--out", type=Path, help="tile store (.zarr)")
     p.set_defaults(func=cmd_tiles)

@@ -18,6 +18,12 @@ from hpa_batch.segment.quality import iou_matrix
 from hpa_batch.splits import multi_hot
 
 
+def _pairs(p_ids: np.ndarray, t_ids: np.ndarray, iou: np.ndarray, min_iou: float) -> pd.DataFrame:
+    ti, pi = np.nonzero(iou > min_iou)
+    return pd.DataFrame({"cell_id": p_ids[pi].astype(np.int32), "truth_cell_id": t_ids[ti].astype(np.int32),
+                         "iou": iou[ti, pi]})
+
+
 def match_cells(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.5) -> pd.DataFrame:
     """Pairs (predicted cell id, true cell id, IoU) with IoU > ``min_iou`` (unique for >= 0.5).
 
@@ -26,24 +32,29 @@ def match_cells(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.5) -> pd
     pred, truth : numpy.ndarray
         ``(h, w)`` integer label images of the same image.
     """
-    iou = iou_matrix(truth, pred)
-    t_ids = np.unique(truth[truth > 0])
-    p_ids = np.unique(pred[pred > 0])
-    ti, pi = np.nonzero(iou > min_iou)
-    return pd.DataFrame({"cell_id": p_ids[pi].astype(np.int32), "truth_cell_id": t_ids[ti].astype(np.int32),
-                         "iou": iou[ti, pi]})
+    return _pairs(np.unique(pred[pred > 0]), np.unique(truth[truth > 0]), iou_matrix(truth, pred), min_iou)
 
 
-def truth_matches(store: Path, truth_dir: Path) -> pd.DataFrame:
+def image_ious(stores: list[Path], truth_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """image_id -> (pred cell ids, true cell ids, IoU matrix) for every segmented image with truth."""
+    out = {}
+    for store in stores:
+        for image in sorted(p for p in Path(store).iterdir() if p.is_dir()):
+            mask_path = Path(truth_dir) / f"{image.name}_cells.tif"
+            if not mask_path.is_file() or not (image / "labels").is_dir():
+                continue
+            pred = zarr.open_group(image, mode="r")["labels/cells/s0"][...].astype(np.int64)
+            truth = tifffile.imread(mask_path).astype(np.int64)
+            out[image.name] = (np.unique(pred[pred > 0]), np.unique(truth[truth > 0]), iou_matrix(truth, pred))
+    return out
+
+
+def truth_matches(store: Path, truth_dir: Path, min_iou: float = 0.5) -> pd.DataFrame:
     """For every segmented image of a shard store with a truth mask: matched cell pairs."""
     rows = []
-    for image in sorted(p for p in Path(store).iterdir() if p.is_dir()):
-        mask_path = Path(truth_dir) / f"{image.name}_cells.tif"
-        if not mask_path.is_file() or not (image / "labels").is_dir():
-            continue
-        pred = zarr.open_group(image, mode="r")["labels/cells/s0"][...]
-        m = match_cells(pred.astype(np.int64), tifffile.imread(mask_path).astype(np.int64))
-        m.insert(0, "image_id", image.name)
+    for image_id, (p_ids, t_ids, iou) in image_ious([store], truth_dir).items():
+        m = _pairs(p_ids, t_ids, iou, min_iou)
+        m.insert(0, "image_id", image_id)
         rows.append(m)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         columns=["image_id", "cell_id", "truth_cell_id", "iou"])
@@ -162,20 +173,6 @@ def instance_map(pred: pd.DataFrame, truth: pd.DataFrame, ious: dict[str, tuple[
                     break
         per_class[c] = interpolated_ap(scores, tp, len(gt))
     return (float(np.mean(list(per_class.values()))) if per_class else float("nan")), per_class
-
-
-def image_ious(stores: list[Path], truth_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """image_id -> (pred cell ids, true cell ids, IoU matrix) for every segmented image with truth."""
-    out = {}
-    for store in stores:
-        for image in sorted(p for p in Path(store).iterdir() if p.is_dir()):
-            mask_path = Path(truth_dir) / f"{image.name}_cells.tif"
-            if not mask_path.is_file() or not (image / "labels").is_dir():
-                continue
-            pred = zarr.open_group(image, mode="r")["labels/cells/s0"][...].astype(np.int64)
-            truth = tifffile.imread(mask_path).astype(np.int64)
-            out[image.name] = (np.unique(pred[pred > 0]), np.unique(truth[truth > 0]), iou_matrix(truth, pred))
-    return out
 
 
 def predicted_ids(text: str | None, catalog: LabelCatalog) -> list[int]:
