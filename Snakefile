@@ -13,6 +13,12 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+
+
+# One driver per working directory, refused before the DAG is built (hpa_batch.driver).
+acquire_driver_lock()
+
+
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/models.smk"
@@ -29,10 +35,6 @@ rule all:
         rules.tables.output,
         rules.submission.output,
         rules.evaluate.output,
-
-
-onstart:
-    acquire_driver_lock()
 
 
 onsuccess:

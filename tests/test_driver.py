@@ -3,6 +3,7 @@
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,9 +13,8 @@ import yaml
 import zarr
 
 from conftest import synth_config, tool_env
+from hpa_batch.driver import DriverLockError, guard, holder_of, is_read_only
 from hpa_batch.ngff import is_complete, labels_complete
-
-pytestmark = pytest.mark.slow
 
 
 def start(wd, *args):
@@ -41,6 +41,41 @@ def wait_for(predicate, seconds=120):
     return False
 
 
+def _hold_lock_in_child(wd):
+    """A child process that takes the driver lock of ``wd`` and keeps it until its stdin closes."""
+    code = ("import sys; from hpa_batch.driver import acquire; acquire(sys.argv[1]); print('held', flush=True); "
+            "sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code, str(wd)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_read_only_invocations_are_recognised():
+    assert is_read_only(["snakemake", "-n", "tiles"])
+    assert is_read_only(["snakemake", "--lint"])
+    assert is_read_only(["snakemake", "--dry-run=true"])
+    assert not is_read_only(["snakemake", "--cores", "4", "tiles"])
+    assert not is_read_only(["snakemake", "--profile", "slurm"])
+    assert not is_read_only(["-n"])  # the program name itself is never a flag
+
+
+def test_guard_refuses_a_run_but_lets_a_dry_run_through(tmp_path, capsys):
+    child = _hold_lock_in_child(tmp_path)
+    try:
+        assert f'"pid": {child.pid}' in holder_of(tmp_path)
+        with pytest.raises(DriverLockError, match="another snakemake driver is running"):
+            guard(tmp_path, ["snakemake", "--cores", "2"])
+        assert guard(tmp_path, ["snakemake", "-n"]) is None
+        assert "read-only invocation" in capsys.readouterr().err
+    finally:
+        child.stdin.close()
+        child.wait(30)
+    assert holder_of(tmp_path) is None  # the kernel dropped the lock with the process
+    assert guard(tmp_path, ["snakemake", "--cores", "2"]).is_file()
+
+
+@pytest.mark.slow
 def test_second_driver_is_refused_even_without_snakemake_locks(synth_data, workflow_dir, tmp_path):
     wd = workflow_dir()
     config(wd, tmp_path, synth_data)
@@ -59,6 +94,7 @@ def test_second_driver_is_refused_even_without_snakemake_locks(synth_data, workf
     assert again.returncode == 0, again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_dir, tmp_path):
     wd = workflow_dir()
     res = config(wd, tmp_path, synth_data)
@@ -83,6 +119,7 @@ def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_
     assert len(list((res / "tiles").glob("*.zarr"))) == 3
 
 
+@pytest.mark.slow
 def test_failed_job_names_its_log_in_the_summary(synth_data, workflow_dir, tmp_path):
     wd = workflow_dir()
     config(wd, tmp_path, synth_data, segmentation={"backend": "hpacellseg",

@@ -35,10 +35,17 @@ def shard_files(pattern):
 
 
 def acquire_driver_lock():
-    """Refuse a second driver in this working directory (see hpa_batch.driver)."""
-    from hpa_batch.driver import acquire
+    """Refuse a second driver in this working directory (see hpa_batch.driver).
 
-    acquire(".")
+    Called while the Snakefile is parsed, before the DAG is built; jobs (local subprocesses, SLURM
+    jobs) parse the Snakefile too but are not main processes and never take the lock.
+    """
+    import sys
+
+    from hpa_batch.driver import guard
+
+    if workflow.is_main_process:
+        guard(".", sys.argv)
 
 
 def print_qc_summary():
