@@ -35,6 +35,7 @@ rule all:
         rules.tables.output,
         rules.submission.output,
         rules.evaluate.output,
+        rules.report.output,
 
 
 onsuccess:

@@ -250,10 +250,62 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _trained_folds(cfg: Config) -> set[int]:
+    """Folds trained by the models feeding the merged tables (the merge's cell and image models)."""
+    opts = cfg.raw["merge"]
+    models = [m for m in (_pick_model(cfg, opts["cell_model"], "cell"), _pick_model(cfg, opts["image_model"], "image"))
+              if m]
+    return {int(k) for m in models for k in m["folds"]}
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from hpa_batch.evaluate import evaluate_run
+    from hpa_batch.baseline import run_baseline
+    from hpa_batch.evaluate import held_out_images
+
+    cfg = _cfg(args)
+    r = cfg.results_dir
+    cells = args.cells or r / "tables" / "cells.parquet"
+    images = pd.read_parquet(args.images or r / "tables" / "images.parquet", columns=["image_id", "fold", "rejected"])
+    held = held_out_images(images, _trained_folds(cfg))
+    cell_model = _pick_model(cfg, cfg.raw["merge"]["cell_model"], "cell")
+    pred_dir = r / "predictions" / cell_model["name"] if cell_model else None
+    summary = run_baseline(Path(cells), held, cfg.catalog, cfg.raw["baseline"],
+                           args.out or r / "baseline" / "cells.parquet", pred_dir)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("features", "thresholds")}, indent=1))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpa_batch.plan import plan_from_config
+    from hpa_batch.report import ReportInputs, build_report
+
+    cfg = _cfg(args)
+    r = cfg.results_dir
+    shards = [s.name for s in plan_from_config(cfg)]
+    histories = [r / "models" / m["name"] / f"fold{k}" / "history.csv" for m in cfg.raw["models"] for k in m["folds"]]
+    baseline = r / "baseline" / "cells.parquet"
+    rejected = r / "qc" / "rejected.tsv"
+    inp = ReportInputs(cells=r / "tables" / "cells.parquet", images=r / "tables" / "images.parquet",
+                       metrics=r / "metrics.json", baseline=baseline if baseline.is_file() else None,
+                       histories=histories, tile_stores=[r / "tiles" / f"{s}.zarr" for s in shards],
+                       zarr_stores=[r / "zarr" / f"{s}.zarr" for s in shards],
+                       rejected=rejected if rejected.is_file() else None, config=cfg.raw, workdir=Path.cwd())
+    out = build_report(inp, cfg.catalog, cfg.raw["report"], args.out or r / "report.html")
+    print(out)
+    if args.screenshot:
+        from hpa_batch.report import screenshot
+
+        print(screenshot(out, args.screenshot))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from hpa_batch.evaluate import evaluate_all
     from hpa_batch.plan import plan_from_config
 
     cfg = _cfg(args)
@@ -262,7 +314,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     stores = [r / "zarr" / f"{s.name}.zarr" for s in plan_from_config(cfg)]
     cells = pd.read_parquet(args.cells or r / "tables" / "cells.parquet")
     images = pd.read_parquet(args.images or r / "tables" / "images.parquet")
-    result = evaluate_run(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog)
+    baseline = thresholds = None
+    if args.baseline:
+        baseline = pd.read_parquet(args.baseline)
+        summary = json.loads(args.baseline.with_name("summary.json").read_text())
+        thresholds = np.asarray(summary["thresholds"])
+    result = evaluate_all(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog,
+                          _trained_folds(cfg), baseline, thresholds)
     out = args.out or r / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -410,8 +468,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--cells", type=Path)
     p.add_argument("--images", type=Path)
+    p.add_argument("--baseline", type=Path, help="the baseline's cells.parquet (summary.json beside it)")
     p.add_argument("--out", type=Path, help="metrics JSON (default results/metrics.json)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="results/report.html: figures, metrics deep vs baseline, provenance")
+    _add_config_args(p)
+    p.add_argument("--out", type=Path, help="default results/report.html")
+    p.add_argument("--screenshot", type=Path, help="also render it in headless Chromium to this PNG")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("baseline", help="scikit-learn classifier on the hand-crafted cell features")
+    _add_config_args(p)
+    p.add_argument("--cells", type=Path)
+    p.add_argument("--images", type=Path)
+    p.add_argument("--out", type=Path, help="per-cell probabilities (default results/baseline/cells.parquet)")
+    p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("submit", help="Kaggle HPA 2021 submission.csv (COCO RLE masks) from cell predictions")
     p.add_argument("--predictions", nargs="+", type=Path, required=True, help="cell prediction parquet files")

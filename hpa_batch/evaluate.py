@@ -1,6 +1,10 @@
-"""Evaluation against ground truth: match segmented cells to true cells and score cell predictions.
+"""Evaluation against ground truth: match segmented cells to true cells and score predictions.
 
-(The full evaluation stage of the results issue builds on these functions.)
+``evaluate_run`` scores one set of predictions (the deep model's fused probabilities, or the
+baseline's) the same way: image-level macro-F1 / mAP / per-class F1 and AP against the image labels
+and, with per-cell truth, the 2021 instance mAP at IoU 0.6, per-class AP, per cell line and cell
+accuracy. ``evaluate_all`` does it for the deep model and the baseline, on every image and on the
+held-out images (those no model of the run trained on).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import pandas as pd
 import tifffile
 import zarr
 
-from hpa_batch.labels import LabelCatalog, parse_labels
+from hpa_batch.labels import LabelCatalog, format_labels, parse_labels
 from hpa_batch.metrics import macro_f1, mean_ap
 from hpa_batch.segment.quality import iou_matrix
 from hpa_batch.splits import multi_hot
@@ -184,10 +188,14 @@ def predicted_ids(text: str | None, catalog: LabelCatalog) -> list[int]:
 
 
 def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
-                 catalog: LabelCatalog, iou_threshold: float = 0.6) -> dict[str, object]:
+                 catalog: LabelCatalog, iou_threshold: float = 0.6,
+                 ious: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> dict[str, object]:
     """Metrics of a run: image-level macro-F1 / per-class F1 and AP, and with per-cell truth the
-    instance mAP at ``iou_threshold`` (fused probabilities), cell accuracy, per cell line."""
-    from sklearn.metrics import f1_score
+    instance mAP at ``iou_threshold`` (fused probabilities), cell accuracy, per cell line.
+
+    ``ious`` (from :func:`image_ious`) saves re-reading the label images when several prediction sets
+    or subsets of the same run are scored."""
+    from sklearn.metrics import average_precision_score, f1_score
 
     n = catalog.n_classes
     ok = images[~images["rejected"]]
@@ -200,13 +208,17 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
         "image_map": mean_ap(y_img, p_img) if len(ok) else None,
         "image_per_class_f1": {catalog.classes[k]: float(f1_score(y_img[:, k], pred_img[:, k], zero_division=0))
                                for k in range(n) if y_img[:, k].any()},
+        "image_ap_per_class": {catalog.classes[k]: float(average_precision_score(y_img[:, k], p_img[:, k]))
+                               for k in range(n) if y_img[:, k].any() and not y_img[:, k].all()},
     }
     if truth_dir is None:
         return result
     truth = truth_cell_labels(truth_dir, catalog)
     if catalog.negative is not None:
         truth["labels"] = [v if v else [catalog.negative] for v in truth["labels"]]
-    ious = image_ious(stores, truth_dir)
+    if ious is None:
+        ious = image_ious(stores, truth_dir)
+    ious = {k: v for k, v in ious.items() if k in set(images["image_id"])}
     truth = truth[truth["image_id"].isin(list(ious))]
     pred = cells.rename(columns={f"fused_prob_{k}": f"prob_{k}" for k in range(n)})
     m, per = instance_map(pred, truth, ious, n, iou_threshold)
@@ -225,4 +237,70 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
                       for v in matched["truth_labels"]]
         pred_sets = [set(predicted_ids(v, catalog)) for v in matched["predicted"]]
         result["cell_accuracy"] = float(np.mean([a == b for a, b in zip(pred_sets, truth_sets)])) if len(matched) else None
+    return result
+
+
+def held_out_images(images: pd.DataFrame, trained_folds: set[int]) -> set[str]:
+    """Images no model of the run trained on.
+
+    A fold-``k`` model trains on every fold but ``k`` (fold -1 included), so an image of fold ``f`` is
+    unseen only when every trained fold is ``f``: with one trained fold, that fold's images; with a
+    full cross-validation ensemble, none.
+    """
+    if len(trained_folds) != 1:
+        return set()
+    (fold,) = trained_folds
+    return set(images.loc[(images["fold"] == fold) & ~images["rejected"], "image_id"])
+
+
+def baseline_view(cells: pd.DataFrame, images: pd.DataFrame, baseline: pd.DataFrame, thresholds: np.ndarray,
+                  catalog: LabelCatalog) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run's tables with the baseline's probabilities in place of the deep model's.
+
+    Cells get ``fused_prob_k`` / ``predicted`` from ``baseline`` (image_id, cell_id, ``prob_k``,
+    predicted); images get ``image_prob_k`` = max over their cells and ``predicted`` against
+    ``thresholds`` ``(c,)``.
+    """
+    n = catalog.n_classes
+    probs = [f"prob_{k}" for k in range(n)]
+    keep = [c for c in cells.columns if not c.startswith("fused_prob_") and c != "predicted"]
+    c = cells[keep].merge(baseline[["image_id", "cell_id", *probs, "predicted"]], on=["image_id", "cell_id"],
+                          how="left")
+    c[probs] = c[probs].fillna(0.0)
+    c = c.rename(columns={p: f"fused_{p}" for p in probs})
+    img_max = c.groupby("image_id")[[f"fused_{p}" for p in probs]].max()
+    i = images.copy()
+    ip = img_max.reindex(i["image_id"]).fillna(0.0).to_numpy(np.float32)
+    for k in range(n):
+        i[f"image_prob_{k}"] = np.where(i["rejected"], np.nan, ip[:, k])
+    i["predicted"] = [None if rej else format_labels(np.flatnonzero(row >= thresholds).tolist(), catalog)
+                      for rej, row in zip(i["rejected"], ip)]
+    return c, i
+
+
+def evaluate_all(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
+                 catalog: LabelCatalog, trained_folds: set[int], baseline: pd.DataFrame | None = None,
+                 baseline_thresholds: np.ndarray | None = None, iou_threshold: float = 0.6) -> dict[str, object]:
+    """``metrics.json``: the deep model's metrics on every image at the top level (as before), then
+    ``held_out`` (images no model trained on; absent when there are none) and ``baseline`` with the
+    same two views."""
+    ious = image_ious(stores, truth_dir) if truth_dir is not None else None
+    held = held_out_images(images, trained_folds)
+
+    def both(c: pd.DataFrame, i: pd.DataFrame) -> tuple[dict[str, object], dict[str, object] | None]:
+        everything = evaluate_run(c, i, stores, truth_dir, catalog, iou_threshold, ious)
+        if not held:
+            return everything, None
+        sub = evaluate_run(c[c["image_id"].isin(held)], i[i["image_id"].isin(held)], stores, truth_dir, catalog,
+                           iou_threshold, ious)
+        return everything, sub
+
+    result, held_metrics = both(cells, images)
+    result["held_out_images"] = len(held)
+    result["trained_folds"] = sorted(trained_folds)
+    if held_metrics is not None:
+        result["held_out"] = held_metrics
+    if baseline is not None and baseline_thresholds is not None:
+        b_all, b_held = both(*baseline_view(cells, images, baseline, baseline_thresholds, catalog))
+        result["baseline"] = {"all": b_all, **({"held_out": b_held} if b_held is not None else {})}
     return result

@@ -6,7 +6,7 @@ shards). Column names are stable and documented in ``docs/TABLES.md``.
 cells.parquet
     every column of the per-cell table, ``fold``, ``cell_prob_k`` (the cell model), ``image_prob_k``
     (the image model, or the max over the image's cells when there is none), ``fused_prob_k``,
-    ``predicted`` (fused probabilities against the cell model's thresholds), ``image_labels``
+    ``predicted`` (fused probabilities against the cell model's thresholds fused the same way), ``image_labels``
     (ground truth of the image) and, where per-cell truth exists, ``truth_cell_id`` / ``truth_labels``.
 images.parquet
     one row per image of the shard plan, refused ones included: size, cell counts, QC flags,
@@ -110,7 +110,10 @@ def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCa
     for k in range(n):
         cells[f"image_prob_{k}"] = ip[:, k]
         cells[f"fused_prob_{k}"] = fused[:, k]
-    cells["predicted"] = [format_labels(np.flatnonzero(r >= thresholds).tolist(), catalog) for r in fused]
+    # thresholds go through the same fusion as the probabilities (product: t*t, i.e. the geometric mean of
+    # cell and image probability against t), so fusing never silently turns every prediction off
+    fused_t = fuse(thresholds[None, :], thresholds[None, :], options["fusion"], options["cell_weight"])[0]
+    cells["predicted"] = [format_labels(np.flatnonzero(r >= fused_t).tolist(), catalog) for r in fused]
     cells["image_labels"] = [list(labels.get(i, [])) for i in cells["image_id"]]
     if truth is not None:
         cells = cells.merge(truth, on=["image_id", "cell_id"], how="left")

@@ -37,3 +37,22 @@ def test_merge_keeps_rejected_and_zero_cell_images(segmented, tmp_path):
     images = pd.read_parquet(tmp_path / "images.parquet").set_index("image_id")
     assert images.at["bad1", "rejected"] and images.at["bad1", "reject_reason"] == "missing yellow channel"
     assert (images.drop("bad1")["n_cells"] > 0).all() and not images["zero_cells"].any()
+
+
+def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
+    """cell 0.6 x image 0.6 = 0.36 passes the threshold 0.5 fused the same way (0.25), not 0.5 itself."""
+    from hpa_batch.splits import make_splits, write_splits
+
+    res, cat, s = segmented["results"], CATALOGS["hpa2021"], segmented["shards"][0]
+    cells = pd.read_parquet(res / "cells" / f"{s}.parquet")
+    pred = cells[["image_id", "cell_id"]].assign(**{f"prob_{k}": 0.6 if k == 0 else 0.1 for k in range(19)})
+    pred.to_parquet(tmp_path / "pred.parquet")
+    shard = ShardInputs(s, res / "manifest" / f"{s}.parquet", res / "qc" / f"{s}.rejected.tsv",
+                        res / "qc" / f"{s}.segment.tsv", res / "cells" / f"{s}.parquet", tmp_path / "pred.parquet", None)
+    write_splits(make_splits([shard.manifest], cat, 3, 0, 1), tmp_path / "splits.parquet")
+    for fusion, expected in (("product", "0"), ("cell", "0"), ("mean", "0")):
+        merge_tables([shard], tmp_path / "splits.parquet", cat, {"fusion": fusion, "cell_weight": 0.5},
+                     np.full(19, 0.5), tmp_path / "c.parquet", tmp_path / "i.parquet")
+        out = pd.read_parquet(tmp_path / "c.parquet")
+        assert (out["predicted"] == expected).all(), fusion
+        assert np.allclose(out["fused_prob_0"], {"product": 0.36, "cell": 0.6, "mean": 0.6}[fusion])

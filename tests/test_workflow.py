@@ -133,3 +133,34 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     metrics = json.loads((res / "metrics.json").read_text())
     assert 0 <= metrics["cell_map"] <= 1 and metrics["iou_threshold"] == 0.6 and metrics["images"] == 6
     assert set(metrics["cell_map_per_cell_line"]) == set(pd.read_csv(synth_data / "train.csv")["Cell_line"])
+    # the baseline is scored the same way; the report shows every section and renders in a browser
+    assert set(metrics["baseline"]) == {"all"} and metrics["held_out_images"] == 0  # folds 0 and 1 trained
+    assert 0 <= metrics["baseline"]["all"]["cell_map"] <= 1
+    assert len(pd.read_parquet(res / "baseline" / "cells.parquet")) == len(cells_t)
+    check_report(res / "report.html", tmp_path / "report.png")
+
+
+def check_report(report, png):
+    """Every section is there with its figures; headless Chromium renders the page (CI requires it)."""
+    import os
+    import re
+
+    from PIL import Image
+
+    from hpa_batch.report import SECTIONS, find_browser, screenshot
+
+    doc = report.read_text()
+    assert re.findall(r'<section id="([a-z-]+)">', doc) == list(SECTIONS)
+    for sid in ("labels", "training", "per-class", "confusion", "segmentation", "gallery"):
+        body = doc.split(f'<section id="{sid}">', 1)[1].split("</section>", 1)[0]
+        assert "data:image/png;base64," in body, sid
+    assert "baseline, all images" in doc and "git revision" in doc and "snakemake" in doc
+    if find_browser() is None:
+        if os.environ.get("HPA_BATCH_REQUIRE_BROWSER"):
+            pytest.fail("HPA_BATCH_REQUIRE_BROWSER is set but no headless Chromium was found")
+        pytest.skip("no headless Chromium (apt-get install chromium-headless-shell)")
+    img = np.asarray(Image.open(screenshot(report, png)).convert("RGB"))
+    assert img.shape[1] == 1200 and img.shape[0] > 2000  # the whole page, cropped below its content
+    assert (img.std(axis=(0, 1)) > 20).all()  # not a blank or single-colour page
+    blue = (img[..., 2] > 150) & (img[..., 0] < 100)
+    assert blue.mean() > 0.001  # the composites' nuclei (blue) made it into the rendered page

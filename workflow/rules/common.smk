@@ -114,3 +114,31 @@ def merge_inputs(wildcards):
             files[f"{level}_predictions"] = shard_files(f"{RESULTS}/predictions/{spec['name']}/{{shard}}.parquet")
             files[f"{level}_models"] = fold_models(spec["name"])
     return files
+
+
+def baseline_inputs(wildcards):
+    """The merged tables, and the cell model's predictions when the baseline appends embeddings."""
+    inputs = {"cells": f"{RESULTS}/tables/cells.parquet", "images": f"{RESULTS}/tables/images.parquet"}
+    if config["baseline"]["embeddings"]:
+        inputs["predictions"] = merge_inputs(wildcards)["cell_predictions"]
+    return inputs
+
+
+def evaluate_inputs(wildcards):
+    """The merged tables and, when enabled, the baseline's predictions."""
+    inputs = {"cells": f"{RESULTS}/tables/cells.parquet", "images": f"{RESULTS}/tables/images.parquet"}
+    if config["baseline"]["enabled"]:
+        inputs["baseline"] = f"{RESULTS}/baseline/cells.parquet"
+    return inputs
+
+
+def report_inputs(wildcards):
+    """Everything the report shows: tables, metrics, baseline, training histories, QC, tiles."""
+    inputs = evaluate_inputs(wildcards)
+    inputs["metrics"] = f"{RESULTS}/metrics.json"
+    inputs["splits"] = f"{RESULTS}/splits.parquet"
+    inputs["histories"] = [h.replace("model.pt", "history.csv") for spec in config["models"]
+                           for h in fold_models(spec["name"])]
+    inputs["tiles"] = shard_files(f"{RESULTS}/tiles/{{shard}}.zarr")
+    inputs["qc"] = f"{RESULTS}/qc/rejected.tsv"
+    return inputs
