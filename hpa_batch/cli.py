@@ -24,6 +24,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config-json", help="JSON object merged over --config (used by Snakemake rules)")
 
 
+def _tables_verb(sub: argparse._SubParsersAction, name: str, help_: str, func: object) -> argparse.ArgumentParser:
+    """A verb reading (or writing) the merged tables: config options, ``--cells``, ``--images``."""
+    p = sub.add_parser(name, help=help_)
+    _add_config_args(p)
+    p.add_argument("--cells", type=Path, help="default results/tables/cells.parquet")
+    p.add_argument("--images", type=Path, help="default results/tables/images.parquet")
+    p.set_defaults(func=func)
+    return p
+
+
 def _shard_verb(sub: argparse._SubParsersAction, name: str, help_: str) -> argparse.ArgumentParser:
     """A per-shard stage verb: config arguments, ``--shard`` and ``--store``."""
     p = sub.add_parser(name, help=help_)
@@ -458,19 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("merge", help="merge every shard into results/tables/{cells,images}.parquet")
-    _add_config_args(p)
-    p.add_argument("--cells", type=Path)
-    p.add_argument("--images", type=Path)
-    p.set_defaults(func=cmd_merge)
+    _tables_verb(sub, "merge", "merge every shard into results/tables/{cells,images}.parquet", cmd_merge)
 
-    p = sub.add_parser("evaluate", help="metrics of a run (image F1/AP; instance mAP@0.6 with per-cell truth)")
-    _add_config_args(p)
-    p.add_argument("--cells", type=Path)
-    p.add_argument("--images", type=Path)
+    p = _tables_verb(sub, "evaluate", "metrics of a run (image F1/AP; instance mAP@0.6 with per-cell truth)",
+                     cmd_evaluate)
     p.add_argument("--baseline", type=Path, help="the baseline's cells.parquet (summary.json beside it)")
     p.add_argument("--out", type=Path, help="metrics JSON (default results/metrics.json)")
-    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="results/report.html: figures, metrics deep vs baseline, provenance")
     _add_config_args(p)
@@ -478,12 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", type=Path, help="also render it in headless Chromium to this PNG")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("baseline", help="scikit-learn classifier on the hand-crafted cell features")
-    _add_config_args(p)
-    p.add_argument("--cells", type=Path)
-    p.add_argument("--images", type=Path)
+    p = _tables_verb(sub, "baseline", "scikit-learn classifier on the hand-crafted cell features", cmd_baseline)
     p.add_argument("--out", type=Path, help="per-cell probabilities (default results/baseline/cells.parquet)")
-    p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("submit", help="Kaggle HPA 2021 submission.csv (COCO RLE masks) from cell predictions")
     p.add_argument("--predictions", nargs="+", type=Path, required=True, help="cell prediction parquet files")
