@@ -55,6 +55,7 @@ def main() -> None:
                                      "min_nucleus_area": 1500 * f * f, "nucleus_min_distance": 40 * f}},
         "tiles": {"size": 64, "image_size": 128, "chunk_tiles": 64},
         "splits": {"n_folds": 5, "min_combination": 2},
+        "evaluation": {"truth_dir": str(data / "truth")},
         "models": [{"name": "q", "arch": args.arch, "input_size": args.input_size, "epochs": args.epochs,
                     "batch_size": 64, "optimizer": "adamw", "weight_decay": 1e-4,
                     "schedule": {"kind": "cosine", "lr": 2e-3, "lr_min": 2e-5, "warmup_epochs": 1,

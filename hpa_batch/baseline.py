@@ -5,6 +5,7 @@ image's labels), on the same training images as the deep cell model, and scored 
 evaluation. Classifiers come from a registry chosen by ``baseline.model`` in the config:
 
 ``hist_gradient_boosting``  one-vs-rest :class:`~sklearn.ensemble.HistGradientBoostingClassifier`
+                            (each booster multi-threaded)
 ``random_forest``           one-vs-rest :class:`~sklearn.ensemble.RandomForestClassifier`
 ``logistic``                one-vs-rest :class:`~sklearn.linear_model.LogisticRegression`
 
@@ -12,7 +13,8 @@ Features: geometry, morphology, the 4 channels' intensity statistics (``log1p``)
 and the seed study's localisation features (:data:`hpa_batch.measure.FEATURES`); optionally the deep
 cell model's embeddings (``baseline.embeddings``). Per-class thresholds are tuned F1-optimally on
 out-of-fold predictions of the training cells (image-grouped K-fold), never on evaluated cells.
-Prediction streams the cells table in record batches, so memory is bounded by ``max_train_cells``
+``n_jobs`` bounds every thread pool of the job (OpenMP/BLAS via threadpoolctl, or the one-vs-rest
+process pool), so a job uses the cores its rule asked for. Prediction streams the cells table in record batches, so memory is bounded by ``max_train_cells``
 and the batch size, not by the size of the run.
 """
 
@@ -35,6 +37,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from hpa_batch import CHANNELS
 from hpa_batch.labels import LabelCatalog, format_labels
@@ -54,15 +57,15 @@ FEATURE_COLUMNS = GEOMETRY + INTENSITIES + FEATURES
 
 @BASELINES.register("hist_gradient_boosting")
 def _hgb(seed: int, n_jobs: int) -> ClassifierMixin:
-    return OneVsRestClassifier(HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, max_leaf_nodes=31,
-                                                              l2_regularization=1.0, random_state=seed),
-                               n_jobs=n_jobs)
+    # one class at a time; each booster uses the job's OpenMP threads (no process pool on top)
+    return OneVsRestClassifier(HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=31,
+                                                              l2_regularization=1.0, random_state=seed))
 
 
 @BASELINES.register("random_forest")
 def _rf(seed: int, n_jobs: int) -> ClassifierMixin:
-    return OneVsRestClassifier(RandomForestClassifier(n_estimators=200, min_samples_leaf=3, random_state=seed),
-                               n_jobs=n_jobs)
+    return OneVsRestClassifier(RandomForestClassifier(n_estimators=200, min_samples_leaf=3, random_state=seed,
+                                                      n_jobs=n_jobs))
 
 
 @BASELINES.register("logistic")
@@ -73,7 +76,7 @@ def _logistic(seed: int, n_jobs: int) -> ClassifierMixin:
 def _fit(name: str, options: dict[str, Any], x: np.ndarray, y: np.ndarray) -> Pipeline:
     """Fit a fresh pipeline; classes absent from (or universal in) ``y`` become constant predictors,
     which is expected with 19-28 classes and not worth one warning per class."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(options["n_jobs"]):
         warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
         return create_baseline(name, options["seed"], options["n_jobs"]).fit(x, y)
 
@@ -115,9 +118,12 @@ def weak_targets(image_labels: list[Any], n: int, negative: int | None) -> np.nd
     return y
 
 
-def predict_proba(model: Pipeline, x: np.ndarray) -> np.ndarray:
+def predict_proba(model: Pipeline, x: np.ndarray, n_jobs: int = 1) -> np.ndarray:
     """``(n, c)`` float32 class probabilities (a class absent from training gets a constant)."""
-    return np.asarray(model.predict_proba(x), np.float32) if len(x) else np.zeros((0, 0), np.float32)
+    if not len(x):
+        return np.zeros((0, 0), np.float32)
+    with threadpool_limits(n_jobs):
+        return np.asarray(model.predict_proba(x), np.float32)
 
 
 def baseline_schema(n: int) -> pa.Schema:
@@ -185,7 +191,7 @@ def fit_baseline(cells: pd.DataFrame, catalog: LabelCatalog, options: dict[str, 
     oof = np.zeros(y.shape, np.float32)
     for train, test in GroupKFold(n_splits=n_splits).split(x, y, groups):
         m = _fit(options["model"], options, x[train], y[train])
-        oof[test] = predict_proba(m, x[test])
+        oof[test] = predict_proba(m, x[test], options["n_jobs"])
     thresholds = tune_thresholds(y, oof)
     model = _fit(options["model"], options, x, y)
     cv = {"cells": int(len(y)), "macro_f1": macro_f1(y, oof, thresholds), "map": mean_ap(y, oof)}
@@ -213,7 +219,7 @@ def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, op
                                                              columns=["image_id", "cell_id", "shard",
                                                                       *FEATURE_COLUMNS]):
             cells = batch.to_pandas()
-            prob = predict_proba(model, features(cells, embeddings_of(emb_dir, cells)))
+            prob = predict_proba(model, features(cells, embeddings_of(emb_dir, cells)), options["n_jobs"])
             table = cells[["image_id", "cell_id"]].copy()
             for k in range(n):
                 table[f"prob_{k}"] = prob[:, k]

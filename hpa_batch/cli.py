@@ -281,7 +281,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     held = held_out_images(images, _trained_folds(cfg))
     cell_model = _pick_model(cfg, cfg.raw["merge"]["cell_model"], "cell")
     pred_dir = r / "predictions" / cell_model["name"] if cell_model else None
-    summary = run_baseline(Path(cells), held, cfg.catalog, cfg.raw["baseline"],
+    options = {**cfg.raw["baseline"], **({"n_jobs": args.threads} if args.threads else {})}
+    summary = run_baseline(Path(cells), held, cfg.catalog, options,
                            args.out or r / "baseline" / "cells.parquet", pred_dir)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("features", "thresholds")}, indent=1))
     return 0
@@ -483,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _tables_verb(sub, "baseline", "scikit-learn classifier on the hand-crafted cell features", cmd_baseline)
     p.add_argument("--out", type=Path, help="per-cell probabilities (default results/baseline/cells.parquet)")
+    p.add_argument("--threads", type=int, help="cores to use (overrides baseline.n_jobs; Snakemake passes its grant)")
 
     p = sub.add_parser("submit", help="Kaggle HPA 2021 submission.csv (COCO RLE masks) from cell predictions")
     p.add_argument("--predictions", nargs="+", type=Path, required=True, help="cell prediction parquet files")

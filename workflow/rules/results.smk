@@ -60,7 +60,7 @@ rule baseline:
         "../../envs/cpu.yaml"
     shell:
         "hpa-batch baseline --config-json {params.cfg} --cells {input.cells} --images {input.images}"
-        " --out {output.cells} > {log} 2>&1"
+        " --threads {threads} --out {output.cells} > {log} 2>&1"
 
 
 rule evaluate:
