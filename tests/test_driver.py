@@ -18,8 +18,17 @@ from hpa_batch.ngff import is_complete, labels_complete
 
 
 def start(wd, *args):
-    return subprocess.Popen(["snakemake", *args], cwd=wd, env=tool_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    """A driver in the background; its output goes to a file (an unread pipe could fill and block it)."""
+    log = open(wd / f"driver-{len(list(wd.glob('driver-*.log')))}.log", "w+")
+    proc = subprocess.Popen(["snakemake", *args], cwd=wd, env=tool_env(), stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
+    proc.log = log
+    return proc
+
+
+def output(proc):
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def config(wd, tmp_path, synth_data, **extra):
@@ -87,7 +96,7 @@ def test_second_driver_is_refused_even_without_snakemake_locks(synth_data, workf
     assert second.returncode != 0
     assert "another snakemake driver is running" in second.stdout + second.stderr
     assert f'"pid": {first.pid}' in second.stdout + second.stderr
-    assert first.wait(300) == 0, first.stdout.read()[-3000:]
+    assert first.wait(300) == 0, output(first)[-3000:]
     # once the first driver is gone, the directory is free again (the kernel dropped the lock)
     again = subprocess.run(["snakemake", "--cores", "1", "tiles", "--configfile", "run.yaml"], cwd=wd,
                            env=tool_env(), capture_output=True, text=True)
@@ -101,7 +110,7 @@ def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_
     driver = start(wd, "--cores", "2", "tiles", "--configfile", "run.yaml")
     assert wait_for(lambda: any((res / "zarr").glob("*.segment.json")) if (res / "zarr").is_dir() else False)
     driver.send_signal(signal.SIGTERM)
-    driver.wait(120)
+    driver.wait(300)
     for marker in (res / "zarr").glob("*.convert.json"):
         store = res / "zarr" / marker.name.replace(".convert.json", ".zarr")
         images = json.loads(marker.read_text())["images"]
