@@ -218,7 +218,8 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
         truth["labels"] = [v if v else [catalog.negative] for v in truth["labels"]]
     if ious is None:
         ious = image_ious(stores, truth_dir)
-    ious = {k: v for k, v in ious.items() if k in set(images["image_id"])}
+    wanted = set(images["image_id"])  # once, not per image
+    ious = {k: v for k, v in ious.items() if k in wanted}
     truth = truth[truth["image_id"].isin(list(ious))]
     pred = cells.rename(columns={f"fused_prob_{k}": f"prob_{k}" for k in range(n)})
     m, per = instance_map(pred, truth, ious, n, iou_threshold)
