@@ -58,7 +58,7 @@ def spec_for(args: argparse.Namespace) -> dict:
             "loss": {"kind": "bce", "class_weights": "none", "unweighted_classes": [], "gamma": 2.0},
             "single_label_only": False, "negative_oversample": 1,
             "augment": {"flips": True, "rot90": True, "brightness": 0.1}, "amp": "auto",
-            "channels_last": True, "compile": False, "early_stopping_patience": 0, "buffer_chunks": 4,
+            "channels_last": True, "compile": False, "early_stopping_patience": 0, "buffer_chunks": 16,
             "num_workers": args.workers, "tta": False, "embeddings": False, "seed": 0, "gpus": 1}
 
 

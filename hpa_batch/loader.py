@@ -108,12 +108,15 @@ def epoch_plan(index: TileIndex, positions: np.ndarray, batch_size: int, seed: i
     """
     rng = np.random.default_rng([seed, epoch])
     key = index.store[positions] * (1 << 32) + index.row[positions] // index.chunk[positions]
-    chunks = np.unique(key)
-    if shuffle:
-        chunks = rng.permutation(chunks)
+    chunks, chunk_of = np.unique(key, return_inverse=True)
+    order = rng.permutation(len(chunks)) if shuffle else np.arange(len(chunks))
+    visit = np.empty(len(chunks), np.int64)
+    visit[order] = np.arange(len(chunks))
+    buffer = visit[chunk_of] // buffer_chunks  # buffer number of every position
+    by_buffer = np.argsort(buffer, kind="stable")  # one sort, not one scan per buffer
+    cuts = np.flatnonzero(np.diff(buffer[by_buffer])) + 1
     groups = []
-    for start in range(0, len(chunks), buffer_chunks):
-        members = positions[np.isin(key, chunks[start : start + buffer_chunks])]
+    for members in np.split(positions[by_buffer], cuts) if len(positions) else []:
         if shuffle:
             members = rng.permutation(members)
         groups.append(_batches(members, batch_size))

@@ -54,6 +54,7 @@ class RunState:
     bad_epochs: int = 0
     loss_sum: float = 0.0
     loss_count: int = 0
+    refined: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -127,6 +128,41 @@ def training_positions(index: TileIndex, fold: int, spec: dict[str, Any], negati
         neg = train[index.y[train, negative] > 0]
         train = np.concatenate([train] + [neg] * (spec["negative_oversample"] - 1))
     return np.sort(train), val
+
+
+def refine_weak_labels(y: np.ndarray, prob: np.ndarray, image_id: np.ndarray, keep_ratio: float,
+                       negative: int | None) -> np.ndarray:
+    """Narrow weak cell labels with a model's own cell probabilities, relative to the cell's image.
+
+    A cell keeps class ``k`` of its image when its probability of ``k`` is at least ``keep_ratio``
+    times the highest probability of ``k`` among the cells of that image, so every image label stays
+    on at least one cell; a cell left without any class becomes Negative (when the catalog has one).
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        ``(n, c)`` float32 weak multi-hot labels (each cell's image labels).
+    prob : numpy.ndarray
+        ``(n, c)`` float32 model probabilities of the same cells.
+    image_id : numpy.ndarray
+        ``(n,)`` image of each cell.
+    keep_ratio : float
+        In (0, 1]; 1 keeps only the image's top cell(s) per class.
+    negative : int or None
+        Index of the Negative class.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, c)`` float32 refined multi-hot targets.
+    """
+    weak = np.asarray(y) > 0
+    scored = np.where(weak, prob, 0.0).astype(np.float32)
+    best = pd.DataFrame(scored).groupby(pd.factorize(np.asarray(image_id))[0]).transform("max").to_numpy()
+    out = (weak & (scored >= keep_ratio * best)).astype(np.float32)
+    if negative is not None:
+        out[out.sum(1) == 0, negative] = 1.0
+    return out
 
 
 def class_weights(y: np.ndarray, spec: dict[str, Any]) -> torch.Tensor:
@@ -281,6 +317,7 @@ class Trainer:
         atomic_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "run": self.state.__dict__, "rng": rng_state(),
+            "targets": torch.from_numpy(self.index.y) if self.state.refined else None,
             "spec": json.loads(json.dumps(self.spec)), "fold": self.fold, "version": __version__,
         }, self.state_dir / "last.pt")
 
@@ -295,6 +332,9 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = RunState(**ckpt["run"])
+        if self.state.refined:
+            self.index.y[:] = ckpt["targets"].numpy()
+            self.weights = class_weights(self.index.y[self.train_pos], self.spec).to(self.device)
         set_rng_state(ckpt["rng"])
         self.log.info("resuming %s fold %d at epoch %d batch %d (step %d)", self.spec["name"], self.fold,
                       self.state.epoch, self.state.batch, self.state.global_step)
@@ -353,6 +393,21 @@ class Trainer:
         return (np.concatenate(probs) if probs else np.zeros((0, c), np.float32),
                 np.concatenate(ys) if ys else np.zeros((0, c), np.float32))
 
+    def refine_labels(self) -> None:
+        """Replace the weak targets of the training and validation cells by refined ones
+        (:func:`refine_weak_labels` with the current model) and restart best-epoch tracking: losses
+        against the new targets are not comparable with the earlier ones."""
+        rows = np.unique(np.concatenate([self.train_pos, self.val_pos]))
+        prob, y = self.predict_positions(rows)
+        refined = refine_weak_labels(y, prob, self.index.image_id[rows], self.spec["refine_labels"]["keep_ratio"],
+                                     self.catalog.negative)
+        self.index.y[rows] = refined
+        self.weights = class_weights(self.index.y[self.train_pos], self.spec).to(self.device)
+        self.state.refined = True
+        self.state.best_loss, self.state.bad_epochs = float("inf"), 0
+        self.log.info("refined the weak labels of %d cells: %.2f -> %.2f labels per cell", len(rows),
+                      float((y > 0).sum(1).mean()), float(refined.sum(1).mean()))
+
     def validate(self, epoch: int, train_loss: float) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         prob, y = self.predict_positions(self.val_pos)
         val_loss = float("nan")
@@ -371,6 +426,10 @@ class Trainer:
         while self.state.epoch < self.spec["epochs"]:
             epoch = self.state.epoch
             t0 = time.monotonic()
+            after = self.spec["refine_labels"]["after_epochs"]
+            if after and epoch == after and not self.state.refined and self.state.batch == 0:
+                self.refine_labels()
+                self.save_state()
             train_loss = self.train_epoch(epoch)
             if train_loss is None:
                 self.log.info("stop requested: saved %s, exiting with %d", self.state_dir / "last.pt",

@@ -43,8 +43,8 @@ def trainable(segmented, tmp_path_factory):
     return {"root": root, "config": path, "splits": root / "splits.parquet", "stores": stores, "cfg": c}
 
 
-def run_train(t, out, env_extra=None, check=True):
-    cmd = [sys.executable, "-m", "hpa_batch.cli", "train", "--config", str(t["config"]), "--model", "tiny",
+def run_train(t, out, env_extra=None, check=True, config=None):
+    cmd = [sys.executable, "-m", "hpa_batch.cli", "train", "--config", str(config or t["config"]), "--model", "tiny",
            "--fold", "0", "--splits", str(t["splits"]), "--out", str(out), "--tiles", *map(str, t["stores"])]
     env = {**tool_env(), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -148,6 +148,67 @@ def test_interrupted_training_resumes_bit_exact(trainable, tmp_path):
         assert torch.equal(la["model"][k], lb["model"][k]), k  # last weights too
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight" / "history.csv").drop(columns="seconds"),
                                   pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns="seconds"))
+
+
+@pytest.mark.slow
+def test_resume_after_label_refinement_is_bit_exact(trainable, tmp_path):
+    """A stop after the refinement resumes with the refined targets from the checkpoint."""
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"][0].update(epochs=3, refine_labels={"after_epochs": 1, "keep_ratio": 0.6})
+    config = tmp_path / "refine.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    c = load_config(config)
+    index = build_index(trainable["stores"], pd.read_parquet(trainable["splits"]), "cell", 19)
+    from hpa_batch.train import training_positions
+
+    train_pos, _ = training_positions(index, 0, c.raw["models"][0], None)
+    per_epoch = sum(len(g) for g in epoch_plan(index, train_pos, 16, 0, 0, c.raw["models"][0]["buffer_chunks"]))
+    run_train(trainable, tmp_path / "straight", config=config)
+    stopped = run_train(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": str(per_epoch + 2)},
+                        check=False, config=config)
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    saved = torch.load(tmp_path / "resumed" / "state" / "last.pt", weights_only=True)
+    assert saved["run"]["refined"] and saved["targets"] is not None
+    run_train(trainable, tmp_path / "resumed", config=config)
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["thresholds"], b["thresholds"])
+
+
+def test_refine_weak_labels_keeps_each_image_label_on_its_best_cells():
+    from hpa_batch.train import refine_weak_labels
+
+    # image a: labels {0, 1}, three cells; image b: Negative (class 2) only, two cells
+    y = np.array([[1, 1, 0], [1, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0, 1]], np.float32)
+    prob = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.05, 0.02, 0.3], [0.1, 0.0, 0.7], [0.6, 0.0, 0.2]],
+                    np.float32)
+    ids = np.array(["a", "a", "a", "b", "b"], object)
+    out = refine_weak_labels(y, prob, ids, 0.5, negative=2)
+    assert out.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]]
+    # class 0 of a third image never leaves its top cell, even with tiny probabilities
+    one = refine_weak_labels(np.array([[1, 0, 0]] * 2, np.float32), np.array([[1e-4, 0, 0], [1e-6, 0, 0]],
+                             np.float32), np.array(["c", "c"], object), 0.5, negative=None)
+    assert one.tolist() == [[1, 0, 0], [0, 0, 0]]
+    # keep_ratio 1e-9 keeps every weak label (for cells with any probability)
+    assert np.array_equal(refine_weak_labels(y[:3], prob[:3], ids[:3], 1e-9, 2), y[:3])
+
+
+def test_refined_targets_round_trip_through_the_checkpoint(trainable, tmp_path):
+    from hpa_batch.train import Trainer
+
+    splits = pd.read_parquet(trainable["splits"])
+    spec = {**trainable["cfg"].raw["models"][0], "refine_labels": {"after_epochs": 1, "keep_ratio": 0.5}}
+    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    weak = a.index.y.copy()
+    a.refine_labels()
+    assert a.state.refined and (a.index.y.sum(1) >= 1).all()  # every cell keeps a class or becomes Negative
+    assert ((a.index.y > 0) & (weak == 0))[:, :18].sum() == 0  # never a class its image does not have
+    a.save_state()
+    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    assert np.array_equal(b.index.y, weak) and b.load_state()
+    assert np.array_equal(b.index.y, a.index.y) and torch.equal(b.weights, a.weights)
 
 
 @pytest.mark.slow
