@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--input-size", type=int, default=64)
+    ap.add_argument("--shard-size", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--buffer-chunks", type=int, default=64)
@@ -56,7 +57,7 @@ def main() -> None:
     cfg = {
         "results_dir": str(out / "results"), "logs_dir": str(out / "logs"),
         "dataset": {"images_dirs": [str(data / "images")], "metadata": str(data / "train.csv")},
-        "shard_size": 50,
+        "shard_size": args.shard_size,
         "conversion": {"min_level_size": 128, "chunk": 256},
         "segmentation": {"max_size": args.size, "min_cell_area": int(2000 * f * f),
                          "options": {"nucleus_sigma": 4 * f, "cell_sigma": 6 * f,
