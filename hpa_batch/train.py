@@ -267,6 +267,7 @@ class Trainer:
         self.lr_at = create_schedule(kind, spec["epochs"], **sched)
         self.state = RunState()
         self.stop = StopFlag()
+        self._best: dict[str, torch.Tensor] | None = None  # best weights before a refinement
 
     # -- setup helpers
     def _init_distributed(self) -> None:
@@ -395,10 +396,15 @@ class Trainer:
 
     def refine_labels(self) -> None:
         """Replace the weak targets of the training and validation cells by refined ones
-        (:func:`refine_weak_labels` with the current model) and restart best-epoch tracking: losses
+        (:func:`refine_weak_labels` with the best model so far, by validation loss) and restart best-epoch tracking: losses
         against the new targets are not comparable with the earlier ones."""
         rows = np.unique(np.concatenate([self.train_pos, self.val_pos]))
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        best = self.best_weights()
+        if best is not None:  # the best epoch so far, not a possibly worse last one
+            self.model.load_state_dict(best)
         prob, y = self.predict_positions(rows)
+        self.model.load_state_dict(current)
         refined = refine_weak_labels(y, prob, self.index.image_id[rows], self.spec["refine_labels"]["keep_ratio"],
                                      self.catalog.negative)
         self.index.y[rows] = refined
@@ -407,6 +413,13 @@ class Trainer:
         self.state.best_loss, self.state.bad_epochs = float("inf"), 0
         self.log.info("refined the weak labels of %d cells: %.2f -> %.2f labels per cell", len(rows),
                       float((y > 0).sum(1).mean()), float(refined.sum(1).mean()))
+
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights of the best epoch so far: kept in memory by every rank, else from ``best.pt``."""
+        if self._best is not None:
+            return self._best
+        path = self.state_dir / "best.pt"
+        return torch.load(path, map_location=self.device, weights_only=True)["model"] if path.is_file() else None
 
     def validate(self, epoch: int, train_loss: float) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         prob, y = self.predict_positions(self.val_pos)
@@ -453,6 +466,8 @@ class Trainer:
         if metric < self.state.best_loss:
             self.state.best_loss, self.state.best_epoch, self.state.bad_epochs = metric, row["epoch"], 0
             thresholds = tune_thresholds(y, prob) if len(y) else np.full(self.catalog.n_classes, 0.5)
+            if self.spec["refine_labels"]["after_epochs"] and not self.state.refined:
+                self._best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             if self.rank == 0:
                 atomic_save({"model": self.model.state_dict(), "thresholds": torch.from_numpy(thresholds),
                              "epoch": row["epoch"]}, self.state_dir / "best.pt")

@@ -151,8 +151,10 @@ def test_interrupted_training_resumes_bit_exact(trainable, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_label_refinement_is_bit_exact(trainable, tmp_path):
-    """A stop after the refinement resumes with the refined targets from the checkpoint."""
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_resume_around_label_refinement_is_bit_exact(trainable, tmp_path, when):
+    """A stop before the refinement refines with the same best weights (read back from best.pt); a stop
+    after it resumes with the refined targets from the checkpoint."""
     cfg = yaml.safe_load(trainable["config"].read_text())
     cfg["models"][0].update(epochs=3, refine_labels={"after_epochs": 1, "keep_ratio": 0.6})
     config = tmp_path / "refine.yaml"
@@ -164,11 +166,12 @@ def test_resume_after_label_refinement_is_bit_exact(trainable, tmp_path):
     train_pos, _ = training_positions(index, 0, c.raw["models"][0], None)
     per_epoch = sum(len(g) for g in epoch_plan(index, train_pos, 16, 0, 0, c.raw["models"][0]["buffer_chunks"]))
     run_train(trainable, tmp_path / "straight", config=config)
-    stopped = run_train(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": str(per_epoch + 2)},
+    step = 3 if when == "before" else per_epoch + 2
+    stopped = run_train(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": str(step)},
                         check=False, config=config)
     assert stopped.returncode == 75, stopped.stderr[-2000:]
     saved = torch.load(tmp_path / "resumed" / "state" / "last.pt", weights_only=True)
-    assert saved["run"]["refined"] and saved["targets"] is not None
+    assert saved["run"]["refined"] == (when == "after") and (saved["targets"] is None) == (when == "before")
     run_train(trainable, tmp_path / "resumed", config=config)
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
@@ -209,6 +212,26 @@ def test_refined_targets_round_trip_through_the_checkpoint(trainable, tmp_path):
     b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
     assert np.array_equal(b.index.y, weak) and b.load_state()
     assert np.array_equal(b.index.y, a.index.y) and torch.equal(b.weights, a.weights)
+
+
+
+def test_refinement_uses_the_best_weights_also_after_a_restart(trainable, tmp_path):
+    from hpa_batch.train import Trainer
+
+    splits = pd.read_parquet(trainable["splits"])
+    spec = {**trainable["cfg"].raw["models"][0], "refine_labels": {"after_epochs": 2, "keep_ratio": 0.5}}
+    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    row, prob, y = a.validate(0, a.train_epoch(0))
+    assert a._track_best(row, prob, y) and a._best is not None
+    a.state.epoch = 1
+    a.train_epoch(1)  # the weights move on; the best stays epoch 0's
+    a.save_state()
+    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    assert b.load_state() and b._best is None
+    from_file = b.best_weights()
+    for k, v in a._best.items():
+        assert torch.equal(v, from_file[k]), k
+    assert any(not torch.equal(v, a.model.state_dict()[k]) for k, v in a._best.items() if v.is_floating_point())
 
 
 @pytest.mark.slow
