@@ -318,7 +318,7 @@ class Trainer:
         atomic_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "run": self.state.__dict__, "rng": rng_state(),
-            "targets": torch.from_numpy(self.index.y) if self.state.refined else None,
+            "targets": torch.from_numpy(self.index.y.astype(np.uint8)) if self.state.refined else None,
             "spec": json.loads(json.dumps(self.spec)), "fold": self.fold, "version": __version__,
         }, self.state_dir / "last.pt")
 
@@ -334,7 +334,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = RunState(**ckpt["run"])
         if self.state.refined:
-            self.index.y[:] = ckpt["targets"].numpy()
+            self.index.y[:] = ckpt["targets"].numpy().astype(np.float32)
             self.weights = class_weights(self.index.y[self.train_pos], self.spec).to(self.device)
         set_rng_state(ckpt["rng"])
         self.log.info("resuming %s fold %d at epoch %d batch %d (step %d)", self.spec["name"], self.fold,
@@ -396,8 +396,8 @@ class Trainer:
 
     def refine_labels(self) -> None:
         """Replace the weak targets of the training and validation cells by refined ones
-        (:func:`refine_weak_labels` with the best model so far, by validation loss) and restart best-epoch tracking: losses
-        against the new targets are not comparable with the earlier ones."""
+        (:func:`refine_weak_labels` with the best model so far, by validation loss) and restart
+        best-epoch tracking: losses against the new targets do not compare with the earlier ones."""
         rows = np.unique(np.concatenate([self.train_pos, self.val_pos]))
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         best = self.best_weights()
@@ -405,6 +405,7 @@ class Trainer:
             self.model.load_state_dict(best)
         prob, y = self.predict_positions(rows)
         self.model.load_state_dict(current)
+        self._best = None  # not needed after the refinement: free the copy
         refined = refine_weak_labels(y, prob, self.index.image_id[rows], self.spec["refine_labels"]["keep_ratio"],
                                      self.catalog.negative)
         self.index.y[rows] = refined
