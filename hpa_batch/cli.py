@@ -63,7 +63,7 @@ def _paths(cfg: Config, shard: str) -> dict[str, Path]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from hpa_batch.synth import synthesize_dataset
+    from hpa_batch.synth import parse_styles, synthesize_dataset
 
     summary = synthesize_dataset(
         args.out,
@@ -74,6 +74,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         fmt=args.format,
         catalog=args.labels,
         workers=args.workers,
+        styles=parse_styles(args.style),
     )
     print(f"wrote {len(summary.ids)} images ({summary.n_cells} cells) to {summary.images_dir}")
     print(f"metadata: {summary.metadata}\nground truth: {summary.truth_dir}")
@@ -404,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png", "tif", "jpg"], default="png")
     p.add_argument("--labels", choices=["hpa2021", "hpa2018"], default="hpa2021")
     p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--style", default="standard",
+                   help="comma-separated image styles cycled over the images (standard, dots, dim, crowded, "
+                        "large, small, nuclear-ratio, uneven, saturated, mitotic, vary; 'all' = every one but "
+                        "standard)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("plan", help="print the shard plan of a config")

@@ -54,8 +54,8 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from dataclasses import dataclass, field, replace
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 
 import imagecodecs
@@ -69,12 +69,17 @@ from hpa_batch.labels import LabelCatalog, format_labels, get_catalog
 __all__ = [
     "DEFAULT_CELL_LINES",
     "PATTERN_RENDERERS",
+    "STYLES",
     "CellLineProfile",
     "SynthImage",
+    "SynthStyle",
     "SynthSummary",
     "cell_line_profile",
     "composite",
     "contact_sheet",
+    "draw_style",
+    "get_style",
+    "parse_styles",
     "synthesize_dataset",
     "synthesize_image",
 ]
@@ -203,6 +208,205 @@ def cell_line_profile(name: str) -> CellLineProfile:
 
 
 # --------------------------------------------------------------------------------------
+# Image styles (what real HPA images vary beyond the cell line)
+# --------------------------------------------------------------------------------------
+
+Range = tuple[float, float]
+
+#: Patterns whose green signal is a few compact dots or blobs (bright dots on black).
+DOT_PATTERNS: frozenset[str] = frozenset({
+    "Nucleoli", "Nucleoli fibrillar center", "Nuclear speckles", "Nuclear bodies",
+    "Golgi apparatus", "Centrosome", "Aggresome", "Vesicles and punctate cytosolic patterns",
+})
+#: Patterns whose green signal fills a compartment.
+DIFFUSE_PATTERNS: frozenset[str] = frozenset({
+    "Nucleoplasm", "Cytosol", "Endoplasmic reticulum", "Plasma membrane", "Mitochondria",
+    "Intermediate filaments", "Actin filaments", "Microtubules",
+})
+
+
+@dataclass(frozen=True)
+class SynthStyle:
+    """Ranges of the image properties a style draws per image (deterministic per image seed).
+
+    A range ``(a, a)`` draws nothing (the ``standard`` style draws nothing at all, so its images are
+    those of the cell-line profiles alone). Scale-type ranges are drawn log-uniformly, others uniformly.
+
+    Attributes
+    ----------
+    name : str
+        Style name (recorded per image in ``truth/images.csv``).
+    radius : tuple of float, optional
+        Equal-area cell radius in px at 2048 (replaces the profile's): 40 px ~ 5,000 px^2,
+        218 px ~ 150,000 px^2 at full resolution.
+    coverage, clustering : tuple of float, optional
+        Replace the profile's coverage (sum of cell areas / image) and clustering.
+    aspect_scale : tuple of float
+        Multiplies the profile's elongation (``> 1`` = longer cells).
+    nucleus_area_ratio : tuple of float, optional
+        Nucleus area / cell area (replaces the profile's nucleus radius ratio).
+    mitotic_rate : tuple of float, optional
+        Probability that a cell is mitotic (round, bright condensed chromatin).
+    patterns : tuple of str
+        Pattern families drawn from (one per image): ``any``, ``dots`` (:data:`DOT_PATTERNS`),
+        ``diffuse`` (:data:`DIFFUSE_PATTERNS`).
+    green_scale, green_af_scale : tuple of float
+        Multiply the protein expression level and the green autofluorescence.
+    green_background : tuple of float
+        Extra green background, as a fraction of the protein expression level (dim on high background).
+    background_scale : tuple of float
+        Multiplies the smooth background of every channel.
+    reference_scale : tuple of float
+        Multiplies the brightness of the microtubule and ER channels.
+    brightness : tuple of float
+        Multiplies every stain (values > 2 saturate bright structures at 65535).
+    vignette : tuple of float
+        Relative intensity loss at the image corners (standard: 0.08-0.2).
+    gradient : tuple of float
+        Amplitude of a linear illumination ramp across the image (random direction).
+    """
+
+    name: str
+    radius: Range | None = None
+    coverage: Range | None = None
+    clustering: Range | None = None
+    aspect_scale: Range = (1.0, 1.0)
+    nucleus_area_ratio: Range | None = None
+    mitotic_rate: Range | None = None
+    patterns: tuple[str, ...] = ("any",)
+    green_scale: Range = (1.0, 1.0)
+    green_af_scale: Range = (1.0, 1.0)
+    green_background: Range = (0.0, 0.0)
+    background_scale: Range = (1.0, 1.0)
+    reference_scale: Range = (1.0, 1.0)
+    brightness: Range = (1.0, 1.0)
+    vignette: Range = (0.08, 0.2)
+    gradient: Range = (0.0, 0.0)
+
+
+#: Built-in styles; ``vary`` draws every axis over its whole range independently.
+STYLES: dict[str, SynthStyle] = {s.name: s for s in (
+    SynthStyle("standard"),
+    SynthStyle("dots", patterns=("dots",), green_scale=(4.0, 20.0), green_af_scale=(0.0, 0.2)),
+    SynthStyle("dim", green_scale=(0.04, 0.15), green_background=(0.5, 2.0), background_scale=(3.0, 8.0),
+               reference_scale=(0.35, 0.7)),
+    SynthStyle("crowded", coverage=(0.6, 0.9), clustering=(0.7, 1.0), aspect_scale=(1.2, 1.7)),
+    SynthStyle("large", radius=(170.0, 215.0), coverage=(0.35, 0.6)),
+    SynthStyle("small", radius=(40.0, 75.0), coverage=(0.25, 0.5)),
+    SynthStyle("nuclear-ratio", nucleus_area_ratio=(0.05, 0.5)),
+    SynthStyle("uneven", background_scale=(2.0, 6.0), vignette=(0.3, 0.6), gradient=(0.25, 0.6)),
+    SynthStyle("saturated", brightness=(3.5, 8.0), green_scale=(1.5, 4.0)),
+    SynthStyle("mitotic", mitotic_rate=(0.12, 0.25)),
+    SynthStyle("vary", radius=(40.0, 215.0), coverage=(0.2, 0.85), clustering=(0.0, 1.0),
+               aspect_scale=(0.8, 1.6), nucleus_area_ratio=(0.05, 0.5), mitotic_rate=(0.01, 0.2),
+               patterns=("any", "dots", "diffuse"), green_scale=(0.05, 20.0), green_af_scale=(0.05, 2.0),
+               green_background=(0.0, 1.0), background_scale=(0.5, 6.0), reference_scale=(0.35, 1.5),
+               brightness=(0.7, 4.0), vignette=(0.05, 0.5), gradient=(0.0, 0.5)),
+)}
+#: ``--style all`` = every built-in style but ``standard``.
+ALL_STYLES: tuple[str, ...] = tuple(n for n in STYLES if n != "standard")
+
+
+@dataclass(frozen=True)
+class StyleDraw:
+    """The concrete values one image drew from its :class:`SynthStyle` (see there)."""
+
+    style: str
+    profile: CellLineProfile
+    patterns: str
+    green_scale: float
+    green_af_scale: float
+    green_background: float
+    background_scale: float
+    reference_scale: float
+    brightness: float
+    vignette: Range
+    gradient: Range
+
+    def record(self) -> dict[str, object]:
+        """The drawn values as flat columns (``truth/images.csv``)."""
+        p = self.profile
+        return {"style": self.style, "radius": round(p.radius, 1),
+                "nucleus_area_ratio": round(p.nucleus_ratio**2, 3), "coverage": round(p.coverage, 3),
+                "aspect": round(p.aspect, 2), "mitotic_rate": round(p.mitotic_rate, 3),
+                "patterns": self.patterns, "green_scale": round(self.green_scale, 3),
+                "green_background": round(self.green_background, 3),
+                "background_scale": round(self.background_scale, 2),
+                "reference_scale": round(self.reference_scale, 2), "brightness": round(self.brightness, 2),
+                "gradient": round(self.gradient[0], 3)}
+
+
+def get_style(style: str | SynthStyle) -> SynthStyle:
+    """A built-in style by name (or the style itself).
+
+    Raises
+    ------
+    ValueError
+        Unknown name (the message lists the known ones).
+    """
+    if isinstance(style, SynthStyle):
+        return style
+    if style not in STYLES:
+        raise ValueError(f"unknown synthetic style {style!r}; known: {', '.join(STYLES)}")
+    return STYLES[style]
+
+
+def parse_styles(text: str) -> tuple[str, ...]:
+    """``"dots,dim"`` / ``"all"`` -> style names, each checked."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    out: list[str] = []
+    for name in names:
+        out.extend(ALL_STYLES if name == "all" else [get_style(name).name])
+    if not out:
+        raise ValueError("no style given")
+    return tuple(out)
+
+
+def _uniform(rng: np.random.Generator, bounds: Range) -> float:
+    lo, hi = bounds
+    return float(lo) if lo == hi else float(rng.uniform(lo, hi))
+
+
+def _log_uniform(rng: np.random.Generator, bounds: Range) -> float:
+    lo, hi = bounds
+    if lo == hi:
+        return float(lo)
+    if lo <= 0:
+        return float(rng.uniform(lo, hi))
+    return float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def draw_style(rng: np.random.Generator, style: SynthStyle, profile: CellLineProfile) -> StyleDraw:
+    """Draw one image's values of ``style`` on top of the cell line's ``profile``."""
+    changes: dict[str, float] = {}
+    if style.radius is not None:
+        changes["radius"] = _log_uniform(rng, style.radius)
+    if style.coverage is not None:
+        changes["coverage"] = _uniform(rng, style.coverage)
+    if style.clustering is not None:
+        changes["clustering"] = _uniform(rng, style.clustering)
+    if style.aspect_scale != (1.0, 1.0):
+        changes["aspect"] = max(1.0, profile.aspect * _log_uniform(rng, style.aspect_scale))
+    if style.nucleus_area_ratio is not None:
+        changes["nucleus_ratio"] = math.sqrt(_log_uniform(rng, style.nucleus_area_ratio))
+    if style.mitotic_rate is not None:
+        changes["mitotic_rate"] = _uniform(rng, style.mitotic_rate)
+    patterns = style.patterns[int(rng.integers(len(style.patterns)))] if len(style.patterns) > 1 \
+        else style.patterns[0]
+    # vignette / gradient stay ranges for the camera (the standard draws happen there, in order)
+    return StyleDraw(
+        style=style.name, profile=replace(profile, **changes), patterns=patterns,
+        green_scale=_log_uniform(rng, style.green_scale),
+        green_af_scale=_uniform(rng, style.green_af_scale),
+        green_background=_uniform(rng, style.green_background),
+        background_scale=_log_uniform(rng, style.background_scale),
+        reference_scale=_log_uniform(rng, style.reference_scale),
+        brightness=_log_uniform(rng, style.brightness),
+        vignette=style.vignette, gradient=(_uniform(rng, style.gradient), 0.0),
+    )
+
+
+# --------------------------------------------------------------------------------------
 # Labels
 # --------------------------------------------------------------------------------------
 
@@ -244,7 +448,7 @@ class _Pattern:
         return self.mitotic_ok if mitotic else not self.mitotic_only
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pattern_space(catalog: LabelCatalog) -> tuple[_Pattern, ...]:
     """Renderable classes of ``catalog``, matched to the renderers by class name."""
     out: list[_Pattern] = []
@@ -260,9 +464,9 @@ def _pattern_space(catalog: LabelCatalog) -> tuple[_Pattern, ...]:
 
 
 def _draw_image_patterns(
-    rng: np.random.Generator, catalog: LabelCatalog, forced: Sequence[str] | None
+    rng: np.random.Generator, catalog: LabelCatalog, forced: Sequence[str] | None, family: str = "any"
 ) -> list[_Pattern]:
-    """Image-level patterns: [] means a Negative-only image."""
+    """Image-level patterns: [] means a Negative-only image; ``family`` restricts the draw."""
     space = _pattern_space(catalog)
     if forced is not None:
         if not forced and catalog.negative is None:
@@ -274,7 +478,10 @@ def _draw_image_patterns(
             return [by_name[n.lower()] for n in forced]
         except KeyError as exc:
             raise ValueError(f"pattern {exc.args[0]!r} not renderable in {catalog.name}") from None
-    if catalog.negative is not None and rng.random() < NEGATIVE_IMAGE_P:
+    if family != "any":
+        names = DOT_PATTERNS if family == "dots" else DIFFUSE_PATTERNS
+        space = tuple(p for p in space if p.name in names) or space
+    elif catalog.negative is not None and rng.random() < NEGATIVE_IMAGE_P:
         return []
     k = min(int(rng.choice([1, 2, 3], p=[0.55, 0.33, 0.12])), len(space))
     w = np.array([p.weight for p in space])
@@ -596,7 +803,7 @@ def _make_geometry(
     best: tuple[np.ndarray, np.ndarray, list[_CellGeom]] | None = None
     for _attempt in range(8):
         n_target = profile.coverage * size * size / (math.pi * radius * radius)
-        n_target = int(np.clip(round(n_target * rng.uniform(0.8, 1.2)), 3, 80))
+        n_target = int(np.clip(round(n_target * rng.uniform(0.8, 1.2)), 3, 600))
         pts = _place_centres(rng, size, radius, n_target, profile.clustering)
         mitotic = [bool(rng.random() < profile.mitotic_rate) for _ in pts]
         inner = [i for i, (cy, cx, r) in enumerate(pts) if min(cy, cx, size - cy, size - cx) > r]
@@ -1398,6 +1605,8 @@ class SynthImage:
         Ids of mitotic cells.
     offset : tuple of float
         Camera offset (ADU) per channel.
+    style : dict
+        The style and the values this image drew (:meth:`StyleDraw.record` + ``vignette``).
     """
 
     channels: np.ndarray
@@ -1408,6 +1617,7 @@ class SynthImage:
     cell_line: str = ""
     mitotic: tuple[int, ...] = ()
     offset: tuple[float, ...] = field(default=(0.0, 0.0, 0.0, 0.0))
+    style: dict[str, object] = field(default_factory=dict)
 
 
 def _sides(sl: tuple[slice, slice], size: int) -> tuple[bool, bool, bool, bool]:
@@ -1463,8 +1673,9 @@ def _render_cells(
 
 
 def _camera(
-    rng: np.random.Generator, photons: np.ndarray, size: int
-) -> tuple[np.ndarray, tuple[float, ...]]:
+    rng: np.random.Generator, photons: np.ndarray, size: int, *, background_scale: float = 1.0,
+    green_background: float = 0.0, vignette: Range = (0.08, 0.2), gradient: float = 0.0,
+) -> tuple[np.ndarray, tuple[float, ...], float]:
     """Optics and camera: PSF, haze, vignetting, background, shot and read noise.
 
     ``ADU = offset + gain * lambda + sqrt(gain**2 * lambda + read_noise**2) * N(0, 1)``
@@ -1474,12 +1685,22 @@ def _camera(
     ----------
     photons : ndarray of float32, shape (4, size, size)
         Expected signal photons.
+    background_scale : float
+        Multiplies every channel's smooth background.
+    green_background : float
+        Extra smooth green background (photons), following the illumination.
+    vignette : tuple of float
+        Range of the corner intensity loss.
+    gradient : float
+        Amplitude of a linear illumination ramp in a random direction (0 = none, no draw).
 
     Returns
     -------
     adu : ndarray of uint16, shape (4, size, size)
     offsets : tuple of float
         Camera offset per channel (ADU).
+    vignette : float
+        The drawn corner loss.
     """
     s = size / REFERENCE_SIZE
     psf = max(0.5, 1.1 * s)
@@ -1492,7 +1713,13 @@ def _camera(
     grid = (np.arange(m, dtype=F32) + F32(0.5)) / F32(m)
     cy, cx = rng.uniform(0.4, 0.6, 2)
     r2 = ((grid[:, None] - F32(cy)) ** 2 + (grid[None, :] - F32(cx)) ** 2) * F32(2)
-    vig_small = F32(1) - F32(rng.uniform(0.08, 0.2)) * r2
+    vig = float(rng.uniform(*vignette))
+    vig_small = F32(1) - F32(vig) * r2
+    if gradient > 0:
+        ang = rng.uniform(0, 2 * np.pi)
+        ramp = (grid[:, None] - F32(0.5)) * F32(math.sin(ang)) + (grid[None, :] - F32(0.5)) * F32(math.cos(ang))
+        vig_small = vig_small * (F32(1) + F32(gradient) * ramp)
+    vig_small = np.maximum(vig_small, F32(0.05))
     vignette = _upsample(vig_small, (size, size))
     out = np.empty(photons.shape, np.uint16)
     for c in range(photons.shape[0]):
@@ -1500,6 +1727,9 @@ def _camera(
         small = lam[: m * f, : m * f].reshape(m, f, m, f).mean(axis=(1, 3))
         haze = ndi.gaussian_filter(small, 2.0)
         bg = F32(rng.uniform(4, 14)) * (F32(1) + F32(0.25) * _smooth_noise(rng, (m, m), 6.0))
+        bg *= F32(background_scale)
+        if c == CHANNELS.index("green") and green_background > 0:
+            bg = bg + F32(green_background) * vig_small
         low = _upsample(F32(0.04) * haze * vig_small + bg, (size, size))
         lam *= vignette
         lam += low
@@ -1514,7 +1744,7 @@ def _camera(
         np.rint(lam, out=lam)
         np.clip(lam, 0, 65535, out=lam)
         out[c] = lam
-    return out, offsets
+    return out, offsets, vig
 
 
 def synthesize_image(
@@ -1524,6 +1754,7 @@ def synthesize_image(
     catalog: LabelCatalog | str,
     *,
     patterns: Sequence[str] | None = None,
+    style: str | SynthStyle = "standard",
 ) -> SynthImage:
     """Draw one synthetic 4-channel HPA image with masks and labels.
 
@@ -1540,6 +1771,9 @@ def synthesize_image(
     patterns : sequence of str, optional
         Force the image-level patterns (2021 class names); ``[]`` gives a
         Negative-only image.  Default: drawn at random.
+    style : str or SynthStyle
+        Image style (:data:`STYLES`); its values are drawn first from ``rng``.  ``"standard"``
+        draws nothing (the cell line profile alone).
 
     Returns
     -------
@@ -1550,8 +1784,9 @@ def synthesize_image(
     size = int(size)
     if size < 32:
         raise ValueError(f"size must be >= 32, got {size}")
-    profile = cell_line_profile(cell_line)
-    image_patterns = _draw_image_patterns(rng, catalog, patterns)
+    look = draw_style(rng, get_style(style), cell_line_profile(cell_line))
+    profile = look.profile
+    image_patterns = _draw_image_patterns(rng, catalog, patterns, look.patterns)
     n_spindle = 0
     if any(p.mitotic_only for p in image_patterns):
         n_spindle = 1 if rng.random() < 0.6 else 2
@@ -1569,8 +1804,16 @@ def synthesize_image(
             rng.uniform(40, 120) / gain_guess,  # green autofluorescence
         ]
     )
+    levels[[0, 3]] *= look.reference_scale
+    levels[1] *= look.green_scale
+    levels[4] *= look.green_af_scale
+    levels[:4] *= look.brightness
     photons = _render_cells(rng, size, cells, nuclei, geoms, cell_patterns, levels)
-    channels, offsets = _camera(rng, photons, size)
+    channels, offsets, vignette = _camera(
+        rng, photons, size, background_scale=look.background_scale,
+        green_background=look.green_background * levels[1], vignette=look.vignette,
+        gradient=look.gradient[0],
+    )
 
     neg = catalog.negative
     cell_labels: dict[int, tuple[int, ...]] = {}
@@ -1589,6 +1832,7 @@ def synthesize_image(
         cell_line=cell_line,
         mitotic=tuple(k for k, m in enumerate(mitotic, start=1) if m),
         offset=offsets,
+        style={**look.record(), "vignette": round(vignette, 3)},
     )
 
 
@@ -1637,6 +1881,7 @@ class _Job:
     catalog: str
     images_dir: Path
     truth_dir: Path
+    style: str = "standard"
 
 
 def _encode_channel(arr: np.ndarray, fmt: str) -> bytes:
@@ -1654,18 +1899,18 @@ def _write_tif(path: Path, arr: np.ndarray) -> None:
     tifffile.imwrite(path, arr, compression="zlib", predictor=True, metadata=None)
 
 
-def _generate_one(job: _Job) -> tuple[str, str, str, list[list[object]]]:
+def _generate_one(job: _Job) -> tuple[str, str, str, list[list[object]], dict[str, object]]:
     """Generate and write image ``job.index``.
 
     Returns
     -------
     tuple
-        (ID, Label, Cell_line, rows of cells.csv)
+        (ID, Label, Cell_line, rows of cells.csv, row of images.csv)
     """
     rng = np.random.default_rng([job.seed, job.index])
     image_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
     catalog = get_catalog(job.catalog)
-    img = synthesize_image(rng, job.size, job.cell_line, catalog)
+    img = synthesize_image(rng, job.size, job.cell_line, catalog, style=job.style)
     for name, arr in zip(CHANNELS, img.channels):
         path = job.images_dir / f"{image_id}_{name}.{job.fmt}"
         if job.fmt == "tif":
@@ -1691,7 +1936,9 @@ def _generate_one(job: _Job) -> tuple[str, str, str, list[list[object]]]:
         ]
         for k in range(1, n + 1)
     ]
-    return image_id, format_labels(img.image_labels, catalog), job.cell_line, rows
+    summary = {"ID": image_id, "Cell_line": job.cell_line, "size": job.size, "n_cells": n,
+               "mitotic_cells": len(img.mitotic), **img.style}
+    return image_id, format_labels(img.image_labels, catalog), job.cell_line, rows, summary
 
 
 _README = """\
@@ -1700,6 +1947,8 @@ Ground truth of a synthetic HPA dataset written by hpa_batch.synth
 
 {{ID}}_cells.tif   uint16 cell label image (zlib TIFF, full resolution): 0 = background, cells 1..n.
 {{ID}}_nuclei.tif  uint16 nucleus label image: nucleus k lies inside cell k.
+images.csv       one row per image: ID, Cell_line, size, n_cells, mitotic_cells, the style and
+                 the values it drew (radius px at 2048, nucleus_area_ratio, coverage, ...).
 cells.csv        one row per cell: ID, cell_id, Label (that cell's class ids joined with the
                  catalog separator; {negative}), Cell_line, area and nucleus_area (px),
                  border (True if the cell touches the image edge).
@@ -1718,6 +1967,7 @@ def synthesize_dataset(
     fmt: str = "png",
     catalog: str = "hpa2021",
     workers: int = 1,
+    styles: Sequence[str] = ("standard",),
 ) -> SynthSummary:
     """Write a synthetic HPA dataset with ground-truth masks and per-cell labels.
 
@@ -1741,6 +1991,9 @@ def synthesize_dataset(
         Label catalog name (``"hpa2021"`` or ``"hpa2018"``).
     workers : int
         Number of processes.
+    styles : sequence of str
+        Image styles (:data:`STYLES`); image ``i`` gets ``styles[(i // len(cell_lines)) % len(styles)]``
+        so that every cell line gets every style.
 
     Returns
     -------
@@ -1764,6 +2017,7 @@ def synthesize_dataset(
     lines = tuple(cell_lines) if cell_lines is not None else DEFAULT_CELL_LINES[:3]
     if not lines:
         raise ValueError("cell_lines must not be empty")
+    styles = tuple(get_style(st).name for st in styles) or ("standard",)
     root = Path(out)
     images_dir, truth_dir = root / "images", root / "truth"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -1772,7 +2026,7 @@ def synthesize_dataset(
     jobs = [
         _Job(
             i, int(seed), sizes[(i + i // nl) % len(sizes)], lines[i % nl],
-            fmt, cat.name, images_dir, truth_dir,
+            fmt, cat.name, images_dir, truth_dir, styles[(i // nl) % len(styles)],
         )
         for i in range(n_images)
     ]
@@ -1786,15 +2040,21 @@ def synthesize_dataset(
     with metadata.open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["ID", "Label", "Cell_line"])
-        for image_id, label, line, _rows in results:
+        for image_id, label, line, *_rest in results:
             w.writerow([image_id, label, line])
     n_cells = 0
     with (truth_dir / "cells.csv").open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["ID", "cell_id", "Label", "Cell_line", "area", "nucleus_area", "border"])
-        for *_head, rows in results:
+        for *_head, rows, _image in results:
             w.writerows(rows)
             n_cells += len(rows)
+    image_rows = [r[-1] for r in results]
+    columns = list(image_rows[0]) if image_rows else ["ID", "Cell_line", "size", "n_cells", "style"]
+    with (truth_dir / "images.csv").open("w", newline="") as fh:
+        dw = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        dw.writeheader()
+        dw.writerows(image_rows)
     negative = (
         f'an all-negative cell is "{cat.negative}"'
         if cat.negative is not None

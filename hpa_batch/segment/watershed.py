@@ -1,101 +1,77 @@
-"""Built-in seeded watershed backend (CPU, offline, no weights).
+"""Built-in seeded watershed backend (CPU, offline, no weights), scaled by the image itself.
 
-Nuclei come from the blue channel (smoothed, Otsu threshold, holes filled, touching nuclei split by a
-distance-transform watershed); cell bodies from the reference channels (microtubules, ER and, if asked,
-protein): their smoothed, normalised sum is thresholded into a foreground and flooded from the nuclei
-as markers. Size parameters are given in full-resolution pixels and converted with ``scale`` (the
-working level's downsampling factor), so the same config works at any pyramid level.
+No size or intensity constant is tied to a dataset: every scale comes from the image.
+
+1. **Background**: per channel, a smooth background surface (low percentile of image blocks, eroded
+   over neighbouring blocks, smoothed) is subtracted, which removes camera offsets, haze and most of
+   uneven illumination. The robust noise level (MAD of the background pixels) is kept.
+2. **Nuclei** (blue): thresholded at the lower of Otsu and a fraction of the typical nucleus intensity
+   (dim nuclei next to bright mitotic ones are kept) and above the noise; holes filled. The median
+   nucleus size found there sets every later scale: smoothing, the smallest nucleus kept
+   (``min_nucleus_fraction`` of the median area) and the depth of the distance-transform maxima that
+   split touching nuclei (``nucleus_split`` x the median radius).
+3. **Cell-body signal**: each reference channel (microtubules, ER; the protein channel only with a
+   ``green_weight``) is divided by its own typical perinuclear level and clipped at ``clip``, so no
+   channel and no saturated structure can dominate the mean; then smoothed.
+4. **Cells**: a watershed of the signal from the nuclei over the pixels above the noise, then every
+   cell keeps only the pixels above ``cell_threshold`` x **its own** perinuclear level (cells differ in
+   brightness and illumination), grown again from its nucleus so that fragments are dropped.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
-from skimage.filters import gaussian, threshold_otsu
-from skimage.measure import label as cc_label
-from skimage.morphology import remove_small_objects
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.filters import threshold_otsu
+from skimage.morphology import convex_hull_image, h_maxima, remove_small_objects
+from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
 from hpa_batch import CHANNELS
 from hpa_batch.segment import register_backend
 
-
-def _normalise(channel: np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """Float32 channel scaled so its ``percentile`` maps to 1 (background offset removed)."""
-    ch = channel.astype(np.float32)
-    lo = float(np.percentile(ch, 1.0))
-    hi = float(np.percentile(ch, percentile))
-    return (ch - lo) / max(hi - lo, 1e-6)
+F32 = np.float32
 
 
-@register_backend("watershed")
-@dataclass
-class WatershedSegmenter:
-    """Seeded watershed segmentation.
+def background_surface(channel: np.ndarray, blocks: int = 16, percentile: float = 10.0
+                       ) -> np.ndarray:
+    """Smooth background estimate of one channel.
 
     Parameters
     ----------
-    nucleus_sigma, cell_sigma : float
-        Gaussian smoothing (full-resolution px) before thresholding nuclei / cell bodies.
-    min_nucleus_area : float
-        Smaller nuclei are dropped (full-resolution px^2).
-    nucleus_min_distance : float
-        Minimum distance (full-resolution px) between nucleus centres when splitting touching nuclei.
-    cell_threshold : float
-        Foreground threshold of the cell-body signal, as a fraction of its Otsu threshold.
-    cell_channels : tuple of str
-        Channels summed for the cell-body signal.
-    compactness : float
-        Compact-watershed parameter for the cell flooding (0 = classic watershed).
+    channel : numpy.ndarray
+        ``(h, w)`` numeric.
+    blocks : int
+        Number of blocks along the shorter side; each block's ``percentile`` is taken, the block
+        grid eroded over 3 x 3 blocks (a block covered by cells takes a neighbour's background),
+        smoothed and interpolated back.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(h, w)`` float32.
     """
+    h, w = channel.shape
+    b = max(4, min(h, w) // blocks)
+    ny, nx = max(1, h // b), max(1, w // b)
+    core = channel[: ny * b, : nx * b].astype(F32).reshape(ny, b, nx, b).transpose(0, 2, 1, 3)
+    grid = np.percentile(core.reshape(ny, nx, b * b), percentile, axis=2).astype(F32)
+    grid = ndi.grey_erosion(grid, size=(3, 3), mode="nearest")
+    grid = ndi.gaussian_filter(grid, 1.0, mode="nearest")
+    zoom = (h / ny, w / nx)
+    surface = ndi.zoom(grid, zoom, order=1, mode="nearest", grid_mode=True)
+    return surface[:h, :w].astype(F32)
 
-    nucleus_sigma: float = 4.0
-    cell_sigma: float = 6.0
-    min_nucleus_area: float = 1500.0
-    nucleus_min_distance: float = 40.0
-    cell_threshold: float = 0.5
-    cell_channels: tuple[str, ...] = ("red", "yellow", "green")
-    compactness: float = 0.0
-    name: str = "watershed"
 
-    def nuclei(self, blue: np.ndarray, scale: float) -> np.ndarray:
-        """Nucleus labels from the blue channel: ``(h, w)`` float -> ``(h, w)`` int32."""
-        smooth = gaussian(blue, sigma=max(self.nucleus_sigma / scale, 0.5))
-        mask = smooth > threshold_otsu(smooth)
-        mask = ndi.binary_fill_holes(mask)
-        min_area = max(int(self.min_nucleus_area / scale**2), 4)
-        mask = drop_small(mask, min_area)
-        if not mask.any():
-            return np.zeros(blue.shape, np.int32)
-        dist = ndi.distance_transform_edt(mask)
-        dist = gaussian(dist, sigma=max(2.0 / scale, 0.5))
-        min_dist = max(int(self.nucleus_min_distance / scale), 2)
-        peaks = peak_local_max(dist, min_distance=min_dist, labels=cc_label(mask), exclude_border=False)
-        markers = np.zeros(blue.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        nuclei = watershed(-dist, markers, mask=mask)
-        nuclei = drop_small(nuclei, min_area // 4)
-        return relabel_sequential(nuclei)[0].astype(np.int32)
-
-    def cell_signal(self, image: np.ndarray, scale: float) -> np.ndarray:
-        """Smoothed, normalised sum of the cell-body channels: ``(h, w)`` float32."""
-        idx = [CHANNELS.index(c) for c in self.cell_channels]
-        total = sum(_normalise(image[i]) for i in idx) / len(idx)
-        return gaussian(total, sigma=max(self.cell_sigma / scale, 0.5)).astype(np.float32)
-
-    def segment(self, image: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """See :class:`hpa_batch.segment.Segmenter`."""
-        nuclei = self.nuclei(_normalise(image[CHANNELS.index("blue")]), scale)
-        if nuclei.max() == 0:
-            return nuclei, nuclei.copy()
-        signal = self.cell_signal(image, scale)
-        foreground = signal > self.cell_threshold * threshold_otsu(signal)
-        foreground = ndi.binary_fill_holes(foreground | (nuclei > 0))
-        cells = watershed(-signal, nuclei, mask=foreground, compactness=self.compactness)
-        return consistent_labels(cells.astype(np.int32), nuclei)
+def flatten(channel: np.ndarray) -> tuple[np.ndarray, float]:
+    """Background-subtracted channel and its robust noise sigma: ``(h, w)`` -> float32, float."""
+    ch = channel.astype(F32)
+    flat = ch - background_surface(ch)
+    low = flat[flat < np.percentile(flat, 50)]
+    mad = float(np.median(np.abs(low - np.median(low)))) if low.size else 0.0
+    return flat, max(1.4826 * mad, 1e-3)
 
 
 def drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
@@ -104,6 +80,209 @@ def drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
         return remove_small_objects(labels, max_size=max(min_area - 1, 0))
     except TypeError:
         return remove_small_objects(labels, min_size=min_area)
+
+
+def median_area(mask: np.ndarray, floor: int = 6) -> float:
+    """Median area (px) of the connected components of ``mask`` with at least ``floor`` pixels."""
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return 0.0
+    areas = np.bincount(lab.ravel())[1:]
+    areas = areas[areas >= floor]
+    return float(np.median(areas)) if areas.size else 0.0
+
+
+def perinuclear_rings(nuclei: np.ndarray, width: int) -> np.ndarray:
+    """Ring of ``width`` px just outside each nucleus, labelled with the nucleus id: ``(h, w)`` int32."""
+    grown = expand_labels(nuclei, distance=width)
+    return np.where(nuclei == 0, grown, 0).astype(np.int32)
+
+
+def ring_levels(signal: np.ndarray, rings: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``signal`` in each nucleus' ring (:func:`perinuclear_rings`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n + 1,)`` float32 indexed by nucleus id (index 0 unused); a nucleus without ring pixels
+        gets the median over all rings.
+    """
+    flat = rings.ravel()
+    sums = np.bincount(flat, weights=signal.ravel(), minlength=n + 1)[: n + 1]
+    counts = np.bincount(flat, minlength=n + 1)[: n + 1]
+    levels = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)[1:]
+    ok = np.isfinite(levels)
+    fill = float(np.median(levels[ok])) if ok.any() else 1.0
+    return np.concatenate([[0.0], np.where(ok, levels, fill)]).astype(F32)
+
+
+def split_touching(mask: np.ndarray, radius: float, depth: float, solidity: float = 0.93) -> np.ndarray:
+    """Split touching objects at distance-transform maxima deeper than ``depth`` px.
+
+    Only components larger than a typical object (``radius``) that are not convex (area below
+    ``solidity`` x their convex hull's: touching round nuclei leave a neck, one elongated nucleus does
+    not) are split. ``mask`` is ``(h, w)`` bool; returns ``(h, w)`` int32 labels. The h-maxima transform
+    runs per component on its bounding box, so its cost follows the objects' area.
+    """
+    dist = ndi.distance_transform_edt(mask).astype(F32)
+    dist = ndi.gaussian_filter(dist, max(0.1 * radius, 0.7))
+    comps, _ = ndi.label(mask)
+    markers = np.zeros(mask.shape, np.int32)
+    h = max(round(depth * 8), 1)
+    next_id = 1
+    for k, sl in enumerate(ndi.find_objects(comps), start=1):
+        if sl is None:
+            continue
+        own = comps[sl] == k
+        sub = np.where(own, np.round(dist[sl] * 8), 0).astype(np.int32)
+        area = int(own.sum())
+        if area < 0.8 * math.pi * radius * radius or area >= solidity * convex_hull_image(own).sum():
+            # smaller than a typical nucleus, or convex (one elongated nucleus): one marker
+            peaks = own & (sub == sub.max())
+            lab = np.where(peaks, 1, 0)
+            n = 1
+        else:
+            lab, n = ndi.label(h_maxima(sub, h) & own)
+        markers[sl] = np.where(lab > 0, lab + next_id - 1, markers[sl])
+        next_id += n
+    return watershed(-dist, markers, mask=mask).astype(np.int32)
+
+
+@register_backend("watershed")
+@dataclass
+class WatershedSegmenter:
+    """Seeded watershed segmentation whose scales come from the image (see the module docstring).
+
+    Parameters
+    ----------
+    cell_channels : tuple of str
+        Reference channels of the cell-body signal (default microtubules and ER).
+    green_weight : float
+        Weight of the protein channel in the cell-body signal (0 = not used; it is clipped like the
+        others when used).
+    cell_threshold : float
+        A cell keeps the pixels above this fraction of its own perinuclear signal level.
+    clip : float
+        Each normalised channel is clipped at this multiple of its typical perinuclear level.
+    nucleus_split : float
+        Touching nuclei are split at distance-transform maxima deeper than this fraction of the median
+        nucleus radius.
+    min_nucleus_fraction : float
+        Nuclei smaller than this fraction of the median nucleus area are dropped.
+    smoothing : float
+        Gaussian sigma of the cell-body signal as a fraction of the median nucleus radius.
+    compactness : float
+        Compact-watershed parameter of the cell flooding (0 = classic watershed).
+    """
+
+    cell_channels: tuple[str, ...] = ("red", "yellow")
+    green_weight: float = 0.0
+    cell_threshold: float = 0.15
+    clip: float = 3.0
+    nucleus_split: float = 0.2
+    min_nucleus_fraction: float = 0.03
+    smoothing: float = 0.15
+    compactness: float = 0.0
+    name: str = "watershed"
+
+    # --- nuclei -----------------------------------------------------------------------
+    def nucleus_mask(self, blue: np.ndarray) -> np.ndarray:
+        """Foreground of the nuclear channel: ``(h, w)`` uint16 -> bool."""
+        flat, noise = flatten(blue)
+        smooth = ndi.gaussian_filter(flat, 1.0)
+        if float(smooth.max()) <= 4 * noise:
+            return np.zeros(blue.shape, bool)
+        otsu = threshold_otsu(smooth)
+        bright = smooth[smooth > otsu]
+        typical = float(np.median(bright)) if bright.size else otsu
+        thr = max(min(otsu, 0.45 * typical), 4 * noise)
+        return ndi.binary_fill_holes(smooth > thr)
+
+    def nuclei(self, blue: np.ndarray) -> tuple[np.ndarray, float]:
+        """Nucleus labels and the median nucleus radius (px at this level).
+
+        Parameters
+        ----------
+        blue : numpy.ndarray
+            ``(h, w)`` nuclear channel.
+
+        Returns
+        -------
+        nuclei : numpy.ndarray
+            ``(h, w)`` int32, ids ``1..n``.
+        radius : float
+            Median equal-area nucleus radius (0 when none is found).
+        """
+        mask = self.nucleus_mask(blue)
+        area = median_area(mask)
+        if area == 0:
+            return np.zeros(blue.shape, np.int32), 0.0
+        mask = drop_small(mask, max(int(self.min_nucleus_fraction * area), 4))
+        radius = math.sqrt(area / math.pi)
+        nuclei = split_touching(mask, radius, max(self.nucleus_split * radius, 0.5))
+        nuclei = drop_small(nuclei, max(int(0.5 * self.min_nucleus_fraction * area), 3))
+        return relabel_sequential(nuclei)[0].astype(np.int32), radius
+
+    # --- cell bodies ------------------------------------------------------------------
+    def cell_signal(self, image: np.ndarray, rings: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
+        """Cell-body signal normalised to its typical perinuclear level, and its noise level.
+
+        Returns
+        -------
+        signal : numpy.ndarray
+            ``(h, w)`` float32, ~1 around a typical nucleus, clipped at ``clip``.
+        noise : float
+            Robust noise sigma of the signal.
+        """
+        in_ring = rings > 0
+        weights = {c: 1.0 for c in self.cell_channels}
+        if self.green_weight > 0:
+            weights["green"] = self.green_weight
+        total = np.zeros(image.shape[1:], F32)
+        noise2 = 0.0
+        for name, weight in weights.items():
+            flat, noise = flatten(image[CHANNELS.index(name)])
+            flat = ndi.gaussian_filter(flat, max(self.smoothing * radius, 0.7))
+            level = float(np.median(flat[in_ring])) if in_ring.any() else 0.0
+            level = max(level, 3 * noise)
+            total += F32(weight) * np.clip(flat / F32(level), -1, self.clip)
+            noise2 += (weight * noise / level) ** 2
+        w = sum(weights.values())
+        return total / F32(w), math.sqrt(noise2) / w
+
+    def segment(self, image: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """See :class:`hpa_batch.segment.Segmenter` (``scale`` is not needed: sizes come from the image)."""
+        nuclei, radius = self.nuclei(image[CHANNELS.index("blue")])
+        if nuclei.max() == 0:
+            return nuclei, nuclei.copy()
+        n = int(nuclei.max())
+        rings = perinuclear_rings(nuclei, max(round(0.5 * radius), 2))
+        signal, noise = self.cell_signal(image, rings, radius)
+        signal = np.where(nuclei > 0, np.maximum(signal, F32(self.clip)), signal)
+        first = watershed(-signal, nuclei, mask=(signal > 3 * noise) | (nuclei > 0),
+                          compactness=self.compactness)
+        level = ring_levels(np.minimum(signal, F32(self.clip)), rings, n)
+        keep = (signal >= F32(self.cell_threshold) * level[first]) & (first > 0)
+        cells = watershed(-signal, nuclei, mask=keep | (nuclei > 0), compactness=self.compactness)
+        cells = fill_cell_holes(cells.astype(np.int32))
+        return consistent_labels(cells, nuclei)
+
+
+def fill_cell_holes(cells: np.ndarray) -> np.ndarray:
+    """Give background holes enclosed by one cell to that cell: ``(h, w)`` int labels -> same."""
+    holes = ndi.binary_fill_holes(cells > 0) & (cells == 0)
+    if not holes.any():
+        return cells
+    lab, _ = ndi.label(holes)
+    out = cells.copy()
+    for k, sl in enumerate(ndi.find_objects(lab), start=1):
+        region = lab[sl] == k
+        ring = ndi.binary_dilation(region, iterations=1, border_value=0) & ~region
+        owners = np.unique(cells[sl][ring])
+        owners = owners[owners > 0]
+        if owners.size == 1:
+            out[sl][region] = owners[0]
+    return out
 
 
 def consistent_labels(cells: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
