@@ -199,15 +199,18 @@ def fit_baseline(cells: pd.DataFrame, catalog: LabelCatalog, options: dict[str, 
 
 
 def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, options: dict[str, Any], out: Path,
-                 predictions_dir: Path | None = None, batch_size: int = 65536) -> dict[str, Any]:
+                 predictions_dir: Path | None = None, batch_size: int = 65536,
+                 excluded: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Train the baseline and write per-cell probabilities for every cell of ``cells_path``.
+
+    Neither ``held_out`` images nor ``excluded`` ones (doubtful segmentations, fold -2) are trained on.
 
     Writes ``out`` (``cells.parquet``: image_id, cell_id, ``prob_k``, predicted, n_predicted; temporary
     name + rename), ``model.joblib`` and ``summary.json`` (features, thresholds, out-of-fold scores)
     next to it. Returns the summary.
     """
     n = catalog.n_classes
-    train = training_cells(cells_path, held_out, options["max_train_cells"], options["seed"])
+    train = training_cells(cells_path, set(held_out) | set(excluded), options["max_train_cells"], options["seed"])
     emb_dir = predictions_dir if options["embeddings"] else None
     emb = embeddings_of(emb_dir, train)
     model, thresholds, cv = fit_baseline(train, catalog, options, emb)

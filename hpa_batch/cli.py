@@ -156,7 +156,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
-    measure_shard(cfg, args.store or p["store"], args.manifest or p["manifest"], args.out or p["cells"])
+    measure_shard(cfg, args.store or p["store"], args.manifest or p["manifest"], args.out or p["cells"],
+                  args.segment_qc or p["segment_qc"])
     return 0
 
 
@@ -195,11 +196,13 @@ def cmd_split(args: argparse.Namespace) -> int:
 
         manifests = [cfg.results_dir / "manifest" / f"{s.name}.parquet" for s in plan_from_config(cfg)]
     sp = cfg.raw["splits"]
-    table = make_splits(manifests, cfg.catalog, sp["n_folds"], sp["seed"], sp["min_combination"])
+    table = make_splits(manifests, cfg.catalog, sp["n_folds"], sp["seed"], sp["min_combination"],
+                        rejected=args.rejected, segment_qc=args.segment_qc,
+                        doubtful=cfg.segmentation_qc.doubtful)
     out = args.out or cfg.results_dir / "splits.parquet"
     write_splits(table, out)
     counts = table["fold"].value_counts().sort_index()
-    print(f"{len(table)} images -> {out}; images per fold: {counts.to_dict()} (-1 = always train)")
+    print(f"{len(table)} images -> {out}; images per fold: {counts.to_dict()} (-1 = always train, -2 = excluded: doubtful segmentation)")
     return 0
 
 
@@ -283,8 +286,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     cell_model = _pick_model(cfg, cfg.raw["merge"]["cell_model"], "cell")
     pred_dir = r / "predictions" / cell_model["name"] if cell_model else None
     options = {**cfg.raw["baseline"], **({"n_jobs": args.threads} if args.threads else {})}
+    from hpa_batch.splits import EXCLUDED
+
+    excluded = set(images.loc[images["fold"] == EXCLUDED, "image_id"])
     summary = run_baseline(Path(cells), held, cfg.catalog, options,
-                           args.out or r / "baseline" / "cells.parquet", pred_dir)
+                           args.out or r / "baseline" / "cells.parquet", pred_dir, excluded=excluded)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("features", "thresholds")}, indent=1))
     return 0
 
@@ -440,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _shard_verb(sub, "measure", "per-cell table of a segmented shard")
     p.add_argument("--manifest", type=Path)
+    p.add_argument("--segment-qc", type=Path, help="qc/{shard}.segment.tsv (doubtful images)")
     p.add_argument("--out", type=Path, help="cells parquet")
     p.set_defaults(func=cmd_measure)
 
@@ -451,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="multilabel-stratified folds of all admitted images")
     _add_config_args(p)
     p.add_argument("--manifests", nargs="*", type=Path)
+    p.add_argument("--rejected", nargs="*", type=Path, help="qc/{shard}.rejected.tsv: refused images are left out")
+    p.add_argument("--segment-qc", nargs="*", type=Path,
+                   help="qc/{shard}.segment.tsv: doubtful images get fold -2 (segmentation_qc.doubtful)")
     p.add_argument("--out", type=Path)
     p.set_defaults(func=cmd_split)
 

@@ -119,6 +119,19 @@ class SegmentationConfig:
 
 
 @dataclass(frozen=True)
+class SegmentationQCConfig:
+    """When a segmented image is doubtful, and what happens to doubtful images."""
+
+    min_cell_nucleus_ratio: float
+    max_no_nucleus_fraction: float
+    max_multi_nucleus_fraction: float
+    max_nuclei_outside_fraction: float
+    outlier_mads: float
+    min_images_for_outliers: int
+    doubtful: str
+
+
+@dataclass(frozen=True)
 class MeasureConfig:
     """Parameters of the hand-crafted localisation features."""
 
@@ -168,6 +181,7 @@ class Config:
     qc: QCConfig
     conversion: ConversionConfig
     segmentation: SegmentationConfig
+    segmentation_qc: SegmentationQCConfig
     measure: MeasureConfig
     tiles: TilesConfig
 
@@ -202,6 +216,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
             pixel_size_um=conv["pixel_size_um"],
         ),
         segmentation=SegmentationConfig(**d["segmentation"]),
+        segmentation_qc=SegmentationQCConfig(**d["segmentation_qc"]),
         measure=MeasureConfig(**d["measure"]),
         tiles=TilesConfig(
             **{k: v for k, v in d["tiles"].items() if k != "intensity"},

@@ -271,17 +271,26 @@ def load_image_and_masks(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
             set(labels.attrs["hpa_batch"]["border_cells"]))
 
 
-def measure_shard(cfg: Config, store: Path, manifest: Path, out: Path) -> int:
+def measure_shard(cfg: Config, store: Path, manifest: Path, out: Path, segment_qc: Path | None = None) -> int:
     """Write ``results/cells/{shard}.parquet`` for a segmented shard store; return the cell count.
 
     Images are measured and written one at a time (one parquet row group each); an image with no
-    cells adds no rows. The file is written under a temporary name and renamed at the end.
+    cells adds no rows. With ``segmentation_qc.doubtful: exclude``, images flagged doubtful in
+    ``segment_qc`` (``results/qc/{shard}.segment.tsv``) are not measured (so never tiled or predicted).
+    The file is written under a temporary name and renamed at the end.
     """
+    from hpa_batch.segment.qc import read_segment_qc
     from hpa_batch.validate import image_groups
 
     shard = store.name.removesuffix(".zarr")
     lines = pd.read_parquet(manifest, columns=["image_id", "cell_line"]).set_index("image_id")["cell_line"]
     images = image_groups(store)
+    if cfg.segmentation_qc.doubtful == "exclude" and segment_qc is not None:
+        qc = read_segment_qc(segment_qc)
+        skip = set(qc.loc[qc["doubtful"], "image_id"])
+        images = [p for p in images if p.name not in skip]
+        get_logger().info("measure %s: %d doubtful image(s) excluded (segmentation_qc.doubtful: exclude)",
+                          shard, len(skip))
     progress = Progress(len(images), f"measure {shard}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

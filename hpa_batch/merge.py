@@ -32,6 +32,7 @@ import torch
 from hpa_batch.labels import LabelCatalog, format_labels
 from hpa_batch.measure import CELLS_SCHEMA
 from hpa_batch.progress import get_logger
+from hpa_batch.segment.qc import read_segment_qc
 from hpa_batch.tables import to_arrow
 
 
@@ -70,7 +71,9 @@ def images_schema(n: int) -> pa.Schema:
         [("image_id", pa.string()), ("shard", pa.string()), ("cell_line", pa.string()),
          ("height", pa.int32()), ("width", pa.int32()), ("n_cells", pa.int32()), ("n_border", pa.int32()),
          ("border_fraction", pa.float32()), ("rejected", pa.bool_()), ("reject_reason", pa.string()),
-         ("zero_cells", pa.bool_()), ("fold", pa.int8())]
+         ("zero_cells", pa.bool_()), ("coverage", pa.float32()), ("median_cell_area", pa.float32()),
+         ("cell_nucleus_ratio", pa.float32()), ("doubtful", pa.bool_()), ("qc_flag", pa.string()),
+         ("fold", pa.int8())]
         + prob_fields("image", n) + prob_fields("cells_max", n)
         + [("predicted", pa.string()), ("labels", pa.list_(pa.int16()))]
     )
@@ -135,12 +138,17 @@ def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) 
 def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: np.ndarray,
             img_probs: dict[str, np.ndarray], folds: pd.Series, n: int, catalog: LabelCatalog,
             thresholds: np.ndarray) -> pd.DataFrame:
-    qc = pd.read_csv(inp.segment_qc, sep="\t").set_index("image_id")
+    qc = read_segment_qc(inp.segment_qc).drop_duplicates("image_id").set_index("image_id")
     rejected = pd.read_csv(inp.rejected, sep="\t", dtype=str, keep_default_na=False)
+    rejected = rejected.drop_duplicates("image_id")
+    refused = set(rejected["image_id"])
     rows = []
     groups = cells.groupby("image_id").indices
     for r in manifest.itertuples():
+        if r.image_id in refused:  # admitted, then refused by a later stage: one row, as refused
+            continue
         idx = groups.get(r.image_id, np.array([], int))
+        seg = qc.loc[r.image_id] if r.image_id in qc.index else None
         n_cells = int(qc.at[r.image_id, "n_cells"]) if r.image_id in qc.index else len(idx)
         n_border = int(qc.at[r.image_id, "n_border"]) if r.image_id in qc.index else 0
         cmax = cp[idx].max(axis=0) if len(idx) else np.zeros(n, np.float32)
@@ -149,6 +157,11 @@ def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: n
                      "width": r.width, "n_cells": n_cells, "n_border": n_border,
                      "border_fraction": n_border / n_cells if n_cells else 0.0, "rejected": False,
                      "reject_reason": None, "zero_cells": n_cells == 0,
+                     "coverage": np.nan if seg is None else seg["coverage"],
+                     "median_cell_area": np.nan if seg is None else seg["median_cell_area"],
+                     "cell_nucleus_ratio": np.nan if seg is None else seg["cell_nucleus_ratio"],
+                     "doubtful": bool(seg is not None and seg["doubtful"]),
+                     "qc_flag": None if seg is None or not seg["flag"] else seg["flag"],
                      "fold": int(folds.get(r.image_id, -1)),
                      **{f"image_prob_{k}": ip[k] for k in range(n)},
                      **{f"cells_max_prob_{k}": cmax[k] for k in range(n)},
@@ -157,7 +170,9 @@ def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: n
     for r in rejected.itertuples():
         rows.append({"image_id": r.image_id, "shard": inp.name, "cell_line": r.cell_line, "height": None,
                      "width": None, "n_cells": 0, "n_border": 0, "border_fraction": 0.0, "rejected": True,
-                     "reject_reason": r.reason, "zero_cells": False, "fold": -1,
+                     "reject_reason": r.reason, "zero_cells": False, "coverage": np.nan,
+                     "median_cell_area": np.nan, "cell_nucleus_ratio": np.nan, "doubtful": False,
+                     "qc_flag": None, "fold": -1,
                      **{f"image_prob_{k}": np.nan for k in range(n)},
                      **{f"cells_max_prob_{k}": np.nan for k in range(n)}, "predicted": None, "labels": []})
     return pd.DataFrame(rows, columns=images_schema(n).names)

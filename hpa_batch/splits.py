@@ -5,6 +5,11 @@ Images are stratified on their multi-hot label vectors with
 combination occurs only once (or fewer than ``min_combination`` times) cannot be represented in every
 fold and are kept in training: they get ``fold = -1`` (never validation). Cells inherit their image's
 fold. Deterministic per seed.
+
+Images refused at any stage (``qc/{shard}.rejected.tsv``: admission and decoding) never enter the
+table. Images whose segmentation is doubtful (``qc/{shard}.segment.tsv``) get ``fold = -2`` unless
+``segmentation_qc.doubtful`` is ``keep``: never trained, validated or tuned on, with the reason in
+``exclude_reason``.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ SPLITS_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()), ("shard", pa.string()), ("cell_line", pa.string()),
         ("labels", pa.list_(pa.int16())), ("combination", pa.string()), ("fold", pa.int8()),
+        ("exclude_reason", pa.string()),
     ]
 )
 ALWAYS_TRAIN = -1
+#: Fold of images kept out of training and validation (doubtful segmentation).
+EXCLUDED = -2
 
 
 def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
@@ -68,16 +76,43 @@ def assign_folds(labels: Sequence[Sequence[int]], n_classes: int, n_folds: int, 
 
 
 def make_splits(manifests: Sequence[Path], catalog: LabelCatalog, n_folds: int, seed: int,
-                min_combination: int = 2) -> pd.DataFrame:
-    """Folds for every admitted image of the given shard manifests (rows sorted by image id)."""
+                min_combination: int = 2, *, rejected: Sequence[Path] | None = None,
+                segment_qc: Sequence[Path] | None = None, doubtful: str = "exclude_from_training"
+                ) -> pd.DataFrame:
+    """Folds for every image of the given shard manifests that no stage refused (sorted by image id).
+
+    Parameters
+    ----------
+    rejected : sequence of Path, optional
+        ``qc/{shard}.rejected.tsv`` tables: their images are left out.
+    segment_qc : sequence of Path, optional
+        ``qc/{shard}.segment.tsv`` tables: doubtful images get fold -2 (unless ``doubtful == "keep"``)
+        and are left out of the stratification.
+    """
+    from hpa_batch.manifest import read_rejected
+    from hpa_batch.segment.qc import read_segment_qc
+
     cols = ["image_id", "shard", "cell_line", "labels"]
     frames = [pd.read_parquet(p, columns=cols) for p in manifests]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    refused = {i for p in rejected or [] for i in read_rejected(p)["image_id"]}
+    table = table[~table["image_id"].isin(refused)]
     table = table.sort_values("image_id", kind="stable").reset_index(drop=True)
+    reasons: dict[str, str] = {}
+    if doubtful != "keep":
+        for p in segment_qc or []:
+            qc = read_segment_qc(p)
+            qc = qc[qc["doubtful"]]
+            reasons.update(zip(qc["image_id"], "doubtful segmentation: " + qc["flag"]))
     labels = [list(map(int, v)) for v in table["labels"]]
     table["labels"] = labels
     table["combination"] = ["|".join(map(str, sorted(v))) for v in labels]
-    table["fold"] = assign_folds(labels, catalog.n_classes, n_folds, seed, min_combination)
+    table["exclude_reason"] = table["image_id"].map(reasons)
+    out = table["exclude_reason"].notna().to_numpy()
+    folds = np.full(len(table), EXCLUDED, np.int8)
+    keep = np.flatnonzero(~out)
+    folds[keep] = assign_folds([labels[i] for i in keep], catalog.n_classes, n_folds, seed, min_combination)
+    table["fold"] = folds
     return table
 
 

@@ -38,6 +38,7 @@ from hpa_batch.metrics import summary, tune_thresholds
 from hpa_batch.models import channel_indices, create_model, input_stats
 from hpa_batch.progress import get_logger
 from hpa_batch.schedules import create_schedule
+from hpa_batch.splits import EXCLUDED
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again"; the next attempt resumes from state/last.pt
 
@@ -119,8 +120,9 @@ def atomic_save(obj: Any, path: Path) -> None:
 # ----------------------------------------------------------------------------- data and losses
 def training_positions(index: TileIndex, fold: int, spec: dict[str, Any], negative: int | None
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows to train on (fold != ``fold``; options applied) and to validate on (fold == ``fold``)."""
-    train = np.flatnonzero(index.fold != fold)
+    """Rows to train on (fold != ``fold``, never fold -2 = excluded; options applied) and to validate on
+    (fold == ``fold``)."""
+    train = np.flatnonzero((index.fold != fold) & (index.fold != EXCLUDED))
     val = np.flatnonzero(index.fold == fold)
     if spec["single_label_only"]:
         train = train[index.n_labels[train] == 1]

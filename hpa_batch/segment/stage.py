@@ -21,16 +21,16 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from hpa_batch import __version__
+from hpa_batch import CHANNELS, __version__
 from hpa_batch.config import Config
 from hpa_batch.ngff import label_levels, labels_complete, publish, read_group_attrs, write_labels
 from hpa_batch.progress import Progress, get_logger
 from hpa_batch.segment import Segmenter, create_segmenter
+from hpa_batch.segment.qc import QC_MEASURES, SEGMENT_QC_COLUMNS, flag_images, image_qc
 from hpa_batch.segment.watershed import consistent_labels
 from hpa_batch.validate import image_groups
 
 LABEL_NAMES: tuple[str, ...] = ("cells", "nuclei")
-SEGMENT_QC_COLUMNS: tuple[str, ...] = ("image_id", "n_cells", "n_border", "level", "flag")
 
 
 def settings_digest(cfg: Config) -> str:
@@ -76,34 +76,36 @@ def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: 
     shapes = [tuple(group[n].shape[-2:]) for n in names]
     level = working_level(shapes, cfg.segmentation.max_size)
     scale = 2.0**level
+    image = group[names[level]][...]
     try:
-        cells, nuclei = segmenter.segment(group[names[level]][...], scale=scale)
+        cells, nuclei = segmenter.segment(image, scale=scale)
     except Exception as exc:
         raise RuntimeError(f"segmentation of image {image_id} ({image_path}) failed: {exc}") from exc
     cells, nuclei = filter_cells(cells, nuclei, cfg.segmentation.min_cell_area / scale**2,
                                  cfg.segmentation.exclude_border)
     n_cells, border = int(cells.max()), border_ids(cells)
+    qc = image_qc(cells, nuclei, image[CHANNELS.index("blue")], scale)
     info = {"backend": segmenter.name, "level": level, "n_cells": n_cells,
-            "border_cells": border.tolist(), "settings": settings_digest(cfg)}
+            "border_cells": border.tolist(), "settings": settings_digest(cfg),
+            "qc": {k: (None if np.isnan(v) else round(v, 6)) for k, v in qc.items()}}
     stage = staging / f"{image_id}.labels"
     masks = {"cells": label_levels(cells, level, shapes), "nuclei": label_levels(nuclei, level, shapes)}
     conv = cfg.conversion
     write_labels(stage, masks, chunk=conv.chunk, codec=conv.codec, pixel_size_um=conv.pixel_size_um,
                  info=info)
     publish(stage, image_path / "labels")
-    return {"image_id": image_id, "n_cells": n_cells, "n_border": len(border), "level": level,
-            "flag": "zero cells" if n_cells == 0 else ""}
+    return {"image_id": image_id, "n_cells": n_cells, "n_border": len(border), "level": level, **qc}
 
 
 def _kept_row(image_path: Path, digest: str) -> dict[str, Any] | None:
     if not labels_complete(image_path, LABEL_NAMES):
         return None
     info = read_group_attrs(image_path / "labels")["hpa_batch"]
-    if info.get("settings") != digest:
+    if info.get("settings") != digest or "qc" not in info:
         return None
-    n = int(info["n_cells"])
-    return {"image_id": image_path.name, "n_cells": n, "n_border": len(info["border_cells"]),
-            "level": info["level"], "flag": "zero cells" if n == 0 else ""}
+    qc = {k: np.nan if info["qc"].get(k) is None else float(info["qc"][k]) for k in QC_MEASURES}
+    return {"image_id": image_path.name, "n_cells": int(info["n_cells"]),
+            "n_border": len(info["border_cells"]), "level": info["level"], **qc}
 
 
 def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, threads: int = 1
@@ -115,7 +117,8 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
     store : Path
         ``results/zarr/{shard}.zarr`` (written by the conversion stage).
     qc_out : Path
-        ``results/qc/{shard}.segment.tsv``: per image n_cells, n_border, level, flag.
+        ``results/qc/{shard}.segment.tsv``: per image n_cells, n_border, level, the QC measures,
+        ``doubtful`` and ``flag`` (:mod:`hpa_batch.segment.qc`).
     summary_out : Path
         JSON summary, written last.
     """
@@ -138,7 +141,8 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
     with zarr.config.set({"threading.max_workers": max(threads, 1)}):
         rows = list(dask.compute(*tasks, scheduler="threads", num_workers=max(threads, 1)))
     shutil.rmtree(staging, ignore_errors=True)
-    table = pd.DataFrame(rows, columns=list(SEGMENT_QC_COLUMNS))
+    table = flag_images(pd.DataFrame(rows), cfg.segmentation_qc) if rows else \
+        pd.DataFrame(columns=list(SEGMENT_QC_COLUMNS))
     qc_out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(qc_out.with_name(qc_out.name + ".tmp"), sep="\t", index=False)
     qc_out.with_name(qc_out.name + ".tmp").replace(qc_out)
@@ -146,11 +150,15 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
         "shard": shard, "backend": cfg.segmentation.backend, "settings": digest,
         "images": len(rows), "cells": int(table["n_cells"].sum()),
         "zero_cell_images": table.loc[table["n_cells"] == 0, "image_id"].tolist(),
+        "doubtful_images": table.loc[table["doubtful"].astype(bool), "image_id"].tolist(),
         "seconds": round(time.monotonic() - t0, 3), "threads": threads, "version": __version__,
     }
     tmp = summary_out.with_name(summary_out.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(summary_out)
-    get_logger().info("segment %s: %d images, %d cells, %d with zero cells", shard, len(rows),
-                      summary["cells"], len(summary["zero_cell_images"]))
+    log = get_logger()
+    log.info("segment %s: %d images, %d cells, %d with zero cells, %d doubtful", shard, len(rows),
+             summary["cells"], len(summary["zero_cell_images"]), len(summary["doubtful_images"]))
+    for r in table[table["doubtful"].astype(bool)].itertuples():
+        log.warning("segment %s: %s is doubtful: %s", shard, r.image_id, r.flag)
     return summary

@@ -11,7 +11,7 @@ rule segment_shard:
         f"{LOGS}/segment/{{shard}}.log",
     params:
         store=lambda wildcards: f"{RESULTS}/zarr/{wildcards.shard}.zarr",
-        cfg=stage_config("segmentation", "conversion"),
+        cfg=stage_config("segmentation", "segmentation_qc", "conversion"),
     threads: 4
     resources:
         mem_mb=lambda wildcards, threads, attempt: (1000 + 600 * threads) * attempt,
@@ -27,6 +27,7 @@ rule segment_shard:
 rule measure_shard:
     input:
         segmented=rules.segment_shard.output.summary,
+        segment_qc=rules.segment_shard.output.qc,
         manifest=rules.manifest.output.manifest,
     output:
         f"{RESULTS}/cells/{{shard}}.parquet",
@@ -34,7 +35,7 @@ rule measure_shard:
         f"{LOGS}/measure/{{shard}}.log",
     params:
         store=lambda wildcards: f"{RESULTS}/zarr/{wildcards.shard}.zarr",
-        cfg=stage_config("measure"),
+        cfg=stage_config("measure", "segmentation_qc"),
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
@@ -43,7 +44,8 @@ rule measure_shard:
         "../../envs/cpu.yaml"
     shell:
         "hpa-batch measure --shard {wildcards.shard} --config-json {params.cfg}"
-        " --store {params.store} --manifest {input.manifest} --out {output} > {log} 2>&1"
+        " --store {params.store} --manifest {input.manifest} --segment-qc {input.segment_qc}"
+        " --out {output} > {log} 2>&1"
 
 
 rule tiles_shard:

@@ -3,17 +3,20 @@
 
 rule split:
     input:
-        shard_files(f"{RESULTS}/manifest/{{shard}}.parquet"),
+        manifests=shard_files(f"{RESULTS}/manifest/{{shard}}.parquet"),
+        rejected=shard_files(f"{RESULTS}/qc/{{shard}}.rejected.tsv"),
+        segment_qc=shard_files(f"{RESULTS}/qc/{{shard}}.segment.tsv"),
     output:
         f"{RESULTS}/splits.parquet",
     log:
         f"{LOGS}/split.log",
     params:
-        cfg=stage_config("splits", "labels"),
+        cfg=stage_config("splits", "labels", "segmentation_qc"),
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "hpa-batch split --config-json {params.cfg} --manifests {input} --out {output} > {log} 2>&1"
+        "hpa-batch split --config-json {params.cfg} --manifests {input.manifests}"
+        " --rejected {input.rejected} --segment-qc {input.segment_qc} --out {output} > {log} 2>&1"
 
 
 rule train_model:
