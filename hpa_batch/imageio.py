@@ -69,8 +69,9 @@ def probe(path: Path) -> ImageHeader:
     Raises
     ------
     ImageReadError
-        Unreadable header, more than one sample per pixel, or an unsupported dtype.
+        Empty file, unreadable header, more than one sample per pixel, or an unsupported dtype.
     """
+    _refuse_empty(path)
     try:
         if _suffix(path) in ("tif", "tiff"):
             return _probe_tiff(path)
@@ -79,6 +80,16 @@ def probe(path: Path) -> ImageHeader:
         raise
     except Exception as exc:  # any decoder error is a bad file, named with its reason
         raise ImageReadError(f"{path}: unreadable header ({type(exc).__name__}: {exc})") from exc
+
+
+def _refuse_empty(path: Path) -> None:
+    """A zero-byte file is named as such (decoders would only say they cannot identify it)."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if empty:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
 
 
 def _probe_tiff(path: Path) -> ImageHeader:
@@ -114,8 +125,9 @@ def read_channel(path: Path) -> np.ndarray:
     Raises
     ------
     ImageReadError
-        Truncated or corrupt data, or a decoded array that is not 2-D uint8/uint16.
+        Empty file, truncated or corrupt data, or a decoded array that is not 2-D uint8/uint16.
     """
+    _refuse_empty(path)
     try:
         data = path.read_bytes()
         ext = _suffix(path)

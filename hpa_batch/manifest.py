@@ -1,9 +1,13 @@
 """The manifest stage: admit or refuse every image of a shard, cheaply, before any decoding.
 
 Checks per image (each refusal is a row in the shard's rejected table with a reason):
-id safe as a path component, id not duplicated in the metadata, labels known to the catalog, all four
-channel files present, every header readable, 2-D grayscale, uint8/uint16, the four shapes equal,
-size within the configured limits. Pixel decoding (truncated files) is checked during conversion.
+id safe as a path component, labels known to the catalog, all four channel files present and not
+empty, every header readable, 2-D grayscale, uint8/uint16, the four shapes equal, size within the
+configured limits. Pixel decoding (truncated files) is checked during conversion.
+
+An id listed more than once in the metadata: identical rows (same labels and cell line) are admitted
+once with a ``warning`` in the manifest row (and the log); rows that disagree refuse the id with a
+reason that quotes every row.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from hpa_batch.config import Config
 from hpa_batch.imageio import ImageHeader, ImageReadError, find_channel_file, probe
 from hpa_batch.labels import LabelError, format_labels, parse_labels
 from hpa_batch.plan import Shard
+from hpa_batch.progress import get_logger
 from hpa_batch.tables import write_table
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -36,6 +41,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("source_dtype", pa.string()),
         *[(f"path_{c}", pa.string()) for c in CHANNELS],
         ("source_bytes", pa.int64()),
+        ("warning", pa.string()),
     ]
 )
 
@@ -62,11 +68,22 @@ class ShardManifest:
     rejected: pd.DataFrame
 
 
-def _check_id(image_id: str, counts: pd.Series) -> None:
+def _check_id(image_id: str, rows: pd.DataFrame) -> str | None:
+    """Refuse unsafe ids and conflicting duplicate rows; return a warning for identical duplicates.
+
+    ``rows`` are the metadata rows of this id (canonical columns, ``row`` 0-based after the header).
+    """
     if not SAFE_ID.fullmatch(image_id) or ".." in image_id:
         raise Rejection(f"id {image_id!r} is not safe as a path component ([A-Za-z0-9._-], no '..')")
-    if counts.get(image_id, 0) > 1:
-        raise Rejection(f"id occurs {counts[image_id]} times in the metadata table")
+    if len(rows) < 2:
+        return None
+    lines = ", ".join(str(int(r) + 2) for r in rows["row"])
+    values = rows[["label_string", "cell_line"]].astype(str).drop_duplicates()
+    if len(values) == 1:
+        return f"id listed {len(rows)} times in the metadata table (lines {lines}) with identical rows; one kept"
+    quoted = "; ".join(f"line {int(r.row) + 2}: labels {r.label_string!r}, cell line {r.cell_line!r}"
+                       for r in rows.itertuples())
+    raise Rejection(f"id listed {len(rows)} times in the metadata table with conflicting rows: {quoted}")
 
 
 def _check_labels(label_string: str | None, cfg: Config) -> tuple[int, ...]:
@@ -118,13 +135,14 @@ def build_manifest(cfg: Config, shard: Shard, meta: pd.DataFrame) -> ShardManife
     meta : pandas.DataFrame
         Canonical metadata table (:func:`hpa_batch.plan.read_metadata`).
     """
-    counts = meta["image_id"].value_counts()
-    rows = meta.drop_duplicates("image_id").set_index("image_id")
+    wanted = meta[meta["image_id"].isin(set(shard.ids))]
+    by_id = {k: g for k, g in wanted.groupby("image_id", sort=False)}
+    rows = wanted.drop_duplicates("image_id").set_index("image_id")
     admitted, rejected = [], []
     for image_id in shard.ids:
         label_string = rows.at[image_id, "label_string"]
         try:
-            _check_id(image_id, counts)
+            warning = _check_id(image_id, by_id[image_id])
             labels = _check_labels(label_string, cfg)
             paths, header = _check_channels(image_id, cfg)
         except Rejection as exc:
@@ -142,8 +160,11 @@ def build_manifest(cfg: Config, shard: Shard, meta: pd.DataFrame) -> ShardManife
                 "source_dtype": header.dtype,
                 **{f"path_{c}": str(p) for c, p in paths.items()},
                 "source_bytes": sum(p.stat().st_size for p in paths.values()),
+                "warning": warning,
             }
         )
+        if warning:
+            get_logger().warning("manifest %s: %s: %s", shard.name, image_id, warning)
     return ShardManifest(
         admitted=pd.DataFrame(admitted, columns=MANIFEST_SCHEMA.names),
         rejected=pd.DataFrame(rejected, columns=list(REJECTED_COLUMNS)),

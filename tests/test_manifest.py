@@ -45,12 +45,19 @@ def test_bad_inputs_each_refused_with_reason(dataset):
     ds.add("badlabel", label="0|19")
     ds.add("nolabel", label="")
     ds.add("dup")
-    ds.rows.append(("dup", "1", "HeLa"))
+    ds.rows.append(("dup", "1", "HeLa"))  # conflicting labels: refused, both rows quoted
+    ds.add("twin")
+    ds.rows.append(ds.rows[-1])  # identical row twice: admitted once, with a warning
+    ds.add("zero")
+    ds.path("zero", "blue").write_bytes(b"")
     ds.add("bad..id")
     _, manifests = run(ds, qc={"max_pixels": 350 * 350, "min_side": 64})
     r = reasons(manifests)
     admitted = {i for m in manifests.values() for i in m.admitted["image_id"]}
-    assert admitted == {"good16", "good8", "goodtif", "shapes_y"}
+    assert admitted == {"good16", "good8", "goodtif", "shapes_y", "twin"}
+    rows = {r.image_id: r for m in manifests.values() for r in m.admitted.itertuples()}
+    assert "listed 2 times" in rows["twin"].warning and "one kept" in rows["twin"].warning
+    assert not isinstance(rows["good16"].warning, str)
     expect = {
         "nochan": "missing yellow channel",
         "garbage": "unreadable header",
@@ -62,13 +69,16 @@ def test_bad_inputs_each_refused_with_reason(dataset):
         "tiny": "below qc.min_side",
         "badlabel": "outside catalog",
         "nolabel": "no labels",
-        "dup": "occurs 2 times",
+        "dup": "conflicting rows",
+        "zero": "empty file (0 bytes)",
         "bad..id": "not safe as a path",
     }
     assert set(r) == set(expect)
     for image_id, text in expect.items():
         assert text in r[image_id], (image_id, r[image_id])
     assert "garbage_green.png" in r["garbage"]  # the file is named
+    assert "zero_blue.png" in r["zero"]
+    assert "labels '0|16'" in r["dup"] and "labels '1'" in r["dup"]  # both rows quoted
 
 
 def test_manifest_round_trip_types(dataset, tmp_path):

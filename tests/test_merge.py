@@ -56,3 +56,29 @@ def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
         out = pd.read_parquet(tmp_path / "c.parquet")
         assert (out["predicted"] == expected).all(), fusion
         assert np.allclose(out["fused_prob_0"], {"product": 0.36, "cell": 0.6, "mean": 0.6}[fusion])
+
+
+def test_image_refused_after_admission_appears_once_and_never_in_splits(segmented, tmp_path):
+    """An admitted image refused during conversion (e.g. a truncated PNG) is one refused row in
+    images.parquet and is absent from splits.parquet (so from training and metrics)."""
+    from hpa_batch.splits import make_splits, write_splits
+
+    res, cat, s = segmented["results"], CATALOGS["hpa2021"], segmented["shards"][0]
+    manifest = pd.read_parquet(res / "manifest" / f"{s}.parquet")
+    victim = manifest["image_id"].iloc[0]
+    rej = pd.DataFrame([{"image_id": victim, "shard": s, "cell_line": manifest["cell_line"].iloc[0],
+                         "stage": "convert", "reason": "red: truncated PNG"}])
+    rej.to_csv(tmp_path / "rejected.tsv", sep="\t", index=False)
+    shard = ShardInputs(s, res / "manifest" / f"{s}.parquet", tmp_path / "rejected.tsv",
+                        res / "qc" / f"{s}.segment.tsv", res / "cells" / f"{s}.parquet", None, None)
+    splits = make_splits([shard.manifest], cat, 3, 0, 1, rejected=[tmp_path / "rejected.tsv"])
+    assert victim not in set(splits["image_id"]) and len(splits) == len(manifest) - 1
+    write_splits(splits, tmp_path / "splits.parquet")
+    merge_tables([shard], tmp_path / "splits.parquet", cat, {"fusion": "product", "cell_weight": 0.5},
+                 np.full(19, 0.5), tmp_path / "c.parquet", tmp_path / "i.parquet")
+    images = pd.read_parquet(tmp_path / "i.parquet")
+    assert images["image_id"].is_unique and len(images) == len(manifest)
+    row = images.set_index("image_id").loc[victim]
+    assert row["rejected"] and row["reject_reason"] == "red: truncated PNG" and row["fold"] == -1
+    assert {"coverage", "median_cell_area", "cell_nucleus_ratio", "doubtful", "qc_flag"} <= set(images.columns)
+    assert not images.loc[~images["rejected"], "doubtful"].any()
