@@ -127,6 +127,7 @@ class SegmentationQCConfig:
     max_multi_nucleus_fraction: float
     max_nuclei_outside_fraction: float
     outlier_mads: float
+    outlier_measures: tuple[str, ...]
     min_images_for_outliers: int
     doubtful: str
 
@@ -216,7 +217,8 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
             pixel_size_um=conv["pixel_size_um"],
         ),
         segmentation=SegmentationConfig(**d["segmentation"]),
-        segmentation_qc=SegmentationQCConfig(**d["segmentation_qc"]),
+        segmentation_qc=SegmentationQCConfig(**{**d["segmentation_qc"],
+                                                "outlier_measures": tuple(d["segmentation_qc"]["outlier_measures"])}),
         measure=MeasureConfig(**d["measure"]),
         tiles=TilesConfig(
             **{k: v for k, v in d["tiles"].items() if k != "intensity"},

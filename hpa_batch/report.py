@@ -7,7 +7,8 @@ Sections (each an ``<section id=...>``, in this order):
 ``training``       training curves (loss, validation mAP / macro-F1) of every model and fold
 ``per-class``      per-class F1 (image level) and AP (cell level, else image level), deep vs baseline
 ``confusion``      confusion-style matrix: true class (rows) x predicted class of matched cells
-``segmentation``   segmentation overlays of a sample of images
+``segmentation``   the worst images by segmentation QC beside typical ones (outlines + flag reasons),
+                   and a sortable QC table (coverage, cell/nucleus ratio, doubtful, reasons, fold)
 ``gallery``        the most confident cell tiles per predicted class, with their confidences
 ``rejected``       refused images with the reason (and images where no cell was found)
 ``provenance``     resolved configuration, package versions, git revision, host and time
@@ -104,10 +105,24 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
 
 
-def _table(df: pd.DataFrame) -> str:
+def _table(df: pd.DataFrame, sortable: bool = False) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in df.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    cls = ' class="sortable"' if sortable else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+#: Click-to-sort for tables of class ``sortable`` (numbers numerically, text alphabetically).
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0];
+  const asc = th.dataset.asc !== '1'; th.dataset.asc = asc ? '1' : '0';
+  const key = tr => { const t = tr.cells[col].textContent; const v = parseFloat(t);
+                      return isNaN(v) ? t : v; };
+  [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+    return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); }).forEach(r => body.appendChild(r));
+}));
+"""
 
 
 # --- sections ---------------------------------------------------------------------------------------
@@ -271,25 +286,71 @@ def confusion_section(cells: pd.DataFrame, images: pd.DataFrame, catalog: LabelC
     return _section("confusion", "Confusion matrix", _png(fig))
 
 
-def segmentation_section(images: pd.DataFrame, zarr_stores: list[Path], n: int, seed: int = 0) -> str:
-    """Composite + cell (white) and nucleus (cyan) outlines of ``n`` sampled images."""
-    ok = images[~images["rejected"] & ~images["zero_cells"]]
+#: Columns of the report's segmentation QC table (from images.parquet).
+QC_TABLE_COLUMNS = ("image_id", "cell_line", "n_cells", "coverage", "median_cell_area", "cell_nucleus_ratio",
+                    "doubtful", "qc_flag", "fold")
+
+
+def qc_ranking(images: pd.DataFrame) -> pd.DataFrame:
+    """Segmented images, worst first: doubtful ones (most reasons first), then by how far the cell/nucleus
+    area ratio and coverage lie from the run's medians (robust z, larger = worse)."""
+    ok = images[~images["rejected"]].copy()
+    if ok.empty:
+        return ok
+    for col in ("doubtful", "qc_flag", "cell_nucleus_ratio", "coverage"):
+        if col not in ok:
+            ok[col] = False if col == "doubtful" else np.nan
+    ok["doubtful"] = ok["doubtful"].fillna(False).astype(bool) | ok["zero_cells"].astype(bool)
+    reasons = ok["qc_flag"].map(lambda f: len([r for r in f.split("; ") if r]) if isinstance(f, str) else 0)
+    z = pd.Series(0.0, index=ok.index)
+    for col in ("cell_nucleus_ratio", "coverage"):
+        v = np.log(ok[col].astype(float).clip(lower=1e-3))
+        med = float(np.nanmedian(v)) if v.notna().any() else 0.0
+        mad = max(float(np.nanmedian(np.abs(v - med))) * 1.4826 if v.notna().any() else 0.0, 0.05)
+        z = np.maximum(z, ((v - med).abs() / mad).fillna(99.0))
+    ok["_key"] = ok["doubtful"].astype(int) * 1000 + reasons * 100 + z.clip(upper=99)
+    return ok.sort_values(["_key", "image_id"], ascending=[False, True]).drop(columns="_key")
+
+
+def _overlay_figure(path: Path, caption: str, flag: str) -> str:
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    levels = sorted(k for k in group.array_keys() if k.startswith("s"))
+    level = next((int(k[1:]) for k in levels if max(group[k].shape[-2:]) <= 1024), int(levels[-1][1:]))
+    rgb = store_overlay(path, level)
+    why = f'<br><span class="flag">{html.escape(flag)}</span>' if flag else ""
+    return (f'<figure>{_img_tag(_array_png(_shrink(rgb, 384)), caption)}'
+            f'<figcaption>{html.escape(caption)}{why}</figcaption></figure>')
+
+
+def segmentation_section(images: pd.DataFrame, zarr_stores: list[Path], n: int, limit: int = 500) -> str:
+    """The worst images by segmentation QC beside typical ones (composite + cell / nucleus outlines,
+    with the flag reasons), and the QC table of every segmented image, sortable by any column."""
+    ranked = qc_ranking(images)
     stores = {s.name.removesuffix(".zarr"): s for s in zarr_stores}
-    pick = ok.sample(n=min(n, len(ok)), random_state=seed) if len(ok) else ok
-    tiles = []
-    for r in pick.itertuples():
-        path = stores.get(r.shard, Path()) / r.image_id
-        if not (path / "labels").is_dir():
-            continue
-        group = zarr.open_group(path, mode="r", zarr_format=3)
-        levels = sorted(k for k in group.array_keys() if k.startswith("s"))
-        level = next((int(k[1:]) for k in levels if max(group[k].shape[-2:]) <= 1024), int(levels[-1][1:]))
-        rgb = store_overlay(path, level)
-        caption = f"{r.image_id} · {r.cell_line} · {r.n_cells} cells"
-        tiles.append(f'<figure>{_img_tag(_array_png(_shrink(rgb, 384)), caption)}'
-                     f'<figcaption>{html.escape(caption)}</figcaption></figure>')
-    body = f'<div class="grid">{"".join(tiles)}</div>' if tiles else _note("no segmented images")
-    return _section("segmentation", "Segmentation overlays", body)
+    with_labels = ranked[[(stores.get(r.shard, Path()) / r.image_id / "labels").is_dir()
+                          for r in ranked.itertuples()]] if len(ranked) else ranked
+    n_worst = min((n + 1) // 2, len(with_labels))
+    worst = with_labels.head(n_worst)
+    rest = with_labels.iloc[n_worst:]
+    rest = rest[~rest["doubtful"]]
+    typical = rest.iloc[np.linspace(len(rest) // 4, len(rest) - 1, min(n - n_worst, len(rest))).astype(int)] \
+        if len(rest) else rest
+    blocks = []
+    for title, rows in (("Worst by QC", worst), ("Typical", typical.drop_duplicates("image_id"))):
+        figs = [_overlay_figure(stores[r.shard] / r.image_id, f"{r.image_id} · {r.cell_line} · {r.n_cells} cells",
+                                (r.qc_flag or "") if isinstance(r.qc_flag, str) else "")
+                for r in rows.itertuples()]
+        if figs:
+            blocks.append(f'<h3>{title}</h3><div class="grid">{"".join(figs)}</div>')
+    n_doubtful = int(ranked["doubtful"].sum()) if len(ranked) else 0
+    n_excluded = int((ranked["fold"] == -2).sum()) if len(ranked) else 0
+    policy = (f"{n_doubtful} of {len(ranked)} segmented images are doubtful; {n_excluded} of them are excluded "
+              "from training and validation (fold -2, segmentation_qc.doubtful). Click a column to sort.")
+    table = ranked.reindex(columns=list(QC_TABLE_COLUMNS)).head(limit)
+    more = _note(f"{len(ranked) - limit} more rows in images.parquet.") if len(ranked) > limit else ""
+    body = ("".join(blocks) or _note("no segmented images")) + "<h3>Segmentation QC per image</h3>" \
+        + _note(policy) + _table(table, sortable=True) + more
+    return _section("segmentation", f"Segmentation ({n_doubtful} doubtful)", body)
 
 
 def _shrink(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -402,7 +463,8 @@ body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:1.5em auto;max-wi
 h1{margin-bottom:0}nav a{margin-right:.8em;font-size:.9em}section{border-top:1px solid #ccc;margin-top:1.5em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:2px 8px}
 th{background:#f0f0f0}.grid{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;text-align:center;font-size:.75em}
-.tile img{image-rendering:pixelated}pre{background:#f7f7f7;padding:.6em;font-size:.75em;max-height:30em;overflow:auto}
+.tile img{image-rendering:pixelated}.flag{color:#b00}figcaption{max-width:384px}
+table.sortable th{cursor:pointer}pre{background:#f7f7f7;padding:.6em;font-size:.75em;max-height:30em;overflow:auto}
 .note{color:#555;font-size:.85em}
 """
 
@@ -472,7 +534,7 @@ def build_report(inp: ReportInputs, catalog: LabelCatalog, options: dict[str, An
         training_section(inp.histories),
         per_class_section(metrics, catalog),
         confusion_section(cells, images, catalog),
-        segmentation_section(images, inp.zarr_stores, options["overlays"]),
+        segmentation_section(images, inp.zarr_stores, options["overlays"], options["max_rejected"]),
         gallery_section(cells, inp.tile_stores, catalog, options["gallery_per_class"]),
         rejected_section(images, inp.rejected, options["max_rejected"]),
         provenance_section(inp.config, inp.workdir),
@@ -482,7 +544,7 @@ def build_report(inp: ReportInputs, catalog: LabelCatalog, options: dict[str, An
     doc = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>hpa_batch report: {name}</title>"
            f"<style>{CSS}</style></head><body><h1>hpa_batch report: {name}</h1>"
            f"<p class=\"note\">{len(images)} images, {len(cells)} cells, {catalog.name} catalog</p>"
-           f"<nav>{nav}</nav>{''.join(sections)}</body></html>")
+           f"<nav>{nav}</nav>{''.join(sections)}<script>{SORT_JS}</script></body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(doc, encoding="utf-8")

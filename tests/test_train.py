@@ -278,3 +278,21 @@ def test_augment_is_deterministic_and_label_preserving():
     for i in range(16):  # every output is one of the 8 dihedral transforms of its input
         views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x[i], x[i].flip(-1)) for k in range(4)]
         assert any(torch.equal(geo[i], v) for v in views)
+
+
+def test_excluded_images_are_never_trained_or_validated_on():
+    """fold -2 (doubtful segmentation) is in neither the training nor the validation rows of any fold."""
+    from hpa_batch.loader import TileIndex
+    from hpa_batch.train import training_positions
+
+    fold = np.array([0, 1, -1, -2, 0, -2], np.int8)
+    n = len(fold)
+    index = TileIndex(stores=[], array="cells", store=np.zeros(n, int), row=np.arange(n), chunk=np.full(n, 64),
+                      image_id=np.array([f"i{k}" for k in range(n)], object), cell_id=np.arange(n, dtype=np.int32),
+                      y=np.eye(n, 19, dtype=np.float32), fold=fold, n_labels=np.ones(n, int))
+    spec = {"single_label_only": False, "negative_oversample": 1}
+    for k in (0, 1):
+        train, val = training_positions(index, k, spec, None)
+        assert not set(train) & {3, 5} and not set(val) & {3, 5}
+    train, val = training_positions(index, 0, spec, None)
+    assert train.tolist() == [1, 2] and val.tolist() == [0, 4]

@@ -8,7 +8,8 @@ channel (its foreground, not split into nuclei) and with the other images of the
   ``cell_nucleus_ratio`` (about 1 when cell bodies collapsed onto their nuclei);
 * ``no_nucleus_fraction`` / ``multi_nucleus_fraction``: cells holding none / several of the nuclear
   objects; ``nuclei_outside_fraction``: nuclear objects in no cell (missed cells);
-* outliers: cells per image, coverage and median cell area against the shard's median in MADs.
+* outliers: the ``outlier_measures`` (default median cell area and cell/nucleus ratio; cell count and
+  coverage on request) against the shard's median, in MADs.
 
 :func:`flag_images` turns them into ``doubtful`` and a readable ``flag`` (every reason, ``; ``-joined)
 with the thresholds of ``segmentation_qc``; the measures are stored with the labels, so changing a
@@ -104,15 +105,22 @@ def _outliers(table: pd.DataFrame, opts: SegmentationQCConfig) -> list[list[str]
     ok = (table["n_cells"] > 0).to_numpy()
     if ok.sum() < opts.min_images_for_outliers:
         return out
-    measures = {"cells per image": (np.log(table["n_cells"].clip(lower=1)), 0.1),
-                "coverage": (table["coverage"].astype(float), 0.02),
-                "median cell area": (np.log(table["median_cell_area"].clip(lower=1)), 0.1)}
-    for name, (values, floor) in measures.items():
+    # name in the reason, values (log scale for counts, areas and ratios), smallest MAD
+    measures = {"n_cells": ("cells per image", np.log(table["n_cells"].clip(lower=1)), 0.1),
+                "coverage": ("coverage", table["coverage"].astype(float), 0.02),
+                "median_cell_area": ("median cell area", np.log(table["median_cell_area"].clip(lower=1)), 0.15),
+                "cell_nucleus_ratio": ("cell/nucleus area ratio",
+                                       np.log(table["cell_nucleus_ratio"].clip(lower=1e-3)), 0.15)}
+    for key in opts.outlier_measures:
+        name, values, floor = measures[key]
         v = values.to_numpy(float)
-        med = float(np.median(v[ok]))
-        mad = max(1.4826 * float(np.median(np.abs(v[ok] - med))), floor)
+        good = ok & np.isfinite(v)
+        if good.sum() < opts.min_images_for_outliers:
+            continue
+        med = float(np.median(v[good]))
+        mad = max(1.4826 * float(np.median(np.abs(v[good] - med))), floor)
         z = (v - med) / mad
-        for i in np.flatnonzero(ok & (np.abs(z) > opts.outlier_mads)):
+        for i in np.flatnonzero(good & (np.abs(z) > opts.outlier_mads)):
             side = "above" if z[i] > 0 else "below"
             out[i].append(f"{name} {abs(z[i]):.1f} MADs {side} the shard's median")
     return out

@@ -84,10 +84,11 @@ def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: 
     cells, nuclei = filter_cells(cells, nuclei, cfg.segmentation.min_cell_area / scale**2,
                                  cfg.segmentation.exclude_border)
     n_cells, border = int(cells.max()), border_ids(cells)
-    qc = image_qc(cells, nuclei, image[CHANNELS.index("blue")], scale)
+    # rounded once, so a kept image (read back from its attributes) gives the same row as a fresh one
+    qc = {k: float(round(v, 6)) for k, v in image_qc(cells, nuclei, image[CHANNELS.index("blue")], scale).items()}
     info = {"backend": segmenter.name, "level": level, "n_cells": n_cells,
             "border_cells": border.tolist(), "settings": settings_digest(cfg),
-            "qc": {k: (None if np.isnan(v) else round(v, 6)) for k, v in qc.items()}}
+            "qc": {k: (None if np.isnan(v) else v) for k, v in qc.items()}}
     stage = staging / f"{image_id}.labels"
     masks = {"cells": label_levels(cells, level, shapes), "nuclei": label_levels(nuclei, level, shapes)}
     conv = cfg.conversion

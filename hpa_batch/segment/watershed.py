@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
+from skimage.measure import label as cc_label
 from skimage.morphology import convex_hull_image, h_maxima, remove_small_objects
 from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
@@ -144,25 +145,27 @@ def split_touching(mask: np.ndarray, radius: float, depth: float, solidity: floa
     dist = ndi.distance_transform_edt(mask).astype(F32)
     dist = ndi.gaussian_filter(dist, max(0.1 * radius, 0.7))
     comps, _ = ndi.label(mask)
-    markers = np.zeros(mask.shape, np.int32)
+    out = np.zeros(mask.shape, np.int32)
     h = max(round(depth * 8), 1)
     next_id = 1
     for k, sl in enumerate(ndi.find_objects(comps), start=1):
         if sl is None:
             continue
         own = comps[sl] == k
-        sub = np.where(own, np.round(dist[sl] * 8), 0).astype(np.int32)
         area = int(own.sum())
-        if area < 0.8 * math.pi * radius * radius or area >= solidity * convex_hull_image(own).sum():
-            # smaller than a typical nucleus, or convex (one elongated nucleus): one marker
-            peaks = own & (sub == sub.max())
-            lab = np.where(peaks, 1, 0)
+        n = 1
+        if area >= 0.8 * math.pi * radius * radius and area < solidity * convex_hull_image(own).sum():
+            # larger than a typical nucleus and not convex: look for several maxima
+            sub = np.where(own, np.round(dist[sl] * 8), 0).astype(np.int32)
+            markers, n = ndi.label(h_maxima(sub, h) & own)
+        if n > 1:
+            lab = watershed(-dist[sl], markers, mask=own)
+            out[sl] = np.where(lab > 0, lab + next_id - 1, out[sl])
+        else:  # one object (smaller than a typical nucleus, convex, or a single maximum)
+            out[sl][own] = next_id
             n = 1
-        else:
-            lab, n = ndi.label(h_maxima(sub, h) & own)
-        markers[sl] = np.where(lab > 0, lab + next_id - 1, markers[sl])
         next_id += n
-    return watershed(-dist, markers, mask=mask).astype(np.int32)
+    return out
 
 
 @register_backend("watershed")
@@ -271,10 +274,19 @@ class WatershedSegmenter:
         first = watershed(-signal, nuclei, mask=(signal > 3 * noise) | (nuclei > 0),
                           compactness=self.compactness)
         level = ring_levels(np.minimum(signal, F32(self.clip)), rings, n)
-        keep = (signal >= F32(self.cell_threshold) * level[first]) & (first > 0)
-        cells = watershed(-signal, nuclei, mask=keep | (nuclei > 0), compactness=self.compactness)
-        cells = fill_cell_holes(cells.astype(np.int32))
+        keep = (signal >= F32(self.cell_threshold) * level[first]) | (nuclei > 0)
+        cells = attached_to_nucleus(np.where(keep, first, 0).astype(np.int32), nuclei)
+        cells = fill_cell_holes(cells)
         return consistent_labels(cells, nuclei)
+
+
+def attached_to_nucleus(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
+    """Keep each cell's pieces that touch its own nucleus (4-connected): ``(h, w)`` int labels -> same."""
+    pieces = cc_label(cells, background=0, connectivity=1)
+    anchored = np.zeros(int(pieces.max()) + 1, bool)
+    anchored[np.unique(pieces[(nuclei > 0) & (cells == nuclei)])] = True
+    anchored[0] = False
+    return np.where(anchored[pieces], cells, 0).astype(np.int32)
 
 
 def fill_cell_holes(cells: np.ndarray) -> np.ndarray:
