@@ -338,7 +338,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summary = json.loads(args.baseline.with_name("summary.json").read_text())
         thresholds = np.asarray(summary["thresholds"])
     result = evaluate_all(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog,
-                          _trained_folds(cfg), baseline, thresholds)
+                          _trained_folds(cfg), baseline, thresholds,
+                          max_class_share=cfg.raw["evaluation"]["max_class_share"])
     out = args.out or r / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -18,6 +18,7 @@ import zarr
 
 from hpa_batch.labels import LabelCatalog, format_labels, parse_labels
 from hpa_batch.metrics import macro_f1, mean_ap
+from hpa_batch.progress import get_logger
 from hpa_batch.segment.quality import iou_matrix
 from hpa_batch.splits import multi_hot
 
@@ -279,9 +280,35 @@ def baseline_view(cells: pd.DataFrame, images: pd.DataFrame, baseline: pd.DataFr
     return c, i
 
 
+def prediction_guard(cells: pd.DataFrame, catalog: LabelCatalog, max_share: float) -> dict[str, object]:
+    """Share of cells predicted per class, and the classes predicted for more than ``max_share`` of the
+    cells although the per-cell truth (when there is one) gives them no more than that share.
+
+    A model that labels (nearly) every cell with one class, or one label set for every cell, has learned
+    nothing about cells: ``single_prediction`` says so.
+    """
+    n = catalog.n_classes
+    sets = [predicted_ids(v, catalog) for v in cells["predicted"]] if len(cells) else []
+    pred = multi_hot(sets, n).mean(axis=0) if sets else np.zeros(n)
+    truth = None
+    if "truth_labels" in cells and len(cells):
+        matched = cells[cells["truth_cell_id"] >= 0] if "truth_cell_id" in cells else cells
+        if len(matched):
+            truth = multi_hot([list(map(int, v)) for v in matched["truth_labels"]], n).mean(axis=0)
+    over = [catalog.classes[k] for k in range(n)
+            if pred[k] > max_share and (truth is None or truth[k] <= max_share)]
+    distinct = {tuple(s) for s in sets}
+    return {"max_class_share": max_share,
+            "class_share": {catalog.classes[k]: round(float(pred[k]), 4) for k in range(n)},
+            **({"truth_share": {catalog.classes[k]: round(float(truth[k]), 4) for k in range(n)}}
+               if truth is not None else {}),
+            "over_predicted": over, "single_prediction": len(sets) > 1 and len(distinct) == 1}
+
+
 def evaluate_all(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
                  catalog: LabelCatalog, trained_folds: set[int], baseline: pd.DataFrame | None = None,
-                 baseline_thresholds: np.ndarray | None = None, iou_threshold: float = 0.6) -> dict[str, object]:
+                 baseline_thresholds: np.ndarray | None = None, iou_threshold: float = 0.6,
+                 max_class_share: float = 0.6) -> dict[str, object]:
     """``metrics.json``: the deep model's metrics on every image at the top level (as before), then
     ``held_out`` (images no model trained on; absent when there are none) and ``baseline`` with the
     same two views."""
@@ -299,6 +326,11 @@ def evaluate_all(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
     result, held_metrics = both(cells, images)
     result["held_out_images"] = len(held)
     result["trained_folds"] = sorted(trained_folds)
+    result["prediction_guard"] = prediction_guard(cells, catalog, max_class_share)
+    for name in result["prediction_guard"]["over_predicted"]:
+        get_logger().warning("evaluate: %s is predicted for %.0f%% of cells (> %.0f%%, more than the truth "
+                             "says): its threshold is degenerate", name,
+                             100 * result["prediction_guard"]["class_share"][name], 100 * max_class_share)
     if held_metrics is not None:
         result["held_out"] = held_metrics
     if baseline is not None and baseline_thresholds is not None:

@@ -40,8 +40,19 @@ def macro_auc(y: np.ndarray, prob: np.ndarray) -> float:
     return float(roc_auc_score(y[:, keep], prob[:, keep], average="macro")) if len(keep) else float("nan")
 
 
-def tune_thresholds(y: np.ndarray, prob: np.ndarray, default: float = 0.5) -> np.ndarray:
-    """Per-class F1-optimal thresholds (classes without positives keep ``default``).
+def tune_thresholds(y: np.ndarray, prob: np.ndarray, default: float = 0.5, *, min_positives: int = 1,
+                    low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """Per-class F1-optimal thresholds that cannot degenerate.
+
+    Parameters
+    ----------
+    y, prob : numpy.ndarray
+        ``(n, c)`` targets (0/1) and probabilities.
+    default : float
+        Threshold of a class with fewer than ``min_positives`` positives (an F1 optimum on a handful of
+        positives can sit near 0 and then label everything).
+    low, high : float
+        Every tuned threshold is clipped to ``[low, high]``.
 
     Returns
     -------
@@ -50,12 +61,12 @@ def tune_thresholds(y: np.ndarray, prob: np.ndarray, default: float = 0.5) -> np
     """
     out = np.full(y.shape[1], default, np.float64)
     for c in range(y.shape[1]):
-        if y[:, c].sum() == 0:
+        if y[:, c].sum() < max(min_positives, 1):
             continue
         precision, recall, thr = precision_recall_curve(y[:, c], prob[:, c])
         f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
         out[c] = thr[int(np.argmax(f1))]
-    return out
+    return np.clip(out, low, high)
 
 
 def summary(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray | float = 0.5) -> dict[str, float]:

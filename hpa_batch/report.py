@@ -147,7 +147,18 @@ def summary_section(metrics: dict[str, Any]) -> str:
                      "numbers are optimistic.")
     if not base:
         notes.append("Baseline disabled (baseline.enabled: false).")
-    return _section("summary", "Summary", _table(df) + "".join(_note(n) for n in notes))
+    guard = metrics.get("prediction_guard") or {}
+    warnings = []
+    if guard.get("single_prediction"):
+        warnings.append("DEGENERATE MODEL: every cell got the same predicted label set.")
+    for name in guard.get("over_predicted", []):
+        share = guard["class_share"][name]
+        truth = guard.get("truth_share", {}).get(name)
+        said = f" (truth: {truth:.0%})" if truth is not None else ""
+        warnings.append(f"DEGENERATE THRESHOLD: {name} is predicted for {share:.0%} of cells{said}, more than "
+                        f"evaluation.max_class_share = {guard['max_class_share']:.0%}.")
+    flagged = "".join(f'<p class="flag">{html.escape(w)}</p>' for w in warnings)
+    return _section("summary", "Summary", flagged + _table(df) + "".join(_note(n) for n in notes))
 
 
 def labels_section(images: pd.DataFrame, catalog: LabelCatalog) -> str:

@@ -460,15 +460,27 @@ class Trainer:
             self.state.epoch += 1
             self.save_state()
             if patience and not improved and self.state.bad_epochs >= patience:
-                self.log.info("early stopping after epoch %d", epoch + 1)
+                self.stopped_early = epoch + 1
+                self.log.info("early stopping: stopped at epoch %d of %d: no %s improvement for %d epochs "
+                              "(early_stopping_patience %d); best epoch %d", epoch + 1, self.spec["epochs"],
+                              self.spec["selection"], patience, patience, self.state.best_epoch + 1)
                 break
         return self.finish()
 
+    def selection_score(self, row: dict[str, float]) -> float:
+        """The best-epoch criterion of ``row``, lower = better (``-val_map`` or the validation loss)."""
+        if self.spec["selection"] == "val_map" and np.isfinite(row.get("val_map", np.nan)):
+            return -float(row["val_map"])
+        return row["val_loss"] if np.isfinite(row["val_loss"]) else row["train_loss"]
+
     def _track_best(self, row: dict[str, float], prob: np.ndarray, y: np.ndarray) -> bool:
-        metric = row["val_loss"] if np.isfinite(row["val_loss"]) else row["train_loss"]
+        metric = self.selection_score(row)
         if metric < self.state.best_loss:
             self.state.best_loss, self.state.best_epoch, self.state.bad_epochs = metric, row["epoch"], 0
-            thresholds = tune_thresholds(y, prob) if len(y) else np.full(self.catalog.n_classes, 0.5)
+            t = self.spec["thresholds"]
+            thresholds = (tune_thresholds(y, prob, t["default"], min_positives=t["min_positives"], low=t["low"],
+                                          high=t["high"])
+                          if len(y) else np.full(self.catalog.n_classes, t["default"]))
             if self.spec["refine_labels"]["after_epochs"] and not self.state.refined:
                 self._best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             if self.rank == 0:
@@ -478,6 +490,12 @@ class Trainer:
         self.state.bad_epochs += 1
         return False
 
+    def val_support(self) -> list[int]:
+        """Validation positives per class (the weak targets the thresholds were tuned against)."""
+        if not len(self.val_pos):
+            return [0] * self.catalog.n_classes
+        return [int(v) for v in (self.index.y[self.val_pos] > 0).sum(axis=0)]
+
     def finish(self) -> dict[str, Any]:
         """Write ``model.pt`` (best weights + thresholds + spec), ``thresholds.json``, ``history.csv``."""
         if self.rank != 0:
@@ -486,10 +504,15 @@ class Trainer:
         mean, std = input_stats(self.model, self.spec["channels"])
         pd.DataFrame(self.state.history).to_csv(self.out / "history.csv", index=False)
         thresholds = best["thresholds"].tolist()
+        support = self.val_support()
         (self.out / "thresholds.json").write_text(json.dumps(
-            {"classes": list(self.catalog.classes), "thresholds": thresholds}, indent=1))
+            {"classes": list(self.catalog.classes), "thresholds": thresholds,
+             "validation_positives": support, "rule": {**self.spec["thresholds"], "tuned": "F1-optimal per class"},
+             "selection": self.spec["selection"]}, indent=1))
         result = {"name": self.spec["name"], "fold": self.fold, "best_epoch": int(best["epoch"]),
-                  "best_val_loss": self.state.best_loss, "epochs_run": len(self.state.history),
+                  "selection": self.spec["selection"], "best_score": self.state.best_loss,
+                  "stopped_early_at_epoch": getattr(self, "stopped_early", None),
+                  "epochs_run": len(self.state.history),
                   "train_tiles": int(len(self.train_pos)), "val_tiles": int(len(self.val_pos)),
                   "catalog": self.catalog.name, "version": __version__}
         atomic_save({"model": best["model"], "thresholds": best["thresholds"],

@@ -76,3 +76,21 @@ def test_predicted_strings_may_combine_negative_with_other_classes():
                            **{f"image_prob_{k}": [0.6 if k in (0, 18) else 0.1, 0.2] for k in range(19)}})
     result = evaluate_run(pd.DataFrame(), images, [], None, cat)
     assert result["images"] == 2 and 0 <= result["image_macro_f1"] <= 1
+
+
+def test_prediction_guard_flags_an_over_predicted_class():
+    import pandas as pd
+
+    from hpa_batch.evaluate import prediction_guard
+    from hpa_batch.labels import CATALOGS
+
+    cat = CATALOGS["hpa2021"]
+    cells = pd.DataFrame({"predicted": ["12"] * 9 + ["0|12"], "truth_cell_id": [1] * 10,
+                          "truth_labels": [[12]] * 2 + [[0]] * 8})
+    guard = prediction_guard(cells, cat, 0.6)
+    assert guard["over_predicted"] == ["Centrosome"] and guard["class_share"]["Centrosome"] == 1.0
+    assert not guard["single_prediction"]
+    cells["truth_labels"] = [[12]] * 10  # the truth says every cell has it: not flagged
+    assert prediction_guard(cells, cat, 0.6)["over_predicted"] == []
+    same = pd.DataFrame({"predicted": ["0"] * 5})
+    assert prediction_guard(same, cat, 0.6)["single_prediction"]

@@ -26,3 +26,20 @@ def test_metrics_agree_with_sklearn():
     assert 0.5 < macro_auc(y, p) <= 1.0
     y[:, 4] = 0  # a class without positives is left out of AP/AUC
     assert np.isclose(mean_ap(y, p), average_precision_score(y[:, :4], p[:, :4], average="macro"))
+
+
+def test_thresholds_cannot_degenerate():
+    """A rare class whose F1 optimum sits near 0 (the 0.004 Centrosome threshold of #11)."""
+    rng = np.random.default_rng(0)
+    y = np.zeros((500, 2), int)
+    y[:3, 0] = 1  # 3 validation positives, scored lower than most negatives
+    y[:200, 1] = 1
+    p = rng.random((500, 2)) * 0.5 + 0.3
+    p[:3, 0] = [0.004, 0.005, 0.006]
+    p[:200, 1] = 0.001  # many positives, optimum near 0
+    unguarded = tune_thresholds(y, p)
+    assert unguarded[0] <= 0.006 and unguarded[1] <= 0.001  # what the old rule chose
+    thr = tune_thresholds(y, p, 0.5, min_positives=10, low=0.05, high=0.95)
+    assert thr[0] == 0.5  # too few positives: the default
+    assert thr[1] == 0.05  # clipped away from 0
+    assert ((p >= thr).mean(axis=0) < 0.9).all()

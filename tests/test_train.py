@@ -296,3 +296,24 @@ def test_excluded_images_are_never_trained_or_validated_on():
         assert not set(train) & {3, 5} and not set(val) & {3, 5}
     train, val = training_positions(index, 0, spec, None)
     assert train.tolist() == [1, 2] and val.tolist() == [0, 4]
+
+
+def test_early_stopping_is_logged_with_its_reason(trainable, tmp_path):
+    """lr 0: only BatchNorm statistics move and the validation loss drifts up, so patience 1 stops the
+    (deterministic) run early and says why; the summary and thresholds.json record the rule."""
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "epochs": 4, "early_stopping_patience": 1, "selection": "val_loss",
+                      "schedule": {"kind": "constant", "lr": 0.0}}]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "fold0"
+    proc = run_train(trainable, out, config=path)
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) < 4 and history["val_loss"].iloc[-1] >= history["val_loss"].min()
+    assert f"stopped at epoch {len(history)} of 4: no val_loss improvement for 1 epochs" in proc.stderr
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["summary"]["stopped_early_at_epoch"] == len(history)
+    assert ckpt["summary"]["selection"] == "val_loss"
+    rule = json.loads((out / "thresholds.json").read_text())
+    assert rule["rule"]["min_positives"] == 10 and len(rule["validation_positives"]) == 19
+    assert all(0.05 <= t <= 0.95 for t in rule["thresholds"])
