@@ -212,7 +212,34 @@ def training_section(histories: list[Path]) -> str:
         a.xaxis.get_major_locator().set_params(integer=True)
         a.legend(fontsize=6)
         a.grid(alpha=0.3)
-    return _section("training", "Training curves", _png(fig))
+    return _section("training", "Training curves", _png(fig) + thresholds_table([p for p, _ in found]))
+
+
+def thresholds_table(histories: list[Path]) -> str:
+    """Per class and model fold: the threshold and its validation support (``thresholds.json`` beside
+    each ``history.csv``), with the rule that chose them."""
+    cols: dict[str, list[str]] = {}
+    classes: list[str] = []
+    rules = []
+    for p in histories:
+        f = p.with_name("thresholds.json")
+        if not f.is_file():
+            continue
+        t = json.loads(f.read_text())
+        classes = classes or list(t["classes"])
+        name = f"{p.parent.parent.name}/{p.parent.name}"
+        support = t.get("validation_positives") or [None] * len(t["thresholds"])
+        cols[name] = [f"{v:.3f}" + (f" ({n})" if n is not None else "") for v, n in zip(t["thresholds"], support)]
+        if "rule" in t:
+            r = t["rule"]
+            rules.append(f"{name}: F1-optimal per class on the best epoch (by {t.get('selection', '?')}); fewer "
+                         f"than {r['min_positives']} validation positives -> {r['default']}; clipped to "
+                         f"[{r['low']}, {r['high']}].")
+    if not cols:
+        return ""
+    df = pd.DataFrame({"class": classes, **cols})
+    return ("<h3>Thresholds (validation positives)</h3>" + _table(df, sortable=True)
+            + "".join(_note(r) for r in rules))
 
 
 def _bars(ax: plt.Axes, deep: dict[str, float], base: dict[str, float] | None, title: str,
@@ -304,7 +331,7 @@ QC_TABLE_COLUMNS = ("image_id", "cell_line", "n_cells", "coverage", "median_cell
 
 def qc_ranking(images: pd.DataFrame) -> pd.DataFrame:
     """Segmented images, worst first: doubtful ones (most reasons first), then by how far the cell/nucleus
-    area ratio and coverage lie from the run's medians (robust z, larger = worse)."""
+    area ratio and coverage lie from their cell line's medians (robust z, larger = worse)."""
     ok = images[~images["rejected"]].copy()
     if ok.empty:
         return ok
@@ -314,10 +341,11 @@ def qc_ranking(images: pd.DataFrame) -> pd.DataFrame:
     ok["doubtful"] = ok["doubtful"].fillna(False).astype(bool) | ok["zero_cells"].astype(bool)
     reasons = ok["qc_flag"].map(lambda f: len([r for r in f.split("; ") if r]) if isinstance(f, str) else 0)
     z = pd.Series(0.0, index=ok.index)
-    for col in ("cell_nucleus_ratio", "coverage"):
+    for col in ("cell_nucleus_ratio", "coverage"):  # robust z within the image's cell line
         v = np.log(ok[col].astype(float).clip(lower=1e-3))
-        med = float(np.nanmedian(v)) if v.notna().any() else 0.0
-        mad = max(float(np.nanmedian(np.abs(v - med))) * 1.4826 if v.notna().any() else 0.0, 0.05)
+        by = v.groupby(ok["cell_line"])
+        med = by.transform("median")
+        mad = (v - med).abs().groupby(ok["cell_line"]).transform("median").mul(1.4826).clip(lower=0.05)
         z = np.maximum(z, ((v - med).abs() / mad).fillna(99.0))
     ok["_key"] = ok["doubtful"].astype(int) * 1000 + reasons * 100 + z.clip(upper=99)
     return ok.sort_values(["_key", "image_id"], ascending=[False, True]).drop(columns="_key")

@@ -77,3 +77,22 @@ def test_report_has_every_section_without_models_tiles_or_baseline(tmp_path):
     assert "no training history found" in doc
     assert doc.count("data:image/png;base64,") >= 4  # labels x2, per-class, confusion
     assert git_revision(tmp_path).startswith("unknown")
+
+
+def test_segmentation_section_ranks_doubtful_images_first_and_says_why():
+    import pandas as pd
+
+    from hpa_batch.report import qc_ranking, segmentation_section
+
+    images = pd.DataFrame({
+        "image_id": ["ok1", "ok2", "bad", "gone"], "shard": "s-0000", "cell_line": "X",
+        "n_cells": [20, 22, 18, 0], "rejected": [False, False, False, True],
+        "zero_cells": [False, False, False, False], "coverage": [0.4, 0.42, 0.05, None],
+        "median_cell_area": [40000.0, 42000.0, 5000.0, None], "cell_nucleus_ratio": [4.0, 4.2, 1.1, None],
+        "doubtful": [False, False, True, False], "fold": [0, 1, -2, -1],
+        "qc_flag": [None, None, "cells barely larger than nuclei (median cell/nucleus area 1.10 < 1.6)", None]})
+    ranked = qc_ranking(images)
+    assert ranked["image_id"].tolist()[0] == "bad" and "gone" not in set(ranked["image_id"])
+    html = segmentation_section(images, [], 6)
+    assert "1 doubtful" in html and "cells barely larger than nuclei" in html
+    assert 'class="sortable"' in html and "1 of them are excluded from training" in html
