@@ -348,9 +348,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hpa_batch.submit import write_submission
+    from hpa_batch.submit import table_predictions, write_submission
 
-    n = write_submission(list(args.predictions), list(args.stores), args.out, args.n_classes, args.min_confidence)
+    source = table_predictions(args.cells, args.n_classes) if args.cells else list(args.predictions)
+    n = write_submission(source, list(args.stores), args.out, args.n_classes, args.min_confidence)
     print(f"{n} images -> {args.out}")
     return 0
 
@@ -503,7 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="cores to use (overrides baseline.n_jobs; Snakemake passes its grant)")
 
     p = sub.add_parser("submit", help="Kaggle HPA 2021 submission.csv (COCO RLE masks) from cell predictions")
-    p.add_argument("--predictions", nargs="+", type=Path, required=True, help="cell prediction parquet files")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cells", type=Path,
+                     help="merged results/tables/cells.parquet: submits its fused_prob_* (what metrics.json scores)")
+    src.add_argument("--predictions", nargs="+", type=Path, help="cell prediction parquet files (prob_*)")
     p.add_argument("--stores", nargs="+", type=Path, required=True, help="shard zarr stores with labels/cells")
     p.add_argument("--n-classes", type=int, default=19)
     p.add_argument("--min-confidence", type=float, default=0.0)

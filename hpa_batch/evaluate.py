@@ -9,6 +9,7 @@ held-out images (those no model of the run trained on).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,56 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
         pred_sets = [set(predicted_ids(v, catalog)) for v in matched["predicted"]]
         result["cell_accuracy"] = float(np.mean([a == b for a, b in zip(pred_sets, truth_sets)])) if len(matched) else None
     return result
+
+
+def read_submission(path: Path, n_classes: int) -> Iterator[tuple[str, np.ndarray, pd.DataFrame]]:
+    """Decode a submission CSV image by image, as a scorer would see it.
+
+    Yields
+    ------
+    image_id, labels, detections
+        ``labels``: ``(h, w)`` int32, one id per distinct mask token (in order of appearance);
+        ``detections``: image_id, cell_id, ``prob_k`` (0 for a class the string does not list).
+    """
+    from hpa_batch.submit import decode_mask
+
+    table = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
+    for row in table.itertuples(index=False):
+        parts = row.PredictionString.split()
+        if len(parts) % 3:
+            raise ValueError(f"{path}: {row.ID}: PredictionString is not a sequence of class confidence mask triples")
+        ids: dict[str, int] = {}
+        labels = np.zeros((int(row.ImageHeight), int(row.ImageWidth)), np.int32)
+        probs: dict[int, np.ndarray] = {}
+        for k in range(0, len(parts), 3):
+            cls, conf, token = int(parts[k]), float(parts[k + 1]), parts[k + 2]
+            if token not in ids:
+                ids[token] = len(ids) + 1
+                labels[decode_mask(token, labels.shape[0], labels.shape[1]) > 0] = ids[token]
+                probs[ids[token]] = np.zeros(n_classes)
+            probs[ids[token]][cls] = conf
+        det = pd.DataFrame({"image_id": row.ID, "cell_id": list(probs),
+                            **{f"prob_{c}": [p[c] for p in probs.values()] for c in range(n_classes)}})
+        yield row.ID, labels, det
+
+
+def score_submission(path: Path, truth_dir: Path, catalog: LabelCatalog, iou_threshold: float = 0.6
+                     ) -> tuple[float, dict[int, float]]:
+    """The HPA 2021 instance mAP of a submission file against per-cell truth, from the file alone
+    (masks decoded from their tokens, matched to the true cells, confidences as written)."""
+    truth = truth_cell_labels(truth_dir, catalog)
+    if catalog.negative is not None:
+        truth["labels"] = [v if v else [catalog.negative] for v in truth["labels"]]
+    ious, frames = {}, []
+    for image_id, labels, det in read_submission(path, catalog.n_classes):
+        mask_path = Path(truth_dir) / f"{image_id}_cells.tif"
+        if not mask_path.is_file():
+            continue
+        true = tifffile.imread(mask_path).astype(np.int64)
+        ious[image_id] = (np.unique(labels[labels > 0]), np.unique(true[true > 0]), iou_matrix(true, labels))
+        frames.append(det)
+    pred = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "cell_id"])
+    return instance_map(pred, truth[truth["image_id"].isin(list(ious))], ious, catalog.n_classes, iou_threshold)
 
 
 def held_out_images(images: pd.DataFrame, trained_folds: set[int]) -> set[str]:

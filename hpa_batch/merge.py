@@ -88,6 +88,35 @@ def fuse(cell: np.ndarray, image: np.ndarray, method: str, cell_weight: float) -
     return cell
 
 
+def derive_negative(fused: np.ndarray, thresholds: np.ndarray, negative: int) -> np.ndarray:
+    """Replace the Negative column by a confidence derived from the protein classes.
+
+    ``r = max_k fused_k / t_k`` over the protein classes; Negative = ``clip(1 - r / 2, 0, 1)``, which
+    is >= 0.5 exactly when no protein class reaches its threshold, 1 when all are 0, 0 when one is at
+    twice its threshold.
+
+    Parameters
+    ----------
+    fused : numpy.ndarray
+        ``(n, c)`` float32 fused probabilities.
+    thresholds : numpy.ndarray
+        ``(c,)`` fused thresholds.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, c)`` float32, a copy.
+    """
+    out = np.array(fused, dtype=np.float32, copy=True)
+    if not len(out):
+        return out
+    protein = np.ones(out.shape[1], bool)
+    protein[negative] = False
+    ratio = (out[:, protein] / np.maximum(thresholds[protein], 1e-6)).max(axis=1)
+    out[:, negative] = np.clip(1.0 - ratio / 2.0, 0.0, 1.0)
+    return out
+
+
 def _probs(table: pd.DataFrame, n: int) -> np.ndarray:
     return table[[f"prob_{k}" for k in range(n)]].to_numpy(np.float32)
 
@@ -116,6 +145,11 @@ def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCa
     # thresholds go through the same fusion as the probabilities (product: t*t, i.e. the geometric mean of
     # cell and image probability against t), so fusing never silently turns every prediction off
     fused_t = fuse(thresholds[None, :], thresholds[None, :], options["fusion"], options["cell_weight"])[0]
+    if catalog.negative is not None and options.get("negative", "derived") == "derived":
+        fused = derive_negative(fused, fused_t, catalog.negative)
+        cells[f"fused_prob_{catalog.negative}"] = fused[:, catalog.negative]
+        fused_t = fused_t.copy()
+        fused_t[catalog.negative] = np.nextafter(np.float32(0.5), np.float32(1))  # Negative iff no class
     cells["predicted"] = [format_labels(np.flatnonzero(r >= fused_t).tolist(), catalog) for r in fused]
     cells["image_labels"] = [list(labels.get(i, [])) for i in cells["image_id"]]
     if truth is not None:

@@ -298,8 +298,20 @@ class _Spool:
         self.file.close()
 
 
+def table_predictions(cells_path: Path, n_classes: int, prefix: str = "fused_prob") -> Iterator[pd.DataFrame]:
+    """Cell-level prediction frames (``image_id``, ``cell_id``, ``prob_k``) from the merged cells table,
+    one shard at a time: ``{prefix}_k`` columns (the fused probabilities by default, the confidences that
+    ``metrics.json`` and the report score) renamed to ``prob_k``."""
+    cells_path = Path(cells_path)
+    shards = pd.read_parquet(cells_path, columns=["shard"])["shard"].unique()
+    columns = ["image_id", "cell_id", *[f"{prefix}_{k}" for k in range(n_classes)]]
+    for shard in sorted(shards):
+        frame = pd.read_parquet(cells_path, columns=columns, filters=[("shard", "==", shard)])
+        yield frame.rename(columns={f"{prefix}_{k}": f"prob_{k}" for k in range(n_classes)})
+
+
 def write_submission(
-    predictions: list[Path],
+    predictions: list[Path] | Iterator[pd.DataFrame],
     stores: list[Path],
     out: Path,
     n_classes: int,
@@ -314,8 +326,10 @@ def write_submission(
 
     Parameters
     ----------
-    predictions : list of Path
-        ``results/predictions/{model}/{shard}.parquet`` files (cell level).
+    predictions : list of Path, or iterator of pandas.DataFrame
+        ``results/predictions/{model}/{shard}.parquet`` files (cell level), or frames with the same
+        columns (:func:`table_predictions`: the merged table's fused probabilities, what the workflow
+        submits).
     stores : list of Path
         The shard stores ``results/zarr/{shard}.zarr``; every image group gets a row, those without
         prediction rows (or without cells) an empty ``PredictionString``.
@@ -340,9 +354,9 @@ def write_submission(
     pending = set(index)
     spool = _Spool(out.parent)
     try:
-        for path in predictions:
-            for row in image_rows(read_predictions(Path(path), n_classes), index, n_classes,
-                                  min_confidence, classes):
+        for source in predictions:
+            frame = source if isinstance(source, pd.DataFrame) else read_predictions(Path(source), n_classes)
+            for row in image_rows(frame, index, n_classes, min_confidence, classes):
                 if row[0] not in pending:
                     raise ValueError(f"image {row[0]} has predictions in more than one file")
                 pending.discard(row[0])

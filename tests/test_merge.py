@@ -82,3 +82,16 @@ def test_image_refused_after_admission_appears_once_and_never_in_splits(segmente
     assert row["rejected"] and row["reject_reason"] == "red: truncated PNG" and row["fold"] == -1
     assert {"coverage", "median_cell_area", "cell_nucleus_ratio", "doubtful", "qc_flag"} <= set(images.columns)
     assert not images.loc[~images["rejected"], "doubtful"].any()
+
+
+def test_negative_is_derived_from_the_protein_classes():
+    from hpa_batch.merge import derive_negative
+
+    t = np.array([0.2, 0.4, 0.5])  # class 2 = Negative
+    fused = np.array([[0.0, 0.0, 0.9],   # nothing: Negative 1
+                      [0.1, 0.2, 0.9],   # both at half their thresholds: 0.75
+                      [0.2, 0.0, 0.9],   # class 0 at its threshold: 0.5 (boundary)
+                      [0.4, 0.0, 0.0]], np.float32)  # twice its threshold: 0
+    out = derive_negative(fused, t, 2)
+    assert np.allclose(out[:, 2], [1.0, 0.75, 0.5, 0.0]) and np.array_equal(out[:, :2], fused[:, :2])
+    assert derive_negative(np.zeros((0, 3), np.float32), t, 2).shape == (0, 3)

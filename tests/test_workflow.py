@@ -123,7 +123,7 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     assert sorted(images_t["image_id"]) == sorted(pd.read_csv(synth_data / "train.csv")["ID"])
     fused = cells_t[[f"fused_prob_{k}" for k in range(19)]].to_numpy()
     prod = cells_t[[f"cell_prob_{k}" for k in range(19)]].to_numpy() * cells_t[[f"image_prob_{k}" for k in range(19)]].to_numpy()
-    assert np.allclose(fused, prod)  # default fusion: cell x image
+    assert np.allclose(fused[:, :18], prod[:, :18])  # default fusion: cell x image (18 = Negative: derived)
     sub = pd.read_csv(res / "submission.csv", keep_default_na=False)
     assert list(sub.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
     assert len(sub) == len(images_t) and (sub["ImageWidth"] == 384).all()
@@ -132,6 +132,17 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
 
     metrics = json.loads((res / "metrics.json").read_text())
     assert 0 <= metrics["cell_map"] <= 1 and metrics["iou_threshold"] == 0.6 and metrics["images"] == 6
+    # one source of confidences: scoring the submission file alone gives the metrics' cell mAP
+    from hpa_batch.evaluate import score_submission
+    from hpa_batch.labels import CATALOGS
+
+    sub_map, _ = score_submission(res / "submission.csv", synth_data / "truth", CATALOGS["hpa2021"])
+    assert sub_map == pytest.approx(metrics["cell_map"], abs=1e-4)
+    # Negative is derived: a cell is Negative exactly when it has no other predicted class
+    negative = cells_t["predicted"].map(lambda s: "18" in s.split("|"))
+    others = cells_t["predicted"].map(lambda s: any(t != "18" for t in s.split("|") if t))
+    assert (negative == ~others).all()
+    assert ((cells_t["fused_prob_18"] >= 0.5) == negative).all()
     assert set(metrics["cell_map_per_cell_line"]) == set(pd.read_csv(synth_data / "train.csv")["Cell_line"])
     # the baseline is scored the same way; the report shows every section and renders in a browser
     assert set(metrics["baseline"]) == {"all"} and metrics["held_out_images"] == 0  # folds 0 and 1 trained

@@ -22,7 +22,7 @@ rule tables:
 
 rule submission:
     input:
-        predictions=lambda wildcards: merge_inputs(wildcards)["cell_predictions"],
+        cells=rules.tables.output.cells,
         segmented=shard_files(f"{RESULTS}/zarr/{{shard}}.segment.json"),
     output:
         f"{RESULTS}/submission.csv",
@@ -37,7 +37,7 @@ rule submission:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "hpa-batch submit --predictions {input.predictions} --stores {params.stores}"
+        "hpa-batch submit --cells {input.cells} --stores {params.stores}"
         " --n-classes {params.n_classes} --out {output} > {log} 2>&1"
 
 
