@@ -19,6 +19,7 @@ Fusion (``merge.fusion``): ``product`` = cell x image (the top 2021 solutions' c
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from hpa_batch.labels import LabelCatalog, format_labels
 from hpa_batch.measure import CELLS_SCHEMA
@@ -213,8 +213,14 @@ def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: n
 
 
 def model_thresholds(model_paths: list[Path], n: int) -> np.ndarray:
-    """Mean per-class thresholds of a model's fold checkpoints (0.5 when there are none)."""
-    values = [torch.load(p, map_location="cpu", weights_only=True)["thresholds"].numpy() for p in model_paths]
+    """Mean per-class thresholds of a model's folds (0.5 when there are none), read from the
+    ``thresholds.json`` beside each ``model.pt`` (the same float32 values; no torch needed here)."""
+    values = []
+    for p in model_paths:
+        path = Path(p).with_name("thresholds.json")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (written by training beside {Path(p).name})")
+        values.append(np.asarray(json.loads(path.read_text())["thresholds"], np.float32))
     return np.mean(values, axis=0) if values else np.full(n, 0.5)
 
 

@@ -95,3 +95,21 @@ def test_negative_is_derived_from_the_protein_classes():
     out = derive_negative(fused, t, 2)
     assert np.allclose(out[:, 2], [1.0, 0.75, 0.5, 0.0]) and np.array_equal(out[:, :2], fused[:, :2])
     assert derive_negative(np.zeros((0, 3), np.float32), t, 2).shape == (0, 3)
+
+
+def test_merge_reads_thresholds_without_torch(tmp_path):
+    """rule tables runs in envs/cpu.yaml (no torch): thresholds come from thresholds.json."""
+    import json
+    import subprocess
+    import sys
+
+    from hpa_batch.merge import model_thresholds
+
+    for k, values in enumerate(([0.2, 0.4], [0.4, 0.6])):
+        d = tmp_path / f"fold{k}"
+        d.mkdir()
+        (d / "thresholds.json").write_text(json.dumps({"classes": ["a", "b"], "thresholds": values}))
+    got = model_thresholds([tmp_path / "fold0" / "model.pt", tmp_path / "fold1" / "model.pt"], 2)
+    assert np.allclose(got, [0.3, 0.5]) and got.dtype == np.float32
+    code = "import sys, hpa_batch.merge, hpa_batch.submit, hpa_batch.evaluate; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
