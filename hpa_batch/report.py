@@ -45,6 +45,7 @@ from PIL import Image  # noqa: E402
 
 from hpa_batch.evaluate import predicted_ids  # noqa: E402
 from hpa_batch.labels import LabelCatalog  # noqa: E402
+from hpa_batch.segment.qc import robust_z  # noqa: E402
 from hpa_batch.splits import multi_hot  # noqa: E402
 from hpa_batch.synth import composite  # noqa: E402
 from hpa_batch.viz import store_overlay  # noqa: E402
@@ -343,10 +344,8 @@ def qc_ranking(images: pd.DataFrame) -> pd.DataFrame:
     z = pd.Series(0.0, index=ok.index)
     for col in ("cell_nucleus_ratio", "coverage"):  # robust z within the image's cell line
         v = np.log(ok[col].astype(float).clip(lower=1e-3))
-        by = v.groupby(ok["cell_line"])
-        med = by.transform("median")
-        mad = (v - med).abs().groupby(ok["cell_line"]).transform("median").mul(1.4826).clip(lower=0.05)
-        z = np.maximum(z, ((v - med).abs() / mad).fillna(99.0))
+        zc = v.groupby(ok["cell_line"]).transform(lambda s: robust_z(s.to_numpy(), 0.05))
+        z = np.maximum(z, zc.abs().fillna(99.0))
     ok["_key"] = ok["doubtful"].astype(int) * 1000 + reasons * 100 + z.clip(upper=99)
     return ok.sort_values(["_key", "image_id"], ascending=[False, True]).drop(columns="_key")
 
@@ -366,14 +365,24 @@ def segmentation_section(images: pd.DataFrame, zarr_stores: list[Path], n: int, 
     with the flag reasons), and the QC table of every segmented image, sortable by any column."""
     ranked = qc_ranking(images)
     stores = {s.name.removesuffix(".zarr"): s for s in zarr_stores}
-    with_labels = ranked[[(stores.get(r.shard, Path()) / r.image_id / "labels").is_dir()
-                          for r in ranked.itertuples()]] if len(ranked) else ranked
-    n_worst = min((n + 1) // 2, len(with_labels))
-    worst = with_labels.head(n_worst)
-    rest = with_labels.iloc[n_worst:]
+
+    def shown(rows: pd.DataFrame, k: int) -> pd.DataFrame:
+        """The first ``k`` rows whose labels exist (checked lazily: a run has ~10^5 images)."""
+        keep = []
+        for i, r in zip(rows.index, rows.itertuples()):
+            if len(keep) == k:
+                break
+            if (stores.get(r.shard, Path()) / r.image_id / "labels").is_dir():
+                keep.append(i)
+        return rows.loc[keep]
+
+    worst = shown(ranked, (n + 1) // 2)
+    rest = ranked.drop(index=worst.index)
     rest = rest[~rest["doubtful"]]
-    typical = rest.iloc[np.linspace(len(rest) // 4, len(rest) - 1, min(n - n_worst, len(rest))).astype(int)] \
-        if len(rest) else rest
+    # typical = evenly spaced through the better three quarters of the ranking
+    m = min(n - len(worst), len(rest))
+    picks = rest.iloc[np.unique(np.linspace(len(rest) // 4, len(rest) - 1, m).astype(int))] if m > 0 else rest.head(0)
+    typical = shown(picks, m)
     blocks = []
     for title, rows in (("Worst by QC", worst), ("Typical", typical.drop_duplicates("image_id"))):
         figs = [_overlay_figure(stores[r.shard] / r.image_id, f"{r.image_id} · {r.cell_line} · {r.n_cells} cells",

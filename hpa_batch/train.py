@@ -33,7 +33,13 @@ import torch.nn.functional as F
 
 from hpa_batch import __version__
 from hpa_batch.labels import LabelCatalog
-from hpa_batch.loader import GroupDataset, TileIndex, build_index, epoch_plan, iterate_batches
+from hpa_batch.loader import (
+    GroupDataset,
+    TileIndex,
+    build_index,
+    epoch_plan,
+    iterate_batches,
+)
 from hpa_batch.metrics import summary, tune_thresholds
 from hpa_batch.models import channel_indices, create_model, input_stats
 from hpa_batch.progress import get_logger
@@ -237,6 +243,7 @@ class Trainer:
     def __init__(self, spec: dict[str, Any], fold: int, stores: list[Path], splits: pd.DataFrame,
                  catalog: LabelCatalog, out: Path, device: str | None = None):
         self.spec, self.fold, self.out, self.catalog = spec, fold, out, catalog
+        self.stopped_early: int | None = None  # epoch (1-based) at which early stopping ended training
         self.log = get_logger()
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -511,7 +518,7 @@ class Trainer:
              "selection": self.spec["selection"]}, indent=1))
         result = {"name": self.spec["name"], "fold": self.fold, "best_epoch": int(best["epoch"]),
                   "selection": self.spec["selection"], "best_score": self.state.best_loss,
-                  "stopped_early_at_epoch": getattr(self, "stopped_early", None),
+                  "stopped_early_at_epoch": self.stopped_early,
                   "epochs_run": len(self.state.history),
                   "train_tiles": int(len(self.train_pos)), "val_tiles": int(len(self.val_pos)),
                   "catalog": self.catalog.name, "version": __version__}

@@ -5,7 +5,13 @@ import tifffile
 from PIL import Image
 
 from hpa_batch.config import config_from_dict
-from hpa_batch.manifest import MANIFEST_SCHEMA, build_manifest, read_manifest, read_rejected, write_manifest
+from hpa_batch.manifest import (
+    MANIFEST_SCHEMA,
+    build_manifest,
+    read_manifest,
+    read_rejected,
+    write_manifest,
+)
 from hpa_batch.plan import plan_shards, read_metadata
 
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from hpa_batch.labels import CATALOGS
-from hpa_batch.merge import ShardInputs, cells_schema, fuse, images_schema, merge_tables
+from hpa_batch.merge import ShardInputs, cells_schema, fuse, merge_tables
 
 
 def test_fusion_methods():

@@ -9,7 +9,13 @@ import pytest
 
 from hpa_batch.evaluate import baseline_view, evaluate_all, held_out_images
 from hpa_batch.labels import CATALOGS
-from hpa_batch.report import SECTIONS, ReportInputs, build_report, confusion_matrix, git_revision
+from hpa_batch.report import (
+    SECTIONS,
+    ReportInputs,
+    build_report,
+    confusion_matrix,
+    git_revision,
+)
 
 CAT = CATALOGS["hpa2021"]
 N = CAT.n_classes

@@ -2,24 +2,26 @@
 store (ome-zarr-models, napari-ome-zarr), quality against the synthetic truth, resume."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 import zarr
+from conftest import SMALL_SEGMENTATION
 
 from hpa_batch.config import load_config
+from hpa_batch.labels import CATALOGS
 from hpa_batch.ngff import label_levels
 from hpa_batch.segment import BackendUnavailable, create_segmenter, list_backends
-from hpa_batch.segment.adapters import CellposeSegmenter, HPACellSegSegmenter, match_nuclei
+from hpa_batch.segment.adapters import (
+    CellposeSegmenter,
+    HPACellSegSegmenter,
+    match_nuclei,
+)
 from hpa_batch.segment.quality import average_precision, iou_matrix
-from hpa_batch.segment.stage import border_ids, filter_cells, working_level
+from hpa_batch.segment.stage import border_ids, filter_cells
 from hpa_batch.synth import STYLES, synthesize_image
-from hpa_batch.labels import CATALOGS
-
-from conftest import SMALL_SEGMENTATION
 
 
 def synth(seed=0, size=384, line="A-431"):
@@ -279,8 +281,8 @@ def test_kill9_mid_segmentation_then_rerun_equals_uninterrupted(synth_data, tmp_
     import time
 
     import yaml
-
     from conftest import synth_config, tool_env
+
     from hpa_batch.cli import main
     from hpa_batch.ngff import labels_complete
 

@@ -6,7 +6,12 @@ import pytest
 
 from hpa_batch.config import config_from_dict
 from hpa_batch.segment import create_segmenter
-from hpa_batch.segment.qc import SEGMENT_QC_COLUMNS, flag_images, image_qc, read_segment_qc
+from hpa_batch.segment.qc import (
+    SEGMENT_QC_COLUMNS,
+    flag_images,
+    image_qc,
+    read_segment_qc,
+)
 from hpa_batch.splits import EXCLUDED, make_splits
 from hpa_batch.synth import synthesize_image
 

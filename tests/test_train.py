@@ -2,7 +2,6 @@
 a tiny end-to-end run on the synthetic tiles."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,14 +12,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import tool_env
 
 from hpa_batch.config import load_config
 from hpa_batch.labels import CATALOGS
 from hpa_batch.loader import build_index, epoch_plan
 from hpa_batch.models import WeightsUnavailable, create_model
 from hpa_batch.splits import make_splits, write_splits
-
-from conftest import tool_env
 
 TINY = {"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 2, "batch_size": 16,
         "num_workers": 0, "schedule": {"kind": "seed"}, "folds": [0], "early_stopping_patience": 0}

@@ -4,10 +4,8 @@ import re
 import subprocess
 
 import numpy as np
-
 import pytest
 import yaml
-
 from conftest import tool_env
 
 
@@ -113,8 +111,9 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
         assert len(pd.read_parquet(p)) == len(pd.read_parquet(c))
     assert planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml")) == []
     # merged tables: every cell of every shard, every image of the plan, truth attached
-    from hpa_batch.merge import cells_schema, images_schema
     import pyarrow.parquet as pq
+
+    from hpa_batch.merge import images_schema
 
     cells_t = pd.read_parquet(res / "tables" / "cells.parquet")
     images_t = pd.read_parquet(res / "tables" / "images.parquet")

@@ -99,6 +99,18 @@ def _reasons(row: Any, opts: SegmentationQCConfig) -> list[str]:
     return out
 
 
+def robust_z(values: np.ndarray, floor: float, mask: np.ndarray | None = None) -> np.ndarray:
+    """``(v - median) / max(1.4826 MAD, floor)``, median and MAD over the finite ``values`` (within
+    ``mask`` when given): ``(n,)`` float -> ``(n,)`` float64, NaN where ``values`` is NaN."""
+    v = np.asarray(values, float)
+    good = np.isfinite(v) if mask is None else (np.isfinite(v) & mask)
+    if not good.any():
+        return np.full(v.shape, np.nan)
+    med = float(np.median(v[good]))
+    mad = max(1.4826 * float(np.median(np.abs(v[good] - med))), floor)
+    return (v - med) / mad
+
+
 def _outliers(table: pd.DataFrame, opts: SegmentationQCConfig) -> list[list[str]]:
     """Per row, the measures far from the shard's median (log scale for counts and areas)."""
     out: list[list[str]] = [[] for _ in range(len(table))]
@@ -117,9 +129,7 @@ def _outliers(table: pd.DataFrame, opts: SegmentationQCConfig) -> list[list[str]
         good = ok & np.isfinite(v)
         if good.sum() < opts.min_images_for_outliers:
             continue
-        med = float(np.median(v[good]))
-        mad = max(1.4826 * float(np.median(np.abs(v[good] - med))), floor)
-        z = (v - med) / mad
+        z = robust_z(v, floor, good)
         for i in np.flatnonzero(good & (np.abs(z) > opts.outlier_mads)):
             side = "above" if z[i] > 0 else "below"
             out[i].append(f"{name} {abs(z[i]):.1f} MADs {side} the shard's median")

@@ -23,7 +23,13 @@ import zarr
 
 from hpa_batch import CHANNELS, __version__
 from hpa_batch.config import Config
-from hpa_batch.ngff import label_levels, labels_complete, publish, read_group_attrs, write_labels
+from hpa_batch.ngff import (
+    label_levels,
+    labels_complete,
+    publish,
+    read_group_attrs,
+    write_labels,
+)
 from hpa_batch.progress import Progress, get_logger
 from hpa_batch.segment import Segmenter, create_segmenter
 from hpa_batch.segment.qc import QC_MEASURES, SEGMENT_QC_COLUMNS, flag_images, image_qc
