@@ -39,9 +39,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from hpa_batch import CHANNELS
 from hpa_batch.labels import LabelCatalog, format_labels
-from hpa_batch.measure import FEATURES, STATS
+from hpa_batch.measure import FEATURE_COLUMNS, feature_matrix
 from hpa_batch.metrics import macro_f1, mean_ap, tune_thresholds
 from hpa_batch.progress import get_logger
 from hpa_batch.registry import Registry
@@ -50,9 +49,7 @@ from hpa_batch.tables import to_arrow
 
 BASELINES: Registry[ClassifierMixin] = Registry("baseline classifier")
 
-GEOMETRY = ("area", "nucleus_area", "eccentricity", "solidity")
-INTENSITIES = tuple(f"{c}_{where}_{s}" for where in ("cell", "nucleus") for c in CHANNELS for s in STATS)
-FEATURE_COLUMNS = GEOMETRY + INTENSITIES + FEATURES
+__all__ = ["BASELINES", "FEATURE_COLUMNS", "create_baseline", "features", "fit_baseline", "run_baseline"]
 
 
 @BASELINES.register("hist_gradient_boosting")
@@ -87,27 +84,13 @@ def create_baseline(name: str, seed: int = 0, n_jobs: int = 1) -> Pipeline:
 
 
 def features(cells: pd.DataFrame, embeddings: np.ndarray | None = None) -> np.ndarray:
-    """The baseline's design matrix.
-
-    Parameters
-    ----------
-    cells : pandas.DataFrame
-        Rows of the per-cell table (every column of :data:`FEATURE_COLUMNS`).
-    embeddings : numpy.ndarray, optional
-        ``(n, d)`` float32 deep embeddings of the same cells, appended as extra columns.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n, f)`` float32, intensities as ``log1p``, non-finite values as 0.
-    """
-    x = cells[list(FEATURE_COLUMNS)].to_numpy(np.float64, copy=True)
-    x[:, len(GEOMETRY):len(GEOMETRY) + len(INTENSITIES)] = np.log1p(
-        np.maximum(x[:, len(GEOMETRY):len(GEOMETRY) + len(INTENSITIES)], 0))
-    x[:, :2] = np.log1p(x[:, :2])
+    """The baseline's design matrix: :func:`hpa_batch.measure.feature_matrix` of ``cells``
+    (``(n, f)`` float32), with ``embeddings`` (``(n, d)`` float32 deep embeddings of the same cells)
+    appended as extra columns when given."""
+    x = feature_matrix(cells)
     if embeddings is not None:
-        x = np.hstack([x, embeddings.astype(np.float64)])
-    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+        x = np.hstack([x, np.nan_to_num(embeddings.astype(np.float32))])
+    return x
 
 
 def weak_targets(image_labels: list[Any], n: int, negative: int | None) -> np.ndarray:

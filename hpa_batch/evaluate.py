@@ -240,6 +240,8 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
                       for v in matched["truth_labels"]]
         pred_sets = [set(predicted_ids(v, catalog)) for v in matched["predicted"]]
         result["cell_accuracy"] = float(np.mean([a == b for a, b in zip(pred_sets, truth_sets)])) if len(matched) else None
+        result["cell_macro_f1"] = _set_macro_f1(truth_sets, pred_sets, n) if len(matched) else None
+        result["matched_cells"] = int(len(matched))
     return result
 
 
@@ -291,6 +293,18 @@ def score_submission(path: Path, truth_dir: Path, catalog: LabelCatalog, iou_thr
         frames.append(det)
     pred = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "cell_id"])
     return instance_map(pred, truth[truth["image_id"].isin(list(ious))], ious, catalog.n_classes, iou_threshold)
+
+
+def _set_macro_f1(truth: list[set[int]], pred: list[set[int]], n: int) -> float | None:
+    """Macro-F1 over the classes present in ``truth`` of per-cell label sets (the labels as emitted)."""
+    y = multi_hot([sorted(t) for t in truth], n)
+    p = multi_hot([sorted(q) for q in pred], n)
+    present = y.any(axis=0)
+    if not present.any():
+        return None
+    tp = (y & p).sum(0)
+    f1 = 2 * tp / np.maximum(y.sum(0) + p.sum(0), 1)
+    return float(f1[present].mean())
 
 
 def held_out_images(images: pd.DataFrame, trained_folds: set[int]) -> set[str]:

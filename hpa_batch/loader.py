@@ -141,38 +141,73 @@ class GroupDataset(torch.utils.data.Dataset):
     """Item ``i`` = all tiles of group ``i`` (whole chunks read once), in the group's batch order.
 
     Returns a dict: ``x`` uint8 ``(n, k, S, S)`` (selected channels), ``y`` float32 ``(n, c)``,
-    ``pos`` int64 ``(n,)``, ``sizes`` int64 (batch sizes).
+    ``pos`` int64 ``(n,)``, ``sizes`` int64 (batch sizes) and, with ``features``, ``f`` float32
+    ``(n, f)``: the cells' hand-crafted feature rows, read by the same whole chunks as the tiles.
     """
 
-    def __init__(self, index: TileIndex, groups: list[list[np.ndarray]], channels: list[int]):
-        self.index, self.groups, self.channels = index, groups, channels
-        self._arrays: dict[int, zarr.Array] = {}
+    def __init__(self, index: TileIndex, groups: list[list[np.ndarray]], channels: list[int],
+                 features: bool = False):
+        self.index, self.groups, self.channels, self.features = index, groups, channels, features
+        self._arrays: dict[tuple[int, str], zarr.Array] = {}
 
     def __len__(self) -> int:
         return len(self.groups)
 
-    def _array(self, store: int) -> zarr.Array:
-        if store not in self._arrays:  # opened lazily, inside the worker process
+    def _array(self, store: int, name: str | None = None) -> zarr.Array:
+        name = name or self.index.array
+        if (store, name) not in self._arrays:  # opened lazily, inside the worker process
             group = zarr.open_group(self.index.stores[store], mode="r", zarr_format=3)
-            self._arrays[store] = group[self.index.array]
-        return self._arrays[store]
+            if name not in group:
+                raise ValueError(f"{self.index.stores[store]} has no {name!r} array: rebuild the tiles of that "
+                                 "shard (stores written before hybrid models lack it)")
+            self._arrays[(store, name)] = group[name]
+        return self._arrays[(store, name)]
+
+    def _gather(self, pos: np.ndarray, name: str, select: list[int] | None) -> np.ndarray:
+        idx = self.index
+        chunks: dict[tuple[int, int], np.ndarray] = {}
+        for s, c, size in {(int(idx.store[p]), int(idx.row[p] // idx.chunk[p]), int(idx.chunk[p])) for p in pos}:
+            # the index's chunk (of the tiles array) is also the row block of the features array
+            block = self._array(s, name)[c * size : (c + 1) * size]
+            chunks[(s, c)] = block[:, select] if select is not None else block
+        return np.stack([chunks[(int(idx.store[p]), int(idx.row[p] // idx.chunk[p]))][idx.row[p] % idx.chunk[p]]
+                         for p in pos])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         pos = np.concatenate(self.groups[i])
-        idx = self.index
-        rows: dict[tuple[int, int], np.ndarray] = {}
-        for s, c in {(int(idx.store[p]), int(idx.row[p] // idx.chunk[p])) for p in pos}:
-            size = int(self._array(s).chunks[0])
-            rows[(s, c)] = self._array(s)[c * size : (c + 1) * size][:, self.channels]
-        x = np.stack([rows[(int(idx.store[p]), int(idx.row[p] // idx.chunk[p]))][idx.row[p] % idx.chunk[p]]
-                      for p in pos])
-        return {"x": torch.from_numpy(x), "y": torch.from_numpy(idx.y[pos]), "pos": torch.from_numpy(pos),
+        item = {"x": torch.from_numpy(self._gather(pos, self.index.array, self.channels)),
+                "y": torch.from_numpy(self.index.y[pos]), "pos": torch.from_numpy(pos),
                 "sizes": torch.tensor([len(b) for b in self.groups[i]])}
+        if self.features:
+            item["f"] = torch.from_numpy(self._gather(pos, "features", None).astype(np.float32))
+        return item
+
+
+def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation ``(f,)`` float64 of the feature rows at ``positions`` (each
+    distinct row once), read one store at a time."""
+    total = sq = None
+    n = 0
+    rows = np.unique(positions)
+    for s in np.unique(index.store[rows]):
+        mine = index.row[rows[index.store[rows] == s]]
+        group = zarr.open_group(index.stores[int(s)], mode="r", zarr_format=3)
+        if "features" not in group:
+            raise ValueError(f"{index.stores[int(s)]} has no 'features' array: rebuild the tiles of that shard")
+        f = group["features"][:][mine].astype(np.float64)
+        total = f.sum(0) if total is None else total + f.sum(0)
+        sq = (f * f).sum(0) if sq is None else sq + (f * f).sum(0)
+        n += len(f)
+    if not n:
+        raise ValueError("no feature rows to standardise")
+    mean = total / n
+    return mean, np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
 
 
 def iterate_batches(dataset: GroupDataset, num_workers: int, skip: int = 0
-                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(batch_number, x, y, pos)`` over all groups, starting at batch ``skip``.
+                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+    """Yield ``(batch_number, x, f, y, pos)`` over all groups, starting at batch ``skip`` (``f`` is
+    None unless the dataset reads features).
 
     Groups wholly before ``skip`` are not read. Workers (spawned: zarr's I/O thread must not be forked)
     read groups ahead; order is preserved.
@@ -183,7 +218,7 @@ def iterate_batches(dataset: GroupDataset, num_workers: int, skip: int = 0
             break
         seen += len(g)
         first += 1
-    sub = GroupDataset(dataset.index, dataset.groups[first:], dataset.channels)
+    sub = GroupDataset(dataset.index, dataset.groups[first:], dataset.channels, dataset.features)
     loader = torch.utils.data.DataLoader(
         sub, batch_size=None, shuffle=False, num_workers=num_workers,
         multiprocessing_context="spawn" if num_workers else None,
@@ -195,7 +230,7 @@ def iterate_batches(dataset: GroupDataset, num_workers: int, skip: int = 0
         for size in item["sizes"].tolist():
             if b >= skip:
                 sl = slice(start, start + size)
-                yield b, item["x"][sl], item["y"][sl], item["pos"][sl]
+                f = item["f"][sl] if "f" in item else None
+                yield b, item["x"][sl], f, item["y"][sl], item["pos"][sl]
             b += 1
             start += size
-

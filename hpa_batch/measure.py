@@ -41,6 +41,11 @@ FEATURES = (
     "blob_eccentricity", "blob_nucleus_area_ratio", "blob_nucleus_distance",
 )
 
+GEOMETRY = ("area", "nucleus_area", "eccentricity", "solidity")
+INTENSITIES = tuple(f"{c}_{where}_{s}" for where in ("cell", "nucleus") for c in CHANNELS for s in STATS)
+FEATURE_COLUMNS = GEOMETRY + INTENSITIES + FEATURES
+"""Columns of the per-cell table that make the hand-crafted design matrix (:func:`feature_matrix`)."""
+
 CELLS_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()), ("cell_id", pa.int32()), ("cell_line", pa.string()),
@@ -53,6 +58,30 @@ CELLS_SCHEMA = pa.schema(
         *[(f, pa.float32()) for f in FEATURES],
     ]
 )
+
+
+def feature_matrix(cells: pd.DataFrame) -> np.ndarray:
+    """The hand-crafted design matrix of the baseline and of hybrid deep models.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Rows of the per-cell table (every column of :data:`FEATURE_COLUMNS`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, len(FEATURE_COLUMNS))`` float32: areas and intensities as ``log1p`` (negative values as
+        0), non-finite values as 0.
+    """
+    missing = [c for c in FEATURE_COLUMNS if c not in cells.columns]
+    if missing:
+        raise ValueError(f"the per-cell table lacks feature columns {missing[:5]} (written by an older measure?)")
+    x = cells[list(FEATURE_COLUMNS)].to_numpy(np.float64, copy=True)
+    logged = slice(len(GEOMETRY), len(GEOMETRY) + len(INTENSITIES))
+    x[:, logged] = np.log1p(np.maximum(x[:, logged], 0))
+    x[:, :2] = np.log1p(np.maximum(x[:, :2], 0))
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
 def _median(regionmask: np.ndarray, intensity: np.ndarray) -> np.ndarray:

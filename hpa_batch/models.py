@@ -5,6 +5,13 @@
 (``pretrained_cfg_overlay=dict(file=path)``); timm adapts the first convolution to ``in_chans`` by
 repeating the pretrained RGB filters (a 4th channel starts as a copy of the red filters, all scaled by
 3 / in_chans), so every input channel starts from pretrained filters rather than zeros.
+
+With ``n_features > 0`` the backbone becomes the image branch of a :class:`HybridNet`: the cell's
+hand-crafted feature row (standardised with statistics of the training cells, stored as buffers so
+the checkpoint carries them) goes through a small MLP and is concatenated to the pooled CNN
+embedding before one linear head (seed study 002 concatenated its features the same way). The
+features are measured at full resolution, where the 1-5 px patterns (nucleoli, centrosome, vesicles)
+still exist that a 64-128 px tile of the whole cell has averaged away.
 """
 
 from __future__ import annotations
@@ -26,9 +33,57 @@ def channel_indices(channels: list[str] | tuple[str, ...]) -> list[int]:
     return [CHANNELS.index(c) for c in channels]
 
 
+class HybridNet(torch.nn.Module):
+    """A timm backbone and an MLP over hand-crafted cell features, joined before one linear head.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        A timm model created with ``num_classes=0`` (its forward returns pooled features).
+    n_features : int
+        Length ``f`` of a feature row.
+    num_classes : int
+    hidden : int
+        Width of the feature MLP's two layers.
+    dropout : float
+        Dropout before the head.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, n_features: int, num_classes: int, *, hidden: int = 128,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(n_features, hidden), torch.nn.BatchNorm1d(hidden), torch.nn.ReLU(inplace=True),
+            torch.nn.Linear(hidden, hidden), torch.nn.ReLU(inplace=True))
+        self.num_features = int(backbone.num_features) + hidden
+        self.drop = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(self.num_features, num_classes)
+
+    def set_feature_stats(self, mean: torch.Tensor | Any, std: torch.Tensor | Any) -> None:
+        """Standardisation of the feature rows: ``(f,)`` means and standard deviations (0 -> 1)."""
+        std_t = torch.as_tensor(std, dtype=torch.float32)
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feature_std.copy_(torch.where(std_t > 1e-6, std_t, torch.ones_like(std_t)))
+
+    def embed(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``(b, k, s, s)`` tiles and ``(b, f)`` feature rows -> ``(b, num_features)`` joint embedding."""
+        z = ((features.float() - self.feature_mean) / self.feature_std).clamp(-10, 10)
+        return torch.cat([self.backbone(x).float(), self.mlp(z)], dim=1)
+
+    def forward(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``(b, num_classes)`` logits."""
+        return self.head(self.drop(self.embed(x, features)))
+
+
 def create_model(arch: str, channels: list[str] | tuple[str, ...], num_classes: int,
-                 pretrained: str | None = None, dropout: float = 0.0) -> torch.nn.Module:
-    """A timm model for ``len(channels)`` input channels and ``num_classes`` sigmoid outputs.
+                 pretrained: str | None = None, dropout: float = 0.0, *, n_features: int = 0
+                 ) -> torch.nn.Module:
+    """A timm model for ``len(channels)`` input channels and ``num_classes`` sigmoid outputs; with
+    ``n_features > 0`` a :class:`HybridNet` around it that also takes ``(b, n_features)`` feature rows.
 
     Raises
     ------
@@ -37,13 +92,29 @@ def create_model(arch: str, channels: list[str] | tuple[str, ...], num_classes: 
     """
     import timm
 
-    kwargs: dict[str, Any] = {"in_chans": len(channels), "num_classes": num_classes, "drop_rate": dropout}
+    kwargs: dict[str, Any] = {"in_chans": len(channels), "num_classes": 0 if n_features else num_classes,
+                              "drop_rate": 0.0 if n_features else dropout}
     if pretrained:
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise WeightsUnavailable(f"pretrained weights {path} do not exist (local files only, no downloads)")
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    return timm.create_model(arch, **kwargs)
+    backbone = timm.create_model(arch, **kwargs)
+    if n_features:
+        return HybridNet(backbone, n_features, num_classes, dropout=dropout)
+    return backbone
+
+
+def embed(model: torch.nn.Module, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    """Pooled embedding ``(b, d)`` of a plain timm model or a :class:`HybridNet`."""
+    if isinstance(model, HybridNet):
+        return model.embed(x, features)
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def forward(model: torch.nn.Module, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of a plain timm model (``features`` ignored) or of a hybrid (``features`` required)."""
+    return model(x) if features is None else model(x, features)
 
 
 def input_stats(model: torch.nn.Module, channels: list[str] | tuple[str, ...]) -> tuple[list[float], list[float]]:

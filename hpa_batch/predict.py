@@ -18,7 +18,8 @@ import pyarrow as pa
 import torch
 
 from hpa_batch.labels import LabelCatalog, format_labels
-from hpa_batch.models import channel_indices, create_model
+from hpa_batch.measure import FEATURE_COLUMNS
+from hpa_batch.models import channel_indices, create_model, embed, forward
 from hpa_batch.progress import Progress, get_logger
 from hpa_batch.tables import write_table
 from hpa_batch.tiles import TileReader
@@ -45,29 +46,32 @@ def load_folds(paths: list[Path], device: torch.device) -> tuple[list[torch.nn.M
         from hpa_batch.labels import get_catalog
 
         n_classes = get_catalog(ckpt["catalog"]).n_classes
-        model = create_model(spec["arch"], spec["channels"], n_classes, None, spec["dropout"])
+        hybrid = bool(spec.get("features")) and spec["level"] == "cell"
+        model = create_model(spec["arch"], spec["channels"], n_classes, None, spec["dropout"],
+                             n_features=len(FEATURE_COLUMNS) if hybrid else 0)
         model.load_state_dict(ckpt["model"])
         models.append(model.to(device).eval())
         thresholds.append(ckpt["thresholds"].numpy())
-        spec = {**spec, "mean": ckpt["mean"], "std": ckpt["std"]}
+        spec = {**spec, "mean": ckpt["mean"], "std": ckpt["std"], "hybrid": hybrid}
     if spec is None:
         raise ValueError("no model checkpoints given")
     return models, spec, np.mean(thresholds, axis=0)
 
 
 @torch.no_grad()
-def run_models(models: list[torch.nn.Module], x: torch.Tensor, tta: bool, embed: bool
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mean sigmoid over folds (and flips) for a normalised batch; optional mean pooled features."""
+def run_models(models: list[torch.nn.Module], x: torch.Tensor, tta: bool, embeddings: bool,
+               features: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean sigmoid over folds (and flips) for a normalised batch ``x`` (``(b, k, s, s)``, with
+    ``(b, f)`` ``features`` for hybrid models); optional mean pooled embeddings."""
     views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
     probs, feats = [], []
     for m in models:
         for v in views:
-            probs.append(torch.sigmoid(m(v).float()))
-        if embed:
-            feats.append(m.forward_head(m.forward_features(x), pre_logits=True).float())
+            probs.append(torch.sigmoid(forward(m, v, features).float()))
+        if embeddings:
+            feats.append(embed(m, x, features).float())
     p = torch.stack(probs).mean(0).cpu().numpy()
-    return p, (torch.stack(feats).mean(0).cpu().numpy() if embed else None)
+    return p, (torch.stack(feats).mean(0).cpu().numpy() if embeddings else None)
 
 
 def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: LabelCatalog, model_name: str,
@@ -86,9 +90,11 @@ def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: Labe
     probs, embeds = [], []
     progress = Progress(reader.n, f"predict {model_name} {tiles.name}")
     for start in range(0, reader.n, batch_size):
-        x = torch.from_numpy(reader.read_rows(start, min(start + batch_size, reader.n))[:, chans])
+        stop = min(start + batch_size, reader.n)
+        x = torch.from_numpy(reader.read_rows(start, stop)[:, chans])
         x = (prepare(x.to(dev, non_blocking=True), spec["input_size"]) - mean) / std
-        p, e = run_models(models, x, spec["tta"], spec["embeddings"])
+        f = reader.read_features(start, stop).to(dev) if spec["hybrid"] else None
+        p, e = run_models(models, x, spec["tta"], spec["embeddings"], f)
         probs.append(p)
         if e is not None:
             embeds.append(e)

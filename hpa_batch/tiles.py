@@ -5,6 +5,9 @@ Store layout (zarr v3 group, attributes record every setting, the intensity mapp
 ``cells``        ``(n_cells, 4, S, S)`` uint8, chunks ``(chunk_tiles, 4, S, S)``: one chunk holds many
                  tiles, so a training loader reads a chunk per ``chunk_tiles`` tiles, never a file each
 ``cell_image``   ``(n_cells,)`` string image id;  ``cell_id`` ``(n_cells,)`` int32 (row -> cell)
+``features``     ``(n_cells, f)`` float32, chunks ``(chunk_tiles, f)``: the cell's hand-crafted design row
+                 (:func:`hpa_batch.measure.feature_matrix`; columns in the ``feature_columns`` attribute),
+                 read chunk by chunk beside the tiles by hybrid models
 ``images``       ``(n_images, 4, S_img, S_img)`` uint8, chunks ``(1, 4, S_img, S_img)``
 ``image_id``     ``(n_images,)`` string
 
@@ -29,6 +32,7 @@ from zarr.codecs import BloscCodec
 
 from hpa_batch import CHANNELS, __version__
 from hpa_batch.config import Config, IntensityConfig, TilesConfig
+from hpa_batch.measure import FEATURE_COLUMNS, feature_matrix
 from hpa_batch.progress import Progress, get_logger
 
 
@@ -197,6 +201,9 @@ def _create(root: zarr.Group, n_cells: int, n_images: int, spec: TilesConfig) ->
                                         chunks=(max(n_cells, 1),)),
         "cell_id": root.create_array("cell_id", shape=(n_cells,), dtype="int32",
                                      chunks=(max(n_cells, 1),)),
+        "features": root.create_array("features", shape=(n_cells, len(FEATURE_COLUMNS)), dtype="float32",
+                                      chunks=(spec.chunk_tiles, len(FEATURE_COLUMNS)), compressors=[codec],
+                                      dimension_names=("cell", "feature")),
         "images": root.create_array("images", shape=(n_images, 4, si, si), dtype="uint8",
                                     chunks=(1, 4, si, si), compressors=[codec],
                                     dimension_names=("image", "c", "y", "x")),
@@ -206,12 +213,14 @@ def _create(root: zarr.Group, n_cells: int, n_images: int, spec: TilesConfig) ->
 
 
 def _iter_images(store: Path, table: pd.DataFrame, image_ids: list[str], spec: TilesConfig
-                 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+                 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image: id, tiles, cell ids, whole-image input and the cells' feature rows (same order)."""
     groups = {k: g for k, g in table.groupby("image_id", sort=False)}
     empty = table.iloc[:0]
     for image_id in image_ids:
+        rows = groups.get(image_id, empty)
         try:
-            yield image_id, *image_tiles(store / image_id, groups.get(image_id, empty), spec)
+            yield image_id, *image_tiles(store / image_id, rows, spec), feature_matrix(rows)
         except Exception as exc:
             raise RuntimeError(f"tiles of image {image_id} ({store / image_id}) failed: {exc}") from exc
 
@@ -222,7 +231,7 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
 
     spec = cfg.tiles
     table = pd.read_parquet(cells_path, columns=["image_id", "cell_id", "border", "bbox_y0",
-                                                 "bbox_x0", "bbox_y1", "bbox_x1"])
+                                                 "bbox_x0", "bbox_y1", "bbox_x1", *FEATURE_COLUMNS])
     if not spec.include_border:
         table = table[~table["border"]]
     image_ids = [p.name for p in image_groups(store)]
@@ -231,15 +240,18 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
     arrays = _create(root, len(table), len(image_ids), spec)
     appender = ChunkedAppender(arrays["cells"], spec.chunk_tiles)
+    feature_rows = ChunkedAppender(arrays["features"], spec.chunk_tiles)
     progress = Progress(len(image_ids), f"tiles {out.name}")
     cell_image, cell_ids = [], []
-    for k, (image_id, tiles, ids, whole) in enumerate(_iter_images(store, table, image_ids, spec)):
+    for k, (image_id, tiles, ids, whole, feats) in enumerate(_iter_images(store, table, image_ids, spec)):
         appender.add(tiles)
+        feature_rows.add(feats)
         cell_image += [image_id] * len(ids)
         cell_ids.append(ids)
         arrays["images"][k] = whole
         progress.update(1)
     appender.close()
+    feature_rows.close()
     if len(table):
         arrays["cell_image"][:] = np.array(cell_image, dtype=object)
         arrays["cell_id"][:] = np.concatenate(cell_ids)
@@ -247,6 +259,7 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
         arrays["image_id"][:] = np.array(image_ids, dtype=object)
     attrs = {"shard": store.name.removesuffix(".zarr"), "channels": list(CHANNELS),
              "n_cells": len(table), "n_images": len(image_ids), "settings": cfg.raw["tiles"],
+             "feature_columns": list(FEATURE_COLUMNS),
              "intensity": {"mode": spec.intensity.mode, "low": spec.intensity.low,
                            "high": spec.intensity.high, "to": "uint8 0..255",
                            "computed_on": "per image and channel, on the pyramid level used for the image input"},
@@ -282,6 +295,14 @@ class TileReader:
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop``: ``(k, 4, S, S)`` uint8."""
         return self.array[start:stop]
+
+    def read_features(self, start: int, stop: int) -> "torch.Tensor":
+        """Feature rows ``start:stop`` of the cells: ``(k, f)`` float32 tensor."""
+        import torch
+
+        if "features" not in self.group:
+            raise ValueError(f"{self.group.store} has no 'features' array: rebuild the tiles of that shard")
+        return torch.from_numpy(np.asarray(self.group["features"][start:stop], np.float32))
 
     def iter_batches(self, batch_size: int, seed: int = 0, shuffle: bool = True, buffer_chunks: int = 4,
                      rows: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -1,10 +1,11 @@
 """The training stage: one timm model on one fold, resumable bit for bit.
 
-Cell-level models learn from cell tiles with weak labels (each cell gets its image's labels);
+Cell-level models learn from cell tiles with weak labels (each cell gets its image's labels) and,
+with ``features: true``, from the cells' hand-crafted feature rows too (:class:`~hpa_batch.models.HybridNet`);
 image-level models from the whole-image inputs. Per epoch: train loss, validation loss, macro-F1,
-mAP and AUC go to ``history.csv`` and the log; the best epoch (validation loss) is kept, per-class
-F1-optimal thresholds are tuned on its validation predictions, and early stopping watches the same
-metric.
+mAP and AUC go to ``history.csv`` and the log; the best epoch (by ``selection``: validation mAP or
+loss) is kept, per-class F1-optimal thresholds (guarded, see ``thresholds``) are tuned on its
+validation predictions, and early stopping watches the same metric.
 
 Checkpoints (``state/last.pt``, written atomically: temp file + rename) hold model, optimizer, AMP
 scaler, epoch, step, position in the epoch plan, best-so-far bookkeeping and every RNG state; they
@@ -38,8 +39,10 @@ from hpa_batch.loader import (
     TileIndex,
     build_index,
     epoch_plan,
+    feature_moments,
     iterate_batches,
 )
+from hpa_batch.measure import FEATURE_COLUMNS
 from hpa_batch.metrics import summary, tune_thresholds
 from hpa_batch.models import channel_indices, create_model, input_stats
 from hpa_batch.progress import get_logger
@@ -256,8 +259,12 @@ class Trainer:
         if len(self.train_pos) < 2:
             raise ValueError(f"model {spec['name']} fold {fold}: fewer than 2 training tiles")
         self.channels = channel_indices(spec["channels"])
+        self.features = bool(spec["features"]) and spec["level"] == "cell"
         self.model = create_model(spec["arch"], spec["channels"], catalog.n_classes, spec["pretrained"],
-                                  spec["dropout"]).to(self.device)
+                                  spec["dropout"], n_features=len(FEATURE_COLUMNS) if self.features else 0)
+        if self.features:  # standardise with the training cells' statistics (saved in the weights)
+            self.model.set_feature_stats(*feature_moments(self.index, self.train_pos))
+        self.model = self.model.to(self.device)
         mean, std = input_stats(self.model, spec["channels"])
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
@@ -357,23 +364,24 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of normalised tiles ``x`` (and feature rows ``f`` for a hybrid model)."""
         x = ((x - self.mean) / self.std)
         if self.spec["channels_last"] and self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            return self.net(x)
+            return self.net(x) if f is None else self.net(x, f.to(self.device, non_blocking=True))
 
     def train_epoch(self, epoch: int) -> float | None:
         """One epoch from the saved batch position; returns the mean loss, or None if stopped."""
         self.net.train()
         plan = self._plan(epoch)
-        data = GroupDataset(self.index, plan, self.channels)
-        for b, x, y, _ in iterate_batches(data, self.spec["num_workers"], skip=self.state.batch):
+        data = GroupDataset(self.index, plan, self.channels, self.features)
+        for b, x, f, y, _ in iterate_batches(data, self.spec["num_workers"], skip=self.state.batch):
             self._set_lr(epoch + b / max(self.steps_per_epoch, 1))
             x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"])
             x = augment(x, self.spec, seed_of(self.spec["seed"], epoch, b))
-            loss = loss_fn(self._forward(x), y.to(self.device), self.weights, self.spec)
+            loss = loss_fn(self._forward(x, f), y.to(self.device), self.weights, self.spec)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -395,9 +403,9 @@ class Trainer:
         groups = [[positions[i : i + self.spec["batch_size"]]] for i in range(0, len(positions),
                                                                                self.spec["batch_size"])]
         probs, ys = [], []
-        for _, x, y, _ in iterate_batches(GroupDataset(self.index, groups, self.channels), 0):
+        for _, x, f, y, _ in iterate_batches(GroupDataset(self.index, groups, self.channels, self.features), 0):
             x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"])
-            probs.append(torch.sigmoid(self._forward(x).float()).cpu().numpy())
+            probs.append(torch.sigmoid(self._forward(x, f).float()).cpu().numpy())
             ys.append(y.numpy())
         c = self.catalog.n_classes
         return (np.concatenate(probs) if probs else np.zeros((0, c), np.float32),

@@ -94,3 +94,15 @@ def test_prediction_guard_flags_an_over_predicted_class():
     assert prediction_guard(cells, cat, 0.6)["over_predicted"] == []
     same = pd.DataFrame({"predicted": ["0"] * 5})
     assert prediction_guard(same, cat, 0.6)["single_prediction"]
+
+
+def test_cell_macro_f1_of_label_sets_counts_only_classes_in_the_truth():
+    from hpa_batch.evaluate import _set_macro_f1
+
+    truth = [{0}, {0}, {16}, {0, 16}]
+    assert _set_macro_f1(truth, [set(t) for t in truth], 19) == 1.0
+    # class 0: tp 2, |truth| 3, |pred| 2 -> 0.8; class 16: tp 2, |truth| 2, |pred| 3 -> 0.8;
+    # the wrongly predicted class 5 is absent from the truth and not averaged (its FPs are in 0/16's)
+    pred = [{0}, {16}, {16}, {0, 16, 5}]
+    assert _set_macro_f1(truth, pred, 19) == pytest.approx(0.8)
+    assert _set_macro_f1([set()], [set()], 19) is None

@@ -20,6 +20,12 @@ def test_tile_store_layout_and_index(segmented):
     assert list(store["cell_id"][:]) == cells["cell_id"].tolist()
     attrs = store.attrs["hpa_batch"]
     assert attrs["intensity"]["mode"] == "percentile" and attrs["complete"]
+    # the cells' hand-crafted feature rows travel with the tiles, row for row, in chunks of the same size
+    from hpa_batch.measure import FEATURE_COLUMNS, feature_matrix
+
+    assert attrs["feature_columns"] == list(FEATURE_COLUMNS)
+    assert store["features"].chunks == (16, len(FEATURE_COLUMNS))
+    np.testing.assert_array_equal(store["features"][:], feature_matrix(cells))
     assert store["images"].shape == (len(set(cells.image_id)), 4, 128, 128)
     t = tiles[:]
     assert t.reshape(len(t), 4, -1).max(axis=2).min() > 0  # every tile has signal in every channel

@@ -105,6 +105,51 @@ def test_tiny_training_end_to_end_and_predict(trainable, tmp_path):
     assert (pred["n_predicted"].to_numpy() == hits.sum(1)).all()
 
 
+def test_hybrid_model_learns_from_features_and_predicts_with_them(trainable, tmp_path):
+    """A hybrid (features: true) standardises with the training cells' statistics, saves them in its
+    weights and uses each cell's own feature row at prediction: changing a row changes that cell only."""
+    from hpa_batch.measure import FEATURE_COLUMNS
+    from hpa_batch.models import HybridNet
+    from hpa_batch.predict import load_folds, run_models
+
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "features": True}]
+    path = tmp_path / "hybrid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "fold0"
+    run_train(trainable, out, config=path)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    f = len(FEATURE_COLUMNS)
+    assert ckpt["spec"]["features"] and ckpt["model"]["feature_mean"].shape == (f,)
+    assert ckpt["model"]["feature_std"].min() > 0 and ckpt["model"]["feature_mean"].abs().sum() > 0
+    models, spec, _ = load_folds([out / "model.pt"], torch.device("cpu"))
+    assert isinstance(models[0], HybridNet) and spec["hybrid"]
+    import zarr
+
+    g = zarr.open_group(trainable["stores"][0], mode="r")
+    x = torch.from_numpy(g["cells"][:4]).float() / 255
+    feats = torch.from_numpy(g["features"][:4])
+    p, e = run_models(models, x, False, True, feats)
+    assert p.shape == (4, 19) and e.shape == (4, models[0].num_features)
+    changed = feats.clone()
+    changed[0] = changed[0] * 3 + 5
+    q, _ = run_models(models, x, False, False, changed)
+    assert not np.allclose(p[0], q[0]) and np.allclose(p[1:], q[1:], atol=1e-6)
+    from hpa_batch.predict import predict_shard
+
+    n = predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "p.parquet", CATALOGS["hpa2021"], "h")
+    assert n == g["cells"].shape[0]
+
+
+def test_hybrid_is_refused_for_image_level_models(trainable, tmp_path):
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "level": "image", "features": True}]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(Exception, match="features"):
+        load_config(path)
+
+
 def test_checkpoint_round_trip(trainable, tmp_path):
     from hpa_batch.train import Trainer
 
