@@ -93,7 +93,7 @@ def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: Labe
         stop = min(start + batch_size, reader.n)
         x = torch.from_numpy(reader.read_rows(start, stop)[:, chans])
         x = (prepare(x.to(dev, non_blocking=True), spec["input_size"]) - mean) / std
-        f = reader.read_features(start, stop).to(dev) if spec["hybrid"] else None
+        f = torch.from_numpy(reader.read_features(start, stop)).to(dev) if spec["hybrid"] else None
         p, e = run_models(models, x, spec["tta"], spec["embeddings"], f)
         probs.append(p)
         if e is not None:

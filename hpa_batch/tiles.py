@@ -296,13 +296,11 @@ class TileReader:
         """Rows ``start:stop``: ``(k, 4, S, S)`` uint8."""
         return self.array[start:stop]
 
-    def read_features(self, start: int, stop: int) -> "torch.Tensor":
-        """Feature rows ``start:stop`` of the cells: ``(k, f)`` float32 tensor."""
-        import torch
-
+    def read_features(self, start: int, stop: int) -> np.ndarray:
+        """Feature rows ``start:stop`` of the cells: ``(k, f)`` float32."""
         if "features" not in self.group:
             raise ValueError(f"{self.group.store} has no 'features' array: rebuild the tiles of that shard")
-        return torch.from_numpy(np.asarray(self.group["features"][start:stop], np.float32))
+        return np.asarray(self.group["features"][start:stop], np.float32)
 
     def iter_batches(self, batch_size: int, seed: int = 0, shuffle: bool = True, buffer_chunks: int = 4,
                      rows: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
