@@ -12,7 +12,8 @@ evaluation. Classifiers come from a registry chosen by ``baseline.model`` in the
 Features: geometry, morphology, the 4 channels' intensity statistics (``log1p``) in cell and nucleus,
 and the seed study's localisation features (:data:`hpa_batch.measure.FEATURES`); optionally the deep
 cell model's embeddings (``baseline.embeddings``). Per-class thresholds are tuned F1-optimally on
-out-of-fold predictions of the training cells (image-grouped K-fold), never on evaluated cells.
+out-of-fold predictions of the training cells (image-grouped K-fold), never on evaluated cells, with
+the deep models' default guard (:data:`hpa_batch.metrics.GUARD`).
 ``n_jobs`` bounds every thread pool of the job (OpenMP/BLAS via threadpoolctl, or the one-vs-rest
 process pool), so a job uses the cores its rule asked for. Prediction streams the cells table in record batches, so memory is bounded by ``max_train_cells``
 and the batch size, not by the size of the run.
@@ -41,7 +42,7 @@ from threadpoolctl import threadpool_limits
 
 from hpa_batch.labels import LabelCatalog, format_labels
 from hpa_batch.measure import FEATURE_COLUMNS, feature_matrix
-from hpa_batch.metrics import macro_f1, mean_ap, tune_thresholds
+from hpa_batch.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
 from hpa_batch.progress import get_logger
 from hpa_batch.registry import Registry
 from hpa_batch.splits import multi_hot
@@ -175,7 +176,8 @@ def fit_baseline(cells: pd.DataFrame, catalog: LabelCatalog, options: dict[str, 
     for train, test in GroupKFold(n_splits=n_splits).split(x, y, groups):
         m = _fit(options["model"], options, x[train], y[train])
         oof[test] = predict_proba(m, x[test], options["n_jobs"])
-    thresholds = tune_thresholds(y, oof)
+    thresholds = tune_thresholds(y, oof, GUARD["default"], min_positives=GUARD["min_positives"], low=GUARD["low"],
+                                 high=GUARD["high"])  # the deep models' default guard
     model = _fit(options["model"], options, x, y)
     cv = {"cells": int(len(y)), "macro_f1": macro_f1(y, oof, thresholds), "map": mean_ap(y, oof)}
     return model, thresholds, cv

@@ -45,8 +45,12 @@ def macro_auc(y: np.ndarray, prob: np.ndarray) -> float:
     return float(roc_auc_score(y[:, keep], prob[:, keep], average="macro")) if len(keep) else float("nan")
 
 
+GUARD = {"default": 0.5, "min_positives": 10, "low": 0.05, "high": 0.95}
+"""The threshold guard's defaults (a model spec's ``thresholds`` section; the baseline uses these)."""
+
+
 def tune_thresholds(y: np.ndarray, prob: np.ndarray, default: float = 0.5, *, min_positives: int = 1,
-                    low: float = 0.0, high: float = 1.0) -> np.ndarray:
+                    low: float = 0.0, high: float = 1.0, reasons: list[str] | None = None) -> np.ndarray:
     """Per-class F1-optimal thresholds that cannot degenerate.
 
     Parameters
@@ -55,9 +59,13 @@ def tune_thresholds(y: np.ndarray, prob: np.ndarray, default: float = 0.5, *, mi
         ``(n, c)`` targets (0/1) and probabilities.
     default : float
         Threshold of a class with fewer than ``min_positives`` positives (an F1 optimum on a handful of
-        positives can sit near 0 and then label everything).
+        positives can sit near 0 and then label everything), and of a class whose F1 optimum lies
+        below ``low``: such an optimum says "predict it for (nearly) every cell", i.e. the scores do
+        not separate the class, and clipping it to ``low`` would still label most cells.
     low, high : float
-        Every tuned threshold is clipped to ``[low, high]``.
+        Optima below ``low`` fall back to ``default``; optima above ``high`` are clipped to ``high``.
+    reasons : list of str, optional
+        Filled with one word per class: ``tuned``, ``few positives``, ``below low`` or ``clipped high``.
 
     Returns
     -------
@@ -65,13 +73,22 @@ def tune_thresholds(y: np.ndarray, prob: np.ndarray, default: float = 0.5, *, mi
         ``(c,)`` float64.
     """
     out = np.full(y.shape[1], default, np.float64)
+    why = ["few positives"] * y.shape[1]
     for c in range(y.shape[1]):
         if y[:, c].sum() < max(min_positives, 1):
             continue
         precision, recall, thr = precision_recall_curve(y[:, c], prob[:, c])
         f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-        out[c] = thr[int(np.argmax(f1))]
-    return np.clip(out, low, high)
+        best = float(thr[int(np.argmax(f1))])
+        if best < low:
+            why[c] = "below low"
+        elif best > high:
+            out[c], why[c] = high, "clipped high"
+        else:
+            out[c], why[c] = best, "tuned"
+    if reasons is not None:
+        reasons[:] = why
+    return out
 
 
 def summary(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray | float = 0.5) -> dict[str, float]:

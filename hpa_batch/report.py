@@ -230,12 +230,15 @@ def thresholds_table(histories: list[Path]) -> str:
         classes = classes or list(t["classes"])
         name = f"{p.parent.parent.name}/{p.parent.name}"
         support = t.get("validation_positives") or [None] * len(t["thresholds"])
-        cols[name] = [f"{v:.3f}" + (f" ({n})" if n is not None else "") for v, n in zip(t["thresholds"], support)]
+        why = t.get("reasons") or [""] * len(t["thresholds"])
+        cols[name] = [f"{v:.3f}" + (f" ({n})" if n is not None else "") + (f" {w}" if w and w != "tuned" else "")
+                      for v, n, w in zip(t["thresholds"], support, why)]
         if "rule" in t:
             r = t["rule"]
             rules.append(f"{name}: F1-optimal per class on the best epoch (by {t.get('selection', '?')}); fewer "
-                         f"than {r['min_positives']} validation positives -> {r['default']}; clipped to "
-                         f"[{r['low']}, {r['high']}].")
+                         f"than {r['min_positives']} validation positives ("few positives") or an optimum below {r['low']} "
+                         f"("below low": the scores do not separate the class) -> {r['default']}; above "
+                         f"{r['high']} -> {r['high']}.")
     if not cols:
         return ""
     df = pd.DataFrame({"class": classes, **cols})

@@ -493,14 +493,15 @@ class Trainer:
         if metric < self.state.best_loss:
             self.state.best_loss, self.state.best_epoch, self.state.bad_epochs = metric, row["epoch"], 0
             t = self.spec["thresholds"]
+            reasons = ["no validation"] * self.catalog.n_classes
             thresholds = (tune_thresholds(y, prob, t["default"], min_positives=t["min_positives"], low=t["low"],
-                                          high=t["high"])
+                                          high=t["high"], reasons=reasons)
                           if len(y) else np.full(self.catalog.n_classes, t["default"]))
             if self.spec["refine_labels"]["after_epochs"] and not self.state.refined:
                 self._best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             if self.rank == 0:
                 atomic_save({"model": self.model.state_dict(), "thresholds": torch.from_numpy(thresholds),
-                             "epoch": row["epoch"]}, self.state_dir / "best.pt")
+                             "threshold_reasons": reasons, "epoch": row["epoch"]}, self.state_dir / "best.pt")
             return True
         self.state.bad_epochs += 1
         return False
@@ -522,7 +523,9 @@ class Trainer:
         support = self.val_support()
         (self.out / "thresholds.json").write_text(json.dumps(
             {"classes": list(self.catalog.classes), "thresholds": thresholds,
-             "validation_positives": support, "rule": {**self.spec["thresholds"], "tuned": "F1-optimal per class"},
+             "validation_positives": support, "reasons": best.get("threshold_reasons", []),
+             "rule": {**self.spec["thresholds"], "tuned": "F1-optimal per class; an optimum below low keeps "
+                      "default (the scores do not separate the class), one above high is clipped"},
              "selection": self.spec["selection"]}, indent=1))
         result = {"name": self.spec["name"], "fold": self.fold, "best_epoch": int(best["epoch"]),
                   "selection": self.spec["selection"], "best_score": self.state.best_loss,

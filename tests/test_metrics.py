@@ -39,7 +39,17 @@ def test_thresholds_cannot_degenerate():
     p[:200, 1] = 0.001  # many positives, optimum near 0
     unguarded = tune_thresholds(y, p)
     assert unguarded[0] <= 0.006 and unguarded[1] <= 0.001  # what the old rule chose
-    thr = tune_thresholds(y, p, 0.5, min_positives=10, low=0.05, high=0.95)
-    assert thr[0] == 0.5  # too few positives: the default
-    assert thr[1] == 0.05  # clipped away from 0
+    reasons = []
+    thr = tune_thresholds(y, p, 0.5, min_positives=10, low=0.05, high=0.95, reasons=reasons)
+    assert thr[0] == 0.5 and reasons[0] == "few positives"  # too few positives: the default
+    # an optimum below `low` means "label every cell": the class keeps the default, not 0.05 (which
+    # would still label every cell here)
+    assert thr[1] == 0.5 and reasons[1] == "below low"
     assert ((p >= thr).mean(axis=0) < 0.9).all()
+    # a separable class is tuned inside the bounds, a very high optimum is clipped to `high`
+    q = np.where(y == 1, 0.99, 0.2)
+    q[:, 0] = np.where(y[:, 0] == 1, 0.3, 0.1)
+    y[:30, 0] = 1
+    q[:30, 0] = 0.3
+    thr = tune_thresholds(y, q, 0.5, min_positives=10, low=0.05, high=0.95, reasons=reasons)
+    assert thr[0] == 0.3 and thr[1] == 0.95 and reasons == ["tuned", "clipped high"]
