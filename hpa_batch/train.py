@@ -344,7 +344,14 @@ class Trainer:
             return False
         ckpt = torch.load(path, map_location=self.device, weights_only=True)
         if ckpt["spec"] != json.loads(json.dumps(self.spec)) or ckpt["fold"] != self.fold:
-            raise ValueError(f"{path} was written for another model spec or fold; delete it to start over")
+            # the spec was edited since (Snakemake reruns training for that reason): a resume would mix two
+            # trainings, so start over; the old state is kept aside, not deleted
+            stale = path.with_name("last.stale.pt")
+            os.replace(path, stale)
+            (self.state_dir / "best.pt").unlink(missing_ok=True)
+            self.log.warning("%s was written for another model spec or fold: starting over (moved to %s)",
+                             path, stale)
+            return False
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])

@@ -360,3 +360,20 @@ def test_early_stopping_is_logged_with_its_reason(trainable, tmp_path):
     rule = json.loads((out / "thresholds.json").read_text())
     assert rule["rule"]["min_positives"] == 10 and len(rule["validation_positives"]) == 19
     assert all(0.05 <= t <= 0.95 for t in rule["thresholds"])
+    assert len(rule["reasons"]) == 19 and set(rule["reasons"]) <= {"tuned", "few positives", "below low",
+                                                                   "clipped high"}
+
+
+def test_an_edited_spec_starts_over_instead_of_resuming(trainable, tmp_path):
+    """A finished run's state belongs to its spec: after an edit (which is why Snakemake reruns the
+    training) the next run starts from scratch, says so, and keeps the old state aside."""
+    out = tmp_path / "fold0"
+    run_train(trainable, out)
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "epochs": 1}]
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_train(trainable, out, config=path)
+    assert "written for another model spec or fold: starting over" in proc.stderr
+    assert len(pd.read_csv(out / "history.csv")) == 1 and (out / "state" / "last.stale.pt").is_file()
+    assert torch.load(out / "model.pt", weights_only=True)["spec"]["epochs"] == 1
