@@ -236,8 +236,8 @@ def thresholds_table(histories: list[Path]) -> str:
         if "rule" in t:
             r = t["rule"]
             rules.append(f"{name}: F1-optimal per class on the best epoch (by {t.get('selection', '?')}); fewer "
-                         f"than {r['min_positives']} validation positives ("few positives") or an optimum below {r['low']} "
-                         f"("below low": the scores do not separate the class) -> {r['default']}; above "
+                         f"than {r['min_positives']} validation positives (few positives) or an optimum below {r['low']} "
+                         f"(below low: the scores do not separate the class) -> {r['default']}; above "
                          f"{r['high']} -> {r['high']}.")
     if not cols:
         return ""
