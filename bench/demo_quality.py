@@ -9,8 +9,8 @@ baseline side by side: per-cell macro-F1 and exact label-set accuracy on cells m
 prediction guard (classes predicted for more than 60 % of cells). Goal of issue 11: deep cell
 mAP@0.6 >= baseline + 0.05 and deep macro-F1 >= 0.80.
 
-    python bench/demo_quality.py [--images 480] [--epochs 6] [--arch resnet18] [--features]
-                                 [--refine-after 0] [--seed 2027] [--out bench/out/quality]
+    python bench/demo_quality.py [--images 600] [--epochs 5] [--arch resnet18] [--no-features]
+                                 [--refine-after 3] [--seed 2027] [--out bench/out/quality]
 
 The run's report is ``<out>/results/report.html``; the numbers also go to ``<out>/quality.json``.
 """
@@ -38,11 +38,11 @@ KEYS = ("cell_map", "cell_macro_f1", "cell_accuracy", "image_map", "matched_cell
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=480)
+    ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=2027, help="dataset seed (5 was used for development)")
     ap.add_argument("--styles", default="all")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--tile-size", type=int, default=64)
@@ -52,7 +52,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--buffer-chunks", type=int, default=64)
-    ap.add_argument("--refine-after", type=int, default=0, help="epochs before the weak labels are refined (0 = off)")
+    ap.add_argument("--refine-after", type=int, default=3, help="epochs before the weak labels are refined (0 = off)")
     ap.add_argument("--keep-ratio", type=float, default=0.5)
     ap.add_argument("--fusion", default="product", choices=["product", "mean", "cell"])
     ap.add_argument("--out", type=Path, default=Path("bench/out/quality"))
