@@ -29,7 +29,13 @@ import pandas as pd
 import yaml
 
 from hpa_batch.config import load_config
-from hpa_batch.evaluate import baseline_view, evaluate_run, held_out_images, image_ious
+from hpa_batch.evaluate import (
+    baseline_view,
+    evaluate_run,
+    held_out_images,
+    image_ious,
+    predicted_ids,
+)
 from hpa_batch.plan import plan_from_config
 from hpa_batch.synth import ALL_STYLES, parse_styles, synthesize_dataset
 
@@ -93,6 +99,23 @@ def side_by_side(cells: pd.DataFrame, images: pd.DataFrame, base: tuple[pd.DataF
     return out
 
 
+def worst_images(cells: pd.DataFrame, base_cells: pd.DataFrame, held: set[str], style_of: pd.Series,
+                 catalog) -> dict[str, object]:
+    """Per held-out image: exact label-set accuracy of its matched cells, deep and baseline; the worst
+    image of each and how many images have no cell right."""
+    out: dict[str, object] = {}
+    for name, c in {"deep": cells, "baseline": base_cells}.items():
+        m = c[c.image_id.isin(held) & (c.truth_cell_id > 0)]
+        truth = [frozenset(map(int, v)) if len(v) else frozenset({catalog.negative}) for v in m.truth_labels]
+        pred = [frozenset(predicted_ids(p, catalog)) for p in m.predicted]
+        acc = pd.Series([a == b for a, b in zip(truth, pred)], index=m.image_id.to_numpy()).groupby(level=0).mean()
+        worst = acc.idxmin() if len(acc) else None
+        out[name] = {"worst_image": worst, "worst_style": style_of.get(worst), "worst_accuracy": round(acc.min(), 4),
+                     "images_with_no_cell_right": int((acc == 0).sum()), "median_image_accuracy":
+                     round(float(acc.median()), 4)}
+    return out
+
+
 def main() -> None:
     args = parse()
     out = args.out.resolve()
@@ -127,6 +150,7 @@ def main() -> None:
         ids = {i for i in held if style_of.get(i) == style}
         result["per_style"][style] = side_by_side(cells, images, base, ids, stores, data / "truth", c.catalog,
                                                   ious)
+    result["per_image"] = worst_images(cells, base[0], held, style_of, c.catalog)
     metrics = json.loads((r / "metrics.json").read_text())
     result["prediction_guard"] = {k: metrics["prediction_guard"][k] for k in ("over_predicted", "single_prediction")}
     hist = pd.read_csv(r / "models/q/fold0/history.csv")
