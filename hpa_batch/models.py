@@ -1,4 +1,5 @@
-"""Models: any timm backbone by name, with the channel selection and local pretrained weights.
+"""Models: any timm backbone by name (plus the studies' own, registered by :mod:`hpa_batch.archs`),
+with the channel selection and local pretrained weights.
 
 ``create_model(arch, channels, num_classes, pretrained=path)`` calls :func:`timm.create_model` with
 ``in_chans = len(channels)``. Pretrained weights come ONLY from a local file
@@ -91,6 +92,8 @@ def create_model(arch: str, channels: list[str] | tuple[str, ...], num_classes: 
         ``pretrained`` given but not an existing local file.
     """
     import timm
+
+    import hpa_batch.archs  # noqa: F401  (registers the founding studies' own architectures in timm)
 
     kwargs: dict[str, Any] = {"in_chans": len(channels), "num_classes": 0 if n_features else num_classes,
                               "drop_rate": 0.0 if n_features else dropout}

@@ -377,3 +377,26 @@ def test_an_edited_spec_starts_over_instead_of_resuming(trainable, tmp_path):
     assert "written for another model spec or fold: starting over" in proc.stderr
     assert len(pd.read_csv(out / "history.csv")) == 1 and (out / "state" / "last.stale.pt").is_file()
     assert torch.load(out / "model.pt", weights_only=True)["spec"]["epochs"] == 1
+
+
+def test_small_cnn_of_study_003_is_a_timm_model(tmp_path):
+    """`arch: hpa_small_cnn` goes through timm's registry like any timm name: six 3x3 convolutions
+    32/64/32/64/32/64, dense 128, a head per class, headless use for hybrids, local weights only."""
+    import timm
+
+    m = create_model("hpa_small_cnn", ["red", "green", "blue", "yellow"], 28, dropout=0.5)
+    convs = [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 32, 64, 32, 64] and {c.kernel_size for c in convs} == {(3, 3)}
+    assert "hpa_small_cnn" in timm.list_models("hpa_*")
+    m.eval()
+    x = torch.rand(2, 4, 128, 128)
+    assert m(x).shape == (2, 28) and m(torch.rand(2, 4, 96, 96)).shape == (2, 28)
+    assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (2, 128) == (2, m.num_features)
+    hybrid = create_model("hpa_small_cnn", ["green"], 19, n_features=5)
+    hybrid.eval()
+    assert hybrid(torch.rand(3, 1, 64, 64), torch.rand(3, 5)).shape == (3, 19)
+    torch.save(m.state_dict(), tmp_path / "small.pth")
+    again = create_model("hpa_small_cnn", ["red", "green", "blue", "yellow"], 28, str(tmp_path / "small.pth"))
+    assert torch.equal(again.state_dict()["features.0.weight"], m.state_dict()["features.0.weight"])
+    with pytest.raises(WeightsUnavailable):
+        create_model("hpa_small_cnn", ["green"], 19, str(tmp_path / "missing.pth"))

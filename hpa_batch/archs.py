@@ -1,0 +1,96 @@
+"""Architectures of the founding studies that timm does not ship, registered in timm's registry so
+that a model spec's ``arch:`` names them like any timm model (``timm.create_model("hpa_small_cnn")``).
+
+``hpa_small_cnn``  seed study 003: six 3x3 convolutions (32/64/32/64/32/64 filters, batch norm, ReLU)
+                   with 2x2 max pooling after every second one, a dense layer of 128 with dropout, one
+                   output per class (sigmoid in the loss). The study flattened 128 px maps; here the
+                   last maps are average-pooled to 4 x 4 first, so any input size gives the same head.
+
+Each model has the timm interface the pipeline uses: ``num_features`` (the pre-logits width),
+``forward_features``, ``forward_head(x, pre_logits=...)``, ``num_classes=0`` for a headless
+backbone (pooled features, as :class:`hpa_batch.models.HybridNet` needs) and a ``pretrained_cfg``
+with the input statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import register_model
+from torch import nn
+
+__all__ = ["SmallCNN", "hpa_small_cnn"]
+
+
+class SmallCNN(nn.Module):
+    """Seed study 003's small CNN.
+
+    Parameters
+    ----------
+    in_chans : int
+        Input channels (4 for RGBY).
+    num_classes : int
+        Outputs; 0 = no head (``forward`` returns the ``(b, 128)`` dense features).
+    drop_rate : float
+        Dropout after the dense layer.
+    widths : tuple of int
+        Filters of the six convolutions.
+    hidden : int
+        Width of the dense layer (= ``num_features``).
+    """
+
+    def __init__(self, in_chans: int = 4, num_classes: int = 19, drop_rate: float = 0.5, *,
+                 widths: tuple[int, ...] = (32, 64, 32, 64, 32, 64), hidden: int = 128) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(prev, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if i % 2 == 1:
+                layers.append(nn.MaxPool2d(2))
+            prev = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(prev * 16, hidden), nn.ReLU(inplace=True))
+        self.drop = nn.Dropout(drop_rate)
+        self.num_features = hidden
+        self.num_classes = num_classes
+        self.head = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
+        self.pretrained_cfg = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                               "input_size": (in_chans, 128, 128), "architecture": "hpa_small_cnn"}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, in_chans, s, s)`` -> ``(b, 64, s / 8, s / 8)`` maps."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Maps -> ``(b, 128)`` dense features (``pre_logits``) or ``(b, num_classes)`` logits."""
+        x = self.dense(self.pool(x))
+        return x if pre_logits else self.head(self.drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _load_local(model: nn.Module, overlay: dict[str, Any] | None) -> None:
+    """Weights from ``pretrained_cfg_overlay["file"]`` (a local state dict; tensors whose shape differs,
+    such as another class count's head, are left as initialised)."""
+    path = (overlay or {}).get("file")
+    if not path:
+        raise ValueError("hpa_small_cnn has no published weights: pretrained needs a local file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
+
+
+@register_model
+def hpa_small_cnn(pretrained: bool = False, **kwargs: Any) -> SmallCNN:
+    """Seed study 003's small CNN (see :class:`SmallCNN`)."""
+    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    for unused in ("pretrained_cfg", "cache_dir"):
+        kwargs.pop(unused, None)
+    model = SmallCNN(**kwargs)
+    if pretrained:
+        _load_local(model, overlay)
+    return model
