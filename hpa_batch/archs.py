@@ -5,6 +5,10 @@ that a model spec's ``arch:`` names them like any timm model (``timm.create_mode
                    with 2x2 max pooling after every second one, a dense layer of 128 with dropout, one
                    output per class (sigmoid in the loss). The study flattened 128 px maps; here the
                    last maps are average-pooled to 4 x 4 first, so any input size gives the same head.
+``hpa_densenet121_study``  seed study 001: timm's DenseNet-121 features (local ImageNet weights when
+                   ``pretrained``), then the study's head: a 1x1 convolution to 128 maps, ReLU, dropout
+                   0.5, dense 512 + ReLU, one output per class (maps average-pooled to 4 x 4 before the
+                   dense layer, as above).
 
 Each model has the timm interface the pipeline uses: ``num_features`` (the pre-logits width),
 ``forward_features``, ``forward_head(x, pre_logits=...)``, ``num_classes=0`` for a headless
@@ -20,7 +24,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-__all__ = ["SmallCNN", "hpa_small_cnn"]
+__all__ = ["SmallCNN", "StudyHeadNet", "hpa_densenet121_study", "hpa_small_cnn"]
 
 
 class SmallCNN(nn.Module):
@@ -94,3 +98,56 @@ def hpa_small_cnn(pretrained: bool = False, **kwargs: Any) -> SmallCNN:
     if pretrained:
         _load_local(model, overlay)
     return model
+
+
+class StudyHeadNet(nn.Module):
+    """A timm feature extractor with seed study 001's head.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        timm model created with ``num_classes=0, global_pool=""`` (forward_features gives maps).
+    num_classes : int
+        Outputs; 0 = no head (``forward`` returns the ``(b, 512)`` dense features).
+    drop_rate : float
+        Dropout after the 1x1 convolution (the study: 0.5).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float = 0.5, *, maps: int = 128,
+                 hidden: int = 512) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.reduce = nn.Sequential(nn.Conv2d(int(backbone.num_features), maps, 1), nn.ReLU(inplace=True),
+                                    nn.Dropout(drop_rate), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.dense = nn.Sequential(nn.Linear(maps * 16, hidden), nn.ReLU(inplace=True))
+        self.num_features = hidden
+        self.num_classes = num_classes
+        self.head = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
+        self.pretrained_cfg = dict(getattr(backbone, "pretrained_cfg", {}) or {})
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, c, s, s)`` -> the backbone's last maps."""
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Maps -> ``(b, 512)`` dense features (``pre_logits``) or ``(b, num_classes)`` logits."""
+        x = self.dense(self.reduce(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def hpa_densenet121_study(pretrained: bool = False, **kwargs: Any) -> StudyHeadNet:
+    """Seed study 001: DenseNet-121 with its 1x1-conv / dense-512 head (see :class:`StudyHeadNet`)."""
+    import timm
+
+    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    for unused in ("pretrained_cfg", "cache_dir"):
+        kwargs.pop(unused, None)
+    num_classes = kwargs.pop("num_classes", 28)
+    drop_rate = kwargs.pop("drop_rate", 0.5)
+    backbone = timm.create_model("densenet121", pretrained=pretrained, pretrained_cfg_overlay=overlay,
+                                 num_classes=0, global_pool="", **kwargs)
+    return StudyHeadNet(backbone, num_classes, drop_rate)

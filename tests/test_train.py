@@ -400,3 +400,17 @@ def test_small_cnn_of_study_003_is_a_timm_model(tmp_path):
     assert torch.equal(again.state_dict()["features.0.weight"], m.state_dict()["features.0.weight"])
     with pytest.raises(WeightsUnavailable):
         create_model("hpa_small_cnn", ["green"], 19, str(tmp_path / "missing.pth"))
+
+
+def test_densenet_with_the_head_of_study_001(tmp_path):
+    """`hpa_densenet121_study`: timm DenseNet-121 maps -> 1x1 conv to 128 -> dense 512 -> classes; its
+    DenseNet part takes local ImageNet-style weights (the classifier of the file is not used)."""
+    import timm
+
+    ref = timm.create_model("densenet121", num_classes=10)
+    torch.save(ref.state_dict(), tmp_path / "densenet121.pth")
+    m = create_model("hpa_densenet121_study", ["red", "green", "blue"], 28, str(tmp_path / "densenet121.pth"), 0.5)
+    assert m.reduce[0].out_channels == 128 and m.dense[0].out_features == 512 and m.head.out_features == 28
+    assert torch.equal(m.backbone.state_dict()["features.conv0.weight"], ref.state_dict()["features.conv0.weight"])
+    m.eval()
+    assert m(torch.rand(2, 3, 64, 64)).shape == (2, 28)
