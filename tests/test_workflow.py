@@ -93,7 +93,7 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     cfg = synth_config(tmp_path, synth_data)
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
     cfg["models"] = [{"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 1, "batch_size": 16,
-                      "num_workers": 0, "folds": [0, 1]}]
+                      "num_workers": 0, "folds": [0, 1], "features": True}]  # a hybrid: tiles + feature rows
     cfg["evaluation"] = {"truth_dir": str(synth_data / "truth")}
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
@@ -148,6 +148,40 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     assert 0 <= metrics["baseline"]["all"]["cell_map"] <= 1
     assert len(pd.read_parquet(res / "baseline" / "cells.parquet")) == len(cells_t)
     check_report(res / "report.html", tmp_path / "report.png")
+
+
+@pytest.mark.slow
+def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tmp_path):
+    """No cell-level model (study 003's small CNN at image level): tables, submission, baseline,
+    metrics and report still come out; every cell carries its image's probabilities."""
+    from conftest import synth_config
+
+    wd = workflow_dir()
+    cfg = synth_config(tmp_path, synth_data)
+    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
+    cfg["models"] = [{"name": "img", "level": "image", "arch": "hpa_small_cnn", "input_size": 32, "epochs": 1,
+                      "batch_size": 2, "num_workers": 0, "folds": [0]}]
+    cfg["evaluation"] = {"truth_dir": str(synth_data / "truth")}
+    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
+    assert "steps (100%) done" in out
+    import json
+
+    import pandas as pd
+
+    res = tmp_path / "results"
+    images_t = pd.read_parquet(res / "tables" / "images.parquet")
+    cells_t = pd.read_parquet(res / "tables" / "cells.parquet")
+    assert len(pd.read_parquet(res / "predictions" / "img" / f"{images_t.shard.iloc[0]}.parquet")) > 0
+    probs = [f"image_prob_{k}" for k in range(19)]
+    assert images_t[probs].notna().all().all() and (images_t[probs].to_numpy() > 0).any()
+    joined = cells_t.merge(images_t[["image_id", *probs]], on="image_id", suffixes=("", "_img"))
+    assert np.allclose(joined[probs].to_numpy(), joined[[f"{p}_img" for p in probs]].to_numpy())
+    sub = pd.read_csv(res / "submission.csv", keep_default_na=False)
+    assert len(sub) == len(images_t)
+    metrics = json.loads((res / "metrics.json").read_text())
+    assert 0 <= metrics["image_map"] <= 1 and 0 <= metrics["cell_map"] <= 1
+    assert (res / "report.html").stat().st_size > 10_000
 
 
 def check_report(report, png):
