@@ -111,5 +111,15 @@ def test_merge_reads_thresholds_without_torch(tmp_path):
         (d / "thresholds.json").write_text(json.dumps({"classes": ["a", "b"], "thresholds": values}))
     got = model_thresholds([tmp_path / "fold0" / "model.pt", tmp_path / "fold1" / "model.pt"], 2)
     assert np.allclose(got, [0.3, 0.5]) and got.dtype == np.float32
-    code = "import sys, hpa_batch.merge, hpa_batch.submit, hpa_batch.evaluate; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    # every module a CPU rule (envs/cpu.yaml, no torch) runs imports without torch, torch made unimportable
+    cpu = ["cli", "manifest", "convert", "qc", "segment", "measure", "tiles", "splits", "merge", "submit",
+           "baseline", "evaluate", "report", "plan", "validate"]
+    code = ("import importlib, sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'torchvision', 'timm'):\n"
+            "            raise ImportError('no torch in envs/cpu.yaml: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"[importlib.import_module('hpa_batch.' + m) for m in {cpu!r}]\n"
+            "print('ok')")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "ok"
