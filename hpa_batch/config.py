@@ -74,7 +74,7 @@ class DatasetConfig:
     metadata: Path
     id_column: str
     label_column: str | None
-    cell_line_column: str
+    cell_line_column: str | None
     label_separator: str
     extensions: tuple[str, ...]
 

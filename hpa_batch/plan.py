@@ -78,14 +78,17 @@ def read_metadata(dataset: DatasetConfig) -> pd.DataFrame:
         raw = pd.read_parquet(path)
     else:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    needed = [dataset.id_column, dataset.cell_line_column]
-    if dataset.label_column is not None:
-        needed.append(dataset.label_column)
+    needed = [c for c in (dataset.id_column, dataset.cell_line_column, dataset.label_column) if c is not None]
     missing = [c for c in needed if c not in raw.columns]
     if missing:
-        raise PlanError(f"metadata table {path}: missing column(s) {missing}; has {list(raw.columns)}")
+        hint = ("; set dataset.cell_line_column: null for a table without cell lines (the public 2021 "
+                "table has only ID,Label)" if dataset.cell_line_column in missing else "")
+        raise PlanError(f"metadata table {path}: missing column(s) {missing}; has {list(raw.columns)}{hint}")
     labels = raw[dataset.label_column] if dataset.label_column else pd.Series([None] * len(raw))
-    cell_lines = raw[dataset.cell_line_column].fillna(UNKNOWN_CELL_LINE).astype(str).str.strip()
+    if dataset.cell_line_column is None:  # every image in cell line "unknown": shards unknown-0000, ...
+        cell_lines = pd.Series([UNKNOWN_CELL_LINE] * len(raw), index=raw.index)
+    else:
+        cell_lines = raw[dataset.cell_line_column].fillna(UNKNOWN_CELL_LINE).astype(str).str.strip()
     return pd.DataFrame(
         {
             "image_id": raw[dataset.id_column].fillna("").astype(str).str.strip(),

@@ -54,3 +54,21 @@ def test_duplicate_ids_are_planned_once():
     shards = plan_shards(meta([("a", "0", "HeLa"), ("a", "1", "A549"), ("b", "0", "HeLa")]), None, 5)
     ids = [i for s in shards for i in s.ids]
     assert sorted(ids) == ["a", "b"] and [s.name for s in shards] == ["hela-0000"]
+
+
+def test_a_table_without_cell_lines_plans_unknown_shards(tmp_path):
+    """The public 2021 table has only ID,Label: with cell_line_column null every image is in cell line
+    `unknown`, cut into shard_size shards in id order; with the column named but absent, the error
+    names the file and the fix."""
+    from hpa_batch.config import config_from_dict
+    from hpa_batch.plan import plan_from_config
+
+    table = tmp_path / "train.csv"
+    table.write_text("ID,Label\n" + "".join(f"img{k:02d},{k % 19}\n" for k in range(5)))
+    base = {"dataset": {"images_dirs": [str(tmp_path)], "metadata": str(table)}, "shard_size": 2}
+    with pytest.raises(PlanError, match=r"train.csv.*Cell_line.*cell_line_column: null"):
+        plan_from_config(config_from_dict(base))
+    cfg = config_from_dict({**base, "dataset": {**base["dataset"], "cell_line_column": None}})
+    shards = plan_from_config(cfg)
+    assert [s.name for s in shards] == ["unknown-0000", "unknown-0001", "unknown-0002"]
+    assert [list(s.ids) for s in shards] == [["img00", "img01"], ["img02", "img03"], ["img04"]]
