@@ -348,7 +348,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hpa_batch.submit import table_predictions, write_submission
+    from hpa_batch.submit import table_predictions, write_image_submission, write_submission
+
+    if args.images:
+        n = write_image_submission(args.images, args.out)
+        print(f"{n} images -> {args.out}")
+        return 0
+    if not args.stores:
+        raise SystemExit("submit: --stores is required for the 2021 format (cell masks)")
 
     source = table_predictions(args.cells, args.n_classes) if args.cells else list(args.predictions)
     n = write_submission(source, list(args.stores), args.out, args.n_classes, args.min_confidence)
@@ -503,12 +510,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="per-cell probabilities (default results/baseline/cells.parquet)")
     p.add_argument("--threads", type=int, help="cores to use (overrides baseline.n_jobs; Snakemake passes its grant)")
 
-    p = sub.add_parser("submit", help="Kaggle HPA 2021 submission.csv (COCO RLE masks) from cell predictions")
+    p = sub.add_parser("submit", help="Kaggle submission: HPA 2021 (COCO RLE masks, from cell predictions) or, "
+                                      "with --images, HPA 2018 (Id,Predicted per image)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cells", type=Path,
                      help="merged results/tables/cells.parquet: submits its fused_prob_* (what metrics.json scores)")
     src.add_argument("--predictions", nargs="+", type=Path, help="cell prediction parquet files (prob_*)")
-    p.add_argument("--stores", nargs="+", type=Path, required=True, help="shard zarr stores with labels/cells")
+    src.add_argument("--images", type=Path,
+                     help="merged results/tables/images.parquet: the 2018 task's Id,Predicted (image labels)")
+    p.add_argument("--stores", nargs="*", type=Path, default=[],
+                   help="shard zarr stores with labels/cells (2021 format)")
     p.add_argument("--n-classes", type=int, default=19)
     p.add_argument("--min-confidence", type=float, default=0.0)
     p.add_argument("--out", type=Path, required=True)

@@ -69,7 +69,7 @@ def truth_matches(store: Path, truth_dir: Path, min_iou: float = 0.5) -> pd.Data
 def truth_cell_labels(truth_dir: Path, catalog: LabelCatalog) -> pd.DataFrame:
     """``truth/cells.csv`` -> (image_id, truth_cell_id, labels) with parsed class ids."""
     t = pd.read_csv(Path(truth_dir) / "cells.csv", dtype={"Label": str}, keep_default_na=False)
-    labels = [list(parse_labels(v, catalog, catalog.separator)) if v else [] for v in t["Label"]]
+    labels = [list(parse_labels(v, catalog, "auto")) if v else [] for v in t["Label"]]
     return pd.DataFrame({"image_id": t["ID"], "truth_cell_id": t["cell_id"].astype(np.int32), "labels": labels})
 
 

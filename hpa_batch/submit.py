@@ -382,3 +382,47 @@ def _write_atomic(out: Path, spool: _Spool) -> None:
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the 2018 task (Human Protein Atlas Image Classification, Kaggle 2018): one label set per image
+HEADER_2018 = ("Id", "Predicted")
+
+
+def write_image_submission(images_path: Path, out: Path) -> int:
+    """Write the 2018 competition's ``Id,Predicted`` CSV from ``results/tables/images.parquet``.
+
+    ``Predicted`` is the image's thresholded class ids, space-separated in increasing order (the
+    table's ``predicted``, whatever its catalog separator). Every image of the plan has a row, in the
+    table's order; a refused image gets an empty prediction (the competition expects every id).
+    Written to a temporary name and renamed. Returns the number of rows.
+    """
+    table = pq.read_table(images_path, columns=["image_id", "predicted", "rejected"]).to_pandas()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(HEADER_2018)
+        for image_id, predicted, rejected in table.itertuples(index=False):
+            ids = [] if rejected or not isinstance(predicted, str) else sorted(
+                {int(t) for t in predicted.replace("|", " ").replace(";", " ").replace(",", " ").split()})
+            writer.writerow((image_id, " ".join(map(str, ids))))
+    os.replace(tmp, out)
+    get_logger().info("submit: %d images -> %s (Id,Predicted)", len(table), out)
+    return len(table)
+
+
+def read_image_submission(path: Path) -> dict[str, list[int]]:
+    """``Id -> class ids`` of a 2018-format submission (raises ``ValueError`` naming the file on a bad
+    header or token)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or tuple(rows[0]) != HEADER_2018:
+        raise ValueError(f"{path}: header {rows[0] if rows else None} is not {list(HEADER_2018)}")
+    out = {}
+    for n, row in enumerate(rows[1:], start=2):
+        try:
+            out[row[0]] = [int(t) for t in row[1].split()]
+        except (IndexError, ValueError) as exc:
+            raise ValueError(f"{path}: line {n} is not 'Id,<space-separated class ids>': {row}") from exc
+    return out

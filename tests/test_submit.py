@@ -255,3 +255,21 @@ def test_write_submission_rejects_image_level_predictions(tmp_path):
     df.assign(level="image").to_parquet(tmp_path / "p.parquet", index=False)
     with pytest.raises(ValueError, match="cell-level"):
         write_submission([tmp_path / "p.parquet"], [tmp_path / "s.zarr"], tmp_path / "o.csv", N_CLASSES)
+
+
+def test_2018_submission_is_id_and_space_separated_classes(tmp_path):
+    """Id,Predicted per image, classes ascending and space-separated whatever the table's separator; a
+    refused image keeps its row with no classes; a malformed file is refused naming the line."""
+    import pandas as pd
+
+    from hpa_batch.submit import read_image_submission, write_image_submission
+
+    images = pd.DataFrame({"image_id": ["a", "b", "c"], "predicted": ["25|0|2", "", None],
+                           "rejected": [False, False, True]})
+    images.to_parquet(tmp_path / "images.parquet")
+    assert write_image_submission(tmp_path / "images.parquet", tmp_path / "sub.csv") == 3
+    assert (tmp_path / "sub.csv").read_text() == "Id,Predicted\na,0 2 25\nb,\nc,\n"
+    assert read_image_submission(tmp_path / "sub.csv") == {"a": [0, 2, 25], "b": [], "c": []}
+    (tmp_path / "bad.csv").write_text("Id,Predicted\na,0 x\n")
+    with pytest.raises(ValueError, match="bad.csv: line 2"):
+        read_image_submission(tmp_path / "bad.csv")

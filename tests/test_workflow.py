@@ -152,13 +152,15 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
 
 @pytest.mark.slow
 def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tmp_path):
-    """No cell-level model (study 003's small CNN at image level): tables, submission, baseline,
-    metrics and report still come out; every cell carries its image's probabilities."""
+    """The 2018 task (28 classes) with no cell-level model (study 003's small CNN at image level):
+    tables, the 2018 submission (Id,Predicted), baseline, metrics and report come out; every cell
+    carries its image's probabilities; the submission re-scores to the metrics' image macro-F1."""
     from conftest import synth_config
 
     wd = workflow_dir()
     cfg = synth_config(tmp_path, synth_data)
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
+    cfg["labels"] = {"catalog": "hpa2018"}
     cfg["models"] = [{"name": "img", "level": "image", "arch": "hpa_small_cnn", "input_size": 32, "epochs": 1,
                       "batch_size": 2, "num_workers": 0, "folds": [0]}]
     cfg["evaluation"] = {"truth_dir": str(synth_data / "truth")}
@@ -173,14 +175,22 @@ def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tm
     images_t = pd.read_parquet(res / "tables" / "images.parquet")
     cells_t = pd.read_parquet(res / "tables" / "cells.parquet")
     assert len(pd.read_parquet(res / "predictions" / "img" / f"{images_t.shard.iloc[0]}.parquet")) > 0
-    probs = [f"image_prob_{k}" for k in range(19)]
+    probs = [f"image_prob_{k}" for k in range(28)]
     assert images_t[probs].notna().all().all() and (images_t[probs].to_numpy() > 0).any()
     joined = cells_t.merge(images_t[["image_id", *probs]], on="image_id", suffixes=("", "_img"))
     assert np.allclose(joined[probs].to_numpy(), joined[[f"{p}_img" for p in probs]].to_numpy())
-    sub = pd.read_csv(res / "submission.csv", keep_default_na=False)
-    assert len(sub) == len(images_t)
+    from hpa_batch.metrics import macro_f1
+    from hpa_batch.splits import multi_hot
+    from hpa_batch.submit import read_image_submission
+
+    sub = read_image_submission(res / "submission.csv")
+    assert sorted(sub) == sorted(images_t["image_id"])
     metrics = json.loads((res / "metrics.json").read_text())
     assert 0 <= metrics["image_map"] <= 1 and 0 <= metrics["cell_map"] <= 1
+    ok = images_t[~images_t["rejected"]]
+    y = multi_hot([list(v) for v in ok["labels"]], 28)
+    pred = multi_hot([sub[i] for i in ok["image_id"]], 28).astype(float)
+    assert macro_f1(y, pred, 0.5) == pytest.approx(metrics["image_macro_f1"])
     assert (res / "report.html").stat().st_size > 10_000
 
 

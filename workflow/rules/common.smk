@@ -29,6 +29,18 @@ def stage_config(*keys):
     return shlex.quote(stage_subset(config, keys))
 
 
+def submission_source(input):
+    """Arguments of the submission step: the 2021 task's cells table and the stores' cell masks, or
+    the 2018 task's images table (Id,Predicted per image), chosen by the label catalog."""
+    from hpa_batch.labels import get_catalog
+
+    catalog = config["labels"]["catalog"]
+    if catalog == "hpa2018":
+        return f"--images {input.images}"
+    stores = " ".join(shard_files(f"{RESULTS}/zarr/{{shard}}.zarr"))
+    return f"--cells {input.cells} --stores {stores} --n-classes {get_catalog(catalog).n_classes}"
+
+
 def shard_files(pattern):
     """``pattern`` (with ``{shard}``) expanded over every planned shard."""
     return [pattern.format(shard=name) for name in SHARDS]

@@ -23,22 +23,21 @@ rule tables:
 rule submission:
     input:
         cells=rules.tables.output.cells,
+        images=rules.tables.output.images,
         segmented=shard_files(f"{RESULTS}/zarr/{{shard}}.segment.json"),
     output:
         f"{RESULTS}/submission.csv",
     log:
         f"{LOGS}/submission.log",
     params:
-        stores=shard_files(f"{RESULTS}/zarr/{{shard}}.zarr"),
-        n_classes=lambda wildcards: 19 if config["labels"]["catalog"] == "hpa2021" else 28,
+        source=lambda wildcards, input: submission_source(input),
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "hpa-batch submit --cells {input.cells} --stores {params.stores}"
-        " --n-classes {params.n_classes} --out {output} > {log} 2>&1"
+        "hpa-batch submit {params.source} --out {output} > {log} 2>&1"
 
 
 rule baseline:
