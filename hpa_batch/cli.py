@@ -348,7 +348,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hpa_batch.submit import table_predictions, write_image_submission, write_submission
+    from hpa_batch.submit import (
+        table_predictions,
+        write_image_submission,
+        write_submission,
+    )
 
     if args.images:
         n = write_image_submission(args.images, args.out)
