@@ -65,16 +65,20 @@ def _paths(cfg: Config, shard: str) -> dict[str, Path]:
 def cmd_synth(args: argparse.Namespace) -> int:
     from hpa_batch.synth import parse_styles, synthesize_dataset
 
+    the_2018_set = args.labels == "hpa2018"  # that set's layout: 512 px 8-bit PNGs, Id,Target
+    sizes = args.sizes or ("512" if the_2018_set else "1728,2048,3072")
     summary = synthesize_dataset(
         args.out,
         args.n_images,
         args.seed,
-        sizes=[int(s) for s in args.sizes.split(",")],
+        sizes=[int(s) for s in sizes.split(",")],
         cell_lines=args.cell_lines.split(",") if args.cell_lines else None,
         fmt=args.format,
         catalog=args.labels,
         workers=args.workers,
         styles=parse_styles(args.style),
+        depth=8 if the_2018_set else 16,
+        table=args.labels,
     )
     print(f"wrote {len(summary.ids)} images ({summary.n_cells} cells) to {summary.images_dir}")
     print(f"metadata: {summary.metadata}\nground truth: {summary.truth_dir}")
@@ -419,10 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-images", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sizes", default="1728,2048,3072", help="comma-separated image sides")
+    p.add_argument("--sizes", help="comma-separated image sides (default 1728,2048,3072; 512 with --labels hpa2018)")
     p.add_argument("--cell-lines", help="comma-separated cell line names")
     p.add_argument("--format", choices=["png", "tif", "jpg"], default="png")
-    p.add_argument("--labels", choices=["hpa2021", "hpa2018"], default="hpa2021")
+    p.add_argument("--labels", choices=["hpa2021", "hpa2018"], default="hpa2021",
+                   help="hpa2018 writes that set's layout: 8-bit PNGs, train.csv Id,Target (space-separated), "
+                        "no cell-line column")
     p.add_argument("--workers", type=int, default=1, help="processes")
     p.add_argument("--style", default="standard",
                    help="comma-separated image styles cycled over the images (standard, dots, dim, crowded, "

@@ -1882,15 +1882,20 @@ class _Job:
     images_dir: Path
     truth_dir: Path
     style: str = "standard"
+    depth: int = 16
 
 
-def _encode_channel(arr: np.ndarray, fmt: str) -> bytes:
-    """Encode a uint16 (h, w) channel: 16-bit PNG / zlib TIFF, or 8-bit JPEG (``adu >> 7``)."""
+def _eight_bit(arr: np.ndarray) -> np.ndarray:
+    """uint16 ADU -> uint8 (``min(adu >> 7, 255)``), as 8-bit public sets store them."""
+    return np.minimum(arr >> 7, 255).astype(np.uint8)
+
+
+def _encode_channel(arr: np.ndarray, fmt: str, depth: int = 16) -> bytes:
+    """Encode a uint16 (h, w) channel: 16- or 8-bit PNG / zlib TIFF, or 8-bit JPEG (``adu >> 7``)."""
     if fmt == "png":
-        return bytes(imagecodecs.png_encode(arr, level=3))
+        return bytes(imagecodecs.png_encode(arr if depth == 16 else _eight_bit(arr), level=3))
     if fmt == "jpg":
-        u8 = np.minimum(arr >> 7, 255).astype(np.uint8)
-        return bytes(imagecodecs.jpeg8_encode(u8, level=95))
+        return bytes(imagecodecs.jpeg8_encode(_eight_bit(arr), level=95))
     raise ValueError(fmt)
 
 
@@ -1914,9 +1919,9 @@ def _generate_one(job: _Job) -> tuple[str, str, str, list[list[object]], dict[st
     for name, arr in zip(CHANNELS, img.channels):
         path = job.images_dir / f"{image_id}_{name}.{job.fmt}"
         if job.fmt == "tif":
-            _write_tif(path, arr)
+            _write_tif(path, arr if job.depth == 16 else _eight_bit(arr))
         else:
-            path.write_bytes(_encode_channel(arr, job.fmt))
+            path.write_bytes(_encode_channel(arr, job.fmt, job.depth))
     _write_tif(job.truth_dir / f"{image_id}_cells.tif", img.cells)
     _write_tif(job.truth_dir / f"{image_id}_nuclei.tif", img.nuclei)
     n = len(img.cell_labels)
@@ -1968,6 +1973,8 @@ def synthesize_dataset(
     catalog: str = "hpa2021",
     workers: int = 1,
     styles: Sequence[str] = ("standard",),
+    depth: int = 16,
+    table: str = "hpa2021",
 ) -> SynthSummary:
     """Write a synthetic HPA dataset with ground-truth masks and per-cell labels.
 
@@ -1994,11 +2001,20 @@ def synthesize_dataset(
     styles : sequence of str
         Image styles (:data:`STYLES`); image ``i`` gets ``styles[(i // len(cell_lines)) % len(styles)]``
         so that every cell line gets every style.
+    depth : {16, 8}
+        Bits per pixel of PNG / TIFF channels (8: ``min(adu >> 7, 255)``, as the 2018 set's PNGs).
+    table : {"hpa2021", "hpa2018"}
+        Layout of ``train.csv``: ``ID,Label,Cell_line`` (labels joined with the catalog separator) or
+        the 2018 competition's ``Id,Target`` (space-separated labels, no cell-line column).
 
     Returns
     -------
     SynthSummary
     """
+    if depth not in (8, 16):
+        raise ValueError(f"depth must be 8 or 16, got {depth}")
+    if table not in ("hpa2021", "hpa2018"):
+        raise ValueError(f"table must be hpa2021 (ID,Label,Cell_line) or hpa2018 (Id,Target), got {table!r}")
     fmt = fmt.lower().lstrip(".")
     if fmt == "tiff":
         fmt = "tif"
@@ -2026,7 +2042,7 @@ def synthesize_dataset(
     jobs = [
         _Job(
             i, int(seed), sizes[(i + i // nl) % len(sizes)], lines[i % nl],
-            fmt, cat.name, images_dir, truth_dir, styles[(i // nl) % len(styles)],
+            fmt, cat.name, images_dir, truth_dir, styles[(i // nl) % len(styles)], depth,
         )
         for i in range(n_images)
     ]
@@ -2039,9 +2055,14 @@ def synthesize_dataset(
     metadata = root / "train.csv"
     with metadata.open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["ID", "Label", "Cell_line"])
-        for image_id, label, line, *_rest in results:
-            w.writerow([image_id, label, line])
+        if table == "hpa2018":  # the 2018 competition's train.csv: Id,Target (space-separated), no cell line
+            w.writerow(["Id", "Target"])
+            for image_id, label, _line, *_rest in results:
+                w.writerow([image_id, label.replace(cat.separator, " ")])
+        else:
+            w.writerow(["ID", "Label", "Cell_line"])
+            for image_id, label, line, *_rest in results:
+                w.writerow([image_id, label, line])
     n_cells = 0
     with (truth_dir / "cells.csv").open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
@@ -2060,9 +2081,9 @@ def synthesize_dataset(
         if cat.negative is not None
         else "empty for a negative cell"
     )
-    depth = "8-bit, ADU >> 7" if fmt == "jpg" else "16-bit ADU"
+    depth_text = "8-bit, ADU >> 7" if fmt == "jpg" or depth == 8 else "16-bit ADU"
     (truth_dir / "README.txt").write_text(
-        _README.format(catalog=cat.name, seed=seed, negative=negative, fmt=fmt, depth=depth)
+        _README.format(catalog=cat.name, seed=seed, negative=negative, fmt=fmt, depth=depth_text)
     )
     return SynthSummary(
         out=root,

@@ -12,8 +12,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage as ndi
 
-from hpa_batch import CHANNELS
-from hpa_batch import synth
+from hpa_batch import CHANNELS, synth
 from hpa_batch.labels import HPA2021, format_labels, get_catalog, parse_labels
 
 CAT21 = get_catalog("hpa2021")
@@ -323,3 +322,21 @@ def test_contact_sheet(png_dataset: synth.SynthSummary, tmp_path: Path) -> None:
         assert im.mode == "RGB" and im.size == (256, 256)
         a = np.asarray(im)
     assert a.max() > 100 and a.mean() < 128
+
+
+def test_the_2018_layout_is_8_bit_png_with_id_target(tmp_path: Path) -> None:
+    """`synth --labels hpa2018` writes that set as distributed: 8-bit PNG channels, train.csv with
+    Id,Target (space-separated) and no cell-line column; labels equal the 16-bit set's."""
+    s8 = synth.synthesize_dataset(tmp_path / "a", 2, seed=4, sizes=(128,), catalog="hpa2018", depth=8,
+                                  table="hpa2018")
+    s16 = synth.synthesize_dataset(tmp_path / "b", 2, seed=4, sizes=(128,), catalog="hpa2018")
+    rows = _read_csv(s8.metadata)
+    assert list(rows[0]) == ["Id", "Target"]
+    assert [r["Target"] for r in rows] == [r["Label"] for r in _read_csv(s16.metadata)]
+    i = rows[0]["Id"]
+    a8 = imagecodecs.png_decode((s8.images_dir / f"{i}_green.png").read_bytes())
+    a16 = imagecodecs.png_decode((s16.images_dir / f"{i}_green.png").read_bytes())
+    assert a8.dtype == np.uint8 and a16.dtype == np.uint16
+    assert np.array_equal(a8, np.minimum(a16 >> 7, 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="depth"):
+        synth.synthesize_dataset(tmp_path / "c", 1, depth=12)

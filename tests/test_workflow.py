@@ -152,18 +152,26 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
 
 @pytest.mark.slow
 def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tmp_path):
-    """The 2018 task (28 classes) with no cell-level model (study 003's small CNN at image level):
+    """The 2018 task as distributed (28 classes; 8-bit PNGs; train.csv Id,Target with no cell-line
+    column) with no cell-level model (study 003's small CNN at image level): shards unknown-000k,
     tables, the 2018 submission (Id,Predicted), baseline, metrics and report come out; every cell
     carries its image's probabilities; the submission re-scores to the metrics' image macro-F1."""
     from conftest import synth_config
 
+    from hpa_batch.synth import synthesize_dataset
+
+    data = synthesize_dataset(tmp_path / "hpa2018", 6, seed=12, sizes=(384,), catalog="hpa2018", depth=8,
+                              table="hpa2018").out
+    assert (data / "train.csv").read_text().startswith("Id,Target\n")
     wd = workflow_dir()
-    cfg = synth_config(tmp_path, synth_data)
+    cfg = synth_config(tmp_path, data)
+    cfg["dataset"].update({"id_column": "Id", "label_column": "Target", "cell_line_column": None,
+                           "label_separator": " "})
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
     cfg["labels"] = {"catalog": "hpa2018"}
     cfg["models"] = [{"name": "img", "level": "image", "arch": "hpa_small_cnn", "input_size": 32, "epochs": 1,
                       "batch_size": 2, "num_workers": 0, "folds": [0]}]
-    cfg["evaluation"] = {"truth_dir": str(synth_data / "truth")}
+    cfg["evaluation"] = {"truth_dir": str(data / "truth")}
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
     assert "steps (100%) done" in out
@@ -173,6 +181,10 @@ def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tm
 
     res = tmp_path / "results"
     images_t = pd.read_parquet(res / "tables" / "images.parquet")
+    assert sorted(set(images_t["shard"])) == ["unknown-0000", "unknown-0001"] and len(images_t) == 6
+    assert not images_t["rejected"].any()
+    manifest = pd.read_parquet(res / "manifest" / "unknown-0000.parquet")
+    assert set(manifest["source_dtype"]) == {"uint8"}
     cells_t = pd.read_parquet(res / "tables" / "cells.parquet")
     assert len(pd.read_parquet(res / "predictions" / "img" / f"{images_t.shard.iloc[0]}.parquet")) > 0
     probs = [f"image_prob_{k}" for k in range(28)]
