@@ -414,3 +414,26 @@ def test_densenet_with_the_head_of_study_001(tmp_path):
     assert torch.equal(m.backbone.state_dict()["features.conv0.weight"], ref.state_dict()["features.conv0.weight"])
     m.eval()
     assert m(torch.rand(2, 3, 64, 64)).shape == (2, 28)
+
+
+def test_a_tile_store_without_feature_rows_is_refused_by_name(tmp_path):
+    """A hybrid on tiles written before feature rows existed: the error names the store and the fix."""
+    import zarr
+
+    from hpa_batch.loader import GroupDataset, TileIndex, feature_moments
+    from hpa_batch.tiles import TileReader
+
+    store = tmp_path / "old-0000.zarr"
+    g = zarr.open_group(store, mode="w", zarr_format=3)
+    g.create_array("cells", shape=(4, 4, 8, 8), dtype="uint8", chunks=(2, 4, 8, 8))
+    index = TileIndex(stores=[store], array="cells", store=np.zeros(4, int), row=np.arange(4),
+                      chunk=np.full(4, 2), image_id=np.array(list("abcd"), object),
+                      cell_id=np.arange(4, dtype=np.int32), y=np.zeros((4, 19), np.float32),
+                      fold=np.zeros(4, np.int8), n_labels=np.ones(4, int))
+    with pytest.raises(ValueError, match="old-0000.zarr has no 'features' array: rebuild the tiles"):
+        GroupDataset(index, [[np.arange(4)]], [0, 1, 2, 3], features=True)[0]
+    with pytest.raises(ValueError, match="old-0000.zarr has no 'features'"):
+        feature_moments(index, np.arange(4))
+    with pytest.raises(ValueError, match="no 'features' array"):
+        TileReader(store).read_features(0, 2)
+    assert GroupDataset(index, [[np.arange(4)]], [0, 1, 2, 3])[0]["x"].shape == (4, 4, 8, 8)
