@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import torch
+from train import make_store
 
 from hpa_batch.models import create_model
 from hpa_batch.tiles import TileReader
 from hpa_batch.train import prepare
-
-from train import make_store  # noqa: E402  (bench/ sibling)
 
 
 def run(model: torch.nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:

@@ -53,7 +53,7 @@ def dry_run(wd: Path) -> tuple[float, int, str]:
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "scale.yaml"], cwd=wd,
                           capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - t0
-    total = int(re.search(r"^total\s+(\d+)", proc.stdout, re.M).group(1))
+    total = int(re.search(r"^total\s+(\d+)", proc.stdout, re.MULTILINE).group(1))
     return seconds, total, proc.stdout
 
 

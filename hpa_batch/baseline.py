@@ -179,7 +179,7 @@ def fit_baseline(cells: pd.DataFrame, catalog: LabelCatalog, options: dict[str, 
     thresholds = tune_thresholds(y, oof, GUARD["default"], min_positives=GUARD["min_positives"], low=GUARD["low"],
                                  high=GUARD["high"])  # the deep models' default guard
     model = _fit(options["model"], options, x, y)
-    cv = {"cells": int(len(y)), "macro_f1": macro_f1(y, oof, thresholds), "map": mean_ap(y, oof)}
+    cv = {"cells": len(y), "macro_f1": macro_f1(y, oof, thresholds), "map": mean_ap(y, oof)}
     return model, thresholds, cv
 
 
@@ -219,7 +219,7 @@ def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, op
     tmp.replace(out)
     joblib.dump(model, out.with_name("model.joblib"))
     summary = {"model": options["model"], "features": list(FEATURE_COLUMNS) + (["embedding"] if emb is not None else []),
-               "train_cells": int(len(train)), "held_out_images": len(held_out), "cells": rows,
+               "train_cells": len(train), "held_out_images": len(held_out), "cells": rows,
                "thresholds": [float(t) for t in thresholds], "oof_weak_labels": cv}
     out.with_name("summary.json").write_text(json.dumps(summary, indent=1))
     get_logger().info("baseline %s: trained on %d cells, predicted %d -> %s", options["model"], len(train), rows, out)

@@ -28,7 +28,12 @@ import zarr
 from hpa_batch import CHANNELS, __version__
 from hpa_batch.config import Config
 from hpa_batch.imageio import ImageReadError, read_channel, to_uint16
-from hpa_batch.manifest import REJECTED_COLUMNS, read_manifest, read_rejected, write_rejected
+from hpa_batch.manifest import (
+    REJECTED_COLUMNS,
+    read_manifest,
+    read_rejected,
+    write_rejected,
+)
 from hpa_batch.ngff import (
     downsample2x,
     is_complete,

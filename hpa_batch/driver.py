@@ -19,8 +19,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 _HELD: dict[str, IO[str]] = {}
 
@@ -51,7 +52,7 @@ def acquire(workdir: str | Path = ".") -> Path:
     if key in _HELD:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
+    fh = open(path, "a+")  # noqa: SIM115 (held open for the driver's lifetime: the flock lives on it)
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -99,7 +99,7 @@ def score_cells(pred: pd.DataFrame, matches: pd.DataFrame, truth: pd.DataFrame, 
     if catalog.negative is not None:  # a cell without labels is Negative
         y[y.sum(1) == 0, catalog.negative] = 1
     hits = prob >= np.asarray(thresholds)
-    return {"cells": int(len(m)), "macro_f1": macro_f1(y, prob, thresholds), "map": mean_ap(y, prob),
+    return {"cells": len(m), "macro_f1": macro_f1(y, prob, thresholds), "map": mean_ap(y, prob),
             "accuracy": float((hits == y.astype(bool)).all(1).mean())}
 
 
@@ -205,7 +205,7 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
     p_img = ok[[f"image_prob_{k}" for k in range(n)]].to_numpy(float)
     pred_img = multi_hot([predicted_ids(v, catalog) for v in ok["predicted"]], n)
     result: dict[str, object] = {
-        "images": int(len(ok)),
+        "images": len(ok),
         "image_macro_f1": macro_f1(y_img, pred_img.astype(float), 0.5) if len(ok) else None,
         "image_map": mean_ap(y_img, p_img) if len(ok) else None,
         "image_per_class_f1": {catalog.classes[k]: float(f1_score(y_img[:, k], pred_img[:, k], zero_division=0))
@@ -241,7 +241,7 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
         pred_sets = [set(predicted_ids(v, catalog)) for v in matched["predicted"]]
         result["cell_accuracy"] = float(np.mean([a == b for a, b in zip(pred_sets, truth_sets)])) if len(matched) else None
         result["cell_macro_f1"] = _set_macro_f1(truth_sets, pred_sets, n) if len(matched) else None
-        result["matched_cells"] = int(len(matched))
+        result["matched_cells"] = len(matched)
     return result
 
 

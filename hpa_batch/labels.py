@@ -10,6 +10,7 @@ Two catalogs are known:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -157,7 +158,7 @@ def parse_labels(text: object, catalog: LabelCatalog, separator: str = "auto") -
     LabelError
         Empty string, a token that is not an integer, or an id outside the catalog.
     """
-    if text is None or (isinstance(text, float) and text != text):
+    if text is None or (isinstance(text, float) and math.isnan(text)):
         raise LabelError("no labels")
     raw = str(text).strip()
     if not raw:

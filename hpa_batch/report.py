@@ -35,20 +35,20 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import yaml  # noqa: E402
-import zarr  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+import zarr
+from PIL import Image
 
-from hpa_batch.evaluate import predicted_ids  # noqa: E402
-from hpa_batch.labels import LabelCatalog  # noqa: E402
-from hpa_batch.segment.qc import robust_z  # noqa: E402
-from hpa_batch.splits import multi_hot  # noqa: E402
-from hpa_batch.synth import composite  # noqa: E402
-from hpa_batch.viz import store_overlay  # noqa: E402
+from hpa_batch.evaluate import predicted_ids
+from hpa_batch.labels import LabelCatalog
+from hpa_batch.segment.qc import robust_z
+from hpa_batch.splits import multi_hot
+from hpa_batch.synth import composite
+from hpa_batch.viz import store_overlay
 
 SECTIONS = ("summary", "labels", "training", "per-class", "confusion", "segmentation", "gallery", "rejected",
             "provenance")
@@ -141,8 +141,8 @@ def summary_section(metrics: dict[str, Any]) -> str:
     views = {k: v for k, v in views.items() if v is not None}
     df = pd.DataFrame({"metric": [label for _, label in HEADLINE],
                        **{k: [v.get(key) for key, _ in HEADLINE] for k, v in views.items()}})
-    notes = [f"{metrics.get('images', 0)} images evaluated; {metrics.get('held_out_images', 0)} held out "
-             f"(no model trained on them; trained folds {metrics.get('trained_folds', [])})."]
+    notes = [(f"{metrics.get('images', 0)} images evaluated; {metrics.get('held_out_images', 0)} held out "
+             f"(no model trained on them; trained folds {metrics.get('trained_folds', [])}).")]
     if not metrics.get("held_out_images"):
         notes.append("No held-out images: every image was seen in training by some fold model, so these "
                      "numbers are optimistic.")
@@ -306,12 +306,12 @@ def confusion_section(cells: pd.DataFrame, images: pd.DataFrame, catalog: LabelC
     if "truth_labels" in cells and (cells["truth_cell_id"] > 0).any():
         m = cells[cells["truth_cell_id"] > 0]
         neg = {catalog.negative} if catalog.negative is not None else set()
-        truth = [set(int(v) for v in t) or neg for t in m["truth_labels"]]
+        truth = [{int(v) for v in t} or neg for t in m["truth_labels"]]
         pred = [set(predicted_ids(v, catalog)) for v in m["predicted"]]
         what = f"{len(m)} cells matched to a true cell (IoU > 0.5)"
     else:
         ok = images[~images["rejected"]]
-        truth = [set(int(v) for v in t) for t in ok["labels"]]
+        truth = [{int(v) for v in t} for t in ok["labels"]]
         pred = [set(predicted_ids(v, catalog)) for v in ok["predicted"]]
         what = f"{len(ok)} images (no per-cell truth)"
     mat = confusion_matrix(truth, pred, n)
@@ -479,7 +479,7 @@ def git_revision(workdir: Path) -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=workdir,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, cwd=workdir,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -559,7 +559,7 @@ def screenshot(report: Path, png: Path, width: int = 1200, height: int = 16000, 
         cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                "--hide-scrollbars", "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
                f"--window-size={width},{height}", f"--screenshot={png}", Path(report).resolve().as_uri()]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     if not png.is_file():
         raise RuntimeError(f"{browser} wrote no screenshot of {report} (exit {proc.returncode}): "
                            f"{proc.stderr[-2000:]}")

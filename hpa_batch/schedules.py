@@ -62,7 +62,7 @@ def cosine_schedule(epochs: int, lr: float = 1e-3, lr_min: float = 1e-6, warmup_
                               t_in_epochs=False)
 
     def rate(epoch: float) -> float:
-        return float(sched._get_lr(int(round(epoch * steps_per_epoch)))[0])
+        return float(sched._get_lr(round(epoch * steps_per_epoch))[0])
 
     return rate
 

@@ -280,7 +280,7 @@ class _Spool:
     """
 
     def __init__(self, directory: Path) -> None:
-        self.file = tempfile.TemporaryFile(dir=directory)
+        self.file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (the spool lives until _write_atomic)
         self.entries: list[tuple[str, int, int]] = []
 
     def add(self, row: tuple[str, int, int, str]) -> None:
@@ -377,8 +377,7 @@ def _write_atomic(out: Path, spool: _Spool) -> None:
     try:
         with open(tmp, "wb") as fh:
             fh.write(_csv_line(HEADER).encode("utf-8"))
-            for line in spool.sorted_lines():
-                fh.write(line)
+            fh.writelines(spool.sorted_lines())
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -538,7 +538,7 @@ class Trainer:
                   "selection": self.spec["selection"], "best_score": self.state.best_loss,
                   "stopped_early_at_epoch": self.stopped_early,
                   "epochs_run": len(self.state.history),
-                  "train_tiles": int(len(self.train_pos)), "val_tiles": int(len(self.val_pos)),
+                  "train_tiles": len(self.train_pos), "val_tiles": len(self.val_pos),
                   "catalog": self.catalog.name, "version": __version__}
         atomic_save({"model": best["model"], "thresholds": best["thresholds"],
                      "spec": json.loads(json.dumps(self.spec)), "catalog": self.catalog.name,

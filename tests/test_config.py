@@ -4,7 +4,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpa_batch.config import ConfigError, config_from_dict, load_config, load_schema, stage_subset
+from hpa_batch.config import (
+    ConfigError,
+    config_from_dict,
+    load_config,
+    load_schema,
+    stage_subset,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

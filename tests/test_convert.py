@@ -10,14 +10,13 @@ import time
 import numpy as np
 import pytest
 import zarr
+from conftest import tool_env
 
 from hpa_batch import CHANNELS
 from hpa_batch.cli import main
 from hpa_batch.imageio import read_channel
 from hpa_batch.manifest import read_rejected
 from hpa_batch.ngff import is_complete, verify_image
-
-from conftest import tool_env
 
 
 def convert(ds, shard="hela-0000", threads=2, **extra):
@@ -71,7 +70,7 @@ def test_rerun_keeps_good_images_and_redoes_changed_or_damaged_ones(dataset):
     import imagecodecs
 
     ds.path("i0", "green").write_bytes(imagecodecs.png_encode(new_green))
-    shard_file = sorted(p for p in (store / "i1" / "s1" / "c").rglob("*") if p.is_file())[0]
+    shard_file = min(p for p in (store / "i1" / "s1" / "c").rglob("*") if p.is_file())
     shard_file.write_bytes(shard_file.read_bytes()[:-50])
     (res / "manifest" / "hela-0000.parquet").unlink()  # re-probe sources (sizes/mtimes)
     _, third = convert(ds)

@@ -5,21 +5,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 import zarr
-
 from conftest import synth_config, tool_env
+
 from hpa_batch.driver import DriverLockError, guard, holder_of, is_read_only
 from hpa_batch.ngff import is_complete, labels_complete
 
 
 def start(wd, *args):
     """A driver in the background; its output goes to a file (an unread pipe could fill and block it)."""
-    log = open(wd / f"driver-{len(list(wd.glob('driver-*.log')))}.log", "w+")
+    log = open(wd / f"driver-{len(list(wd.glob('driver-*.log')))}.log", "w+")  # noqa: SIM115 (the background driver writes it)
     proc = subprocess.Popen(["snakemake", *args], cwd=wd, env=tool_env(), stdout=log, stderr=subprocess.STDOUT,
                             text=True)
     proc.log = log
@@ -92,13 +91,13 @@ def test_second_driver_is_refused_even_without_snakemake_locks(synth_data, workf
     lock = wd / ".snakemake" / "hpa_batch.driver.lock"
     assert wait_for(lambda: lock.is_file() and str(first.pid) in lock.read_text())
     second = subprocess.run(["snakemake", "--cores", "1", "--nolock", "--forcerun", "split", "split",
-                             "--configfile", "run.yaml"], cwd=wd, env=tool_env(), capture_output=True, text=True)
+                             "--configfile", "run.yaml"], check=False, cwd=wd, env=tool_env(), capture_output=True, text=True)
     assert second.returncode != 0
     assert "another snakemake driver is running" in second.stdout + second.stderr
     assert f'"pid": {first.pid}' in second.stdout + second.stderr
     assert first.wait(300) == 0, output(first)[-3000:]
     # once the first driver is gone, the directory is free again (the kernel dropped the lock)
-    again = subprocess.run(["snakemake", "--cores", "1", "tiles", "--configfile", "run.yaml"], cwd=wd,
+    again = subprocess.run(["snakemake", "--cores", "1", "tiles", "--configfile", "run.yaml"], check=False, cwd=wd,
                            env=tool_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
 
@@ -122,7 +121,7 @@ def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_
         pd.read_parquet(table)  # readable: written under a temporary name, renamed when complete
     for tiles in (res / "tiles").glob("*.zarr") if (res / "tiles").is_dir() else []:
         assert zarr.open_group(tiles, mode="r").attrs["hpa_batch"]["complete"]
-    rerun = subprocess.run(["snakemake", "--cores", "2", "tiles", "--configfile", "run.yaml"], cwd=wd,
+    rerun = subprocess.run(["snakemake", "--cores", "2", "tiles", "--configfile", "run.yaml"], check=False, cwd=wd,
                            env=tool_env(), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert len(list((res / "tiles").glob("*.zarr"))) == 3
@@ -134,7 +133,7 @@ def test_failed_job_names_its_log_in_the_summary(synth_data, workflow_dir, tmp_p
     config(wd, tmp_path, synth_data, segmentation={"backend": "hpacellseg",
                                                    "options": {"nuclei_model": "/nonexistent/n.pth",
                                                                "cell_model": "/nonexistent/c.pth"}})
-    proc = subprocess.run(["snakemake", "--cores", "2", "segment", "--configfile", "run.yaml"], cwd=wd,
+    proc = subprocess.run(["snakemake", "--cores", "2", "segment", "--configfile", "run.yaml"], check=False, cwd=wd,
                           env=tool_env(), capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0

@@ -1,6 +1,12 @@
 import pytest
 
-from hpa_batch.labels import CATALOGS, LabelError, format_labels, get_catalog, parse_labels
+from hpa_batch.labels import (
+    CATALOGS,
+    LabelError,
+    format_labels,
+    get_catalog,
+    parse_labels,
+)
 
 C21, C18 = CATALOGS["hpa2021"], CATALOGS["hpa2018"]
 

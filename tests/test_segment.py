@@ -207,7 +207,7 @@ def test_labels_in_store_are_valid_ngff_and_open_in_napari(segmented):
     from ome_zarr_models.v05 import Image
 
     store = segmented["results"] / "zarr" / f"{segmented['shards'][0]}.zarr"
-    image = sorted(p for p in store.iterdir() if p.is_dir())[0]
+    image = min(p for p in store.iterdir() if p.is_dir())
     model = Image.from_zarr(zarr.open_group(image, mode="r"))
     assert model.labels is not None and list(model.labels.label_paths) == ["cells", "nuclei"]
     from napari_ome_zarr._reader import napari_get_reader
@@ -259,7 +259,7 @@ def test_resume_keeps_and_settings_change_redoes(segmented, tmp_path):
     res = segmented["results"]
     cfg = load_config(segmented["config"])
     store = res / "zarr" / f"{shard}.zarr"
-    image = sorted(p for p in store.iterdir() if p.is_dir())[0]
+    image = min(p for p in store.iterdir() if p.is_dir())
     before = (image / "labels" / "zarr.json").stat().st_mtime_ns
     segment_shard(cfg, store, tmp_path / "qc.tsv", tmp_path / "s.json")
     assert (image / "labels" / "zarr.json").stat().st_mtime_ns == before  # kept

@@ -1,9 +1,14 @@
 import numpy as np
 import pandas as pd
-import pytest
 
 from hpa_batch.labels import CATALOGS
-from hpa_batch.splits import ALWAYS_TRAIN, SPLITS_SCHEMA, assign_folds, make_splits, write_splits
+from hpa_batch.splits import (
+    ALWAYS_TRAIN,
+    SPLITS_SCHEMA,
+    assign_folds,
+    make_splits,
+    write_splits,
+)
 
 
 def labels_table(seed=0, n=300):

@@ -109,7 +109,7 @@ def test_invalid_arguments(tmp_path: Path) -> None:
 
 
 def test_deterministic_and_seed_dependent(tmp_path: Path) -> None:
-    kw = dict(sizes=(256,), cell_lines=("HeLa", "A549"))
+    kw = {"sizes": (256,), "cell_lines": ("HeLa", "A549")}
     a = synth.synthesize_dataset(tmp_path / "a", 3, seed=11, **kw)
     b = synth.synthesize_dataset(tmp_path / "b", 3, seed=11, **kw)
     c = synth.synthesize_dataset(tmp_path / "c", 3, seed=12, **kw)
@@ -121,7 +121,7 @@ def test_deterministic_and_seed_dependent(tmp_path: Path) -> None:
 
 
 def test_workers_do_not_change_output(tmp_path: Path) -> None:
-    kw = dict(sizes=(256, 320), cell_lines=("U-2 OS", "MCF7"), fmt="tif")
+    kw = {"sizes": (256, 320), "cell_lines": ("U-2 OS", "MCF7"), "fmt": "tif"}
     one = synth.synthesize_dataset(tmp_path / "w1", 4, seed=5, workers=1, **kw)
     two = synth.synthesize_dataset(tmp_path / "w2", 4, seed=5, workers=2, **kw)
     assert _tree_bytes(one.out) == _tree_bytes(two.out)

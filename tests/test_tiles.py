@@ -6,7 +6,13 @@ import pytest
 import zarr
 
 from hpa_batch.config import config_from_dict
-from hpa_batch.tiles import ChunkedAppender, cell_tile, crop_box, intensity_window, to_uint8
+from hpa_batch.tiles import (
+    ChunkedAppender,
+    cell_tile,
+    crop_box,
+    intensity_window,
+    to_uint8,
+)
 
 
 def test_tile_store_layout_and_index(segmented):
