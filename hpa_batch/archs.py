@@ -77,6 +77,14 @@ class SmallCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def _entry_kwargs(kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Drop what ``timm.create_model`` passes to every entry point but these models do not take;
+    return the ``pretrained_cfg_overlay`` (a local weights file, if any)."""
+    for unused in ("pretrained_cfg", "cache_dir"):
+        kwargs.pop(unused, None)
+    return kwargs.pop("pretrained_cfg_overlay", None)
+
+
 def _load_local(model: nn.Module, overlay: dict[str, Any] | None) -> None:
     """Weights from ``pretrained_cfg_overlay["file"]`` (a local state dict; tensors whose shape differs,
     such as another class count's head, are left as initialised)."""
@@ -91,9 +99,7 @@ def _load_local(model: nn.Module, overlay: dict[str, Any] | None) -> None:
 @register_model
 def hpa_small_cnn(pretrained: bool = False, **kwargs: Any) -> SmallCNN:
     """Seed study 003's small CNN (see :class:`SmallCNN`)."""
-    overlay = kwargs.pop("pretrained_cfg_overlay", None)
-    for unused in ("pretrained_cfg", "cache_dir"):
-        kwargs.pop(unused, None)
+    overlay = _entry_kwargs(kwargs)
     model = SmallCNN(**kwargs)
     if pretrained:
         _load_local(model, overlay)
@@ -143,9 +149,7 @@ def hpa_densenet121_study(pretrained: bool = False, **kwargs: Any) -> StudyHeadN
     """Seed study 001: DenseNet-121 with its 1x1-conv / dense-512 head (see :class:`StudyHeadNet`)."""
     import timm
 
-    overlay = kwargs.pop("pretrained_cfg_overlay", None)
-    for unused in ("pretrained_cfg", "cache_dir"):
-        kwargs.pop(unused, None)
+    overlay = _entry_kwargs(kwargs)
     num_classes = kwargs.pop("num_classes", 28)
     drop_rate = kwargs.pop("drop_rate", 0.5)
     backbone = timm.create_model("densenet121", pretrained=pretrained, pretrained_cfg_overlay=overlay,

@@ -17,7 +17,7 @@ import pandas as pd
 import tifffile
 import zarr
 
-from hpa_batch.labels import LabelCatalog, format_labels, parse_labels
+from hpa_batch.labels import LabelCatalog, emitted_ids, format_labels, parse_labels
 from hpa_batch.metrics import macro_f1, mean_ap
 from hpa_batch.progress import get_logger
 from hpa_batch.segment.quality import iou_matrix
@@ -182,11 +182,9 @@ def instance_map(pred: pd.DataFrame, truth: pd.DataFrame, ious: dict[str, tuple[
 
 
 def predicted_ids(text: str | None, catalog: LabelCatalog) -> list[int]:
-    """Class ids of a predicted label string (thresholded outputs may combine any classes, Negative
-    included, so no catalog rule is applied beyond the separator)."""
-    if not text:
-        return []
-    return sorted({int(t) for t in str(text).replace(catalog.separator, " ").split()})
+    """Class ids of a predicted label string: :func:`hpa_batch.labels.emitted_ids` (any separator, so
+    ``catalog`` is not needed to read it)."""
+    return emitted_ids(text)
 
 
 def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
@@ -297,14 +295,14 @@ def score_submission(path: Path, truth_dir: Path, catalog: LabelCatalog, iou_thr
 
 def _set_macro_f1(truth: list[set[int]], pred: list[set[int]], n: int) -> float | None:
     """Macro-F1 over the classes present in ``truth`` of per-cell label sets (the labels as emitted)."""
+    from sklearn.metrics import f1_score
+
     y = multi_hot([sorted(t) for t in truth], n)
-    p = multi_hot([sorted(q) for q in pred], n)
-    present = y.any(axis=0)
-    if not present.any():
+    present = np.flatnonzero(y.any(axis=0))
+    if not len(present):
         return None
-    tp = (y & p).sum(0)
-    f1 = 2 * tp / np.maximum(y.sum(0) + p.sum(0), 1)
-    return float(f1[present].mean())
+    p = multi_hot([sorted(q) for q in pred], n)
+    return float(f1_score(y, p, labels=present, average="macro", zero_division=0))
 
 
 def held_out_images(images: pd.DataFrame, trained_folds: set[int]) -> set[str]:

@@ -136,6 +136,15 @@ class LabelError(ValueError):
 _SPLIT_AUTO = re.compile(r"[|\s;,]+")
 
 
+def emitted_ids(text: object) -> list[int]:
+    """Sorted class ids of an emitted (predicted) label string, whatever its separator (``| ; ,`` or
+    whitespace); empty for ``None``/NaN/"". Thresholded outputs may combine any classes, Negative
+    included, so no catalog rule is applied (metadata labels go through :func:`parse_labels`)."""
+    if not isinstance(text, str) or not text.strip():
+        return []
+    return sorted({int(t) for t in _SPLIT_AUTO.split(text.strip()) if t})
+
+
 def parse_labels(text: object, catalog: LabelCatalog, separator: str = "auto") -> tuple[int, ...]:
     """Parse a metadata label string into sorted, unique class ids.
 

@@ -19,6 +19,7 @@ import torch
 import zarr
 
 from hpa_batch.splits import multi_hot
+from hpa_batch.tiles import features_array
 
 
 @dataclass
@@ -157,10 +158,8 @@ class GroupDataset(torch.utils.data.Dataset):
         name = name or self.index.array
         if (store, name) not in self._arrays:  # opened lazily, inside the worker process
             group = zarr.open_group(self.index.stores[store], mode="r", zarr_format=3)
-            if name not in group:
-                raise ValueError(f"{self.index.stores[store]} has no {name!r} array: rebuild the tiles of that "
-                                 "shard (stores written before hybrid models lack it)")
-            self._arrays[(store, name)] = group[name]
+            where = self.index.stores[store]
+            self._arrays[(store, name)] = features_array(group, where) if name == "features" else group[name]
         return self._arrays[(store, name)]
 
     def _gather(self, pos: np.ndarray, name: str, select: list[int] | None) -> np.ndarray:
@@ -192,9 +191,7 @@ def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray
     for s in np.unique(index.store[rows]):
         mine = index.row[rows[index.store[rows] == s]]
         group = zarr.open_group(index.stores[int(s)], mode="r", zarr_format=3)
-        if "features" not in group:
-            raise ValueError(f"{index.stores[int(s)]} has no 'features' array: rebuild the tiles of that shard")
-        f = group["features"][:][mine].astype(np.float64)
+        f = features_array(group, index.stores[int(s)])[:][mine].astype(np.float64)
         total = f.sum(0) if total is None else total + f.sum(0)
         sq = (f * f).sum(0) if sq is None else sq + (f * f).sum(0)
         n += len(f)

@@ -29,6 +29,7 @@ import zarr
 from pycocotools import mask as coco_mask
 from scipy import ndimage as ndi
 
+from hpa_batch.labels import emitted_ids
 from hpa_batch.progress import get_logger
 
 HEADER = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
@@ -403,8 +404,7 @@ def write_image_submission(images_path: Path, out: Path) -> int:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(HEADER_2018)
         for image_id, predicted, rejected in table.itertuples(index=False):
-            ids = [] if rejected or not isinstance(predicted, str) else sorted(
-                {int(t) for t in predicted.replace("|", " ").replace(";", " ").replace(",", " ").split()})
+            ids = [] if rejected else emitted_ids(predicted)
             writer.writerow((image_id, " ".join(map(str, ids))))
     os.replace(tmp, out)
     get_logger().info("submit: %d images -> %s (Id,Predicted)", len(table), out)

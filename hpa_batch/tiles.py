@@ -36,6 +36,20 @@ from hpa_batch.measure import FEATURE_COLUMNS, feature_matrix
 from hpa_batch.progress import Progress, get_logger
 
 
+def features_array(group: zarr.Group, where: Path | str) -> zarr.Array:
+    """The ``features`` array of an open tile store (``where`` names it in the error).
+
+    Raises
+    ------
+    ValueError
+        The store predates feature rows: its tiles must be rebuilt for a hybrid model.
+    """
+    if "features" not in group:
+        raise ValueError(f"{where} has no 'features' array: rebuild the tiles of that shard (stores written "
+                         "before hybrid models lack it)")
+    return group["features"]
+
+
 def intensity_window(image: np.ndarray, spec: IntensityConfig) -> np.ndarray:
     """Per-channel ``(low, high)`` raw values mapped to 0 and 255.
 
@@ -287,6 +301,7 @@ class TileReader:
     """
 
     def __init__(self, path: str | Path, array: str = "cells"):
+        self.path = Path(path)
         self.group = zarr.open_group(path, mode="r", zarr_format=3)
         self.array = self.group[array]
         self.n = int(self.array.shape[0])
@@ -298,9 +313,7 @@ class TileReader:
 
     def read_features(self, start: int, stop: int) -> np.ndarray:
         """Feature rows ``start:stop`` of the cells: ``(k, f)`` float32."""
-        if "features" not in self.group:
-            raise ValueError(f"{self.group.store} has no 'features' array: rebuild the tiles of that shard")
-        return np.asarray(self.group["features"][start:stop], np.float32)
+        return np.asarray(features_array(self.group, self.path)[start:stop], np.float32)
 
     def iter_batches(self, batch_size: int, seed: int = 0, shuffle: bool = True, buffer_chunks: int = 4,
                      rows: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
