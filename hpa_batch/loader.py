@@ -143,11 +143,13 @@ class GroupDataset(torch.utils.data.Dataset):
 
     Returns a dict: ``x`` uint8 ``(n, k, S, S)`` (selected channels), ``y`` float32 ``(n, c)``,
     ``pos`` int64 ``(n,)``, ``sizes`` int64 (batch sizes) and, with ``features``, ``f`` float32
-    ``(n, f)``: the cells' hand-crafted feature rows, read by the same whole chunks as the tiles.
+    ``(n, f)``: the rows' hand-crafted features (cells: their design rows; images: study 002's image
+    features), read by the same whole chunks as the tiles.
     """
 
     def __init__(self, index: TileIndex, groups: list[list[np.ndarray]], channels: list[int],
                  features: bool = False):
+        # channels: canonical planes to read, in order (models.ChannelMap.gather)
         self.index, self.groups, self.channels, self.features = index, groups, channels, features
         self._arrays: dict[tuple[int, str], zarr.Array] = {}
 
@@ -159,7 +161,8 @@ class GroupDataset(torch.utils.data.Dataset):
         if (store, name) not in self._arrays:  # opened lazily, inside the worker process
             group = zarr.open_group(self.index.stores[store], mode="r", zarr_format=3)
             where = self.index.stores[store]
-            self._arrays[(store, name)] = features_array(group, where) if name == "features" else group[name]
+            array = features_array(group, where, self.index.array) if name == "features" else group[name]
+            self._arrays[(store, name)] = array
         return self._arrays[(store, name)]
 
     def _gather(self, pos: np.ndarray, name: str, select: list[int] | None) -> np.ndarray:
@@ -191,7 +194,7 @@ def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray
     for s in np.unique(index.store[rows]):
         mine = index.row[rows[index.store[rows] == s]]
         group = zarr.open_group(index.stores[int(s)], mode="r", zarr_format=3)
-        f = features_array(group, index.stores[int(s)])[:][mine].astype(np.float64)
+        f = features_array(group, index.stores[int(s)], index.array)[:][mine].astype(np.float64)
         total = f.sum(0) if total is None else total + f.sum(0)
         sq = (f * f).sum(0) if sq is None else sq + (f * f).sum(0)
         n += len(f)

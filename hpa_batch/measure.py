@@ -46,6 +46,16 @@ INTENSITIES = tuple(f"{c}_{where}_{s}" for where in ("cell", "nucleus") for c in
 FEATURE_COLUMNS = GEOMETRY + INTENSITIES + FEATURES
 """Columns of the per-cell table that make the hand-crafted design matrix (:func:`feature_matrix`)."""
 
+IMAGE_FEATURE_COLUMNS = (
+    "green_nucleus_ratio", "ssim_green_red", "ssim_green_yellow", "ssim_green_blue", "green_yellow_ratio",
+    "green_area_fraction", "blob_compactness", "blob_eccentricity", "blob_nucleus_area_ratio",
+    "blob_nucleus_distance",
+)
+"""Study 002's ten image features, in its order (:func:`image_feature_row`)."""
+
+STUDY_002_FEATURE_WEIGHTS = (2.0, 4.0, 1.0, 1.0, 2.0, 1.0, 1.0, 0.5, 0.5, 2.0)
+"""The weights study 002 gave :data:`IMAGE_FEATURE_COLUMNS` when it concatenated them to its embedding."""
+
 CELLS_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()), ("cell_id", pa.int32()), ("cell_line", pa.string()),
@@ -290,6 +300,35 @@ def measure_image(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, bord
     table = table.join(pd.DataFrame(feats, index=geo.index))
     table.index.name = "cell_id"
     return table.reset_index()
+
+
+def image_feature_row(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, params: MeasureConfig
+                      ) -> np.ndarray:
+    """Study 002's features of a whole image: the per-cell features with every cell as one region.
+
+    Green-in-nucleus ratio, SSIM of green with red / yellow / blue, green/yellow intensity, green area
+    above background, and the green blobs' compactness, eccentricity, area per nucleus area and
+    distance to the nearest nucleus, over the union of the cells and of the nuclei.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(4, h, w)`` raw intensities (any pyramid level; the tiles stage uses the whole-image input's).
+    cells, nuclei : numpy.ndarray
+        ``(h, w)`` integer labels at the same level (no cells: the whole image is the region).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(IMAGE_FEATURE_COLUMNS),)`` float32, non-finite values as 0.
+    """
+    pix = np.moveaxis(image, 0, -1)
+    bg, sigma = background(pix, cells)
+    crop = np.clip(pix.astype(np.float32) - bg.astype(np.float32), 0, None)
+    region = cells > 0 if (cells > 0).any() else np.ones(cells.shape, bool)
+    feats = cell_features(crop, region, (nuclei > 0) & region, bg, sigma, params)
+    row = np.array([feats[c] for c in IMAGE_FEATURE_COLUMNS], np.float64)
+    return np.where(np.isfinite(row), row, 0.0).astype(np.float32)
 
 
 def load_image_and_masks(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[int]]:

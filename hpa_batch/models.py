@@ -17,9 +17,13 @@ still exist that a 64-128 px tile of the whole cell has averaged away.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hpa_batch import CHANNELS
@@ -29,9 +33,79 @@ class WeightsUnavailable(FileNotFoundError):
     """A pretrained weights file that is not a local file (nothing is downloaded)."""
 
 
-def channel_indices(channels: list[str] | tuple[str, ...]) -> list[int]:
-    """Positions of the selected channels in the canonical (red, green, blue, yellow) order."""
-    return [CHANNELS.index(c) for c in channels]
+_TERM = re.compile(r"^\s*(?:(\d*\.?\d+)\s*\*\s*)?(red|green|blue|yellow)\s*$")
+
+
+def parse_channel(entry: str) -> dict[int, float]:
+    """One input channel of a model spec -> ``{canonical channel position: weight}``.
+
+    ``"green"`` is that channel; ``"red+blue"`` the mean of the named channels (study 001's red+blue
+    grey); explicit weights (``"0.5*red"``, ``"0.3*red+0.7*blue"``) are taken as written.
+
+    Raises
+    ------
+    ValueError
+        A term that is not ``[weight*]red|green|blue|yellow``.
+    """
+    terms = entry.split("+")
+    parsed = []
+    for term in terms:
+        m = _TERM.match(term)
+        if not m:
+            raise ValueError(f"channel {entry!r}: {term.strip()!r} is not [weight*]red|green|blue|yellow")
+        parsed.append((m.group(1), CHANNELS.index(m.group(2))))
+    explicit = any(w is not None for w, _ in parsed)
+    out: dict[int, float] = {}
+    for w, c in parsed:
+        out[c] = out.get(c, 0.0) + (float(w) if w is not None else 1.0 if explicit else 1.0 / len(parsed))
+    return out
+
+
+@dataclass(frozen=True)
+class ChannelMap:
+    """How a model's input channels are made from a tile's (red, green, blue, yellow) planes.
+
+    Attributes
+    ----------
+    gather : list of int
+        Canonical planes read from a tile, in order (a plane may repeat: green twice).
+    mix : numpy.ndarray or None
+        ``(k, len(gather))`` float32 weights making the ``k`` inputs from the gathered planes; None
+        when the gathered planes are the inputs as they are.
+    """
+
+    gather: list[int]
+    mix: np.ndarray | None
+
+
+def channel_map(channels: Sequence[str]) -> ChannelMap:
+    """The :class:`ChannelMap` of a spec's ``channels`` (see :func:`parse_channel`)."""
+    parsed = [parse_channel(c) for c in channels]
+    if all(len(p) == 1 and next(iter(p.values())) == 1.0 for p in parsed):
+        return ChannelMap([next(iter(p)) for p in parsed], None)
+    gather = sorted({c for p in parsed for c in p})
+    mix = np.zeros((len(parsed), len(gather)), np.float32)
+    for i, p in enumerate(parsed):
+        for c, w in p.items():
+            mix[i, gather.index(c)] = w
+    return ChannelMap(gather, mix)
+
+
+def feature_count(spec: dict[str, Any]) -> int:
+    """Length of the feature row a spec's model takes: 0 without ``features``, the per-cell design
+    row for cell models, study 002's image features for image models."""
+    if not spec.get("features"):
+        return 0
+    from hpa_batch.measure import FEATURE_COLUMNS, IMAGE_FEATURE_COLUMNS
+
+    return len(FEATURE_COLUMNS if spec["level"] == "cell" else IMAGE_FEATURE_COLUMNS)
+
+
+def mix_channels(x: torch.Tensor, mix: np.ndarray | None) -> torch.Tensor:
+    """``(b, len(gather), s, s)`` float planes -> ``(b, k, s, s)`` model inputs (``mix`` None: as is)."""
+    if mix is None:
+        return x
+    return torch.einsum("kc,bchw->bkhw", torch.as_tensor(mix, device=x.device, dtype=x.dtype), x)
 
 
 class HybridNet(torch.nn.Module):
@@ -64,11 +138,20 @@ class HybridNet(torch.nn.Module):
         self.drop = torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(self.num_features, num_classes)
 
-    def set_feature_stats(self, mean: torch.Tensor | Any, std: torch.Tensor | Any) -> None:
-        """Standardisation of the feature rows: ``(f,)`` means and standard deviations (0 -> 1)."""
+    def set_feature_stats(self, mean: torch.Tensor | Any, std: torch.Tensor | Any,
+                          weights: Sequence[float] | None = None) -> None:
+        """Standardisation of the feature rows: ``(f,)`` means and standard deviations (0 -> 1), and
+        optional ``(f,)`` positive factors applied to the standardised row (study 002's feature
+        weights), folded into the stored scale: ``(x - mean) / std * w == (x - mean) / (std / w)``."""
         std_t = torch.as_tensor(std, dtype=torch.float32)
+        std_t = torch.where(std_t > 1e-6, std_t, torch.ones_like(std_t))
+        if weights is not None:
+            w = torch.as_tensor(list(weights), dtype=torch.float32)
+            if w.shape != std_t.shape or bool((w <= 0).any()):
+                raise ValueError(f"feature_weights: need {std_t.numel()} positive numbers, got {list(weights)}")
+            std_t = std_t / w
         self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.feature_std.copy_(torch.where(std_t > 1e-6, std_t, torch.ones_like(std_t)))
+        self.feature_std.copy_(std_t)
 
     def embed(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``(b, k, s, s)`` tiles and ``(b, f)`` feature rows -> ``(b, num_features)`` joint embedding."""

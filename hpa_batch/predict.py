@@ -18,8 +18,7 @@ import pyarrow as pa
 import torch
 
 from hpa_batch.labels import LabelCatalog, format_labels
-from hpa_batch.measure import FEATURE_COLUMNS
-from hpa_batch.models import channel_indices, create_model, embed, forward
+from hpa_batch.models import channel_map, create_model, embed, feature_count, forward
 from hpa_batch.progress import Progress, get_logger
 from hpa_batch.tables import write_table
 from hpa_batch.tiles import TileReader
@@ -46,9 +45,9 @@ def load_folds(paths: list[Path], device: torch.device) -> tuple[list[torch.nn.M
         from hpa_batch.labels import get_catalog
 
         n_classes = get_catalog(ckpt["catalog"]).n_classes
-        hybrid = bool(spec.get("features")) and spec["level"] == "cell"
+        hybrid = bool(spec.get("features"))
         model = create_model(spec["arch"], spec["channels"], n_classes, None, spec["dropout"],
-                             n_features=len(FEATURE_COLUMNS) if hybrid else 0)
+                             n_features=feature_count(spec))
         model.load_state_dict(ckpt["model"])
         models.append(model.to(device).eval())
         thresholds.append(ckpt["thresholds"].numpy())
@@ -84,15 +83,15 @@ def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: Labe
     group = reader.group
     ids = group["cell_image"][:] if array == "cells" else group["image_id"][:]
     cids = group["cell_id"][:] if array == "cells" else np.full(reader.n, -1, np.int32)
-    chans = channel_indices(spec["channels"])
+    chans = channel_map(spec["channels"])
     mean = torch.tensor(spec["mean"], device=dev).view(1, -1, 1, 1)
     std = torch.tensor(spec["std"], device=dev).view(1, -1, 1, 1)
     probs, embeds = [], []
     progress = Progress(reader.n, f"predict {model_name} {tiles.name}")
     for start in range(0, reader.n, batch_size):
         stop = min(start + batch_size, reader.n)
-        x = torch.from_numpy(reader.read_rows(start, stop)[:, chans])
-        x = (prepare(x.to(dev, non_blocking=True), spec["input_size"]) - mean) / std
+        x = torch.from_numpy(reader.read_rows(start, stop)[:, chans.gather])
+        x = (prepare(x.to(dev, non_blocking=True), spec["input_size"], chans.mix) - mean) / std
         f = torch.from_numpy(reader.read_features(start, stop)).to(dev) if spec["hybrid"] else None
         p, e = run_models(models, x, spec["tta"], spec["embeddings"], f)
         probs.append(p)

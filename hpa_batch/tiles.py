@@ -10,6 +10,9 @@ Store layout (zarr v3 group, attributes record every setting, the intensity mapp
                  read chunk by chunk beside the tiles by hybrid models
 ``images``       ``(n_images, 4, S_img, S_img)`` uint8, chunks ``(1, 4, S_img, S_img)``
 ``image_id``     ``(n_images,)`` string
+``image_features`` ``(n_images, 10)`` float32, one chunk: study 002's image features
+                 (:func:`hpa_batch.measure.image_feature_row`, measured on the pyramid level the image
+                 input is made from; columns in ``image_feature_columns``), read by hybrid image models
 
 Per cell: crop the full-resolution bounding box grown by ``margin`` (x the box's longer side),
 optionally zero outside the cell mask, pad to a centred square with zeros, resize to ``S`` (area
@@ -31,23 +34,30 @@ from PIL import Image
 from zarr.codecs import BloscCodec
 
 from hpa_batch import CHANNELS, __version__
-from hpa_batch.config import Config, IntensityConfig, TilesConfig
-from hpa_batch.measure import FEATURE_COLUMNS, feature_matrix
+from hpa_batch.config import Config, IntensityConfig, MeasureConfig, TilesConfig
+from hpa_batch.measure import (
+    FEATURE_COLUMNS,
+    IMAGE_FEATURE_COLUMNS,
+    feature_matrix,
+    image_feature_row,
+)
 from hpa_batch.progress import Progress, get_logger
 
 
-def features_array(group: zarr.Group, where: Path | str) -> zarr.Array:
-    """The ``features`` array of an open tile store (``where`` names it in the error).
+def features_array(group: zarr.Group, where: Path | str, array: str = "cells") -> zarr.Array:
+    """The feature rows of the ``array`` rows (``"cells"``: ``features``, ``"images"``:
+    ``image_features``) of an open tile store (``where`` names it in the error).
 
     Raises
     ------
     ValueError
         The store predates feature rows: its tiles must be rebuilt for a hybrid model.
     """
-    if "features" not in group:
-        raise ValueError(f"{where} has no 'features' array: rebuild the tiles of that shard (stores written "
+    name = "features" if array == "cells" else "image_features"
+    if name not in group:
+        raise ValueError(f"{where} has no {name!r} array: rebuild the tiles of that shard (stores written "
                          "before hybrid models lack it)")
-    return group["features"]
+    return group[name]
 
 
 def intensity_window(image: np.ndarray, spec: IntensityConfig) -> np.ndarray:
@@ -176,9 +186,10 @@ def _input_level(group: zarr.Group, size: int) -> str:
     return fitting[-1] if fitting else names[0]
 
 
-def image_tiles(path: Path, cells_table: pd.DataFrame, spec: TilesConfig
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tiles of one image's cells (rows of ``cells_table`` for that image), and its whole-image input.
+def image_tiles(path: Path, cells_table: pd.DataFrame, spec: TilesConfig, measure: MeasureConfig
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tiles of one image's cells (rows of ``cells_table`` for that image), its whole-image input and
+    its image feature row.
 
     Returns
     -------
@@ -188,10 +199,13 @@ def image_tiles(path: Path, cells_table: pd.DataFrame, spec: TilesConfig
         ``(k,)`` int32.
     whole : numpy.ndarray
         ``(4, S_img, S_img)`` uint8.
+    image_row : numpy.ndarray
+        ``(len(IMAGE_FEATURE_COLUMNS),)`` float32, measured on the input's pyramid level.
     """
     group = zarr.open_group(path, mode="r", zarr_format=3)
     image = group["s0"][...]
-    small = group[_input_level(group, spec.image_size)][...]
+    level = _input_level(group, spec.image_size)
+    small = group[level][...]
     window = intensity_window(small, spec.intensity)
     rows = cells_table if spec.include_border else cells_table[~cells_table["border"]]
     tiles = np.zeros((len(rows), 4, spec.size, spec.size), np.uint8)
@@ -201,7 +215,9 @@ def image_tiles(path: Path, cells_table: pd.DataFrame, spec: TilesConfig
             bbox = (r.bbox_y0, r.bbox_x0, r.bbox_y1, r.bbox_x1)
             tiles[i] = cell_tile(image, cells, int(r.cell_id), bbox, window, spec)
     whole = image_input(small, window, spec.image_size)
-    return tiles, rows["cell_id"].to_numpy(np.int32), whole
+    labels = group["labels"]
+    image_row = image_feature_row(small, labels["cells"][level][...], labels["nuclei"][level][...], measure)
+    return tiles, rows["cell_id"].to_numpy(np.int32), whole, image_row
 
 
 def _create(root: zarr.Group, n_cells: int, n_images: int, spec: TilesConfig) -> dict[str, zarr.Array]:
@@ -223,18 +239,23 @@ def _create(root: zarr.Group, n_cells: int, n_images: int, spec: TilesConfig) ->
                                     dimension_names=("image", "c", "y", "x")),
         "image_id": root.create_array("image_id", shape=(n_images,), dtype=str,
                                       chunks=(max(n_images, 1),)),
+        "image_features": root.create_array("image_features", shape=(n_images, len(IMAGE_FEATURE_COLUMNS)),
+                                            dtype="float32", chunks=(max(n_images, 1), len(IMAGE_FEATURE_COLUMNS)),
+                                            dimension_names=("image", "feature")),
     }
 
 
-def _iter_images(store: Path, table: pd.DataFrame, image_ids: list[str], spec: TilesConfig
-                 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per image: id, tiles, cell ids, whole-image input and the cells' feature rows (same order)."""
+def _iter_images(store: Path, table: pd.DataFrame, image_ids: list[str], spec: TilesConfig,
+                 measure: MeasureConfig) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                           np.ndarray]]:
+    """Per image: id, tiles, cell ids, whole-image input, its image feature row and the cells'
+    feature rows (same order as the tiles)."""
     groups = {k: g for k, g in table.groupby("image_id", sort=False)}
     empty = table.iloc[:0]
     for image_id in image_ids:
         rows = groups.get(image_id, empty)
         try:
-            yield image_id, *image_tiles(store / image_id, rows, spec), feature_matrix(rows)
+            yield image_id, *image_tiles(store / image_id, rows, spec, measure), feature_matrix(rows)
         except Exception as exc:
             raise RuntimeError(f"tiles of image {image_id} ({store / image_id}) failed: {exc}") from exc
 
@@ -257,12 +278,15 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
     feature_rows = ChunkedAppender(arrays["features"], spec.chunk_tiles)
     progress = Progress(len(image_ids), f"tiles {out.name}")
     cell_image, cell_ids = [], []
-    for k, (image_id, tiles, ids, whole, feats) in enumerate(_iter_images(store, table, image_ids, spec)):
+    image_rows = np.zeros((len(image_ids), len(IMAGE_FEATURE_COLUMNS)), np.float32)  # 40 B per image
+    images = _iter_images(store, table, image_ids, spec, cfg.measure)
+    for k, (image_id, tiles, ids, whole, image_row, feats) in enumerate(images):
         appender.add(tiles)
         feature_rows.add(feats)
         cell_image += [image_id] * len(ids)
         cell_ids.append(ids)
         arrays["images"][k] = whole
+        image_rows[k] = image_row
         progress.update(1)
     appender.close()
     feature_rows.close()
@@ -271,9 +295,10 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
         arrays["cell_id"][:] = np.concatenate(cell_ids)
     if image_ids:
         arrays["image_id"][:] = np.array(image_ids, dtype=object)
+        arrays["image_features"][:] = image_rows
     attrs = {"shard": store.name.removesuffix(".zarr"), "channels": list(CHANNELS),
              "n_cells": len(table), "n_images": len(image_ids), "settings": cfg.raw["tiles"],
-             "feature_columns": list(FEATURE_COLUMNS),
+             "feature_columns": list(FEATURE_COLUMNS), "image_feature_columns": list(IMAGE_FEATURE_COLUMNS),
              "intensity": {"mode": spec.intensity.mode, "low": spec.intensity.low,
                            "high": spec.intensity.high, "to": "uint8 0..255",
                            "computed_on": "per image and channel, on the pyramid level used for the image input"},
@@ -303,6 +328,7 @@ class TileReader:
     def __init__(self, path: str | Path, array: str = "cells"):
         self.path = Path(path)
         self.group = zarr.open_group(path, mode="r", zarr_format=3)
+        self.kind = array
         self.array = self.group[array]
         self.n = int(self.array.shape[0])
         self.chunk = int(self.array.chunks[0])
@@ -312,8 +338,8 @@ class TileReader:
         return self.array[start:stop]
 
     def read_features(self, start: int, stop: int) -> np.ndarray:
-        """Feature rows ``start:stop`` of the cells: ``(k, f)`` float32."""
-        return np.asarray(features_array(self.group, self.path)[start:stop], np.float32)
+        """Feature rows ``start:stop`` of the cells (or images): ``(k, f)`` float32."""
+        return np.asarray(features_array(self.group, self.path, self.kind)[start:stop], np.float32)
 
     def iter_batches(self, batch_size: int, seed: int = 0, shuffle: bool = True, buffer_chunks: int = 4,
                      rows: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -1,8 +1,9 @@
 """The training stage: one timm model on one fold, resumable bit for bit.
 
 Cell-level models learn from cell tiles with weak labels (each cell gets its image's labels) and,
-with ``features: true``, from the cells' hand-crafted feature rows too (:class:`~hpa_batch.models.HybridNet`);
-image-level models from the whole-image inputs. Per epoch: train loss, validation loss, macro-F1,
+image-level models from the whole-image inputs; with ``features: true`` from hand-crafted feature rows
+too (cells: their design rows, images: study 002's image features; :class:`~hpa_batch.models.HybridNet`).
+Input channels are planes or weighted sums of planes (:class:`~hpa_batch.models.ChannelMap`). Per epoch: train loss, validation loss, macro-F1,
 mAP and AUC go to ``history.csv`` and the log; the best epoch (by ``selection``: validation mAP or
 loss) is kept, per-class F1-optimal thresholds (guarded, see ``thresholds``) are tuned on its
 validation predictions, and early stopping watches the same metric.
@@ -42,9 +43,14 @@ from hpa_batch.loader import (
     feature_moments,
     iterate_batches,
 )
-from hpa_batch.measure import FEATURE_COLUMNS
 from hpa_batch.metrics import summary, tune_thresholds
-from hpa_batch.models import channel_indices, create_model, input_stats
+from hpa_batch.models import (
+    channel_map,
+    create_model,
+    feature_count,
+    input_stats,
+    mix_channels,
+)
 from hpa_batch.progress import get_logger
 from hpa_batch.schedules import create_schedule
 from hpa_batch.splits import EXCLUDED
@@ -231,9 +237,11 @@ def seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def prepare(x: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 ``(b, k, S, S)`` -> float in [0, 1] ``(b, k, size, size)`` (antialiased resize if needed)."""
-    x = x.float() / 255.0
+def prepare(x: torch.Tensor, size: int, mix: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 ``(b, g, S, S)`` gathered planes -> float in [0, 1] ``(b, k, size, size)`` model inputs
+    (channel ``mix`` ``(k, g)`` applied, see :class:`~hpa_batch.models.ChannelMap`; antialiased resize
+    if needed)."""
+    x = mix_channels(x.float() / 255.0, mix)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x
@@ -258,12 +266,13 @@ class Trainer:
         self.train_pos, self.val_pos = training_positions(self.index, fold, spec, catalog.negative)
         if len(self.train_pos) < 2:
             raise ValueError(f"model {spec['name']} fold {fold}: fewer than 2 training tiles")
-        self.channels = channel_indices(spec["channels"])
-        self.features = bool(spec["features"]) and spec["level"] == "cell"
+        self.channel_map = channel_map(spec["channels"])
+        self.channels = self.channel_map.gather
+        self.features = bool(spec["features"])
         self.model = create_model(spec["arch"], spec["channels"], catalog.n_classes, spec["pretrained"],
-                                  spec["dropout"], n_features=len(FEATURE_COLUMNS) if self.features else 0)
-        if self.features:  # standardise with the training cells' statistics (saved in the weights)
-            self.model.set_feature_stats(*feature_moments(self.index, self.train_pos))
+                                  spec["dropout"], n_features=feature_count(spec))
+        if self.features:  # standardise with the training rows' statistics (saved in the weights)
+            self.model.set_feature_stats(*feature_moments(self.index, self.train_pos), spec["feature_weights"])
         self.model = self.model.to(self.device)
         mean, std = input_stats(self.model, spec["channels"])
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
@@ -386,7 +395,7 @@ class Trainer:
         data = GroupDataset(self.index, plan, self.channels, self.features)
         for b, x, f, y, _ in iterate_batches(data, self.spec["num_workers"], skip=self.state.batch):
             self._set_lr(epoch + b / max(self.steps_per_epoch, 1))
-            x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"])
+            x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"], self.channel_map.mix)
             x = augment(x, self.spec, seed_of(self.spec["seed"], epoch, b))
             loss = loss_fn(self._forward(x, f), y.to(self.device), self.weights, self.spec)
             self.optimizer.zero_grad(set_to_none=True)
@@ -411,7 +420,7 @@ class Trainer:
                                                                                self.spec["batch_size"])]
         probs, ys = [], []
         for _, x, f, y, _ in iterate_batches(GroupDataset(self.index, groups, self.channels, self.features), 0):
-            x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"])
+            x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"], self.channel_map.mix)
             probs.append(torch.sigmoid(self._forward(x, f).float()).cpu().numpy())
             ys.append(y.numpy())
         c = self.catalog.n_classes

@@ -141,13 +141,47 @@ def test_hybrid_model_learns_from_features_and_predicts_with_them(trainable, tmp
     assert n == g["cells"].shape[0]
 
 
-def test_hybrid_is_refused_for_image_level_models(trainable, tmp_path):
+def test_image_hybrid_with_study_002_weights_and_mixed_channels(trainable, tmp_path):
+    """An image-level hybrid (study 002: the image's ten features joined to the embedding, weighted)
+    with study 001's channel combinations (red+blue grey, green twice) trains and predicts: the
+    weights are folded into the stored scale, each image's own feature row is used."""
+    import zarr
+
+    from hpa_batch.measure import IMAGE_FEATURE_COLUMNS, STUDY_002_FEATURE_WEIGHTS
+    from hpa_batch.predict import load_folds, predict_shard, run_models
+
     cfg = yaml.safe_load(trainable["config"].read_text())
-    cfg["models"] = [{**TINY, "level": "image", "features": True}]
+    cfg["models"] = [{**TINY, "level": "image", "features": True, "batch_size": 2, "input_size": 32,
+                      "feature_weights": list(STUDY_002_FEATURE_WEIGHTS), "channels": ["red+blue", "green", "green"]}]
+    path = tmp_path / "image_hybrid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "fold0"
+    run_train(trainable, out, config=path)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    f = len(IMAGE_FEATURE_COLUMNS)
+    assert ckpt["model"]["feature_mean"].shape == (f,) and ckpt["model"]["backbone.conv1.0.weight"].shape[1] == 3
+    g = zarr.open_group(trainable["stores"][0], mode="r")
+    rows = g["image_features"][:]
+    assert rows.shape == (g["images"].shape[0], f) and np.isfinite(rows).all() and (rows.std(0) > 0).sum() >= 5
+    models, spec, _ = load_folds([out / "model.pt"], torch.device("cpu"))
+    x = torch.from_numpy(g["images"][:2]).float()[:, [0, 1, 1]] / 255
+    feats = torch.from_numpy(rows[:2])
+    p, _ = run_models(models, x, False, False, feats)
+    changed = feats.clone()
+    changed[0] = changed[0] * 3 + 5
+    q, _ = run_models(models, x, False, False, changed)
+    assert not np.allclose(p[0], q[0]) and np.allclose(p[1:], q[1:], atol=1e-6)
+    n = predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "p.parquet", CATALOGS["hpa2021"], "h")
+    assert n == g["images"].shape[0]
+
+
+def test_feature_weights_must_match_the_features(trainable, tmp_path):
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "level": "image", "features": True, "feature_weights": [1.0, 2.0]}]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(Exception, match="features"):
-        load_config(path)
+    proc = run_train(trainable, tmp_path / "bad", config=path, check=False)
+    assert proc.returncode != 0 and "feature_weights: need 10 positive numbers" in proc.stderr
 
 
 def test_checkpoint_round_trip(trainable, tmp_path):
