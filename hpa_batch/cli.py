@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hpa_batch import __version__
-from hpa_batch.config import Config, ConfigError, load_config
+from hpa_batch.config import Config, ConfigError, check_unlabelled, load_config
 from hpa_batch.plan import PlanError
 from hpa_batch.progress import get_logger
 
@@ -175,10 +175,12 @@ def cmd_tiles(args: argparse.Namespace) -> int:
 
 
 def _model_spec(cfg: Config, name: str) -> dict:
-    for spec in cfg.raw["models"]:
-        if spec["name"] == name:
-            return spec
-    raise PlanError(f"no model named {name!r} in the config; known: {[m['name'] for m in cfg.raw['models']]}")
+    from hpa_batch.layout import model_spec
+
+    try:
+        return model_spec(cfg.raw, name)
+    except KeyError as exc:
+        raise PlanError(exc.args[0]) from None
 
 
 def _tile_stores(cfg: Config, given: list[Path] | None) -> list[Path]:
@@ -211,10 +213,15 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from hpa_batch.layout import is_external
     from hpa_batch.train import train_model
 
     cfg = _cfg(args)
     spec = _model_spec(cfg, args.model)
+    check_unlabelled(cfg.raw)
+    if is_external(spec):
+        raise PlanError(f"model {args.model!r} was trained by another run (trained: {spec['trained']}): "
+                        "it is only applied here; remove trained: to train it in this run")
     out = args.out or cfg.results_dir / "models" / args.model / f"fold{args.fold}"
     splits = args.splits or cfg.results_dir / "splits.parquet"
     result = train_model(spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out, args.device)
@@ -223,57 +230,65 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from hpa_batch.layout import fold_files, predictions_file
     from hpa_batch.predict import predict_shard
 
     cfg = _cfg(args)
     spec = _model_spec(cfg, args.model)
-    models = args.models or [cfg.results_dir / "models" / args.model / f"fold{k}" / "model.pt"
-                             for k in spec["folds"]]
+    models = args.models or fold_files(cfg.results_dir, spec)
     tiles = args.tiles or cfg.results_dir / "tiles" / f"{args.shard}.zarr"
-    out = args.out or cfg.results_dir / "predictions" / args.model / f"{args.shard}.parquet"
-    predict_shard(models, tiles, out, cfg.catalog, args.model, device=args.device)
+    out = args.out or predictions_file(cfg.results_dir, args.model, args.shard)
+    predict_shard(models, tiles, out, cfg.catalog, args.model, device=args.device, level=spec["level"])
     return 0
 
 
-def _pick_model(cfg: Config, chosen: str | None, level: str) -> dict | None:
-    if chosen:
-        return _model_spec(cfg, chosen)
-    return next((m for m in cfg.raw["models"] if m["level"] == level), None)
+def _pick_model(cfg: Config, level: str) -> dict | None:
+    from hpa_batch.layout import merged_model
+
+    try:
+        return merged_model(cfg.raw, level)
+    except KeyError as exc:
+        raise PlanError(exc.args[0]) from None
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from hpa_batch.evaluate import truth_table
+    from hpa_batch.layout import fold_files, predictions_file
     from hpa_batch.merge import ShardInputs, merge_tables, model_thresholds
     from hpa_batch.plan import plan_from_config
 
     cfg = _cfg(args)
     r = cfg.results_dir
-    opts = cfg.raw["merge"]
-    cell_model = _pick_model(cfg, opts["cell_model"], "cell")
-    image_model = _pick_model(cfg, opts["image_model"], "image")
+    cell_model, image_model = _pick_model(cfg, "cell"), _pick_model(cfg, "image")
     shards = []
     for s in plan_from_config(cfg):
         p = _paths(cfg, s.name)
         shards.append(ShardInputs(
             s.name, p["manifest"], p["rejected"], p["segment_qc"], p["cells"],
-            r / "predictions" / cell_model["name"] / f"{s.name}.parquet" if cell_model else None,
-            r / "predictions" / image_model["name"] / f"{s.name}.parquet" if image_model else None))
-    models = [r / "models" / cell_model["name"] / f"fold{k}" / "model.pt" for k in cell_model["folds"]] \
-        if cell_model else []
+            predictions_file(r, cell_model["name"], s.name) if cell_model else None,
+            predictions_file(r, image_model["name"], s.name) if image_model else None))
+    n = cfg.catalog.n_classes
+    image_t = model_thresholds(fold_files(r, image_model), n) if image_model else None
+    # with no cell model, the cells carry the image model's probabilities: its thresholds apply
+    cell_t = model_thresholds(fold_files(r, cell_model), n) if cell_model else image_t
     truth_dir = cfg.raw["evaluation"]["truth_dir"]
     truth = truth_table([r / "zarr" / f"{s.name}.zarr" for s in shards], Path(truth_dir), cfg.catalog) \
         if truth_dir else None
-    merge_tables(shards, r / "splits.parquet", cfg.catalog, opts, model_thresholds(models, cfg.catalog.n_classes),
-                 args.cells or r / "tables" / "cells.parquet", args.images or r / "tables" / "images.parquet", truth)
+    merge_tables(shards, r / "splits.parquet", cfg.catalog, cfg.raw["merge"],
+                 cell_t if cell_t is not None else model_thresholds([], n),
+                 args.cells or r / "tables" / "cells.parquet", args.images or r / "tables" / "images.parquet", truth,
+                 image_thresholds=image_t)
     return 0
 
 
-def _trained_folds(cfg: Config) -> set[int]:
-    """Folds trained by the models feeding the merged tables (the merge's cell and image models)."""
-    opts = cfg.raw["merge"]
-    models = [m for m in (_pick_model(cfg, opts["cell_model"], "cell"), _pick_model(cfg, opts["image_model"], "image"))
-              if m]
-    return {int(k) for m in models for k in m["folds"]}
+def _trained_folds(cfg: Config) -> tuple[set[int], bool]:
+    """Folds trained in this run by the models feeding the merged tables (the merge's cell and image
+    models), and whether every such model was trained by another run (then no image was seen)."""
+    from hpa_batch.layout import is_external
+
+    models = [m for m in (_pick_model(cfg, "cell"), _pick_model(cfg, "image")) if m]
+    local = [m for m in models if not is_external(m)]
+    return {int(k) for m in local for k in m["folds"]}, bool(models) and not local
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -286,8 +301,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     r = cfg.results_dir
     cells = args.cells or r / "tables" / "cells.parquet"
     images = pd.read_parquet(args.images or r / "tables" / "images.parquet", columns=["image_id", "fold", "rejected"])
-    held = held_out_images(images, _trained_folds(cfg))
-    cell_model = _pick_model(cfg, cfg.raw["merge"]["cell_model"], "cell")
+    folds, all_unseen = _trained_folds(cfg)
+    held = held_out_images(images, folds, all_unseen=all_unseen)
+    cell_model = _pick_model(cfg, "cell")
     pred_dir = r / "predictions" / cell_model["name"] if cell_model else None
     options = {**cfg.raw["baseline"], **({"n_jobs": args.threads} if args.threads else {})}
     from hpa_batch.splits import EXCLUDED
@@ -300,13 +316,14 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from hpa_batch.layout import fold_files
     from hpa_batch.plan import plan_from_config
     from hpa_batch.report import ReportInputs, build_report
 
     cfg = _cfg(args)
     r = cfg.results_dir
     shards = [s.name for s in plan_from_config(cfg)]
-    histories = [r / "models" / m["name"] / f"fold{k}" / "history.csv" for m in cfg.raw["models"] for k in m["folds"]]
+    histories = [p for m in cfg.raw["models"] for p in fold_files(r, m, "history.csv")]
     baseline = r / "baseline" / "cells.parquet"
     rejected = r / "qc" / "rejected.tsv"
     inp = ReportInputs(cells=r / "tables" / "cells.parquet", images=r / "tables" / "images.parquet",
@@ -327,7 +344,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from hpa_batch.evaluate import evaluate_all
+    from hpa_batch.evaluate import evaluate_all, unlabelled_metrics
     from hpa_batch.plan import plan_from_config
 
     cfg = _cfg(args)
@@ -336,14 +353,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     stores = [r / "zarr" / f"{s.name}.zarr" for s in plan_from_config(cfg)]
     cells = pd.read_parquet(args.cells or r / "tables" / "cells.parquet")
     images = pd.read_parquet(args.images or r / "tables" / "images.parquet")
-    baseline = thresholds = None
-    if args.baseline:
-        baseline = pd.read_parquet(args.baseline)
-        summary = json.loads(args.baseline.with_name("summary.json").read_text())
-        thresholds = np.asarray(summary["thresholds"])
-    result = evaluate_all(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog,
-                          _trained_folds(cfg), baseline, thresholds,
-                          max_class_share=cfg.raw["evaluation"]["max_class_share"])
+    max_share = cfg.raw["evaluation"]["max_class_share"]
+    if cfg.dataset.label_column is None:
+        result = unlabelled_metrics(cells, images, cfg.catalog, max_share)
+        get_logger().info("evaluate: skipped: %s", result["skipped"])
+    else:
+        baseline = thresholds = None
+        if args.baseline:
+            baseline = pd.read_parquet(args.baseline)
+            summary = json.loads(args.baseline.with_name("summary.json").read_text())
+            thresholds = np.asarray(summary["thresholds"])
+        folds, all_unseen = _trained_folds(cfg)
+        result = evaluate_all(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog,
+                              folds, baseline, thresholds, max_class_share=max_share, all_unseen=all_unseen)
     out = args.out or r / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

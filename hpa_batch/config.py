@@ -187,9 +187,28 @@ class Config:
     tiles: TilesConfig
 
 
+def check_unlabelled(d: Mapping[str, Any]) -> None:
+    """An unlabelled set (``dataset.label_column: null``) has nothing to train on: every model must be
+    applied from another run (``trained:``).
+
+    Raises
+    ------
+    ConfigError
+        Naming the models without ``trained:``.
+    """
+    if d["dataset"]["label_column"] is not None:
+        return
+    untrained = [m["name"] for m in d["models"] if not m.get("trained")]
+    if untrained:
+        raise ConfigError(f"dataset.label_column is null (an unlabelled set), so models cannot be trained here; "
+                          f"give each of {untrained} trained: <another run's results/models/<name> folder>")
+
+
 def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
     """Validate ``raw`` (filling defaults) and build the typed view."""
     d = validate_config(raw)
+    if "models" in (raw or {}):  # a stage's subset (no models) leaves the default list unchecked
+        check_unlabelled(d)
     ds, conv = d["dataset"], d["conversion"]
     return Config(
         raw=d,

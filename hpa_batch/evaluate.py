@@ -305,13 +305,16 @@ def _set_macro_f1(truth: list[set[int]], pred: list[set[int]], n: int) -> float 
     return float(f1_score(y, p, labels=present, average="macro", zero_division=0))
 
 
-def held_out_images(images: pd.DataFrame, trained_folds: set[int]) -> set[str]:
+def held_out_images(images: pd.DataFrame, trained_folds: set[int], *, all_unseen: bool = False) -> set[str]:
     """Images no model of the run trained on.
 
     A fold-``k`` model trains on every fold but ``k`` (fold -1 included), so an image of fold ``f`` is
     unseen only when every trained fold is ``f``: with one trained fold, that fold's images; with a
-    full cross-validation ensemble, none.
+    full cross-validation ensemble, none. With ``all_unseen`` (every model was trained by another
+    run), every admitted image.
     """
+    if all_unseen:
+        return set(images.loc[~images["rejected"], "image_id"])
     if len(trained_folds) != 1:
         return set()
     (fold,) = trained_folds
@@ -368,15 +371,31 @@ def prediction_guard(cells: pd.DataFrame, catalog: LabelCatalog, max_share: floa
             "over_predicted": over, "single_prediction": len(sets) > 1 and len(distinct) == 1}
 
 
+UNLABELLED = ("the dataset has no labels (dataset.label_column: null): predictions, tables and the submission "
+              "are written, nothing is scored")
+
+
+def unlabelled_metrics(cells: pd.DataFrame, images: pd.DataFrame, catalog: LabelCatalog,
+                       max_class_share: float = 0.6) -> dict[str, object]:
+    """``metrics.json`` of an unlabelled set: why nothing is scored, what was predicted, and the
+    prediction guard (a class on most cells, one label set for every cell still shows)."""
+    admitted = images[~images["rejected"]]
+    guard = prediction_guard(cells, catalog, max_class_share)
+    for name in guard["over_predicted"]:
+        get_logger().warning("evaluate: %s is predicted for %.0f%% of cells", name, 100 * guard["class_share"][name])
+    return {"skipped": UNLABELLED, "images": len(admitted), "cells": len(cells),
+            "images_with_predictions": int(admitted["predicted"].map(bool).sum()), "prediction_guard": guard}
+
+
 def evaluate_all(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
                  catalog: LabelCatalog, trained_folds: set[int], baseline: pd.DataFrame | None = None,
                  baseline_thresholds: np.ndarray | None = None, iou_threshold: float = 0.6,
-                 max_class_share: float = 0.6) -> dict[str, object]:
+                 max_class_share: float = 0.6, all_unseen: bool = False) -> dict[str, object]:
     """``metrics.json``: the deep model's metrics on every image at the top level (as before), then
     ``held_out`` (images no model trained on; absent when there are none) and ``baseline`` with the
     same two views."""
     ious = image_ious(stores, truth_dir) if truth_dir is not None else None
-    held = held_out_images(images, trained_folds)
+    held = held_out_images(images, trained_folds, all_unseen=all_unseen)
 
     def both(c: pd.DataFrame, i: pd.DataFrame) -> tuple[dict[str, object], dict[str, object] | None]:
         everything = evaluate_run(c, i, stores, truth_dir, catalog, iou_threshold, ious)

@@ -122,8 +122,10 @@ def _probs(table: pd.DataFrame, n: int) -> np.ndarray:
 
 
 def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCatalog, options: dict[str, Any],
-                thresholds: np.ndarray, truth: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The cells and images rows of one shard."""
+                thresholds: np.ndarray, truth: pd.DataFrame | None, *, image_thresholds: np.ndarray | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cells and images rows of one shard (``thresholds`` ``(c,)`` for the cells' fused
+    probabilities, ``image_thresholds`` for the images' ``predicted``, default the same)."""
     cells = pd.read_parquet(inp.cells)
     manifest = pd.read_parquet(inp.manifest)
     folds = splits.set_index("image_id")["fold"]
@@ -156,7 +158,8 @@ def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCa
         cells = cells.merge(truth, on=["image_id", "cell_id"], how="left")
         cells["truth_cell_id"] = cells["truth_cell_id"].fillna(-1).astype(np.int32)
         cells["truth_labels"] = [list(v) if isinstance(v, list | np.ndarray) else [] for v in cells["truth_labels"]]
-    return cells, _images(inp, manifest, cells, cp, img_probs, folds, n, catalog, thresholds)
+    image_t = thresholds if image_thresholds is None else image_thresholds
+    return cells, _images(inp, manifest, cells, cp, img_probs, folds, n, catalog, image_t)
 
 
 def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -226,8 +229,10 @@ def model_thresholds(model_paths: list[Path], n: int) -> np.ndarray:
 
 def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCatalog, options: dict[str, Any],
                  thresholds: np.ndarray, out_cells: Path, out_images: Path,
-                 truth: pd.DataFrame | None = None) -> tuple[int, int]:
-    """Stream every shard into the two tables (written under temporary names, renamed at the end)."""
+                 truth: pd.DataFrame | None = None, *, image_thresholds: np.ndarray | None = None
+                 ) -> tuple[int, int]:
+    """Stream every shard into the two tables (written under temporary names, renamed at the end);
+    thresholds as in :func:`merge_shard`."""
     n = catalog.n_classes
     splits = pd.read_parquet(splits_path)
     cschema, ischema = cells_schema(n, truth is not None), images_schema(n)
@@ -236,7 +241,8 @@ def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCat
     n_cells = n_images = 0
     with pq.ParquetWriter(tmp_c, cschema) as wc, pq.ParquetWriter(tmp_i, ischema) as wi:
         for inp in shards:
-            cells, images = merge_shard(inp, splits, n, catalog, options, thresholds, truth)
+            cells, images = merge_shard(inp, splits, n, catalog, options, thresholds, truth,
+                                        image_thresholds=image_thresholds)
             if len(cells):
                 wc.write_table(to_arrow(cells, cschema))
             if len(images):

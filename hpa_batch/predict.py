@@ -36,14 +36,27 @@ def predictions_schema(n_classes: int, embed_dim: int | None) -> pa.Schema:
     return pa.schema(fields)
 
 
-def load_folds(paths: list[Path], device: torch.device) -> tuple[list[torch.nn.Module], dict[str, Any], np.ndarray]:
-    """Models of every fold, the spec, and the mean thresholds (``(c,)``)."""
+def load_folds(paths: list[Path], device: torch.device, catalog: LabelCatalog | None = None,
+               level: str | None = None) -> tuple[list[torch.nn.Module], dict[str, Any], np.ndarray]:
+    """Models of every fold, the spec, and the mean thresholds (``(c,)``).
+
+    Raises
+    ------
+    ValueError
+        A checkpoint written for another label catalog than ``catalog`` or another level than
+        ``level`` (e.g. a ``trained:`` folder of the wrong run), naming the file.
+    """
+    from hpa_batch.labels import get_catalog
+
     models, thresholds, spec = [], [], None
     for path in paths:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         spec = ckpt["spec"]
-        from hpa_batch.labels import get_catalog
-
+        if catalog is not None and ckpt["catalog"] != catalog.name:
+            raise ValueError(f"{path} was trained for label catalog {ckpt['catalog']!r}, this run uses "
+                             f"{catalog.name!r} (labels.catalog)")
+        if level is not None and spec["level"] != level:
+            raise ValueError(f"{path} is a {spec['level']}-level model; the config declares level: {level}")
         n_classes = get_catalog(ckpt["catalog"]).n_classes
         hybrid = bool(spec.get("features"))
         model = create_model(spec["arch"], spec["channels"], n_classes, None, spec["dropout"],
@@ -74,10 +87,11 @@ def run_models(models: list[torch.nn.Module], x: torch.Tensor, tta: bool, embedd
 
 
 def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: LabelCatalog, model_name: str,
-                  batch_size: int = 128, device: str | None = None) -> int:
-    """Predict every row of a shard's tile store with the fold ensemble; return the row count."""
+                  batch_size: int = 128, device: str | None = None, *, level: str | None = None) -> int:
+    """Predict every row of a shard's tile store with the fold ensemble; return the row count
+    (checkpoints must match ``catalog`` and, when given, ``level``)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    models, spec, thresholds = load_folds(model_paths, dev)
+    models, spec, thresholds = load_folds(model_paths, dev, catalog, level)
     array = "cells" if spec["level"] == "cell" else "images"
     reader = TileReader(tiles, array)
     group = reader.group

@@ -132,8 +132,36 @@ HEADLINE = (("cell_map", "cell mAP@IoU0.6 (2021 metric)"), ("cell_accuracy", "ce
             ("image_macro_f1", "image macro-F1 (2018 metric)"), ("image_map", "image mAP"))
 
 
+def _guard_flags(metrics: dict[str, Any]) -> str:
+    """Red flags of the prediction guard: one label set for every cell, a class on most cells."""
+    guard = metrics.get("prediction_guard") or {}
+    warnings = []
+    if guard.get("single_prediction"):
+        warnings.append("DEGENERATE MODEL: every cell got the same predicted label set.")
+    for name in guard.get("over_predicted", []):
+        share = guard["class_share"][name]
+        truth = guard.get("truth_share", {}).get(name)
+        said = f" (truth: {truth:.0%})" if truth is not None else ""
+        warnings.append(f"DEGENERATE THRESHOLD: {name} is predicted for {share:.0%} of cells{said}, more than "
+                        f"evaluation.max_class_share = {guard['max_class_share']:.0%}.")
+    return "".join(f'<p class="flag">{html.escape(w)}</p>' for w in warnings)
+
+
+def _unscored_summary(metrics: dict[str, Any]) -> str:
+    """Summary of an unlabelled set: why nothing is scored, and the share of cells per predicted class."""
+    share = (metrics.get("prediction_guard") or {}).get("class_share", {})
+    df = pd.DataFrame({"class": list(share), "share of cells predicted": list(share.values())})
+    note = _note(f"Not scored: {metrics['skipped']}. {metrics.get('images', 0)} images, "
+                 f"{metrics.get('cells', 0)} cells; {metrics.get('images_with_predictions', 0)} images with a "
+                 "predicted label.")
+    return _section("summary", "Summary", _guard_flags(metrics) + note + _table(df, sortable=True))
+
+
 def summary_section(metrics: dict[str, Any]) -> str:
-    """Headline metrics: rows = metric, columns = deep / baseline x all / held-out."""
+    """Headline metrics: rows = metric, columns = deep / baseline x all / held-out (an unlabelled set:
+    why nothing is scored and what was predicted)."""
+    if "skipped" in metrics:
+        return _unscored_summary(metrics)
     views = {"deep model, all images": metrics, "deep model, held-out": metrics.get("held_out")}
     base = metrics.get("baseline") or {}
     views["baseline, all images"] = base.get("all")
@@ -148,18 +176,7 @@ def summary_section(metrics: dict[str, Any]) -> str:
                      "numbers are optimistic.")
     if not base:
         notes.append("Baseline disabled (baseline.enabled: false).")
-    guard = metrics.get("prediction_guard") or {}
-    warnings = []
-    if guard.get("single_prediction"):
-        warnings.append("DEGENERATE MODEL: every cell got the same predicted label set.")
-    for name in guard.get("over_predicted", []):
-        share = guard["class_share"][name]
-        truth = guard.get("truth_share", {}).get(name)
-        said = f" (truth: {truth:.0%})" if truth is not None else ""
-        warnings.append(f"DEGENERATE THRESHOLD: {name} is predicted for {share:.0%} of cells{said}, more than "
-                        f"evaluation.max_class_share = {guard['max_class_share']:.0%}.")
-    flagged = "".join(f'<p class="flag">{html.escape(w)}</p>' for w in warnings)
-    return _section("summary", "Summary", flagged + _table(df) + "".join(_note(n) for n in notes))
+    return _section("summary", "Summary", _guard_flags(metrics) + _table(df) + "".join(_note(n) for n in notes))
 
 
 def labels_section(images: pd.DataFrame, catalog: LabelCatalog) -> str:
@@ -263,6 +280,8 @@ def _bars(ax: plt.Axes, deep: dict[str, float], base: dict[str, float] | None, t
 
 def per_class_section(metrics: dict[str, Any], catalog: LabelCatalog) -> str:
     """Per-class F1 and AP bars, deep model vs baseline (held-out view when there is one)."""
+    if "skipped" in metrics:
+        return _section("per-class", "Per-class F1 and AP", _note(f"Not scored: {metrics['skipped']}."))
     view = "held_out" if "held_out" in metrics else None
     deep = metrics[view] if view else metrics
     base = (metrics.get("baseline") or {}).get(view or "all")

@@ -81,3 +81,20 @@ def test_presets_validate_and_carry_the_seed_values():
     assert m["schedule"] == {"kind": "seed", "lr_start": 0.005, "lr_max": 0.0011, "lr_min": 0.0005,
                              "rampup_epochs": 3, "sustain_epochs": 2, "exp_decay": 0.75}
     assert m["loss"]["unweighted_classes"] == [11]
+
+
+def test_an_unlabelled_set_only_applies_models_trained_elsewhere(tmp_path):
+    base = {"dataset": {"images_dirs": ["x"], "metadata": "t.csv", "label_column": None}}
+    with pytest.raises(ConfigError, match=r"give each of \['cell'\] trained:"):
+        config_from_dict({**base, "models": [{"name": "cell"}, {"name": "img", "trained": "/runs/a/models/img"}]})
+    cfg = config_from_dict({**base, "models": [{"name": "img", "level": "image", "trained": str(tmp_path)}]})
+    from hpa_batch.layout import fold_files
+
+    with pytest.raises(FileNotFoundError, match="holds no fold<k>/model.pt"):
+        fold_files(cfg.results_dir, cfg.raw["models"][0])
+    for k in (2, 0):
+        (tmp_path / f"fold{k}").mkdir()
+        (tmp_path / f"fold{k}" / "model.pt").write_bytes(b"")
+    (tmp_path / "fold1").mkdir()  # no model.pt: not a fold
+    assert fold_files(cfg.results_dir, cfg.raw["models"][0], "history.csv") == [
+        tmp_path / "fold0" / "history.csv", tmp_path / "fold2" / "history.csv"]

@@ -115,6 +115,7 @@ def test_unlabelled_dataset(dataset):
     dataset.add("t1", label="")
     cfg = dataset.config(shard_size=10)
     cfg["dataset"]["label_column"] = None
+    cfg["models"] = []  # nothing can be trained on it
     c = config_from_dict(cfg)
     meta = read_metadata(c.dataset)
     m = build_manifest(c, plan_shards(meta, None, 10)[0], meta)

@@ -103,6 +103,14 @@ def test_tiny_training_end_to_end_and_predict(trainable, tmp_path):
     assert ((probs >= 0) & (probs <= 1)).all()
     hits = probs >= ckpt["thresholds"].numpy()
     assert (pred["n_predicted"].to_numpy() == hits.sum(1)).all()
+    from hpa_batch.predict import predict_shard
+
+    # checkpoints of another catalog or level (e.g. a wrong trained: folder) are refused by name
+    with pytest.raises(ValueError, match="trained for label catalog 'hpa2021'"):
+        predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "x.parquet", CATALOGS["hpa2018"], "t")
+    with pytest.raises(ValueError, match="is a cell-level model; the config declares level: image"):
+        predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "x.parquet", CATALOGS["hpa2021"], "t",
+                      level="image")
 
 
 def test_hybrid_model_learns_from_features_and_predicts_with_them(trainable, tmp_path):
@@ -148,7 +156,9 @@ def test_image_hybrid_with_study_002_weights_and_mixed_channels(trainable, tmp_p
     import zarr
 
     from hpa_batch.measure import IMAGE_FEATURE_COLUMNS, STUDY_002_FEATURE_WEIGHTS
+    from hpa_batch.models import channel_map
     from hpa_batch.predict import load_folds, predict_shard, run_models
+    from hpa_batch.train import prepare
 
     cfg = yaml.safe_load(trainable["config"].read_text())
     cfg["models"] = [{**TINY, "level": "image", "features": True, "batch_size": 2, "input_size": 32,
@@ -164,7 +174,9 @@ def test_image_hybrid_with_study_002_weights_and_mixed_channels(trainable, tmp_p
     rows = g["image_features"][:]
     assert rows.shape == (g["images"].shape[0], f) and np.isfinite(rows).all() and (rows.std(0) > 0).sum() >= 5
     models, spec, _ = load_folds([out / "model.pt"], torch.device("cpu"))
-    x = torch.from_numpy(g["images"][:2]).float()[:, [0, 1, 1]] / 255
+    cmap = channel_map(spec["channels"])
+    assert spec["hybrid"] and cmap.gather == [0, 1, 2] and cmap.mix.shape == (3, 3)
+    x = prepare(torch.from_numpy(g["images"][:2][:, cmap.gather]), 32, cmap.mix)
     feats = torch.from_numpy(rows[:2])
     p, _ = run_models(models, x, False, False, feats)
     changed = feats.clone()

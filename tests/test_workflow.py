@@ -205,6 +205,28 @@ def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tm
     assert macro_f1(y, pred, 0.5) == pytest.approx(metrics["image_macro_f1"])
     assert (res / "report.html").stat().st_size > 10_000
 
+    # an unlabelled test set (Id only, label_column: null) predicted with the model trained above
+    test = synthesize_dataset(tmp_path / "test2018", 4, seed=13, sizes=(384,), catalog="hpa2018", depth=8,
+                              table="hpa2018").out
+    ids = pd.read_csv(test / "train.csv")["Id"]
+    ids.to_frame().to_csv(test / "test.csv", index=False)
+    tcfg = synth_config(tmp_path / "testrun", test)
+    tcfg["dataset"].update({"id_column": "Id", "label_column": None, "cell_line_column": None,
+                            "metadata": str(test / "test.csv")})
+    tcfg["labels"] = {"catalog": "hpa2018"}
+    tcfg["models"] = [{"name": "img", "level": "image", "trained": str(res / "models" / "img")}]
+    (wd / "test.yaml").write_text(yaml.safe_dump(tcfg))
+    jobs = {rule for rule, _ in planned_jobs(snakemake(wd, "-n", "--configfile", "test.yaml"))}
+    assert "predict_shard" in jobs and not jobs & {"train_model", "baseline"}
+    snakemake(wd, "--cores", "2", "--configfile", "test.yaml")
+    tres = tmp_path / "testrun" / "results"
+    assert sorted(read_image_submission(tres / "submission.csv")) == sorted(ids)
+    tmetrics = json.loads((tres / "metrics.json").read_text())
+    assert "label_column: null" in tmetrics["skipped"] and tmetrics["images"] == 4 and "image_map" not in tmetrics
+    assert "nothing is scored" in (tres / "report.html").read_text()
+    timages = pd.read_parquet(tres / "tables" / "images.parquet")
+    assert timages[probs].notna().all().all() and not (tres / "models").exists()
+
 
 def check_report(report, png):
     """Every section is there with its figures; headless Chromium renders the page (CI requires it)."""

@@ -3,6 +3,7 @@ import json
 import shlex
 from pathlib import Path
 
+from hpa_batch import layout
 from hpa_batch.config import config_from_dict, stage_subset
 from hpa_batch.plan import plan_from_config
 
@@ -74,10 +75,7 @@ wildcard_constraints:
 
 def model_spec(name):
     """The config entry of model ``name``."""
-    for spec in config["models"]:
-        if spec["name"] == name:
-            return spec
-    raise ValueError(f"no model named {name!r} in config['models']")
+    return layout.model_spec(config, name)
 
 
 def model_config(name):
@@ -86,9 +84,19 @@ def model_config(name):
                                   sort_keys=True, separators=(",", ":")))
 
 
-def fold_models(name):
-    """Checkpoints of every configured fold of model ``name``."""
-    return [f"{RESULTS}/models/{name}/fold{k}/model.pt" for k in model_spec(name)["folds"]]
+def fold_models(name, file="model.pt"):
+    """``file`` of every fold of model ``name``: this run's, or another run's (``trained:``)."""
+    return [str(p) for p in layout.fold_files(RESULTS, model_spec(name), file)]
+
+
+def trained_models():
+    """Checkpoints of the models this run trains (models with ``trained:`` are only applied)."""
+    return [fold_models(spec["name"]) for spec in layout.trained_here(config)]
+
+
+def baseline_runs():
+    """The baseline trains on labels: on an unlabelled set it is skipped (the report says why)."""
+    return config["baseline"]["enabled"] and config["dataset"]["label_column"] is not None
 
 
 def train_launcher(name):
@@ -119,9 +127,7 @@ def merge_inputs(wildcards):
         "segment_qc": shard_files(f"{RESULTS}/qc/{{shard}}.segment.tsv"),
     }
     for level in ("cell", "image"):
-        chosen = config["merge"][f"{level}_model"]
-        spec = model_spec(chosen) if chosen else next(
-            (m for m in config["models"] if m["level"] == level), None)
+        spec = layout.merged_model(config, level)
         if spec:
             files[f"{level}_predictions"] = shard_files(f"{RESULTS}/predictions/{spec['name']}/{{shard}}.parquet")
             files[f"{level}_models"] = fold_models(spec["name"])
@@ -139,7 +145,7 @@ def baseline_inputs(wildcards):
 def evaluate_inputs(wildcards):
     """The merged tables and, when enabled, the baseline's predictions."""
     inputs = {"cells": f"{RESULTS}/tables/cells.parquet", "images": f"{RESULTS}/tables/images.parquet"}
-    if config["baseline"]["enabled"]:
+    if baseline_runs():
         inputs["baseline"] = f"{RESULTS}/baseline/cells.parquet"
     return inputs
 
@@ -149,8 +155,8 @@ def report_inputs(wildcards):
     inputs = evaluate_inputs(wildcards)
     inputs["metrics"] = f"{RESULTS}/metrics.json"
     inputs["splits"] = f"{RESULTS}/splits.parquet"
-    inputs["histories"] = [h.replace("model.pt", "history.csv") for spec in config["models"]
-                           for h in fold_models(spec["name"])]
+    inputs["histories"] = [h for spec in config["models"] for h in fold_models(spec["name"], "history.csv")
+                           if not layout.is_external(spec) or Path(h).is_file()]  # another run's, if kept
     inputs["tiles"] = shard_files(f"{RESULTS}/tiles/{{shard}}.zarr")
     inputs["qc"] = f"{RESULTS}/qc/rejected.tsv"
     return inputs

@@ -71,7 +71,7 @@ rule predict_shard:
 rule train:
     input:
         METADATA,
-        [fold_models(spec["name"]) for spec in config["models"]],
+        trained_models(),
 
 
 rule predict:
