@@ -206,11 +206,12 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, spec: 
     return (per * weights).mean()
 
 
-def augment(x: torch.Tensor, spec: dict[str, Any], seed: int) -> torch.Tensor:
+def augment(x: torch.Tensor, spec: dict[str, Any], seed: int, only: torch.Tensor | None = None) -> torch.Tensor:
     """Random flips, 90-degree rotations and brightness per sample, on ``x``'s device.
 
     ``x`` is ``(b, k, s, s)`` float in [0, 1]; the draws come from a CPU generator seeded with
-    ``seed``, so the result is the same on any device and after a resume.
+    ``seed``, so the result is the same on any device and after a resume. ``only`` ``(b,)`` bool
+    limits the transforms to those samples (study 001 augmented rare classes only).
     """
     aug = spec["augment"]
     g = torch.Generator().manual_seed(seed)
@@ -218,6 +219,10 @@ def augment(x: torch.Tensor, spec: dict[str, Any], seed: int) -> torch.Tensor:
     flip = torch.rand(b, generator=g) < 0.5
     k = torch.randint(0, 4, (b,), generator=g)
     gain = 1 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * aug["brightness"]
+    if only is not None:
+        only = only.cpu().bool()
+        flip, k = flip & only, torch.where(only, k, torch.zeros_like(k))
+        gain = torch.where(only[:, None, None, None], gain, torch.ones_like(gain))
     if aug["flips"]:
         x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
     if aug["rot90"]:
@@ -284,6 +289,8 @@ class Trainer:
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.weights = class_weights(self.index.y[self.train_pos], spec).to(self.device)
+        below = spec["augment"]["only_rare_below"]  # classes with fewer training rows than this
+        self.rare = torch.from_numpy(self.index.y[self.train_pos].sum(0) < below) if below else None
         self.steps_per_epoch = sum(len(g) for g in self._plan(0))
         sched = dict(spec["schedule"])
         kind = sched.pop("kind")
@@ -388,6 +395,12 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             return self.net(x) if f is None else self.net(x, f.to(self.device, non_blocking=True))
 
+    def _augmented(self, y: torch.Tensor) -> torch.Tensor | None:
+        """``(b,)`` bool: which samples are augmented (those with a rare class), or None for all."""
+        if self.rare is None:
+            return None
+        return (y[:, self.rare] > 0).any(dim=1)
+
     def train_epoch(self, epoch: int) -> float | None:
         """One epoch from the saved batch position; returns the mean loss, or None if stopped."""
         self.net.train()
@@ -396,7 +409,7 @@ class Trainer:
         for b, x, f, y, _ in iterate_batches(data, self.spec["num_workers"], skip=self.state.batch):
             self._set_lr(epoch + b / max(self.steps_per_epoch, 1))
             x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"], self.channel_map.mix)
-            x = augment(x, self.spec, seed_of(self.spec["seed"], epoch, b))
+            x = augment(x, self.spec, seed_of(self.spec["seed"], epoch, b), self._augmented(y))
             loss = loss_fn(self._forward(x, f), y.to(self.device), self.weights, self.spec)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

@@ -81,6 +81,15 @@ def test_presets_validate_and_carry_the_seed_values():
     assert m["schedule"] == {"kind": "seed", "lr_start": 0.005, "lr_max": 0.0011, "lr_min": 0.0005,
                              "rampup_epochs": 3, "sustain_epochs": 2, "exp_decay": 0.75}
     assert m["loss"]["unweighted_classes"] == [11]
+    from hpa_batch.measure import STUDY_002_FEATURE_WEIGHTS
+
+    def preset(name: str) -> dict:
+        return config_from_dict(deep_merge(base, yaml.safe_load((REPO / "config/presets" / name).read_text()))).raw
+
+    r34 = {m["name"]: m for m in preset("seed_resnet34_image.yaml")["models"]}
+    assert tuple(r34["seed-resnet34-224-features"]["feature_weights"]) == STUDY_002_FEATURE_WEIGHTS
+    channels = [m["channels"] for m in preset("seed_densenet121_channels.yaml")["models"]]
+    assert channels == [["red+blue", "green"], ["0.5*red", "green", "0.5*blue"], ["red+blue", "green", "green"]]
 
 
 def test_an_unlabelled_set_only_applies_models_trained_elsewhere(tmp_path):

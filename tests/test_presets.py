@@ -3,6 +3,7 @@ overrides kept here (tiny inputs, one epoch, random init): predictions, tables, 
 catalog's format, metrics and a report."""
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +51,7 @@ def test_preset_runs_end_to_end(name, synth_data, data_2018, workflow_dir, tmp_p
     cfg["evaluation"] = {"truth_dir": str(data / "truth")}
     wd = workflow_dir()
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    started = time.monotonic()
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
     assert "steps (100%) done" in out
     res = tmp_path / "results"
@@ -63,4 +65,7 @@ def test_preset_runs_end_to_end(name, synth_data, data_2018, workflow_dir, tmp_p
     assert header == ("Id,Predicted" if the_2018_task else "ID,ImageWidth,ImageHeight,PredictionString")
     metrics = json.loads((res / "metrics.json").read_text())
     assert 0 <= metrics["image_map"] <= 1 and metrics["images"] == 6
+    print(f"\nPRESET {name}: {time.monotonic() - started:.0f} s, {len(cfg['models'])} model(s), image mAP "
+          f"{metrics['image_map']:.3f}, image macro-F1 {metrics['image_macro_f1']:.3f}, cell mAP "
+          f"{metrics['cell_map']:.3f}")  # the closing notes quote these (pytest -s)
     assert (res / "report.html").stat().st_size > 10_000

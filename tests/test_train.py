@@ -367,6 +367,9 @@ def test_augment_is_deterministic_and_label_preserving():
     for i in range(16):  # every output is one of the 8 dihedral transforms of its input
         views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x[i], x[i].flip(-1)) for k in range(4)]
         assert any(torch.equal(geo[i], v) for v in views)
+    only = torch.arange(16) % 2 == 0  # study 001: only samples with a rare class are augmented
+    some = augment(x, spec, 7, only)
+    assert torch.equal(some[1::2], x[1::2]) and torch.equal(some[0::2], a[0::2])
 
 
 def test_excluded_images_are_never_trained_or_validated_on():
