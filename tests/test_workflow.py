@@ -93,7 +93,9 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     cfg = synth_config(tmp_path, synth_data)
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
     cfg["models"] = [{"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 1, "batch_size": 16,
-                      "num_workers": 0, "folds": [0, 1], "features": True}]  # a hybrid: tiles + feature rows
+                      "num_workers": 0, "folds": [0, 1], "features": True},  # a hybrid: tiles + feature rows
+                     {"name": "img", "level": "image", "arch": "test_resnet", "input_size": 32, "epochs": 1,
+                      "batch_size": 2, "num_workers": 0, "folds": [0, 1]}]  # both levels feed the tables
     cfg["evaluation"] = {"truth_dir": str(synth_data / "truth")}
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
@@ -120,6 +122,10 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     assert len(cells_t) == sum(len(pd.read_parquet(c)) for c in cells)
     assert pq.read_schema(res / "tables" / "images.parquet").equals(images_schema(19), check_metadata=False)
     assert sorted(images_t["image_id"]) == sorted(pd.read_csv(synth_data / "train.csv")["ID"])
+    image_preds = pd.concat([pd.read_parquet(p) for p in (res / "predictions" / "img").glob("*.parquet")])
+    joined = images_t.merge(image_preds, on="image_id")
+    assert len(joined) == 6 and np.allclose(joined[[f"image_prob_{k}" for k in range(19)]].to_numpy(),
+                                            joined[[f"prob_{k}" for k in range(19)]].to_numpy())
     fused = cells_t[[f"fused_prob_{k}" for k in range(19)]].to_numpy()
     prod = cells_t[[f"cell_prob_{k}" for k in range(19)]].to_numpy() * cells_t[[f"image_prob_{k}" for k in range(19)]].to_numpy()
     assert np.allclose(fused[:, :18], prod[:, :18])  # default fusion: cell x image (18 = Negative: derived)
