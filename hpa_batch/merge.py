@@ -136,17 +136,21 @@ def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCa
         pred = pd.read_parquet(inp.cell_predictions)
         cp = _probs(cells[["image_id", "cell_id"]].merge(pred, on=["image_id", "cell_id"], how="left"), n)
         cp = np.nan_to_num(cp)
-    for k in range(n):
-        cells[f"cell_prob_{k}"] = cp[:, k]
+    has_cell = inp.cell_predictions is not None
+    for k in range(n):  # NaN: no cell-level model in this run
+        cells[f"cell_prob_{k}"] = cp[:, k] if has_cell else np.float32(np.nan)
     img_probs = _image_probs(inp, cells, cp, n)
     ip = np.stack([img_probs.get(i, np.zeros(n, np.float32)) for i in cells["image_id"]]) if len(cells) else cp
-    fused = fuse(cp, ip, options["fusion"], options["cell_weight"])
+    if has_cell:
+        fused = fuse(cp, ip, options["fusion"], options["cell_weight"])
+        # thresholds go through the same fusion as the probabilities (product: t*t, i.e. the geometric mean
+        # of cell and image probability against t), so fusing never silently turns every prediction off
+        fused_t = fuse(thresholds[None, :], thresholds[None, :], options["fusion"], options["cell_weight"])[0]
+    else:  # image level only: every cell carries its image's probabilities and thresholds
+        fused, fused_t = ip.copy(), thresholds.astype(np.float32)
     for k in range(n):
         cells[f"image_prob_{k}"] = ip[:, k]
         cells[f"fused_prob_{k}"] = fused[:, k]
-    # thresholds go through the same fusion as the probabilities (product: t*t, i.e. the geometric mean of
-    # cell and image probability against t), so fusing never silently turns every prediction off
-    fused_t = fuse(thresholds[None, :], thresholds[None, :], options["fusion"], options["cell_weight"])[0]
     if catalog.negative is not None and options.get("negative", "derived") == "derived":
         fused = derive_negative(fused, fused_t, catalog.negative)
         cells[f"fused_prob_{catalog.negative}"] = fused[:, catalog.negative]
@@ -159,7 +163,7 @@ def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCa
         cells["truth_cell_id"] = cells["truth_cell_id"].fillna(-1).astype(np.int32)
         cells["truth_labels"] = [list(v) if isinstance(v, list | np.ndarray) else [] for v in cells["truth_labels"]]
     image_t = thresholds if image_thresholds is None else image_thresholds
-    return cells, _images(inp, manifest, cells, cp, img_probs, folds, n, catalog, image_t)
+    return cells, _images(inp, manifest, cells, cp if has_cell else None, img_probs, folds, n, catalog, image_t)
 
 
 def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -172,9 +176,11 @@ def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) 
     return out
 
 
-def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: np.ndarray,
+def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: np.ndarray | None,
             img_probs: dict[str, np.ndarray], folds: pd.Series, n: int, catalog: LabelCatalog,
             thresholds: np.ndarray) -> pd.DataFrame:
+    """Image rows; ``cp`` ``(n_cells, c)`` cell-model probabilities, None without a cell model
+    (``cells_max_prob_k`` NaN)."""
     qc = read_segment_qc(inp.segment_qc).drop_duplicates("image_id").set_index("image_id")
     rejected = pd.read_csv(inp.rejected, sep="\t", dtype=str, keep_default_na=False)
     rejected = rejected.drop_duplicates("image_id")
@@ -188,8 +194,11 @@ def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: n
         seg = qc.loc[r.image_id] if r.image_id in qc.index else None
         n_cells = int(qc.at[r.image_id, "n_cells"]) if r.image_id in qc.index else len(idx)
         n_border = int(qc.at[r.image_id, "n_border"]) if r.image_id in qc.index else 0
-        cmax = cp[idx].max(axis=0) if len(idx) else np.zeros(n, np.float32)
-        ip = img_probs.get(r.image_id, cmax)
+        if cp is None:
+            cmax = np.full(n, np.nan, np.float32)
+        else:
+            cmax = cp[idx].max(axis=0) if len(idx) else np.zeros(n, np.float32)
+        ip = img_probs.get(r.image_id, np.zeros(n, np.float32) if cp is None else cmax)
         rows.append({"image_id": r.image_id, "shard": inp.name, "cell_line": r.cell_line, "height": r.height,
                      "width": r.width, "n_cells": n_cells, "n_border": n_border,
                      "border_fraction": n_border / n_cells if n_cells else 0.0, "rejected": False,

@@ -197,6 +197,10 @@ def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tm
     assert images_t[probs].notna().all().all() and (images_t[probs].to_numpy() > 0).any()
     joined = cells_t.merge(images_t[["image_id", *probs]], on="image_id", suffixes=("", "_img"))
     assert np.allclose(joined[probs].to_numpy(), joined[[f"{p}_img" for p in probs]].to_numpy())
+    # no cell model: the cells' confidences ARE their image's (not cell 0 x image = 0), cell_prob is NaN
+    fused = [f"fused_prob_{k}" for k in range(28)]
+    assert np.allclose(joined[fused].to_numpy(), joined[[f"{p}_img" for p in probs]].to_numpy())
+    assert cells_t["cell_prob_0"].isna().all() and images_t.loc[~images_t["rejected"], "cells_max_prob_0"].isna().all()
     from hpa_batch.metrics import macro_f1
     from hpa_batch.splits import multi_hot
     from hpa_batch.submit import read_image_submission
