@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,16 +118,16 @@ def baseline_schema(n: int) -> pa.Schema:
                       ("predicted", pa.string()), ("n_predicted", pa.int16())])
 
 
-def embeddings_of(predictions_dir: Path | None, keys: pd.DataFrame) -> np.ndarray | None:
+def embeddings_of(predictions: Mapping[str, Path] | None, keys: pd.DataFrame) -> np.ndarray | None:
     """``(n, d)`` deep embeddings of the cells ``keys`` (image_id, cell_id, shard) from the cell model's
-    per-shard prediction files in ``predictions_dir`` (only the shards in ``keys`` are read)."""
-    if predictions_dir is None:
+    per-shard prediction files (``predictions``: shard -> file; only the shards in ``keys`` are read)."""
+    if predictions is None:
         return None
     parts = []
     for shard in sorted(keys["shard"].unique()):
-        path = Path(predictions_dir) / f"{shard}.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: cell-model predictions needed for baseline.embeddings")
+        path = Path(predictions[shard]) if shard in predictions else None
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"{path or shard}: cell-model predictions needed for baseline.embeddings")
         table = pq.read_table(path, columns=["image_id", "cell_id", "embedding"]).to_pandas() \
             if "embedding" in pq.read_schema(path).names else None
         if table is None:
@@ -136,7 +137,8 @@ def embeddings_of(predictions_dir: Path | None, keys: pd.DataFrame) -> np.ndarra
     joined = keys[["image_id", "cell_id"]].merge(pd.concat(parts), on=["image_id", "cell_id"], how="left")
     if joined["embedding"].isna().any():
         missing = joined[joined["embedding"].isna()].iloc[0]
-        raise ValueError(f"no embedding for cell {missing.image_id}/{missing.cell_id} in {predictions_dir}")
+        raise ValueError(f"no embedding for cell {missing.image_id}/{missing.cell_id} in the cell model's "
+                         "predictions")
     return np.stack(joined["embedding"].to_numpy()).astype(np.float32)
 
 
@@ -184,7 +186,7 @@ def fit_baseline(cells: pd.DataFrame, catalog: LabelCatalog, options: dict[str, 
 
 
 def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, options: dict[str, Any], out: Path,
-                 predictions_dir: Path | None = None, batch_size: int = 65536,
+                 *, predictions: Mapping[str, Path] | None = None, batch_size: int = 65536,
                  excluded: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Train the baseline and write per-cell probabilities for every cell of ``cells_path``.
 
@@ -196,7 +198,7 @@ def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, op
     """
     n = catalog.n_classes
     train = training_cells(cells_path, set(held_out) | set(excluded), options["max_train_cells"], options["seed"])
-    emb_dir = predictions_dir if options["embeddings"] else None
+    emb_dir = predictions if options["embeddings"] else None
     emb = embeddings_of(emb_dir, train)
     model, thresholds, cv = fit_baseline(train, catalog, options, emb)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,16 @@ from pathlib import Path
 
 from hpa_batch import __version__
 from hpa_batch.config import Config, ConfigError, check_unlabelled, load_config
+from hpa_batch.layout import (
+    fold_files,
+    is_external,
+    merged_model,
+    model_spec,
+    predictions_file,
+    result,
+    shard_of,
+    trained_folds,
+)
 from hpa_batch.plan import PlanError
 from hpa_batch.progress import get_logger
 
@@ -43,23 +53,23 @@ def _shard_verb(sub: argparse._SubParsersAction, name: str, help_: str) -> argpa
     return p
 
 
+def _held_out_args(p: argparse.ArgumentParser) -> None:
+    """``--trained-folds`` / ``--all-unseen``: which images no model of the run trained on."""
+    p.add_argument("--trained-folds", nargs="*", type=int,
+                   help="folds trained in this run by the models feeding the tables (default: from the config)")
+    p.add_argument("--all-unseen", action="store_true", help="every such model was trained by another run")
+
+
 def _cfg(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.config_json)
 
 
 def _paths(cfg: Config, shard: str) -> dict[str, Path]:
-    r = cfg.results_dir
-    return {
-        "manifest": r / "manifest" / f"{shard}.parquet",
-        "manifest_rejected": r / "qc" / f"{shard}.manifest.tsv",
-        "store": r / "zarr" / f"{shard}.zarr",
-        "rejected": r / "qc" / f"{shard}.rejected.tsv",
-        "summary": r / "zarr" / f"{shard}.convert.json",
-        "segment_qc": r / "qc" / f"{shard}.segment.tsv",
-        "segment_summary": r / "zarr" / f"{shard}.segment.json",
-        "cells": r / "cells" / f"{shard}.parquet",
-        "tiles": r / "tiles" / f"{shard}.zarr",
-    }
+    """The per-shard files of ``shard`` (hpa_batch.layout.RESULTS keys)."""
+
+    keys = ("manifest", "manifest_rejected", "store", "rejected", "convert_summary", "segment_qc",
+            "segment_summary", "cells", "tiles")
+    return {k: result(cfg.results_dir, k, shard=shard) for k in keys}
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -140,7 +150,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         _run_manifest(cfg, args.shard, manifest, manifest_rejected, None)
     convert_shard(
         cfg, manifest, manifest_rejected, args.store or p["store"], args.rejected or p["rejected"],
-        args.summary or p["summary"], threads=args.threads,
+        args.summary or p["convert_summary"], threads=args.threads,
     )
     return 0
 
@@ -175,7 +185,6 @@ def cmd_tiles(args: argparse.Namespace) -> int:
 
 
 def _model_spec(cfg: Config, name: str) -> dict:
-    from hpa_batch.layout import model_spec
 
     try:
         return model_spec(cfg.raw, name)
@@ -188,7 +197,7 @@ def _tile_stores(cfg: Config, given: list[Path] | None) -> list[Path]:
         return list(given)
     from hpa_batch.plan import plan_from_config
 
-    return [cfg.results_dir / "tiles" / f"{s.name}.zarr" for s in plan_from_config(cfg)]
+    return [_paths(cfg, s.name)["tiles"] for s in plan_from_config(cfg)]
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -200,12 +209,12 @@ def cmd_split(args: argparse.Namespace) -> int:
     else:
         from hpa_batch.plan import plan_from_config
 
-        manifests = [cfg.results_dir / "manifest" / f"{s.name}.parquet" for s in plan_from_config(cfg)]
+        manifests = [_paths(cfg, s.name)["manifest"] for s in plan_from_config(cfg)]
     sp = cfg.raw["splits"]
     table = make_splits(manifests, cfg.catalog, sp["n_folds"], sp["seed"], sp["min_combination"],
                         rejected=args.rejected, segment_qc=args.segment_qc,
                         doubtful=cfg.segmentation_qc.doubtful)
-    out = args.out or cfg.results_dir / "splits.parquet"
+    out = args.out or result(cfg.results_dir, "splits")
     write_splits(table, out)
     counts = table["fold"].value_counts().sort_index()
     print(f"{len(table)} images -> {out}; images per fold: {counts.to_dict()} (-1 = always train, -2 = excluded: doubtful segmentation)")
@@ -213,7 +222,6 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hpa_batch.layout import is_external
     from hpa_batch.train import train_model
 
     cfg = _cfg(args)
@@ -222,28 +230,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_external(spec):
         raise PlanError(f"model {args.model!r} was trained by another run (trained: {spec['trained']}): "
                         "it is only applied here; remove trained: to train it in this run")
-    out = args.out or cfg.results_dir / "models" / args.model / f"fold{args.fold}"
-    splits = args.splits or cfg.results_dir / "splits.parquet"
-    result = train_model(spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out, args.device)
-    print(json.dumps(result, indent=1))
+    out = args.out or result(cfg.results_dir, "fold_dir", model=args.model, fold=args.fold)
+    splits = args.splits or result(cfg.results_dir, "splits")
+    summary = train_model(spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out, args.device)
+    print(json.dumps(summary, indent=1))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hpa_batch.layout import fold_files, predictions_file
     from hpa_batch.predict import predict_shard
 
     cfg = _cfg(args)
     spec = _model_spec(cfg, args.model)
     models = args.models or fold_files(cfg.results_dir, spec)
-    tiles = args.tiles or cfg.results_dir / "tiles" / f"{args.shard}.zarr"
+    tiles = args.tiles or _paths(cfg, args.shard)["tiles"]
     out = args.out or predictions_file(cfg.results_dir, args.model, args.shard)
     predict_shard(models, tiles, out, cfg.catalog, args.model, device=args.device, level=spec["level"])
     return 0
 
 
 def _pick_model(cfg: Config, level: str) -> dict | None:
-    from hpa_batch.layout import merged_model
 
     try:
         return merged_model(cfg.raw, level)
@@ -251,44 +257,69 @@ def _pick_model(cfg: Config, level: str) -> dict | None:
         raise PlanError(exc.args[0]) from None
 
 
-def cmd_merge(args: argparse.Namespace) -> int:
-    from hpa_batch.evaluate import truth_table
-    from hpa_batch.layout import fold_files, predictions_file
-    from hpa_batch.merge import ShardInputs, merge_tables, model_thresholds
+def _per_shard(cfg: Config, given: list[Path] | None, key: str, **fields: object) -> dict[str, Path]:
+    """shard -> file: the files given (named by shard), or every planned shard's ``key`` file."""
     from hpa_batch.plan import plan_from_config
 
+    if given is None:
+        return {s.name: result(cfg.results_dir, key, shard=s.name, **fields) for s in plan_from_config(cfg)}
+    return {shard_of(p): Path(p) for p in given}
+
+
+def _model_files(cfg: Config, given: list[Path] | None, level: str, name: str) -> list[Path] | None:
+    """Fold files (``thresholds.json``) of the model feeding ``level``: as given (``[]`` = no such
+    model), else from the config; None when there is no such model."""
+
+    if given is not None:
+        return list(given) or None
+    spec = _pick_model(cfg, level)
+    return fold_files(cfg.results_dir, spec, name) if spec else None
+
+
+def _predictions(cfg: Config, given: list[Path] | None, level: str) -> dict[str, Path] | None:
+    """shard -> predictions of the model feeding ``level`` (given, ``[]`` = none, else the config's)."""
+    if given is not None:
+        return _per_shard(cfg, given, "predictions") if given else None
+    spec = _pick_model(cfg, level)
+    return _per_shard(cfg, None, "predictions", model=spec["name"]) if spec else None
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from hpa_batch.evaluate import truth_table
+    from hpa_batch.merge import ShardInputs, merge_tables, model_thresholds
+
     cfg = _cfg(args)
-    r = cfg.results_dir
-    cell_model, image_model = _pick_model(cfg, "cell"), _pick_model(cfg, "image")
-    shards = []
-    for s in plan_from_config(cfg):
-        p = _paths(cfg, s.name)
-        shards.append(ShardInputs(
-            s.name, p["manifest"], p["rejected"], p["segment_qc"], p["cells"],
-            predictions_file(r, cell_model["name"], s.name) if cell_model else None,
-            predictions_file(r, image_model["name"], s.name) if image_model else None))
-    n = cfg.catalog.n_classes
-    image_t = model_thresholds(fold_files(r, image_model), n) if image_model else None
+    r, n = cfg.results_dir, cfg.catalog.n_classes
+    manifests = _per_shard(cfg, args.manifests, "manifest")
+    rejected = _per_shard(cfg, args.rejected, "rejected")
+    segment_qc = _per_shard(cfg, args.segment_qc, "segment_qc")
+    cells = _per_shard(cfg, args.shard_cells, "cells")
+    cell_pred = _predictions(cfg, args.cell_predictions, "cell")
+    image_pred = _predictions(cfg, args.image_predictions, "image")
+    shards = [ShardInputs(s, manifests[s], rejected[s], segment_qc[s], cells[s],
+                          cell_pred[s] if cell_pred else None, image_pred[s] if image_pred else None)
+              for s in manifests]
+    cell_files = _model_files(cfg, args.cell_thresholds, "cell", "thresholds.json")
+    image_files = _model_files(cfg, args.image_thresholds, "image", "thresholds.json")
+    image_t = model_thresholds(image_files, n) if image_files else None
     # with no cell model, the cells carry the image model's probabilities: its thresholds apply
-    cell_t = model_thresholds(fold_files(r, cell_model), n) if cell_model else image_t
+    cell_t = model_thresholds(cell_files, n) if cell_files else image_t
     truth_dir = cfg.raw["evaluation"]["truth_dir"]
-    truth = truth_table([r / "zarr" / f"{s.name}.zarr" for s in shards], Path(truth_dir), cfg.catalog) \
-        if truth_dir else None
-    merge_tables(shards, r / "splits.parquet", cfg.catalog, cfg.raw["merge"],
+    stores = list(_per_shard(cfg, args.stores, "store").values())
+    truth = truth_table(stores, Path(truth_dir), cfg.catalog) if truth_dir else None
+    merge_tables(shards, args.splits or result(r, "splits"), cfg.catalog, cfg.raw["merge"],
                  cell_t if cell_t is not None else model_thresholds([], n),
-                 args.cells or r / "tables" / "cells.parquet", args.images or r / "tables" / "images.parquet", truth,
+                 args.cells or result(r, "cells_table"), args.images or result(r, "images_table"), truth,
                  image_thresholds=image_t)
     return 0
 
 
-def _trained_folds(cfg: Config) -> tuple[set[int], bool]:
-    """Folds trained in this run by the models feeding the merged tables (the merge's cell and image
-    models), and whether every such model was trained by another run (then no image was seen)."""
-    from hpa_batch.layout import is_external
+def _held_out_of(cfg: Config, args: argparse.Namespace) -> tuple[list[int], bool]:
+    """Trained folds and all-unseen flag: as given (``--trained-folds``), else from the config."""
 
-    models = [m for m in (_pick_model(cfg, "cell"), _pick_model(cfg, "image")) if m]
-    local = [m for m in models if not is_external(m)]
-    return {int(k) for m in local for k in m["folds"]}, bool(models) and not local
+    if args.trained_folds is not None:
+        return list(args.trained_folds), bool(args.all_unseen)
+    return trained_folds(cfg.raw)
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -296,42 +327,41 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     from hpa_batch.baseline import run_baseline
     from hpa_batch.evaluate import held_out_images
+    from hpa_batch.splits import EXCLUDED
 
     cfg = _cfg(args)
     r = cfg.results_dir
-    cells = args.cells or r / "tables" / "cells.parquet"
-    images = pd.read_parquet(args.images or r / "tables" / "images.parquet", columns=["image_id", "fold", "rejected"])
-    folds, all_unseen = _trained_folds(cfg)
-    held = held_out_images(images, folds, all_unseen=all_unseen)
-    cell_model = _pick_model(cfg, "cell")
-    pred_dir = r / "predictions" / cell_model["name"] if cell_model else None
+    cells = args.cells or result(r, "cells_table")
+    images = pd.read_parquet(args.images or result(r, "images_table"), columns=["image_id", "fold", "rejected"])
+    folds, all_unseen = _held_out_of(cfg, args)
+    held = held_out_images(images, set(folds), all_unseen=all_unseen)
+    predictions = _predictions(cfg, args.predictions, "cell") if cfg.raw["baseline"]["embeddings"] else None
     options = {**cfg.raw["baseline"], **({"n_jobs": args.threads} if args.threads else {})}
-    from hpa_batch.splits import EXCLUDED
-
     excluded = set(images.loc[images["fold"] == EXCLUDED, "image_id"])
-    summary = run_baseline(Path(cells), held, cfg.catalog, options,
-                           args.out or r / "baseline" / "cells.parquet", pred_dir, excluded=excluded)
+    summary = run_baseline(Path(cells), held, cfg.catalog, options, args.out or result(r, "baseline_cells"),
+                           predictions=predictions, excluded=excluded)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("features", "thresholds")}, indent=1))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpa_batch.layout import fold_files
-    from hpa_batch.plan import plan_from_config
     from hpa_batch.report import ReportInputs, build_report
 
     cfg = _cfg(args)
     r = cfg.results_dir
-    shards = [s.name for s in plan_from_config(cfg)]
-    histories = [p for m in cfg.raw["models"] for p in fold_files(r, m, "history.csv")]
-    baseline = r / "baseline" / "cells.parquet"
-    rejected = r / "qc" / "rejected.tsv"
-    inp = ReportInputs(cells=r / "tables" / "cells.parquet", images=r / "tables" / "images.parquet",
-                       metrics=r / "metrics.json", baseline=baseline if baseline.is_file() else None,
-                       histories=histories, tile_stores=[r / "tiles" / f"{s}.zarr" for s in shards],
-                       zarr_stores=[r / "zarr" / f"{s}.zarr" for s in shards],
-                       rejected=rejected if rejected.is_file() else None, config=cfg.raw, workdir=Path.cwd())
-    out = build_report(inp, cfg.catalog, cfg.raw["report"], args.out or r / "report.html")
+    histories = args.histories if args.histories is not None else [
+        p for m in cfg.raw["models"] for p in fold_files(r, m, "history.csv")]
+    baseline = (args.baseline[0] if args.baseline else None) if args.baseline is not None \
+        else result(r, "baseline_cells")
+    rejected = args.qc or result(r, "qc_table")
+    run_config = json.loads(args.run_config) if args.run_config else cfg.raw
+    inp = ReportInputs(cells=args.cells or result(r, "cells_table"), images=args.images or result(r, "images_table"),
+                       metrics=args.metrics or result(r, "metrics"),
+                       baseline=baseline if baseline and Path(baseline).is_file() else None,
+                       histories=list(histories), tile_stores=list(_per_shard(cfg, args.tiles, "tiles").values()),
+                       zarr_stores=list(_per_shard(cfg, args.stores, "store").values()),
+                       rejected=rejected if rejected.is_file() else None, config=run_config, workdir=Path.cwd())
+    out = build_report(inp, cfg.catalog, cfg.raw["report"], args.out or result(r, "report"))
     print(out)
     if args.screenshot:
         from hpa_batch.report import screenshot
@@ -345,31 +375,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from hpa_batch.evaluate import evaluate_all, unlabelled_metrics
-    from hpa_batch.plan import plan_from_config
 
     cfg = _cfg(args)
     r = cfg.results_dir
     truth_dir = cfg.raw["evaluation"]["truth_dir"]
-    stores = [r / "zarr" / f"{s.name}.zarr" for s in plan_from_config(cfg)]
-    cells = pd.read_parquet(args.cells or r / "tables" / "cells.parquet")
-    images = pd.read_parquet(args.images or r / "tables" / "images.parquet")
+    stores = list(_per_shard(cfg, args.stores, "store").values())
+    cells = pd.read_parquet(args.cells or result(r, "cells_table"))
+    images = pd.read_parquet(args.images or result(r, "images_table"))
     max_share = cfg.raw["evaluation"]["max_class_share"]
     if cfg.dataset.label_column is None:
-        result = unlabelled_metrics(cells, images, cfg.catalog, max_share)
-        get_logger().info("evaluate: skipped: %s", result["skipped"])
+        metrics = unlabelled_metrics(cells, images, cfg.catalog, max_share)
+        get_logger().info("evaluate: skipped: %s", metrics["skipped"])
     else:
         baseline = thresholds = None
         if args.baseline:
             baseline = pd.read_parquet(args.baseline)
             summary = json.loads(args.baseline.with_name("summary.json").read_text())
             thresholds = np.asarray(summary["thresholds"])
-        folds, all_unseen = _trained_folds(cfg)
-        result = evaluate_all(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog,
-                              folds, baseline, thresholds, max_class_share=max_share, all_unseen=all_unseen)
-    out = args.out or r / "metrics.json"
+        folds, all_unseen = _held_out_of(cfg, args)
+        metrics = evaluate_all(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog,
+                               set(folds), baseline, thresholds, max_class_share=max_share, all_unseen=all_unseen)
+    out = args.out or result(r, "metrics")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
+    out.write_text(json.dumps(metrics, indent=1))
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
     return 0
 
 
@@ -387,8 +416,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.stores:
         raise SystemExit("submit: --stores is required for the 2021 format (cell masks)")
 
-    source = table_predictions(args.cells, args.n_classes) if args.cells else list(args.predictions)
-    n = write_submission(source, list(args.stores), args.out, args.n_classes, args.min_confidence)
+    from hpa_batch.labels import get_catalog
+
+    n_classes = get_catalog(args.catalog).n_classes
+    source = table_predictions(args.cells, n_classes) if args.cells else list(args.predictions)
+    n = write_submission(source, list(args.stores), args.out, n_classes, args.min_confidence)
     print(f"{n} images -> {args.out}")
     return 0
 
@@ -525,22 +557,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_predict)
 
-    _tables_verb(sub, "merge", "merge every shard into results/tables/{cells,images}.parquet", cmd_merge)
+    # Global verbs read what they are given; anything not given comes from the config and hpa_batch.layout.
+    # A list option given with no value means "none" (e.g. no cell-level model).
+    p = _tables_verb(sub, "merge", "merge every shard into results/tables/{cells,images}.parquet (--cells and "
+                     "--images are the outputs)", cmd_merge)
+    p.add_argument("--splits", type=Path)
+    for flag in ("manifests", "rejected", "segment-qc", "shard-cells", "cell-predictions", "image-predictions",
+                 "cell-thresholds", "image-thresholds", "stores"):
+        p.add_argument(f"--{flag}", nargs="*", type=Path, help="one file per shard / fold (default: the plan's)")
 
     p = _tables_verb(sub, "evaluate", "metrics of a run (image F1/AP; instance mAP@0.6 with per-cell truth)",
                      cmd_evaluate)
     p.add_argument("--baseline", type=Path, help="the baseline's cells.parquet (summary.json beside it)")
     p.add_argument("--out", type=Path, help="metrics JSON (default results/metrics.json)")
+    _held_out_args(p)
+    p.add_argument("--stores", nargs="*", type=Path, help="shard stores (truth matching; default: the plan's)")
 
-    p = sub.add_parser("report", help="results/report.html: figures, metrics deep vs baseline, provenance")
-    _add_config_args(p)
+    p = _tables_verb(sub, "report", "results/report.html: figures, metrics deep vs baseline, provenance", cmd_report)
     p.add_argument("--out", type=Path, help="default results/report.html")
     p.add_argument("--screenshot", type=Path, help="also render it in headless Chromium to this PNG")
-    p.set_defaults(func=cmd_report)
+    p.add_argument("--metrics", type=Path)
+    p.add_argument("--qc", type=Path, help="results/qc/rejected.tsv")
+    p.add_argument("--baseline", nargs="*", type=Path, help="the baseline's cells.parquet (none given: no baseline)")
+    for flag in ("histories", "tiles", "stores"):
+        p.add_argument(f"--{flag}", nargs="*", type=Path)
+    p.add_argument("--run-config", help="JSON of the whole run's config, shown under provenance")
 
     p = _tables_verb(sub, "baseline", "scikit-learn classifier on the hand-crafted cell features", cmd_baseline)
     p.add_argument("--out", type=Path, help="per-cell probabilities (default results/baseline/cells.parquet)")
     p.add_argument("--threads", type=int, help="cores to use (overrides baseline.n_jobs; Snakemake passes its grant)")
+    p.add_argument("--predictions", nargs="*", type=Path, help="the cell model's predictions (embeddings)")
+    _held_out_args(p)
 
     p = sub.add_parser("submit", help="Kaggle submission: HPA 2021 (COCO RLE masks, from cell predictions) or, "
                                       "with --images, HPA 2018 (Id,Predicted per image)")
@@ -552,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="merged results/tables/images.parquet: the 2018 task's Id,Predicted (image labels)")
     p.add_argument("--stores", nargs="*", type=Path, default=[],
                    help="shard zarr stores with labels/cells (2021 format)")
-    p.add_argument("--n-classes", type=int, default=19)
+    p.add_argument("--catalog", default="hpa2021", help="label catalog (its class count)")
     p.add_argument("--min-confidence", type=float, default=0.0)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_submit)

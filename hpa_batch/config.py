@@ -285,9 +285,20 @@ def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
 
 
 def stage_subset(raw: Mapping[str, Any], keys: tuple[str, ...]) -> str:
-    """Compact, key-sorted JSON of the top-level ``keys`` of a config.
+    """Compact, key-sorted JSON of the ``keys`` of a config: top-level sections (``"merge"``) or
+    single keys of one (``"evaluation.truth_dir"``).
 
     Rules pass this as a param, so a job reruns when (and only when) the part of the
     configuration it reads changes.
     """
-    return json.dumps({k: raw[k] for k in keys if k in raw}, sort_keys=True, separators=(",", ":"))
+    out: dict[str, Any] = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if section not in raw:
+            continue
+        if name:
+            if name in raw[section]:
+                out.setdefault(section, {})[name] = raw[section][name]
+        else:
+            out[section] = raw[section]
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))

@@ -1,5 +1,12 @@
-"""Where a model's files live, and which models feed the merged tables: one home for both the
-Snakefile (``workflow/rules/common.smk``) and the CLI.
+"""Every path under ``results_dir`` and ``logs_dir``, where a model's files live, and which models
+feed the merged tables: the one home of these facts, used by the Snakefile
+(``workflow/rules/common.smk``) and the CLI alike.
+
+:data:`RESULTS` and :data:`LOGS` map a key to a template relative to the folder; :func:`result` /
+:func:`log` fill the fields given and keep the others as ``{field}`` (a Snakemake wildcard)::
+
+    result("results", "cells")              -> results/cells/{shard}.parquet   (a rule's pattern)
+    result("results", "cells", shard="a")   -> results/cells/a.parquet         (a file)
 
 A model is trained in this run (``results/models/{name}/fold{k}/``) or, with ``trained: DIR`` in its
 spec, was trained by another run: ``DIR`` is that run's ``results/models/{name}`` folder and every
@@ -16,6 +23,78 @@ from pathlib import Path
 from typing import Any
 
 _FOLD = re.compile(r"^fold(\d+)$")
+
+RESULTS: dict[str, str] = {
+    "manifest": "manifest/{shard}.parquet",
+    "manifest_rejected": "qc/{shard}.manifest.tsv",
+    "store": "zarr/{shard}.zarr",
+    "convert_summary": "zarr/{shard}.convert.json",
+    "rejected": "qc/{shard}.rejected.tsv",
+    "qc_table": "qc/rejected.tsv",
+    "qc_summary": "qc/summary.txt",
+    "segment_summary": "zarr/{shard}.segment.json",
+    "segment_qc": "qc/{shard}.segment.tsv",
+    "cells": "cells/{shard}.parquet",
+    "tiles": "tiles/{shard}.zarr",
+    "splits": "splits.parquet",
+    "model_dir": "models/{model}",
+    "fold_dir": "models/{model}/fold{fold}",
+    "predictions": "predictions/{model}/{shard}.parquet",
+    "cells_table": "tables/cells.parquet",
+    "images_table": "tables/images.parquet",
+    "submission": "submission.csv",
+    "baseline_cells": "baseline/cells.parquet",
+    "baseline_summary": "baseline/summary.json",
+    "baseline_model": "baseline/model.joblib",
+    "metrics": "metrics.json",
+    "report": "report.html",
+}
+"""Every output under ``results_dir`` (docs/TABLES.md describes the tables)."""
+
+LOGS: dict[str, str] = {
+    "manifest": "manifest/{shard}.log",
+    "convert": "convert/{shard}.log",
+    "qc": "qc.log",
+    "segment": "segment/{shard}.log",
+    "measure": "measure/{shard}.log",
+    "tiles": "tiles/{shard}.log",
+    "split": "split.log",
+    "train": "train/{model}-fold{fold}.log",
+    "predict": "predict/{model}-{shard}.log",
+    "tables": "tables.log",
+    "submission": "submission.log",
+    "baseline": "baseline.log",
+    "evaluate": "evaluate.log",
+    "report": "report.log",
+}
+"""Every job log under ``logs_dir``."""
+
+#: The files a training job writes into its fold folder.
+FOLD_FILES = ("model.pt", "history.csv", "thresholds.json")
+
+
+class _KeepMissing(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _fill(root: str | Path, template: str, fields: Mapping[str, object]) -> Path:
+    return Path(root) / template.format_map(_KeepMissing({k: str(v) for k, v in fields.items()}))
+
+
+def result(results_dir: str | Path, key: str, **fields: object) -> Path:
+    """``results_dir / RESULTS[key]`` with ``fields`` filled (the rest stay ``{field}``)."""
+    return _fill(results_dir, RESULTS[key], fields)
+
+
+def log(logs_dir: str | Path, key: str, **fields: object) -> Path:
+    """``logs_dir / LOGS[key]`` with ``fields`` filled (the rest stay ``{field}``)."""
+    return _fill(logs_dir, LOGS[key], fields)
+
+
+def shard_of(path: str | Path) -> str:
+    """The shard a per-shard file belongs to: its name without the suffixes (``a-0001.parquet``)."""
+    return Path(path).name.split(".")[0]
 
 
 def model_spec(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -41,7 +120,7 @@ def model_dir(results_dir: str | Path, spec: Mapping[str, Any]) -> Path:
     """``results/models/{name}``, or the ``trained:`` folder of a model trained elsewhere."""
     if is_external(spec):
         return Path(spec["trained"]).expanduser()
-    return Path(results_dir) / "models" / spec["name"]
+    return result(results_dir, "model_dir", model=spec["name"])
 
 
 def model_folds(spec: Mapping[str, Any]) -> list[int]:
@@ -87,4 +166,18 @@ def trained_here(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def predictions_file(results_dir: str | Path, model: str, shard: str) -> Path:
     """``results/predictions/{model}/{shard}.parquet``."""
-    return Path(results_dir) / "predictions" / model / f"{shard}.parquet"
+    return result(results_dir, "predictions", model=model, shard=shard)
+
+
+def trained_folds(raw: Mapping[str, Any]) -> tuple[list[int], bool]:
+    """Folds this run trains of the models feeding the merged tables, and whether every such model
+    was trained by another run (then no image of this run was seen in training)."""
+    models = [m for m in (merged_model(raw, "cell"), merged_model(raw, "image")) if m]
+    local = [m for m in models if not is_external(m)]
+    return sorted({int(k) for m in local for k in m["folds"]}), bool(models) and not local
+
+
+def held_out_args(raw: Mapping[str, Any]) -> str:
+    """The ``--trained-folds ... [--all-unseen]`` arguments of the baseline and evaluate verbs."""
+    folds, all_unseen = trained_folds(raw)
+    return " ".join(["--trained-folds", *map(str, folds)] + (["--all-unseen"] if all_unseen else []))

@@ -224,16 +224,26 @@ def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: n
     return pd.DataFrame(rows, columns=images_schema(n).names)
 
 
-def model_thresholds(model_paths: list[Path], n: int) -> np.ndarray:
-    """Mean per-class thresholds of a model's folds (0.5 when there are none), read from the
-    ``thresholds.json`` beside each ``model.pt`` (the same float32 values; no torch needed here)."""
+def model_thresholds(paths: list[Path], n: int) -> np.ndarray:
+    """Mean per-class thresholds ``(n,)`` of a model's folds (0.5 when there are none), read from
+    each fold's ``thresholds.json`` (the same float32 values as in ``model.pt``; no torch needed
+    here). A ``model.pt`` path stands for the ``thresholds.json`` beside it.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing file, or thresholds for another number of classes (naming the file).
+    """
     values = []
-    for p in model_paths:
-        path = Path(p).with_name("thresholds.json")
+    for p in paths:
+        path = Path(p) if Path(p).suffix == ".json" else Path(p).with_name("thresholds.json")
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing (written by training beside {Path(p).name})")
-        values.append(np.asarray(json.loads(path.read_text())["thresholds"], np.float32))
-    return np.mean(values, axis=0) if values else np.full(n, 0.5)
+            raise FileNotFoundError(f"{path} is missing (training writes it beside model.pt)")
+        t = np.asarray(json.loads(path.read_text())["thresholds"], np.float32)
+        if t.shape != (n,):
+            raise ValueError(f"{path} holds {t.size} thresholds, the label catalog has {n} classes")
+        values.append(t)
+    return np.mean(values, axis=0) if values else np.full(n, 0.5, np.float32)
 
 
 def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCatalog, options: dict[str, Any],

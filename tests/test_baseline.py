@@ -113,8 +113,9 @@ def test_embeddings_are_appended_or_missing_ones_named(tmp_path):
         emb = [np.full(3, 1.0 if v == [0] else -1.0, np.float32) for v in part["image_labels"]]
         part[["image_id", "cell_id"]].assign(embedding=emb).to_parquet(pred_dir / f"{shard}.parquet")
     opts = {**OPTIONS, "embeddings": True, "cv_folds": 2}
-    summary = run_baseline(path, set(), CAT, opts, tmp_path / "out" / "cells.parquet", pred_dir)
+    files = {p.stem: p for p in pred_dir.glob("*.parquet")}
+    summary = run_baseline(path, set(), CAT, opts, tmp_path / "out" / "cells.parquet", predictions=files)
     assert summary["features"][-1] == "embedding"
     (pred_dir / "s-0001.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="s-0001.parquet"):
-        run_baseline(path, set(), CAT, opts, tmp_path / "out2" / "cells.parquet", pred_dir)
+        run_baseline(path, set(), CAT, opts, tmp_path / "out2" / "cells.parquet", predictions=files)

@@ -112,6 +112,17 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     for p, c in zip(preds, cells):
         assert len(pd.read_parquet(p)) == len(pd.read_parquet(c))
     assert planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml")) == []
+    # each rule's params are its stage's keys: a report option reruns only the report, an evaluation
+    # option evaluate and report (not the tables or the baseline), a merge option everything after it
+    for section, key, value, expected in (
+        ("report", "gallery_per_class", 3, {"report", "all"}),
+        ("evaluation", "max_class_share", 0.7, {"evaluate", "report", "all"}),
+        ("merge", "cell_weight", 0.4, {"tables", "submission", "baseline", "evaluate", "report", "all"}),
+    ):
+        edited = {**cfg, section: {**cfg.get(section, {}), key: value}}
+        (wd / "edited.yaml").write_text(yaml.safe_dump(edited))
+        jobs = {rule for rule, _ in planned_jobs(snakemake(wd, "-n", "--configfile", "edited.yaml"))}
+        assert jobs == expected, (section, jobs)
     # merged tables: every cell of every shard, every image of the plan, truth attached
     import pyarrow.parquet as pq
 

@@ -5,12 +5,12 @@ rule segment_shard:
     input:
         converted=rules.convert_shard.output.summary,
     output:
-        summary=f"{RESULTS}/zarr/{{shard}}.segment.json",
-        qc=f"{RESULTS}/qc/{{shard}}.segment.tsv",
+        summary=results_file("segment_summary"),
+        qc=results_file("segment_qc"),
     log:
-        f"{LOGS}/segment/{{shard}}.log",
+        log_file("segment"),
     params:
-        store=lambda wildcards: f"{RESULTS}/zarr/{wildcards.shard}.zarr",
+        store=lambda wildcards: results_file("store", shard=wildcards.shard),
         cfg=stage_config("segmentation", "segmentation_qc", "conversion"),
     threads: 4
     resources:
@@ -30,11 +30,11 @@ rule measure_shard:
         segment_qc=rules.segment_shard.output.qc,
         manifest=rules.manifest.output.manifest,
     output:
-        f"{RESULTS}/cells/{{shard}}.parquet",
+        results_file("cells"),
     log:
-        f"{LOGS}/measure/{{shard}}.log",
+        log_file("measure"),
     params:
-        store=lambda wildcards: f"{RESULTS}/zarr/{wildcards.shard}.zarr",
+        store=lambda wildcards: results_file("store", shard=wildcards.shard),
         cfg=stage_config("measure", "segmentation_qc"),
     threads: 1
     resources:
@@ -52,11 +52,11 @@ rule tiles_shard:
     input:
         cells=rules.measure_shard.output[0],
     output:
-        directory(f"{RESULTS}/tiles/{{shard}}.zarr"),
+        directory(results_file("tiles")),
     log:
-        f"{LOGS}/tiles/{{shard}}.log",
+        log_file("tiles"),
     params:
-        store=lambda wildcards: f"{RESULTS}/zarr/{wildcards.shard}.zarr",
+        store=lambda wildcards: results_file("store", shard=wildcards.shard),
         cfg=stage_config("tiles"),
     threads: 1
     resources:
@@ -72,16 +72,16 @@ rule tiles_shard:
 rule segment:
     input:
         METADATA,
-        shard_files(f"{RESULTS}/zarr/{{shard}}.segment.json"),
+        shard_files(results_file("segment_summary")),
 
 
 rule cells:
     input:
         METADATA,
-        shard_files(f"{RESULTS}/cells/{{shard}}.parquet"),
+        shard_files(results_file("cells")),
 
 
 rule tiles:
     input:
         METADATA,
-        shard_files(f"{RESULTS}/tiles/{{shard}}.zarr"),
+        shard_files(results_file("tiles")),

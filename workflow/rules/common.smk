@@ -20,6 +20,21 @@ wildcard_constraints:
     shard="[a-z0-9-]+-[0-9]{4}",
 
 
+def results_file(key, **fields):
+    """A path under results_dir (hpa_batch.layout.RESULTS); unfilled fields stay wildcards."""
+    return str(layout.result(RESULTS, key, **fields))
+
+
+def log_file(key, **fields):
+    """A job log under logs_dir (hpa_batch.layout.LOGS); unfilled fields stay wildcards."""
+    return str(layout.log(LOGS, key, **fields))
+
+
+def fold_file(name):
+    """``name`` (model.pt, history.csv, thresholds.json) in this run's fold folder, as a pattern."""
+    return str(layout.result(RESULTS, "fold_dir") / name)
+
+
 def shard_digest(wildcards):
     """Hash of the shard's metadata rows: the manifest reruns iff its rows change."""
     return SHARDS[wildcards.shard].digest
@@ -36,10 +51,10 @@ def submission_source(input):
     from hpa_batch.labels import get_catalog
 
     catalog = config["labels"]["catalog"]
-    if catalog == "hpa2018":
+    if get_catalog(catalog).name == "hpa2018":
         return f"--images {input.images}"
-    stores = " ".join(shard_files(f"{RESULTS}/zarr/{{shard}}.zarr"))
-    return f"--cells {input.cells} --stores {stores} --n-classes {get_catalog(catalog).n_classes}"
+    stores = " ".join(shard_files(results_file("store")))
+    return f"--cells {input.cells} --stores {stores} --catalog {catalog}"
 
 
 def shard_files(pattern):
@@ -119,24 +134,30 @@ def shard_runtime(seconds_per_image, base_minutes=10):
 
 
 def merge_inputs(wildcards):
-    """Every shard file the merge reads, and the chosen models' predictions and checkpoints."""
+    """Every shard file the merge reads, and the chosen models' predictions and thresholds."""
     files = {
-        "splits": f"{RESULTS}/splits.parquet",
-        "cells": shard_files(f"{RESULTS}/cells/{{shard}}.parquet"),
-        "rejected": shard_files(f"{RESULTS}/qc/{{shard}}.rejected.tsv"),
-        "segment_qc": shard_files(f"{RESULTS}/qc/{{shard}}.segment.tsv"),
+        "splits": results_file("splits"),
+        "manifests": shard_files(results_file("manifest")),
+        "cells": shard_files(results_file("cells")),
+        "rejected": shard_files(results_file("rejected")),
+        "segment_qc": shard_files(results_file("segment_qc")),
     }
     for level in ("cell", "image"):
         spec = layout.merged_model(config, level)
         if spec:
-            files[f"{level}_predictions"] = shard_files(f"{RESULTS}/predictions/{spec['name']}/{{shard}}.parquet")
-            files[f"{level}_models"] = fold_models(spec["name"])
+            files[f"{level}_predictions"] = shard_files(results_file("predictions", model=spec["name"]))
+            files[f"{level}_thresholds"] = fold_models(spec["name"], "thresholds.json")
     return files
+
+
+def given(input, key):
+    """The files of an optional input as arguments of a list option (none: the option alone = none)."""
+    return " ".join(input[key]) if key in input.keys() else ""
 
 
 def baseline_inputs(wildcards):
     """The merged tables, and the cell model's predictions when the baseline appends embeddings."""
-    inputs = {"cells": f"{RESULTS}/tables/cells.parquet", "images": f"{RESULTS}/tables/images.parquet"}
+    inputs = {"cells": results_file("cells_table"), "images": results_file("images_table")}
     if config["baseline"]["embeddings"]:
         inputs["predictions"] = merge_inputs(wildcards)["cell_predictions"]
     return inputs
@@ -144,19 +165,24 @@ def baseline_inputs(wildcards):
 
 def evaluate_inputs(wildcards):
     """The merged tables and, when enabled, the baseline's predictions."""
-    inputs = {"cells": f"{RESULTS}/tables/cells.parquet", "images": f"{RESULTS}/tables/images.parquet"}
+    inputs = {"cells": results_file("cells_table"), "images": results_file("images_table")}
     if baseline_runs():
-        inputs["baseline"] = f"{RESULTS}/baseline/cells.parquet"
+        inputs["baseline"] = results_file("baseline_cells")
     return inputs
 
 
 def report_inputs(wildcards):
     """Everything the report shows: tables, metrics, baseline, training histories, QC, tiles."""
     inputs = evaluate_inputs(wildcards)
-    inputs["metrics"] = f"{RESULTS}/metrics.json"
-    inputs["splits"] = f"{RESULTS}/splits.parquet"
+    inputs["metrics"] = results_file("metrics")
     inputs["histories"] = [h for spec in config["models"] for h in fold_models(spec["name"], "history.csv")
                            if not layout.is_external(spec) or Path(h).is_file()]  # another run's, if kept
-    inputs["tiles"] = shard_files(f"{RESULTS}/tiles/{{shard}}.zarr")
-    inputs["qc"] = f"{RESULTS}/qc/rejected.tsv"
+    inputs["tiles"] = shard_files(results_file("tiles"))
+    inputs["qc"] = results_file("qc_table")
     return inputs
+
+
+HELD_OUT = layout.held_out_args(config)  # which images no model of this run trained on
+STORES = " ".join(shard_files(results_file("store")))
+# The whole config, shown in the report's provenance section.
+RUN_CONFIG = shlex.quote(json.dumps(config, sort_keys=True, separators=(",", ":")))

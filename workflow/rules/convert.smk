@@ -3,10 +3,10 @@
 
 rule manifest:
     output:
-        manifest=f"{RESULTS}/manifest/{{shard}}.parquet",
-        rejected=f"{RESULTS}/qc/{{shard}}.manifest.tsv",
+        manifest=results_file("manifest"),
+        rejected=results_file("manifest_rejected"),
     log:
-        f"{LOGS}/manifest/{{shard}}.log",
+        log_file("manifest"),
     params:
         digest=shard_digest,
         cfg=stage_config("dataset", "labels", "qc", "shard_size"),
@@ -27,12 +27,12 @@ rule convert_shard:
         manifest=rules.manifest.output.manifest,
         rejected=rules.manifest.output.rejected,
     output:
-        summary=f"{RESULTS}/zarr/{{shard}}.convert.json",
-        rejected=f"{RESULTS}/qc/{{shard}}.rejected.tsv",
+        summary=results_file("convert_summary"),
+        rejected=results_file("rejected"),
     log:
-        f"{LOGS}/convert/{{shard}}.log",
+        log_file("convert"),
     params:
-        store=lambda wildcards: f"{RESULTS}/zarr/{wildcards.shard}.zarr",
+        store=lambda wildcards: results_file("store", shard=wildcards.shard),
         cfg=stage_config("conversion"),
     threads: 4
     resources:
@@ -50,12 +50,12 @@ rule convert_shard:
 
 rule qc:
     input:
-        shard_files(f"{RESULTS}/qc/{{shard}}.rejected.tsv"),
+        shard_files(results_file("rejected")),
     output:
-        table=f"{RESULTS}/qc/rejected.tsv",
-        summary=f"{RESULTS}/qc/summary.txt",
+        table=results_file("qc_table"),
+        summary=results_file("qc_summary"),
     log:
-        f"{LOGS}/qc.log",
+        log_file("qc"),
     conda:
         "../../envs/cpu.yaml"
     shell:
@@ -65,5 +65,5 @@ rule qc:
 rule convert:
     input:
         METADATA,
-        shard_files(f"{RESULTS}/zarr/{{shard}}.convert.json"),
+        shard_files(results_file("convert_summary")),
         rules.qc.output.table,

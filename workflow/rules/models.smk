@@ -3,13 +3,13 @@
 
 rule split:
     input:
-        manifests=shard_files(f"{RESULTS}/manifest/{{shard}}.parquet"),
-        rejected=shard_files(f"{RESULTS}/qc/{{shard}}.rejected.tsv"),
-        segment_qc=shard_files(f"{RESULTS}/qc/{{shard}}.segment.tsv"),
+        manifests=shard_files(results_file("manifest")),
+        rejected=shard_files(results_file("rejected")),
+        segment_qc=shard_files(results_file("segment_qc")),
     output:
-        f"{RESULTS}/splits.parquet",
+        results_file("splits"),
     log:
-        f"{LOGS}/split.log",
+        log_file("split"),
     params:
         cfg=stage_config("splits", "labels", "segmentation_qc"),
     conda:
@@ -22,17 +22,17 @@ rule split:
 rule train_model:
     input:
         splits=rules.split.output[0],
-        tiles=shard_files(f"{RESULTS}/tiles/{{shard}}.zarr"),
+        tiles=shard_files(results_file("tiles")),
     output:
-        model=f"{RESULTS}/models/{{model}}/fold{{fold}}/model.pt",
-        history=f"{RESULTS}/models/{{model}}/fold{{fold}}/history.csv",
-        thresholds=f"{RESULTS}/models/{{model}}/fold{{fold}}/thresholds.json",
+        model=fold_file("model.pt"),
+        history=fold_file("history.csv"),
+        thresholds=fold_file("thresholds.json"),
     log:
-        f"{LOGS}/train/{{model}}-fold{{fold}}.log",
+        log_file("train"),
     params:
         cfg=lambda wildcards: model_config(wildcards.model),
         launcher=lambda wildcards: train_launcher(wildcards.model),
-        out=lambda wildcards: f"{RESULTS}/models/{wildcards.model}/fold{wildcards.fold}",
+        out=lambda wildcards: results_file("fold_dir", model=wildcards.model, fold=wildcards.fold),
     threads: 4
     resources:
         gpu=lambda wildcards: model_spec(wildcards.model)["gpus"],
@@ -48,12 +48,12 @@ rule train_model:
 
 rule predict_shard:
     input:
-        tiles=f"{RESULTS}/tiles/{{shard}}.zarr",
+        tiles=results_file("tiles"),
         models=lambda wildcards: fold_models(wildcards.model),
     output:
-        f"{RESULTS}/predictions/{{model}}/{{shard}}.parquet",
+        results_file("predictions"),
     log:
-        f"{LOGS}/predict/{{model}}-{{shard}}.log",
+        log_file("predict"),
     params:
         cfg=lambda wildcards: model_config(wildcards.model),
     threads: 2
@@ -78,7 +78,7 @@ rule predict:
     input:
         METADATA,
         [
-            f"{RESULTS}/predictions/{spec['name']}/{shard}.parquet"
+            results_file("predictions", model=spec["name"], shard=shard)
             for spec in config["models"]
             for shard in SHARDS
         ],

@@ -1,34 +1,44 @@
 # Stage 4: merged result tables, Kaggle submission, the scikit-learn baseline, evaluation, the HTML report.
+# Each rule hands its command the inputs it declares, and as params only the config keys its stage reads.
 
 
 rule tables:
     input:
         unpack(merge_inputs),
     output:
-        cells=f"{RESULTS}/tables/cells.parquet",
-        images=f"{RESULTS}/tables/images.parquet",
+        cells=results_file("cells_table"),
+        images=results_file("images_table"),
     log:
-        f"{LOGS}/tables.log",
+        log_file("tables"),
     params:
-        cfg=stage_config(*config.keys()),
+        cfg=stage_config("merge", "labels", "evaluation.truth_dir"),
+        stores=STORES,
+        cell_predictions=lambda wildcards, input: given(input, "cell_predictions"),
+        image_predictions=lambda wildcards, input: given(input, "image_predictions"),
+        cell_thresholds=lambda wildcards, input: given(input, "cell_thresholds"),
+        image_thresholds=lambda wildcards, input: given(input, "image_thresholds"),
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "hpa-batch merge --config-json {params.cfg} --cells {output.cells} --images {output.images} > {log} 2>&1"
+        "hpa-batch merge --config-json {params.cfg} --splits {input.splits} --manifests {input.manifests}"
+        " --rejected {input.rejected} --segment-qc {input.segment_qc} --shard-cells {input.cells}"
+        " --cell-predictions {params.cell_predictions} --image-predictions {params.image_predictions}"
+        " --cell-thresholds {params.cell_thresholds} --image-thresholds {params.image_thresholds}"
+        " --stores {params.stores} --cells {output.cells} --images {output.images} > {log} 2>&1"
 
 
 rule submission:
     input:
         cells=rules.tables.output.cells,
         images=rules.tables.output.images,
-        segmented=shard_files(f"{RESULTS}/zarr/{{shard}}.segment.json"),
+        segmented=shard_files(results_file("segment_summary")),
     output:
-        f"{RESULTS}/submission.csv",
+        results_file("submission"),
     log:
-        f"{LOGS}/submission.log",
+        log_file("submission"),
     params:
         source=lambda wildcards, input: submission_source(input),
     resources:
@@ -44,13 +54,15 @@ rule baseline:
     input:
         unpack(baseline_inputs),
     output:
-        cells=f"{RESULTS}/baseline/cells.parquet",
-        summary=f"{RESULTS}/baseline/summary.json",
-        model=f"{RESULTS}/baseline/model.joblib",
+        cells=results_file("baseline_cells"),
+        summary=results_file("baseline_summary"),
+        model=results_file("baseline_model"),
     log:
-        f"{LOGS}/baseline.log",
+        log_file("baseline"),
     params:
-        cfg=stage_config(*config.keys()),
+        cfg=stage_config("baseline", "labels"),
+        held_out=HELD_OUT,
+        predictions=lambda wildcards, input: given(input, "predictions"),
     threads: lambda wildcards: config["baseline"]["n_jobs"]
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
@@ -59,18 +71,21 @@ rule baseline:
         "../../envs/cpu.yaml"
     shell:
         "hpa-batch baseline --config-json {params.cfg} --cells {input.cells} --images {input.images}"
-        " --threads {threads} --out {output.cells} > {log} 2>&1"
+        " --predictions {params.predictions} {params.held_out} --threads {threads} --out {output.cells}"
+        " > {log} 2>&1"
 
 
 rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        f"{RESULTS}/metrics.json",
+        results_file("metrics"),
     log:
-        f"{LOGS}/evaluate.log",
+        log_file("evaluate"),
     params:
-        cfg=stage_config(*config.keys()),
+        cfg=stage_config("evaluation", "labels", "dataset.label_column"),
+        held_out=HELD_OUT,
+        stores=STORES,
         baseline=lambda wildcards, input: f"--baseline {input.baseline}" if "baseline" in input.keys() else "",
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
@@ -79,22 +94,29 @@ rule evaluate:
         "../../envs/cpu.yaml"
     shell:
         "hpa-batch evaluate --config-json {params.cfg} --cells {input.cells} --images {input.images}"
-        " {params.baseline} --out {output} > {log} 2>&1"
+        " {params.baseline} {params.held_out} --stores {params.stores} --out {output} > {log} 2>&1"
 
 
 rule report:
     input:
         unpack(report_inputs),
     output:
-        f"{RESULTS}/report.html",
+        results_file("report"),
     log:
-        f"{LOGS}/report.log",
+        log_file("report"),
     params:
-        cfg=stage_config(*config.keys()),
+        cfg=stage_config("report", "labels", "dataset.name"),
+        # the whole config, for the provenance section (the report, a cheap job, follows every edit)
+        run_config=RUN_CONFIG,
+        stores=STORES,
+        baseline=lambda wildcards, input: given(input, "baseline"),
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "hpa-batch report --config-json {params.cfg} --out {output} > {log} 2>&1"
+        "hpa-batch report --config-json {params.cfg} --cells {input.cells} --images {input.images}"
+        " --metrics {input.metrics} --qc {input.qc} --baseline {params.baseline}"
+        " --histories {input.histories} --tiles {input.tiles} --stores {params.stores}"
+        " --run-config {params.run_config} --out {output} > {log} 2>&1"
