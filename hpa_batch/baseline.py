@@ -47,7 +47,7 @@ from hpa_batch.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
 from hpa_batch.progress import get_logger
 from hpa_batch.registry import Registry
 from hpa_batch.splits import multi_hot
-from hpa_batch.tables import to_arrow
+from hpa_batch.tables import atomic_path, atomic_write_text, to_arrow
 
 BASELINES: Registry[ClassifierMixin] = Registry("baseline classifier")
 
@@ -201,10 +201,8 @@ def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, op
     emb_dir = predictions if options["embeddings"] else None
     emb = embeddings_of(emb_dir, train)
     model, thresholds, cv = fit_baseline(train, catalog, options, emb)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     schema, rows = baseline_schema(n), 0
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for batch in pq.ParquetFile(cells_path).iter_batches(batch_size=batch_size,
                                                              columns=["image_id", "cell_id", "shard",
                                                                       *FEATURE_COLUMNS]):
@@ -218,11 +216,11 @@ def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, op
             table["n_predicted"] = hits.sum(1).astype(np.int16)
             writer.write_table(to_arrow(table, schema))
             rows += len(table)
-    tmp.replace(out)
-    joblib.dump(model, out.with_name("model.joblib"))
+    with atomic_path(out.with_name("model.joblib")) as tmp:
+        joblib.dump(model, tmp)
     summary = {"model": options["model"], "features": list(FEATURE_COLUMNS) + (["embedding"] if emb is not None else []),
                "train_cells": len(train), "held_out_images": len(held_out), "cells": rows,
                "thresholds": [float(t) for t in thresholds], "oof_weak_labels": cv}
-    out.with_name("summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out.with_name("summary.json"), json.dumps(summary, indent=1))
     get_logger().info("baseline %s: trained on %d cells, predicted %d -> %s", options["model"], len(train), rows, out)
     return summary

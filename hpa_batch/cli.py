@@ -395,9 +395,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         folds, all_unseen = _held_out_of(cfg, args)
         metrics = evaluate_all(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog,
                                set(folds), baseline, thresholds, max_class_share=max_share, all_unseen=all_unseen)
-    out = args.out or result(r, "metrics")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=1))
+    from hpa_batch.tables import atomic_write_text
+
+    atomic_write_text(args.out or result(r, "metrics"), json.dumps(metrics, indent=1))
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
     return 0
 

@@ -46,6 +46,7 @@ from hpa_batch.ngff import (
     write_pyramid,
 )
 from hpa_batch.progress import Progress, get_logger
+from hpa_batch.tables import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -240,10 +241,7 @@ def convert_shard(
         "threads": threads,
         "version": __version__,
     }
-    summary_out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = summary_out.with_name(summary_out.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(summary_out)
+    atomic_write_text(summary_out, json.dumps(summary, indent=1))
     get_logger().info(progress.line())
     get_logger().info(
         "convert %s: %d converted, %d kept, %d refused (see %s)",

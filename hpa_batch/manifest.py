@@ -25,7 +25,7 @@ from hpa_batch.imageio import ImageHeader, ImageReadError, find_channel_file, pr
 from hpa_batch.labels import LabelError, format_labels, parse_labels
 from hpa_batch.plan import Shard
 from hpa_batch.progress import get_logger
-from hpa_batch.tables import write_table
+from hpa_batch.tables import atomic_path, write_table
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -179,10 +179,8 @@ def write_manifest(manifest: ShardManifest, parquet_path: Path, rejected_path: P
 
 def write_rejected(rejected: pd.DataFrame, path: Path) -> None:
     """Write a rejected-images TSV atomically (header only when nothing was refused)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    rejected.reindex(columns=list(REJECTED_COLUMNS)).to_csv(tmp, sep="\t", index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        rejected.reindex(columns=list(REJECTED_COLUMNS)).to_csv(tmp, sep="\t", index=False)
 
 
 def read_rejected(path: Path) -> pd.DataFrame:

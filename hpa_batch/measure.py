@@ -32,7 +32,7 @@ from skimage.metrics import structural_similarity
 from hpa_batch import CHANNELS
 from hpa_batch.config import Config, MeasureConfig
 from hpa_batch.progress import Progress, get_logger
-from hpa_batch.tables import to_arrow
+from hpa_batch.tables import atomic_path, to_arrow
 
 STATS = ("mean", "median", "std", "integrated")
 FEATURES = (
@@ -360,10 +360,8 @@ def measure_shard(cfg: Config, store: Path, manifest: Path, out: Path, segment_q
         get_logger().info("measure %s: %d doubtful image(s) excluded (segmentation_qc.doubtful: exclude)",
                           shard, len(skip))
     progress = Progress(len(images), f"measure {shard}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     n = 0
-    with pq.ParquetWriter(tmp, CELLS_SCHEMA) as writer:
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, CELLS_SCHEMA) as writer:
         for path in images:
             try:
                 rows = measure_image(*load_image_and_masks(path), params=cfg.measure)
@@ -376,6 +374,5 @@ def measure_shard(cfg: Config, store: Path, manifest: Path, out: Path, segment_q
                 writer.write_table(to_arrow(rows, CELLS_SCHEMA))
             n += len(rows)
             progress.update(1)
-    tmp.replace(out)
     get_logger().info("measure %s: %d cells from %d images -> %s", shard, n, len(images), out)
     return n

@@ -33,7 +33,7 @@ from hpa_batch.labels import LabelCatalog, format_labels
 from hpa_batch.measure import CELLS_SCHEMA
 from hpa_batch.progress import get_logger
 from hpa_batch.segment.qc import read_segment_qc
-from hpa_batch.tables import to_arrow
+from hpa_batch.tables import atomic_path, to_arrow
 
 
 @dataclass(frozen=True)
@@ -255,10 +255,9 @@ def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCat
     n = catalog.n_classes
     splits = pd.read_parquet(splits_path)
     cschema, ischema = cells_schema(n, truth is not None), images_schema(n)
-    out_cells.parent.mkdir(parents=True, exist_ok=True)
-    tmp_c, tmp_i = out_cells.with_name(f".{out_cells.name}.tmp"), out_images.with_name(f".{out_images.name}.tmp")
     n_cells = n_images = 0
-    with pq.ParquetWriter(tmp_c, cschema) as wc, pq.ParquetWriter(tmp_i, ischema) as wi:
+    with atomic_path(out_cells) as tmp_c, atomic_path(out_images) as tmp_i, \
+            pq.ParquetWriter(tmp_c, cschema) as wc, pq.ParquetWriter(tmp_i, ischema) as wi:
         for inp in shards:
             cells, images = merge_shard(inp, splits, n, catalog, options, thresholds, truth,
                                         image_thresholds=image_thresholds)
@@ -267,7 +266,5 @@ def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCat
             if len(images):
                 wi.write_table(to_arrow(images, ischema))
             n_cells, n_images = n_cells + len(cells), n_images + len(images)
-    tmp_c.replace(out_cells)
-    tmp_i.replace(out_images)
     get_logger().info("merge: %d cells, %d images -> %s, %s", n_cells, n_images, out_cells, out_images)
     return n_cells, n_images

@@ -48,6 +48,7 @@ from hpa_batch.labels import LabelCatalog
 from hpa_batch.segment.qc import robust_z
 from hpa_batch.splits import multi_hot
 from hpa_batch.synth import composite
+from hpa_batch.tables import atomic_write_text
 from hpa_batch.viz import store_overlay
 
 SECTIONS = ("summary", "labels", "training", "per-class", "confusion", "segmentation", "gallery", "rejected",
@@ -615,8 +616,5 @@ def build_report(inp: ReportInputs, catalog: LabelCatalog, options: dict[str, An
            f"<style>{CSS}</style></head><body><h1>hpa_batch report: {name}</h1>"
            f"<p class=\"note\">{len(images)} images, {len(cells)} cells, {catalog.name} catalog</p>"
            f"<nav>{nav}</nav>{''.join(sections)}<script>{SORT_JS}</script></body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, doc)
     return out

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import os
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from scipy import ndimage as ndi
 
 from hpa_batch.labels import emitted_ids
 from hpa_batch.progress import get_logger
+from hpa_batch.tables import atomic_path
 
 HEADER = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 LABELS_PATH = "labels/cells/s0"
@@ -374,14 +374,9 @@ def write_submission(
 
 def _write_atomic(out: Path, spool: _Spool) -> None:
     """Header plus the spooled rows sorted by ID into ``out`` via a temp file and a rename."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(_csv_line(HEADER).encode("utf-8"))
-            fh.writelines(spool.sorted_lines())
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        fh.write(_csv_line(HEADER).encode("utf-8"))
+        fh.writelines(spool.sorted_lines())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -398,15 +393,12 @@ def write_image_submission(images_path: Path, out: Path) -> int:
     Written to a temporary name and renamed. Returns the number of rows.
     """
     table = pq.read_table(images_path, columns=["image_id", "predicted", "rejected"]).to_pandas()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(HEADER_2018)
         for image_id, predicted, rejected in table.itertuples(index=False):
             ids = [] if rejected else emitted_ids(predicted)
             writer.writerow((image_id, " ".join(map(str, ids))))
-    os.replace(tmp, out)
     get_logger().info("submit: %d images -> %s (Id,Predicted)", len(table), out)
     return len(table)
 

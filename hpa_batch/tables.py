@@ -1,13 +1,58 @@
-"""Typed parquet tables: every table has a fixed pyarrow schema, and an empty one keeps its dtypes."""
+"""Typed parquet tables (every table has a fixed pyarrow schema, and an empty one keeps its dtypes),
+and the one atomic-write helper every stage uses (:func:`atomic_path`)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Write ``path`` (a file or a directory) all at once: yield a temporary sibling
+    ``.{name}.{pid}.tmp`` to write, then rename it over ``path``; nothing partial is ever at ``path``.
+
+    On any error the temporary is removed and ``path`` keeps its previous content; a full disk is
+    reported as "no space left on <folder>".
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)  # a directory cannot be renamed over a non-empty one
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on {path.parent} (writing {path.name})") from exc
+        raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -27,9 +72,6 @@ def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def write_table(df: pd.DataFrame, schema: pa.Schema, path: str | Path) -> None:
-    """Write ``df`` as parquet with ``schema``; temp file + rename so no partial file is ever seen."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(to_arrow(df, schema), tmp)
-    tmp.replace(path)
+    """Write ``df`` as parquet with ``schema`` (:func:`atomic_path`: no partial file is ever seen)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(to_arrow(df, schema), tmp)

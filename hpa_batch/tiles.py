@@ -22,7 +22,6 @@ per-cell table's order. The store is built under a temporary name and renamed wh
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from hpa_batch.measure import (
     image_feature_row,
 )
 from hpa_batch.progress import Progress, get_logger
+from hpa_batch.tables import atomic_path
 
 
 def features_array(group: zarr.Group, where: Path | str, array: str = "cells") -> zarr.Array:
@@ -270,13 +270,21 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
     if not spec.include_border:
         table = table[~table["border"]]
     image_ids = [p.name for p in image_groups(store)]
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(out) as tmp:
+        attrs = _write_store(cfg, store, table, image_ids, tmp)
+    get_logger().info("tiles %s: %d cell tiles, %d image inputs", out, len(table), len(image_ids))
+    return attrs
+
+
+def _write_store(cfg: Config, store: Path, table: pd.DataFrame, image_ids: list[str], tmp: Path
+                 ) -> dict[str, Any]:
+    """Every array of a tile store into ``tmp``; returns its ``hpa_batch`` attributes."""
+    spec = cfg.tiles
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
     arrays = _create(root, len(table), len(image_ids), spec)
     appender = ChunkedAppender(arrays["cells"], spec.chunk_tiles)
     feature_rows = ChunkedAppender(arrays["features"], spec.chunk_tiles)
-    progress = Progress(len(image_ids), f"tiles {out.name}")
+    progress = Progress(len(image_ids), f"tiles {store.name}")
     cell_image, cell_ids = [], []
     image_rows = np.zeros((len(image_ids), len(IMAGE_FEATURE_COLUMNS)), np.float32)  # 40 B per image
     images = _iter_images(store, table, image_ids, spec, cfg.measure)
@@ -304,9 +312,6 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
                            "computed_on": "per image and channel, on the pyramid level used for the image input"},
              "complete": True, "version": __version__}
     root.attrs.update({"hpa_batch": attrs})
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    get_logger().info("tiles %s: %d cell tiles, %d image inputs", out, len(table), len(image_ids))
     return attrs
 
 

@@ -54,6 +54,7 @@ from hpa_batch.models import (
 from hpa_batch.progress import get_logger
 from hpa_batch.schedules import create_schedule
 from hpa_batch.splits import EXCLUDED
+from hpa_batch.tables import atomic_path, atomic_write_text
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again"; the next attempt resumes from state/last.pt
 
@@ -125,11 +126,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same directory, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`~hpa_batch.tables.atomic_path` (the previous file stays valid)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # ----------------------------------------------------------------------------- data and losses
@@ -547,10 +546,11 @@ class Trainer:
             return {}
         best = torch.load(self.state_dir / "best.pt", map_location="cpu", weights_only=True)
         mean, std = input_stats(self.model, self.spec["channels"])
-        pd.DataFrame(self.state.history).to_csv(self.out / "history.csv", index=False)
+        with atomic_path(self.out / "history.csv") as tmp:
+            pd.DataFrame(self.state.history).to_csv(tmp, index=False)
         thresholds = best["thresholds"].tolist()
         support = self.val_support()
-        (self.out / "thresholds.json").write_text(json.dumps(
+        atomic_write_text(self.out / "thresholds.json", json.dumps(
             {"classes": list(self.catalog.classes), "thresholds": thresholds,
              "validation_positives": support, "reasons": best.get("threshold_reasons", []),
              "rule": {**self.spec["thresholds"], "tuned": "F1-optimal per class; an optimum below low keeps "

@@ -34,6 +34,7 @@ from hpa_batch.progress import Progress, get_logger
 from hpa_batch.segment import Segmenter, create_segmenter
 from hpa_batch.segment.qc import QC_MEASURES, SEGMENT_QC_COLUMNS, flag_images, image_qc
 from hpa_batch.segment.watershed import consistent_labels
+from hpa_batch.tables import atomic_path, atomic_write_text
 from hpa_batch.validate import image_groups
 
 LABEL_NAMES: tuple[str, ...] = ("cells", "nuclei")
@@ -150,9 +151,8 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
     shutil.rmtree(staging, ignore_errors=True)
     table = flag_images(pd.DataFrame(rows), cfg.segmentation_qc) if rows else \
         pd.DataFrame(columns=list(SEGMENT_QC_COLUMNS))
-    qc_out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(qc_out.with_name(qc_out.name + ".tmp"), sep="\t", index=False)
-    qc_out.with_name(qc_out.name + ".tmp").replace(qc_out)
+    with atomic_path(qc_out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
     summary = {
         "shard": shard, "backend": cfg.segmentation.backend, "settings": digest,
         "images": len(rows), "cells": int(table["n_cells"].sum()),
@@ -160,9 +160,7 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
         "doubtful_images": table.loc[table["doubtful"].astype(bool), "image_id"].tolist(),
         "seconds": round(time.monotonic() - t0, 3), "threads": threads, "version": __version__,
     }
-    tmp = summary_out.with_name(summary_out.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(summary_out)
+    atomic_write_text(summary_out, json.dumps(summary, indent=1))
     log = get_logger()
     log.info("segment %s: %d images, %d cells, %d with zero cells, %d doubtful", shard, len(rows),
              summary["cells"], len(summary["zero_cell_images"]), len(summary["doubtful_images"]))

@@ -57,7 +57,7 @@ rule tiles_shard:
         log_file("tiles"),
     params:
         store=lambda wildcards: results_file("store", shard=wildcards.shard),
-        cfg=stage_config("tiles"),
+        cfg=stage_config("tiles", "measure"),
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
