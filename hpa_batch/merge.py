@@ -19,7 +19,6 @@ Fusion (``merge.fusion``): ``product`` = cell x image (the top 2021 solutions' c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hpa_batch.checkpoint import read_thresholds
 from hpa_batch.labels import LabelCatalog, format_labels
 from hpa_batch.measure import CELLS_SCHEMA
 from hpa_batch.progress import get_logger
@@ -225,24 +225,9 @@ def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: n
 
 
 def model_thresholds(paths: list[Path], n: int) -> np.ndarray:
-    """Mean per-class thresholds ``(n,)`` of a model's folds (0.5 when there are none), read from
-    each fold's ``thresholds.json`` (the same float32 values as in ``model.pt``; no torch needed
-    here). A ``model.pt`` path stands for the ``thresholds.json`` beside it.
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        A missing file, or thresholds for another number of classes (naming the file).
-    """
-    values = []
-    for p in paths:
-        path = Path(p) if Path(p).suffix == ".json" else Path(p).with_name("thresholds.json")
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing (training writes it beside model.pt)")
-        t = np.asarray(json.loads(path.read_text())["thresholds"], np.float32)
-        if t.shape != (n,):
-            raise ValueError(f"{path} holds {t.size} thresholds, the label catalog has {n} classes")
-        values.append(t)
+    """Mean per-class thresholds ``(n,)`` of a model's folds (0.5 when there are none), read from each
+    fold's ``thresholds.json`` (:func:`hpa_batch.checkpoint.read_thresholds`; no torch needed here)."""
+    values = [read_thresholds(p, n) for p in paths]
     return np.mean(values, axis=0) if values else np.full(n, 0.5, np.float32)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hpa_batch import CHANNELS
 
@@ -210,3 +211,13 @@ def input_stats(model: torch.nn.Module, channels: list[str] | tuple[str, ...]) -
     mean = cfg.get("mean", (0.485, 0.456, 0.406))
     std = cfg.get("std", (0.229, 0.224, 0.225))
     return [float(mean[i % 3]) for i in range(len(channels))], [float(std[i % 3]) for i in range(len(channels))]
+
+
+def prepare(x: torch.Tensor, size: int, mix: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 ``(b, g, S, S)`` gathered planes -> float in [0, 1] ``(b, k, size, size)`` model inputs
+    (channel ``mix`` ``(k, g)`` applied, see :class:`~hpa_batch.models.ChannelMap`; antialiased resize
+    if needed)."""
+    x = mix_channels(x.float() / 255.0, mix)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x

@@ -17,12 +17,19 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from hpa_batch.checkpoint import read_model
 from hpa_batch.labels import LabelCatalog, format_labels
-from hpa_batch.models import channel_map, create_model, embed, feature_count, forward
+from hpa_batch.models import (
+    channel_map,
+    create_model,
+    embed,
+    feature_count,
+    forward,
+    prepare,
+)
 from hpa_batch.progress import Progress, get_logger
 from hpa_batch.tables import write_table
 from hpa_batch.tiles import TileReader
-from hpa_batch.train import prepare
 
 
 def predictions_schema(n_classes: int, embed_dim: int | None) -> pa.Schema:
@@ -50,21 +57,14 @@ def load_folds(paths: list[Path], device: torch.device, catalog: LabelCatalog | 
 
     models, thresholds, spec = [], [], None
     for path in paths:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_model(path, catalog=catalog, level=level)
         spec = ckpt["spec"]
-        if catalog is not None and ckpt["catalog"] != catalog.name:
-            raise ValueError(f"{path} was trained for label catalog {ckpt['catalog']!r}, this run uses "
-                             f"{catalog.name!r} (labels.catalog)")
-        if level is not None and spec["level"] != level:
-            raise ValueError(f"{path} is a {spec['level']}-level model; the config declares level: {level}")
-        n_classes = get_catalog(ckpt["catalog"]).n_classes
-        hybrid = bool(spec.get("features"))
-        model = create_model(spec["arch"], spec["channels"], n_classes, None, spec["dropout"],
-                             n_features=feature_count(spec))
+        model = create_model(spec["arch"], spec["channels"], get_catalog(ckpt["catalog"]).n_classes, None,
+                             spec["dropout"], n_features=feature_count(spec))
         model.load_state_dict(ckpt["model"])
         models.append(model.to(device).eval())
         thresholds.append(ckpt["thresholds"].numpy())
-        spec = {**spec, "mean": ckpt["mean"], "std": ckpt["std"], "hybrid": hybrid}
+        spec = {**spec, "mean": ckpt["mean"], "std": ckpt["std"], "hybrid": bool(spec.get("features"))}
     if spec is None:
         raise ValueError("no model checkpoints given")
     return models, spec, np.mean(thresholds, axis=0)

@@ -47,9 +47,8 @@ from hpa_batch.evaluate import predicted_ids
 from hpa_batch.labels import LabelCatalog
 from hpa_batch.segment.qc import robust_z
 from hpa_batch.splits import multi_hot
-from hpa_batch.synth import composite
 from hpa_batch.tables import atomic_write_text
-from hpa_batch.viz import store_overlay
+from hpa_batch.viz import composite, store_overlay
 
 SECTIONS = ("summary", "labels", "training", "per-class", "confusion", "segmentation", "gallery", "rejected",
             "provenance")

@@ -65,6 +65,7 @@ from scipy import ndimage as ndi
 
 from hpa_batch import CHANNELS
 from hpa_batch.labels import LabelCatalog, format_labels, get_catalog
+from hpa_batch.viz import composite
 
 __all__ = [
     "DEFAULT_CELL_LINES",
@@ -75,7 +76,6 @@ __all__ = [
     "SynthStyle",
     "SynthSummary",
     "cell_line_profile",
-    "composite",
     "contact_sheet",
     "draw_style",
     "get_style",
@@ -2109,33 +2109,6 @@ def _read_channel(images_dir: Path, image_id: str, channel: str) -> np.ndarray:
                 return np.asarray(tifffile.imread(path))
             return np.asarray(imagecodecs.imread(path.read_bytes()))
     raise FileNotFoundError(f"no {channel} image for {image_id} in {images_dir}")
-
-
-def _stretch(a: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.9) -> np.ndarray:
-    """Percentile stretch to [0, 1] (float32) with a minimum range of 3% of the dtype range.
-
-    The floor keeps noise-only channels (Negative images) dark instead of stretching
-    the noise to full brightness.
-    """
-    lo, hi = np.percentile(a, [lo_pct, hi_pct])
-    full = float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else 1.0
-    hi = max(float(hi), float(lo) + 0.03 * full)
-    return np.clip((a.astype(F32) - F32(lo)) / F32(hi - lo), 0, 1)
-
-
-def composite(channels: np.ndarray) -> np.ndarray:
-    """HPA-style RGB composite of a (4, h, w) stack in canonical order.
-
-    Each channel is percentile-stretched (1 - 99.9 %, see :func:`_stretch`); yellow is
-    added to red and green.
-
-    Returns
-    -------
-    ndarray of uint8, shape (h, w, 3)
-    """
-    r, g, b, y = (_stretch(channels[CHANNELS.index(c)]) for c in ("red", "green", "blue", "yellow"))
-    rgb = np.stack([r + F32(0.8) * y, g + F32(0.8) * y, b], axis=-1)
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def contact_sheet(

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from hpa_batch import __version__
+from hpa_batch.checkpoint import atomic_save, write_model, write_thresholds
 from hpa_batch.labels import LabelCatalog
 from hpa_batch.loader import (
     GroupDataset,
@@ -49,12 +50,12 @@ from hpa_batch.models import (
     create_model,
     feature_count,
     input_stats,
-    mix_channels,
+    prepare,
 )
 from hpa_batch.progress import get_logger
 from hpa_batch.schedules import create_schedule
 from hpa_batch.splits import EXCLUDED
-from hpa_batch.tables import atomic_path, atomic_write_text
+from hpa_batch.tables import atomic_path
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again"; the next attempt resumes from state/last.pt
 
@@ -125,13 +126,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`~hpa_batch.tables.atomic_path` (the previous file stays valid)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-# ----------------------------------------------------------------------------- data and losses
 def training_positions(index: TileIndex, fold: int, spec: dict[str, Any], negative: int | None
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Rows to train on (fold != ``fold``, never fold -2 = excluded; options applied) and to validate on
@@ -239,16 +233,6 @@ def augment(x: torch.Tensor, spec: dict[str, Any], seed: int, only: torch.Tensor
 def seed_of(*parts: int) -> int:
     """A stable 63-bit seed from integers (Python's hash of ints is stable, but be explicit)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def prepare(x: torch.Tensor, size: int, mix: np.ndarray | None = None) -> torch.Tensor:
-    """uint8 ``(b, g, S, S)`` gathered planes -> float in [0, 1] ``(b, k, size, size)`` model inputs
-    (channel ``mix`` ``(k, g)`` applied, see :class:`~hpa_batch.models.ChannelMap`; antialiased resize
-    if needed)."""
-    x = mix_channels(x.float() / 255.0, mix)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -548,24 +532,17 @@ class Trainer:
         mean, std = input_stats(self.model, self.spec["channels"])
         with atomic_path(self.out / "history.csv") as tmp:
             pd.DataFrame(self.state.history).to_csv(tmp, index=False)
-        thresholds = best["thresholds"].tolist()
-        support = self.val_support()
-        atomic_write_text(self.out / "thresholds.json", json.dumps(
-            {"classes": list(self.catalog.classes), "thresholds": thresholds,
-             "validation_positives": support, "reasons": best.get("threshold_reasons", []),
-             "rule": {**self.spec["thresholds"], "tuned": "F1-optimal per class; an optimum below low keeps "
-                      "default (the scores do not separate the class), one above high is clipped"},
-             "selection": self.spec["selection"]}, indent=1))
+        write_thresholds(self.out / "thresholds.json", catalog=self.catalog, thresholds=best["thresholds"].tolist(),
+                         support=self.val_support(), reasons=best.get("threshold_reasons", []),
+                         rule=self.spec["thresholds"], selection=self.spec["selection"])
         result = {"name": self.spec["name"], "fold": self.fold, "best_epoch": int(best["epoch"]),
                   "selection": self.spec["selection"], "best_score": self.state.best_loss,
                   "stopped_early_at_epoch": self.stopped_early,
                   "epochs_run": len(self.state.history),
                   "train_tiles": len(self.train_pos), "val_tiles": len(self.val_pos),
                   "catalog": self.catalog.name, "version": __version__}
-        atomic_save({"model": best["model"], "thresholds": best["thresholds"],
-                     "spec": json.loads(json.dumps(self.spec)), "catalog": self.catalog.name,
-                     "mean": mean, "std": std, "summary": json.loads(json.dumps(result))},
-                    self.out / "model.pt")
+        write_model(self.out / "model.pt", weights=best["model"], thresholds=best["thresholds"], spec=self.spec,
+                    catalog=self.catalog, mean=mean, std=std, summary=result)
         return result
 
 

@@ -9,7 +9,36 @@ import zarr
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from hpa_batch.synth import composite
+from hpa_batch import CHANNELS
+
+F32 = np.float32
+
+
+def _stretch(a: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.9) -> np.ndarray:
+    """Percentile stretch to [0, 1] (float32) with a minimum range of 3% of the dtype range.
+
+    The floor keeps noise-only channels (Negative images) dark instead of stretching
+    the noise to full brightness.
+    """
+    lo, hi = np.percentile(a, [lo_pct, hi_pct])
+    full = float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else 1.0
+    hi = max(float(hi), float(lo) + 0.03 * full)
+    return np.clip((a.astype(F32) - F32(lo)) / F32(hi - lo), 0, 1)
+
+
+def composite(channels: np.ndarray) -> np.ndarray:
+    """HPA-style RGB composite of a (4, h, w) stack in canonical order.
+
+    Each channel is percentile-stretched (1 - 99.9 %, see :func:`_stretch`); yellow is
+    added to red and green.
+
+    Returns
+    -------
+    ndarray of uint8, shape (h, w, 3)
+    """
+    r, g, b, y = (_stretch(channels[CHANNELS.index(c)]) for c in ("red", "green", "blue", "yellow"))
+    rgb = np.stack([r + F32(0.8) * y, g + F32(0.8) * y, b], axis=-1)
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def overlay(channels: np.ndarray, cells: np.ndarray, nuclei: np.ndarray | None = None) -> np.ndarray:

@@ -113,7 +113,7 @@ def test_merge_reads_thresholds_without_torch(tmp_path):
     assert np.allclose(got, [0.3, 0.5]) and got.dtype == np.float32
     # every module a CPU rule (envs/cpu.yaml, no torch) runs imports without torch, torch made unimportable
     cpu = ["cli", "manifest", "convert", "qc", "segment", "measure", "tiles", "splits", "merge", "submit",
-           "baseline", "evaluate", "report", "plan", "validate"]
+           "baseline", "evaluate", "report", "plan", "validate", "checkpoint", "layout", "viz"]
     code = ("import importlib, sys\n"
             "class Block:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
@@ -123,3 +123,14 @@ def test_merge_reads_thresholds_without_torch(tmp_path):
             f"[importlib.import_module('hpa_batch.' + m) for m in {cpu!r}]\n"
             "print('ok')")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "ok"
+
+
+def test_stages_import_only_what_they_use():
+    """Inference does not import the trainer; the report and its pictures do not import the generator."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hpa_batch.predict, hpa_batch.report, hpa_batch.viz\n"
+            "print(sorted(m for m in ('hpa_batch.train', 'hpa_batch.synth') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

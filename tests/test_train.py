@@ -156,9 +156,8 @@ def test_image_hybrid_with_study_002_weights_and_mixed_channels(trainable, tmp_p
     import zarr
 
     from hpa_batch.measure import IMAGE_FEATURE_COLUMNS, STUDY_002_FEATURE_WEIGHTS
-    from hpa_batch.models import channel_map
+    from hpa_batch.models import channel_map, prepare
     from hpa_batch.predict import load_folds, predict_shard, run_models
-    from hpa_batch.train import prepare
 
     cfg = yaml.safe_load(trainable["config"].read_text())
     cfg["models"] = [{**TINY, "level": "image", "features": True, "batch_size": 2, "input_size": 32,
