@@ -32,44 +32,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sklearn.base import ClassifierMixin
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
-from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from hpa_batch.classifiers import BASELINES
 from hpa_batch.labels import LabelCatalog, format_labels
 from hpa_batch.measure import FEATURE_COLUMNS, feature_matrix
 from hpa_batch.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
 from hpa_batch.progress import get_logger
-from hpa_batch.registry import Registry
 from hpa_batch.splits import multi_hot
 from hpa_batch.tables import atomic_path, atomic_write_text, to_arrow
 
-BASELINES: Registry[ClassifierMixin] = Registry("baseline classifier")
-
 __all__ = ["BASELINES", "FEATURE_COLUMNS", "create_baseline", "features", "fit_baseline", "run_baseline"]
-
-
-@BASELINES.register("hist_gradient_boosting")
-def _hgb(seed: int, n_jobs: int) -> ClassifierMixin:
-    # one class at a time; each booster uses the job's OpenMP threads (no process pool on top)
-    return OneVsRestClassifier(HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=31,
-                                                              l2_regularization=1.0, random_state=seed))
-
-
-@BASELINES.register("random_forest")
-def _rf(seed: int, n_jobs: int) -> ClassifierMixin:
-    return OneVsRestClassifier(RandomForestClassifier(n_estimators=200, min_samples_leaf=3, random_state=seed,
-                                                      n_jobs=n_jobs))
-
-
-@BASELINES.register("logistic")
-def _logistic(seed: int, n_jobs: int) -> ClassifierMixin:
-    return OneVsRestClassifier(LogisticRegression(C=1.0, max_iter=2000, random_state=seed), n_jobs=n_jobs)
 
 
 def _fit(name: str, options: dict[str, Any], x: np.ndarray, y: np.ndarray) -> Pipeline:

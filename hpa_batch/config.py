@@ -25,10 +25,40 @@ class ConfigError(ValueError):
     """Configuration that does not satisfy the schema."""
 
 
+#: Schema properties marked ``x-registry: <name>`` accept exactly the names registered there.
+REGISTRIES = {"schedules": ("hpa_batch.schedules", "SCHEDULES"),
+              "baselines": ("hpa_batch.classifiers", "BASELINES"),
+              "catalogs": ("hpa_batch.labels", "CATALOGS")}
+
+
+def _registered(name: str) -> list[str]:
+    import importlib
+
+    module, attr = REGISTRIES[name]
+    registry = getattr(importlib.import_module(module), attr)
+    return sorted(registry) if isinstance(registry, dict) else registry.names()
+
+
+def _fill_registries(node: Any) -> None:
+    """Give every ``x-registry`` property of the schema the registry's names as its ``enum``."""
+    if isinstance(node, dict):
+        if "x-registry" in node:
+            node["enum"] = _registered(node["x-registry"])
+        for value in node.values():
+            _fill_registries(value)
+    elif isinstance(node, list):
+        for value in node:
+            _fill_registries(value)
+
+
 def load_schema() -> dict[str, Any]:
-    """Return the configuration JSON schema as a dict."""
+    """Return the configuration JSON schema as a dict, registry names filled in as enums (the
+    registries are the one list of the names; the Snakefile's ``validate`` sees the file without them
+    and ``config_from_dict`` checks them)."""
     text = resources.files("hpa_batch").joinpath("schemas/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    schema = yaml.safe_load(text)
+    _fill_registries(schema)
+    return schema
 
 
 def _with_defaults(validator_cls: type) -> type:

@@ -107,3 +107,22 @@ def test_an_unlabelled_set_only_applies_models_trained_elsewhere(tmp_path):
     (tmp_path / "fold1").mkdir()  # no model.pt: not a fold
     assert fold_files(cfg.results_dir, cfg.raw["models"][0], "history.csv") == [
         tmp_path / "fold0" / "history.csv", tmp_path / "fold2" / "history.csv"]
+
+
+def test_registry_names_are_the_schema_choices():
+    """The registries are the one list of names: a newly registered schedule validates at once."""
+    from hpa_batch.schedules import SCHEDULES, register_schedule
+
+    schema = load_schema()
+    model = schema["properties"]["baseline"]["properties"]["model"]
+    from hpa_batch.classifiers import BASELINES
+
+    assert model["enum"] == BASELINES.names()
+    with pytest.raises(ConfigError, match="'warmup_then_flat' is not one of"):
+        config_from_dict({"models": [{"name": "m", "schedule": {"kind": "warmup_then_flat"}}]})
+    register_schedule("warmup_then_flat")(lambda epochs, **kw: lambda e: 0.1)
+    try:
+        cfg = config_from_dict({"models": [{"name": "m", "schedule": {"kind": "warmup_then_flat"}}]})
+        assert cfg.raw["models"][0]["schedule"]["kind"] == "warmup_then_flat"
+    finally:
+        SCHEDULES._factories.pop("warmup_then_flat")
