@@ -94,7 +94,8 @@ def side_by_side(cells: pd.DataFrame, images: pd.DataFrame, base: tuple[pd.DataF
     """Deep and baseline metrics on the images ``ids``."""
     out = {}
     for name, (c, i) in {"deep": (cells, images), "baseline": base}.items():
-        r = evaluate_run(c[c.image_id.isin(ids)], i[i.image_id.isin(ids)], stores, truth, catalog, 0.6, ious)
+        r = evaluate_run(c[c.image_id.isin(ids)], i[i.image_id.isin(ids)], stores, truth, catalog, iou_threshold=0.6,
+                         ious=ious)
         out[name] = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in KEYS}
     return out
 

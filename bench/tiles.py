@@ -1,9 +1,11 @@
 """Tile store benchmark: reading random minibatches as the training loader does, and writing.
 
 Read: a tile store of ``--tiles`` cell tiles (256 px, real synthetic cells replicated) is read for one
-epoch with :class:`hpa_batch.tiles.TileReader` (chunk-shuffled, buffer-shuffled minibatches of 64) on
-one thread; prints tiles/s/core (goal >= 1,000) and, as the peer, the rate of reading the same store
-in order, chunk by chunk. Write: ``hpa-batch tiles`` on segmented shards (crop, resize, uint8
+epoch the way training reads it (:func:`hpa_batch.loader.epoch_plan` over a
+:class:`~hpa_batch.loader.TileIndex`, :class:`~hpa_batch.loader.GroupDataset` buffers of 16 whole
+chunks through :func:`~hpa_batch.loader.iterate_batches`, minibatches of 64) in one process; prints
+tiles/s/core (goal >= 1,000) and, as the peer, the rate of reading the same store in order, chunk by
+chunk. Write: ``hpa-batch tiles`` on segmented shards (crop, resize, uint8
 mapping, packing), tiles/s on one core.
 
     python bench/tiles.py [--tiles 4096] [--out bench/out/tiles]
@@ -22,6 +24,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from hpa_batch.config import load_config
+from hpa_batch.loader import GroupDataset, build_index, epoch_plan, iterate_batches
 from hpa_batch.plan import plan_from_config
 from hpa_batch.tiles import TileReader, tiles_shard
 
@@ -53,7 +56,24 @@ def big_store(source: Path, path: Path, n: int, chunk: int) -> Path:
                             compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")])
     for start in range(0, n, chunk):
         arr[start : start + chunk] = tiles[reps[start : start + chunk]]
+    ids = np.array([f"img{k // 32:05d}" for k in range(n)], dtype=object)  # 32 cells per image
+    root.create_array("cell_image", shape=(n,), dtype=str, chunks=(n,))[:] = ids
+    root.create_array("cell_id", shape=(n,), dtype="int32", chunks=(n,))[:] = np.arange(n, dtype=np.int32)
     return path
+
+
+def training_read_rate(store: Path) -> tuple[int, float]:
+    """Tiles and tiles/s of one epoch read by the training loader's own path (labels and folds made up:
+    they do not change what is read)."""
+    import pandas as pd
+
+    ids = sorted(set(zarr.open_group(store, mode="r")["cell_image"][:]))
+    splits = pd.DataFrame({"image_id": ids, "labels": [[k % 19] for k in range(len(ids))], "fold": 0})
+    index = build_index([store], splits, "cell", 19)
+    t0 = time.perf_counter()
+    plan = epoch_plan(index, np.arange(len(index)), 64, seed=1, epoch=0, buffer_chunks=16)
+    seen = sum(len(x) for _, x, _, _, _ in iterate_batches(GroupDataset(index, plan, [0, 1, 2, 3]), 0))
+    return seen, seen / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -66,10 +86,8 @@ def main() -> None:
     zarr.config.set({"threading.max_workers": 1})
     w_rate, first = write_rate(args.seg, args.out)
     store = big_store(first, args.out / "big.zarr", args.tiles, 64)
+    seen, shuffled = training_read_rate(store)
     reader = TileReader(store)
-    t0 = time.perf_counter()
-    seen = sum(len(idx) for idx, _ in reader.iter_batches(64, seed=1))
-    shuffled = seen / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     for start in range(0, reader.n, reader.chunk):
         reader.read_rows(start, start + reader.chunk)

@@ -113,7 +113,7 @@ def main() -> None:
     args = ap.parse_args()
     n = args.batch * (args.steps + 8)
     store = make_store(args.out / f"tiles-{args.size}-{n}.zarr", n, args.size)
-    t = Trainer(spec_for(args), 0, [store], splits_for(n), CATALOGS["hpa2021"], args.out / "run")
+    t = Trainer(spec_for(args), 0, [store], splits_for(n), CATALOGS["hpa2021"], out=args.out / "run")
     t.net.train()
     alone = model_alone(t, args.steps, args.batch, args.size)
     full = pipeline(t, args.steps)

@@ -149,8 +149,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not manifest.is_file():
         _run_manifest(cfg, args.shard, manifest, manifest_rejected, None)
     convert_shard(
-        cfg, manifest, manifest_rejected, args.store or p["store"], args.rejected or p["rejected"],
-        args.summary or p["convert_summary"], threads=args.threads,
+        cfg, manifest, manifest_rejected, args.store or p["store"], rejected_out=args.rejected or p["rejected"],
+        summary_out=args.summary or p["convert_summary"], threads=args.threads,
     )
     return 0
 
@@ -232,7 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "it is only applied here; remove trained: to train it in this run")
     out = args.out or result(cfg.results_dir, "fold_dir", model=args.model, fold=args.fold)
     splits = args.splits or result(cfg.results_dir, "splits")
-    summary = train_model(spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out, args.device)
+    summary = train_model(spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out=out,
+                          device=args.device)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -308,9 +309,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     stores = list(_per_shard(cfg, args.stores, "store").values())
     truth = truth_table(stores, Path(truth_dir), cfg.catalog) if truth_dir else None
     merge_tables(shards, args.splits or result(r, "splits"), cfg.catalog, cfg.raw["merge"],
-                 cell_t if cell_t is not None else model_thresholds([], n),
-                 args.cells or result(r, "cells_table"), args.images or result(r, "images_table"), truth,
-                 image_thresholds=image_t)
+                 thresholds=cell_t if cell_t is not None else model_thresholds([], n),
+                 out_cells=args.cells or result(r, "cells_table"), out_images=args.images or result(r, "images_table"),
+                 truth=truth, image_thresholds=image_t)
     return 0
 
 
@@ -394,7 +395,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             thresholds = np.asarray(summary["thresholds"])
         folds, all_unseen = _held_out_of(cfg, args)
         metrics = evaluate_all(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog,
-                               set(folds), baseline, thresholds, max_class_share=max_share, all_unseen=all_unseen)
+                               trained_folds=set(folds), baseline=baseline, baseline_thresholds=thresholds,
+                               max_class_share=max_share, all_unseen=all_unseen)
     from hpa_batch.tables import atomic_write_text
 
     atomic_write_text(args.out or result(r, "metrics"), json.dumps(metrics, indent=1))
@@ -420,7 +422,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     n_classes = get_catalog(args.catalog).n_classes
     source = table_predictions(args.cells, n_classes) if args.cells else list(args.predictions)
-    n = write_submission(source, list(args.stores), args.out, n_classes, args.min_confidence)
+    n = write_submission(source, list(args.stores), args.out, n_classes, min_confidence=args.min_confidence)
     print(f"{n} images -> {args.out}")
     return 0
 

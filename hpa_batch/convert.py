@@ -182,6 +182,7 @@ def convert_shard(
     manifest_path: Path,
     manifest_rejected: Path,
     store: Path,
+    *,
     rejected_out: Path,
     summary_out: Path,
     threads: int = 1,

@@ -188,7 +188,7 @@ def predicted_ids(text: str | None, catalog: LabelCatalog) -> list[int]:
 
 
 def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
-                 catalog: LabelCatalog, iou_threshold: float = 0.6,
+                 catalog: LabelCatalog, *, iou_threshold: float = 0.6,
                  ious: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> dict[str, object]:
     """Metrics of a run: image-level macro-F1 / per-class F1 and AP, and with per-cell truth the
     instance mAP at ``iou_threshold`` (fused probabilities), cell accuracy, per cell line.
@@ -388,7 +388,7 @@ def unlabelled_metrics(cells: pd.DataFrame, images: pd.DataFrame, catalog: Label
 
 
 def evaluate_all(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
-                 catalog: LabelCatalog, trained_folds: set[int], baseline: pd.DataFrame | None = None,
+                 catalog: LabelCatalog, *, trained_folds: set[int], baseline: pd.DataFrame | None = None,
                  baseline_thresholds: np.ndarray | None = None, iou_threshold: float = 0.6,
                  max_class_share: float = 0.6, all_unseen: bool = False) -> dict[str, object]:
     """``metrics.json``: the deep model's metrics on every image at the top level (as before), then
@@ -398,11 +398,11 @@ def evaluate_all(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
     held = held_out_images(images, trained_folds, all_unseen=all_unseen)
 
     def both(c: pd.DataFrame, i: pd.DataFrame) -> tuple[dict[str, object], dict[str, object] | None]:
-        everything = evaluate_run(c, i, stores, truth_dir, catalog, iou_threshold, ious)
+        everything = evaluate_run(c, i, stores, truth_dir, catalog, iou_threshold=iou_threshold, ious=ious)
         if not held:
             return everything, None
         sub = evaluate_run(c[c["image_id"].isin(held)], i[i["image_id"].isin(held)], stores, truth_dir, catalog,
-                           iou_threshold, ious)
+                           iou_threshold=iou_threshold, ious=ious)
         return everything, sub
 
     result, held_metrics = both(cells, images)

@@ -97,7 +97,7 @@ def _batches(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return out
 
 
-def epoch_plan(index: TileIndex, positions: np.ndarray, batch_size: int, seed: int, epoch: int,
+def epoch_plan(index: TileIndex, positions: np.ndarray, batch_size: int, *, seed: int, epoch: int,
                buffer_chunks: int, shuffle: bool = True, rank: int = 0, world: int = 1
                ) -> list[list[np.ndarray]]:
     """Groups of minibatches (arrays of positions into ``index``) for one epoch of one rank.
@@ -166,14 +166,26 @@ class GroupDataset(torch.utils.data.Dataset):
         return self._arrays[(store, name)]
 
     def _gather(self, pos: np.ndarray, name: str, select: list[int] | None) -> np.ndarray:
+        """Rows ``pos`` of array ``name`` (``select``: planes to keep), one read per whole chunk and
+        one copy per row (the index's chunk of the tiles array is also the row block of the features)."""
         idx = self.index
-        chunks: dict[tuple[int, int], np.ndarray] = {}
-        for s, c, size in {(int(idx.store[p]), int(idx.row[p] // idx.chunk[p]), int(idx.chunk[p])) for p in pos}:
-            # the index's chunk (of the tiles array) is also the row block of the features array
-            block = self._array(s, name)[c * size : (c + 1) * size]
-            chunks[(s, c)] = block[:, select] if select is not None else block
-        return np.stack([chunks[(int(idx.store[p]), int(idx.row[p] // idx.chunk[p]))][idx.row[p] % idx.chunk[p]]
-                         for p in pos])
+        size = idx.chunk[pos]
+        key = idx.store[pos] * (1 << 32) + idx.row[pos] // size
+        within = idx.row[pos] % size
+        out: np.ndarray | None = None
+        for k in np.unique(key):
+            mine = np.flatnonzero(key == k)
+            s, c, n = int(idx.store[pos[mine[0]]]), int(k & ((1 << 32) - 1)), int(size[mine[0]])
+            block = self._array(s, name)[c * n : (c + 1) * n]
+            rows = block[within[mine]]
+            if select is not None and list(select) != list(range(block.shape[1])):
+                rows = rows[:, select]
+            if out is None:
+                out = np.empty((len(pos), *rows.shape[1:]), rows.dtype)
+            out[mine] = rows
+        if out is None:
+            raise ValueError("no rows to read")
+        return out
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         pos = np.concatenate(self.groups[i])

@@ -229,7 +229,7 @@ def _blob_features(green: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, thr
     }
 
 
-def cell_features(crop: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, bg: np.ndarray,
+def cell_features(crop: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, *, bg: np.ndarray,
                   sigma: np.ndarray, params: MeasureConfig) -> dict[str, float]:
     """Hand-crafted localisation features of one cell.
 
@@ -296,7 +296,7 @@ def measure_image(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, bord
     for k, row in geo.iterrows():
         sl = (slice(int(row.bbox_y0), int(row.bbox_y1)), slice(int(row.bbox_x0), int(row.bbox_x1)))
         crop = np.clip(pix[sl].astype(np.float32) - bg.astype(np.float32), 0, None)
-        feats.append(cell_features(crop, cells[sl] == k, nuclei[sl] == k, bg, sigma, params))
+        feats.append(cell_features(crop, cells[sl] == k, nuclei[sl] == k, bg=bg, sigma=sigma, params=params))
     table = table.join(pd.DataFrame(feats, index=geo.index))
     table.index.name = "cell_id"
     return table.reset_index()
@@ -326,7 +326,7 @@ def image_feature_row(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, 
     bg, sigma = background(pix, cells)
     crop = np.clip(pix.astype(np.float32) - bg.astype(np.float32), 0, None)
     region = cells > 0 if (cells > 0).any() else np.ones(cells.shape, bool)
-    feats = cell_features(crop, region, (nuclei > 0) & region, bg, sigma, params)
+    feats = cell_features(crop, region, (nuclei > 0) & region, bg=bg, sigma=sigma, params=params)
     row = np.array([feats[c] for c in IMAGE_FEATURE_COLUMNS], np.float64)
     return np.where(np.isfinite(row), row, 0.0).astype(np.float32)
 

@@ -121,8 +121,8 @@ def _probs(table: pd.DataFrame, n: int) -> np.ndarray:
     return table[[f"prob_{k}" for k in range(n)]].to_numpy(np.float32)
 
 
-def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCatalog, options: dict[str, Any],
-                thresholds: np.ndarray, truth: pd.DataFrame | None, *, image_thresholds: np.ndarray | None = None
+def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCatalog, *, options: dict[str, Any],
+                thresholds: np.ndarray, truth: pd.DataFrame | None, image_thresholds: np.ndarray | None = None
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The cells and images rows of one shard (``thresholds`` ``(c,)`` for the cells' fused
     probabilities, ``image_thresholds`` for the images' ``predicted``, default the same)."""
@@ -231,9 +231,9 @@ def model_thresholds(paths: list[Path], n: int) -> np.ndarray:
     return np.mean(values, axis=0) if values else np.full(n, 0.5, np.float32)
 
 
-def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCatalog, options: dict[str, Any],
+def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCatalog, options: dict[str, Any], *,
                  thresholds: np.ndarray, out_cells: Path, out_images: Path,
-                 truth: pd.DataFrame | None = None, *, image_thresholds: np.ndarray | None = None
+                 truth: pd.DataFrame | None = None, image_thresholds: np.ndarray | None = None
                  ) -> tuple[int, int]:
     """Stream every shard into the two tables (written under temporary names, renamed at the end);
     thresholds as in :func:`merge_shard`."""
@@ -244,7 +244,7 @@ def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCat
     with atomic_path(out_cells) as tmp_c, atomic_path(out_images) as tmp_i, \
             pq.ParquetWriter(tmp_c, cschema) as wc, pq.ParquetWriter(tmp_i, ischema) as wi:
         for inp in shards:
-            cells, images = merge_shard(inp, splits, n, catalog, options, thresholds, truth,
+            cells, images = merge_shard(inp, splits, n, catalog, options=options, thresholds=thresholds, truth=truth,
                                         image_thresholds=image_thresholds)
             if len(cells):
                 wc.write_table(to_arrow(cells, cschema))

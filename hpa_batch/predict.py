@@ -86,8 +86,8 @@ def run_models(models: list[torch.nn.Module], x: torch.Tensor, tta: bool, embedd
     return p, (torch.stack(feats).mean(0).cpu().numpy() if embeddings else None)
 
 
-def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: LabelCatalog, model_name: str,
-                  batch_size: int = 128, device: str | None = None, *, level: str | None = None) -> int:
+def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: LabelCatalog, model_name: str, *,
+                  batch_size: int = 128, device: str | None = None, level: str | None = None) -> int:
     """Predict every row of a shard's tile store with the fold ensemble; return the row count
     (checkpoints must match ``catalog`` and, when given, ``level``)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

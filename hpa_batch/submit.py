@@ -316,6 +316,7 @@ def write_submission(
     stores: list[Path],
     out: Path,
     n_classes: int,
+    *,
     min_confidence: float = 0.0,
     classes: Sequence[int] | None = None,
 ) -> int:

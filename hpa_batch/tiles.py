@@ -107,7 +107,7 @@ def crop_box(bbox: tuple[int, int, int, int], margin: float) -> tuple[int, int, 
     return top, left, top + side, left + side
 
 
-def cell_tile(image: np.ndarray, cells: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int],
+def cell_tile(image: np.ndarray, cells: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int], *,
               window: np.ndarray, spec: TilesConfig) -> np.ndarray:
     """One cell's tile.
 
@@ -213,7 +213,7 @@ def image_tiles(path: Path, cells_table: pd.DataFrame, spec: TilesConfig, measur
         cells = group["labels"]["cells"]["s0"][...]
         for i, r in enumerate(rows.itertuples()):
             bbox = (r.bbox_y0, r.bbox_x0, r.bbox_y1, r.bbox_x1)
-            tiles[i] = cell_tile(image, cells, int(r.cell_id), bbox, window, spec)
+            tiles[i] = cell_tile(image, cells, int(r.cell_id), bbox, window=window, spec=spec)
     whole = image_input(small, window, spec.image_size)
     labels = group["labels"]
     image_row = image_feature_row(small, labels["cells"][level][...], labels["nuclei"][level][...], measure)
@@ -316,11 +316,8 @@ def _write_store(cfg: Config, store: Path, table: pd.DataFrame, image_ids: list[
 
 
 class TileReader:
-    """Reads a tile store the way training does: whole chunks, shuffled at two levels.
-
-    Each epoch visits the chunks in a random order, keeps ``buffer_chunks`` decoded chunks in a
-    buffer, shuffles the rows within the buffer and yields minibatches; every row is read exactly
-    once per epoch and every read decodes a whole chunk (never one tile per file read).
+    """Reads a tile store's rows in order, as inference does (training reads through
+    :mod:`hpa_batch.loader`: epoch plans of whole chunks in shuffle buffers).
 
     Parameters
     ----------
@@ -346,31 +343,3 @@ class TileReader:
         """Feature rows ``start:stop`` of the cells (or images): ``(k, f)`` float32."""
         return np.asarray(features_array(self.group, self.path, self.kind)[start:stop], np.float32)
 
-    def iter_batches(self, batch_size: int, seed: int = 0, shuffle: bool = True, buffer_chunks: int = 4,
-                     rows: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(row_indices (b,), tiles (b, 4, S, S) uint8)`` minibatches for one epoch.
-
-        Parameters
-        ----------
-        rows : numpy.ndarray, optional
-            Only these row indices (e.g. one fold); chunks without any of them are not read.
-        """
-        rng = np.random.default_rng(seed)
-        wanted = np.ones(self.n, bool) if rows is None else np.isin(np.arange(self.n), rows)
-        chunks = np.unique(np.flatnonzero(wanted) // self.chunk)
-        if shuffle:
-            chunks = rng.permutation(chunks)
-        buf_idx: list[np.ndarray] = []
-        buf_data: list[np.ndarray] = []
-        for i, k in enumerate(chunks):
-            start, stop = int(k) * self.chunk, min((int(k) + 1) * self.chunk, self.n)
-            keep = np.flatnonzero(wanted[start:stop])
-            buf_idx.append(start + keep)
-            buf_data.append(self.read_rows(start, stop)[keep])
-            if len(buf_idx) >= buffer_chunks or i == len(chunks) - 1:
-                idx, data = np.concatenate(buf_idx), np.concatenate(buf_data)
-                order = rng.permutation(len(idx)) if shuffle else np.arange(len(idx))
-                for b in range(0, len(order), batch_size):
-                    sel = order[b : b + batch_size]
-                    yield idx[sel], data[sel]
-                buf_idx, buf_data = [], []

@@ -240,7 +240,7 @@ class Trainer:
     """Trains one model spec on one fold; see the module docstring."""
 
     def __init__(self, spec: dict[str, Any], fold: int, stores: list[Path], splits: pd.DataFrame,
-                 catalog: LabelCatalog, out: Path, device: str | None = None):
+                 catalog: LabelCatalog, *, out: Path, device: str | None = None):
         self.spec, self.fold, self.out, self.catalog = spec, fold, out, catalog
         self.stopped_early: int | None = None  # epoch (1-based) at which early stopping ended training
         self.log = get_logger()
@@ -319,8 +319,8 @@ class Trainer:
         return torch.optim.Adam(params, lr=lr0, weight_decay=wd)
 
     def _plan(self, epoch: int) -> list[list[np.ndarray]]:
-        return epoch_plan(self.index, self.train_pos, self.spec["batch_size"], self.spec["seed"], epoch,
-                          self.spec["buffer_chunks"], rank=self.rank, world=self.world)
+        return epoch_plan(self.index, self.train_pos, self.spec["batch_size"], seed=self.spec["seed"], epoch=epoch,
+                          buffer_chunks=self.spec["buffer_chunks"], rank=self.rank, world=self.world)
 
     # -- checkpoints
     @property
@@ -546,11 +546,11 @@ class Trainer:
         return result
 
 
-def train_model(spec: dict[str, Any], fold: int, stores: list[Path], splits_path: Path, catalog: LabelCatalog,
+def train_model(spec: dict[str, Any], fold: int, stores: list[Path], splits_path: Path, catalog: LabelCatalog, *,
                 out: Path, device: str | None = None) -> dict[str, Any]:
     """Train one model spec on one fold into ``out`` (``results/models/{name}/fold{k}``)."""
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(spec, fold, stores, pd.read_parquet(splits_path), catalog, out, device)
+    trainer = Trainer(spec, fold, stores, pd.read_parquet(splits_path), catalog, out=out, device=device)
     try:
         return trainer.fit()
     finally:

@@ -30,8 +30,8 @@ def test_merge_keeps_rejected_and_zero_cell_images(segmented, tmp_path):
     shards[0] = ShardInputs(*[extra if f == "rejected" else getattr(shards[0], f) for f in shards[0].__dataclass_fields__])
     write_splits(make_splits([s.manifest for s in shards], cat, 3, 0, 1), tmp_path / "splits.parquet")
     opts = {"fusion": "product", "cell_weight": 0.5}
-    n_cells, n_images = merge_tables(shards, tmp_path / "splits.parquet", cat, opts, np.full(19, 0.5),
-                                     tmp_path / "cells.parquet", tmp_path / "images.parquet")
+    n_cells, n_images = merge_tables(shards, tmp_path / "splits.parquet", cat, opts, thresholds=np.full(19, 0.5),
+                                     out_cells=tmp_path / "cells.parquet", out_images=tmp_path / "images.parquet")
     assert n_images == 7 and n_cells == sum(len(pd.read_parquet(s.cells)) for s in shards)
     assert pq.read_schema(tmp_path / "cells.parquet").equals(cells_schema(19, False), check_metadata=False)
     images = pd.read_parquet(tmp_path / "images.parquet").set_index("image_id")
@@ -52,7 +52,7 @@ def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
     write_splits(make_splits([shard.manifest], cat, 3, 0, 1), tmp_path / "splits.parquet")
     for fusion, expected in (("product", "0"), ("cell", "0"), ("mean", "0")):
         merge_tables([shard], tmp_path / "splits.parquet", cat, {"fusion": fusion, "cell_weight": 0.5},
-                     np.full(19, 0.5), tmp_path / "c.parquet", tmp_path / "i.parquet")
+                     thresholds=np.full(19, 0.5), out_cells=tmp_path / "c.parquet", out_images=tmp_path / "i.parquet")
         out = pd.read_parquet(tmp_path / "c.parquet")
         assert (out["predicted"] == expected).all(), fusion
         assert np.allclose(out["fused_prob_0"], {"product": 0.36, "cell": 0.6, "mean": 0.6}[fusion])
@@ -75,7 +75,7 @@ def test_image_refused_after_admission_appears_once_and_never_in_splits(segmente
     assert victim not in set(splits["image_id"]) and len(splits) == len(manifest) - 1
     write_splits(splits, tmp_path / "splits.parquet")
     merge_tables([shard], tmp_path / "splits.parquet", cat, {"fusion": "product", "cell_weight": 0.5},
-                 np.full(19, 0.5), tmp_path / "c.parquet", tmp_path / "i.parquet")
+                 thresholds=np.full(19, 0.5), out_cells=tmp_path / "c.parquet", out_images=tmp_path / "i.parquet")
     images = pd.read_parquet(tmp_path / "i.parquet")
     assert images["image_id"].is_unique and len(images) == len(manifest)
     row = images.set_index("image_id").loc[victim]

@@ -58,7 +58,8 @@ def test_baseline_view_puts_baseline_probabilities_in_place_of_the_fused_ones():
     assert i.set_index("image_id").at["b", "predicted"] == "|".join(str(k) for k in range(N))  # 0.4 >= 0.35
     assert i.set_index("image_id").at["c", "predicted"] == ""  # no cells
     assert pd.isna(i.set_index("image_id").at["r", "predicted"])  # refused stays refused
-    result = evaluate_all(cells, images, [], None, CAT, {0}, base, np.full(N, 0.35))
+    result = evaluate_all(cells, images, [], None, CAT, trained_folds={0}, baseline=base,
+                          baseline_thresholds=np.full(N, 0.35))
     assert result["held_out_images"] == 1 and result["held_out"]["images"] == 1
     assert set(result["baseline"]) == {"all", "held_out"} and result["baseline"]["all"]["images"] == 3
     assert result["image_macro_f1"] > result["baseline"]["all"]["image_macro_f1"]
@@ -68,7 +69,7 @@ def test_report_has_every_section_without_models_tiles_or_baseline(tmp_path):
     cells, images = tables()
     images.to_parquet(tmp_path / "images.parquet")
     cells.to_parquet(tmp_path / "cells.parquet")
-    metrics = evaluate_all(cells, images, [], None, CAT, set())
+    metrics = evaluate_all(cells, images, [], None, CAT, trained_folds=set())
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     inp = ReportInputs(cells=tmp_path / "cells.parquet", images=tmp_path / "images.parquet",
                        metrics=tmp_path / "metrics.json", baseline=None, histories=[tmp_path / "missing.csv"],

@@ -49,13 +49,13 @@ def test_cell_tile_geometry_and_mask():
     image[:, 18:20, 30:70] = 1000  # just outside the cell, inside the crop margin
     window = np.tile(np.array([[0.0, 1000.0]], np.float32), (4, 1))
     spec = config_from_dict({"tiles": {"size": 40, "margin": 0.0}}).tiles
-    tile = cell_tile(image, cells, 1, (20, 30, 40, 70), window, spec)
+    tile = cell_tile(image, cells, 1, (20, 30, 40, 70), window=window, spec=spec)
     assert tile.shape == (4, 40, 40) and tile.dtype == np.uint8
     # the 40-px side maps 1:1; the 20-px tall cell sits centred: rows 10..30 bright
     assert tile[0, 10:30, :].min() == 255 and tile[0, 8:10, :].min() == 255  # rows 18..20 visible
     assert tile[0, :8, :].max() == 0 and tile[0, 30:, :].max() == 0
-    masked = cell_tile(image, cells, 1, (20, 30, 40, 70), window,
-                       config_from_dict({"tiles": {"size": 40, "margin": 0.0, "mask_outside": True}}).tiles)
+    masked = cell_tile(image, cells, 1, (20, 30, 40, 70), window=window,
+                       spec=config_from_dict({"tiles": {"size": 40, "margin": 0.0, "mask_outside": True}}).tiles)
     assert masked[0, :10, :].max() == 0 and masked[0, 10:30, :].min() == 255
 
 
@@ -85,22 +85,3 @@ def test_chunked_appender_equals_direct_write(tmp_path, chunk):
     assert np.array_equal(arr[:], rows)
 
 
-def test_tile_reader_epoch_reads_every_row_once(tmp_path):
-    from hpa_batch.tiles import TileReader
-
-    rows = np.arange(50, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 2, 2), np.uint8)
-    root = zarr.open_group(tmp_path / "t.zarr", mode="w")
-    root.create_array("cells", shape=rows.shape, chunks=(8, 4, 2, 2), dtype="uint8")[:] = rows
-    reader = TileReader(tmp_path / "t.zarr")
-    batches = list(reader.iter_batches(7, seed=3, buffer_chunks=2))
-    idx = np.concatenate([i for i, _ in batches])
-    assert sorted(idx.tolist()) == list(range(50)) and idx.tolist() != list(range(50))
-    for i, data in batches:
-        assert np.array_equal(data[:, 0, 0, 0], i)  # rows travel with their indices
-    again = np.concatenate([i for i, _ in reader.iter_batches(7, seed=3, buffer_chunks=2)])
-    assert np.array_equal(idx, again)  # deterministic per seed
-    subset = np.array([3, 9, 10, 49])
-    got = np.concatenate([i for i, _ in reader.iter_batches(2, seed=0, rows=subset)])
-    assert sorted(got.tolist()) == subset.tolist()
-    ordered = np.concatenate([i for i, _ in reader.iter_batches(16, shuffle=False)])
-    assert ordered.tolist() == list(range(50))

@@ -59,10 +59,10 @@ def test_epoch_plan_covers_rows_once_and_ranks_are_disjoint(trainable):
     flat = np.concatenate([b for g in plan for b in g])
     assert sorted(flat.tolist()) == pos.tolist() and flat.tolist() != pos.tolist()
     assert all(len(b) >= 2 for g in plan for b in g)
-    again = np.concatenate([b for g in epoch_plan(index, pos, 8, 0, 1, 2) for b in g])
+    again = np.concatenate([b for g in epoch_plan(index, pos, 8, seed=0, epoch=1, buffer_chunks=2) for b in g])
     assert np.array_equal(flat, again)
-    r0 = [b for g in epoch_plan(index, pos, 8, 0, 1, 1, rank=0, world=2) for b in g]
-    r1 = [b for g in epoch_plan(index, pos, 8, 0, 1, 1, rank=1, world=2) for b in g]
+    r0 = [b for g in epoch_plan(index, pos, 8, seed=0, epoch=1, buffer_chunks=1, rank=0, world=2) for b in g]
+    r1 = [b for g in epoch_plan(index, pos, 8, seed=0, epoch=1, buffer_chunks=1, rank=1, world=2) for b in g]
     assert len(r0) == len(r1) and not set(np.concatenate(r0)) & set(np.concatenate(r1))
     # weak labels: a tile carries its image's labels
     row = splits.set_index("image_id").loc[index.image_id[0]]
@@ -200,12 +200,12 @@ def test_checkpoint_round_trip(trainable, tmp_path):
 
     splits = pd.read_parquet(trainable["splits"])
     spec = {**trainable["cfg"].raw["models"][0]}
-    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     a.train_epoch(0)
     a.state.epoch = 1
     a.save_state()
     expected_rand = torch.rand(3)
-    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     assert b.load_state()
     for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(v, w), k
@@ -252,7 +252,8 @@ def test_resume_around_label_refinement_is_bit_exact(trainable, tmp_path, when):
     from hpa_batch.train import training_positions
 
     train_pos, _ = training_positions(index, 0, c.raw["models"][0], None)
-    per_epoch = sum(len(g) for g in epoch_plan(index, train_pos, 16, 0, 0, c.raw["models"][0]["buffer_chunks"]))
+    per_epoch = sum(len(g) for g in epoch_plan(index, train_pos, 16, seed=0, epoch=0,
+                                            buffer_chunks=c.raw["models"][0]["buffer_chunks"]))
     run_train(trainable, tmp_path / "straight", config=config)
     step = 3 if when == "before" else per_epoch + 2
     stopped = run_train(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": str(step)},
@@ -291,13 +292,13 @@ def test_refined_targets_round_trip_through_the_checkpoint(trainable, tmp_path):
 
     splits = pd.read_parquet(trainable["splits"])
     spec = {**trainable["cfg"].raw["models"][0], "refine_labels": {"after_epochs": 1, "keep_ratio": 0.5}}
-    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     weak = a.index.y.copy()
     a.refine_labels()
     assert a.state.refined and (a.index.y.sum(1) >= 1).all()  # every cell keeps a class or becomes Negative
     assert ((a.index.y > 0) & (weak == 0))[:, :18].sum() == 0  # never a class its image does not have
     a.save_state()
-    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     assert np.array_equal(b.index.y, weak) and b.load_state()
     assert np.array_equal(b.index.y, a.index.y) and torch.equal(b.weights, a.weights)
 
@@ -308,13 +309,13 @@ def test_refinement_uses_the_best_weights_also_after_a_restart(trainable, tmp_pa
 
     splits = pd.read_parquet(trainable["splits"])
     spec = {**trainable["cfg"].raw["models"][0], "refine_labels": {"after_epochs": 2, "keep_ratio": 0.5}}
-    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     row, prob, y = a.validate(0, a.train_epoch(0))
     assert a._track_best(row, prob, y) and a._best is not None
     a.state.epoch = 1
     a.train_epoch(1)  # the weights move on; the best stays epoch 0's
     a.save_state()
-    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], tmp_path)
+    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     assert b.load_state() and b._best is None
     from_file = b.best_weights()
     for k, v in a._best.items():
