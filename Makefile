@@ -8,14 +8,14 @@ export PATH := $(BIN):$(PATH)
 DEMO_IMAGES ?= 12
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean-demo
+.PHONY: setup demo test test-fast lint bench clean-demo
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[workflow,test,gpu]"
+	$(BIN)/python -m pip install -e ".[workflow,test,gpu,lint]"
 	touch $@
 
 resources/demo/train.csv: | setup
@@ -32,6 +32,12 @@ test: setup
 	@if [ "$$(id -u)" = 0 ]; then bash tests/slurm/harness.sh start; else echo "not root: SLURM tests will be skipped"; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ "$$(id -u)" = 0 ]; then bash tests/slurm/harness.sh stop; fi; exit $$rc
+
+# ruff (lint + format) and snakefmt, configured in pyproject.toml; CI runs this before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

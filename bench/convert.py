@@ -92,11 +92,14 @@ def run_pipeline(data: Path, work: Path, n: int, threads: int) -> tuple[float, i
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     exe = [sys.executable, "-m", "hpa_batch.cli"]
-    subprocess.run([*exe, "manifest", "--config", str(cfg_path), "--shard", "hela-0000"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*exe, "manifest", "--config", str(cfg_path), "--shard", "hela-0000"], check=True, capture_output=True
+    )
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*exe, "convert", "--config", str(cfg_path), "--shard", "hela-0000",
-                             "--threads", str(threads)], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*exe, "convert", "--config", str(cfg_path), "--shard", "hela-0000", "--threads", str(threads)],
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     if status != 0:

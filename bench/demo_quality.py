@@ -52,8 +52,12 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--tile-size", type=int, default=64)
-    ap.add_argument("--features", action=argparse.BooleanOptionalAction, default=True,
-                    help="hybrid model: the cell's hand-crafted features joined to the CNN embedding")
+    ap.add_argument(
+        "--features",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hybrid model: the cell's hand-crafted features joined to the CNN embedding",
+    )
     ap.add_argument("--shard-size", type=int, default=120)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -68,7 +72,8 @@ def parse() -> argparse.Namespace:
 def workflow_config(args: argparse.Namespace, out: Path, data: Path) -> dict:
     f = args.size / 2048
     return {
-        "results_dir": str(out / "results"), "logs_dir": str(out / "logs"),
+        "results_dir": str(out / "results"),
+        "logs_dir": str(out / "logs"),
         "dataset": {"images_dirs": [str(data / "images")], "metadata": str(data / "train.csv")},
         "shard_size": args.shard_size,
         "conversion": {"min_level_size": 128, "chunk": 256},
@@ -78,30 +83,57 @@ def workflow_config(args: argparse.Namespace, out: Path, data: Path) -> dict:
         "evaluation": {"truth_dir": str(data / "truth")},
         "merge": {"fusion": args.fusion},
         "baseline": {"n_jobs": 2},
-        "models": [{"name": "q", "arch": args.arch, "input_size": args.input_size, "epochs": args.epochs,
-                    "features": args.features, "batch_size": args.batch_size, "optimizer": "adamw",
-                    "weight_decay": 1e-4, "buffer_chunks": args.buffer_chunks,
-                    "refine_labels": {"after_epochs": args.refine_after, "keep_ratio": args.keep_ratio},
-                    "schedule": {"kind": "cosine", "lr": args.lr, "lr_min": args.lr / 100, "warmup_epochs": 1,
-                                 "warmup_lr": args.lr / 10},
-                    "loss": {"kind": "bce", "class_weights": "none"}, "num_workers": 0,
-                    "early_stopping_patience": 0, "folds": [0]}],
+        "models": [
+            {
+                "name": "q",
+                "arch": args.arch,
+                "input_size": args.input_size,
+                "epochs": args.epochs,
+                "features": args.features,
+                "batch_size": args.batch_size,
+                "optimizer": "adamw",
+                "weight_decay": 1e-4,
+                "buffer_chunks": args.buffer_chunks,
+                "refine_labels": {"after_epochs": args.refine_after, "keep_ratio": args.keep_ratio},
+                "schedule": {
+                    "kind": "cosine",
+                    "lr": args.lr,
+                    "lr_min": args.lr / 100,
+                    "warmup_epochs": 1,
+                    "warmup_lr": args.lr / 10,
+                },
+                "loss": {"kind": "bce", "class_weights": "none"},
+                "num_workers": 0,
+                "early_stopping_patience": 0,
+                "folds": [0],
+            }
+        ],
     }
 
 
-def side_by_side(cells: pd.DataFrame, images: pd.DataFrame, base: tuple[pd.DataFrame, pd.DataFrame],
-                 ids: set[str], stores: list[Path], truth: Path, catalog, ious) -> dict[str, dict]:
+def side_by_side(
+    cells: pd.DataFrame,
+    images: pd.DataFrame,
+    base: tuple[pd.DataFrame, pd.DataFrame],
+    ids: set[str],
+    stores: list[Path],
+    truth: Path,
+    catalog,
+    ious,
+) -> dict[str, dict]:
     """Deep and baseline metrics on the images ``ids``."""
     out = {}
     for name, (c, i) in {"deep": (cells, images), "baseline": base}.items():
-        r = evaluate_run(c[c.image_id.isin(ids)], i[i.image_id.isin(ids)], stores, truth, catalog, iou_threshold=0.6,
-                         ious=ious)
+        r = evaluate_run(
+            c[c.image_id.isin(ids)], i[i.image_id.isin(ids)], stores, truth, catalog, iou_threshold=0.6, ious=ious
+        )
         out[name] = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in KEYS}
     return out
 
 
-def worst_images(cells: pd.DataFrame, base_cells: pd.DataFrame, held: set[str], style_of: pd.Series,
-                 catalog) -> dict[str, object]:
+def worst_images(
+    cells: pd.DataFrame, base_cells: pd.DataFrame, held: set[str], style_of: pd.Series, catalog
+) -> dict[str, object]:
     """Per held-out image: exact label-set accuracy of its matched cells, deep and baseline; the worst
     image of each and how many images have no cell right."""
     out: dict[str, object] = {}
@@ -111,9 +143,13 @@ def worst_images(cells: pd.DataFrame, base_cells: pd.DataFrame, held: set[str], 
         pred = [frozenset(predicted_ids(p, catalog)) for p in m.predicted]
         acc = pd.Series([a == b for a, b in zip(truth, pred)], index=m.image_id.to_numpy()).groupby(level=0).mean()
         worst = acc.idxmin() if len(acc) else None
-        out[name] = {"worst_image": worst, "worst_style": style_of.get(worst), "worst_accuracy": round(acc.min(), 4),
-                     "images_with_no_cell_right": int((acc == 0).sum()), "median_image_accuracy":
-                     round(float(acc.median()), 4)}
+        out[name] = {
+            "worst_image": worst,
+            "worst_style": style_of.get(worst),
+            "worst_accuracy": round(acc.min(), 4),
+            "images_with_no_cell_right": int((acc == 0).sum()),
+            "median_image_accuracy": round(float(acc.median()), 4),
+        }
     return out
 
 
@@ -123,13 +159,35 @@ def main() -> None:
     data = out / "data"
     styles = ALL_STYLES if args.styles == "all" else parse_styles(args.styles)
     if not (data / "train.csv").is_file():
-        synthesize_dataset(data, args.images, seed=args.seed, sizes=(args.size,), workers=2,
-                           cell_lines=["U-2 OS", "A-431", "U-251 MG", "HeLa"], styles=styles)
+        synthesize_dataset(
+            data,
+            args.images,
+            seed=args.seed,
+            sizes=(args.size,),
+            workers=2,
+            cell_lines=["U-2 OS", "A-431", "U-251 MG", "HeLa"],
+            styles=styles,
+        )
     cfg_path = out / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(workflow_config(args, out, data)))
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cfg_path),
-                    "--directory", str(Path.cwd()), "--snakefile", "Snakefile", "report"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "2",
+            "--configfile",
+            str(cfg_path),
+            "--directory",
+            str(Path.cwd()),
+            "--snakefile",
+            "Snakefile",
+            "report",
+        ],
+        check=True,
+    )
     seconds = time.monotonic() - t0
     c = load_config(cfg_path)
     r = c.results_dir
@@ -142,15 +200,23 @@ def main() -> None:
     ious = image_ious(stores, data / "truth")
     held = held_out_images(images, {0})
     style_of = pd.read_csv(data / "truth/images.csv").set_index("ID")["style"]
-    result = {"seed": args.seed, "images": args.images, "held_out_images": len(held), "arch": args.arch,
-              "input_size": args.input_size, "features": args.features, "epochs": args.epochs,
-              "refine_after": args.refine_after, "fusion": args.fusion, "workflow_seconds": round(seconds, 1),
-              "held_out": side_by_side(cells, images, base, held, stores, data / "truth", c.catalog, ious),
-              "per_style": {}}
+    result = {
+        "seed": args.seed,
+        "images": args.images,
+        "held_out_images": len(held),
+        "arch": args.arch,
+        "input_size": args.input_size,
+        "features": args.features,
+        "epochs": args.epochs,
+        "refine_after": args.refine_after,
+        "fusion": args.fusion,
+        "workflow_seconds": round(seconds, 1),
+        "held_out": side_by_side(cells, images, base, held, stores, data / "truth", c.catalog, ious),
+        "per_style": {},
+    }
     for style in sorted(set(style_of.reindex(sorted(held)))):
         ids = {i for i in held if style_of.get(i) == style}
-        result["per_style"][style] = side_by_side(cells, images, base, ids, stores, data / "truth", c.catalog,
-                                                  ious)
+        result["per_style"][style] = side_by_side(cells, images, base, ids, stores, data / "truth", c.catalog, ious)
     result["per_image"] = worst_images(cells, base[0], held, style_of, c.catalog)
     metrics = json.loads((r / "metrics.json").read_text())
     result["prediction_guard"] = {k: metrics["prediction_guard"][k] for k in ("over_predicted", "single_prediction")}
@@ -160,19 +226,24 @@ def main() -> None:
     per = result["per_style"]
     result["worst_style"] = {
         "deep_macro_f1": min((v["deep"]["cell_macro_f1"] or 0, s) for s, v in per.items()) if per else None,
-        "baseline_macro_f1": min((v["baseline"]["cell_macro_f1"] or 0, s) for s, v in per.items()) if per else None}
-    result["goal"] = {"map_gain": round(deep["cell_map"] - bl["cell_map"], 4),
-                      "map_gain_met": deep["cell_map"] >= bl["cell_map"] + 0.05,
-                      "macro_f1_met": (deep["cell_macro_f1"] or 0) >= 0.80,
-                      "guard_clean": not result["prediction_guard"]["over_predicted"]}
+        "baseline_macro_f1": min((v["baseline"]["cell_macro_f1"] or 0, s) for s, v in per.items()) if per else None,
+    }
+    result["goal"] = {
+        "map_gain": round(deep["cell_map"] - bl["cell_map"], 4),
+        "map_gain_met": deep["cell_map"] >= bl["cell_map"] + 0.05,
+        "macro_f1_met": (deep["cell_macro_f1"] or 0) >= 0.80,
+        "guard_clean": not result["prediction_guard"]["over_predicted"],
+    }
     (out / "quality.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     print(f"\n{'held-out':<28}{'deep':>10}{'baseline':>10}")
     for k in KEYS:
         print(f"{k:<28}{deep[k]!s:>10}{bl[k]!s:>10}")
     for s, v in per.items():
-        print(f"  {s:<26}{v['deep']['cell_map']!s:>10}{v['baseline']['cell_map']!s:>10}   macro-F1 "
-              f"{v['deep']['cell_macro_f1']} vs {v['baseline']['cell_macro_f1']}")
+        print(
+            f"  {s:<26}{v['deep']['cell_map']!s:>10}{v['baseline']['cell_map']!s:>10}   macro-F1 "
+            f"{v['deep']['cell_macro_f1']} vs {v['baseline']['cell_macro_f1']}"
+        )
 
 
 if __name__ == "__main__":

@@ -59,9 +59,20 @@ def main() -> None:
         sync(dev)
         full = args.batches * args.batch / (time.perf_counter() - t0)
     device = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
-    print(json.dumps({"device": device, "arch": args.arch, "size": args.size, "batch": args.batch,
-                      "model_alone_img_s": round(alone, 1), "pipeline_img_s": round(full, 1),
-                      "ratio": round(full / alone, 3)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "arch": args.arch,
+                "size": args.size,
+                "batch": args.batch,
+                "model_alone_img_s": round(alone, 1),
+                "pipeline_img_s": round(full, 1),
+                "ratio": round(full / alone, 3),
+            },
+            indent=1,
+        )
+    )
 
 
 def sync(dev: torch.device) -> None:

@@ -21,8 +21,25 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CELL_LINES = ["U-2 OS", "A-431", "U-251 MG", "HeLa", "A549", "MCF7", "RT4", "SH-SY5Y", "HEK 293", "CACO-2",
-              "PC-3", "Hep G2", "SiHa", "RH-30", "HEL", "BJ", "HaCaT"]
+CELL_LINES = [
+    "U-2 OS",
+    "A-431",
+    "U-251 MG",
+    "HeLa",
+    "A549",
+    "MCF7",
+    "RT4",
+    "SH-SY5Y",
+    "HEK 293",
+    "CACO-2",
+    "PC-3",
+    "Hep G2",
+    "SiHa",
+    "RH-30",
+    "HEL",
+    "BJ",
+    "HaCaT",
+]
 
 
 def write_table(path: Path, rows: int, seed: int = 0) -> None:
@@ -43,15 +60,21 @@ def workdir(out: Path, rows: int, shard_size: int) -> Path:
         shutil.copytree(REPO / d, out / d, dirs_exist_ok=True)
     if not (out / "meta.csv").is_file():
         write_table(out / "meta.csv", rows)
-    (out / "scale.yaml").write_text(yaml.safe_dump(
-        {"dataset": {"images_dirs": ["images"], "metadata": "meta.csv"}, "shard_size": shard_size}))
+    (out / "scale.yaml").write_text(
+        yaml.safe_dump({"dataset": {"images_dirs": ["images"], "metadata": "meta.csv"}, "shard_size": shard_size})
+    )
     return out
 
 
 def dry_run(wd: Path) -> tuple[float, int, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "scale.yaml"], cwd=wd,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", "scale.yaml"],
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = time.perf_counter() - t0
     total = int(re.search(r"^total\s+(\d+)", proc.stdout, re.MULTILINE).group(1))
     return seconds, total, proc.stdout
@@ -69,12 +92,26 @@ def main() -> None:
     from hpa_batch.plan import plan_from_config
 
     t0 = time.perf_counter()
-    shards = plan_from_config(load_config(wd / "scale.yaml", json.dumps({"dataset": {"metadata": str(wd / "meta.csv")}})))
+    shards = plan_from_config(
+        load_config(wd / "scale.yaml", json.dumps({"dataset": {"metadata": str(wd / "meta.csv")}}))
+    )
     plan_s = time.perf_counter() - t0
     seconds, jobs, _ = dry_run(wd)
-    print(json.dumps({"rows": args.rows, "cell_lines": 17, "shard_size": args.shard_size, "shards": len(shards),
-                      "jobs": jobs, "dag_build_s": round(seconds, 2), "shard_plan_s": round(plan_s, 3),
-                      "plan_share_of_dag_build": round(plan_s / seconds, 3)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "cell_lines": 17,
+                "shard_size": args.shard_size,
+                "shards": len(shards),
+                "jobs": jobs,
+                "dag_build_s": round(seconds, 2),
+                "shard_plan_s": round(plan_s, 3),
+                "plan_share_of_dag_build": round(plan_s / seconds, 3),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -70,18 +70,22 @@ def make_data(out: Path, per_style: int, seed: int) -> Path:
     data = out / "data"
     n = per_style * len(STYLES)
     if not (data / "train.csv").is_file() or len(pd.read_csv(data / "train.csv")) != n:
-        synthesize_dataset(data, n, seed=seed, sizes=(2048, 1728), cell_lines=LINES, workers=2,
-                           styles=tuple(STYLES))
+        synthesize_dataset(data, n, seed=seed, sizes=(2048, 1728), cell_lines=LINES, workers=2, styles=tuple(STYLES))
     return data
 
 
 def run_stages(out: Path, data: Path) -> tuple[object, list, float]:
     cfg_path = out / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "results_dir": str(out / "results"), "logs_dir": str(out / "logs"),
-        "dataset": {"images_dirs": [str(data / "images")], "metadata": str(data / "train.csv")},
-        "shard_size": 50,
-    }))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "results_dir": str(out / "results"),
+                "logs_dir": str(out / "logs"),
+                "dataset": {"images_dirs": [str(data / "images")], "metadata": str(data / "train.csv")},
+                "shard_size": 50,
+            }
+        )
+    )
     cfg = load_config(cfg_path)
     shards = plan_from_config(cfg)
     stage_s = 0.0
@@ -114,32 +118,54 @@ def score(cfg, shards, data: Path) -> tuple[pd.DataFrame, dict[str, list[float]]
             t_area = np.bincount(truth.ravel())[1:]
             p_area = np.bincount(pred.ravel())[1:]
             p_med = float(np.median(p_area[p_area > 0])) if pred.max() else 0.0
-            rows.append({
-                "style": styles[image_id], "cell_line": shard.cell_line, "image_id": image_id,
-                "size": g["s0"].shape[-1], "ap50": average_precision(truth, pred, 0.5),
-                "ap60": average_precision(truth, pred, 0.6), "n_cells": int(pred.max()),
-                "n_truth": int(truth.max()),
-                "collapsed": p_med < 0.5 * float(np.median(t_area[t_area > 0])),
-                "doubtful": bool(qc.at[image_id, "doubtful"]), "flag": qc.at[image_id, "flag"],
-                "constructed_collapse_flagged": collapsed_flagged,
-            })
+            rows.append(
+                {
+                    "style": styles[image_id],
+                    "cell_line": shard.cell_line,
+                    "image_id": image_id,
+                    "size": g["s0"].shape[-1],
+                    "ap50": average_precision(truth, pred, 0.5),
+                    "ap60": average_precision(truth, pred, 0.6),
+                    "n_cells": int(pred.max()),
+                    "n_truth": int(truth.max()),
+                    "collapsed": p_med < 0.5 * float(np.median(t_area[t_area > 0])),
+                    "doubtful": bool(qc.at[image_id, "doubtful"]),
+                    "flag": qc.at[image_id, "flag"],
+                    "constructed_collapse_flagged": collapsed_flagged,
+                }
+            )
     return pd.DataFrame(rows), speed
 
 
 def constructed_collapse_flagged(group, cfg) -> bool:
     """Would the QC flag this image if its cells had collapsed onto their nuclei (the #10 failure)?"""
     nuclei = group["labels/nuclei/s1"][...].astype(np.int32)
-    row = {"image_id": "x", "n_cells": int(nuclei.max()), "n_border": 0, "level": 1,
-           **image_qc(nuclei, nuclei, group["s1"][2], 2.0)}
+    row = {
+        "image_id": "x",
+        "n_cells": int(nuclei.max()),
+        "n_border": 0,
+        "level": 1,
+        **image_qc(nuclei, nuclei, group["s1"][2], 2.0),
+    }
     return bool(flag_images(pd.DataFrame([row]), cfg.segmentation_qc)["doubtful"].iloc[0])
 
 
 def summarise(table: pd.DataFrame, by: str) -> pd.DataFrame:
-    return table.groupby(by).agg(
-        images=("image_id", "size"), ap50=("ap50", "mean"), ap50_worst=("ap50", "min"),
-        ap60=("ap60", "mean"), ap60_worst=("ap60", "min"), below_05=("ap50", lambda s: int((s < 0.5).sum())),
-        cells=("n_cells", "sum"), truth_cells=("n_truth", "sum"), doubtful=("doubtful", "sum"),
-    ).round(3)
+    return (
+        table.groupby(by)
+        .agg(
+            images=("image_id", "size"),
+            ap50=("ap50", "mean"),
+            ap50_worst=("ap50", "min"),
+            ap60=("ap60", "mean"),
+            ap60_worst=("ap60", "min"),
+            below_05=("ap50", lambda s: int((s < 0.5).sum())),
+            cells=("n_cells", "sum"),
+            truth_cells=("n_truth", "sum"),
+            doubtful=("doubtful", "sum"),
+        )
+        .round(3)
+    )
 
 
 def main() -> None:
@@ -154,11 +180,18 @@ def main() -> None:
     worst = table.loc[table["ap50"].idxmin()]
     backend, base = np.median(speed["backend"]), np.median(speed["baseline"])
     result = {
-        "seed": args.seed, "images": len(table),
-        "ap50_mean": round(float(table.ap50.mean()), 3), "ap60_mean": round(float(table.ap60.mean()), 3),
+        "seed": args.seed,
+        "images": len(table),
+        "ap50_mean": round(float(table.ap50.mean()), 3),
+        "ap60_mean": round(float(table.ap60.mean()), 3),
         "ap50_worst_style_mean": round(float(table.groupby("style").ap50.mean().min()), 3),
-        "worst_image": {"image_id": worst.image_id, "style": worst["style"], "cell_line": worst.cell_line,
-                        "ap50": round(float(worst.ap50), 3), "doubtful": bool(worst.doubtful)},
+        "worst_image": {
+            "image_id": worst.image_id,
+            "style": worst["style"],
+            "cell_line": worst.cell_line,
+            "ap50": round(float(worst.ap50), 3),
+            "doubtful": bool(worst.doubtful),
+        },
         "images_below_ap50_0.5": int((table.ap50 < 0.5).sum()),
         "collapsed_images": int(table.collapsed.sum()),
         "collapsed_unflagged": int((table.collapsed & ~table.doubtful).sum()),
@@ -172,15 +205,22 @@ def main() -> None:
     }
     print(summarise(table, "style").to_string(), "\n")
     print(summarise(table, "cell_line").to_string(), "\n")
-    print(table.nsmallest(5, "ap50")[["image_id", "style", "cell_line", "ap50", "n_cells", "n_truth",
-                                      "doubtful", "flag"]].to_string(index=False), "\n")
+    print(
+        table.nsmallest(5, "ap50")[
+            ["image_id", "style", "cell_line", "ap50", "n_cells", "n_truth", "doubtful", "flag"]
+        ].to_string(index=False),
+        "\n",
+    )
     print(json.dumps(result, indent=1))
     stores = {s.name: cfg.results_dir / "zarr" / f"{s.name}.zarr" for s in shards}
     by_id = {i: s.name for s in shards for i in s.ids}
-    for name, row in (("segmentation_overlay", table.loc[(table.ap50 - table.ap50.median()).abs().idxmin()]),
-                      ("segmentation_worst", worst)):
-        save_png(store_overlay(stores[by_id[row.image_id]] / row.image_id, level=1),
-                 Path(f"docs/{name}.png"), size=1024)
+    for name, row in (
+        ("segmentation_overlay", table.loc[(table.ap50 - table.ap50.median()).abs().idxmin()]),
+        ("segmentation_worst", worst),
+    ):
+        save_png(
+            store_overlay(stores[by_id[row.image_id]] / row.image_id, level=1), Path(f"docs/{name}.png"), size=1024
+        )
         print(f"{name}: docs/{name}.png ({row.image_id}, {row['style']}, {row.cell_line}, AP@0.5 {row.ap50:.3f})")
 
 

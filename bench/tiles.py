@@ -51,9 +51,13 @@ def big_store(source: Path, path: Path, n: int, chunk: int) -> Path:
     tiles = zarr.open_group(source, mode="r")["cells"][:]
     reps = np.resize(np.arange(len(tiles)), n)
     root = zarr.open_group(path, mode="w", zarr_format=3)
-    arr = root.create_array("cells", shape=(n, *tiles.shape[1:]), dtype="uint8",
-                            chunks=(chunk, *tiles.shape[1:]),
-                            compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")])
+    arr = root.create_array(
+        "cells",
+        shape=(n, *tiles.shape[1:]),
+        dtype="uint8",
+        chunks=(chunk, *tiles.shape[1:]),
+        compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
+    )
     for start in range(0, n, chunk):
         arr[start : start + chunk] = tiles[reps[start : start + chunk]]
     ids = np.array([f"img{k // 32:05d}" for k in range(n)], dtype=object)  # 32 cells per image
@@ -94,11 +98,15 @@ def main() -> None:
     sequential = reader.n / (time.perf_counter() - t0)
     mb = reader.array.nbytes / 1e6
     disk = sum(p.stat().st_size for p in (store / "cells").rglob("*") if p.is_file()) / 1e6
-    result = {"tiles": seen, "read_shuffled_tiles_per_s_per_core": round(shuffled),
-              "read_sequential_tiles_per_s_per_core": round(sequential),
-              "ratio_shuffled_over_sequential": round(shuffled / sequential, 3),
-              "write_tiles_per_s_per_core": round(w_rate, 1),
-              "store_MB_raw": round(mb, 1), "store_MB_on_disk": round(disk, 1)}
+    result = {
+        "tiles": seen,
+        "read_shuffled_tiles_per_s_per_core": round(shuffled),
+        "read_sequential_tiles_per_s_per_core": round(sequential),
+        "ratio_shuffled_over_sequential": round(shuffled / sequential, 3),
+        "write_tiles_per_s_per_core": round(w_rate, 1),
+        "store_MB_raw": round(mb, 1),
+        "store_MB_on_disk": round(disk, 1),
+    }
     print(json.dumps(result, indent=1))
 
 

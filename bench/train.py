@@ -32,8 +32,13 @@ def make_store(path: Path, n: int, size: int) -> Path:
         return path
     rng = np.random.default_rng(0)
     root = zarr.open_group(path, mode="w", zarr_format=3)
-    cells = root.create_array("cells", shape=(n, 4, size, size), dtype="uint8", chunks=(64, 4, size, size),
-                              compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")])
+    cells = root.create_array(
+        "cells",
+        shape=(n, 4, size, size),
+        dtype="uint8",
+        chunks=(64, 4, size, size),
+        compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
+    )
     base = rng.integers(0, 255, (64, 4, size, size), dtype=np.uint8)
     for s in range(0, n, 64):
         cells[s : s + 64] = np.roll(base, s, axis=0)[: min(64, n - s)]
@@ -46,20 +51,45 @@ def make_store(path: Path, n: int, size: int) -> Path:
 def splits_for(n: int) -> pd.DataFrame:
     images = sorted({f"img{i // 20:05d}" for i in range(n)})
     rng = np.random.default_rng(1)
-    return pd.DataFrame({"image_id": images, "labels": [[int(rng.integers(0, N_CLASSES))] for _ in images],
-                         "fold": [0 if k % 10 == 0 else 1 for k in range(len(images))]})
+    return pd.DataFrame(
+        {
+            "image_id": images,
+            "labels": [[int(rng.integers(0, N_CLASSES))] for _ in images],
+            "fold": [0 if k % 10 == 0 else 1 for k in range(len(images))],
+        }
+    )
 
 
 def spec_for(args: argparse.Namespace) -> dict:
-    return {"name": "bench", "level": "cell", "arch": args.arch, "pretrained": None,
-            "channels": ["red", "green", "blue", "yellow"], "input_size": args.size, "folds": [0],
-            "epochs": 1, "batch_size": args.batch, "optimizer": "adam", "weight_decay": 0.0, "dropout": 0.0,
-            "schedule": {"kind": "constant", "lr": 1e-3},
-            "loss": {"kind": "bce", "class_weights": "none", "unweighted_classes": [], "gamma": 2.0},
-            "single_label_only": False, "negative_oversample": 1,
-            "augment": {"flips": True, "rot90": True, "brightness": 0.1}, "amp": "auto",
-            "channels_last": True, "compile": False, "early_stopping_patience": 0, "buffer_chunks": 16,
-            "num_workers": args.workers, "tta": False, "embeddings": False, "seed": 0, "gpus": 1}
+    return {
+        "name": "bench",
+        "level": "cell",
+        "arch": args.arch,
+        "pretrained": None,
+        "channels": ["red", "green", "blue", "yellow"],
+        "input_size": args.size,
+        "folds": [0],
+        "epochs": 1,
+        "batch_size": args.batch,
+        "optimizer": "adam",
+        "weight_decay": 0.0,
+        "dropout": 0.0,
+        "schedule": {"kind": "constant", "lr": 1e-3},
+        "loss": {"kind": "bce", "class_weights": "none", "unweighted_classes": [], "gamma": 2.0},
+        "single_label_only": False,
+        "negative_oversample": 1,
+        "augment": {"flips": True, "rot90": True, "brightness": 0.1},
+        "amp": "auto",
+        "channels_last": True,
+        "compile": False,
+        "early_stopping_patience": 0,
+        "buffer_chunks": 16,
+        "num_workers": args.workers,
+        "tta": False,
+        "embeddings": False,
+        "seed": 0,
+        "gpus": 1,
+    }
 
 
 def model_alone(t: Trainer, steps: int, batch: int, size: int) -> float:
@@ -118,9 +148,22 @@ def main() -> None:
     alone = model_alone(t, args.steps, args.batch, args.size)
     full = pipeline(t, args.steps)
     device = torch.cuda.get_device_name() if t.device.type == "cuda" else "cpu"
-    print(json.dumps({"device": device, "arch": args.arch, "size": args.size, "batch": args.batch,
-                      "amp": str(t.amp), "workers": args.workers, "model_alone_img_s": round(alone, 1),
-                      "pipeline_img_s": round(full, 1), "ratio": round(full / alone, 3)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "arch": args.arch,
+                "size": args.size,
+                "batch": args.batch,
+                "amp": str(t.amp),
+                "workers": args.workers,
+                "model_alone_img_s": round(alone, 1),
+                "pipeline_img_s": round(full, 1),
+                "ratio": round(full / alone, 3),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

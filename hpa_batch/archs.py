@@ -44,8 +44,15 @@ class SmallCNN(nn.Module):
         Width of the dense layer (= ``num_features``).
     """
 
-    def __init__(self, in_chans: int = 4, num_classes: int = 19, drop_rate: float = 0.5, *,
-                 widths: tuple[int, ...] = (32, 64, 32, 64, 32, 64), hidden: int = 128) -> None:
+    def __init__(
+        self,
+        in_chans: int = 4,
+        num_classes: int = 19,
+        drop_rate: float = 0.5,
+        *,
+        widths: tuple[int, ...] = (32, 64, 32, 64, 32, 64),
+        hidden: int = 128,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_chans
@@ -61,8 +68,12 @@ class SmallCNN(nn.Module):
         self.num_features = hidden
         self.num_classes = num_classes
         self.head = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
-        self.pretrained_cfg = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-                               "input_size": (in_chans, 128, 128), "architecture": "hpa_small_cnn"}
+        self.pretrained_cfg = {
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+            "input_size": (in_chans, 128, 128),
+            "architecture": "hpa_small_cnn",
+        }
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, in_chans, s, s)`` -> ``(b, 64, s / 8, s / 8)`` maps."""
@@ -119,12 +130,18 @@ class StudyHeadNet(nn.Module):
         Dropout after the 1x1 convolution (the study: 0.5).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float = 0.5, *, maps: int = 128,
-                 hidden: int = 512) -> None:
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, drop_rate: float = 0.5, *, maps: int = 128, hidden: int = 512
+    ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.reduce = nn.Sequential(nn.Conv2d(int(backbone.num_features), maps, 1), nn.ReLU(inplace=True),
-                                    nn.Dropout(drop_rate), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.reduce = nn.Sequential(
+            nn.Conv2d(int(backbone.num_features), maps, 1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(drop_rate),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+        )
         self.dense = nn.Sequential(nn.Linear(maps * 16, hidden), nn.ReLU(inplace=True))
         self.num_features = hidden
         self.num_classes = num_classes
@@ -152,6 +169,7 @@ def hpa_densenet121_study(pretrained: bool = False, **kwargs: Any) -> StudyHeadN
     overlay = _entry_kwargs(kwargs)
     num_classes = kwargs.pop("num_classes", 28)
     drop_rate = kwargs.pop("drop_rate", 0.5)
-    backbone = timm.create_model("densenet121", pretrained=pretrained, pretrained_cfg_overlay=overlay,
-                                 num_classes=0, global_pool="", **kwargs)
+    backbone = timm.create_model(
+        "densenet121", pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=0, global_pool="", **kwargs
+    )
     return StudyHeadNet(backbone, num_classes, drop_rate)

@@ -89,9 +89,15 @@ def predict_proba(model: Pipeline, x: np.ndarray, n_jobs: int = 1) -> np.ndarray
 
 def baseline_schema(n: int) -> pa.Schema:
     """Schema of ``results/baseline/cells.parquet``."""
-    return pa.schema([("image_id", pa.string()), ("cell_id", pa.int32()),
-                      *[(f"prob_{k}", pa.float32()) for k in range(n)],
-                      ("predicted", pa.string()), ("n_predicted", pa.int16())])
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("cell_id", pa.int32()),
+            *[(f"prob_{k}", pa.float32()) for k in range(n)],
+            ("predicted", pa.string()),
+            ("n_predicted", pa.int16()),
+        ]
+    )
 
 
 def embeddings_of(predictions: Mapping[str, Path] | None, keys: pd.DataFrame) -> np.ndarray | None:
@@ -104,22 +110,27 @@ def embeddings_of(predictions: Mapping[str, Path] | None, keys: pd.DataFrame) ->
         path = Path(predictions[shard]) if shard in predictions else None
         if path is None or not path.is_file():
             raise FileNotFoundError(f"{path or shard}: cell-model predictions needed for baseline.embeddings")
-        table = pq.read_table(path, columns=["image_id", "cell_id", "embedding"]).to_pandas() \
-            if "embedding" in pq.read_schema(path).names else None
+        table = (
+            pq.read_table(path, columns=["image_id", "cell_id", "embedding"]).to_pandas()
+            if "embedding" in pq.read_schema(path).names
+            else None
+        )
         if table is None:
-            raise ValueError(f"{path} has no embedding column; enable embeddings in the cell model's spec "
-                             "or set baseline.embeddings: false")
+            raise ValueError(
+                f"{path} has no embedding column; enable embeddings in the cell model's spec "
+                "or set baseline.embeddings: false"
+            )
         parts.append(table)
     joined = keys[["image_id", "cell_id"]].merge(pd.concat(parts), on=["image_id", "cell_id"], how="left")
     if joined["embedding"].isna().any():
         missing = joined[joined["embedding"].isna()].iloc[0]
-        raise ValueError(f"no embedding for cell {missing.image_id}/{missing.cell_id} in the cell model's "
-                         "predictions")
+        raise ValueError(f"no embedding for cell {missing.image_id}/{missing.cell_id} in the cell model's predictions")
     return np.stack(joined["embedding"].to_numpy()).astype(np.float32)
 
 
-def training_cells(cells_path: Path, held_out: set[str], max_cells: int, seed: int,
-                   batch_size: int = 65536) -> pd.DataFrame:
+def training_cells(
+    cells_path: Path, held_out: set[str], max_cells: int, seed: int, batch_size: int = 65536
+) -> pd.DataFrame:
     """Cells of images the deep cell model trained on (``held_out`` excluded): a uniform random sample
     of at most ``max_cells``, drawn while streaming (memory bounded by ``max_cells + batch_size`` rows)."""
     cols = ["image_id", "cell_id", "shard", "image_labels", *FEATURE_COLUMNS]
@@ -134,8 +145,9 @@ def training_cells(cells_path: Path, held_out: set[str], max_cells: int, seed: i
     return kept.sort_values(["image_id", "cell_id"]).drop(columns="_key").reset_index(drop=True)
 
 
-def fit_baseline(cells: pd.DataFrame, catalog: LabelCatalog, options: dict[str, Any],
-                 embeddings: np.ndarray | None = None) -> tuple[Pipeline, np.ndarray, dict[str, float]]:
+def fit_baseline(
+    cells: pd.DataFrame, catalog: LabelCatalog, options: dict[str, Any], embeddings: np.ndarray | None = None
+) -> tuple[Pipeline, np.ndarray, dict[str, float]]:
     """Fit the classifier on ``cells``; tune thresholds on image-grouped out-of-fold predictions.
 
     Returns
@@ -154,16 +166,25 @@ def fit_baseline(cells: pd.DataFrame, catalog: LabelCatalog, options: dict[str, 
     for train, test in GroupKFold(n_splits=n_splits).split(x, y, groups):
         m = _fit(options["model"], options, x[train], y[train])
         oof[test] = predict_proba(m, x[test], options["n_jobs"])
-    thresholds = tune_thresholds(y, oof, GUARD["default"], min_positives=GUARD["min_positives"], low=GUARD["low"],
-                                 high=GUARD["high"])  # the deep models' default guard
+    thresholds = tune_thresholds(
+        y, oof, GUARD["default"], min_positives=GUARD["min_positives"], low=GUARD["low"], high=GUARD["high"]
+    )  # the deep models' default guard
     model = _fit(options["model"], options, x, y)
     cv = {"cells": len(y), "macro_f1": macro_f1(y, oof, thresholds), "map": mean_ap(y, oof)}
     return model, thresholds, cv
 
 
-def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, options: dict[str, Any], out: Path,
-                 *, predictions: Mapping[str, Path] | None = None, batch_size: int = 65536,
-                 excluded: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+def run_baseline(
+    cells_path: Path,
+    held_out: set[str],
+    catalog: LabelCatalog,
+    options: dict[str, Any],
+    out: Path,
+    *,
+    predictions: Mapping[str, Path] | None = None,
+    batch_size: int = 65536,
+    excluded: set[str] | frozenset[str] = frozenset(),
+) -> dict[str, Any]:
     """Train the baseline and write per-cell probabilities for every cell of ``cells_path``.
 
     Neither ``held_out`` images nor ``excluded`` ones (doubtful segmentations, fold -2) are trained on.
@@ -179,9 +200,9 @@ def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, op
     model, thresholds, cv = fit_baseline(train, catalog, options, emb)
     schema, rows = baseline_schema(n), 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for batch in pq.ParquetFile(cells_path).iter_batches(batch_size=batch_size,
-                                                             columns=["image_id", "cell_id", "shard",
-                                                                      *FEATURE_COLUMNS]):
+        for batch in pq.ParquetFile(cells_path).iter_batches(
+            batch_size=batch_size, columns=["image_id", "cell_id", "shard", *FEATURE_COLUMNS]
+        ):
             cells = batch.to_pandas()
             prob = predict_proba(model, features(cells, embeddings_of(emb_dir, cells)), options["n_jobs"])
             table = cells[["image_id", "cell_id"]].copy()
@@ -194,9 +215,15 @@ def run_baseline(cells_path: Path, held_out: set[str], catalog: LabelCatalog, op
             rows += len(table)
     with atomic_path(out.with_name("model.joblib")) as tmp:
         joblib.dump(model, tmp)
-    summary = {"model": options["model"], "features": list(FEATURE_COLUMNS) + (["embedding"] if emb is not None else []),
-               "train_cells": len(train), "held_out_images": len(held_out), "cells": rows,
-               "thresholds": [float(t) for t in thresholds], "oof_weak_labels": cv}
+    summary = {
+        "model": options["model"],
+        "features": list(FEATURE_COLUMNS) + (["embedding"] if emb is not None else []),
+        "train_cells": len(train),
+        "held_out_images": len(held_out),
+        "cells": rows,
+        "thresholds": [float(t) for t in thresholds],
+        "oof_weak_labels": cv,
+    }
     atomic_write_text(out.with_name("summary.json"), json.dumps(summary, indent=1))
     get_logger().info("baseline %s: trained on %d cells, predicted %d -> %s", options["model"], len(train), rows, out)
     return summary

@@ -23,8 +23,10 @@ import numpy as np
 from hpa_batch.labels import LabelCatalog
 from hpa_batch.tables import atomic_path, atomic_write_text
 
-THRESHOLD_RULE = ("F1-optimal per class; an optimum below low keeps default (the scores do not separate the "
-                  "class), one above high is clipped")
+THRESHOLD_RULE = (
+    "F1-optimal per class; an optimum below low keeps default (the scores do not separate the "
+    "class), one above high is clipped"
+)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -35,13 +37,30 @@ def atomic_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def write_model(path: Path, *, weights: dict[str, Any], thresholds: Any, spec: dict[str, Any],
-                catalog: LabelCatalog, mean: Sequence[float], std: Sequence[float],
-                summary: dict[str, Any]) -> None:
+def write_model(
+    path: Path,
+    *,
+    weights: dict[str, Any],
+    thresholds: Any,
+    spec: dict[str, Any],
+    catalog: LabelCatalog,
+    mean: Sequence[float],
+    std: Sequence[float],
+    summary: dict[str, Any],
+) -> None:
     """Write ``model.pt`` (see the module docstring; ``thresholds`` a ``(c,)`` tensor)."""
-    atomic_save({"model": weights, "thresholds": thresholds, "spec": json.loads(json.dumps(spec)),
-                 "catalog": catalog.name, "mean": list(mean), "std": list(std),
-                 "summary": json.loads(json.dumps(summary))}, path)
+    atomic_save(
+        {
+            "model": weights,
+            "thresholds": thresholds,
+            "spec": json.loads(json.dumps(spec)),
+            "catalog": catalog.name,
+            "mean": list(mean),
+            "std": list(std),
+            "summary": json.loads(json.dumps(summary)),
+        },
+        path,
+    )
 
 
 def read_model(path: Path, *, catalog: LabelCatalog | None = None, level: str | None = None) -> dict[str, Any]:
@@ -57,20 +76,39 @@ def read_model(path: Path, *, catalog: LabelCatalog | None = None, level: str | 
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if catalog is not None and ckpt["catalog"] != catalog.name:
-        raise ValueError(f"{path} was trained for label catalog {ckpt['catalog']!r}, this run uses "
-                         f"{catalog.name!r} (labels.catalog)")
+        raise ValueError(
+            f"{path} was trained for label catalog {ckpt['catalog']!r}, this run uses {catalog.name!r} (labels.catalog)"
+        )
     if level is not None and ckpt["spec"]["level"] != level:
         raise ValueError(f"{path} is a {ckpt['spec']['level']}-level model; the config declares level: {level}")
     return ckpt
 
 
-def write_thresholds(path: Path, *, catalog: LabelCatalog, thresholds: Sequence[float], support: Sequence[int],
-                     reasons: Sequence[str], rule: dict[str, Any], selection: str) -> None:
+def write_thresholds(
+    path: Path,
+    *,
+    catalog: LabelCatalog,
+    thresholds: Sequence[float],
+    support: Sequence[int],
+    reasons: Sequence[str],
+    rule: dict[str, Any],
+    selection: str,
+) -> None:
     """Write ``thresholds.json`` beside ``model.pt``."""
-    atomic_write_text(path, json.dumps(
-        {"classes": list(catalog.classes), "thresholds": [float(t) for t in thresholds],
-         "validation_positives": [int(v) for v in support], "reasons": list(reasons),
-         "rule": {**rule, "tuned": THRESHOLD_RULE}, "selection": selection}, indent=1))
+    atomic_write_text(
+        path,
+        json.dumps(
+            {
+                "classes": list(catalog.classes),
+                "thresholds": [float(t) for t in thresholds],
+                "validation_positives": [int(v) for v in support],
+                "reasons": list(reasons),
+                "rule": {**rule, "tuned": THRESHOLD_RULE},
+                "selection": selection,
+            },
+            indent=1,
+        ),
+    )
 
 
 def read_thresholds(path: Path, n: int) -> np.ndarray:

@@ -16,8 +16,11 @@ def _hgb(seed: int, n_jobs: int) -> Any:
     from sklearn.multiclass import OneVsRestClassifier
 
     # one class at a time; each booster uses the job's OpenMP threads (no process pool on top)
-    return OneVsRestClassifier(HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=31,
-                                                              l2_regularization=1.0, random_state=seed))
+    return OneVsRestClassifier(
+        HistGradientBoostingClassifier(
+            max_iter=100, learning_rate=0.1, max_leaf_nodes=31, l2_regularization=1.0, random_state=seed
+        )
+    )
 
 
 @BASELINES.register("random_forest")
@@ -25,8 +28,9 @@ def _rf(seed: int, n_jobs: int) -> Any:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.multiclass import OneVsRestClassifier
 
-    return OneVsRestClassifier(RandomForestClassifier(n_estimators=200, min_samples_leaf=3, random_state=seed,
-                                                      n_jobs=n_jobs))
+    return OneVsRestClassifier(
+        RandomForestClassifier(n_estimators=200, min_samples_leaf=3, random_state=seed, n_jobs=n_jobs)
+    )
 
 
 @BASELINES.register("logistic")

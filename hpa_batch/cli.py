@@ -55,8 +55,12 @@ def _shard_verb(sub: argparse._SubParsersAction, name: str, help_: str) -> argpa
 
 def _held_out_args(p: argparse.ArgumentParser) -> None:
     """``--trained-folds`` / ``--all-unseen``: which images no model of the run trained on."""
-    p.add_argument("--trained-folds", nargs="*", type=int,
-                   help="folds trained in this run by the models feeding the tables (default: from the config)")
+    p.add_argument(
+        "--trained-folds",
+        nargs="*",
+        type=int,
+        help="folds trained in this run by the models feeding the tables (default: from the config)",
+    )
     p.add_argument("--all-unseen", action="store_true", help="every such model was trained by another run")
 
 
@@ -67,8 +71,17 @@ def _cfg(args: argparse.Namespace) -> Config:
 def _paths(cfg: Config, shard: str) -> dict[str, Path]:
     """The per-shard files of ``shard`` (hpa_batch.layout.RESULTS keys)."""
 
-    keys = ("manifest", "manifest_rejected", "store", "rejected", "convert_summary", "segment_qc",
-            "segment_summary", "cells", "tiles")
+    keys = (
+        "manifest",
+        "manifest_rejected",
+        "store",
+        "rejected",
+        "convert_summary",
+        "segment_qc",
+        "segment_summary",
+        "cells",
+        "tiles",
+    )
     return {k: result(cfg.results_dir, k, shard=shard) for k in keys}
 
 
@@ -124,8 +137,11 @@ def _run_manifest(cfg: Config, shard_name: str, out: Path, rejected: Path, expec
     manifest = build_manifest(cfg, shard, meta)
     write_manifest(manifest, out, rejected)
     get_logger().info(
-        "manifest %s: %d admitted, %d refused (%s)", shard_name, len(manifest.admitted),
-        len(manifest.rejected), rejected,
+        "manifest %s: %d admitted, %d refused (%s)",
+        shard_name,
+        len(manifest.admitted),
+        len(manifest.rejected),
+        rejected,
     )
     return 0
 
@@ -134,7 +150,10 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
     return _run_manifest(
-        cfg, args.shard, args.out or p["manifest"], args.rejected or p["manifest_rejected"],
+        cfg,
+        args.shard,
+        args.out or p["manifest"],
+        args.rejected or p["manifest_rejected"],
         args.expect_digest,
     )
 
@@ -149,8 +168,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not manifest.is_file():
         _run_manifest(cfg, args.shard, manifest, manifest_rejected, None)
     convert_shard(
-        cfg, manifest, manifest_rejected, args.store or p["store"], rejected_out=args.rejected or p["rejected"],
-        summary_out=args.summary or p["convert_summary"], threads=args.threads,
+        cfg,
+        manifest,
+        manifest_rejected,
+        args.store or p["store"],
+        rejected_out=args.rejected or p["rejected"],
+        summary_out=args.summary or p["convert_summary"],
+        threads=args.threads,
     )
     return 0
 
@@ -160,8 +184,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
-    segment_shard(cfg, args.store or p["store"], args.qc or p["segment_qc"],
-                  args.summary or p["segment_summary"], threads=args.threads)
+    segment_shard(
+        cfg,
+        args.store or p["store"],
+        args.qc or p["segment_qc"],
+        args.summary or p["segment_summary"],
+        threads=args.threads,
+    )
     return 0
 
 
@@ -170,8 +199,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
-    measure_shard(cfg, args.store or p["store"], args.manifest or p["manifest"], args.out or p["cells"],
-                  args.segment_qc or p["segment_qc"])
+    measure_shard(
+        cfg,
+        args.store or p["store"],
+        args.manifest or p["manifest"],
+        args.out or p["cells"],
+        args.segment_qc or p["segment_qc"],
+    )
     return 0
 
 
@@ -211,13 +245,22 @@ def cmd_split(args: argparse.Namespace) -> int:
 
         manifests = [_paths(cfg, s.name)["manifest"] for s in plan_from_config(cfg)]
     sp = cfg.raw["splits"]
-    table = make_splits(manifests, cfg.catalog, sp["n_folds"], sp["seed"], sp["min_combination"],
-                        rejected=args.rejected, segment_qc=args.segment_qc,
-                        doubtful=cfg.segmentation_qc.doubtful)
+    table = make_splits(
+        manifests,
+        cfg.catalog,
+        sp["n_folds"],
+        sp["seed"],
+        sp["min_combination"],
+        rejected=args.rejected,
+        segment_qc=args.segment_qc,
+        doubtful=cfg.segmentation_qc.doubtful,
+    )
     out = args.out or result(cfg.results_dir, "splits")
     write_splits(table, out)
     counts = table["fold"].value_counts().sort_index()
-    print(f"{len(table)} images -> {out}; images per fold: {counts.to_dict()} (-1 = always train, -2 = excluded: doubtful segmentation)")
+    print(
+        f"{len(table)} images -> {out}; images per fold: {counts.to_dict()} (-1 = always train, -2 = excluded: doubtful segmentation)"
+    )
     return 0
 
 
@@ -228,12 +271,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _model_spec(cfg, args.model)
     check_unlabelled(cfg.raw)
     if is_external(spec):
-        raise PlanError(f"model {args.model!r} was trained by another run (trained: {spec['trained']}): "
-                        "it is only applied here; remove trained: to train it in this run")
+        raise PlanError(
+            f"model {args.model!r} was trained by another run (trained: {spec['trained']}): "
+            "it is only applied here; remove trained: to train it in this run"
+        )
     out = args.out or result(cfg.results_dir, "fold_dir", model=args.model, fold=args.fold)
     splits = args.splits or result(cfg.results_dir, "splits")
-    summary = train_model(spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out=out,
-                          device=args.device)
+    summary = train_model(
+        spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out=out, device=args.device
+    )
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -297,9 +343,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
     cells = _per_shard(cfg, args.shard_cells, "cells")
     cell_pred = _predictions(cfg, args.cell_predictions, "cell")
     image_pred = _predictions(cfg, args.image_predictions, "image")
-    shards = [ShardInputs(s, manifests[s], rejected[s], segment_qc[s], cells[s],
-                          cell_pred[s] if cell_pred else None, image_pred[s] if image_pred else None)
-              for s in manifests]
+    shards = [
+        ShardInputs(
+            s,
+            manifests[s],
+            rejected[s],
+            segment_qc[s],
+            cells[s],
+            cell_pred[s] if cell_pred else None,
+            image_pred[s] if image_pred else None,
+        )
+        for s in manifests
+    ]
     cell_files = _model_files(cfg, args.cell_thresholds, "cell", "thresholds.json")
     image_files = _model_files(cfg, args.image_thresholds, "image", "thresholds.json")
     image_t = model_thresholds(image_files, n) if image_files else None
@@ -308,10 +363,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     truth_dir = cfg.raw["evaluation"]["truth_dir"]
     stores = list(_per_shard(cfg, args.stores, "store").values())
     truth = truth_table(stores, Path(truth_dir), cfg.catalog) if truth_dir else None
-    merge_tables(shards, args.splits or result(r, "splits"), cfg.catalog, cfg.raw["merge"],
-                 thresholds=cell_t if cell_t is not None else model_thresholds([], n),
-                 out_cells=args.cells or result(r, "cells_table"), out_images=args.images or result(r, "images_table"),
-                 truth=truth, image_thresholds=image_t)
+    merge_tables(
+        shards,
+        args.splits or result(r, "splits"),
+        cfg.catalog,
+        cfg.raw["merge"],
+        thresholds=cell_t if cell_t is not None else model_thresholds([], n),
+        out_cells=args.cells or result(r, "cells_table"),
+        out_images=args.images or result(r, "images_table"),
+        truth=truth,
+        image_thresholds=image_t,
+    )
     return 0
 
 
@@ -339,8 +401,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     predictions = _predictions(cfg, args.predictions, "cell") if cfg.raw["baseline"]["embeddings"] else None
     options = {**cfg.raw["baseline"], **({"n_jobs": args.threads} if args.threads else {})}
     excluded = set(images.loc[images["fold"] == EXCLUDED, "image_id"])
-    summary = run_baseline(Path(cells), held, cfg.catalog, options, args.out or result(r, "baseline_cells"),
-                           predictions=predictions, excluded=excluded)
+    summary = run_baseline(
+        Path(cells),
+        held,
+        cfg.catalog,
+        options,
+        args.out or result(r, "baseline_cells"),
+        predictions=predictions,
+        excluded=excluded,
+    )
     print(json.dumps({k: v for k, v in summary.items() if k not in ("features", "thresholds")}, indent=1))
     return 0
 
@@ -350,18 +419,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     r = cfg.results_dir
-    histories = args.histories if args.histories is not None else [
-        p for m in cfg.raw["models"] for p in fold_files(r, m, "history.csv")]
-    baseline = (args.baseline[0] if args.baseline else None) if args.baseline is not None \
-        else result(r, "baseline_cells")
+    histories = (
+        args.histories
+        if args.histories is not None
+        else [p for m in cfg.raw["models"] for p in fold_files(r, m, "history.csv")]
+    )
+    baseline = (
+        (args.baseline[0] if args.baseline else None) if args.baseline is not None else result(r, "baseline_cells")
+    )
     rejected = args.qc or result(r, "qc_table")
     run_config = json.loads(args.run_config) if args.run_config else cfg.raw
-    inp = ReportInputs(cells=args.cells or result(r, "cells_table"), images=args.images or result(r, "images_table"),
-                       metrics=args.metrics or result(r, "metrics"),
-                       baseline=baseline if baseline and Path(baseline).is_file() else None,
-                       histories=list(histories), tile_stores=list(_per_shard(cfg, args.tiles, "tiles").values()),
-                       zarr_stores=list(_per_shard(cfg, args.stores, "store").values()),
-                       rejected=rejected if rejected.is_file() else None, config=run_config, workdir=Path.cwd())
+    inp = ReportInputs(
+        cells=args.cells or result(r, "cells_table"),
+        images=args.images or result(r, "images_table"),
+        metrics=args.metrics or result(r, "metrics"),
+        baseline=baseline if baseline and Path(baseline).is_file() else None,
+        histories=list(histories),
+        tile_stores=list(_per_shard(cfg, args.tiles, "tiles").values()),
+        zarr_stores=list(_per_shard(cfg, args.stores, "store").values()),
+        rejected=rejected if rejected.is_file() else None,
+        config=run_config,
+        workdir=Path.cwd(),
+    )
     out = build_report(inp, cfg.catalog, cfg.raw["report"], args.out or result(r, "report"))
     print(out)
     if args.screenshot:
@@ -394,9 +473,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             summary = json.loads(args.baseline.with_name("summary.json").read_text())
             thresholds = np.asarray(summary["thresholds"])
         folds, all_unseen = _held_out_of(cfg, args)
-        metrics = evaluate_all(cells, images, stores, Path(truth_dir) if truth_dir else None, cfg.catalog,
-                               trained_folds=set(folds), baseline=baseline, baseline_thresholds=thresholds,
-                               max_class_share=max_share, all_unseen=all_unseen)
+        metrics = evaluate_all(
+            cells,
+            images,
+            stores,
+            Path(truth_dir) if truth_dir else None,
+            cfg.catalog,
+            trained_folds=set(folds),
+            baseline=baseline,
+            baseline_thresholds=thresholds,
+            max_class_share=max_share,
+            all_unseen=all_unseen,
+        )
     from hpa_batch.tables import atomic_write_text
 
     atomic_write_text(args.out or result(r, "metrics"), json.dumps(metrics, indent=1))
@@ -449,13 +537,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    print(f"{info['store']}: {info['n_images']} image(s), {info['n_complete']} complete, "
-          f"{info['bytes'] / 1e6:.1f} MB, files per image {info['files_per_image']}")
+    print(
+        f"{info['store']}: {info['n_images']} image(s), {info['n_complete']} complete, "
+        f"{info['bytes'] / 1e6:.1f} MB, files per image {info['files_per_image']}"
+    )
     for image in info["images"][: args.limit]:
         shapes = " ".join("x".join(map(str, lv["shape"])) for lv in image["levels"])
-        print(f"  {image['image']}: {len(image['levels'])} levels [{shapes}] "
-              f"{image['levels'][0]['dtype']} chunks {image['levels'][0]['chunks']} "
-              f"{'complete' if image['complete'] else 'INCOMPLETE'}")
+        print(
+            f"  {image['image']}: {len(image['levels'])} levels [{shapes}] "
+            f"{image['levels'][0]['dtype']} chunks {image['levels'][0]['chunks']} "
+            f"{'complete' if image['complete'] else 'INCOMPLETE'}"
+        )
     if info["n_images"] > args.limit:
         print(f"  ... {info['n_images'] - args.limit} more")
     return 0
@@ -482,14 +574,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="comma-separated image sides (default 1728,2048,3072; 512 with --labels hpa2018)")
     p.add_argument("--cell-lines", help="comma-separated cell line names")
     p.add_argument("--format", choices=["png", "tif", "jpg"], default="png")
-    p.add_argument("--labels", choices=["hpa2021", "hpa2018"], default="hpa2021",
-                   help="hpa2018 writes that set's layout: 8-bit PNGs, train.csv Id,Target (space-separated), "
-                        "no cell-line column")
+    p.add_argument(
+        "--labels",
+        choices=["hpa2021", "hpa2018"],
+        default="hpa2021",
+        help="hpa2018 writes that set's layout: 8-bit PNGs, train.csv Id,Target (space-separated), no cell-line column",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes")
-    p.add_argument("--style", default="standard",
-                   help="comma-separated image styles cycled over the images (standard, dots, dim, crowded, "
-                        "large, small, nuclear-ratio, uneven, saturated, mitotic, vary; 'all' = every one but "
-                        "standard)")
+    p.add_argument(
+        "--style",
+        default="standard",
+        help="comma-separated image styles cycled over the images (standard, dots, dim, crowded, "
+        "large, small, nuclear-ratio, uneven, saturated, mitotic, vary; 'all' = every one but "
+        "standard)",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("plan", help="print the shard plan of a config")
@@ -534,8 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--manifests", nargs="*", type=Path)
     p.add_argument("--rejected", nargs="*", type=Path, help="qc/{shard}.rejected.tsv: refused images are left out")
-    p.add_argument("--segment-qc", nargs="*", type=Path,
-                   help="qc/{shard}.segment.tsv: doubtful images get fold -2 (segmentation_qc.doubtful)")
+    p.add_argument(
+        "--segment-qc",
+        nargs="*",
+        type=Path,
+        help="qc/{shard}.segment.tsv: doubtful images get fold -2 (segmentation_qc.doubtful)",
+    )
     p.add_argument("--out", type=Path)
     p.set_defaults(func=cmd_split)
 
@@ -561,15 +663,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Global verbs read what they are given; anything not given comes from the config and hpa_batch.layout.
     # A list option given with no value means "none" (e.g. no cell-level model).
-    p = _tables_verb(sub, "merge", "merge every shard into results/tables/{cells,images}.parquet (--cells and "
-                     "--images are the outputs)", cmd_merge)
+    p = _tables_verb(
+        sub,
+        "merge",
+        "merge every shard into results/tables/{cells,images}.parquet (--cells and --images are the outputs)",
+        cmd_merge,
+    )
     p.add_argument("--splits", type=Path)
-    for flag in ("manifests", "rejected", "segment-qc", "shard-cells", "cell-predictions", "image-predictions",
-                 "cell-thresholds", "image-thresholds", "stores"):
+    for flag in (
+        "manifests",
+        "rejected",
+        "segment-qc",
+        "shard-cells",
+        "cell-predictions",
+        "image-predictions",
+        "cell-thresholds",
+        "image-thresholds",
+        "stores",
+    ):
         p.add_argument(f"--{flag}", nargs="*", type=Path, help="one file per shard / fold (default: the plan's)")
 
-    p = _tables_verb(sub, "evaluate", "metrics of a run (image F1/AP; instance mAP@0.6 with per-cell truth)",
-                     cmd_evaluate)
+    p = _tables_verb(
+        sub, "evaluate", "metrics of a run (image F1/AP; instance mAP@0.6 with per-cell truth)", cmd_evaluate
+    )
     p.add_argument("--baseline", type=Path, help="the baseline's cells.parquet (summary.json beside it)")
     p.add_argument("--out", type=Path, help="metrics JSON (default results/metrics.json)")
     _held_out_args(p)
@@ -591,16 +707,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", nargs="*", type=Path, help="the cell model's predictions (embeddings)")
     _held_out_args(p)
 
-    p = sub.add_parser("submit", help="Kaggle submission: HPA 2021 (COCO RLE masks, from cell predictions) or, "
-                                      "with --images, HPA 2018 (Id,Predicted per image)")
+    p = sub.add_parser(
+        "submit",
+        help="Kaggle submission: HPA 2021 (COCO RLE masks, from cell predictions) or, "
+        "with --images, HPA 2018 (Id,Predicted per image)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--cells", type=Path,
-                     help="merged results/tables/cells.parquet: submits its fused_prob_* (what metrics.json scores)")
+    src.add_argument(
+        "--cells",
+        type=Path,
+        help="merged results/tables/cells.parquet: submits its fused_prob_* (what metrics.json scores)",
+    )
     src.add_argument("--predictions", nargs="+", type=Path, help="cell prediction parquet files (prob_*)")
-    src.add_argument("--images", type=Path,
-                     help="merged results/tables/images.parquet: the 2018 task's Id,Predicted (image labels)")
-    p.add_argument("--stores", nargs="*", type=Path, default=[],
-                   help="shard zarr stores with labels/cells (2021 format)")
+    src.add_argument(
+        "--images", type=Path, help="merged results/tables/images.parquet: the 2018 task's Id,Predicted (image labels)"
+    )
+    p.add_argument(
+        "--stores", nargs="*", type=Path, default=[], help="shard zarr stores with labels/cells (2021 format)"
+    )
     p.add_argument("--catalog", default="hpa2021", help="label catalog (its class count)")
     p.add_argument("--min-confidence", type=float, default=0.0)
     p.add_argument("--out", type=Path, required=True)

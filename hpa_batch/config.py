@@ -26,9 +26,11 @@ class ConfigError(ValueError):
 
 
 #: Schema properties marked ``x-registry: <name>`` accept exactly the names registered there.
-REGISTRIES = {"schedules": ("hpa_batch.schedules", "SCHEDULES"),
-              "baselines": ("hpa_batch.classifiers", "BASELINES"),
-              "catalogs": ("hpa_batch.labels", "CATALOGS")}
+REGISTRIES = {
+    "schedules": ("hpa_batch.schedules", "SCHEDULES"),
+    "baselines": ("hpa_batch.classifiers", "BASELINES"),
+    "catalogs": ("hpa_batch.labels", "CATALOGS"),
+}
 
 
 def _registered(name: str) -> list[str]:
@@ -230,8 +232,10 @@ def check_unlabelled(d: Mapping[str, Any]) -> None:
         return
     untrained = [m["name"] for m in d["models"] if not m.get("trained")]
     if untrained:
-        raise ConfigError(f"dataset.label_column is null (an unlabelled set), so models cannot be trained here; "
-                          f"give each of {untrained} trained: <another run's results/models/<name> folder>")
+        raise ConfigError(
+            f"dataset.label_column is null (an unlabelled set), so models cannot be trained here; "
+            f"give each of {untrained} trained: <another run's results/models/<name> folder>"
+        )
 
 
 def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
@@ -266,8 +270,9 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
             pixel_size_um=conv["pixel_size_um"],
         ),
         segmentation=SegmentationConfig(**d["segmentation"]),
-        segmentation_qc=SegmentationQCConfig(**{**d["segmentation_qc"],
-                                                "outlier_measures": tuple(d["segmentation_qc"]["outlier_measures"])}),
+        segmentation_qc=SegmentationQCConfig(
+            **{**d["segmentation_qc"], "outlier_measures": tuple(d["segmentation_qc"]["outlier_measures"])}
+        ),
         measure=MeasureConfig(**d["measure"]),
         tiles=TilesConfig(
             **{k: v for k, v in d["tiles"].items() if k != "intensity"},

@@ -160,8 +160,9 @@ def _prepare_store(store: Path, shard: str, keep: set[str]) -> Path:
     return staging
 
 
-def run_images(rows: list[pd.Series], store: Path, staging: Path, cfg: Config, threads: int,
-               progress: Progress) -> list[ImageResult]:
+def run_images(
+    rows: list[pd.Series], store: Path, staging: Path, cfg: Config, threads: int, progress: Progress
+) -> list[ImageResult]:
     """Run :func:`convert_image` over ``rows`` as Dask tasks on ``threads`` threads."""
 
     def task(row: pd.Series) -> ImageResult:
@@ -216,8 +217,11 @@ def convert_shard(
 
     by_id = {r["image_id"]: r for r in rows}
     refused = pd.DataFrame(
-        [(r.image_id, shard, by_id[r.image_id]["cell_line"], "convert", r.reason)
-         for r in results if r.status == "rejected"],
+        [
+            (r.image_id, shard, by_id[r.image_id]["cell_line"], "convert", r.reason)
+            for r in results
+            if r.status == "rejected"
+        ],
         columns=list(REJECTED_COLUMNS),
     )
     for r in results:
@@ -246,6 +250,10 @@ def convert_shard(
     get_logger().info(progress.line())
     get_logger().info(
         "convert %s: %d converted, %d kept, %d refused (see %s)",
-        shard, summary["n_converted"], summary["n_kept"], summary["n_rejected"], rejected_out,
+        shard,
+        summary["n_converted"],
+        summary["n_kept"],
+        summary["n_rejected"],
+        rejected_out,
     )
     return summary

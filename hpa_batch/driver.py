@@ -26,13 +26,40 @@ from typing import IO
 _HELD: dict[str, IO[str]] = {}
 
 #: Command-line flags of Snakemake invocations that change nothing on disk.
-READ_ONLY_FLAGS = frozenset({
-    "-n", "--dry-run", "--dryrun", "--lint", "--list-rules", "--list", "-l", "--list-target-rules",
-    "--lt", "--summary", "-S", "--detailed-summary", "-D", "--dag", "--rulegraph", "--filegraph",
-    "--d3dag", "--list-changes", "--lc", "--list-input-changes", "--li", "--list-params-changes",
-    "--lp", "--list-code-changes", "--list-untracked", "--lu", "--print-compilation", "--version",
-    "--help", "-h",
-})
+READ_ONLY_FLAGS = frozenset(
+    {
+        "-n",
+        "--dry-run",
+        "--dryrun",
+        "--lint",
+        "--list-rules",
+        "--list",
+        "-l",
+        "--list-target-rules",
+        "--lt",
+        "--summary",
+        "-S",
+        "--detailed-summary",
+        "-D",
+        "--dag",
+        "--rulegraph",
+        "--filegraph",
+        "--d3dag",
+        "--list-changes",
+        "--lc",
+        "--list-input-changes",
+        "--li",
+        "--list-params-changes",
+        "--lp",
+        "--list-code-changes",
+        "--list-untracked",
+        "--lu",
+        "--print-compilation",
+        "--version",
+        "--help",
+        "-h",
+    }
+)
 
 
 class DriverLockError(RuntimeError):
@@ -65,8 +92,9 @@ def acquire(workdir: str | Path = ".") -> Path:
         ) from None
     fh.seek(0)
     fh.truncate()
-    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                         "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    fh.write(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    )
     fh.flush()
     _HELD[key] = fh
     return path
@@ -92,8 +120,11 @@ def guard(workdir: str | Path, argv: Sequence[str]) -> Path | None:
         return acquire(workdir)
     holder = holder_of(workdir)
     if holder is not None:
-        print(f"warning: another snakemake driver is running here ({holder}); this read-only "
-              "invocation may show its running jobs as incomplete", file=sys.stderr)
+        print(
+            f"warning: another snakemake driver is running here ({holder}); this read-only "
+            "invocation may show its running jobs as incomplete",
+            file=sys.stderr,
+        )
     return None
 
 

@@ -26,8 +26,9 @@ from hpa_batch.splits import multi_hot
 
 def _pairs(p_ids: np.ndarray, t_ids: np.ndarray, iou: np.ndarray, min_iou: float) -> pd.DataFrame:
     ti, pi = np.nonzero(iou > min_iou)
-    return pd.DataFrame({"cell_id": p_ids[pi].astype(np.int32), "truth_cell_id": t_ids[ti].astype(np.int32),
-                         "iou": iou[ti, pi]})
+    return pd.DataFrame(
+        {"cell_id": p_ids[pi].astype(np.int32), "truth_cell_id": t_ids[ti].astype(np.int32), "iou": iou[ti, pi]}
+    )
 
 
 def match_cells(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.5) -> pd.DataFrame:
@@ -62,8 +63,11 @@ def truth_matches(store: Path, truth_dir: Path, min_iou: float = 0.5) -> pd.Data
         m = _pairs(p_ids, t_ids, iou, min_iou)
         m.insert(0, "image_id", image_id)
         rows.append(m)
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["image_id", "cell_id", "truth_cell_id", "iou"])
+    return (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame(columns=["image_id", "cell_id", "truth_cell_id", "iou"])
+    )
 
 
 def truth_cell_labels(truth_dir: Path, catalog: LabelCatalog) -> pd.DataFrame:
@@ -82,8 +86,13 @@ def truth_table(stores: list[Path], truth_dir: Path, catalog: LabelCatalog) -> p
     return matches.drop(columns="iou").merge(labels, on=["image_id", "truth_cell_id"], how="left")
 
 
-def score_cells(pred: pd.DataFrame, matches: pd.DataFrame, truth: pd.DataFrame, catalog: LabelCatalog,
-                thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
+def score_cells(
+    pred: pd.DataFrame,
+    matches: pd.DataFrame,
+    truth: pd.DataFrame,
+    catalog: LabelCatalog,
+    thresholds: np.ndarray | float = 0.5,
+) -> dict[str, float]:
     """Cell-level macro-F1 and mAP of predictions (``prob_k`` columns) on matched cells.
 
     Returns
@@ -99,8 +108,12 @@ def score_cells(pred: pd.DataFrame, matches: pd.DataFrame, truth: pd.DataFrame, 
     if catalog.negative is not None:  # a cell without labels is Negative
         y[y.sum(1) == 0, catalog.negative] = 1
     hits = prob >= np.asarray(thresholds)
-    return {"cells": len(m), "macro_f1": macro_f1(y, prob, thresholds), "map": mean_ap(y, prob),
-            "accuracy": float((hits == y.astype(bool)).all(1).mean())}
+    return {
+        "cells": len(m),
+        "macro_f1": macro_f1(y, prob, thresholds),
+        "map": mean_ap(y, prob),
+        "accuracy": float((hits == y.astype(bool)).all(1).mean()),
+    }
 
 
 def interpolated_ap(scores: np.ndarray, tp: np.ndarray, n_true: int) -> float:
@@ -130,8 +143,13 @@ def interpolated_ap(scores: np.ndarray, tp: np.ndarray, n_true: int) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
-def instance_map(pred: pd.DataFrame, truth: pd.DataFrame, ious: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 n_classes: int, iou_threshold: float = 0.6) -> tuple[float, dict[int, float]]:
+def instance_map(
+    pred: pd.DataFrame,
+    truth: pd.DataFrame,
+    ious: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    n_classes: int,
+    iou_threshold: float = 0.6,
+) -> tuple[float, dict[int, float]]:
     """Mean over classes of the instance-level AP: a (cell, class, confidence) detection is a true
     positive when it overlaps a not yet matched true cell of that class in the same image with IoU >=
     ``iou_threshold`` (the 2021 metric uses 0.6); detections are taken in descending confidence.
@@ -187,9 +205,16 @@ def predicted_ids(text: str | None, catalog: LabelCatalog) -> list[int]:
     return emitted_ids(text)
 
 
-def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
-                 catalog: LabelCatalog, *, iou_threshold: float = 0.6,
-                 ious: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> dict[str, object]:
+def evaluate_run(
+    cells: pd.DataFrame,
+    images: pd.DataFrame,
+    stores: list[Path],
+    truth_dir: Path | None,
+    catalog: LabelCatalog,
+    *,
+    iou_threshold: float = 0.6,
+    ious: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, object]:
     """Metrics of a run: image-level macro-F1 / per-class F1 and AP, and with per-cell truth the
     instance mAP at ``iou_threshold`` (fused probabilities), cell accuracy, per cell line.
 
@@ -206,10 +231,16 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
         "images": len(ok),
         "image_macro_f1": macro_f1(y_img, pred_img.astype(float), 0.5) if len(ok) else None,
         "image_map": mean_ap(y_img, p_img) if len(ok) else None,
-        "image_per_class_f1": {catalog.classes[k]: float(f1_score(y_img[:, k], pred_img[:, k], zero_division=0))
-                               for k in range(n) if y_img[:, k].any()},
-        "image_ap_per_class": {catalog.classes[k]: float(average_precision_score(y_img[:, k], p_img[:, k]))
-                               for k in range(n) if y_img[:, k].any() and not y_img[:, k].all()},
+        "image_per_class_f1": {
+            catalog.classes[k]: float(f1_score(y_img[:, k], pred_img[:, k], zero_division=0))
+            for k in range(n)
+            if y_img[:, k].any()
+        },
+        "image_ap_per_class": {
+            catalog.classes[k]: float(average_precision_score(y_img[:, k], p_img[:, k]))
+            for k in range(n)
+            if y_img[:, k].any() and not y_img[:, k].all()
+        },
     }
     if truth_dir is None:
         return result
@@ -223,8 +254,13 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
     truth = truth[truth["image_id"].isin(list(ious))]
     pred = cells.rename(columns={f"fused_prob_{k}": f"prob_{k}" for k in range(n)})
     m, per = instance_map(pred, truth, ious, n, iou_threshold)
-    result.update({"cell_map": m, "iou_threshold": iou_threshold,
-                   "cell_ap_per_class": {catalog.classes[k]: v for k, v in per.items()}})
+    result.update(
+        {
+            "cell_map": m,
+            "iou_threshold": iou_threshold,
+            "cell_ap_per_class": {catalog.classes[k]: v for k, v in per.items()},
+        }
+    )
     lines = {}
     for line, idx in images.groupby("cell_line").groups.items():
         ids = set(images.loc[idx, "image_id"])
@@ -234,10 +270,14 @@ def evaluate_run(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
     result["cell_map_per_cell_line"] = lines
     if "truth_labels" in cells:
         matched = cells[cells["truth_cell_id"] > 0]
-        truth_sets = [set(v) if len(v) else ({catalog.negative} if catalog.negative is not None else set())
-                      for v in matched["truth_labels"]]
+        truth_sets = [
+            set(v) if len(v) else ({catalog.negative} if catalog.negative is not None else set())
+            for v in matched["truth_labels"]
+        ]
         pred_sets = [set(predicted_ids(v, catalog)) for v in matched["predicted"]]
-        result["cell_accuracy"] = float(np.mean([a == b for a, b in zip(pred_sets, truth_sets)])) if len(matched) else None
+        result["cell_accuracy"] = (
+            float(np.mean([a == b for a, b in zip(pred_sets, truth_sets)])) if len(matched) else None
+        )
         result["cell_macro_f1"] = _set_macro_f1(truth_sets, pred_sets, n) if len(matched) else None
         result["matched_cells"] = len(matched)
     return result
@@ -269,13 +309,19 @@ def read_submission(path: Path, n_classes: int) -> Iterator[tuple[str, np.ndarra
                 labels[decode_mask(token, labels.shape[0], labels.shape[1]) > 0] = ids[token]
                 probs[ids[token]] = np.zeros(n_classes)
             probs[ids[token]][cls] = conf
-        det = pd.DataFrame({"image_id": row.ID, "cell_id": list(probs),
-                            **{f"prob_{c}": [p[c] for p in probs.values()] for c in range(n_classes)}})
+        det = pd.DataFrame(
+            {
+                "image_id": row.ID,
+                "cell_id": list(probs),
+                **{f"prob_{c}": [p[c] for p in probs.values()] for c in range(n_classes)},
+            }
+        )
         yield row.ID, labels, det
 
 
-def score_submission(path: Path, truth_dir: Path, catalog: LabelCatalog, iou_threshold: float = 0.6
-                     ) -> tuple[float, dict[int, float]]:
+def score_submission(
+    path: Path, truth_dir: Path, catalog: LabelCatalog, iou_threshold: float = 0.6
+) -> tuple[float, dict[int, float]]:
     """The HPA 2021 instance mAP of a submission file against per-cell truth, from the file alone
     (masks decoded from their tokens, matched to the true cells, confidences as written)."""
     truth = truth_cell_labels(truth_dir, catalog)
@@ -321,8 +367,9 @@ def held_out_images(images: pd.DataFrame, trained_folds: set[int], *, all_unseen
     return set(images.loc[(images["fold"] == fold) & ~images["rejected"], "image_id"])
 
 
-def baseline_view(cells: pd.DataFrame, images: pd.DataFrame, baseline: pd.DataFrame, thresholds: np.ndarray,
-                  catalog: LabelCatalog) -> tuple[pd.DataFrame, pd.DataFrame]:
+def baseline_view(
+    cells: pd.DataFrame, images: pd.DataFrame, baseline: pd.DataFrame, thresholds: np.ndarray, catalog: LabelCatalog
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The run's tables with the baseline's probabilities in place of the deep model's.
 
     Cells get ``fused_prob_k`` / ``predicted`` from ``baseline`` (image_id, cell_id, ``prob_k``,
@@ -332,8 +379,9 @@ def baseline_view(cells: pd.DataFrame, images: pd.DataFrame, baseline: pd.DataFr
     n = catalog.n_classes
     probs = [f"prob_{k}" for k in range(n)]
     keep = [c for c in cells.columns if not c.startswith("fused_prob_") and c != "predicted"]
-    c = cells[keep].merge(baseline[["image_id", "cell_id", *probs, "predicted"]], on=["image_id", "cell_id"],
-                          how="left")
+    c = cells[keep].merge(
+        baseline[["image_id", "cell_id", *probs, "predicted"]], on=["image_id", "cell_id"], how="left"
+    )
     c[probs] = c[probs].fillna(0.0)
     c = c.rename(columns={p: f"fused_{p}" for p in probs})
     img_max = c.groupby("image_id")[[f"fused_{p}" for p in probs]].max()
@@ -341,8 +389,10 @@ def baseline_view(cells: pd.DataFrame, images: pd.DataFrame, baseline: pd.DataFr
     ip = img_max.reindex(i["image_id"]).fillna(0.0).to_numpy(np.float32)
     for k in range(n):
         i[f"image_prob_{k}"] = np.where(i["rejected"], np.nan, ip[:, k])
-    i["predicted"] = [None if rej else format_labels(np.flatnonzero(row >= thresholds).tolist(), catalog)
-                      for rej, row in zip(i["rejected"], ip)]
+    i["predicted"] = [
+        None if rej else format_labels(np.flatnonzero(row >= thresholds).tolist(), catalog)
+        for rej, row in zip(i["rejected"], ip)
+    ]
     return c, i
 
 
@@ -361,36 +411,59 @@ def prediction_guard(cells: pd.DataFrame, catalog: LabelCatalog, max_share: floa
         matched = cells[cells["truth_cell_id"] >= 0] if "truth_cell_id" in cells else cells
         if len(matched):
             truth = multi_hot([list(map(int, v)) for v in matched["truth_labels"]], n).mean(axis=0)
-    over = [catalog.classes[k] for k in range(n)
-            if pred[k] > max_share and (truth is None or truth[k] <= max_share)]
+    over = [catalog.classes[k] for k in range(n) if pred[k] > max_share and (truth is None or truth[k] <= max_share)]
     distinct = {tuple(s) for s in sets}
-    return {"max_class_share": max_share,
-            "class_share": {catalog.classes[k]: round(float(pred[k]), 4) for k in range(n)},
-            **({"truth_share": {catalog.classes[k]: round(float(truth[k]), 4) for k in range(n)}}
-               if truth is not None else {}),
-            "over_predicted": over, "single_prediction": len(sets) > 1 and len(distinct) == 1}
+    return {
+        "max_class_share": max_share,
+        "class_share": {catalog.classes[k]: round(float(pred[k]), 4) for k in range(n)},
+        **(
+            {"truth_share": {catalog.classes[k]: round(float(truth[k]), 4) for k in range(n)}}
+            if truth is not None
+            else {}
+        ),
+        "over_predicted": over,
+        "single_prediction": len(sets) > 1 and len(distinct) == 1,
+    }
 
 
-UNLABELLED = ("the dataset has no labels (dataset.label_column: null): predictions, tables and the submission "
-              "are written, nothing is scored")
+UNLABELLED = (
+    "the dataset has no labels (dataset.label_column: null): predictions, tables and the submission "
+    "are written, nothing is scored"
+)
 
 
-def unlabelled_metrics(cells: pd.DataFrame, images: pd.DataFrame, catalog: LabelCatalog,
-                       max_class_share: float = 0.6) -> dict[str, object]:
+def unlabelled_metrics(
+    cells: pd.DataFrame, images: pd.DataFrame, catalog: LabelCatalog, max_class_share: float = 0.6
+) -> dict[str, object]:
     """``metrics.json`` of an unlabelled set: why nothing is scored, what was predicted, and the
     prediction guard (a class on most cells, one label set for every cell still shows)."""
     admitted = images[~images["rejected"]]
     guard = prediction_guard(cells, catalog, max_class_share)
     for name in guard["over_predicted"]:
         get_logger().warning("evaluate: %s is predicted for %.0f%% of cells", name, 100 * guard["class_share"][name])
-    return {"skipped": UNLABELLED, "images": len(admitted), "cells": len(cells),
-            "images_with_predictions": int(admitted["predicted"].map(bool).sum()), "prediction_guard": guard}
+    return {
+        "skipped": UNLABELLED,
+        "images": len(admitted),
+        "cells": len(cells),
+        "images_with_predictions": int(admitted["predicted"].map(bool).sum()),
+        "prediction_guard": guard,
+    }
 
 
-def evaluate_all(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], truth_dir: Path | None,
-                 catalog: LabelCatalog, *, trained_folds: set[int], baseline: pd.DataFrame | None = None,
-                 baseline_thresholds: np.ndarray | None = None, iou_threshold: float = 0.6,
-                 max_class_share: float = 0.6, all_unseen: bool = False) -> dict[str, object]:
+def evaluate_all(
+    cells: pd.DataFrame,
+    images: pd.DataFrame,
+    stores: list[Path],
+    truth_dir: Path | None,
+    catalog: LabelCatalog,
+    *,
+    trained_folds: set[int],
+    baseline: pd.DataFrame | None = None,
+    baseline_thresholds: np.ndarray | None = None,
+    iou_threshold: float = 0.6,
+    max_class_share: float = 0.6,
+    all_unseen: bool = False,
+) -> dict[str, object]:
     """``metrics.json``: the deep model's metrics on every image at the top level (as before), then
     ``held_out`` (images no model trained on; absent when there are none) and ``baseline`` with the
     same two views."""
@@ -401,8 +474,15 @@ def evaluate_all(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
         everything = evaluate_run(c, i, stores, truth_dir, catalog, iou_threshold=iou_threshold, ious=ious)
         if not held:
             return everything, None
-        sub = evaluate_run(c[c["image_id"].isin(held)], i[i["image_id"].isin(held)], stores, truth_dir, catalog,
-                           iou_threshold=iou_threshold, ious=ious)
+        sub = evaluate_run(
+            c[c["image_id"].isin(held)],
+            i[i["image_id"].isin(held)],
+            stores,
+            truth_dir,
+            catalog,
+            iou_threshold=iou_threshold,
+            ious=ious,
+        )
         return everything, sub
 
     result, held_metrics = both(cells, images)
@@ -410,9 +490,13 @@ def evaluate_all(cells: pd.DataFrame, images: pd.DataFrame, stores: list[Path], 
     result["trained_folds"] = sorted(trained_folds)
     result["prediction_guard"] = prediction_guard(cells, catalog, max_class_share)
     for name in result["prediction_guard"]["over_predicted"]:
-        get_logger().warning("evaluate: %s is predicted for %.0f%% of cells (> %.0f%%, more than the truth "
-                             "says): its threshold is degenerate", name,
-                             100 * result["prediction_guard"]["class_share"][name], 100 * max_class_share)
+        get_logger().warning(
+            "evaluate: %s is predicted for %.0f%% of cells (> %.0f%%, more than the truth "
+            "says): its threshold is degenerate",
+            name,
+            100 * result["prediction_guard"]["class_share"][name],
+            100 * max_class_share,
+        )
     if held_metrics is not None:
         result["held_out"] = held_metrics
     if baseline is not None and baseline_thresholds is not None:

@@ -108,9 +108,7 @@ def _probe_pil(path: Path) -> ImageHeader:
     with Image.open(path) as im:
         mode, (width, height) = im.mode, im.size
     if mode not in _PIL_MODES:
-        raise ImageReadError(
-            f"{path}: not a 2-D grayscale 8/16-bit image (mode {mode}, {len(mode)} band(s))"
-        )
+        raise ImageReadError(f"{path}: not a 2-D grayscale 8/16-bit image (mode {mode}, {len(mode)} band(s))")
     return ImageHeader((int(height), int(width)), _PIL_MODES[mode])
 
 

@@ -184,9 +184,7 @@ def parse_labels(text: object, catalog: LabelCatalog, separator: str = "auto") -
             raise LabelError(f"label {tok!r} is not a class id (string {raw!r})")
         value = int(tok)
         if value >= catalog.n_classes:
-            raise LabelError(
-                f"label {value} is outside catalog {catalog.name} (0..{catalog.n_classes - 1})"
-            )
+            raise LabelError(f"label {value} is outside catalog {catalog.name} (0..{catalog.n_classes - 1})")
         ids.add(value)
     if catalog.negative is not None and catalog.negative in ids and len(ids) > 1:
         raise LabelError(f"Negative ({catalog.negative}) combined with other labels in {raw!r}")

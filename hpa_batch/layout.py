@@ -135,10 +135,11 @@ def model_folds(spec: Mapping[str, Any]) -> list[int]:
         return [int(k) for k in spec["folds"]]
     root = model_dir("", spec)
     if not root.is_dir():
-        raise FileNotFoundError(f"model {spec['name']!r}: trained: {root} is not a directory (give another "
-                                "run's results/models/<name> folder)")
-    folds = sorted(int(m.group(1)) for p in root.iterdir() if (m := _FOLD.match(p.name))
-                   and (p / "model.pt").is_file())
+        raise FileNotFoundError(
+            f"model {spec['name']!r}: trained: {root} is not a directory (give another "
+            "run's results/models/<name> folder)"
+        )
+    folds = sorted(int(m.group(1)) for p in root.iterdir() if (m := _FOLD.match(p.name)) and (p / "model.pt").is_file())
     if not folds:
         raise FileNotFoundError(f"model {spec['name']!r}: trained: {root} holds no fold<k>/model.pt")
     return folds

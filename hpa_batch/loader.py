@@ -72,18 +72,35 @@ def build_index(stores: list[Path], splits: pd.DataFrame, level: str, n_classes:
         g = zarr.open_group(path, mode="r", zarr_format=3)
         ids = g["cell_image"][:] if array == "cells" else g["image_id"][:]
         cids = g["cell_id"][:] if array == "cells" else np.full(len(ids), -1, np.int32)
-        parts.append(pd.DataFrame({"store": k, "row": np.arange(len(ids)), "chunk": int(g[array].chunks[0]),
-                                   "image_id": np.asarray(ids, dtype=object), "cell_id": cids}))
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["store", "row", "chunk", "image_id", "cell_id"])
+        parts.append(
+            pd.DataFrame(
+                {
+                    "store": k,
+                    "row": np.arange(len(ids)),
+                    "chunk": int(g[array].chunks[0]),
+                    "image_id": np.asarray(ids, dtype=object),
+                    "cell_id": cids,
+                }
+            )
+        )
+    table = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=["store", "row", "chunk", "image_id", "cell_id"])
+    )
     missing = set(table["image_id"]) - set(meta.index)
     if missing:
         raise ValueError(f"{len(missing)} tiled image(s) are not in the splits table, e.g. {sorted(missing)[:3]}")
     labels = [list(meta.at[i, "labels"]) for i in table["image_id"]]
     return TileIndex(
-        stores=list(stores), array=array, store=table["store"].to_numpy(int), row=table["row"].to_numpy(int),
-        chunk=table["chunk"].to_numpy(int), image_id=table["image_id"].to_numpy(object),
-        cell_id=table["cell_id"].to_numpy(np.int32), y=multi_hot(labels, n_classes).astype(np.float32),
+        stores=list(stores),
+        array=array,
+        store=table["store"].to_numpy(int),
+        row=table["row"].to_numpy(int),
+        chunk=table["chunk"].to_numpy(int),
+        image_id=table["image_id"].to_numpy(object),
+        cell_id=table["cell_id"].to_numpy(np.int32),
+        y=multi_hot(labels, n_classes).astype(np.float32),
         fold=meta.loc[table["image_id"], "fold"].to_numpy(np.int8),
         n_labels=np.array([len(v) for v in labels], int),
     )
@@ -97,9 +114,18 @@ def _batches(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return out
 
 
-def epoch_plan(index: TileIndex, positions: np.ndarray, batch_size: int, *, seed: int, epoch: int,
-               buffer_chunks: int, shuffle: bool = True, rank: int = 0, world: int = 1
-               ) -> list[list[np.ndarray]]:
+def epoch_plan(
+    index: TileIndex,
+    positions: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    buffer_chunks: int,
+    shuffle: bool = True,
+    rank: int = 0,
+    world: int = 1,
+) -> list[list[np.ndarray]]:
     """Groups of minibatches (arrays of positions into ``index``) for one epoch of one rank.
 
     Parameters
@@ -147,8 +173,7 @@ class GroupDataset(torch.utils.data.Dataset):
     features), read by the same whole chunks as the tiles.
     """
 
-    def __init__(self, index: TileIndex, groups: list[list[np.ndarray]], channels: list[int],
-                 features: bool = False):
+    def __init__(self, index: TileIndex, groups: list[list[np.ndarray]], channels: list[int], features: bool = False):
         # channels: canonical planes to read, in order (models.ChannelMap.gather)
         self.index, self.groups, self.channels, self.features = index, groups, channels, features
         self._arrays: dict[tuple[int, str], zarr.Array] = {}
@@ -189,9 +214,12 @@ class GroupDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         pos = np.concatenate(self.groups[i])
-        item = {"x": torch.from_numpy(self._gather(pos, self.index.array, self.channels)),
-                "y": torch.from_numpy(self.index.y[pos]), "pos": torch.from_numpy(pos),
-                "sizes": torch.tensor([len(b) for b in self.groups[i]])}
+        item = {
+            "x": torch.from_numpy(self._gather(pos, self.index.array, self.channels)),
+            "y": torch.from_numpy(self.index.y[pos]),
+            "pos": torch.from_numpy(pos),
+            "sizes": torch.tensor([len(b) for b in self.groups[i]]),
+        }
         if self.features:
             item["f"] = torch.from_numpy(self._gather(pos, "features", None).astype(np.float32))
         return item
@@ -216,8 +244,9 @@ def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray
     return mean, np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
 
 
-def iterate_batches(dataset: GroupDataset, num_workers: int, skip: int = 0
-                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+def iterate_batches(
+    dataset: GroupDataset, num_workers: int, skip: int = 0
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]]:
     """Yield ``(batch_number, x, f, y, pos)`` over all groups, starting at batch ``skip`` (``f`` is
     None unless the dataset reads features).
 
@@ -232,7 +261,10 @@ def iterate_batches(dataset: GroupDataset, num_workers: int, skip: int = 0
         first += 1
     sub = GroupDataset(dataset.index, dataset.groups[first:], dataset.channels, dataset.features)
     loader = torch.utils.data.DataLoader(
-        sub, batch_size=None, shuffle=False, num_workers=num_workers,
+        sub,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
         multiprocessing_context="spawn" if num_workers else None,
         prefetch_factor=2 if num_workers else None,
     )

@@ -81,8 +81,9 @@ def _check_id(image_id: str, rows: pd.DataFrame) -> str | None:
     values = rows[["label_string", "cell_line"]].astype(str).drop_duplicates()
     if len(values) == 1:
         return f"id listed {len(rows)} times in the metadata table (lines {lines}) with identical rows; one kept"
-    quoted = "; ".join(f"line {int(r.row) + 2}: labels {r.label_string!r}, cell line {r.cell_line!r}"
-                       for r in rows.itertuples())
+    quoted = "; ".join(
+        f"line {int(r.row) + 2}: labels {r.label_string!r}, cell line {r.cell_line!r}" for r in rows.itertuples()
+    )
     raise Rejection(f"id listed {len(rows)} times in the metadata table with conflicting rows: {quoted}")
 
 

@@ -36,9 +36,17 @@ from hpa_batch.tables import atomic_path, to_arrow
 
 STATS = ("mean", "median", "std", "integrated")
 FEATURES = (
-    "green_nucleus_ratio", "ssim_green_red", "ssim_green_yellow", "ssim_green_blue",
-    "green_yellow_ratio", "green_area_fraction", "blob_count", "blob_compactness",
-    "blob_eccentricity", "blob_nucleus_area_ratio", "blob_nucleus_distance",
+    "green_nucleus_ratio",
+    "ssim_green_red",
+    "ssim_green_yellow",
+    "ssim_green_blue",
+    "green_yellow_ratio",
+    "green_area_fraction",
+    "blob_count",
+    "blob_compactness",
+    "blob_eccentricity",
+    "blob_nucleus_area_ratio",
+    "blob_nucleus_distance",
 )
 
 GEOMETRY = ("area", "nucleus_area", "eccentricity", "solidity")
@@ -47,8 +55,15 @@ FEATURE_COLUMNS = GEOMETRY + INTENSITIES + FEATURES
 """Columns of the per-cell table that make the hand-crafted design matrix (:func:`feature_matrix`)."""
 
 IMAGE_FEATURE_COLUMNS = (
-    "green_nucleus_ratio", "ssim_green_red", "ssim_green_yellow", "ssim_green_blue", "green_yellow_ratio",
-    "green_area_fraction", "blob_compactness", "blob_eccentricity", "blob_nucleus_area_ratio",
+    "green_nucleus_ratio",
+    "ssim_green_red",
+    "ssim_green_yellow",
+    "ssim_green_blue",
+    "green_yellow_ratio",
+    "green_area_fraction",
+    "blob_compactness",
+    "blob_eccentricity",
+    "blob_nucleus_area_ratio",
     "blob_nucleus_distance",
 )
 """Study 002's ten image features, in its order (:func:`image_feature_row`)."""
@@ -58,12 +73,21 @@ STUDY_002_FEATURE_WEIGHTS = (2.0, 4.0, 1.0, 1.0, 2.0, 1.0, 1.0, 0.5, 0.5, 2.0)
 
 CELLS_SCHEMA = pa.schema(
     [
-        ("image_id", pa.string()), ("cell_id", pa.int32()), ("cell_line", pa.string()),
+        ("image_id", pa.string()),
+        ("cell_id", pa.int32()),
+        ("cell_line", pa.string()),
         ("shard", pa.string()),
-        ("bbox_y0", pa.int32()), ("bbox_x0", pa.int32()), ("bbox_y1", pa.int32()), ("bbox_x1", pa.int32()),
-        ("centroid_y", pa.float32()), ("centroid_x", pa.float32()),
-        ("area", pa.int64()), ("nucleus_area", pa.int64()),
-        ("eccentricity", pa.float32()), ("solidity", pa.float32()), ("border", pa.bool_()),
+        ("bbox_y0", pa.int32()),
+        ("bbox_x0", pa.int32()),
+        ("bbox_y1", pa.int32()),
+        ("bbox_x1", pa.int32()),
+        ("centroid_y", pa.float32()),
+        ("centroid_x", pa.float32()),
+        ("area", pa.int64()),
+        ("nucleus_area", pa.int64()),
+        ("eccentricity", pa.float32()),
+        ("solidity", pa.float32()),
+        ("border", pa.bool_()),
         *[(f"{c}_{where}_{s}", pa.float32()) for where in ("cell", "nucleus") for c in CHANNELS for s in STATS],
         *[(f, pa.float32()) for f in FEATURES],
     ]
@@ -122,7 +146,9 @@ def intensity_stats(labels: np.ndarray, image: np.ndarray, prefix: str) -> pd.Da
         Indexed by label; columns ``{channel}_{prefix}_{stat}``.
     """
     table = regionprops_table(
-        labels, intensity_image=image, properties=("label", "intensity_mean"),
+        labels,
+        intensity_image=image,
+        properties=("label", "intensity_mean"),
         extra_properties=(_median, _std, _integrated),
     )
     out = pd.DataFrame(index=pd.Index(table["label"], name="label"))
@@ -191,19 +217,27 @@ def blob_moments(blobs: np.ndarray) -> pd.DataFrame:
     padded = np.pad(blobs, 1)
     inner = padded[1:-1, 1:-1]
     edge = (inner > 0) & (
-        (padded[:-2, 1:-1] != inner) | (padded[2:, 1:-1] != inner)
-        | (padded[1:-1, :-2] != inner) | (padded[1:-1, 2:] != inner)
+        (padded[:-2, 1:-1] != inner)
+        | (padded[2:, 1:-1] != inner)
+        | (padded[1:-1, :-2] != inner)
+        | (padded[1:-1, 2:] != inner)
     )
     perimeter = np.bincount(blobs[edge], minlength=n + 1)[1:].astype(np.float64)
     return pd.DataFrame(
-        {"area": area, "cy": cy, "cx": cx, "eccentricity": major / minor,
-         "compactness": perimeter**2 / (4 * np.pi * area)},
+        {
+            "area": area,
+            "cy": cy,
+            "cx": cx,
+            "eccentricity": major / minor,
+            "compactness": perimeter**2 / (4 * np.pi * area),
+        },
         index=np.arange(1, n + 1),
     )
 
 
-def _blob_features(green: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, threshold: float,
-                   quantile: float) -> dict[str, float]:
+def _blob_features(
+    green: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, threshold: float, quantile: float
+) -> dict[str, float]:
     inside = green[cell]
     cut = max(float(np.quantile(inside, quantile)), threshold) if inside.size else threshold
     blobs, _ = ndi.label((green > cut) & cell)
@@ -211,8 +245,13 @@ def _blob_features(green: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, thr
     stats = stats[stats["area"] >= 4] if len(stats) else stats
     nuc_area = int(nucleus.sum())
     if not len(stats):
-        return {"blob_count": 0.0, "blob_compactness": np.nan, "blob_eccentricity": np.nan,
-                "blob_nucleus_area_ratio": 0.0, "blob_nucleus_distance": np.nan}
+        return {
+            "blob_count": 0.0,
+            "blob_compactness": np.nan,
+            "blob_eccentricity": np.nan,
+            "blob_nucleus_area_ratio": 0.0,
+            "blob_nucleus_distance": np.nan,
+        }
     if nuc_area:
         dist = ndi.distance_transform_edt(~nucleus)
         iy = np.clip(np.round(stats["cy"]).astype(int), 0, green.shape[0] - 1)
@@ -229,8 +268,9 @@ def _blob_features(green: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, thr
     }
 
 
-def cell_features(crop: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, *, bg: np.ndarray,
-                  sigma: np.ndarray, params: MeasureConfig) -> dict[str, float]:
+def cell_features(
+    crop: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, *, bg: np.ndarray, sigma: np.ndarray, params: MeasureConfig
+) -> dict[str, float]:
     """Hand-crafted localisation features of one cell.
 
     Parameters
@@ -258,8 +298,9 @@ def cell_features(crop: np.ndarray, cell: np.ndarray, nucleus: np.ndarray, *, bg
     return feats
 
 
-def measure_image(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, border: set[int],
-                  params: MeasureConfig) -> pd.DataFrame:
+def measure_image(
+    image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, border: set[int], params: MeasureConfig
+) -> pd.DataFrame:
     """All measurements of one image's cells.
 
     Parameters
@@ -282,13 +323,21 @@ def measure_image(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, bord
     if cells.max() == 0:
         return pd.DataFrame(columns=CELLS_SCHEMA.names[1:2] + CELLS_SCHEMA.names[4:])
     pix = np.moveaxis(image, 0, -1)
-    geo = pd.DataFrame(regionprops_table(
-        cells, properties=("label", "bbox", "centroid", "area", "eccentricity", "solidity")
-    )).set_index("label")
-    geo.columns = ["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x", "area",
-                   "eccentricity", "solidity"]
-    geo["nucleus_area"] = pd.Series(np.bincount(nuclei.ravel(), minlength=cells.max() + 1)[geo.index],
-                                    index=geo.index)
+    geo = pd.DataFrame(
+        regionprops_table(cells, properties=("label", "bbox", "centroid", "area", "eccentricity", "solidity"))
+    ).set_index("label")
+    geo.columns = [
+        "bbox_y0",
+        "bbox_x0",
+        "bbox_y1",
+        "bbox_x1",
+        "centroid_y",
+        "centroid_x",
+        "area",
+        "eccentricity",
+        "solidity",
+    ]
+    geo["nucleus_area"] = pd.Series(np.bincount(nuclei.ravel(), minlength=cells.max() + 1)[geo.index], index=geo.index)
     geo["border"] = [int(k) in border for k in geo.index]
     table = geo.join(intensity_stats(cells, pix, "cell")).join(intensity_stats(nuclei, pix, "nucleus"))
     bg, sigma = background(pix, cells)
@@ -302,8 +351,7 @@ def measure_image(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, bord
     return table.reset_index()
 
 
-def image_feature_row(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, params: MeasureConfig
-                      ) -> np.ndarray:
+def image_feature_row(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, params: MeasureConfig) -> np.ndarray:
     """Study 002's features of a whole image: the per-cell features with every cell as one region.
 
     Green-in-nucleus ratio, SSIM of green with red / yellow / blue, green/yellow intensity, green area
@@ -335,8 +383,12 @@ def load_image_and_masks(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """Level ``s0`` of an image and of its cell/nucleus labels, and its border cell ids."""
     group = zarr.open_group(path, mode="r", zarr_format=3)
     labels = group["labels"]
-    return (group["s0"][...], labels["cells"]["s0"][...], labels["nuclei"]["s0"][...],
-            set(labels.attrs["hpa_batch"]["border_cells"]))
+    return (
+        group["s0"][...],
+        labels["cells"]["s0"][...],
+        labels["nuclei"]["s0"][...],
+        set(labels.attrs["hpa_batch"]["border_cells"]),
+    )
 
 
 def measure_shard(cfg: Config, store: Path, manifest: Path, out: Path, segment_qc: Path | None = None) -> int:
@@ -357,8 +409,9 @@ def measure_shard(cfg: Config, store: Path, manifest: Path, out: Path, segment_q
         qc = read_segment_qc(segment_qc)
         skip = set(qc.loc[qc["doubtful"], "image_id"])
         images = [p for p in images if p.name not in skip]
-        get_logger().info("measure %s: %d doubtful image(s) excluded (segmentation_qc.doubtful: exclude)",
-                          shard, len(skip))
+        get_logger().info(
+            "measure %s: %d doubtful image(s) excluded (segmentation_qc.doubtful: exclude)", shard, len(skip)
+        )
     progress = Progress(len(images), f"measure {shard}")
     n = 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, CELLS_SCHEMA) as writer:

@@ -68,13 +68,27 @@ def cells_schema(n: int, with_truth: bool) -> pa.Schema:
 def images_schema(n: int) -> pa.Schema:
     """Schema of ``images.parquet`` for ``n`` classes."""
     return pa.schema(
-        [("image_id", pa.string()), ("shard", pa.string()), ("cell_line", pa.string()),
-         ("height", pa.int32()), ("width", pa.int32()), ("n_cells", pa.int32()), ("n_border", pa.int32()),
-         ("border_fraction", pa.float32()), ("rejected", pa.bool_()), ("reject_reason", pa.string()),
-         ("zero_cells", pa.bool_()), ("coverage", pa.float32()), ("median_cell_area", pa.float32()),
-         ("cell_nucleus_ratio", pa.float32()), ("doubtful", pa.bool_()), ("qc_flag", pa.string()),
-         ("fold", pa.int8())]
-        + prob_fields("image", n) + prob_fields("cells_max", n)
+        [
+            ("image_id", pa.string()),
+            ("shard", pa.string()),
+            ("cell_line", pa.string()),
+            ("height", pa.int32()),
+            ("width", pa.int32()),
+            ("n_cells", pa.int32()),
+            ("n_border", pa.int32()),
+            ("border_fraction", pa.float32()),
+            ("rejected", pa.bool_()),
+            ("reject_reason", pa.string()),
+            ("zero_cells", pa.bool_()),
+            ("coverage", pa.float32()),
+            ("median_cell_area", pa.float32()),
+            ("cell_nucleus_ratio", pa.float32()),
+            ("doubtful", pa.bool_()),
+            ("qc_flag", pa.string()),
+            ("fold", pa.int8()),
+        ]
+        + prob_fields("image", n)
+        + prob_fields("cells_max", n)
         + [("predicted", pa.string()), ("labels", pa.list_(pa.int16()))]
     )
 
@@ -121,9 +135,17 @@ def _probs(table: pd.DataFrame, n: int) -> np.ndarray:
     return table[[f"prob_{k}" for k in range(n)]].to_numpy(np.float32)
 
 
-def merge_shard(inp: ShardInputs, splits: pd.DataFrame, n: int, catalog: LabelCatalog, *, options: dict[str, Any],
-                thresholds: np.ndarray, truth: pd.DataFrame | None, image_thresholds: np.ndarray | None = None
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def merge_shard(
+    inp: ShardInputs,
+    splits: pd.DataFrame,
+    n: int,
+    catalog: LabelCatalog,
+    *,
+    options: dict[str, Any],
+    thresholds: np.ndarray,
+    truth: pd.DataFrame | None,
+    image_thresholds: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The cells and images rows of one shard (``thresholds`` ``(c,)`` for the cells' fused
     probabilities, ``image_thresholds`` for the images' ``predicted``, default the same)."""
     cells = pd.read_parquet(inp.cells)
@@ -176,9 +198,17 @@ def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) 
     return out
 
 
-def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: np.ndarray | None,
-            img_probs: dict[str, np.ndarray], folds: pd.Series, n: int, catalog: LabelCatalog,
-            thresholds: np.ndarray) -> pd.DataFrame:
+def _images(
+    inp: ShardInputs,
+    manifest: pd.DataFrame,
+    cells: pd.DataFrame,
+    cp: np.ndarray | None,
+    img_probs: dict[str, np.ndarray],
+    folds: pd.Series,
+    n: int,
+    catalog: LabelCatalog,
+    thresholds: np.ndarray,
+) -> pd.DataFrame:
     """Image rows; ``cp`` ``(n_cells, c)`` cell-model probabilities, None without a cell model
     (``cells_max_prob_k`` NaN)."""
     qc = read_segment_qc(inp.segment_qc).drop_duplicates("image_id").set_index("image_id")
@@ -199,28 +229,57 @@ def _images(inp: ShardInputs, manifest: pd.DataFrame, cells: pd.DataFrame, cp: n
         else:
             cmax = cp[idx].max(axis=0) if len(idx) else np.zeros(n, np.float32)
         ip = img_probs.get(r.image_id, np.zeros(n, np.float32) if cp is None else cmax)
-        rows.append({"image_id": r.image_id, "shard": inp.name, "cell_line": r.cell_line, "height": r.height,
-                     "width": r.width, "n_cells": n_cells, "n_border": n_border,
-                     "border_fraction": n_border / n_cells if n_cells else 0.0, "rejected": False,
-                     "reject_reason": None, "zero_cells": n_cells == 0,
-                     "coverage": np.nan if seg is None else seg["coverage"],
-                     "median_cell_area": np.nan if seg is None else seg["median_cell_area"],
-                     "cell_nucleus_ratio": np.nan if seg is None else seg["cell_nucleus_ratio"],
-                     "doubtful": bool(seg is not None and seg["doubtful"]),
-                     "qc_flag": None if seg is None or not seg["flag"] else seg["flag"],
-                     "fold": int(folds.get(r.image_id, -1)),
-                     **{f"image_prob_{k}": ip[k] for k in range(n)},
-                     **{f"cells_max_prob_{k}": cmax[k] for k in range(n)},
-                     "predicted": format_labels(np.flatnonzero(ip >= thresholds).tolist(), catalog),
-                     "labels": list(r.labels)})
+        rows.append(
+            {
+                "image_id": r.image_id,
+                "shard": inp.name,
+                "cell_line": r.cell_line,
+                "height": r.height,
+                "width": r.width,
+                "n_cells": n_cells,
+                "n_border": n_border,
+                "border_fraction": n_border / n_cells if n_cells else 0.0,
+                "rejected": False,
+                "reject_reason": None,
+                "zero_cells": n_cells == 0,
+                "coverage": np.nan if seg is None else seg["coverage"],
+                "median_cell_area": np.nan if seg is None else seg["median_cell_area"],
+                "cell_nucleus_ratio": np.nan if seg is None else seg["cell_nucleus_ratio"],
+                "doubtful": bool(seg is not None and seg["doubtful"]),
+                "qc_flag": None if seg is None or not seg["flag"] else seg["flag"],
+                "fold": int(folds.get(r.image_id, -1)),
+                **{f"image_prob_{k}": ip[k] for k in range(n)},
+                **{f"cells_max_prob_{k}": cmax[k] for k in range(n)},
+                "predicted": format_labels(np.flatnonzero(ip >= thresholds).tolist(), catalog),
+                "labels": list(r.labels),
+            }
+        )
     for r in rejected.itertuples():
-        rows.append({"image_id": r.image_id, "shard": inp.name, "cell_line": r.cell_line, "height": None,
-                     "width": None, "n_cells": 0, "n_border": 0, "border_fraction": 0.0, "rejected": True,
-                     "reject_reason": r.reason, "zero_cells": False, "coverage": np.nan,
-                     "median_cell_area": np.nan, "cell_nucleus_ratio": np.nan, "doubtful": False,
-                     "qc_flag": None, "fold": -1,
-                     **{f"image_prob_{k}": np.nan for k in range(n)},
-                     **{f"cells_max_prob_{k}": np.nan for k in range(n)}, "predicted": None, "labels": []})
+        rows.append(
+            {
+                "image_id": r.image_id,
+                "shard": inp.name,
+                "cell_line": r.cell_line,
+                "height": None,
+                "width": None,
+                "n_cells": 0,
+                "n_border": 0,
+                "border_fraction": 0.0,
+                "rejected": True,
+                "reject_reason": r.reason,
+                "zero_cells": False,
+                "coverage": np.nan,
+                "median_cell_area": np.nan,
+                "cell_nucleus_ratio": np.nan,
+                "doubtful": False,
+                "qc_flag": None,
+                "fold": -1,
+                **{f"image_prob_{k}": np.nan for k in range(n)},
+                **{f"cells_max_prob_{k}": np.nan for k in range(n)},
+                "predicted": None,
+                "labels": [],
+            }
+        )
     return pd.DataFrame(rows, columns=images_schema(n).names)
 
 
@@ -231,21 +290,41 @@ def model_thresholds(paths: list[Path], n: int) -> np.ndarray:
     return np.mean(values, axis=0) if values else np.full(n, 0.5, np.float32)
 
 
-def merge_tables(shards: list[ShardInputs], splits_path: Path, catalog: LabelCatalog, options: dict[str, Any], *,
-                 thresholds: np.ndarray, out_cells: Path, out_images: Path,
-                 truth: pd.DataFrame | None = None, image_thresholds: np.ndarray | None = None
-                 ) -> tuple[int, int]:
+def merge_tables(
+    shards: list[ShardInputs],
+    splits_path: Path,
+    catalog: LabelCatalog,
+    options: dict[str, Any],
+    *,
+    thresholds: np.ndarray,
+    out_cells: Path,
+    out_images: Path,
+    truth: pd.DataFrame | None = None,
+    image_thresholds: np.ndarray | None = None,
+) -> tuple[int, int]:
     """Stream every shard into the two tables (written under temporary names, renamed at the end);
     thresholds as in :func:`merge_shard`."""
     n = catalog.n_classes
     splits = pd.read_parquet(splits_path)
     cschema, ischema = cells_schema(n, truth is not None), images_schema(n)
     n_cells = n_images = 0
-    with atomic_path(out_cells) as tmp_c, atomic_path(out_images) as tmp_i, \
-            pq.ParquetWriter(tmp_c, cschema) as wc, pq.ParquetWriter(tmp_i, ischema) as wi:
+    with (
+        atomic_path(out_cells) as tmp_c,
+        atomic_path(out_images) as tmp_i,
+        pq.ParquetWriter(tmp_c, cschema) as wc,
+        pq.ParquetWriter(tmp_i, ischema) as wi,
+    ):
         for inp in shards:
-            cells, images = merge_shard(inp, splits, n, catalog, options=options, thresholds=thresholds, truth=truth,
-                                        image_thresholds=image_thresholds)
+            cells, images = merge_shard(
+                inp,
+                splits,
+                n,
+                catalog,
+                options=options,
+                thresholds=thresholds,
+                truth=truth,
+                image_thresholds=image_thresholds,
+            )
             if len(cells):
                 wc.write_table(to_arrow(cells, cschema))
             if len(images):

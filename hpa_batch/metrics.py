@@ -49,8 +49,16 @@ GUARD = {"default": 0.5, "min_positives": 10, "low": 0.05, "high": 0.95}
 """The threshold guard's defaults (a model spec's ``thresholds`` section; the baseline uses these)."""
 
 
-def tune_thresholds(y: np.ndarray, prob: np.ndarray, default: float = 0.5, *, min_positives: int = 1,
-                    low: float = 0.0, high: float = 1.0, reasons: list[str] | None = None) -> np.ndarray:
+def tune_thresholds(
+    y: np.ndarray,
+    prob: np.ndarray,
+    default: float = 0.5,
+    *,
+    min_positives: int = 1,
+    low: float = 0.0,
+    high: float = 1.0,
+    reasons: list[str] | None = None,
+) -> np.ndarray:
     """Per-class F1-optimal thresholds that cannot degenerate.
 
     Parameters

@@ -125,22 +125,28 @@ class HybridNet(torch.nn.Module):
         Dropout before the head.
     """
 
-    def __init__(self, backbone: torch.nn.Module, n_features: int, num_classes: int, *, hidden: int = 128,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, backbone: torch.nn.Module, n_features: int, num_classes: int, *, hidden: int = 128, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_std", torch.ones(n_features))
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(n_features, hidden), torch.nn.BatchNorm1d(hidden), torch.nn.ReLU(inplace=True),
-            torch.nn.Linear(hidden, hidden), torch.nn.ReLU(inplace=True))
+            torch.nn.Linear(n_features, hidden),
+            torch.nn.BatchNorm1d(hidden),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.ReLU(inplace=True),
+        )
         self.num_features = int(backbone.num_features) + hidden
         self.drop = torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(self.num_features, num_classes)
 
-    def set_feature_stats(self, mean: torch.Tensor | Any, std: torch.Tensor | Any,
-                          weights: Sequence[float] | None = None) -> None:
+    def set_feature_stats(
+        self, mean: torch.Tensor | Any, std: torch.Tensor | Any, weights: Sequence[float] | None = None
+    ) -> None:
         """Standardisation of the feature rows: ``(f,)`` means and standard deviations (0 -> 1), and
         optional ``(f,)`` positive factors applied to the standardised row (study 002's feature
         weights), folded into the stored scale: ``(x - mean) / std * w == (x - mean) / (std / w)``."""
@@ -164,9 +170,15 @@ class HybridNet(torch.nn.Module):
         return self.head(self.drop(self.embed(x, features)))
 
 
-def create_model(arch: str, channels: list[str] | tuple[str, ...], num_classes: int,
-                 pretrained: str | None = None, dropout: float = 0.0, *, n_features: int = 0
-                 ) -> torch.nn.Module:
+def create_model(
+    arch: str,
+    channels: list[str] | tuple[str, ...],
+    num_classes: int,
+    pretrained: str | None = None,
+    dropout: float = 0.0,
+    *,
+    n_features: int = 0,
+) -> torch.nn.Module:
     """A timm model for ``len(channels)`` input channels and ``num_classes`` sigmoid outputs; with
     ``n_features > 0`` a :class:`HybridNet` around it that also takes ``(b, n_features)`` feature rows.
 
@@ -179,8 +191,11 @@ def create_model(arch: str, channels: list[str] | tuple[str, ...], num_classes: 
 
     import hpa_batch.archs  # noqa: F401  (registers the founding studies' own architectures in timm)
 
-    kwargs: dict[str, Any] = {"in_chans": len(channels), "num_classes": 0 if n_features else num_classes,
-                              "drop_rate": 0.0 if n_features else dropout}
+    kwargs: dict[str, Any] = {
+        "in_chans": len(channels),
+        "num_classes": 0 if n_features else num_classes,
+        "drop_rate": 0.0 if n_features else dropout,
+    }
     if pretrained:
         path = Path(pretrained).expanduser()
         if not path.is_file():

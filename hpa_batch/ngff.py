@@ -35,9 +35,7 @@ class IncompleteImageError(RuntimeError):
     """A stored image with missing or damaged data."""
 
 
-def level_shapes(
-    height: int, width: int, min_level_size: int, max_levels: int | None = None
-) -> list[tuple[int, int]]:
+def level_shapes(height: int, width: int, min_level_size: int, max_levels: int | None = None) -> list[tuple[int, int]]:
     """Shapes of the pyramid levels: halve (rounding up) until the longer side <= ``min_level_size``.
 
     >>> level_shapes(2048, 2048, 512)
@@ -105,9 +103,7 @@ def _multiscale(n_levels: int, name: str, pixel_size_um: float | None, channel_a
     }
 
 
-def multiscales_attrs(
-    n_levels: int, name: str, pixel_size_um: float | None, dtype_max: int = 65535
-) -> dict[str, Any]:
+def multiscales_attrs(n_levels: int, name: str, pixel_size_um: float | None, dtype_max: int = 65535) -> dict[str, Any]:
     """The ``ome`` attribute block (NGFF 0.5) of an image group with ``n_levels`` 2x levels."""
     return {
         "version": NGFF_VERSION,
@@ -184,7 +180,7 @@ def _create_level(
         shards=(*lead, *spatial),
         compressors=[codec],
         fill_value=0,
-        dimension_names=("c", "y", "x")[-len(shape):],
+        dimension_names=("c", "y", "x")[-len(shape) :],
         config={"write_empty_chunks": True},
     )
 
@@ -231,11 +227,9 @@ def write_labels(
     masks : dict of str to sequence of numpy.ndarray
         Name -> ``(y_k, x_k)`` uint32 per level (:func:`label_levels`).
     """
-    zarr.open_group(path, mode="w", zarr_format=3,
-                    attributes={"ome": {"version": NGFF_VERSION, "labels": list(masks)}})
+    zarr.open_group(path, mode="w", zarr_format=3, attributes={"ome": {"version": NGFF_VERSION, "labels": list(masks)}})
     for name, levels in masks.items():
-        write_pyramid(path / name, levels, chunk=chunk, codec=codec,
-                      ome=label_attrs(len(levels), name, pixel_size_um))
+        write_pyramid(path / name, levels, chunk=chunk, codec=codec, ome=label_attrs(len(levels), name, pixel_size_um))
         verify_image(path / name)
     zarr.open_group(path, mode="r+", zarr_format=3).attrs.update(
         {"hpa_batch": {**info, "complete": True, "version": __version__}}

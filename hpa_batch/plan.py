@@ -81,8 +81,12 @@ def read_metadata(dataset: DatasetConfig) -> pd.DataFrame:
     needed = [c for c in (dataset.id_column, dataset.cell_line_column, dataset.label_column) if c is not None]
     missing = [c for c in needed if c not in raw.columns]
     if missing:
-        hint = ("; set dataset.cell_line_column: null for a table without cell lines (the public 2021 "
-                "table has only ID,Label)" if dataset.cell_line_column in missing else "")
+        hint = (
+            "; set dataset.cell_line_column: null for a table without cell lines (the public 2021 "
+            "table has only ID,Label)"
+            if dataset.cell_line_column in missing
+            else ""
+        )
         raise PlanError(f"metadata table {path}: missing column(s) {missing}; has {list(raw.columns)}{hint}")
     labels = raw[dataset.label_column] if dataset.label_column else pd.Series([None] * len(raw))
     if dataset.cell_line_column is None:  # every image in cell line "unknown": shards unknown-0000, ...
@@ -150,11 +154,7 @@ def plan_shards(meta: pd.DataFrame, cell_lines: Iterable[str] | None, shard_size
     """All shards for the selected cell lines, ordered by cell line then index."""
     if shard_size < 1:
         raise PlanError(f"shard_size must be >= 1, got {shard_size}")
-    return [
-        shard
-        for line in select_cell_lines(meta, cell_lines)
-        for shard in plan_cell_line(meta, line, shard_size)
-    ]
+    return [shard for line in select_cell_lines(meta, cell_lines) for shard in plan_cell_line(meta, line, shard_size)]
 
 
 def plan_from_config(cfg: Config) -> list[Shard]:

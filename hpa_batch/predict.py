@@ -34,8 +34,13 @@ from hpa_batch.tiles import TileReader
 
 def predictions_schema(n_classes: int, embed_dim: int | None) -> pa.Schema:
     """Schema of a predictions table for a catalog of ``n_classes``."""
-    fields = [("image_id", pa.string()), ("cell_id", pa.int32()), ("level", pa.string()),
-              ("shard", pa.string()), ("model", pa.string())]
+    fields = [
+        ("image_id", pa.string()),
+        ("cell_id", pa.int32()),
+        ("level", pa.string()),
+        ("shard", pa.string()),
+        ("model", pa.string()),
+    ]
     fields += [(f"prob_{k}", pa.float32()) for k in range(n_classes)]
     fields += [("predicted", pa.string()), ("n_predicted", pa.int16())]
     if embed_dim:
@@ -43,8 +48,9 @@ def predictions_schema(n_classes: int, embed_dim: int | None) -> pa.Schema:
     return pa.schema(fields)
 
 
-def load_folds(paths: list[Path], device: torch.device, catalog: LabelCatalog | None = None,
-               level: str | None = None) -> tuple[list[torch.nn.Module], dict[str, Any], np.ndarray]:
+def load_folds(
+    paths: list[Path], device: torch.device, catalog: LabelCatalog | None = None, level: str | None = None
+) -> tuple[list[torch.nn.Module], dict[str, Any], np.ndarray]:
     """Models of every fold, the spec, and the mean thresholds (``(c,)``).
 
     Raises
@@ -59,8 +65,14 @@ def load_folds(paths: list[Path], device: torch.device, catalog: LabelCatalog | 
     for path in paths:
         ckpt = read_model(path, catalog=catalog, level=level)
         spec = ckpt["spec"]
-        model = create_model(spec["arch"], spec["channels"], get_catalog(ckpt["catalog"]).n_classes, None,
-                             spec["dropout"], n_features=feature_count(spec))
+        model = create_model(
+            spec["arch"],
+            spec["channels"],
+            get_catalog(ckpt["catalog"]).n_classes,
+            None,
+            spec["dropout"],
+            n_features=feature_count(spec),
+        )
         model.load_state_dict(ckpt["model"])
         models.append(model.to(device).eval())
         thresholds.append(ckpt["thresholds"].numpy())
@@ -71,8 +83,9 @@ def load_folds(paths: list[Path], device: torch.device, catalog: LabelCatalog | 
 
 
 @torch.no_grad()
-def run_models(models: list[torch.nn.Module], x: torch.Tensor, tta: bool, embeddings: bool,
-               features: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def run_models(
+    models: list[torch.nn.Module], x: torch.Tensor, tta: bool, embeddings: bool, features: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean sigmoid over folds (and flips) for a normalised batch ``x`` (``(b, k, s, s)``, with
     ``(b, f)`` ``features`` for hybrid models); optional mean pooled embeddings."""
     views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
@@ -86,8 +99,17 @@ def run_models(models: list[torch.nn.Module], x: torch.Tensor, tta: bool, embedd
     return p, (torch.stack(feats).mean(0).cpu().numpy() if embeddings else None)
 
 
-def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: LabelCatalog, model_name: str, *,
-                  batch_size: int = 128, device: str | None = None, level: str | None = None) -> int:
+def predict_shard(
+    model_paths: list[Path],
+    tiles: Path,
+    out: Path,
+    catalog: LabelCatalog,
+    model_name: str,
+    *,
+    batch_size: int = 128,
+    device: str | None = None,
+    level: str | None = None,
+) -> int:
     """Predict every row of a shard's tile store with the fold ensemble; return the row count
     (checkpoints must match ``catalog`` and, when given, ``level``)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -113,8 +135,15 @@ def predict_shard(model_paths: list[Path], tiles: Path, out: Path, catalog: Labe
             embeds.append(e)
         progress.update(len(p))
     prob = np.concatenate(probs) if probs else np.zeros((0, catalog.n_classes), np.float32)
-    table = pd.DataFrame({"image_id": np.asarray(ids, dtype=object), "cell_id": cids, "level": spec["level"],
-                          "shard": tiles.name.removesuffix(".zarr"), "model": model_name})
+    table = pd.DataFrame(
+        {
+            "image_id": np.asarray(ids, dtype=object),
+            "cell_id": cids,
+            "level": spec["level"],
+            "shard": tiles.name.removesuffix(".zarr"),
+            "model": model_name,
+        }
+    )
     for k in range(catalog.n_classes):
         table[f"prob_{k}"] = prob[:, k]
     hits = prob >= thresholds

@@ -34,9 +34,7 @@ def reason_kind(reason: str) -> str:
 def merge_rejected(paths: Iterable[Path], out: Path) -> pd.DataFrame:
     """Concatenate shard rejected tables into ``out``; return the merged table."""
     frames = [read_rejected(Path(p)) for p in paths]
-    merged = (
-        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REJECTED_COLUMNS))
-    )
+    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REJECTED_COLUMNS))
     merged = merged.sort_values(["shard", "image_id"], kind="stable").reset_index(drop=True)
     write_rejected(merged, Path(out))
     return merged

@@ -50,10 +50,35 @@ from hpa_batch.splits import multi_hot
 from hpa_batch.tables import atomic_write_text
 from hpa_batch.viz import composite, store_overlay
 
-SECTIONS = ("summary", "labels", "training", "per-class", "confusion", "segmentation", "gallery", "rejected",
-            "provenance")
-PACKAGES = ("hpa-batch", "numpy", "pandas", "pyarrow", "zarr", "numcodecs", "dask", "scikit-image", "scikit-learn",
-            "torch", "torchvision", "timm", "snakemake", "pycocotools", "ome-zarr-models", "matplotlib")
+SECTIONS = (
+    "summary",
+    "labels",
+    "training",
+    "per-class",
+    "confusion",
+    "segmentation",
+    "gallery",
+    "rejected",
+    "provenance",
+)
+PACKAGES = (
+    "hpa-batch",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "zarr",
+    "numcodecs",
+    "dask",
+    "scikit-image",
+    "scikit-learn",
+    "torch",
+    "torchvision",
+    "timm",
+    "snakemake",
+    "pycocotools",
+    "ome-zarr-models",
+    "matplotlib",
+)
 DEEP, BASE = "#3465a4", "#f57900"
 
 
@@ -82,8 +107,10 @@ def _png(fig: plt.Figure) -> str:
 
 def _img_tag(png: bytes, title: str = "", width: int | None = None) -> str:
     w = f' width="{width}"' if width else ""
-    return (f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(title)}"'
-            f' title="{html.escape(title)}"{w}>')
+    return (
+        f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(title)}"'
+        f' title="{html.escape(title)}"{w}>'
+    )
 
 
 def _array_png(rgb: np.ndarray) -> bytes:
@@ -128,8 +155,12 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventL
 
 # --- sections ---------------------------------------------------------------------------------------
 
-HEADLINE = (("cell_map", "cell mAP@IoU0.6 (2021 metric)"), ("cell_accuracy", "cell accuracy (exact label set)"),
-            ("image_macro_f1", "image macro-F1 (2018 metric)"), ("image_map", "image mAP"))
+HEADLINE = (
+    ("cell_map", "cell mAP@IoU0.6 (2021 metric)"),
+    ("cell_accuracy", "cell accuracy (exact label set)"),
+    ("image_macro_f1", "image macro-F1 (2018 metric)"),
+    ("image_map", "image mAP"),
+)
 
 
 def _guard_flags(metrics: dict[str, Any]) -> str:
@@ -142,8 +173,10 @@ def _guard_flags(metrics: dict[str, Any]) -> str:
         share = guard["class_share"][name]
         truth = guard.get("truth_share", {}).get(name)
         said = f" (truth: {truth:.0%})" if truth is not None else ""
-        warnings.append(f"DEGENERATE THRESHOLD: {name} is predicted for {share:.0%} of cells{said}, more than "
-                        f"evaluation.max_class_share = {guard['max_class_share']:.0%}.")
+        warnings.append(
+            f"DEGENERATE THRESHOLD: {name} is predicted for {share:.0%} of cells{said}, more than "
+            f"evaluation.max_class_share = {guard['max_class_share']:.0%}."
+        )
     return "".join(f'<p class="flag">{html.escape(w)}</p>' for w in warnings)
 
 
@@ -151,9 +184,11 @@ def _unscored_summary(metrics: dict[str, Any]) -> str:
     """Summary of an unlabelled set: why nothing is scored, and the share of cells per predicted class."""
     share = (metrics.get("prediction_guard") or {}).get("class_share", {})
     df = pd.DataFrame({"class": list(share), "share of cells predicted": list(share.values())})
-    note = _note(f"Not scored: {metrics['skipped']}. {metrics.get('images', 0)} images, "
-                 f"{metrics.get('cells', 0)} cells; {metrics.get('images_with_predictions', 0)} images with a "
-                 "predicted label.")
+    note = _note(
+        f"Not scored: {metrics['skipped']}. {metrics.get('images', 0)} images, "
+        f"{metrics.get('cells', 0)} cells; {metrics.get('images_with_predictions', 0)} images with a "
+        "predicted label."
+    )
     return _section("summary", "Summary", _guard_flags(metrics) + note + _table(df, sortable=True))
 
 
@@ -167,13 +202,22 @@ def summary_section(metrics: dict[str, Any]) -> str:
     views["baseline, all images"] = base.get("all")
     views["baseline, held-out"] = base.get("held_out")
     views = {k: v for k, v in views.items() if v is not None}
-    df = pd.DataFrame({"metric": [label for _, label in HEADLINE],
-                       **{k: [v.get(key) for key, _ in HEADLINE] for k, v in views.items()}})
-    notes = [(f"{metrics.get('images', 0)} images evaluated; {metrics.get('held_out_images', 0)} held out "
-             f"(no model trained on them; trained folds {metrics.get('trained_folds', [])}).")]
+    df = pd.DataFrame(
+        {
+            "metric": [label for _, label in HEADLINE],
+            **{k: [v.get(key) for key, _ in HEADLINE] for k, v in views.items()},
+        }
+    )
+    notes = [
+        (
+            f"{metrics.get('images', 0)} images evaluated; {metrics.get('held_out_images', 0)} held out "
+            f"(no model trained on them; trained folds {metrics.get('trained_folds', [])})."
+        )
+    ]
     if not metrics.get("held_out_images"):
-        notes.append("No held-out images: every image was seen in training by some fold model, so these "
-                     "numbers are optimistic.")
+        notes.append(
+            "No held-out images: every image was seen in training by some fold model, so these numbers are optimistic."
+        )
     if not base:
         notes.append("Baseline disabled (baseline.enabled: false).")
     return _section("summary", "Summary", _guard_flags(metrics) + _table(df) + "".join(_note(n) for n in notes))
@@ -248,28 +292,37 @@ def thresholds_table(histories: list[Path]) -> str:
         name = f"{p.parent.parent.name}/{p.parent.name}"
         support = t.get("validation_positives") or [None] * len(t["thresholds"])
         why = t.get("reasons") or [""] * len(t["thresholds"])
-        cols[name] = [f"{v:.3f}" + (f" ({n})" if n is not None else "") + (f" {w}" if w and w != "tuned" else "")
-                      for v, n, w in zip(t["thresholds"], support, why)]
+        cols[name] = [
+            f"{v:.3f}" + (f" ({n})" if n is not None else "") + (f" {w}" if w and w != "tuned" else "")
+            for v, n, w in zip(t["thresholds"], support, why)
+        ]
         if "rule" in t:
             r = t["rule"]
-            rules.append(f"{name}: F1-optimal per class on the best epoch (by {t.get('selection', '?')}); fewer "
-                         f"than {r['min_positives']} validation positives (few positives) or an optimum below {r['low']} "
-                         f"(below low: the scores do not separate the class) -> {r['default']}; above "
-                         f"{r['high']} -> {r['high']}.")
+            rules.append(
+                f"{name}: F1-optimal per class on the best epoch (by {t.get('selection', '?')}); fewer "
+                f"than {r['min_positives']} validation positives (few positives) or an optimum below {r['low']} "
+                f"(below low: the scores do not separate the class) -> {r['default']}; above "
+                f"{r['high']} -> {r['high']}."
+            )
     if not cols:
         return ""
     df = pd.DataFrame({"class": classes, **cols})
-    return ("<h3>Thresholds (validation positives)</h3>" + _table(df, sortable=True)
-            + "".join(_note(r) for r in rules))
+    return "<h3>Thresholds (validation positives)</h3>" + _table(df, sortable=True) + "".join(_note(r) for r in rules)
 
 
-def _bars(ax: plt.Axes, deep: dict[str, float], base: dict[str, float] | None, title: str,
-          classes: tuple[str, ...]) -> None:
+def _bars(
+    ax: plt.Axes, deep: dict[str, float], base: dict[str, float] | None, title: str, classes: tuple[str, ...]
+) -> None:
     names = [c for c in classes if c in deep or (base and c in base)]
     x = np.arange(len(names))
     width = 0.4 if base is not None else 0.8
-    ax.bar(x - (width / 2 if base is not None else 0), [deep.get(c, np.nan) for c in names], width,
-           label="deep model", color=DEEP)
+    ax.bar(
+        x - (width / 2 if base is not None else 0),
+        [deep.get(c, np.nan) for c in names],
+        width,
+        label="deep model",
+        color=DEEP,
+    )
     if base is not None:
         ax.bar(x + width / 2, [base.get(c, np.nan) for c in names], width, label="baseline", color=BASE)
     ax.set_xticks(x, names, rotation=70, ha="right", fontsize=7)
@@ -287,11 +340,20 @@ def per_class_section(metrics: dict[str, Any], catalog: LabelCatalog) -> str:
     base = (metrics.get("baseline") or {}).get(view or "all")
     ap_key = "cell_ap_per_class" if "cell_ap_per_class" in deep else "image_ap_per_class"
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 7.5))
-    _bars(a1, deep.get("image_per_class_f1", {}), base.get("image_per_class_f1") if base else None,
-          "Image-level F1 per class", catalog.classes)
-    _bars(a2, deep.get(ap_key, {}), base.get(ap_key) if base else None,
-          "Cell-level AP per class (IoU 0.6)" if ap_key.startswith("cell") else "Image-level AP per class",
-          catalog.classes)
+    _bars(
+        a1,
+        deep.get("image_per_class_f1", {}),
+        base.get("image_per_class_f1") if base else None,
+        "Image-level F1 per class",
+        catalog.classes,
+    )
+    _bars(
+        a2,
+        deep.get(ap_key, {}),
+        base.get(ap_key) if base else None,
+        "Cell-level AP per class (IoU 0.6)" if ap_key.startswith("cell") else "Image-level AP per class",
+        catalog.classes,
+    )
     fig.tight_layout()
     which = "held-out images" if view else "all images"
     return _section("per-class", "Per-class F1 and AP: deep model vs baseline", _note(f"On {which}.") + _png(fig))
@@ -348,8 +410,17 @@ def confusion_section(cells: pd.DataFrame, images: pd.DataFrame, catalog: LabelC
 
 
 #: Columns of the report's segmentation QC table (from images.parquet).
-QC_TABLE_COLUMNS = ("image_id", "cell_line", "n_cells", "coverage", "median_cell_area", "cell_nucleus_ratio",
-                    "doubtful", "qc_flag", "fold")
+QC_TABLE_COLUMNS = (
+    "image_id",
+    "cell_line",
+    "n_cells",
+    "coverage",
+    "median_cell_area",
+    "cell_nucleus_ratio",
+    "doubtful",
+    "qc_flag",
+    "fold",
+)
 
 
 def qc_ranking(images: pd.DataFrame) -> pd.DataFrame:
@@ -378,8 +449,10 @@ def _overlay_figure(path: Path, caption: str, flag: str) -> str:
     level = next((int(k[1:]) for k in levels if max(group[k].shape[-2:]) <= 1024), int(levels[-1][1:]))
     rgb = store_overlay(path, level)
     why = f'<br><span class="flag">{html.escape(flag)}</span>' if flag else ""
-    return (f'<figure>{_img_tag(_array_png(_shrink(rgb, 384)), caption)}'
-            f'<figcaption>{html.escape(caption)}{why}</figcaption></figure>')
+    return (
+        f"<figure>{_img_tag(_array_png(_shrink(rgb, 384)), caption)}"
+        f"<figcaption>{html.escape(caption)}{why}</figcaption></figure>"
+    )
 
 
 def segmentation_section(images: pd.DataFrame, zarr_stores: list[Path], n: int, limit: int = 500) -> str:
@@ -407,19 +480,31 @@ def segmentation_section(images: pd.DataFrame, zarr_stores: list[Path], n: int, 
     typical = shown(picks, m)
     blocks = []
     for title, rows in (("Worst by QC", worst), ("Typical", typical.drop_duplicates("image_id"))):
-        figs = [_overlay_figure(stores[r.shard] / r.image_id, f"{r.image_id} · {r.cell_line} · {r.n_cells} cells",
-                                (r.qc_flag or "") if isinstance(r.qc_flag, str) else "")
-                for r in rows.itertuples()]
+        figs = [
+            _overlay_figure(
+                stores[r.shard] / r.image_id,
+                f"{r.image_id} · {r.cell_line} · {r.n_cells} cells",
+                (r.qc_flag or "") if isinstance(r.qc_flag, str) else "",
+            )
+            for r in rows.itertuples()
+        ]
         if figs:
             blocks.append(f'<h3>{title}</h3><div class="grid">{"".join(figs)}</div>')
     n_doubtful = int(ranked["doubtful"].sum()) if len(ranked) else 0
     n_excluded = int((ranked["fold"] == -2).sum()) if len(ranked) else 0
-    policy = (f"{n_doubtful} of {len(ranked)} segmented images are doubtful; {n_excluded} of them are excluded "
-              "from training and validation (fold -2, segmentation_qc.doubtful). Click a column to sort.")
+    policy = (
+        f"{n_doubtful} of {len(ranked)} segmented images are doubtful; {n_excluded} of them are excluded "
+        "from training and validation (fold -2, segmentation_qc.doubtful). Click a column to sort."
+    )
     table = ranked.reindex(columns=list(QC_TABLE_COLUMNS)).head(limit)
     more = _note(f"{len(ranked) - limit} more rows in images.parquet.") if len(ranked) > limit else ""
-    body = ("".join(blocks) or _note("no segmented images")) + "<h3>Segmentation QC per image</h3>" \
-        + _note(policy) + _table(table, sortable=True) + more
+    body = (
+        ("".join(blocks) or _note("no segmented images"))
+        + "<h3>Segmentation QC per image</h3>"
+        + _note(policy)
+        + _table(table, sortable=True)
+        + more
+    )
     return _section("segmentation", f"Segmentation ({n_doubtful} doubtful)", body)
 
 
@@ -464,18 +549,28 @@ def gallery_section(cells: pd.DataFrame, tile_stores: list[Path], catalog: Label
             truth = ""
             if "truth_labels" in cells and cells["truth_cell_id"].iat[i] > 0:
                 t = {int(v) for v in cells["truth_labels"].iat[i]} or (
-                    {catalog.negative} if catalog.negative is not None else set())
+                    {catalog.negative} if catalog.negative is not None else set()
+                )
                 truth = " ✓" if k in t else " ✗"
             caption = f"{p:.2f}{truth}"
-            figs.append(f'<figure class="tile">{_img_tag(_array_png(rgb), f"{key[0]} cell {key[1]}", 96)}'
-                        f'<figcaption>{html.escape(caption)}</figcaption></figure>')
+            figs.append(
+                f'<figure class="tile">{_img_tag(_array_png(rgb), f"{key[0]} cell {key[1]}", 96)}'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
         if figs:
-            blocks.append(f'<h3>{html.escape(name)} <small>({len(has)} cells predicted)</small></h3>'
-                          f'<div class="grid">{"".join(figs)}</div>')
-    legend = _note("Most confident cells per predicted class; the number is the fused probability; "
-                   "✓/✗ = the matched true cell has / lacks the class (synthetic truth).")
-    return _section("gallery", "Cell gallery per predicted class",
-                    legend + ("".join(blocks) if blocks else _note("no cell predicted any class")))
+            blocks.append(
+                f"<h3>{html.escape(name)} <small>({len(has)} cells predicted)</small></h3>"
+                f'<div class="grid">{"".join(figs)}</div>'
+            )
+    legend = _note(
+        "Most confident cells per predicted class; the number is the fused probability; "
+        "✓/✗ = the matched true cell has / lacks the class (synthetic truth)."
+    )
+    return _section(
+        "gallery",
+        "Cell gallery per predicted class",
+        legend + ("".join(blocks) if blocks else _note("no cell predicted any class")),
+    )
 
 
 def rejected_section(images: pd.DataFrame, rejected: Path | None, limit: int) -> str:
@@ -489,17 +584,27 @@ def rejected_section(images: pd.DataFrame, rejected: Path | None, limit: int) ->
         return _section("rejected", "Rejected images", _note(f"No image was refused.{src}"))
     shown = both.head(limit)
     more = _note(f"{len(both) - limit} more not shown.") if len(both) > limit else ""
-    return _section("rejected", f"Rejected images ({len(rej)} refused, {len(zero)} without cells)",
-                    _table(shown) + more + _note(src.strip()))
+    return _section(
+        "rejected",
+        f"Rejected images ({len(rej)} refused, {len(zero)} without cells)",
+        _table(shown) + more + _note(src.strip()),
+    )
 
 
 def git_revision(workdir: Path) -> str:
     """``<sha>`` (``+dirty`` when the tree has changes) of the checkout at ``workdir``, or a reason."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, cwd=workdir,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            check=False,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
@@ -518,13 +623,20 @@ def package_versions() -> dict[str, str]:
 
 def provenance_section(config: dict[str, Any], workdir: Path) -> str:
     """Resolved configuration, package versions, git revision, host and time."""
-    info = pd.DataFrame({"item": ["git revision", "python", "host", "generated"],
-                         "value": [git_revision(workdir), platform.python_version(), socket.gethostname(),
-                                   time.strftime("%Y-%m-%d %H:%M:%S %Z")]})
+    info = pd.DataFrame(
+        {
+            "item": ["git revision", "python", "host", "generated"],
+            "value": [
+                git_revision(workdir),
+                platform.python_version(),
+                socket.gethostname(),
+                time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            ],
+        }
+    )
     versions = pd.DataFrame(sorted(package_versions().items()), columns=["package", "version"])
     cfg = html.escape(yaml.safe_dump(config, sort_keys=False))
-    body = (_table(info) + "<h3>Packages</h3>" + _table(versions) +
-            f"<h3>Resolved configuration</h3><pre>{cfg}</pre>")
+    body = _table(info) + "<h3>Packages</h3>" + _table(versions) + f"<h3>Resolved configuration</h3><pre>{cfg}</pre>"
     return _section("provenance", "Provenance", body)
 
 
@@ -553,8 +665,9 @@ def find_browser() -> str | None:
     return None
 
 
-def screenshot(report: Path, png: Path, width: int = 1200, height: int = 16000, browser: str | None = None,
-               timeout: float = 120) -> Path:
+def screenshot(
+    report: Path, png: Path, width: int = 1200, height: int = 16000, browser: str | None = None, timeout: float = 120
+) -> Path:
     """Render ``report`` in headless Chromium and save a screenshot ``png`` of the whole page (a
     ``width`` x ``height`` window, cropped below the last non-white row).
 
@@ -567,21 +680,33 @@ def screenshot(report: Path, png: Path, width: int = 1200, height: int = 16000, 
     """
     browser = browser or find_browser()
     if browser is None:
-        raise FileNotFoundError("no headless Chromium found: apt-get install chromium-headless-shell, "
-                                "or point HPA_BATCH_BROWSER at a Chrome/Chromium binary")
+        raise FileNotFoundError(
+            "no headless Chromium found: apt-get install chromium-headless-shell, "
+            "or point HPA_BATCH_BROWSER at a Chrome/Chromium binary"
+        )
     png = Path(png).resolve()
     png.parent.mkdir(parents=True, exist_ok=True)
     png.unlink(missing_ok=True)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="hpa-batch-chromium-") as profile:
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--hide-scrollbars", "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
-               f"--window-size={width},{height}", f"--screenshot={png}", Path(report).resolve().as_uri()]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--no-default-browser-check",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--screenshot={png}",
+            Path(report).resolve().as_uri(),
+        ]
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     if not png.is_file():
-        raise RuntimeError(f"{browser} wrote no screenshot of {report} (exit {proc.returncode}): "
-                           f"{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{browser} wrote no screenshot of {report} (exit {proc.returncode}): {proc.stderr[-2000:]}")
     img = Image.open(png).convert("RGB")
     ink = np.flatnonzero((np.asarray(img.convert("L")) < 250).any(axis=1))
     if len(ink):
@@ -611,9 +736,11 @@ def build_report(inp: ReportInputs, catalog: LabelCatalog, options: dict[str, An
     ]
     name = html.escape(str(inp.config.get("dataset", {}).get("name", "run")))
     nav = "".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS)
-    doc = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>hpa_batch report: {name}</title>"
-           f"<style>{CSS}</style></head><body><h1>hpa_batch report: {name}</h1>"
-           f"<p class=\"note\">{len(images)} images, {len(cells)} cells, {catalog.name} catalog</p>"
-           f"<nav>{nav}</nav>{''.join(sections)}<script>{SORT_JS}</script></body></html>")
+    doc = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>hpa_batch report: {name}</title>'
+        f"<style>{CSS}</style></head><body><h1>hpa_batch report: {name}</h1>"
+        f'<p class="note">{len(images)} images, {len(cells)} cells, {catalog.name} catalog</p>'
+        f"<nav>{nav}</nav>{''.join(sections)}<script>{SORT_JS}</script></body></html>"
+    )
     atomic_write_text(out, doc)
     return out

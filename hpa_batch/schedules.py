@@ -33,9 +33,16 @@ def create_schedule(kind: str, epochs: int, **params: Any) -> Schedule:
 
 
 @register_schedule("seed")
-def seed_schedule(epochs: int, lr_start: float = 0.005, lr_max: float = 0.0011, lr_min: float = 0.0005,
-                  rampup_epochs: int = 3, sustain_epochs: int = 2, exp_decay: float = 0.75,
-                  per_step: bool = False) -> Schedule:
+def seed_schedule(
+    epochs: int,
+    lr_start: float = 0.005,
+    lr_max: float = 0.0011,
+    lr_min: float = 0.0005,
+    rampup_epochs: int = 3,
+    sustain_epochs: int = 2,
+    exp_decay: float = 0.75,
+    per_step: bool = False,
+) -> Schedule:
     """Table 4 schedule (defaults are Table 4's values); applied per whole epoch unless ``per_step``."""
 
     def lr(epoch: float) -> float:
@@ -50,16 +57,27 @@ def seed_schedule(epochs: int, lr_start: float = 0.005, lr_max: float = 0.0011, 
 
 
 @register_schedule("cosine")
-def cosine_schedule(epochs: int, lr: float = 1e-3, lr_min: float = 1e-6, warmup_epochs: float = 1.0,
-                    warmup_lr: float = 1e-5, steps_per_epoch: int = 100) -> Schedule:
+def cosine_schedule(
+    epochs: int,
+    lr: float = 1e-3,
+    lr_min: float = 1e-6,
+    warmup_epochs: float = 1.0,
+    warmup_lr: float = 1e-5,
+    steps_per_epoch: int = 100,
+) -> Schedule:
     """Cosine with warm-up via timm's ``CosineLRScheduler`` (queried per update, no state)."""
     import torch
     from timm.scheduler import CosineLRScheduler
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
-    sched = CosineLRScheduler(opt, t_initial=epochs * steps_per_epoch, lr_min=lr_min,
-                              warmup_t=int(warmup_epochs * steps_per_epoch), warmup_lr_init=warmup_lr,
-                              t_in_epochs=False)
+    sched = CosineLRScheduler(
+        opt,
+        t_initial=epochs * steps_per_epoch,
+        lr_min=lr_min,
+        warmup_t=int(warmup_epochs * steps_per_epoch),
+        warmup_lr_init=warmup_lr,
+        t_in_epochs=False,
+    )
 
     def rate(epoch: float) -> float:
         return float(sched._get_lr(round(epoch * steps_per_epoch))[0])
@@ -68,8 +86,7 @@ def cosine_schedule(epochs: int, lr: float = 1e-3, lr_min: float = 1e-6, warmup_
 
 
 @register_schedule("cyclical")
-def cyclical_schedule(epochs: int, lr: float = 1e-3, lr_max: float = 1e-2, half_cycle_epochs: float = 2.0
-                      ) -> Schedule:
+def cyclical_schedule(epochs: int, lr: float = 1e-3, lr_max: float = 1e-2, half_cycle_epochs: float = 2.0) -> Schedule:
     """Triangular cyclical learning rate."""
 
     def rate(epoch: float) -> float:

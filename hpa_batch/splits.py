@@ -26,8 +26,12 @@ from hpa_batch.tables import write_table
 
 SPLITS_SCHEMA = pa.schema(
     [
-        ("image_id", pa.string()), ("shard", pa.string()), ("cell_line", pa.string()),
-        ("labels", pa.list_(pa.int16())), ("combination", pa.string()), ("fold", pa.int8()),
+        ("image_id", pa.string()),
+        ("shard", pa.string()),
+        ("cell_line", pa.string()),
+        ("labels", pa.list_(pa.int16())),
+        ("combination", pa.string()),
+        ("fold", pa.int8()),
         ("exclude_reason", pa.string()),
     ]
 )
@@ -44,8 +48,9 @@ def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
     return out
 
 
-def assign_folds(labels: Sequence[Sequence[int]], n_classes: int, n_folds: int, seed: int,
-                 min_combination: int = 2) -> np.ndarray:
+def assign_folds(
+    labels: Sequence[Sequence[int]], n_classes: int, n_folds: int, seed: int, min_combination: int = 2
+) -> np.ndarray:
     """Fold of every image.
 
     Parameters
@@ -75,10 +80,17 @@ def assign_folds(labels: Sequence[Sequence[int]], n_classes: int, n_folds: int, 
     return folds
 
 
-def make_splits(manifests: Sequence[Path], catalog: LabelCatalog, n_folds: int, seed: int,
-                min_combination: int = 2, *, rejected: Sequence[Path] | None = None,
-                segment_qc: Sequence[Path] | None = None, doubtful: str = "exclude_from_training"
-                ) -> pd.DataFrame:
+def make_splits(
+    manifests: Sequence[Path],
+    catalog: LabelCatalog,
+    n_folds: int,
+    seed: int,
+    min_combination: int = 2,
+    *,
+    rejected: Sequence[Path] | None = None,
+    segment_qc: Sequence[Path] | None = None,
+    doubtful: str = "exclude_from_training",
+) -> pd.DataFrame:
     """Folds for every image of the given shard manifests that no stage refused (sorted by image id).
 
     Parameters

@@ -247,7 +247,10 @@ def read_predictions(path: Path, n_classes: int) -> pd.DataFrame:
 
 
 def image_rows(
-    predictions: pd.DataFrame, index: dict[str, Path], n_classes: int, min_confidence: float,
+    predictions: pd.DataFrame,
+    index: dict[str, Path],
+    n_classes: int,
+    min_confidence: float,
     classes: Sequence[int] | None,
 ) -> Iterator[tuple[str, int, int, str]]:
     """Submission rows ``(ID, width, height, PredictionString)`` of the images in one predictions table."""

@@ -214,15 +214,31 @@ def cell_line_profile(name: str) -> CellLineProfile:
 Range = tuple[float, float]
 
 #: Patterns whose green signal is a few compact dots or blobs (bright dots on black).
-DOT_PATTERNS: frozenset[str] = frozenset({
-    "Nucleoli", "Nucleoli fibrillar center", "Nuclear speckles", "Nuclear bodies",
-    "Golgi apparatus", "Centrosome", "Aggresome", "Vesicles and punctate cytosolic patterns",
-})
+DOT_PATTERNS: frozenset[str] = frozenset(
+    {
+        "Nucleoli",
+        "Nucleoli fibrillar center",
+        "Nuclear speckles",
+        "Nuclear bodies",
+        "Golgi apparatus",
+        "Centrosome",
+        "Aggresome",
+        "Vesicles and punctate cytosolic patterns",
+    }
+)
 #: Patterns whose green signal fills a compartment.
-DIFFUSE_PATTERNS: frozenset[str] = frozenset({
-    "Nucleoplasm", "Cytosol", "Endoplasmic reticulum", "Plasma membrane", "Mitochondria",
-    "Intermediate filaments", "Actin filaments", "Microtubules",
-})
+DIFFUSE_PATTERNS: frozenset[str] = frozenset(
+    {
+        "Nucleoplasm",
+        "Cytosol",
+        "Endoplasmic reticulum",
+        "Plasma membrane",
+        "Mitochondria",
+        "Intermediate filaments",
+        "Actin filaments",
+        "Microtubules",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -285,24 +301,45 @@ class SynthStyle:
 
 
 #: Built-in styles; ``vary`` draws every axis over its whole range independently.
-STYLES: dict[str, SynthStyle] = {s.name: s for s in (
-    SynthStyle("standard"),
-    SynthStyle("dots", patterns=("dots",), green_scale=(4.0, 20.0), green_af_scale=(0.0, 0.2)),
-    SynthStyle("dim", green_scale=(0.04, 0.15), green_background=(0.5, 2.0), background_scale=(3.0, 8.0),
-               reference_scale=(0.35, 0.7)),
-    SynthStyle("crowded", coverage=(0.6, 0.9), clustering=(0.7, 1.0), aspect_scale=(1.2, 1.7)),
-    SynthStyle("large", radius=(170.0, 215.0), coverage=(0.35, 0.6)),
-    SynthStyle("small", radius=(40.0, 75.0), coverage=(0.25, 0.5)),
-    SynthStyle("nuclear-ratio", nucleus_area_ratio=(0.05, 0.5)),
-    SynthStyle("uneven", background_scale=(2.0, 6.0), vignette=(0.3, 0.6), gradient=(0.25, 0.6)),
-    SynthStyle("saturated", brightness=(3.5, 8.0), green_scale=(1.5, 4.0)),
-    SynthStyle("mitotic", mitotic_rate=(0.12, 0.25)),
-    SynthStyle("vary", radius=(40.0, 215.0), coverage=(0.2, 0.85), clustering=(0.0, 1.0),
-               aspect_scale=(0.8, 1.6), nucleus_area_ratio=(0.05, 0.5), mitotic_rate=(0.01, 0.2),
-               patterns=("any", "dots", "diffuse"), green_scale=(0.05, 20.0), green_af_scale=(0.05, 2.0),
-               green_background=(0.0, 1.0), background_scale=(0.5, 6.0), reference_scale=(0.35, 1.5),
-               brightness=(0.7, 4.0), vignette=(0.05, 0.5), gradient=(0.0, 0.5)),
-)}
+STYLES: dict[str, SynthStyle] = {
+    s.name: s
+    for s in (
+        SynthStyle("standard"),
+        SynthStyle("dots", patterns=("dots",), green_scale=(4.0, 20.0), green_af_scale=(0.0, 0.2)),
+        SynthStyle(
+            "dim",
+            green_scale=(0.04, 0.15),
+            green_background=(0.5, 2.0),
+            background_scale=(3.0, 8.0),
+            reference_scale=(0.35, 0.7),
+        ),
+        SynthStyle("crowded", coverage=(0.6, 0.9), clustering=(0.7, 1.0), aspect_scale=(1.2, 1.7)),
+        SynthStyle("large", radius=(170.0, 215.0), coverage=(0.35, 0.6)),
+        SynthStyle("small", radius=(40.0, 75.0), coverage=(0.25, 0.5)),
+        SynthStyle("nuclear-ratio", nucleus_area_ratio=(0.05, 0.5)),
+        SynthStyle("uneven", background_scale=(2.0, 6.0), vignette=(0.3, 0.6), gradient=(0.25, 0.6)),
+        SynthStyle("saturated", brightness=(3.5, 8.0), green_scale=(1.5, 4.0)),
+        SynthStyle("mitotic", mitotic_rate=(0.12, 0.25)),
+        SynthStyle(
+            "vary",
+            radius=(40.0, 215.0),
+            coverage=(0.2, 0.85),
+            clustering=(0.0, 1.0),
+            aspect_scale=(0.8, 1.6),
+            nucleus_area_ratio=(0.05, 0.5),
+            mitotic_rate=(0.01, 0.2),
+            patterns=("any", "dots", "diffuse"),
+            green_scale=(0.05, 20.0),
+            green_af_scale=(0.05, 2.0),
+            green_background=(0.0, 1.0),
+            background_scale=(0.5, 6.0),
+            reference_scale=(0.35, 1.5),
+            brightness=(0.7, 4.0),
+            vignette=(0.05, 0.5),
+            gradient=(0.0, 0.5),
+        ),
+    )
+}
 #: ``--style all`` = every built-in style but ``standard``.
 ALL_STYLES: tuple[str, ...] = tuple(n for n in STYLES if n != "standard")
 
@@ -326,14 +363,21 @@ class StyleDraw:
     def record(self) -> dict[str, object]:
         """The drawn values as flat columns (``truth/images.csv``)."""
         p = self.profile
-        return {"style": self.style, "radius": round(p.radius, 1),
-                "nucleus_area_ratio": round(p.nucleus_ratio**2, 3), "coverage": round(p.coverage, 3),
-                "aspect": round(p.aspect, 2), "mitotic_rate": round(p.mitotic_rate, 3),
-                "patterns": self.patterns, "green_scale": round(self.green_scale, 3),
-                "green_background": round(self.green_background, 3),
-                "background_scale": round(self.background_scale, 2),
-                "reference_scale": round(self.reference_scale, 2), "brightness": round(self.brightness, 2),
-                "gradient": round(self.gradient[0], 3)}
+        return {
+            "style": self.style,
+            "radius": round(p.radius, 1),
+            "nucleus_area_ratio": round(p.nucleus_ratio**2, 3),
+            "coverage": round(p.coverage, 3),
+            "aspect": round(p.aspect, 2),
+            "mitotic_rate": round(p.mitotic_rate, 3),
+            "patterns": self.patterns,
+            "green_scale": round(self.green_scale, 3),
+            "green_background": round(self.green_background, 3),
+            "background_scale": round(self.background_scale, 2),
+            "reference_scale": round(self.reference_scale, 2),
+            "brightness": round(self.brightness, 2),
+            "gradient": round(self.gradient[0], 3),
+        }
 
 
 def get_style(style: str | SynthStyle) -> SynthStyle:
@@ -391,18 +435,20 @@ def draw_style(rng: np.random.Generator, style: SynthStyle, profile: CellLinePro
         changes["nucleus_ratio"] = math.sqrt(_log_uniform(rng, style.nucleus_area_ratio))
     if style.mitotic_rate is not None:
         changes["mitotic_rate"] = _uniform(rng, style.mitotic_rate)
-    patterns = style.patterns[int(rng.integers(len(style.patterns)))] if len(style.patterns) > 1 \
-        else style.patterns[0]
+    patterns = style.patterns[int(rng.integers(len(style.patterns)))] if len(style.patterns) > 1 else style.patterns[0]
     # vignette / gradient stay ranges for the camera (the standard draws happen there, in order)
     return StyleDraw(
-        style=style.name, profile=replace(profile, **changes), patterns=patterns,
+        style=style.name,
+        profile=replace(profile, **changes),
+        patterns=patterns,
         green_scale=_log_uniform(rng, style.green_scale),
         green_af_scale=_uniform(rng, style.green_af_scale),
         green_background=_uniform(rng, style.green_background),
         background_scale=_log_uniform(rng, style.background_scale),
         reference_scale=_log_uniform(rng, style.reference_scale),
         brightness=_log_uniform(rng, style.brightness),
-        vignette=style.vignette, gradient=(_uniform(rng, style.gradient), 0.0),
+        vignette=style.vignette,
+        gradient=(_uniform(rng, style.gradient), 0.0),
     )
 
 
@@ -470,9 +516,7 @@ def _draw_image_patterns(
     space = _pattern_space(catalog)
     if forced is not None:
         if not forced and catalog.negative is None:
-            raise ValueError(
-                f"catalog {catalog.name} has no Negative class; give at least one pattern"
-            )
+            raise ValueError(f"catalog {catalog.name} has no Negative class; give at least one pattern")
         by_name = {p.name.lower(): p for p in space}
         try:
             return [by_name[n.lower()] for n in forced]
@@ -606,9 +650,7 @@ class _CellGeom:
     mitotic: bool
 
 
-def _harmonics(
-    rng: np.random.Generator, amp: float, ks: Sequence[int], decay: float = 0.8
-) -> np.ndarray:
+def _harmonics(rng: np.random.Generator, amp: float, ks: Sequence[int], decay: float = 0.8) -> np.ndarray:
     """(K, 3) rows of (k, amplitude, phase); amplitudes ~ N(0, amp / k**decay)."""
     ks_arr = np.asarray(ks, dtype=float)
     a = rng.normal(0.0, 1.0, ks_arr.size) * amp / ks_arr**decay
@@ -718,9 +760,7 @@ def _local_window(inner: slice, outer: slice) -> slice:
     return slice(start, min(inner.stop, outer.stop) - outer.start)
 
 
-def _rasterize(
-    geoms: list[_CellGeom], size: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _rasterize(geoms: list[_CellGeom], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Label image (int32, 1..n in ``geoms`` order) and nucleus flag (bool), (size, size)."""
     cells = np.zeros((size, size), np.int32)
     best = np.full((size, size), np.inf, F32)
@@ -813,10 +853,7 @@ def _make_geometry(
             for i in chosen:
                 mitotic[int(i)] = True
         orientation = rng.uniform(0, np.pi)
-        geoms = [
-            _cell_geom(rng, cy, cx, r, profile, orientation, m)
-            for (cy, cx, r), m in zip(pts, mitotic)
-        ]
+        geoms = [_cell_geom(rng, cy, cx, r, profile, orientation, m) for (cy, cx, r), m in zip(pts, mitotic)]
         cells, nucflag = _rasterize(geoms, size)
         result = _clean(cells, nucflag, geoms)
         if result[2] and (not n_forced_mitotic or any(g.mitotic for g in result[2])):
@@ -883,9 +920,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return _normalise(_upsample(z, shape))
 
 
-def _ridges(
-    rng: np.random.Generator, shape: tuple[int, int], sigma: float, width: float = 0.35
-) -> np.ndarray:
+def _ridges(rng: np.random.Generator, shape: tuple[int, int], sigma: float, width: float = 0.35) -> np.ndarray:
     """Reticular network in [0, 1]: zero crossings of band-passed noise, float32 ``shape``."""
     z = rng.standard_normal(shape, dtype=F32)
     band = ndi.gaussian_filter(z, sigma, truncate=3.0)
@@ -910,9 +945,7 @@ def _splat(
     return ndi.gaussian_filter(acc, sigma, truncate=3.0) * F32(2 * np.pi * sigma * sigma)
 
 
-def _sample_pixels(
-    rng: np.random.Generator, weight: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _sample_pixels(rng: np.random.Generator, weight: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` sub-pixel positions drawn with probability proportional to ``weight``."""
     flat = weight.ravel().astype(np.float64)
     total = flat.sum()
@@ -983,9 +1016,7 @@ def _trace(
     return acc.reshape(h, w).astype(F32)
 
 
-def _segments(
-    mask: np.ndarray, p0: np.ndarray, p1: np.ndarray, step: float = 0.7
-) -> np.ndarray:
+def _segments(mask: np.ndarray, p0: np.ndarray, p1: np.ndarray, step: float = 0.7) -> np.ndarray:
     """Straight segments from ``p0`` to ``p1`` (arrays (n, 2) of y, x) as float32 counts."""
     h, w = mask.shape
     if len(p0) == 0:
@@ -1274,8 +1305,16 @@ class CellContext:
         a0 = phi + rng.normal(0, 0.7, n)
         step = 0.8
         counts = _trace(
-            rng, self.cell, y0, x0, a0, int(1.25 * self.far / step), step=step,
-            curvature=0.003 / s, wiggle=0.0004 / s, weights=rng.uniform(0.3, 1.0, n),
+            rng,
+            self.cell,
+            y0,
+            x0,
+            a0,
+            int(1.25 * self.far / step),
+            step=step,
+            curvature=0.003 / s,
+            wiggle=0.0004 / s,
+            weights=rng.uniform(0.3, 1.0, n),
         )
         fil = _saturate(counts, 2.0)
         cyto = fil * (F32(0.3) + F32(0.7) * self.thickness) + F32(0.3) * self.thickness
@@ -1372,9 +1411,7 @@ def _fibrillar_center(c: CellContext) -> np.ndarray:
     return (np.minimum(dots, F32(1.3)) + F32(0.1) * soft).astype(F32)
 
 
-def _nuclear_dots(
-    c: CellContext, n: int, sigma_ref: float, jitter: int, diffuse: float
-) -> np.ndarray:
+def _nuclear_dots(c: CellContext, n: int, sigma_ref: float, jitter: int, diffuse: float) -> np.ndarray:
     """``n`` dots (each ``jitter`` sub-spots) in the nucleoplasm on a ``diffuse`` fill."""
     soft, _ = c.nucleoli
     sigma = c.px(sigma_ref)
@@ -1432,8 +1469,17 @@ def _intermediate_filaments(c: CellContext) -> np.ndarray:
     step = 0.8
     lengths = (rng.uniform(0.4, 1.2, y0.size) * c.far / step).astype(np.int64)
     counts = _trace(
-        rng, c.cell, y0, x0, a0, int(1.2 * c.far / step), step=step, lengths=lengths,
-        curvature=0.004 / s, wiggle=0.0012 / s, weights=rng.uniform(0.3, 1.0, y0.size),
+        rng,
+        c.cell,
+        y0,
+        x0,
+        a0,
+        int(1.2 * c.far / step),
+        step=step,
+        lengths=lengths,
+        curvature=0.004 / s,
+        wiggle=0.0012 / s,
+        weights=rng.uniform(0.3, 1.0, y0.size),
     )
     fil = _saturate(counts, 1.6)
     v = np.where(c.nuc, F32(0.3) * fil, fil) + F32(0.1) * c.thickness
@@ -1460,8 +1506,9 @@ def _actin(c: CellContext) -> np.ndarray:
     y0 = c.ccy + off * perp[0] - half * d[0]
     x0 = c.ccx + off * perp[1] - half * d[1]
     a0 = np.full(n, math.atan2(d[0], d[1])) + rng.normal(0, 0.04, n)
-    counts = _trace(rng, c.cell, y0, x0, a0, int(2 * half / 0.8), step=0.8, terminate=False,
-                    weights=rng.uniform(0.3, 1.0, n))
+    counts = _trace(
+        rng, c.cell, y0, x0, a0, int(2 * half / 0.8), step=0.8, terminate=False, weights=rng.uniform(0.3, 1.0, n)
+    )
     fib = _saturate(counts, 1.0) * (F32(0.4) + F32(0.6) * _saturate(c.d_edge, 6 * c.s + 1))
     fib = np.where(c.nuc, F32(0.4) * fib, fib)
     return (base + np.where(c.cell, fib, F32(0))).astype(F32)
@@ -1509,8 +1556,16 @@ def _mitochondria(c: CellContext) -> np.ndarray:
     max_len = max(3, int(24 * s / 0.7))
     lengths = rng.integers(max(2, max_len // 3), max_len + 1, n)
     counts = _trace(
-        rng, c.cyto, y0, x0, rng.uniform(-np.pi, np.pi, n), max_len,
-        curvature=0.05 / s, wiggle=0.01 / s, lengths=lengths, weights=rng.uniform(0.5, 1.0, n),
+        rng,
+        c.cyto,
+        y0,
+        x0,
+        rng.uniform(-np.pi, np.pi, n),
+        max_len,
+        curvature=0.05 / s,
+        wiggle=0.01 / s,
+        lengths=lengths,
+        weights=rng.uniform(0.5, 1.0, n),
     )
     v = _saturate(counts, 1.0) + F32(0.05) * c.thickness
     return np.where(c.cyto, v, F32(0)).astype(F32)
@@ -1673,8 +1728,14 @@ def _render_cells(
 
 
 def _camera(
-    rng: np.random.Generator, photons: np.ndarray, size: int, *, background_scale: float = 1.0,
-    green_background: float = 0.0, vignette: Range = (0.08, 0.2), gradient: float = 0.0,
+    rng: np.random.Generator,
+    photons: np.ndarray,
+    size: int,
+    *,
+    background_scale: float = 1.0,
+    green_background: float = 0.0,
+    vignette: Range = (0.08, 0.2),
+    gradient: float = 0.0,
 ) -> tuple[np.ndarray, tuple[float, ...], float]:
     """Optics and camera: PSF, haze, vignetting, background, shot and read noise.
 
@@ -1810,8 +1871,12 @@ def synthesize_image(
     levels[:4] *= look.brightness
     photons = _render_cells(rng, size, cells, nuclei, geoms, cell_patterns, levels)
     channels, offsets, vignette = _camera(
-        rng, photons, size, background_scale=look.background_scale,
-        green_background=look.green_background * levels[1], vignette=look.vignette,
+        rng,
+        photons,
+        size,
+        background_scale=look.background_scale,
+        green_background=look.green_background * levels[1],
+        vignette=look.vignette,
         gradient=look.gradient[0],
     )
 
@@ -1941,8 +2006,14 @@ def _generate_one(job: _Job) -> tuple[str, str, str, list[list[object]], dict[st
         ]
         for k in range(1, n + 1)
     ]
-    summary = {"ID": image_id, "Cell_line": job.cell_line, "size": job.size, "n_cells": n,
-               "mitotic_cells": len(img.mitotic), **img.style}
+    summary = {
+        "ID": image_id,
+        "Cell_line": job.cell_line,
+        "size": job.size,
+        "n_cells": n,
+        "mitotic_cells": len(img.mitotic),
+        **img.style,
+    }
     return image_id, format_labels(img.image_labels, catalog), job.cell_line, rows, summary
 
 
@@ -2041,8 +2112,16 @@ def synthesize_dataset(
     nl = len(lines)
     jobs = [
         _Job(
-            i, int(seed), sizes[(i + i // nl) % len(sizes)], lines[i % nl],
-            fmt, cat.name, images_dir, truth_dir, styles[(i // nl) % len(styles)], depth,
+            i,
+            int(seed),
+            sizes[(i + i // nl) % len(sizes)],
+            lines[i % nl],
+            fmt,
+            cat.name,
+            images_dir,
+            truth_dir,
+            styles[(i // nl) % len(styles)],
+            depth,
         )
         for i in range(n_images)
     ]
@@ -2076,11 +2155,7 @@ def synthesize_dataset(
         dw = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         dw.writeheader()
         dw.writerows(image_rows)
-    negative = (
-        f'an all-negative cell is "{cat.negative}"'
-        if cat.negative is not None
-        else "empty for a negative cell"
-    )
+    negative = f'an all-negative cell is "{cat.negative}"' if cat.negative is not None else "empty for a negative cell"
     depth_text = "8-bit, ADU >> 7" if fmt == "jpg" or depth == 8 else "16-bit ADU"
     (truth_dir / "README.txt").write_text(
         _README.format(catalog=cat.name, seed=seed, negative=negative, fmt=fmt, depth=depth_text)

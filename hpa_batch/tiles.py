@@ -55,8 +55,10 @@ def features_array(group: zarr.Group, where: Path | str, array: str = "cells") -
     """
     name = "features" if array == "cells" else "image_features"
     if name not in group:
-        raise ValueError(f"{where} has no {name!r} array: rebuild the tiles of that shard (stores written "
-                         "before hybrid models lack it)")
+        raise ValueError(
+            f"{where} has no {name!r} array: rebuild the tiles of that shard (stores written "
+            "before hybrid models lack it)"
+        )
     return group[name]
 
 
@@ -107,8 +109,15 @@ def crop_box(bbox: tuple[int, int, int, int], margin: float) -> tuple[int, int, 
     return top, left, top + side, left + side
 
 
-def cell_tile(image: np.ndarray, cells: np.ndarray, cell_id: int, bbox: tuple[int, int, int, int], *,
-              window: np.ndarray, spec: TilesConfig) -> np.ndarray:
+def cell_tile(
+    image: np.ndarray,
+    cells: np.ndarray,
+    cell_id: int,
+    bbox: tuple[int, int, int, int],
+    *,
+    window: np.ndarray,
+    spec: TilesConfig,
+) -> np.ndarray:
     """One cell's tile.
 
     Parameters
@@ -143,9 +152,7 @@ def image_input(level: np.ndarray, window: np.ndarray, size: int) -> np.ndarray:
     h, w = level.shape[1:]
     side = max(h, w)
     canvas = np.zeros((level.shape[0], side, side), np.float32)
-    canvas[:, (side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = to_uint8(
-        level, window
-    )
+    canvas[:, (side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = to_uint8(level, window)
     return np.clip(np.rint(resize(canvas, size)), 0, 255).astype(np.uint8)
 
 
@@ -186,8 +193,9 @@ def _input_level(group: zarr.Group, size: int) -> str:
     return fitting[-1] if fitting else names[0]
 
 
-def image_tiles(path: Path, cells_table: pd.DataFrame, spec: TilesConfig, measure: MeasureConfig
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def image_tiles(
+    path: Path, cells_table: pd.DataFrame, spec: TilesConfig, measure: MeasureConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Tiles of one image's cells (rows of ``cells_table`` for that image), its whole-image input and
     its image feature row.
 
@@ -224,30 +232,46 @@ def _create(root: zarr.Group, n_cells: int, n_images: int, spec: TilesConfig) ->
     codec = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
     s, si = spec.size, spec.image_size
     return {
-        "cells": root.create_array("cells", shape=(n_cells, 4, s, s), dtype="uint8",
-                                   chunks=(spec.chunk_tiles, 4, s, s), compressors=[codec],
-                                   dimension_names=("cell", "c", "y", "x")),
-        "cell_image": root.create_array("cell_image", shape=(n_cells,), dtype=str,
-                                        chunks=(max(n_cells, 1),)),
-        "cell_id": root.create_array("cell_id", shape=(n_cells,), dtype="int32",
-                                     chunks=(max(n_cells, 1),)),
-        "features": root.create_array("features", shape=(n_cells, len(FEATURE_COLUMNS)), dtype="float32",
-                                      chunks=(spec.chunk_tiles, len(FEATURE_COLUMNS)), compressors=[codec],
-                                      dimension_names=("cell", "feature")),
-        "images": root.create_array("images", shape=(n_images, 4, si, si), dtype="uint8",
-                                    chunks=(1, 4, si, si), compressors=[codec],
-                                    dimension_names=("image", "c", "y", "x")),
-        "image_id": root.create_array("image_id", shape=(n_images,), dtype=str,
-                                      chunks=(max(n_images, 1),)),
-        "image_features": root.create_array("image_features", shape=(n_images, len(IMAGE_FEATURE_COLUMNS)),
-                                            dtype="float32", chunks=(max(n_images, 1), len(IMAGE_FEATURE_COLUMNS)),
-                                            dimension_names=("image", "feature")),
+        "cells": root.create_array(
+            "cells",
+            shape=(n_cells, 4, s, s),
+            dtype="uint8",
+            chunks=(spec.chunk_tiles, 4, s, s),
+            compressors=[codec],
+            dimension_names=("cell", "c", "y", "x"),
+        ),
+        "cell_image": root.create_array("cell_image", shape=(n_cells,), dtype=str, chunks=(max(n_cells, 1),)),
+        "cell_id": root.create_array("cell_id", shape=(n_cells,), dtype="int32", chunks=(max(n_cells, 1),)),
+        "features": root.create_array(
+            "features",
+            shape=(n_cells, len(FEATURE_COLUMNS)),
+            dtype="float32",
+            chunks=(spec.chunk_tiles, len(FEATURE_COLUMNS)),
+            compressors=[codec],
+            dimension_names=("cell", "feature"),
+        ),
+        "images": root.create_array(
+            "images",
+            shape=(n_images, 4, si, si),
+            dtype="uint8",
+            chunks=(1, 4, si, si),
+            compressors=[codec],
+            dimension_names=("image", "c", "y", "x"),
+        ),
+        "image_id": root.create_array("image_id", shape=(n_images,), dtype=str, chunks=(max(n_images, 1),)),
+        "image_features": root.create_array(
+            "image_features",
+            shape=(n_images, len(IMAGE_FEATURE_COLUMNS)),
+            dtype="float32",
+            chunks=(max(n_images, 1), len(IMAGE_FEATURE_COLUMNS)),
+            dimension_names=("image", "feature"),
+        ),
     }
 
 
-def _iter_images(store: Path, table: pd.DataFrame, image_ids: list[str], spec: TilesConfig,
-                 measure: MeasureConfig) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                           np.ndarray]]:
+def _iter_images(
+    store: Path, table: pd.DataFrame, image_ids: list[str], spec: TilesConfig, measure: MeasureConfig
+) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per image: id, tiles, cell ids, whole-image input, its image feature row and the cells'
     feature rows (same order as the tiles)."""
     groups = {k: g for k, g in table.groupby("image_id", sort=False)}
@@ -265,8 +289,10 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
     from hpa_batch.validate import image_groups
 
     spec = cfg.tiles
-    table = pd.read_parquet(cells_path, columns=["image_id", "cell_id", "border", "bbox_y0",
-                                                 "bbox_x0", "bbox_y1", "bbox_x1", *FEATURE_COLUMNS])
+    table = pd.read_parquet(
+        cells_path,
+        columns=["image_id", "cell_id", "border", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", *FEATURE_COLUMNS],
+    )
     if not spec.include_border:
         table = table[~table["border"]]
     image_ids = [p.name for p in image_groups(store)]
@@ -276,8 +302,7 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
     return attrs
 
 
-def _write_store(cfg: Config, store: Path, table: pd.DataFrame, image_ids: list[str], tmp: Path
-                 ) -> dict[str, Any]:
+def _write_store(cfg: Config, store: Path, table: pd.DataFrame, image_ids: list[str], tmp: Path) -> dict[str, Any]:
     """Every array of a tile store into ``tmp``; returns its ``hpa_batch`` attributes."""
     spec = cfg.tiles
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
@@ -304,13 +329,24 @@ def _write_store(cfg: Config, store: Path, table: pd.DataFrame, image_ids: list[
     if image_ids:
         arrays["image_id"][:] = np.array(image_ids, dtype=object)
         arrays["image_features"][:] = image_rows
-    attrs = {"shard": store.name.removesuffix(".zarr"), "channels": list(CHANNELS),
-             "n_cells": len(table), "n_images": len(image_ids), "settings": cfg.raw["tiles"],
-             "feature_columns": list(FEATURE_COLUMNS), "image_feature_columns": list(IMAGE_FEATURE_COLUMNS),
-             "intensity": {"mode": spec.intensity.mode, "low": spec.intensity.low,
-                           "high": spec.intensity.high, "to": "uint8 0..255",
-                           "computed_on": "per image and channel, on the pyramid level used for the image input"},
-             "complete": True, "version": __version__}
+    attrs = {
+        "shard": store.name.removesuffix(".zarr"),
+        "channels": list(CHANNELS),
+        "n_cells": len(table),
+        "n_images": len(image_ids),
+        "settings": cfg.raw["tiles"],
+        "feature_columns": list(FEATURE_COLUMNS),
+        "image_feature_columns": list(IMAGE_FEATURE_COLUMNS),
+        "intensity": {
+            "mode": spec.intensity.mode,
+            "low": spec.intensity.low,
+            "high": spec.intensity.high,
+            "to": "uint8 0..255",
+            "computed_on": "per image and channel, on the pyramid level used for the image input",
+        },
+        "complete": True,
+        "version": __version__,
+    }
     root.attrs.update({"hpa_batch": attrs})
     return attrs
 
@@ -342,4 +378,3 @@ class TileReader:
     def read_features(self, start: int, stop: int) -> np.ndarray:
         """Feature rows ``start:stop`` of the cells (or images): ``(k, f)`` float32."""
         return np.asarray(features_array(self.group, self.path, self.kind)[start:stop], np.float32)
-

@@ -107,8 +107,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "python": [list(random.getstate()[1]), random.getstate()[2]],
     }
     if torch.cuda.is_available():
@@ -126,8 +130,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def training_positions(index: TileIndex, fold: int, spec: dict[str, Any], negative: int | None
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def training_positions(
+    index: TileIndex, fold: int, spec: dict[str, Any], negative: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows to train on (fold != ``fold``, never fold -2 = excluded; options applied) and to validate on
     (fold == ``fold``)."""
     train = np.flatnonzero((index.fold != fold) & (index.fold != EXCLUDED))
@@ -140,8 +145,9 @@ def training_positions(index: TileIndex, fold: int, spec: dict[str, Any], negati
     return np.sort(train), val
 
 
-def refine_weak_labels(y: np.ndarray, prob: np.ndarray, image_id: np.ndarray, keep_ratio: float,
-                       negative: int | None) -> np.ndarray:
+def refine_weak_labels(
+    y: np.ndarray, prob: np.ndarray, image_id: np.ndarray, keep_ratio: float, negative: int | None
+) -> np.ndarray:
     """Narrow weak cell labels with a model's own cell probabilities, relative to the cell's image.
 
     A cell keeps class ``k`` of its image when its probability of ``k`` is at least ``keep_ratio``
@@ -239,8 +245,17 @@ def seed_of(*parts: int) -> int:
 class Trainer:
     """Trains one model spec on one fold; see the module docstring."""
 
-    def __init__(self, spec: dict[str, Any], fold: int, stores: list[Path], splits: pd.DataFrame,
-                 catalog: LabelCatalog, *, out: Path, device: str | None = None):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        fold: int,
+        stores: list[Path],
+        splits: pd.DataFrame,
+        catalog: LabelCatalog,
+        *,
+        out: Path,
+        device: str | None = None,
+    ):
         self.spec, self.fold, self.out, self.catalog = spec, fold, out, catalog
         self.stopped_early: int | None = None  # epoch (1-based) at which early stopping ended training
         self.log = get_logger()
@@ -257,8 +272,14 @@ class Trainer:
         self.channel_map = channel_map(spec["channels"])
         self.channels = self.channel_map.gather
         self.features = bool(spec["features"])
-        self.model = create_model(spec["arch"], spec["channels"], catalog.n_classes, spec["pretrained"],
-                                  spec["dropout"], n_features=feature_count(spec))
+        self.model = create_model(
+            spec["arch"],
+            spec["channels"],
+            catalog.n_classes,
+            spec["pretrained"],
+            spec["dropout"],
+            n_features=feature_count(spec),
+        )
         if self.features:  # standardise with the training rows' statistics (saved in the weights)
             self.model.set_feature_stats(*feature_moments(self.index, self.train_pos), spec["feature_weights"])
         self.model = self.model.to(self.device)
@@ -303,7 +324,8 @@ class Trainer:
         net = model
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if self.spec["compile"]:
             net = torch.compile(net)
         return net
@@ -319,8 +341,16 @@ class Trainer:
         return torch.optim.Adam(params, lr=lr0, weight_decay=wd)
 
     def _plan(self, epoch: int) -> list[list[np.ndarray]]:
-        return epoch_plan(self.index, self.train_pos, self.spec["batch_size"], seed=self.spec["seed"], epoch=epoch,
-                          buffer_chunks=self.spec["buffer_chunks"], rank=self.rank, world=self.world)
+        return epoch_plan(
+            self.index,
+            self.train_pos,
+            self.spec["batch_size"],
+            seed=self.spec["seed"],
+            epoch=epoch,
+            buffer_chunks=self.spec["buffer_chunks"],
+            rank=self.rank,
+            world=self.world,
+        )
 
     # -- checkpoints
     @property
@@ -330,12 +360,20 @@ class Trainer:
     def save_state(self) -> None:
         if self.rank != 0:
             return
-        atomic_save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "run": self.state.__dict__, "rng": rng_state(),
-            "targets": torch.from_numpy(self.index.y.astype(np.uint8)) if self.state.refined else None,
-            "spec": json.loads(json.dumps(self.spec)), "fold": self.fold, "version": __version__,
-        }, self.state_dir / "last.pt")
+        atomic_save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "run": self.state.__dict__,
+                "rng": rng_state(),
+                "targets": torch.from_numpy(self.index.y.astype(np.uint8)) if self.state.refined else None,
+                "spec": json.loads(json.dumps(self.spec)),
+                "fold": self.fold,
+                "version": __version__,
+            },
+            self.state_dir / "last.pt",
+        )
 
     def load_state(self) -> bool:
         path = self.state_dir / "last.pt"
@@ -348,8 +386,7 @@ class Trainer:
             stale = path.with_name("last.stale.pt")
             os.replace(path, stale)
             (self.state_dir / "best.pt").unlink(missing_ok=True)
-            self.log.warning("%s was written for another model spec or fold: starting over (moved to %s)",
-                             path, stale)
+            self.log.warning("%s was written for another model spec or fold: starting over (moved to %s)", path, stale)
             return False
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -359,8 +396,14 @@ class Trainer:
             self.index.y[:] = ckpt["targets"].numpy().astype(np.float32)
             self.weights = class_weights(self.index.y[self.train_pos], self.spec).to(self.device)
         set_rng_state(ckpt["rng"])
-        self.log.info("resuming %s fold %d at epoch %d batch %d (step %d)", self.spec["name"], self.fold,
-                      self.state.epoch, self.state.batch, self.state.global_step)
+        self.log.info(
+            "resuming %s fold %d at epoch %d batch %d (step %d)",
+            self.spec["name"],
+            self.fold,
+            self.state.epoch,
+            self.state.batch,
+            self.state.global_step,
+        )
         return True
 
     # -- loops
@@ -372,7 +415,7 @@ class Trainer:
 
     def _forward(self, x: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of normalised tiles ``x`` (and feature rows ``f`` for a hybrid model)."""
-        x = ((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
         if self.spec["channels_last"] and self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
@@ -412,16 +455,19 @@ class Trainer:
     def predict_positions(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and labels of the given rows, in order (no augmentation)."""
         self.net.eval()
-        groups = [[positions[i : i + self.spec["batch_size"]]] for i in range(0, len(positions),
-                                                                               self.spec["batch_size"])]
+        groups = [
+            [positions[i : i + self.spec["batch_size"]]] for i in range(0, len(positions), self.spec["batch_size"])
+        ]
         probs, ys = [], []
         for _, x, f, y, _ in iterate_batches(GroupDataset(self.index, groups, self.channels, self.features), 0):
             x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"], self.channel_map.mix)
             probs.append(torch.sigmoid(self._forward(x, f).float()).cpu().numpy())
             ys.append(y.numpy())
         c = self.catalog.n_classes
-        return (np.concatenate(probs) if probs else np.zeros((0, c), np.float32),
-                np.concatenate(ys) if ys else np.zeros((0, c), np.float32))
+        return (
+            np.concatenate(probs) if probs else np.zeros((0, c), np.float32),
+            np.concatenate(ys) if ys else np.zeros((0, c), np.float32),
+        )
 
     def refine_labels(self) -> None:
         """Replace the weak targets of the training and validation cells by refined ones
@@ -435,14 +481,19 @@ class Trainer:
         prob, y = self.predict_positions(rows)
         self.model.load_state_dict(current)
         self._best = None  # not needed after the refinement: free the copy
-        refined = refine_weak_labels(y, prob, self.index.image_id[rows], self.spec["refine_labels"]["keep_ratio"],
-                                     self.catalog.negative)
+        refined = refine_weak_labels(
+            y, prob, self.index.image_id[rows], self.spec["refine_labels"]["keep_ratio"], self.catalog.negative
+        )
         self.index.y[rows] = refined
         self.weights = class_weights(self.index.y[self.train_pos], self.spec).to(self.device)
         self.state.refined = True
         self.state.best_loss, self.state.bad_epochs = float("inf"), 0
-        self.log.info("refined the weak labels of %d cells: %.2f -> %.2f labels per cell", len(rows),
-                      float((y > 0).sum(1).mean()), float(refined.sum(1).mean()))
+        self.log.info(
+            "refined the weak labels of %d cells: %.2f -> %.2f labels per cell",
+            len(rows),
+            float((y > 0).sum(1).mean()),
+            float(refined.sum(1).mean()),
+        )
 
     def best_weights(self) -> dict[str, torch.Tensor] | None:
         """Weights of the best epoch so far: kept in memory by every rank, else from ``best.pt``."""
@@ -457,8 +508,13 @@ class Trainer:
         if len(y):
             logits = torch.logit(torch.from_numpy(prob).clamp(1e-7, 1 - 1e-7))
             val_loss = float(loss_fn(logits, torch.from_numpy(y), self.weights.cpu(), self.spec))
-        row = {"epoch": epoch, "lr": self.lr_at(epoch), "train_loss": train_loss, "val_loss": val_loss,
-               **({f"val_{k}": v for k, v in summary(y, prob).items()} if len(y) else {})}
+        row = {
+            "epoch": epoch,
+            "lr": self.lr_at(epoch),
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            **({f"val_{k}": v for k, v in summary(y, prob).items()} if len(y) else {}),
+        }
         return row, prob, y
 
     def fit(self) -> dict[str, Any]:
@@ -475,22 +531,34 @@ class Trainer:
                 self.save_state()
             train_loss = self.train_epoch(epoch)
             if train_loss is None:
-                self.log.info("stop requested: saved %s, exiting with %d", self.state_dir / "last.pt",
-                              EXIT_REQUEUE)
+                self.log.info("stop requested: saved %s, exiting with %d", self.state_dir / "last.pt", EXIT_REQUEUE)
                 raise SystemExit(EXIT_REQUEUE)
             row, prob, y = self.validate(epoch, train_loss)
             row["seconds"] = round(time.monotonic() - t0, 2)
             self.state.history.append(row)
-            self.log.info("%s fold %d epoch %d/%d: %s", self.spec["name"], self.fold, epoch + 1,
-                          self.spec["epochs"], " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            self.log.info(
+                "%s fold %d epoch %d/%d: %s",
+                self.spec["name"],
+                self.fold,
+                epoch + 1,
+                self.spec["epochs"],
+                " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
+            )
             improved = self._track_best(row, prob, y)
             self.state.epoch += 1
             self.save_state()
             if patience and not improved and self.state.bad_epochs >= patience:
                 self.stopped_early = epoch + 1
-                self.log.info("early stopping: stopped at epoch %d of %d: no %s improvement for %d epochs "
-                              "(early_stopping_patience %d); best epoch %d", epoch + 1, self.spec["epochs"],
-                              self.spec["selection"], patience, patience, self.state.best_epoch + 1)
+                self.log.info(
+                    "early stopping: stopped at epoch %d of %d: no %s improvement for %d epochs "
+                    "(early_stopping_patience %d); best epoch %d",
+                    epoch + 1,
+                    self.spec["epochs"],
+                    self.spec["selection"],
+                    patience,
+                    patience,
+                    self.state.best_epoch + 1,
+                )
                 break
         return self.finish()
 
@@ -506,14 +574,31 @@ class Trainer:
             self.state.best_loss, self.state.best_epoch, self.state.bad_epochs = metric, row["epoch"], 0
             t = self.spec["thresholds"]
             reasons = ["no validation"] * self.catalog.n_classes
-            thresholds = (tune_thresholds(y, prob, t["default"], min_positives=t["min_positives"], low=t["low"],
-                                          high=t["high"], reasons=reasons)
-                          if len(y) else np.full(self.catalog.n_classes, t["default"]))
+            thresholds = (
+                tune_thresholds(
+                    y,
+                    prob,
+                    t["default"],
+                    min_positives=t["min_positives"],
+                    low=t["low"],
+                    high=t["high"],
+                    reasons=reasons,
+                )
+                if len(y)
+                else np.full(self.catalog.n_classes, t["default"])
+            )
             if self.spec["refine_labels"]["after_epochs"] and not self.state.refined:
                 self._best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             if self.rank == 0:
-                atomic_save({"model": self.model.state_dict(), "thresholds": torch.from_numpy(thresholds),
-                             "threshold_reasons": reasons, "epoch": row["epoch"]}, self.state_dir / "best.pt")
+                atomic_save(
+                    {
+                        "model": self.model.state_dict(),
+                        "thresholds": torch.from_numpy(thresholds),
+                        "threshold_reasons": reasons,
+                        "epoch": row["epoch"],
+                    },
+                    self.state_dir / "best.pt",
+                )
             return True
         self.state.bad_epochs += 1
         return False
@@ -532,22 +617,51 @@ class Trainer:
         mean, std = input_stats(self.model, self.spec["channels"])
         with atomic_path(self.out / "history.csv") as tmp:
             pd.DataFrame(self.state.history).to_csv(tmp, index=False)
-        write_thresholds(self.out / "thresholds.json", catalog=self.catalog, thresholds=best["thresholds"].tolist(),
-                         support=self.val_support(), reasons=best.get("threshold_reasons", []),
-                         rule=self.spec["thresholds"], selection=self.spec["selection"])
-        result = {"name": self.spec["name"], "fold": self.fold, "best_epoch": int(best["epoch"]),
-                  "selection": self.spec["selection"], "best_score": self.state.best_loss,
-                  "stopped_early_at_epoch": self.stopped_early,
-                  "epochs_run": len(self.state.history),
-                  "train_tiles": len(self.train_pos), "val_tiles": len(self.val_pos),
-                  "catalog": self.catalog.name, "version": __version__}
-        write_model(self.out / "model.pt", weights=best["model"], thresholds=best["thresholds"], spec=self.spec,
-                    catalog=self.catalog, mean=mean, std=std, summary=result)
+        write_thresholds(
+            self.out / "thresholds.json",
+            catalog=self.catalog,
+            thresholds=best["thresholds"].tolist(),
+            support=self.val_support(),
+            reasons=best.get("threshold_reasons", []),
+            rule=self.spec["thresholds"],
+            selection=self.spec["selection"],
+        )
+        result = {
+            "name": self.spec["name"],
+            "fold": self.fold,
+            "best_epoch": int(best["epoch"]),
+            "selection": self.spec["selection"],
+            "best_score": self.state.best_loss,
+            "stopped_early_at_epoch": self.stopped_early,
+            "epochs_run": len(self.state.history),
+            "train_tiles": len(self.train_pos),
+            "val_tiles": len(self.val_pos),
+            "catalog": self.catalog.name,
+            "version": __version__,
+        }
+        write_model(
+            self.out / "model.pt",
+            weights=best["model"],
+            thresholds=best["thresholds"],
+            spec=self.spec,
+            catalog=self.catalog,
+            mean=mean,
+            std=std,
+            summary=result,
+        )
         return result
 
 
-def train_model(spec: dict[str, Any], fold: int, stores: list[Path], splits_path: Path, catalog: LabelCatalog, *,
-                out: Path, device: str | None = None) -> dict[str, Any]:
+def train_model(
+    spec: dict[str, Any],
+    fold: int,
+    stores: list[Path],
+    splits_path: Path,
+    catalog: LabelCatalog,
+    *,
+    out: Path,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Train one model spec on one fold into ``out`` (``results/models/{name}/fold{k}``)."""
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(spec, fold, stores, pd.read_parquet(splits_path), catalog, out=out, device=device)

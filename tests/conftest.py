@@ -50,9 +50,16 @@ class DatasetBuilder:
         self.rows: list[tuple[str, str, str]] = []
         self.rng = np.random.default_rng(seed)
 
-    def add(self, image_id: str, cell_line: str = "HeLa", label: str = "0|16",
-            shape: tuple[int, int] = (300, 280), ext: str = "png", dtype: str = "uint16",
-            channels: tuple[str, ...] = CHANNELS) -> None:
+    def add(
+        self,
+        image_id: str,
+        cell_line: str = "HeLa",
+        label: str = "0|16",
+        shape: tuple[int, int] = (300, 280),
+        ext: str = "png",
+        dtype: str = "uint16",
+        channels: tuple[str, ...] = CHANNELS,
+    ) -> None:
         for c in channels:
             write_channel(self.images / f"{image_id}_{c}.{ext}", random_image(self.rng, shape, dtype))
         self.rows.append((image_id, label, cell_line))
@@ -161,5 +168,4 @@ def segmented(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> dic
         for verb in ("convert", "segment", "measure", "tiles"):
             assert main([verb, "--config", str(cfg_path), "--shard", shard.name]) == 0
         shards.append(shard.name)
-    return {"root": root, "config": cfg_path, "results": root / "results", "shards": shards,
-            "data": synth_data}
+    return {"root": root, "config": cfg_path, "results": root / "results", "shards": shards, "data": synth_data}

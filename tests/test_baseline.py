@@ -31,8 +31,9 @@ def synthetic_cells(n_images=24, cells_per_image=12, seed=0):
         for c in range(cells_per_image):
             f = {col: float(rng.gamma(2.0, 50.0)) for col in FEATURE_COLUMNS}
             f["green_nucleus_ratio"] = float((2.5 if label == [0] else 0.4) + rng.normal(0, 0.2))
-            rows.append({"image_id": f"img{i:02d}", "cell_id": c + 1, "shard": f"s-{i % 2:04d}",
-                         "image_labels": label, **f})
+            rows.append(
+                {"image_id": f"img{i:02d}", "cell_id": c + 1, "shard": f"s-{i % 2:04d}", "image_labels": label, **f}
+            )
     return pd.DataFrame(rows)
 
 
@@ -94,7 +95,8 @@ def test_streamed_prediction_equals_one_batch_and_is_written_with_summary(tmp_pa
     b = run_baseline(path, {"img00"}, CAT, OPTIONS, tmp_path / "b" / "cells.parquet", batch_size=100000)
     ta, tb = pd.read_parquet(tmp_path / "a" / "cells.parquet"), pd.read_parquet(tmp_path / "b" / "cells.parquet")
     assert len(ta) == 24 * 12 and ta.drop(columns=[c for c in ta if c.startswith("prob_")]).equals(
-        tb.drop(columns=[c for c in tb if c.startswith("prob_")]))
+        tb.drop(columns=[c for c in tb if c.startswith("prob_")])
+    )
     np.testing.assert_allclose(ta.filter(like="prob_").to_numpy(), tb.filter(like="prob_").to_numpy(), atol=1e-6)
     assert a["train_cells"] == 23 * 12 and a["thresholds"] == b["thresholds"]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())

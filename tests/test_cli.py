@@ -5,7 +5,24 @@ import pytest
 
 from hpa_batch.cli import build_parser, main
 
-VERBS = ["synth", "plan", "manifest", "convert", "segment", "measure", "tiles", "split", "train", "predict", "merge", "evaluate", "submit", "validate", "info", "qc"]
+VERBS = [
+    "synth",
+    "plan",
+    "manifest",
+    "convert",
+    "segment",
+    "measure",
+    "tiles",
+    "split",
+    "train",
+    "predict",
+    "merge",
+    "evaluate",
+    "submit",
+    "validate",
+    "info",
+    "qc",
+]
 
 
 def test_help_lists_every_verb():

@@ -78,8 +78,15 @@ def test_presets_validate_and_carry_the_seed_values():
     seed = config_from_dict(deep_merge(base, yaml.safe_load((REPO / "config/presets/seed_resnet50.yaml").read_text())))
     m = seed.raw["models"][0]
     assert (m["arch"], m["input_size"], m["epochs"], m["single_label_only"]) == ("resnet50", 256, 10, True)
-    assert m["schedule"] == {"kind": "seed", "lr_start": 0.005, "lr_max": 0.0011, "lr_min": 0.0005,
-                             "rampup_epochs": 3, "sustain_epochs": 2, "exp_decay": 0.75}
+    assert m["schedule"] == {
+        "kind": "seed",
+        "lr_start": 0.005,
+        "lr_max": 0.0011,
+        "lr_min": 0.0005,
+        "rampup_epochs": 3,
+        "sustain_epochs": 2,
+        "exp_decay": 0.75,
+    }
     assert m["loss"]["unweighted_classes"] == [11]
     from hpa_batch.measure import STUDY_002_FEATURE_WEIGHTS
 
@@ -106,7 +113,9 @@ def test_an_unlabelled_set_only_applies_models_trained_elsewhere(tmp_path):
         (tmp_path / f"fold{k}" / "model.pt").write_bytes(b"")
     (tmp_path / "fold1").mkdir()  # no model.pt: not a fold
     assert fold_files(cfg.results_dir, cfg.raw["models"][0], "history.csv") == [
-        tmp_path / "fold0" / "history.csv", tmp_path / "fold2" / "history.csv"]
+        tmp_path / "fold0" / "history.csv",
+        tmp_path / "fold2" / "history.csv",
+    ]
 
 
 def test_registry_names_are_the_schema_choices():

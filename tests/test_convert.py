@@ -80,8 +80,18 @@ def test_rerun_keeps_good_images_and_redoes_changed_or_damaged_ones(dataset):
 
 
 def _uninterrupted(ds_root, cfg_path):
-    cmd = [sys.executable, "-m", "hpa_batch.cli", "convert", "--config", str(cfg_path),
-           "--shard", "hela-0000", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpa_batch.cli",
+        "convert",
+        "--config",
+        str(cfg_path),
+        "--shard",
+        "hela-0000",
+        "--threads",
+        "1",
+    ]
     return cmd
 
 

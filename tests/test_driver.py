@@ -19,8 +19,9 @@ from hpa_batch.ngff import is_complete, labels_complete
 def start(wd, *args):
     """A driver in the background; its output goes to a file (an unread pipe could fill and block it)."""
     log = open(wd / f"driver-{len(list(wd.glob('driver-*.log')))}.log", "w+")  # noqa: SIM115 (the background driver writes it)
-    proc = subprocess.Popen(["snakemake", *args], cwd=wd, env=tool_env(), stdout=log, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        ["snakemake", *args], cwd=wd, env=tool_env(), stdout=log, stderr=subprocess.STDOUT, text=True
+    )
     proc.log = log
     return proc
 
@@ -33,8 +34,17 @@ def output(proc):
 def config(wd, tmp_path, synth_data, **extra):
     cfg = synth_config(tmp_path, synth_data)
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
-    cfg["models"] = [{"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 1, "batch_size": 16,
-                      "num_workers": 0, "folds": [0]}]
+    cfg["models"] = [
+        {
+            "name": "tiny",
+            "arch": "test_resnet",
+            "input_size": 32,
+            "epochs": 1,
+            "batch_size": 16,
+            "num_workers": 0,
+            "folds": [0],
+        }
+    ]
     cfg.update(extra)
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "results"
@@ -51,10 +61,13 @@ def wait_for(predicate, seconds=120):
 
 def _hold_lock_in_child(wd):
     """A child process that takes the driver lock of ``wd`` and keeps it until its stdin closes."""
-    code = ("import sys; from hpa_batch.driver import acquire; acquire(sys.argv[1]); print('held', flush=True); "
-            "sys.stdin.read()")
-    child = subprocess.Popen([sys.executable, "-c", code, str(wd)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
+    code = (
+        "import sys; from hpa_batch.driver import acquire; acquire(sys.argv[1]); print('held', flush=True); "
+        "sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(wd)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert child.stdout.readline().strip() == "held"
     return child
 
@@ -90,15 +103,27 @@ def test_second_driver_is_refused_even_without_snakemake_locks(synth_data, workf
     first = start(wd, "--cores", "1", "tiles", "--configfile", "run.yaml")
     lock = wd / ".snakemake" / "hpa_batch.driver.lock"
     assert wait_for(lambda: lock.is_file() and str(first.pid) in lock.read_text())
-    second = subprocess.run(["snakemake", "--cores", "1", "--nolock", "--forcerun", "split", "split",
-                             "--configfile", "run.yaml"], check=False, cwd=wd, env=tool_env(), capture_output=True, text=True)
+    second = subprocess.run(
+        ["snakemake", "--cores", "1", "--nolock", "--forcerun", "split", "split", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
     assert second.returncode != 0
     assert "another snakemake driver is running" in second.stdout + second.stderr
     assert f'"pid": {first.pid}' in second.stdout + second.stderr
     assert first.wait(300) == 0, output(first)[-3000:]
     # once the first driver is gone, the directory is free again (the kernel dropped the lock)
-    again = subprocess.run(["snakemake", "--cores", "1", "tiles", "--configfile", "run.yaml"], check=False, cwd=wd,
-                           env=tool_env(), capture_output=True, text=True)
+    again = subprocess.run(
+        ["snakemake", "--cores", "1", "tiles", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
 
 
@@ -121,8 +146,14 @@ def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_
         pd.read_parquet(table)  # readable: written under a temporary name, renamed when complete
     for tiles in (res / "tiles").glob("*.zarr") if (res / "tiles").is_dir() else []:
         assert zarr.open_group(tiles, mode="r").attrs["hpa_batch"]["complete"]
-    rerun = subprocess.run(["snakemake", "--cores", "2", "tiles", "--configfile", "run.yaml"], check=False, cwd=wd,
-                           env=tool_env(), capture_output=True, text=True)
+    rerun = subprocess.run(
+        ["snakemake", "--cores", "2", "tiles", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert len(list((res / "tiles").glob("*.zarr"))) == 3
 
@@ -130,11 +161,23 @@ def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_
 @pytest.mark.slow
 def test_failed_job_names_its_log_in_the_summary(synth_data, workflow_dir, tmp_path):
     wd = workflow_dir()
-    config(wd, tmp_path, synth_data, segmentation={"backend": "hpacellseg",
-                                                   "options": {"nuclei_model": "/nonexistent/n.pth",
-                                                               "cell_model": "/nonexistent/c.pth"}})
-    proc = subprocess.run(["snakemake", "--cores", "2", "segment", "--configfile", "run.yaml"], check=False, cwd=wd,
-                          env=tool_env(), capture_output=True, text=True)
+    config(
+        wd,
+        tmp_path,
+        synth_data,
+        segmentation={
+            "backend": "hpacellseg",
+            "options": {"nuclei_model": "/nonexistent/n.pth", "cell_model": "/nonexistent/c.pth"},
+        },
+    )
+    proc = subprocess.run(
+        ["snakemake", "--cores", "2", "segment", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     log = tmp_path / "logs" / "segment"

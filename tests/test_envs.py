@@ -12,15 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 def norm(spec: str) -> str:
     spec = spec.strip().replace(" ", "")
     name = re.split(r"[<>=!\[]", spec, maxsplit=1)[0].lower().replace("_", "-")
-    version = spec[len(re.match(r"[A-Za-z0-9_.\-]+(\[[^\]]*\])?", spec).group(0)):]
+    version = spec[len(re.match(r"[A-Za-z0-9_.\-]+(\[[^\]]*\])?", spec).group(0)) :]
     return f"{'dask' if name == 'dask' else name}{version}"
 
 
 def env_specs(name):
     env = yaml.safe_load((REPO / "envs" / name).read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str) and not d.startswith(("python", "pip"))]
-    pip = [d for d in next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-           if not d.startswith("--editable")]
+    pip = [
+        d for d in next(d["pip"] for d in env["dependencies"] if isinstance(d, dict)) if not d.startswith("--editable")
+    ]
     return {norm(s) for s in conda}, {norm(s) for s in pip}
 
 

@@ -71,9 +71,16 @@ def test_predicted_strings_may_combine_negative_with_other_classes():
 
     cat = CATALOGS["hpa2021"]
     assert predicted_ids("0|17|18", cat) == [0, 17, 18] and predicted_ids("", cat) == []
-    images = pd.DataFrame({"image_id": ["a", "b"], "rejected": [False, False], "cell_line": ["X", "X"],
-                           "labels": [[0], [18]], "predicted": ["0|18", ""],
-                           **{f"image_prob_{k}": [0.6 if k in (0, 18) else 0.1, 0.2] for k in range(19)}})
+    images = pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "rejected": [False, False],
+            "cell_line": ["X", "X"],
+            "labels": [[0], [18]],
+            "predicted": ["0|18", ""],
+            **{f"image_prob_{k}": [0.6 if k in (0, 18) else 0.1, 0.2] for k in range(19)},
+        }
+    )
     result = evaluate_run(pd.DataFrame(), images, [], None, cat)
     assert result["images"] == 2 and 0 <= result["image_macro_f1"] <= 1
 
@@ -85,8 +92,9 @@ def test_prediction_guard_flags_an_over_predicted_class():
     from hpa_batch.labels import CATALOGS
 
     cat = CATALOGS["hpa2021"]
-    cells = pd.DataFrame({"predicted": ["12"] * 9 + ["0|12"], "truth_cell_id": [1] * 10,
-                          "truth_labels": [[12]] * 2 + [[0]] * 8})
+    cells = pd.DataFrame(
+        {"predicted": ["12"] * 9 + ["0|12"], "truth_cell_id": [1] * 10, "truth_labels": [[12]] * 2 + [[0]] * 8}
+    )
     guard = prediction_guard(cells, cat, 0.6)
     assert guard["over_predicted"] == ["Centrosome"] and guard["class_share"]["Centrosome"] == 1.0
     assert not guard["single_prediction"]

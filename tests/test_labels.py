@@ -19,8 +19,14 @@ def test_catalog_sizes_and_names():
 
 @pytest.mark.parametrize(
     "text,sep,cat,expected",
-    [("0|16", "|", C21, (0, 16)), ("16|0|0", "auto", C21, (0, 16)), ("25 0 2", " ", C18, (0, 2, 25)),
-     ("7", "auto", C21, (7,)), ("18", "|", C21, (18,)), (5, "auto", C18, (5,))],
+    [
+        ("0|16", "|", C21, (0, 16)),
+        ("16|0|0", "auto", C21, (0, 16)),
+        ("25 0 2", " ", C18, (0, 2, 25)),
+        ("7", "auto", C21, (7,)),
+        ("18", "|", C21, (18,)),
+        (5, "auto", C18, (5,)),
+    ],
 )
 def test_parse(text, sep, cat, expected):
     assert parse_labels(text, cat, sep) == expected

@@ -45,8 +45,7 @@ def test_features_separate_nuclear_from_cytosolic_protein():
 
     def table(img):
         border = set()
-        return measure_image(img.channels, img.cells.astype(np.uint32), img.nuclei.astype(np.uint32),
-                             border, params)
+        return measure_image(img.channels, img.cells.astype(np.uint32), img.nuclei.astype(np.uint32), border, params)
 
     a, b = table(nuc), table(cyt)
     # labelled cells (not the negative ones) of each image

@@ -112,10 +112,16 @@ def test_damaged_images_are_not_complete(tmp_path, damage):
 def test_missing_chunk_in_index_is_detected(tmp_path):
     """A shard written without one of its chunks (empty chunks skipped) must not pass."""
     path = tmp_path / "img"
-    group = zarr.open_group(path, mode="w", zarr_format=3,
-                            attributes={"ome": multiscales_attrs(1, "img", None)})
-    arr = group.create_array("s0", shape=(4, 128, 128), dtype="uint16", chunks=(1, 64, 64),
-                             shards=(4, 128, 128), fill_value=0, config={"write_empty_chunks": False})
+    group = zarr.open_group(path, mode="w", zarr_format=3, attributes={"ome": multiscales_attrs(1, "img", None)})
+    arr = group.create_array(
+        "s0",
+        shape=(4, 128, 128),
+        dtype="uint16",
+        chunks=(1, 64, 64),
+        shards=(4, 128, 128),
+        fill_value=0,
+        config={"write_empty_chunks": False},
+    )
     data = np.zeros((4, 128, 128), np.uint16)
     data[0, :64, :64] = 7
     arr[...] = data

@@ -19,7 +19,12 @@ def test_shards_are_per_cell_line_sorted_and_bounded():
     m = meta([(f"id{k:02d}", "0", "HeLa" if k % 2 else "U-2 OS") for k in range(11)][::-1])
     shards = plan_shards(m, None, 2)
     assert [s.name for s in shards] == [
-        "hela-0000", "hela-0001", "hela-0002", "u-2-os-0000", "u-2-os-0001", "u-2-os-0002",
+        "hela-0000",
+        "hela-0001",
+        "hela-0002",
+        "u-2-os-0000",
+        "u-2-os-0001",
+        "u-2-os-0002",
     ]
     for s in shards:
         assert list(s.ids) == sorted(s.ids) and 1 <= len(s.ids) <= 2

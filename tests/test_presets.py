@@ -31,8 +31,18 @@ def cpu_sized(preset: dict) -> dict:
     """The preset with every model shrunk to a CPU smoke run (recipe keys kept)."""
     models = []
     for m in preset["models"]:
-        models.append({**m, "pretrained": None, "input_size": INPUT.get(m["arch"], 32), "epochs": 1,
-                       "batch_size": 4, "folds": [0], "num_workers": 0, "gpus": 0})
+        models.append(
+            {
+                **m,
+                "pretrained": None,
+                "input_size": INPUT.get(m["arch"], 32),
+                "epochs": 1,
+                "batch_size": 4,
+                "folds": [0],
+                "num_workers": 0,
+                "gpus": 0,
+            }
+        )
     tiles = {**preset.get("tiles", {}), "size": 64, "image_size": 96, "chunk_tiles": 16}
     return {**preset, "models": models, "tiles": tiles}
 
@@ -65,7 +75,9 @@ def test_preset_runs_end_to_end(name, synth_data, data_2018, workflow_dir, tmp_p
     assert header == ("Id,Predicted" if the_2018_task else "ID,ImageWidth,ImageHeight,PredictionString")
     metrics = json.loads((res / "metrics.json").read_text())
     assert 0 <= metrics["image_map"] <= 1 and metrics["images"] == 6
-    print(f"\nPRESET {name}: {time.monotonic() - started:.0f} s, {len(cfg['models'])} model(s), image mAP "
-          f"{metrics['image_map']:.3f}, image macro-F1 {metrics['image_macro_f1']:.3f}, cell mAP "
-          f"{metrics['cell_map']:.3f}")  # the closing notes quote these (pytest -s)
+    print(
+        f"\nPRESET {name}: {time.monotonic() - started:.0f} s, {len(cfg['models'])} model(s), image mAP "
+        f"{metrics['image_map']:.3f}, image macro-F1 {metrics['image_macro_f1']:.3f}, cell mAP "
+        f"{metrics['cell_map']:.3f}"
+    )  # the closing notes quote these (pytest -s)
     assert (res / "report.html").stat().st_size > 10_000

@@ -14,8 +14,14 @@ from plan import CELL_LINES, workdir
 @pytest.mark.slow
 def test_dag_at_82500_images_is_sharded_and_small(tmp_path):
     wd = workdir(tmp_path / "scale", 82_500, 250)
-    proc = subprocess.run(["snakemake", "-n", "--configfile", "scale.yaml"], check=False, cwd=wd, env=tool_env(),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["snakemake", "-n", "--configfile", "scale.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.MULTILINE))
     shards = sum(-(-(82_500 // 17 + (1 if k < 82_500 % 17 else 0)) // 250) for k in range(17))

@@ -160,18 +160,23 @@ def test_cellpose_adapter_contract_with_stand_in_network():
     img = synth(8)
     nuclei_shifted = np.roll(img.nuclei, 1, axis=0)  # independent model: ids and borders differ
     nuclei_shifted = np.where(nuclei_shifted > 0, nuclei_shifted + 100, 0)
-    seg = CellposeSegmenter(network=StandInCellpose(img.cells.astype(np.int32)),
-                            nuclei_network=StandInCellpose(nuclei_shifted.astype(np.int32)))
+    seg = CellposeSegmenter(
+        network=StandInCellpose(img.cells.astype(np.int32)),
+        nuclei_network=StandInCellpose(nuclei_shifted.astype(np.int32)),
+    )
     cells, nuclei = seg.segment(img.channels)
     check_consistent(cells, nuclei)
     assert cells.max() == img.cells.max() and average_precision(img.cells.astype(int), cells, 0.9) == 1.0
 
 
-@pytest.mark.parametrize("backend,opts,missing", [
-    ("hpacellseg", {}, "segmentation.options.nuclei_model is required"),
-    ("hpacellseg", {"nuclei_model": "/nope/n.pth", "cell_model": "/nope/c.pth"}, "/nope/n.pth"),
-    ("cellpose", {"cell_model": "/nope/cyto", "nuclei_model": "/nope/nuc"}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "backend,opts,missing",
+    [
+        ("hpacellseg", {}, "segmentation.options.nuclei_model is required"),
+        ("hpacellseg", {"nuclei_model": "/nope/n.pth", "cell_model": "/nope/c.pth"}, "/nope/n.pth"),
+        ("cellpose", {"cell_model": "/nope/cyto", "nuclei_model": "/nope/nuc"}, "does not exist"),
+    ],
+)
 def test_adapters_refuse_missing_weights(backend, opts, missing):
     with pytest.raises(BackendUnavailable, match=missing):
         create_segmenter(backend, **opts)
@@ -180,8 +185,10 @@ def test_adapters_refuse_missing_weights(backend, opts, missing):
 def test_adapters_name_a_missing_package(tmp_path):
     import importlib.util
 
-    for backend, module, keys in (("hpacellseg", "hpacellseg", ("nuclei_model", "cell_model")),
-                                  ("cellpose", "cellpose", ("cell_model", "nuclei_model"))):
+    for backend, module, keys in (
+        ("hpacellseg", "hpacellseg", ("nuclei_model", "cell_model")),
+        ("cellpose", "cellpose", ("cell_model", "nuclei_model")),
+    ):
         if importlib.util.find_spec(module) is not None:
             continue
         opts = {}

@@ -20,8 +20,7 @@ OPTS = config_from_dict({}).segmentation_qc
 
 def qc_row(image_id, cells, nuclei, blue, scale=1.0):
     n = int(cells.max())
-    return {"image_id": image_id, "n_cells": n, "n_border": 0, "level": 0,
-            **image_qc(cells, nuclei, blue, scale)}
+    return {"image_id": image_id, "n_cells": n, "n_border": 0, "level": 0, **image_qc(cells, nuclei, blue, scale)}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +49,9 @@ def test_collapsed_cells_are_flagged(image):
 def test_missed_and_merged_cells_are_flagged(image):
     cells, nuclei = create_segmenter("watershed").segment(image.channels, 1.0)
     half = np.where(cells <= cells.max() // 3, cells, 0)  # two thirds of the cells lost
-    row = flag_images(pd.DataFrame([qc_row("missed", half, np.where(half > 0, nuclei, 0),
-                                           image.channels[2])]), OPTS).iloc[0]
+    row = flag_images(
+        pd.DataFrame([qc_row("missed", half, np.where(half > 0, nuclei, 0), image.channels[2])]), OPTS
+    ).iloc[0]
     assert row["doubtful"] and "lie in no cell" in row["flag"]
     merged = np.where(cells > 0, 1 + (cells > cells.max() // 2), 0)  # every cell merged into two
     nuc = np.where((nuclei > 0) & np.isin(nuclei, [1, cells.max()]), merged, 0)
@@ -60,11 +60,26 @@ def test_missed_and_merged_cells_are_flagged(image):
 
 
 def test_zero_cells_and_shard_outliers():
-    base = {"n_border": 0, "level": 0, "nucleus_coverage": 0.1, "median_nucleus_area": 5000.0,
-            "cell_nucleus_ratio": 4.0, "no_nucleus_fraction": 0.0, "multi_nucleus_fraction": 0.0,
-            "nuclei_outside_fraction": 0.0}
-    rows = [{"image_id": f"i{k}", "n_cells": 20 + k % 3, "coverage": 0.4 + 0.01 * (k % 3),
-             "median_cell_area": 40000.0 + 500 * k, **base} for k in range(8)]
+    base = {
+        "n_border": 0,
+        "level": 0,
+        "nucleus_coverage": 0.1,
+        "median_nucleus_area": 5000.0,
+        "cell_nucleus_ratio": 4.0,
+        "no_nucleus_fraction": 0.0,
+        "multi_nucleus_fraction": 0.0,
+        "nuclei_outside_fraction": 0.0,
+    }
+    rows = [
+        {
+            "image_id": f"i{k}",
+            "n_cells": 20 + k % 3,
+            "coverage": 0.4 + 0.01 * (k % 3),
+            "median_cell_area": 40000.0 + 500 * k,
+            **base,
+        }
+        for k in range(8)
+    ]
     rows.append({"image_id": "tiny", "n_cells": 21, "coverage": 0.41, "median_cell_area": 4000.0, **base})
     rows.append({"image_id": "none", "n_cells": 0, "coverage": 0.0, "median_cell_area": np.nan, **base})
     table = flag_images(pd.DataFrame(rows), OPTS).set_index("image_id")
@@ -75,11 +90,18 @@ def test_zero_cells_and_shard_outliers():
 
 
 def test_policy_in_splits(tmp_path):
-    manifest = pd.DataFrame({"image_id": [f"i{k}" for k in range(12)], "shard": "s-0000", "cell_line": "X",
-                             "labels": [[k % 3] for k in range(12)]})
+    manifest = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(12)],
+            "shard": "s-0000",
+            "cell_line": "X",
+            "labels": [[k % 3] for k in range(12)],
+        }
+    )
     manifest.to_parquet(tmp_path / "m.parquet")
-    qc = pd.DataFrame({"image_id": ["i0", "i1"], "n_cells": [0, 5], "doubtful": [True, False],
-                       "flag": ["zero cells", ""]}).reindex(columns=list(SEGMENT_QC_COLUMNS))
+    qc = pd.DataFrame(
+        {"image_id": ["i0", "i1"], "n_cells": [0, 5], "doubtful": [True, False], "flag": ["zero cells", ""]}
+    ).reindex(columns=list(SEGMENT_QC_COLUMNS))
     qc["doubtful"] = [True, False]
     qc.to_csv(tmp_path / "q.tsv", sep="\t", index=False)
     assert read_segment_qc(tmp_path / "q.tsv")["doubtful"].tolist() == [True, False]

@@ -21,8 +21,13 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 HARNESS = REPO / "tests" / "slurm" / "harness.sh"
 SLURM_DIR = Path(os.environ.get("HPA_SLURM_DIR", "/tmp/hpa-batch-slurm"))
 CPU_OVERRIDE = [
-    "--set-resources", "train_model:gpu=0", "predict_shard:gpu=0", "train_model:cpus_per_gpu=0",
-    "predict_shard:cpus_per_gpu=0", "train_model:slurm_partition=cpu", "predict_shard:slurm_partition=cpu",
+    "--set-resources",
+    "train_model:gpu=0",
+    "predict_shard:gpu=0",
+    "train_model:cpus_per_gpu=0",
+    "predict_shard:cpus_per_gpu=0",
+    "train_model:slurm_partition=cpu",
+    "predict_shard:slurm_partition=cpu",
 ]
 
 
@@ -63,8 +68,17 @@ def run(wd, env, *args):
 
 def test_workflow_through_slurm_equals_local_run(slurm, synth_data, workflow_dir, tmp_path):
     wd = workflow_dir()
-    models = [{"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 1, "batch_size": 16,
-               "num_workers": 0, "folds": [0]}]
+    models = [
+        {
+            "name": "tiny",
+            "arch": "test_resnet",
+            "input_size": 32,
+            "epochs": 1,
+            "batch_size": 16,
+            "num_workers": 0,
+            "folds": [0],
+        }
+    ]
     configs = {}
     for name in ("slurm", "local"):
         cfg = synth_config(tmp_path / name, synth_data)
@@ -73,8 +87,17 @@ def test_workflow_through_slurm_equals_local_run(slurm, synth_data, workflow_dir
         configs[name] = wd / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump(cfg))
     before = len(completed_jobs())
-    out = run(wd, slurm, "--profile", "profiles/slurm", "--configfile", str(configs["slurm"]), *CPU_OVERRIDE,
-              "--seconds-between-status-checks", "3")
+    out = run(
+        wd,
+        slurm,
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        str(configs["slurm"]),
+        *CPU_OVERRIDE,
+        "--seconds-between-status-checks",
+        "3",
+    )
     n_jobs = int(next(ln.split()[-1] for ln in reversed(out.splitlines()) if ln.startswith("total")))
     submitted = [ln for ln in out.splitlines() if "Job " in ln and "has been submitted with SLURM jobid" in ln]
     target_only = n_jobs - len(submitted)

@@ -186,8 +186,9 @@ def test_write_submission(tmp_path):
     preds_b = make_predictions(tmp_path / "b.parquet", {"img_a": shard_b["img_a"]}, 5)
     out = tmp_path / "sub" / "submission.csv"
 
-    n = write_submission([tmp_path / "a.parquet", tmp_path / "b.parquet"],
-                         [tmp_path / "a.zarr", tmp_path / "b.zarr"], out, N_CLASSES)
+    n = write_submission(
+        [tmp_path / "a.parquet", tmp_path / "b.parquet"], [tmp_path / "a.zarr", tmp_path / "b.zarr"], out, N_CLASSES
+    )
 
     assert n == 5
     assert out.read_text().splitlines()[0] == ",".join(HEADER)
@@ -210,7 +211,7 @@ def test_write_submission(tmp_path):
             decoded = coco_decode(triples[i][2], h, w)
             cell_id = int(np.unique(cells[decoded])[0])
             np.testing.assert_array_equal(decoded, cells == cell_id)
-            for k, p, token in triples[i:i + N_CLASSES]:
+            for k, p, token in triples[i : i + N_CLASSES]:
                 assert token == triples[i][2]
                 assert p == pytest.approx(preds.loc[(image_id, cell_id), f"prob_{k}"], abs=1e-6)
     assert not list(out.parent.glob(".*tmp"))
@@ -222,8 +223,9 @@ def test_write_submission_any_store_order_and_min_confidence(tmp_path):
     make_store(tmp_path / "t.zarr", {"x0": np.zeros((5, 6), np.uint32)})
     make_predictions(tmp_path / "s.parquet", images, 0)
     out = tmp_path / "submission.csv"
-    n = write_submission([tmp_path / "s.parquet"], [tmp_path / "t.zarr", tmp_path / "s.zarr"], out,
-                         N_CLASSES, min_confidence=0.9)
+    n = write_submission(
+        [tmp_path / "s.parquet"], [tmp_path / "t.zarr", tmp_path / "s.zarr"], out, N_CLASSES, min_confidence=0.9
+    )
     assert n == 2
     sub = pd.read_csv(out, keep_default_na=False).set_index("ID")
     assert list(sub.index) == ["x0", "x1"]
@@ -264,8 +266,9 @@ def test_2018_submission_is_id_and_space_separated_classes(tmp_path):
 
     from hpa_batch.submit import read_image_submission, write_image_submission
 
-    images = pd.DataFrame({"image_id": ["a", "b", "c"], "predicted": ["25|0|2", "", None],
-                           "rejected": [False, False, True]})
+    images = pd.DataFrame(
+        {"image_id": ["a", "b", "c"], "predicted": ["25|0|2", "", None], "rejected": [False, False, True]}
+    )
     images.to_parquet(tmp_path / "images.parquet")
     assert write_image_submission(tmp_path / "images.parquet", tmp_path / "sub.csv") == 3
     assert (tmp_path / "sub.csv").read_text() == "Id,Predicted\na,0 2 25\nb,\nc,\n"

@@ -38,9 +38,7 @@ def _read_image(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def png_dataset(tmp_path_factory: pytest.TempPathFactory) -> synth.SynthSummary:
     out = tmp_path_factory.mktemp("synth_png")
-    return synth.synthesize_dataset(
-        out, 4, seed=3, sizes=(256, 384), cell_lines=("U-2 OS", "A-431", "U-251 MG")
-    )
+    return synth.synthesize_dataset(out, 4, seed=3, sizes=(256, 384), cell_lines=("U-2 OS", "A-431", "U-251 MG"))
 
 
 # --- layout ---------------------------------------------------------------------------
@@ -172,9 +170,7 @@ def test_hpa2018_catalog(tmp_path: Path) -> None:
     valid = {CAT18.index(n) for n in synth.PATTERN_RENDERERS if n in CAT18.classes}
     for lab in labels:
         assert set(parse_labels(lab, CAT18, " ")) <= valid
-    img = synth.synthesize_image(
-        np.random.default_rng(0), 256, "HeLa", CAT18, patterns=["Nucleoplasm", "Cytosol"]
-    )
+    img = synth.synthesize_image(np.random.default_rng(0), 256, "HeLa", CAT18, patterns=["Nucleoplasm", "Cytosol"])
     assert img.image_labels == (0, 25)
     assert format_labels(img.image_labels, CAT18) == "0 25"
     assert all(v == () or set(v) <= {0, 25} for v in img.cell_labels.values())
@@ -184,9 +180,7 @@ def test_negative_only_and_spindle_images() -> None:
     neg = synth.synthesize_image(np.random.default_rng(1), 256, "A-431", CAT21, patterns=[])
     assert neg.image_labels == (18,)
     assert set(neg.cell_labels.values()) == {(18,)}
-    sp = synth.synthesize_image(
-        np.random.default_rng(2), 384, "HeLa", CAT21, patterns=["Mitotic spindle"]
-    )
+    sp = synth.synthesize_image(np.random.default_rng(2), 384, "HeLa", CAT21, patterns=["Mitotic spindle"])
     assert sp.image_labels == (11,)
     with_spindle = [k for k, v in sp.cell_labels.items() if 11 in v]
     assert with_spindle and set(with_spindle) <= set(sp.mitotic)
@@ -327,8 +321,7 @@ def test_contact_sheet(png_dataset: synth.SynthSummary, tmp_path: Path) -> None:
 def test_the_2018_layout_is_8_bit_png_with_id_target(tmp_path: Path) -> None:
     """`synth --labels hpa2018` writes that set as distributed: 8-bit PNG channels, train.csv with
     Id,Target (space-separated) and no cell-line column; labels equal the 16-bit set's."""
-    s8 = synth.synthesize_dataset(tmp_path / "a", 2, seed=4, sizes=(128,), catalog="hpa2018", depth=8,
-                                  table="hpa2018")
+    s8 = synth.synthesize_dataset(tmp_path / "a", 2, seed=4, sizes=(128,), catalog="hpa2018", depth=8, table="hpa2018")
     s16 = synth.synthesize_dataset(tmp_path / "b", 2, seed=4, sizes=(128,), catalog="hpa2018")
     rows = _read_csv(s8.metadata)
     assert list(rows[0]) == ["Id", "Target"]

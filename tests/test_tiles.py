@@ -54,8 +54,14 @@ def test_cell_tile_geometry_and_mask():
     # the 40-px side maps 1:1; the 20-px tall cell sits centred: rows 10..30 bright
     assert tile[0, 10:30, :].min() == 255 and tile[0, 8:10, :].min() == 255  # rows 18..20 visible
     assert tile[0, :8, :].max() == 0 and tile[0, 30:, :].max() == 0
-    masked = cell_tile(image, cells, 1, (20, 30, 40, 70), window=window,
-                       spec=config_from_dict({"tiles": {"size": 40, "margin": 0.0, "mask_outside": True}}).tiles)
+    masked = cell_tile(
+        image,
+        cells,
+        1,
+        (20, 30, 40, 70),
+        window=window,
+        spec=config_from_dict({"tiles": {"size": 40, "margin": 0.0, "mask_outside": True}}).tiles,
+    )
     assert masked[0, :10, :].max() == 0 and masked[0, 10:30, :].min() == 255
 
 
@@ -83,5 +89,3 @@ def test_chunked_appender_equals_direct_write(tmp_path, chunk):
         app.add(rows[start : start + 5])
     app.close()
     assert np.array_equal(arr[:], rows)
-
-

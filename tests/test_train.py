@@ -20,8 +20,17 @@ from hpa_batch.loader import build_index, epoch_plan
 from hpa_batch.models import WeightsUnavailable, create_model
 from hpa_batch.splits import make_splits, write_splits
 
-TINY = {"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 2, "batch_size": 16,
-        "num_workers": 0, "schedule": {"kind": "seed"}, "folds": [0], "early_stopping_patience": 0}
+TINY = {
+    "name": "tiny",
+    "arch": "test_resnet",
+    "input_size": 32,
+    "epochs": 2,
+    "batch_size": 16,
+    "num_workers": 0,
+    "schedule": {"kind": "seed"},
+    "folds": [0],
+    "early_stopping_patience": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +51,24 @@ def trainable(segmented, tmp_path_factory):
 
 
 def run_train(t, out, env_extra=None, check=True, config=None):
-    cmd = [sys.executable, "-m", "hpa_batch.cli", "train", "--config", str(config or t["config"]), "--model", "tiny",
-           "--fold", "0", "--splits", str(t["splits"]), "--out", str(out), "--tiles", *map(str, t["stores"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpa_batch.cli",
+        "train",
+        "--config",
+        str(config or t["config"]),
+        "--model",
+        "tiny",
+        "--fold",
+        "0",
+        "--splits",
+        str(t["splits"]),
+        "--out",
+        str(out),
+        "--tiles",
+        *map(str, t["stores"]),
+    ]
     env = {**tool_env(), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
@@ -109,8 +134,9 @@ def test_tiny_training_end_to_end_and_predict(trainable, tmp_path):
     with pytest.raises(ValueError, match="trained for label catalog 'hpa2021'"):
         predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "x.parquet", CATALOGS["hpa2018"], "t")
     with pytest.raises(ValueError, match="is a cell-level model; the config declares level: image"):
-        predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "x.parquet", CATALOGS["hpa2021"], "t",
-                      level="image")
+        predict_shard(
+            [out / "model.pt"], trainable["stores"][0], tmp_path / "x.parquet", CATALOGS["hpa2021"], "t", level="image"
+        )
 
 
 def test_hybrid_model_learns_from_features_and_predicts_with_them(trainable, tmp_path):
@@ -160,8 +186,17 @@ def test_image_hybrid_with_study_002_weights_and_mixed_channels(trainable, tmp_p
     from hpa_batch.predict import load_folds, predict_shard, run_models
 
     cfg = yaml.safe_load(trainable["config"].read_text())
-    cfg["models"] = [{**TINY, "level": "image", "features": True, "batch_size": 2, "input_size": 32,
-                      "feature_weights": list(STUDY_002_FEATURE_WEIGHTS), "channels": ["red+blue", "green", "green"]}]
+    cfg["models"] = [
+        {
+            **TINY,
+            "level": "image",
+            "features": True,
+            "batch_size": 2,
+            "input_size": 32,
+            "feature_weights": list(STUDY_002_FEATURE_WEIGHTS),
+            "channels": ["red+blue", "green", "green"],
+        }
+    ]
     path = tmp_path / "image_hybrid.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "fold0"
@@ -234,8 +269,10 @@ def test_interrupted_training_resumes_bit_exact(trainable, tmp_path):
     lb = torch.load(tmp_path / "resumed" / "state" / "last.pt", weights_only=True)
     for k in la["model"]:
         assert torch.equal(la["model"][k], lb["model"][k]), k  # last weights too
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight" / "history.csv").drop(columns="seconds"),
-                                  pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "straight" / "history.csv").drop(columns="seconds"),
+        pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns="seconds"),
+    )
 
 
 @pytest.mark.slow
@@ -252,12 +289,15 @@ def test_resume_around_label_refinement_is_bit_exact(trainable, tmp_path, when):
     from hpa_batch.train import training_positions
 
     train_pos, _ = training_positions(index, 0, c.raw["models"][0], None)
-    per_epoch = sum(len(g) for g in epoch_plan(index, train_pos, 16, seed=0, epoch=0,
-                                            buffer_chunks=c.raw["models"][0]["buffer_chunks"]))
+    per_epoch = sum(
+        len(g)
+        for g in epoch_plan(index, train_pos, 16, seed=0, epoch=0, buffer_chunks=c.raw["models"][0]["buffer_chunks"])
+    )
     run_train(trainable, tmp_path / "straight", config=config)
     step = 3 if when == "before" else per_epoch + 2
-    stopped = run_train(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": str(step)},
-                        check=False, config=config)
+    stopped = run_train(
+        trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": str(step)}, check=False, config=config
+    )
     assert stopped.returncode == 75, stopped.stderr[-2000:]
     saved = torch.load(tmp_path / "resumed" / "state" / "last.pt", weights_only=True)
     assert saved["run"]["refined"] == (when == "after") and (saved["targets"] is None) == (when == "before")
@@ -274,14 +314,18 @@ def test_refine_weak_labels_keeps_each_image_label_on_its_best_cells():
 
     # image a: labels {0, 1}, three cells; image b: Negative (class 2) only, two cells
     y = np.array([[1, 1, 0], [1, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0, 1]], np.float32)
-    prob = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.05, 0.02, 0.3], [0.1, 0.0, 0.7], [0.6, 0.0, 0.2]],
-                    np.float32)
+    prob = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.05, 0.02, 0.3], [0.1, 0.0, 0.7], [0.6, 0.0, 0.2]], np.float32)
     ids = np.array(["a", "a", "a", "b", "b"], object)
     out = refine_weak_labels(y, prob, ids, 0.5, negative=2)
     assert out.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]]
     # class 0 of a third image never leaves its top cell, even with tiny probabilities
-    one = refine_weak_labels(np.array([[1, 0, 0]] * 2, np.float32), np.array([[1e-4, 0, 0], [1e-6, 0, 0]],
-                             np.float32), np.array(["c", "c"], object), 0.5, negative=None)
+    one = refine_weak_labels(
+        np.array([[1, 0, 0]] * 2, np.float32),
+        np.array([[1e-4, 0, 0], [1e-6, 0, 0]], np.float32),
+        np.array(["c", "c"], object),
+        0.5,
+        negative=None,
+    )
     assert one.tolist() == [[1, 0, 0], [0, 0, 0]]
     # keep_ratio 1e-9 keeps every weak label (for cells with any probability)
     assert np.array_equal(refine_weak_labels(y[:3], prob[:3], ids[:3], 1e-9, 2), y[:3])
@@ -301,7 +345,6 @@ def test_refined_targets_round_trip_through_the_checkpoint(trainable, tmp_path):
     b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     assert np.array_equal(b.index.y, weak) and b.load_state()
     assert np.array_equal(b.index.y, a.index.y) and torch.equal(b.weights, a.weights)
-
 
 
 def test_refinement_uses_the_best_weights_also_after_a_restart(trainable, tmp_path):
@@ -330,8 +373,24 @@ def test_sigterm_saves_a_checkpoint_and_exits_requeueable(trainable, tmp_path):
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "hpa_batch.cli", "train", "--config", str(path), "--model", "tiny", "--fold", "0",
-           "--splits", str(trainable["splits"]), "--out", str(out), "--tiles", *map(str, trainable["stores"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpa_batch.cli",
+        "train",
+        "--config",
+        str(path),
+        "--model",
+        "tiny",
+        "--fold",
+        "0",
+        "--splits",
+        str(trainable["splits"]),
+        "--out",
+        str(out),
+        "--tiles",
+        *map(str, trainable["stores"]),
+    ]
     proc = subprocess.Popen(cmd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "state" / "last.pt").exists() and time.monotonic() < deadline:
@@ -346,9 +405,28 @@ def test_sigterm_saves_a_checkpoint_and_exits_requeueable(trainable, tmp_path):
 def test_ddp_two_processes_on_cpu(trainable, tmp_path):
     """torchrun with 2 CPU processes (gloo): both ranks train on disjoint buffers, rank 0 writes."""
     out = tmp_path / "ddp"
-    cmd = ["torchrun", "--standalone", "--nproc-per-node=2", "-m", "hpa_batch.cli", "train", "--config",
-           str(trainable["config"]), "--model", "tiny", "--fold", "0", "--splits", str(trainable["splits"]),
-           "--out", str(out), "--device", "cpu", "--tiles", *map(str, trainable["stores"])]
+    cmd = [
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "hpa_batch.cli",
+        "train",
+        "--config",
+        str(trainable["config"]),
+        "--model",
+        "tiny",
+        "--fold",
+        "0",
+        "--splits",
+        str(trainable["splits"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--tiles",
+        *map(str, trainable["stores"]),
+    ]
     proc = subprocess.run(cmd, check=False, env={**tool_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model.pt").is_file() and len(pd.read_csv(out / "history.csv")) == 2
@@ -379,9 +457,18 @@ def test_excluded_images_are_never_trained_or_validated_on():
 
     fold = np.array([0, 1, -1, -2, 0, -2], np.int8)
     n = len(fold)
-    index = TileIndex(stores=[], array="cells", store=np.zeros(n, int), row=np.arange(n), chunk=np.full(n, 64),
-                      image_id=np.array([f"i{k}" for k in range(n)], object), cell_id=np.arange(n, dtype=np.int32),
-                      y=np.eye(n, 19, dtype=np.float32), fold=fold, n_labels=np.ones(n, int))
+    index = TileIndex(
+        stores=[],
+        array="cells",
+        store=np.zeros(n, int),
+        row=np.arange(n),
+        chunk=np.full(n, 64),
+        image_id=np.array([f"i{k}" for k in range(n)], object),
+        cell_id=np.arange(n, dtype=np.int32),
+        y=np.eye(n, 19, dtype=np.float32),
+        fold=fold,
+        n_labels=np.ones(n, int),
+    )
     spec = {"single_label_only": False, "negative_oversample": 1}
     for k in (0, 1):
         train, val = training_positions(index, k, spec, None)
@@ -394,8 +481,15 @@ def test_early_stopping_is_logged_with_its_reason(trainable, tmp_path):
     """lr 0: only BatchNorm statistics move and the validation loss drifts up, so patience 1 stops the
     (deterministic) run early and says why; the summary and thresholds.json record the rule."""
     cfg = yaml.safe_load(trainable["config"].read_text())
-    cfg["models"] = [{**TINY, "epochs": 4, "early_stopping_patience": 1, "selection": "val_loss",
-                      "schedule": {"kind": "constant", "lr": 0.0}}]
+    cfg["models"] = [
+        {
+            **TINY,
+            "epochs": 4,
+            "early_stopping_patience": 1,
+            "selection": "val_loss",
+            "schedule": {"kind": "constant", "lr": 0.0},
+        }
+    ]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "fold0"
@@ -409,8 +503,12 @@ def test_early_stopping_is_logged_with_its_reason(trainable, tmp_path):
     rule = json.loads((out / "thresholds.json").read_text())
     assert rule["rule"]["min_positives"] == 10 and len(rule["validation_positives"]) == 19
     assert all(0.05 <= t <= 0.95 for t in rule["thresholds"])
-    assert len(rule["reasons"]) == 19 and set(rule["reasons"]) <= {"tuned", "few positives", "below low",
-                                                                   "clipped high"}
+    assert len(rule["reasons"]) == 19 and set(rule["reasons"]) <= {
+        "tuned",
+        "few positives",
+        "below low",
+        "clipped high",
+    }
 
 
 def test_an_edited_spec_starts_over_instead_of_resuming(trainable, tmp_path):
@@ -475,10 +573,18 @@ def test_a_tile_store_without_feature_rows_is_refused_by_name(tmp_path):
     store = tmp_path / "old-0000.zarr"
     g = zarr.open_group(store, mode="w", zarr_format=3)
     g.create_array("cells", shape=(4, 4, 8, 8), dtype="uint8", chunks=(2, 4, 8, 8))
-    index = TileIndex(stores=[store], array="cells", store=np.zeros(4, int), row=np.arange(4),
-                      chunk=np.full(4, 2), image_id=np.array(list("abcd"), object),
-                      cell_id=np.arange(4, dtype=np.int32), y=np.zeros((4, 19), np.float32),
-                      fold=np.zeros(4, np.int8), n_labels=np.ones(4, int))
+    index = TileIndex(
+        stores=[store],
+        array="cells",
+        store=np.zeros(4, int),
+        row=np.arange(4),
+        chunk=np.full(4, 2),
+        image_id=np.array(list("abcd"), object),
+        cell_id=np.arange(4, dtype=np.int32),
+        y=np.zeros((4, 19), np.float32),
+        fold=np.zeros(4, np.int8),
+        n_labels=np.ones(4, int),
+    )
     with pytest.raises(ValueError, match="old-0000.zarr has no 'features' array: rebuild the tiles"):
         GroupDataset(index, [[np.arange(4)]], [0, 1, 2, 3], features=True)[0]
     with pytest.raises(ValueError, match="old-0000.zarr has no 'features'"):

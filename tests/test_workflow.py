@@ -48,8 +48,7 @@ def test_run_then_add_cell_line_reruns_only_new_shards(dataset, workflow_dir):
     assert "1 image(s) refused" in out and "hbad" in out  # reported at the end of the run
     res = ds.root / "results"
     hela = sorted((res / "zarr").glob("hela-*.convert.json"))
-    assert [p.name for p in hela] == ["hela-0000.convert.json", "hela-0001.convert.json",
-                                      "hela-0002.convert.json"]
+    assert [p.name for p in hela] == ["hela-0000.convert.json", "hela-0001.convert.json", "hela-0002.convert.json"]
     assert (ds.root / "logs" / "convert" / "hela-0000.log").read_text().count("images") >= 1
     mtimes = {p: p.stat().st_mtime_ns for p in res.rglob("*") if "hela" in p.name and p.is_file()}
 
@@ -92,10 +91,28 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     wd = workflow_dir()
     cfg = synth_config(tmp_path, synth_data)
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
-    cfg["models"] = [{"name": "tiny", "arch": "test_resnet", "input_size": 32, "epochs": 1, "batch_size": 16,
-                      "num_workers": 0, "folds": [0, 1], "features": True},  # a hybrid: tiles + feature rows
-                     {"name": "img", "level": "image", "arch": "test_resnet", "input_size": 32, "epochs": 1,
-                      "batch_size": 2, "num_workers": 0, "folds": [0, 1]}]  # both levels feed the tables
+    cfg["models"] = [
+        {
+            "name": "tiny",
+            "arch": "test_resnet",
+            "input_size": 32,
+            "epochs": 1,
+            "batch_size": 16,
+            "num_workers": 0,
+            "folds": [0, 1],
+            "features": True,
+        },  # a hybrid: tiles + feature rows
+        {
+            "name": "img",
+            "level": "image",
+            "arch": "test_resnet",
+            "input_size": 32,
+            "epochs": 1,
+            "batch_size": 2,
+            "num_workers": 0,
+            "folds": [0, 1],
+        },
+    ]  # both levels feed the tables
     cfg["evaluation"] = {"truth_dir": str(synth_data / "truth")}
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
@@ -135,10 +152,14 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     assert sorted(images_t["image_id"]) == sorted(pd.read_csv(synth_data / "train.csv")["ID"])
     image_preds = pd.concat([pd.read_parquet(p) for p in (res / "predictions" / "img").glob("*.parquet")])
     joined = images_t.merge(image_preds, on="image_id")
-    assert len(joined) == 6 and np.allclose(joined[[f"image_prob_{k}" for k in range(19)]].to_numpy(),
-                                            joined[[f"prob_{k}" for k in range(19)]].to_numpy())
+    assert len(joined) == 6 and np.allclose(
+        joined[[f"image_prob_{k}" for k in range(19)]].to_numpy(), joined[[f"prob_{k}" for k in range(19)]].to_numpy()
+    )
     fused = cells_t[[f"fused_prob_{k}" for k in range(19)]].to_numpy()
-    prod = cells_t[[f"cell_prob_{k}" for k in range(19)]].to_numpy() * cells_t[[f"image_prob_{k}" for k in range(19)]].to_numpy()
+    prod = (
+        cells_t[[f"cell_prob_{k}" for k in range(19)]].to_numpy()
+        * cells_t[[f"image_prob_{k}" for k in range(19)]].to_numpy()
+    )
     assert np.allclose(fused[:, :18], prod[:, :18])  # default fusion: cell x image (18 = Negative: derived)
     sub = pd.read_csv(res / "submission.csv", keep_default_na=False)
     assert list(sub.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
@@ -177,17 +198,29 @@ def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tm
 
     from hpa_batch.synth import synthesize_dataset
 
-    data = synthesize_dataset(tmp_path / "hpa2018", 6, seed=12, sizes=(384,), catalog="hpa2018", depth=8,
-                              table="hpa2018").out
+    data = synthesize_dataset(
+        tmp_path / "hpa2018", 6, seed=12, sizes=(384,), catalog="hpa2018", depth=8, table="hpa2018"
+    ).out
     assert (data / "train.csv").read_text().startswith("Id,Target\n")
     wd = workflow_dir()
     cfg = synth_config(tmp_path, data)
-    cfg["dataset"].update({"id_column": "Id", "label_column": "Target", "cell_line_column": None,
-                           "label_separator": " "})
+    cfg["dataset"].update(
+        {"id_column": "Id", "label_column": "Target", "cell_line_column": None, "label_separator": " "}
+    )
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
     cfg["labels"] = {"catalog": "hpa2018"}
-    cfg["models"] = [{"name": "img", "level": "image", "arch": "hpa_small_cnn", "input_size": 32, "epochs": 1,
-                      "batch_size": 2, "num_workers": 0, "folds": [0]}]
+    cfg["models"] = [
+        {
+            "name": "img",
+            "level": "image",
+            "arch": "hpa_small_cnn",
+            "input_size": 32,
+            "epochs": 1,
+            "batch_size": 2,
+            "num_workers": 0,
+            "folds": [0],
+        }
+    ]
     cfg["evaluation"] = {"truth_dir": str(data / "truth")}
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
@@ -227,13 +260,15 @@ def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tm
     assert (res / "report.html").stat().st_size > 10_000
 
     # an unlabelled test set (Id only, label_column: null) predicted with the model trained above
-    test = synthesize_dataset(tmp_path / "test2018", 4, seed=13, sizes=(384,), catalog="hpa2018", depth=8,
-                              table="hpa2018").out
+    test = synthesize_dataset(
+        tmp_path / "test2018", 4, seed=13, sizes=(384,), catalog="hpa2018", depth=8, table="hpa2018"
+    ).out
     ids = pd.read_csv(test / "train.csv")["Id"]
     ids.to_frame().to_csv(test / "test.csv", index=False)
     tcfg = synth_config(tmp_path / "testrun", test)
-    tcfg["dataset"].update({"id_column": "Id", "label_column": None, "cell_line_column": None,
-                            "metadata": str(test / "test.csv")})
+    tcfg["dataset"].update(
+        {"id_column": "Id", "label_column": None, "cell_line_column": None, "metadata": str(test / "test.csv")}
+    )
     tcfg["labels"] = {"catalog": "hpa2018"}
     tcfg["models"] = [{"name": "img", "level": "image", "trained": str(res / "models" / "img")}]
     (wd / "test.yaml").write_text(yaml.safe_dump(tcfg))

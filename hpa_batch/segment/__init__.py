@@ -3,8 +3,12 @@
 A backend turns one image at a working pyramid level into two label images with consistent ids:
 ``cells`` and ``nuclei`` (nucleus ``k`` lies inside cell ``k``; 0 is background).
 
->>> seg = create_segmenter("watershed", cell_sigma=6.0)
->>> cells, nuclei = seg.segment(image, scale=2)  # image: (4, h, w) uint16 at pyramid level 1
+>>> import numpy as np
+>>> seg = create_segmenter("watershed")
+>>> image = np.zeros((4, 64, 64), np.uint16)  # (4, h, w) uint16 at the working level; here: empty
+>>> cells, nuclei = seg.segment(image, scale=1)
+>>> cells.shape, int(cells.max())
+((64, 64), 0)
 """
 
 from __future__ import annotations

@@ -43,8 +43,10 @@ def require_files(backend: str, **paths: str | None) -> dict[str, Path]:
             )
         path = Path(value).expanduser()
         if not path.is_file():
-            raise BackendUnavailable(f"{backend}: weights file {path} (segmentation.options.{option}) "
-                                     "does not exist; give a local file, nothing is downloaded")
+            raise BackendUnavailable(
+                f"{backend}: weights file {path} (segmentation.options.{option}) "
+                "does not exist; give a local file, nothing is downloaded"
+            )
         out[option] = path
     return out
 
@@ -61,8 +63,9 @@ def _unit(channel: np.ndarray) -> np.ndarray:
     return np.clip(ch / max(float(np.percentile(ch, 99.9)), 1.0), 0.0, 1.0)
 
 
-def labels_from_probabilities(nuc_prob: np.ndarray, cell_prob: np.ndarray, min_nucleus: int,
-                              threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def labels_from_probabilities(
+    nuc_prob: np.ndarray, cell_prob: np.ndarray, min_nucleus: int, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Cells and nuclei from per-pixel probabilities (nucleus body, cell body), as HPA-Cell-
     Segmentation's post-processing does: nuclei = connected components of the nucleus body, cells =
     watershed of the cell-body probability seeded by the nuclei.
@@ -105,19 +108,31 @@ class HPACellSegSegmenter:
 
     name = "hpacellseg"
 
-    def __init__(self, nuclei_model: str | None = None, cell_model: str | None = None,
-                 device: str = "cpu", scale_factor: float = 0.25, min_nucleus_area: float = 1500.0,
-                 network: Any = None):
+    def __init__(
+        self,
+        nuclei_model: str | None = None,
+        cell_model: str | None = None,
+        device: str = "cpu",
+        scale_factor: float = 0.25,
+        min_nucleus_area: float = 1500.0,
+        network: Any = None,
+    ):
         self.min_nucleus_area = min_nucleus_area
         if network is None:
             files = require_files(self.name, nuclei_model=nuclei_model, cell_model=cell_model)
-            require_package(self.name, "hpacellseg",
-                            "install HPA-Cell-Segmentation from its repository into the environment")
+            require_package(
+                self.name, "hpacellseg", "install HPA-Cell-Segmentation from its repository into the environment"
+            )
             from hpacellseg.cellsegmentator import CellSegmentator
 
-            network = CellSegmentator(str(files["nuclei_model"]), str(files["cell_model"]),
-                                      scale_factor=scale_factor, device=device, padding=True,
-                                      multi_channel_model=True)
+            network = CellSegmentator(
+                str(files["nuclei_model"]),
+                str(files["cell_model"]),
+                scale_factor=scale_factor,
+                device=device,
+                padding=True,
+                multi_channel_model=True,
+            )
         self.network = network
 
     def segment(self, image: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -152,9 +167,15 @@ class CellposeSegmenter:
 
     name = "cellpose"
 
-    def __init__(self, cell_model: str | None = None, nuclei_model: str | None = None,
-                 gpu: bool = False, diameter: float | None = None, network: Any = None,
-                 nuclei_network: Any = None):
+    def __init__(
+        self,
+        cell_model: str | None = None,
+        nuclei_model: str | None = None,
+        gpu: bool = False,
+        diameter: float | None = None,
+        network: Any = None,
+        nuclei_network: Any = None,
+    ):
         self.diameter = diameter
         if network is None or nuclei_network is None:
             files = require_files(self.name, cell_model=cell_model, nuclei_model=nuclei_model)

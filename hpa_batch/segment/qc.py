@@ -29,12 +29,24 @@ from hpa_batch.segment.watershed import nuclear_foreground
 
 #: Measures of :func:`image_qc`, in table order.
 QC_MEASURES: tuple[str, ...] = (
-    "coverage", "nucleus_coverage", "median_cell_area", "median_nucleus_area", "cell_nucleus_ratio",
-    "no_nucleus_fraction", "multi_nucleus_fraction", "nuclei_outside_fraction",
+    "coverage",
+    "nucleus_coverage",
+    "median_cell_area",
+    "median_nucleus_area",
+    "cell_nucleus_ratio",
+    "no_nucleus_fraction",
+    "multi_nucleus_fraction",
+    "nuclei_outside_fraction",
 )
 #: Columns of ``results/qc/{shard}.segment.tsv``.
 SEGMENT_QC_COLUMNS: tuple[str, ...] = (
-    "image_id", "n_cells", "n_border", "level", *QC_MEASURES, "doubtful", "flag",
+    "image_id",
+    "n_cells",
+    "n_border",
+    "level",
+    *QC_MEASURES,
+    "doubtful",
+    "flag",
 )
 ZERO_CELLS = "zero cells"
 
@@ -65,8 +77,15 @@ def image_qc(cells: np.ndarray, nuclei: np.ndarray, blue: np.ndarray, scale: flo
     if n == 0:
         nan = float("nan")
         outside = 1.0 if n_comp else nan
-        return {**out, "median_cell_area": nan, "median_nucleus_area": nan, "cell_nucleus_ratio": nan,
-                "no_nucleus_fraction": nan, "multi_nucleus_fraction": nan, "nuclei_outside_fraction": outside}
+        return {
+            **out,
+            "median_cell_area": nan,
+            "median_nucleus_area": nan,
+            "cell_nucleus_ratio": nan,
+            "no_nucleus_fraction": nan,
+            "multi_nucleus_fraction": nan,
+            "nuclei_outside_fraction": outside,
+        }
     # each nuclear object belongs to the cell holding most of its pixels (0 = none)
     pair = np.bincount(comps.ravel() * (n + 1) + cells.ravel(), minlength=(n_comp + 1) * (n + 1))
     pair = pair.reshape(n_comp + 1, n + 1)[1:]
@@ -75,12 +94,15 @@ def image_qc(cells: np.ndarray, nuclei: np.ndarray, blue: np.ndarray, scale: flo
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(nuc > 0, area / nuc, np.nan)
     s2 = scale * scale
-    return {**out, "median_cell_area": float(np.median(area) * s2),
-            "median_nucleus_area": float(np.median(nuc) * s2),
-            "cell_nucleus_ratio": float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else float("nan"),
-            "no_nucleus_fraction": float((per_cell == 0).mean()),
-            "multi_nucleus_fraction": float((per_cell > 1).mean()),
-            "nuclei_outside_fraction": float((owner == 0).mean()) if n_comp else 0.0}
+    return {
+        **out,
+        "median_cell_area": float(np.median(area) * s2),
+        "median_nucleus_area": float(np.median(nuc) * s2),
+        "cell_nucleus_ratio": float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else float("nan"),
+        "no_nucleus_fraction": float((per_cell == 0).mean()),
+        "multi_nucleus_fraction": float((per_cell > 1).mean()),
+        "nuclei_outside_fraction": float((owner == 0).mean()) if n_comp else 0.0,
+    }
 
 
 def _reasons(row: Any, opts: SegmentationQCConfig) -> list[str]:
@@ -88,8 +110,10 @@ def _reasons(row: Any, opts: SegmentationQCConfig) -> list[str]:
         return [ZERO_CELLS]
     out = []
     if row.cell_nucleus_ratio < opts.min_cell_nucleus_ratio:
-        out.append(f"cells barely larger than nuclei (median cell/nucleus area {row.cell_nucleus_ratio:.2f}"
-                   f" < {opts.min_cell_nucleus_ratio:g}): cell bodies probably collapsed")
+        out.append(
+            f"cells barely larger than nuclei (median cell/nucleus area {row.cell_nucleus_ratio:.2f}"
+            f" < {opts.min_cell_nucleus_ratio:g}): cell bodies probably collapsed"
+        )
     if row.no_nucleus_fraction > opts.max_no_nucleus_fraction:
         out.append(f"{row.no_nucleus_fraction:.0%} of cells hold no nucleus")
     if row.multi_nucleus_fraction > opts.max_multi_nucleus_fraction:
@@ -118,11 +142,12 @@ def _outliers(table: pd.DataFrame, opts: SegmentationQCConfig) -> list[list[str]
     if ok.sum() < opts.min_images_for_outliers:
         return out
     # name in the reason, values (log scale for counts, areas and ratios), smallest MAD
-    measures = {"n_cells": ("cells per image", np.log(table["n_cells"].clip(lower=1)), 0.1),
-                "coverage": ("coverage", table["coverage"].astype(float), 0.02),
-                "median_cell_area": ("median cell area", np.log(table["median_cell_area"].clip(lower=1)), 0.15),
-                "cell_nucleus_ratio": ("cell/nucleus area ratio",
-                                       np.log(table["cell_nucleus_ratio"].clip(lower=1e-3)), 0.15)}
+    measures = {
+        "n_cells": ("cells per image", np.log(table["n_cells"].clip(lower=1)), 0.1),
+        "coverage": ("coverage", table["coverage"].astype(float), 0.02),
+        "median_cell_area": ("median cell area", np.log(table["median_cell_area"].clip(lower=1)), 0.15),
+        "cell_nucleus_ratio": ("cell/nucleus area ratio", np.log(table["cell_nucleus_ratio"].clip(lower=1e-3)), 0.15),
+    }
     for key in opts.outlier_measures:
         name, values, floor = measures[key]
         v = values.to_numpy(float)
@@ -148,8 +173,13 @@ def flag_images(table: pd.DataFrame, opts: SegmentationQCConfig) -> pd.DataFrame
 
 def read_segment_qc(path: Any) -> pd.DataFrame:
     """Read ``qc/{shard}.segment.tsv`` (``flag`` as str, ``doubtful`` as bool)."""
-    table = pd.read_csv(path, sep="\t", dtype={"image_id": str, "flag": str}, keep_default_na=False,
-                        na_values={c: ["", "nan", "NaN"] for c in QC_MEASURES})
+    table = pd.read_csv(
+        path,
+        sep="\t",
+        dtype={"image_id": str, "flag": str},
+        keep_default_na=False,
+        na_values={c: ["", "nan", "NaN"] for c in QC_MEASURES},
+    )
     if "doubtful" in table:
         table["doubtful"] = table["doubtful"].astype(str).str.lower().eq("true")
     else:  # written before the QC existed

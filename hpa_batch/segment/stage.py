@@ -60,8 +60,9 @@ def border_ids(cells: np.ndarray) -> np.ndarray:
     return np.unique(edge[edge > 0])
 
 
-def filter_cells(cells: np.ndarray, nuclei: np.ndarray, min_area: float, exclude_border: bool
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def filter_cells(
+    cells: np.ndarray, nuclei: np.ndarray, min_area: float, exclude_border: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Drop cells below ``min_area`` pixels (at this level) and, if asked, border cells; renumber."""
     areas = np.bincount(cells.ravel())
     drop = np.flatnonzero(areas < min_area)
@@ -88,19 +89,24 @@ def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: 
         cells, nuclei = segmenter.segment(image, scale=scale)
     except Exception as exc:
         raise RuntimeError(f"segmentation of image {image_id} ({image_path}) failed: {exc}") from exc
-    cells, nuclei = filter_cells(cells, nuclei, cfg.segmentation.min_cell_area / scale**2,
-                                 cfg.segmentation.exclude_border)
+    cells, nuclei = filter_cells(
+        cells, nuclei, cfg.segmentation.min_cell_area / scale**2, cfg.segmentation.exclude_border
+    )
     n_cells, border = int(cells.max()), border_ids(cells)
     # rounded once, so a kept image (read back from its attributes) gives the same row as a fresh one
     qc = {k: float(round(v, 6)) for k, v in image_qc(cells, nuclei, image[CHANNELS.index("blue")], scale).items()}
-    info = {"backend": segmenter.name, "level": level, "n_cells": n_cells,
-            "border_cells": border.tolist(), "settings": settings_digest(cfg),
-            "qc": {k: (None if np.isnan(v) else v) for k, v in qc.items()}}
+    info = {
+        "backend": segmenter.name,
+        "level": level,
+        "n_cells": n_cells,
+        "border_cells": border.tolist(),
+        "settings": settings_digest(cfg),
+        "qc": {k: (None if np.isnan(v) else v) for k, v in qc.items()},
+    }
     stage = staging / f"{image_id}.labels"
     masks = {"cells": label_levels(cells, level, shapes), "nuclei": label_levels(nuclei, level, shapes)}
     conv = cfg.conversion
-    write_labels(stage, masks, chunk=conv.chunk, codec=conv.codec, pixel_size_um=conv.pixel_size_um,
-                 info=info)
+    write_labels(stage, masks, chunk=conv.chunk, codec=conv.codec, pixel_size_um=conv.pixel_size_um, info=info)
     publish(stage, image_path / "labels")
     return {"image_id": image_id, "n_cells": n_cells, "n_border": len(border), "level": level, **qc}
 
@@ -112,12 +118,16 @@ def _kept_row(image_path: Path, digest: str) -> dict[str, Any] | None:
     if info.get("settings") != digest or "qc" not in info:
         return None
     qc = {k: np.nan if info["qc"].get(k) is None else float(info["qc"][k]) for k in QC_MEASURES}
-    return {"image_id": image_path.name, "n_cells": int(info["n_cells"]),
-            "n_border": len(info["border_cells"]), "level": info["level"], **qc}
+    return {
+        "image_id": image_path.name,
+        "n_cells": int(info["n_cells"]),
+        "n_border": len(info["border_cells"]),
+        "level": info["level"],
+        **qc,
+    }
 
 
-def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, threads: int = 1
-                  ) -> dict[str, Any]:
+def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, threads: int = 1) -> dict[str, Any]:
     """Segment every image of a shard store (Dask threads), write the QC table and the summary.
 
     Parameters
@@ -149,21 +159,33 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
     with zarr.config.set({"threading.max_workers": max(threads, 1)}):
         rows = list(dask.compute(*tasks, scheduler="threads", num_workers=max(threads, 1)))
     shutil.rmtree(staging, ignore_errors=True)
-    table = flag_images(pd.DataFrame(rows), cfg.segmentation_qc) if rows else \
-        pd.DataFrame(columns=list(SEGMENT_QC_COLUMNS))
+    table = (
+        flag_images(pd.DataFrame(rows), cfg.segmentation_qc) if rows else pd.DataFrame(columns=list(SEGMENT_QC_COLUMNS))
+    )
     with atomic_path(qc_out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     summary = {
-        "shard": shard, "backend": cfg.segmentation.backend, "settings": digest,
-        "images": len(rows), "cells": int(table["n_cells"].sum()),
+        "shard": shard,
+        "backend": cfg.segmentation.backend,
+        "settings": digest,
+        "images": len(rows),
+        "cells": int(table["n_cells"].sum()),
         "zero_cell_images": table.loc[table["n_cells"] == 0, "image_id"].tolist(),
         "doubtful_images": table.loc[table["doubtful"].astype(bool), "image_id"].tolist(),
-        "seconds": round(time.monotonic() - t0, 3), "threads": threads, "version": __version__,
+        "seconds": round(time.monotonic() - t0, 3),
+        "threads": threads,
+        "version": __version__,
     }
     atomic_write_text(summary_out, json.dumps(summary, indent=1))
     log = get_logger()
-    log.info("segment %s: %d images, %d cells, %d with zero cells, %d doubtful", shard, len(rows),
-             summary["cells"], len(summary["zero_cell_images"]), len(summary["doubtful_images"]))
+    log.info(
+        "segment %s: %d images, %d cells, %d with zero cells, %d doubtful",
+        shard,
+        len(rows),
+        summary["cells"],
+        len(summary["zero_cell_images"]),
+        len(summary["doubtful_images"]),
+    )
     for r in table[table["doubtful"].astype(bool)].itertuples():
         log.warning("segment %s: %s is doubtful: %s", shard, r.image_id, r.flag)
     return summary

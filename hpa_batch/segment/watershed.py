@@ -36,8 +36,7 @@ from hpa_batch.segment import register_backend
 F32 = np.float32
 
 
-def background_surface(channel: np.ndarray, blocks: int = 16, percentile: float = 10.0
-                       ) -> np.ndarray:
+def background_surface(channel: np.ndarray, blocks: int = 16, percentile: float = 10.0) -> np.ndarray:
     """Smooth background estimate of one channel.
 
     Parameters
@@ -271,8 +270,7 @@ class WatershedSegmenter:
         rings = perinuclear_rings(nuclei, max(round(0.5 * radius), 2))
         signal, noise = self.cell_signal(image, rings, radius)
         signal = np.where(nuclei > 0, np.maximum(signal, F32(self.clip)), signal)
-        first = watershed(-signal, nuclei, mask=(signal > 3 * noise) | (nuclei > 0),
-                          compactness=self.compactness)
+        first = watershed(-signal, nuclei, mask=(signal > 3 * noise) | (nuclei > 0), compactness=self.compactness)
         level = ring_levels(np.minimum(signal, F32(self.clip)), rings, n)
         keep = (signal >= F32(self.cell_threshold) * level[first]) | (nuclei > 0)
         cells = attached_to_nucleus(np.where(keep, first, 0).astype(np.int32), nuclei)

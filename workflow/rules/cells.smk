@@ -9,15 +9,15 @@ rule segment_shard:
         qc=results_file("segment_qc"),
     log:
         log_file("segment"),
-    params:
-        store=lambda wildcards: results_file("store", shard=wildcards.shard),
-        cfg=stage_config("segmentation", "segmentation_qc", "conversion"),
+    conda:
+        "../../envs/cpu.yaml"
     threads: 4
     resources:
         mem_mb=lambda wildcards, threads, attempt: (1000 + 600 * threads) * attempt,
         runtime=shard_runtime(seconds_per_image=3),
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        store=lambda wildcards: results_file("store", shard=wildcards.shard),
+        cfg=stage_config("segmentation", "segmentation_qc", "conversion"),
     shell:
         "hpa-batch segment --shard {wildcards.shard} --config-json {params.cfg}"
         " --store {params.store} --qc {output.qc} --summary {output.summary}"
@@ -33,15 +33,15 @@ rule measure_shard:
         results_file("cells"),
     log:
         log_file("measure"),
-    params:
-        store=lambda wildcards: results_file("store", shard=wildcards.shard),
-        cfg=stage_config("measure", "segmentation_qc"),
+    conda:
+        "../../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=shard_runtime(seconds_per_image=5),
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        store=lambda wildcards: results_file("store", shard=wildcards.shard),
+        cfg=stage_config("measure", "segmentation_qc"),
     shell:
         "hpa-batch measure --shard {wildcards.shard} --config-json {params.cfg}"
         " --store {params.store} --manifest {input.manifest} --segment-qc {input.segment_qc}"
@@ -55,15 +55,15 @@ rule tiles_shard:
         directory(results_file("tiles")),
     log:
         log_file("tiles"),
-    params:
-        store=lambda wildcards: results_file("store", shard=wildcards.shard),
-        cfg=stage_config("tiles", "measure"),
+    conda:
+        "../../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=shard_runtime(seconds_per_image=4),
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        store=lambda wildcards: results_file("store", shard=wildcards.shard),
+        cfg=stage_config("tiles", "measure"),
     shell:
         "hpa-batch tiles --shard {wildcards.shard} --config-json {params.cfg}"
         " --store {params.store} --cells {input.cells} --out {output} > {log} 2>&1"

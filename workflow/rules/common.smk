@@ -95,8 +95,9 @@ def model_spec(name):
 
 def model_config(name):
     """Shell-quoted JSON of what training/inference of ``name`` reads (its spec + catalog)."""
-    return shlex.quote(json.dumps({"labels": config["labels"], "models": [model_spec(name)]},
-                                  sort_keys=True, separators=(",", ":")))
+    return shlex.quote(
+        json.dumps({"labels": config["labels"], "models": [model_spec(name)]}, sort_keys=True, separators=(",", ":"))
+    )
 
 
 def fold_models(name, file="model.pt"):
@@ -175,8 +176,12 @@ def report_inputs(wildcards):
     """Everything the report shows: tables, metrics, baseline, training histories, QC, tiles."""
     inputs = evaluate_inputs(wildcards)
     inputs["metrics"] = results_file("metrics")
-    inputs["histories"] = [h for spec in config["models"] for h in fold_models(spec["name"], "history.csv")
-                           if not layout.is_external(spec) or Path(h).is_file()]  # another run's, if kept
+    inputs["histories"] = [
+        h
+        for spec in config["models"]
+        for h in fold_models(spec["name"], "history.csv")
+        if not layout.is_external(spec) or Path(h).is_file()
+    ]  # another run's, if kept
     inputs["tiles"] = shard_files(results_file("tiles"))
     inputs["qc"] = results_file("qc_table")
     return inputs

@@ -7,15 +7,15 @@ rule manifest:
         rejected=results_file("manifest_rejected"),
     log:
         log_file("manifest"),
-    params:
-        digest=shard_digest,
-        cfg=stage_config("dataset", "labels", "qc", "shard_size"),
+    conda:
+        "../../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=30,
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        digest=shard_digest,
+        cfg=stage_config("dataset", "labels", "qc", "shard_size"),
     shell:
         "hpa-batch manifest --shard {wildcards.shard} --config-json {params.cfg}"
         " --expect-digest {params.digest} --out {output.manifest} --rejected {output.rejected}"
@@ -31,16 +31,16 @@ rule convert_shard:
         rejected=results_file("rejected"),
     log:
         log_file("convert"),
-    params:
-        store=lambda wildcards: results_file("store", shard=wildcards.shard),
-        cfg=stage_config("conversion"),
+    conda:
+        "../../envs/cpu.yaml"
     threads: 4
     resources:
         # Images in flight = threads; ~350 MB each at 3072 px (decode + pyramid + encode buffers).
         mem_mb=lambda wildcards, threads, attempt: (800 + 400 * threads) * attempt,
         runtime=shard_runtime(seconds_per_image=3),
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        store=lambda wildcards: results_file("store", shard=wildcards.shard),
+        cfg=stage_config("conversion"),
     shell:
         "hpa-batch convert --shard {wildcards.shard} --config-json {params.cfg}"
         " --manifest {input.manifest} --manifest-rejected {input.rejected}"

@@ -10,10 +10,10 @@ rule split:
         results_file("splits"),
     log:
         log_file("split"),
-    params:
-        cfg=stage_config("splits", "labels", "segmentation_qc"),
     conda:
         "../../envs/cpu.yaml"
+    params:
+        cfg=stage_config("splits", "labels", "segmentation_qc"),
     shell:
         "hpa-batch split --config-json {params.cfg} --manifests {input.manifests}"
         " --rejected {input.rejected} --segment-qc {input.segment_qc} --out {output} > {log} 2>&1"
@@ -29,17 +29,17 @@ rule train_model:
         thresholds=fold_file("thresholds.json"),
     log:
         log_file("train"),
-    params:
-        cfg=lambda wildcards: model_config(wildcards.model),
-        launcher=lambda wildcards: train_launcher(wildcards.model),
-        out=lambda wildcards: results_file("fold_dir", model=wildcards.model, fold=wildcards.fold),
+    conda:
+        "../../envs/gpu.yaml"
     threads: 4
     resources:
         gpu=lambda wildcards: model_spec(wildcards.model)["gpus"],
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 720 * attempt,
-    conda:
-        "../../envs/gpu.yaml"
+    params:
+        cfg=lambda wildcards: model_config(wildcards.model),
+        launcher=lambda wildcards: train_launcher(wildcards.model),
+        out=lambda wildcards: results_file("fold_dir", model=wildcards.model, fold=wildcards.fold),
     shell:
         "{params.launcher} train --config-json {params.cfg} --model {wildcards.model}"
         " --fold {wildcards.fold} --splits {input.splits} --tiles {input.tiles} --out {params.out}"
@@ -54,15 +54,15 @@ rule predict_shard:
         results_file("predictions"),
     log:
         log_file("predict"),
-    params:
-        cfg=lambda wildcards: model_config(wildcards.model),
+    conda:
+        "../../envs/gpu.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
-    conda:
-        "../../envs/gpu.yaml"
+    params:
+        cfg=lambda wildcards: model_config(wildcards.model),
     shell:
         "hpa-batch predict --config-json {params.cfg} --model {wildcards.model} --shard {wildcards.shard}"
         " --models {input.models} --tiles {input.tiles} --out {output} > {log} 2>&1"
@@ -77,8 +77,4 @@ rule train:
 rule predict:
     input:
         METADATA,
-        [
-            results_file("predictions", model=spec["name"], shard=shard)
-            for spec in config["models"]
-            for shard in SHARDS
-        ],
+        [results_file("predictions", model=spec["name"], shard=shard) for spec in config["models"] for shard in SHARDS],

@@ -10,6 +10,11 @@ rule tables:
         images=results_file("images_table"),
     log:
         log_file("tables"),
+    conda:
+        "../../envs/cpu.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         cfg=stage_config("merge", "labels", "evaluation.truth_dir"),
         stores=STORES,
@@ -17,11 +22,6 @@ rule tables:
         image_predictions=lambda wildcards, input: given(input, "image_predictions"),
         cell_thresholds=lambda wildcards, input: given(input, "cell_thresholds"),
         image_thresholds=lambda wildcards, input: given(input, "image_thresholds"),
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
-    conda:
-        "../../envs/cpu.yaml"
     shell:
         "hpa-batch merge --config-json {params.cfg} --splits {input.splits} --manifests {input.manifests}"
         " --rejected {input.rejected} --segment-qc {input.segment_qc} --shard-cells {input.cells}"
@@ -39,13 +39,13 @@ rule submission:
         results_file("submission"),
     log:
         log_file("submission"),
-    params:
-        source=lambda wildcards, input: submission_source(input),
+    conda:
+        "../../envs/cpu.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        source=lambda wildcards, input: submission_source(input),
     shell:
         "hpa-batch submit {params.source} --out {output} > {log} 2>&1"
 
@@ -59,16 +59,16 @@ rule baseline:
         model=results_file("baseline_model"),
     log:
         log_file("baseline"),
-    params:
-        cfg=stage_config("baseline", "labels"),
-        held_out=HELD_OUT,
-        predictions=lambda wildcards, input: given(input, "predictions"),
+    conda:
+        "../../envs/cpu.yaml"
     threads: lambda wildcards: config["baseline"]["n_jobs"]
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
-    conda:
-        "../../envs/cpu.yaml"
+    params:
+        cfg=stage_config("baseline", "labels"),
+        held_out=HELD_OUT,
+        predictions=lambda wildcards, input: given(input, "predictions"),
     shell:
         "hpa-batch baseline --config-json {params.cfg} --cells {input.cells} --images {input.images}"
         " --predictions {params.predictions} {params.held_out} --threads {threads} --out {output.cells}"
@@ -82,16 +82,16 @@ rule evaluate:
         results_file("metrics"),
     log:
         log_file("evaluate"),
+    conda:
+        "../../envs/cpu.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
     params:
         cfg=stage_config("evaluation", "labels", "dataset.label_column"),
         held_out=HELD_OUT,
         stores=STORES,
         baseline=lambda wildcards, input: f"--baseline {input.baseline}" if "baseline" in input.keys() else "",
-    resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
-    conda:
-        "../../envs/cpu.yaml"
     shell:
         "hpa-batch evaluate --config-json {params.cfg} --cells {input.cells} --images {input.images}"
         " {params.baseline} {params.held_out} --stores {params.stores} --out {output} > {log} 2>&1"
@@ -104,17 +104,17 @@ rule report:
         results_file("report"),
     log:
         log_file("report"),
+    conda:
+        "../../envs/cpu.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         cfg=stage_config("report", "labels", "dataset.name"),
         # the whole config, for the provenance section (the report, a cheap job, follows every edit)
         run_config=RUN_CONFIG,
         stores=STORES,
         baseline=lambda wildcards, input: given(input, "baseline"),
-    resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
-    conda:
-        "../../envs/cpu.yaml"
     shell:
         "hpa-batch report --config-json {params.cfg} --cells {input.cells} --images {input.images}"
         " --metrics {input.metrics} --qc {input.qc} --baseline {params.baseline}"
