@@ -15,7 +15,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 
 
-# One driver per working directory, refused before the DAG is built (hpa_batch.driver).
+# One driver per working directory, refused before the DAG is built (hpa_batch.core.driver).
 acquire_driver_lock()
 
 

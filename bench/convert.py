@@ -31,7 +31,7 @@ import yaml
 from numcodecs import Blosc
 
 from hpa_batch import CHANNELS
-from hpa_batch.ngff import count_files, downsample2x, level_shapes
+from hpa_batch.core.ngff import count_files, downsample2x, level_shapes
 
 N_HPA = 82_500
 
@@ -112,7 +112,7 @@ def startup_seconds() -> float:
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import hpa_batch.cli, hpa_batch.convert"], check=True)
+        subprocess.run([sys.executable, "-c", "import hpa_batch.cli, hpa_batch.convert.stage"], check=True)
         best = min(best, time.perf_counter() - t0)
     return best
 

@@ -29,14 +29,14 @@ import pandas as pd
 import yaml
 
 from hpa_batch.config import load_config
-from hpa_batch.evaluate import (
+from hpa_batch.convert.plan import plan_from_config
+from hpa_batch.results.evaluate import (
     baseline_view,
     evaluate_run,
     held_out_images,
     image_ious,
     predicted_ids,
 )
-from hpa_batch.plan import plan_from_config
 from hpa_batch.synth import ALL_STYLES, parse_styles, synthesize_dataset
 
 KEYS = ("cell_map", "cell_macro_f1", "cell_accuracy", "image_map", "matched_cells")

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from train import make_store
 
-from hpa_batch.models import create_model, prepare
-from hpa_batch.tiles import TileReader
+from hpa_batch.cells.tiles import TileReader
+from hpa_batch.models.factory import create_model
+from hpa_batch.models.transforms import prepare
 
 
 def run(model: torch.nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:

@@ -89,7 +89,7 @@ def main() -> None:
     wd = workdir(args.out.resolve(), args.rows, args.shard_size)
     sys.path.insert(0, str(REPO))
     from hpa_batch.config import load_config
-    from hpa_batch.plan import plan_from_config
+    from hpa_batch.convert.plan import plan_from_config
 
     t0 = time.perf_counter()
     shards = plan_from_config(

@@ -39,14 +39,14 @@ from skimage.measure import label
 from skimage.segmentation import watershed
 from threadpoolctl import threadpool_limits
 
+from hpa_batch.cells.segment import create_segmenter
+from hpa_batch.cells.segment.qc import flag_images, image_qc, read_segment_qc
+from hpa_batch.cells.segment.quality import average_precision
 from hpa_batch.cli import main as cli
 from hpa_batch.config import load_config
-from hpa_batch.plan import plan_from_config
-from hpa_batch.segment import create_segmenter
-from hpa_batch.segment.qc import flag_images, image_qc, read_segment_qc
-from hpa_batch.segment.quality import average_precision
+from hpa_batch.convert.plan import plan_from_config
+from hpa_batch.results.viz import save_png, store_overlay
 from hpa_batch.synth import STYLES, synthesize_dataset
-from hpa_batch.viz import save_png, store_overlay
 
 LINES = ["U-2 OS", "A-431", "U-251 MG", "SH-SY5Y"]
 

@@ -1,9 +1,9 @@
 """Tile store benchmark: reading random minibatches as the training loader does, and writing.
 
 Read: a tile store of ``--tiles`` cell tiles (256 px, real synthetic cells replicated) is read for one
-epoch the way training reads it (:func:`hpa_batch.loader.epoch_plan` over a
-:class:`~hpa_batch.loader.TileIndex`, :class:`~hpa_batch.loader.GroupDataset` buffers of 16 whole
-chunks through :func:`~hpa_batch.loader.iterate_batches`, minibatches of 64) in one process; prints
+epoch the way training reads it (:func:`hpa_batch.models.loader.epoch_plan` over a
+:class:`~hpa_batch.models.loader.TileIndex`, :class:`~hpa_batch.models.loader.GroupDataset` buffers of 16 whole
+chunks through :func:`~hpa_batch.models.loader.iterate_batches`, minibatches of 64) in one process; prints
 tiles/s/core (goal >= 1,000) and, as the peer, the rate of reading the same store in order, chunk by
 chunk. Write: ``hpa-batch tiles`` on segmented shards (crop, resize, uint8
 mapping, packing), tiles/s on one core.
@@ -23,10 +23,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from hpa_batch.cells.tiles import TileReader, tiles_shard
 from hpa_batch.config import load_config
-from hpa_batch.loader import GroupDataset, build_index, epoch_plan, iterate_batches
-from hpa_batch.plan import plan_from_config
-from hpa_batch.tiles import TileReader, tiles_shard
+from hpa_batch.convert.plan import plan_from_config
+from hpa_batch.models.loader import GroupDataset, build_index, epoch_plan, iterate_batches
 
 
 def write_rate(seg_out: Path, out: Path) -> tuple[float, Path]:
@@ -36,7 +36,7 @@ def write_rate(seg_out: Path, out: Path) -> tuple[float, Path]:
         store = cfg.results_dir / "zarr" / f"{shard.name}.zarr"
         cells = cfg.results_dir / "cells" / f"{shard.name}.parquet"
         if not cells.is_file():
-            from hpa_batch.measure import measure_shard
+            from hpa_batch.cells.measure import measure_shard
 
             measure_shard(cfg, store, cfg.results_dir / "manifest" / f"{shard.name}.parquet", cells)
         t0 = time.perf_counter()

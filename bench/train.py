@@ -20,8 +20,8 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec
 
-from hpa_batch.labels import CATALOGS
-from hpa_batch.train import Trainer
+from hpa_batch.core.labels import CATALOGS
+from hpa_batch.models.train import Trainer
 
 N_CLASSES = 19
 

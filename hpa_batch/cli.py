@@ -15,6 +15,8 @@ from pathlib import Path
 
 from hpa_batch import __version__
 from hpa_batch.config import Config, ConfigError, check_unlabelled, load_config
+from hpa_batch.convert.plan import PlanError
+from hpa_batch.core.progress import get_logger
 from hpa_batch.layout import (
     fold_files,
     is_external,
@@ -25,8 +27,6 @@ from hpa_batch.layout import (
     shard_of,
     trained_folds,
 )
-from hpa_batch.plan import PlanError
-from hpa_batch.progress import get_logger
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -109,7 +109,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hpa_batch.plan import plan_from_config
+    from hpa_batch.convert.plan import plan_from_config
 
     shards = plan_from_config(_cfg(args))
     if args.format == "json":
@@ -125,8 +125,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _run_manifest(cfg: Config, shard_name: str, out: Path, rejected: Path, expect: str | None) -> int:
-    from hpa_batch.manifest import build_manifest, write_manifest
-    from hpa_batch.plan import find_shard
+    from hpa_batch.convert.manifest import build_manifest, write_manifest
+    from hpa_batch.convert.plan import find_shard
 
     shard, meta = find_shard(cfg, shard_name)
     if expect and shard.digest != expect:
@@ -159,7 +159,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from hpa_batch.convert import convert_shard
+    from hpa_batch.convert.stage import convert_shard
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
@@ -180,7 +180,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from hpa_batch.segment.stage import segment_shard
+    from hpa_batch.cells.segment.stage import segment_shard
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
@@ -195,7 +195,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from hpa_batch.measure import measure_shard
+    from hpa_batch.cells.measure import measure_shard
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
@@ -210,7 +210,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_tiles(args: argparse.Namespace) -> int:
-    from hpa_batch.tiles import tiles_shard
+    from hpa_batch.cells.tiles import tiles_shard
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
@@ -229,19 +229,19 @@ def _model_spec(cfg: Config, name: str) -> dict:
 def _tile_stores(cfg: Config, given: list[Path] | None) -> list[Path]:
     if given:
         return list(given)
-    from hpa_batch.plan import plan_from_config
+    from hpa_batch.convert.plan import plan_from_config
 
     return [_paths(cfg, s.name)["tiles"] for s in plan_from_config(cfg)]
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from hpa_batch.splits import make_splits, write_splits
+    from hpa_batch.models.splits import make_splits, write_splits
 
     cfg = _cfg(args)
     if args.manifests:
         manifests = list(args.manifests)
     else:
-        from hpa_batch.plan import plan_from_config
+        from hpa_batch.convert.plan import plan_from_config
 
         manifests = [_paths(cfg, s.name)["manifest"] for s in plan_from_config(cfg)]
     sp = cfg.raw["splits"]
@@ -265,7 +265,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hpa_batch.train import train_model
+    from hpa_batch.models.train import train_model
 
     cfg = _cfg(args)
     spec = _model_spec(cfg, args.model)
@@ -285,7 +285,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hpa_batch.predict import predict_shard
+    from hpa_batch.models.predict import predict_shard
 
     cfg = _cfg(args)
     spec = _model_spec(cfg, args.model)
@@ -306,7 +306,7 @@ def _pick_model(cfg: Config, level: str) -> dict | None:
 
 def _per_shard(cfg: Config, given: list[Path] | None, key: str, **fields: object) -> dict[str, Path]:
     """shard -> file: the files given (named by shard), or every planned shard's ``key`` file."""
-    from hpa_batch.plan import plan_from_config
+    from hpa_batch.convert.plan import plan_from_config
 
     if given is None:
         return {s.name: result(cfg.results_dir, key, shard=s.name, **fields) for s in plan_from_config(cfg)}
@@ -332,8 +332,8 @@ def _predictions(cfg: Config, given: list[Path] | None, level: str) -> dict[str,
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from hpa_batch.evaluate import truth_table
-    from hpa_batch.merge import ShardInputs, merge_tables, model_thresholds
+    from hpa_batch.results.evaluate import truth_table
+    from hpa_batch.results.merge import ShardInputs, merge_tables, model_thresholds
 
     cfg = _cfg(args)
     r, n = cfg.results_dir, cfg.catalog.n_classes
@@ -388,9 +388,9 @@ def _held_out_of(cfg: Config, args: argparse.Namespace) -> tuple[list[int], bool
 def cmd_baseline(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from hpa_batch.baseline import run_baseline
-    from hpa_batch.evaluate import held_out_images
-    from hpa_batch.splits import EXCLUDED
+    from hpa_batch.models.splits import EXCLUDED
+    from hpa_batch.results.baseline import run_baseline
+    from hpa_batch.results.evaluate import held_out_images
 
     cfg = _cfg(args)
     r = cfg.results_dir
@@ -415,7 +415,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpa_batch.report import ReportInputs, build_report
+    from hpa_batch.results.report import ReportInputs, build_report
 
     cfg = _cfg(args)
     r = cfg.results_dir
@@ -444,7 +444,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = build_report(inp, cfg.catalog, cfg.raw["report"], args.out or result(r, "report"))
     print(out)
     if args.screenshot:
-        from hpa_batch.report import screenshot
+        from hpa_batch.results.report import screenshot
 
         print(screenshot(out, args.screenshot))
     return 0
@@ -454,7 +454,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from hpa_batch.evaluate import evaluate_all, unlabelled_metrics
+    from hpa_batch.results.evaluate import evaluate_all, unlabelled_metrics
 
     cfg = _cfg(args)
     r = cfg.results_dir
@@ -485,7 +485,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             max_class_share=max_share,
             all_unseen=all_unseen,
         )
-    from hpa_batch.tables import atomic_write_text
+    from hpa_batch.core.tables import atomic_write_text
 
     atomic_write_text(args.out or result(r, "metrics"), json.dumps(metrics, indent=1))
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
@@ -493,7 +493,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hpa_batch.submit import (
+    from hpa_batch.results.submit import (
         table_predictions,
         write_image_submission,
         write_submission,
@@ -506,7 +506,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.stores:
         raise SystemExit("submit: --stores is required for the 2021 format (cell masks)")
 
-    from hpa_batch.labels import get_catalog
+    from hpa_batch.core.labels import get_catalog
 
     n_classes = get_catalog(args.catalog).n_classes
     source = table_predictions(args.cells, n_classes) if args.cells else list(args.predictions)
@@ -516,7 +516,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from hpa_batch.validate import validate_dataset, validate_store
+    from hpa_batch.convert.validate import validate_dataset, validate_store
 
     if args.path is not None:
         report = validate_store(args.path, deep=args.deep)
@@ -531,7 +531,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from hpa_batch.validate import describe_store
+    from hpa_batch.convert.validate import describe_store
 
     info = describe_store(args.path)
     if args.json:
@@ -554,7 +554,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_qc(args: argparse.Namespace) -> int:
-    from hpa_batch.qc import merge_rejected, summarise
+    from hpa_batch.convert.qc import merge_rejected, summarise
 
     merged = merge_rejected(args.inputs, args.out)
     print(summarise(merged))

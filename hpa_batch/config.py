@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from hpa_batch.labels import LabelCatalog, get_catalog
+from hpa_batch.core.labels import LabelCatalog, get_catalog
 
 
 class ConfigError(ValueError):
@@ -27,9 +27,9 @@ class ConfigError(ValueError):
 
 #: Schema properties marked ``x-registry: <name>`` accept exactly the names registered there.
 REGISTRIES = {
-    "schedules": ("hpa_batch.schedules", "SCHEDULES"),
-    "baselines": ("hpa_batch.classifiers", "BASELINES"),
-    "catalogs": ("hpa_batch.labels", "CATALOGS"),
+    "schedules": ("hpa_batch.models.schedules", "SCHEDULES"),
+    "baselines": ("hpa_batch.results.classifiers", "BASELINES"),
+    "catalogs": ("hpa_batch.core.labels", "CATALOGS"),
 }
 
 

@@ -64,8 +64,8 @@ import tifffile
 from scipy import ndimage as ndi
 
 from hpa_batch import CHANNELS
-from hpa_batch.labels import LabelCatalog, format_labels, get_catalog
-from hpa_batch.viz import composite
+from hpa_batch.core.labels import LabelCatalog, format_labels, get_catalog
+from hpa_batch.results.viz import composite
 
 __all__ = [
     "DEFAULT_CELL_LINES",

@@ -162,7 +162,7 @@ def segmented(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> dic
     cfg_path.write_text(yaml.safe_dump(synth_config(root, synth_data, shard_size=10)))
     shards = []
     from hpa_batch.config import load_config
-    from hpa_batch.plan import plan_from_config
+    from hpa_batch.convert.plan import plan_from_config
 
     for shard in plan_from_config(load_config(cfg_path)):
         for verb in ("convert", "segment", "measure", "tiles"):

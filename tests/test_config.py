@@ -88,7 +88,7 @@ def test_presets_validate_and_carry_the_seed_values():
         "exp_decay": 0.75,
     }
     assert m["loss"]["unweighted_classes"] == [11]
-    from hpa_batch.measure import STUDY_002_FEATURE_WEIGHTS
+    from hpa_batch.cells.measure import STUDY_002_FEATURE_WEIGHTS
 
     def preset(name: str) -> dict:
         return config_from_dict(deep_merge(base, yaml.safe_load((REPO / "config/presets" / name).read_text()))).raw
@@ -120,11 +120,11 @@ def test_an_unlabelled_set_only_applies_models_trained_elsewhere(tmp_path):
 
 def test_registry_names_are_the_schema_choices():
     """The registries are the one list of names: a newly registered schedule validates at once."""
-    from hpa_batch.schedules import SCHEDULES, register_schedule
+    from hpa_batch.models.schedules import SCHEDULES, register_schedule
 
     schema = load_schema()
     model = schema["properties"]["baseline"]["properties"]["model"]
-    from hpa_batch.classifiers import BASELINES
+    from hpa_batch.results.classifiers import BASELINES
 
     assert model["enum"] == BASELINES.names()
     with pytest.raises(ConfigError, match="'warmup_then_flat' is not one of"):

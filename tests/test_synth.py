@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from hpa_batch import CHANNELS, synth
-from hpa_batch.labels import HPA2021, format_labels, get_catalog, parse_labels
+from hpa_batch.core.labels import HPA2021, format_labels, get_catalog, parse_labels
 
 CAT21 = get_catalog("hpa2021")
 CAT18 = get_catalog("hpa2018")

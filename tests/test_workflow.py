@@ -143,7 +143,7 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     # merged tables: every cell of every shard, every image of the plan, truth attached
     import pyarrow.parquet as pq
 
-    from hpa_batch.merge import images_schema
+    from hpa_batch.results.merge import images_schema
 
     cells_t = pd.read_parquet(res / "tables" / "cells.parquet")
     images_t = pd.read_parquet(res / "tables" / "images.parquet")
@@ -170,8 +170,8 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     metrics = json.loads((res / "metrics.json").read_text())
     assert 0 <= metrics["cell_map"] <= 1 and metrics["iou_threshold"] == 0.6 and metrics["images"] == 6
     # one source of confidences: scoring the submission file alone gives the metrics' cell mAP
-    from hpa_batch.evaluate import score_submission
-    from hpa_batch.labels import CATALOGS
+    from hpa_batch.core.labels import CATALOGS
+    from hpa_batch.results.evaluate import score_submission
 
     sub_map, _ = score_submission(res / "submission.csv", synth_data / "truth", CATALOGS["hpa2021"])
     assert sub_map == pytest.approx(metrics["cell_map"], abs=1e-4)
@@ -245,9 +245,9 @@ def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tm
     fused = [f"fused_prob_{k}" for k in range(28)]
     assert np.allclose(joined[fused].to_numpy(), joined[[f"{p}_img" for p in probs]].to_numpy())
     assert cells_t["cell_prob_0"].isna().all() and images_t.loc[~images_t["rejected"], "cells_max_prob_0"].isna().all()
-    from hpa_batch.metrics import macro_f1
-    from hpa_batch.splits import multi_hot
-    from hpa_batch.submit import read_image_submission
+    from hpa_batch.core.metrics import macro_f1
+    from hpa_batch.models.splits import multi_hot
+    from hpa_batch.results.submit import read_image_submission
 
     sub = read_image_submission(res / "submission.csv")
     assert sorted(sub) == sorted(images_t["image_id"])
@@ -291,7 +291,7 @@ def check_report(report, png):
 
     from PIL import Image
 
-    from hpa_batch.report import SECTIONS, find_browser, screenshot
+    from hpa_batch.results.report import SECTIONS, find_browser, screenshot
 
     doc = report.read_text()
     assert re.findall(r'<section id="([a-z-]+)">', doc) == list(SECTIONS)

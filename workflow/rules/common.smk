@@ -5,7 +5,7 @@ from pathlib import Path
 
 from hpa_batch import layout
 from hpa_batch.config import config_from_dict, stage_subset
-from hpa_batch.plan import plan_from_config
+from hpa_batch.convert.plan import plan_from_config
 
 CFG = config_from_dict(config)
 RESULTS = str(CFG.results_dir)
@@ -48,7 +48,7 @@ def stage_config(*keys):
 def submission_source(input):
     """Arguments of the submission step: the 2021 task's cells table and the stores' cell masks, or
     the 2018 task's images table (Id,Predicted per image), chosen by the label catalog."""
-    from hpa_batch.labels import get_catalog
+    from hpa_batch.core.labels import get_catalog
 
     catalog = config["labels"]["catalog"]
     if get_catalog(catalog).name == "hpa2018":
@@ -63,14 +63,14 @@ def shard_files(pattern):
 
 
 def acquire_driver_lock():
-    """Refuse a second driver in this working directory (see hpa_batch.driver).
+    """Refuse a second driver in this working directory (see hpa_batch.core.driver).
 
     Called while the Snakefile is parsed, before the DAG is built; jobs (local subprocesses, SLURM
     jobs) parse the Snakefile too but are not main processes and never take the lock.
     """
     import sys
 
-    from hpa_batch.driver import guard
+    from hpa_batch.core.driver import guard
 
     if workflow.is_main_process:
         guard(".", sys.argv)

@@ -1,0 +1,168 @@
+"""``validate`` and ``info``: check a dataset or a store and describe what a store holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from hpa_batch.config import Config
+from hpa_batch.convert.manifest import build_manifest
+from hpa_batch.convert.plan import plan_shards, read_metadata
+from hpa_batch.core.ngff import (
+    IncompleteImageError,
+    count_files,
+    read_group_attrs,
+    verify_image,
+)
+
+
+@dataclass
+class Report:
+    """Problems found by a validation; ``ok`` when there are none."""
+
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True if no problem was found."""
+        return not self.problems
+
+
+def is_image_group(path: Path) -> bool:
+    """True if ``path`` is a zarr group with OME multiscales metadata."""
+    try:
+        return "multiscales" in read_group_attrs(path).get("ome", {})
+    except IncompleteImageError:
+        return False
+
+
+def image_groups(path: Path) -> list[Path]:
+    """The image groups of a shard store, or ``[path]`` if ``path`` is itself an image."""
+    path = Path(path)
+    if is_image_group(path):
+        return [path]
+    return sorted(p for p in path.iterdir() if p.is_dir() and is_image_group(p))
+
+
+def validate_image(path: Path, deep: bool = False) -> list[str]:
+    """Problems of one stored image: completeness stamp, chunk completeness, NGFF spec, data.
+
+    Parameters
+    ----------
+    deep : bool
+        Also decode every level and check each is the 2x mean of the one above.
+    """
+    from ome_zarr_models.v05 import Image  # the outside spec model
+
+    problems = []
+    try:
+        verify_image(path)
+    except IncompleteImageError as exc:
+        return [str(exc)]
+    if not read_group_attrs(path).get("hpa_batch", {}).get("complete"):
+        problems.append(f"{path}: not stamped complete")
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    try:
+        Image.from_zarr(group)
+    except Exception as exc:  # noqa: BLE001 (any failure of the spec model is a validation problem to report)
+        problems.append(f"{path}: fails OME-NGFF 0.5 validation: {exc}")
+    if deep and not problems:
+        problems += _check_pyramid(path, group)
+    return problems
+
+
+def _check_pyramid(path: Path, group: zarr.Group) -> list[str]:
+    from hpa_batch.core.ngff import downsample2x
+
+    names = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+    prev = None
+    for name in names:
+        data = group[name][...]
+        if prev is not None and not np.array_equal(downsample2x(prev), data):
+            return [f"{path}/{name}: not the 2x mean of the level above"]
+        prev = data
+    return []
+
+
+def validate_store(path: Path, deep: bool = False) -> Report:
+    """Validate every image of a shard store (or one image group)."""
+    report = Report()
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        report.problems.append(f"{path}: not a zarr v3 store (no zarr.json)")
+        return report
+    for image in image_groups(path):
+        report.checked += 1
+        report.problems += validate_image(image, deep)
+    staging = path.parent / f".{path.name}.staging"
+    if staging.exists():
+        report.problems.append(f"{staging}: staging directory left by an interrupted conversion")
+    return report
+
+
+def validate_dataset(cfg: Config) -> tuple[Report, pd.DataFrame]:
+    """Run the manifest checks over every planned shard of the configured dataset.
+
+    Returns
+    -------
+    Report, pandas.DataFrame
+        Report over all images; the refused rows (image_id, shard, cell_line, stage, reason).
+    """
+    meta = read_metadata(cfg.dataset)
+    report = Report()
+    refused = []
+    for shard in plan_shards(meta, cfg.cell_lines, cfg.shard_size):
+        manifest = build_manifest(cfg, shard, meta)
+        report.checked += len(shard.ids)
+        refused.append(manifest.rejected)
+        report.problems += [f"{r.image_id}: {r.reason}" for r in manifest.rejected.itertuples()]
+    table = pd.concat(refused, ignore_index=True) if refused else pd.DataFrame()
+    return report, table
+
+
+def describe_image(path: Path) -> dict[str, Any]:
+    """What one image group holds: levels, shapes, chunking, codec, bytes, files."""
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    attrs = dict(group.attrs)
+    levels = []
+    for ds in attrs["ome"]["multiscales"][0]["datasets"]:
+        arr = group[ds["path"]]
+        levels.append(
+            {
+                "path": ds["path"],
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "chunks": list(arr.chunks),
+                "shards": list(arr.shards) if arr.shards else None,
+                "compressors": [c.to_dict() for c in arr.compressors],
+            }
+        )
+    stamp = attrs.get("hpa_batch", {})
+    return {
+        "image": Path(path).name,
+        "complete": bool(stamp.get("complete")),
+        "channels": [c["label"] for c in attrs["ome"].get("omero", {}).get("channels", [])],
+        "levels": levels,
+        "bytes": stamp.get("bytes"),
+        "files": count_files(path),
+        "source_dtype": stamp.get("source_dtype"),
+    }
+
+
+def describe_store(path: Path) -> dict[str, Any]:
+    """Summary of a shard store (or one image): images, levels, bytes, files per image."""
+    images = [describe_image(p) for p in image_groups(Path(path))]
+    return {
+        "store": str(path),
+        "n_images": len(images),
+        "n_complete": sum(i["complete"] for i in images),
+        "bytes": sum(i["bytes"] or 0 for i in images),
+        "files_per_image": sorted({i["files"] for i in images}),
+        "images": images,
+    }

@@ -1,0 +1,129 @@
+"""The checkpoint format of a trained fold, in one place: ``model.pt``, ``thresholds.json`` and the
+atomic ``torch.save`` of the training state (``state/last.pt``, ``state/best.pt``).
+
+``model.pt`` (``torch.load(weights_only=True)``): ``model`` (state dict of the best epoch),
+``thresholds`` ``(c,)`` float32 tensor, ``spec`` (the model's config entry), ``catalog`` (label
+catalog name), ``mean`` / ``std`` (per-input-channel normalisation), ``summary`` (the training
+result). ``thresholds.json``: ``classes``, ``thresholds``, ``validation_positives``, ``reasons``,
+``rule``, ``selection``; the same float32 values as ``model.pt``, readable without torch (the
+merge runs in the CPU environment).
+
+torch is imported inside the functions that need it, so reading thresholds needs no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpa_batch.core.labels import LabelCatalog
+from hpa_batch.core.tables import atomic_path, atomic_write_text
+
+THRESHOLD_RULE = (
+    "F1-optimal per class; an optimum below low keeps default (the scores do not separate the "
+    "class), one above high is clipped"
+)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through :func:`~hpa_batch.core.tables.atomic_path` (the previous file stays valid)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def write_model(
+    path: Path,
+    *,
+    weights: dict[str, Any],
+    thresholds: Any,
+    spec: dict[str, Any],
+    catalog: LabelCatalog,
+    mean: Sequence[float],
+    std: Sequence[float],
+    summary: dict[str, Any],
+) -> None:
+    """Write ``model.pt`` (see the module docstring; ``thresholds`` a ``(c,)`` tensor)."""
+    atomic_save(
+        {
+            "model": weights,
+            "thresholds": thresholds,
+            "spec": json.loads(json.dumps(spec)),
+            "catalog": catalog.name,
+            "mean": list(mean),
+            "std": list(std),
+            "summary": json.loads(json.dumps(summary)),
+        },
+        path,
+    )
+
+
+def read_model(path: Path, *, catalog: LabelCatalog | None = None, level: str | None = None) -> dict[str, Any]:
+    """Load ``model.pt`` on the CPU, checked against the run.
+
+    Raises
+    ------
+    ValueError
+        A checkpoint written for another label catalog than ``catalog`` or another level than
+        ``level`` (e.g. a ``trained:`` folder of the wrong run), naming the file.
+    """
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if catalog is not None and ckpt["catalog"] != catalog.name:
+        raise ValueError(
+            f"{path} was trained for label catalog {ckpt['catalog']!r}, this run uses {catalog.name!r} (labels.catalog)"
+        )
+    if level is not None and ckpt["spec"]["level"] != level:
+        raise ValueError(f"{path} is a {ckpt['spec']['level']}-level model; the config declares level: {level}")
+    return ckpt
+
+
+def write_thresholds(
+    path: Path,
+    *,
+    catalog: LabelCatalog,
+    thresholds: Sequence[float],
+    support: Sequence[int],
+    reasons: Sequence[str],
+    rule: dict[str, Any],
+    selection: str,
+) -> None:
+    """Write ``thresholds.json`` beside ``model.pt``."""
+    atomic_write_text(
+        path,
+        json.dumps(
+            {
+                "classes": list(catalog.classes),
+                "thresholds": [float(t) for t in thresholds],
+                "validation_positives": [int(v) for v in support],
+                "reasons": list(reasons),
+                "rule": {**rule, "tuned": THRESHOLD_RULE},
+                "selection": selection,
+            },
+            indent=1,
+        ),
+    )
+
+
+def read_thresholds(path: Path, n: int) -> np.ndarray:
+    """``(n,)`` float32 thresholds of one fold; a ``model.pt`` path stands for the ``thresholds.json``
+    beside it.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing file, or thresholds for another number of classes (naming the file).
+    """
+    path = Path(path) if Path(path).suffix == ".json" else Path(path).with_name("thresholds.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (training writes it beside model.pt)")
+    t = np.asarray(json.loads(path.read_text())["thresholds"], np.float32)
+    if t.shape != (n,):
+        raise ValueError(f"{path} holds {t.size} thresholds, the label catalog has {n} classes")
+    return t

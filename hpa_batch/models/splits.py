@@ -1,0 +1,133 @@
+"""Cross-validation folds on images, multilabel-stratified (iterative stratification).
+
+Images are stratified on their multi-hot label vectors with
+:class:`iterstrat.ml_stratifiers.MultilabelStratifiedKFold`. As in the seed study, images whose label
+combination occurs only once (or fewer than ``min_combination`` times) cannot be represented in every
+fold and are kept in training: they get ``fold = -1`` (never validation). Cells inherit their image's
+fold. Deterministic per seed.
+
+Images refused at any stage (``qc/{shard}.rejected.tsv``: admission and decoding) never enter the
+table. Images whose segmentation is doubtful (``qc/{shard}.segment.tsv``) get ``fold = -2`` unless
+``segmentation_qc.doubtful`` is ``keep``: never trained, validated or tuned on, with the reason in
+``exclude_reason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from hpa_batch.core.labels import LabelCatalog
+from hpa_batch.core.tables import write_table
+
+SPLITS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("shard", pa.string()),
+        ("cell_line", pa.string()),
+        ("labels", pa.list_(pa.int16())),
+        ("combination", pa.string()),
+        ("fold", pa.int8()),
+        ("exclude_reason", pa.string()),
+    ]
+)
+ALWAYS_TRAIN = -1
+#: Fold of images kept out of training and validation (doubtful segmentation).
+EXCLUDED = -2
+
+
+def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
+    """``(n,)`` lists of class ids -> ``(n, n_classes)`` uint8 multi-hot matrix."""
+    out = np.zeros((len(labels), n_classes), np.uint8)
+    for i, ids in enumerate(labels):
+        out[i, list(ids)] = 1
+    return out
+
+
+def assign_folds(
+    labels: Sequence[Sequence[int]], n_classes: int, n_folds: int, seed: int, min_combination: int = 2
+) -> np.ndarray:
+    """Fold of every image.
+
+    Parameters
+    ----------
+    labels : sequence of sequence of int
+        Class ids per image (empty for unlabelled images).
+    min_combination : int
+        Combinations seen fewer times than this go to training only (fold -1).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` int8 in ``-1 .. n_folds - 1``.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    combos = pd.Series(["|".join(map(str, sorted(ids))) for ids in labels])
+    counts = combos.map(combos.value_counts())
+    folds = np.full(len(combos), ALWAYS_TRAIN, np.int8)
+    eligible = np.flatnonzero((counts >= min_combination).to_numpy() & (combos != "").to_numpy())
+    if len(eligible) < n_folds:
+        return folds
+    y = multi_hot([labels[i] for i in eligible], n_classes)
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(np.zeros((len(eligible), 1)), y)):
+        folds[eligible[test]] = k
+    return folds
+
+
+def make_splits(
+    manifests: Sequence[Path],
+    catalog: LabelCatalog,
+    n_folds: int,
+    seed: int,
+    min_combination: int = 2,
+    *,
+    rejected: Sequence[Path] | None = None,
+    segment_qc: Sequence[Path] | None = None,
+    doubtful: str = "exclude_from_training",
+) -> pd.DataFrame:
+    """Folds for every image of the given shard manifests that no stage refused (sorted by image id).
+
+    Parameters
+    ----------
+    rejected : sequence of Path, optional
+        ``qc/{shard}.rejected.tsv`` tables: their images are left out.
+    segment_qc : sequence of Path, optional
+        ``qc/{shard}.segment.tsv`` tables: doubtful images get fold -2 (unless ``doubtful == "keep"``)
+        and are left out of the stratification.
+    """
+    from hpa_batch.cells.segment.qc import read_segment_qc
+    from hpa_batch.convert.manifest import read_rejected
+
+    cols = ["image_id", "shard", "cell_line", "labels"]
+    frames = [pd.read_parquet(p, columns=cols) for p in manifests]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    refused = {i for p in rejected or [] for i in read_rejected(p)["image_id"]}
+    table = table[~table["image_id"].isin(refused)]
+    table = table.sort_values("image_id", kind="stable").reset_index(drop=True)
+    reasons: dict[str, str] = {}
+    if doubtful != "keep":
+        for p in segment_qc or []:
+            qc = read_segment_qc(p)
+            qc = qc[qc["doubtful"]]
+            reasons.update(zip(qc["image_id"], "doubtful segmentation: " + qc["flag"]))
+    labels = [list(map(int, v)) for v in table["labels"]]
+    table["labels"] = labels
+    table["combination"] = ["|".join(map(str, sorted(v))) for v in labels]
+    table["exclude_reason"] = table["image_id"].map(reasons)
+    out = table["exclude_reason"].notna().to_numpy()
+    folds = np.full(len(table), EXCLUDED, np.int8)
+    keep = np.flatnonzero(~out)
+    folds[keep] = assign_folds([labels[i] for i in keep], catalog.n_classes, n_folds, seed, min_combination)
+    table["fold"] = folds
+    return table
+
+
+def write_splits(table: pd.DataFrame, path: Path) -> None:
+    """Write ``results/splits.parquet`` with its fixed schema."""
+    write_table(table, SPLITS_SCHEMA, path)

@@ -1,0 +1,115 @@
+"""Segmentation QC: the measures, the doubtful flag on constructed failures, the policy in splits."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_batch.cells.segment import create_segmenter
+from hpa_batch.cells.segment.qc import (
+    SEGMENT_QC_COLUMNS,
+    flag_images,
+    image_qc,
+    read_segment_qc,
+)
+from hpa_batch.config import config_from_dict
+from hpa_batch.models.splits import EXCLUDED, make_splits
+from hpa_batch.synth import synthesize_image
+
+OPTS = config_from_dict({}).segmentation_qc
+
+
+def qc_row(image_id, cells, nuclei, blue, scale=1.0):
+    n = int(cells.max())
+    return {"image_id": image_id, "n_cells": n, "n_border": 0, "level": 0, **image_qc(cells, nuclei, blue, scale)}
+
+
+@pytest.fixture(scope="module")
+def image():
+    return synthesize_image(np.random.default_rng([61, 0]), 512, "U-2 OS", "hpa2021")
+
+
+def test_good_segmentation_is_not_doubtful(image):
+    cells, nuclei = create_segmenter("watershed").segment(image.channels, 1.0)
+    table = flag_images(pd.DataFrame([qc_row("good", cells, nuclei, image.channels[2])]), OPTS)
+    row = table.iloc[0]
+    assert not row["doubtful"] and row["flag"] == ""
+    assert row["cell_nucleus_ratio"] > 3 and row["no_nucleus_fraction"] == 0
+    assert row["coverage"] == pytest.approx((cells > 0).mean())
+    assert list(table.columns) == list(SEGMENT_QC_COLUMNS)
+
+
+def test_collapsed_cells_are_flagged(image):
+    """Cells that collapsed onto their nuclei (the failure of #10) are doubtful with the reason."""
+    _, nuclei = create_segmenter("watershed").segment(image.channels, 1.0)
+    grown = np.where(nuclei > 0, nuclei, 0)  # cells == nuclei: cell bodies lost
+    row = flag_images(pd.DataFrame([qc_row("collapsed", grown, nuclei, image.channels[2])]), OPTS).iloc[0]
+    assert row["doubtful"] and "collapsed" in row["flag"] and row["cell_nucleus_ratio"] < 1.2
+
+
+def test_missed_and_merged_cells_are_flagged(image):
+    cells, nuclei = create_segmenter("watershed").segment(image.channels, 1.0)
+    half = np.where(cells <= cells.max() // 3, cells, 0)  # two thirds of the cells lost
+    row = flag_images(
+        pd.DataFrame([qc_row("missed", half, np.where(half > 0, nuclei, 0), image.channels[2])]), OPTS
+    ).iloc[0]
+    assert row["doubtful"] and "lie in no cell" in row["flag"]
+    merged = np.where(cells > 0, 1 + (cells > cells.max() // 2), 0)  # every cell merged into two
+    nuc = np.where((nuclei > 0) & np.isin(nuclei, [1, cells.max()]), merged, 0)
+    row = flag_images(pd.DataFrame([qc_row("merged", merged, nuc, image.channels[2])]), OPTS).iloc[0]
+    assert row["doubtful"] and "several nuclei" in row["flag"]
+
+
+def test_zero_cells_and_shard_outliers():
+    base = {
+        "n_border": 0,
+        "level": 0,
+        "nucleus_coverage": 0.1,
+        "median_nucleus_area": 5000.0,
+        "cell_nucleus_ratio": 4.0,
+        "no_nucleus_fraction": 0.0,
+        "multi_nucleus_fraction": 0.0,
+        "nuclei_outside_fraction": 0.0,
+    }
+    rows = [
+        {
+            "image_id": f"i{k}",
+            "n_cells": 20 + k % 3,
+            "coverage": 0.4 + 0.01 * (k % 3),
+            "median_cell_area": 40000.0 + 500 * k,
+            **base,
+        }
+        for k in range(8)
+    ]
+    rows.append({"image_id": "tiny", "n_cells": 21, "coverage": 0.41, "median_cell_area": 4000.0, **base})
+    rows.append({"image_id": "none", "n_cells": 0, "coverage": 0.0, "median_cell_area": np.nan, **base})
+    table = flag_images(pd.DataFrame(rows), OPTS).set_index("image_id")
+    assert table.at["none", "flag"] == "zero cells" and table.at["none", "doubtful"]
+    assert table.at["tiny", "doubtful"] and "median cell area" in table.at["tiny", "flag"]
+    assert "below the shard's median" in table.at["tiny", "flag"]
+    assert not table.drop(["tiny", "none"])["doubtful"].any()
+
+
+def test_policy_in_splits(tmp_path):
+    manifest = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(12)],
+            "shard": "s-0000",
+            "cell_line": "X",
+            "labels": [[k % 3] for k in range(12)],
+        }
+    )
+    manifest.to_parquet(tmp_path / "m.parquet")
+    qc = pd.DataFrame(
+        {"image_id": ["i0", "i1"], "n_cells": [0, 5], "doubtful": [True, False], "flag": ["zero cells", ""]}
+    ).reindex(columns=list(SEGMENT_QC_COLUMNS))
+    qc["doubtful"] = [True, False]
+    qc.to_csv(tmp_path / "q.tsv", sep="\t", index=False)
+    assert read_segment_qc(tmp_path / "q.tsv")["doubtful"].tolist() == [True, False]
+    from hpa_batch.core.labels import CATALOGS
+
+    cat = CATALOGS["hpa2021"]
+    out = make_splits([tmp_path / "m.parquet"], cat, 3, 0, 1, segment_qc=[tmp_path / "q.tsv"]).set_index("image_id")
+    assert out.at["i0", "fold"] == EXCLUDED and "zero cells" in out.at["i0", "exclude_reason"]
+    assert (out.drop("i0")["fold"] >= 0).all()
+    kept = make_splits([tmp_path / "m.parquet"], cat, 3, 0, 1, segment_qc=[tmp_path / "q.tsv"], doubtful="keep")
+    assert (kept["fold"] >= 0).all()

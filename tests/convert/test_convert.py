@@ -1,0 +1,132 @@
+"""Conversion of a shard: contents, refusals, resume, and kill -9 in the middle of a shard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from conftest import tool_env
+
+from hpa_batch import CHANNELS
+from hpa_batch.cli import main
+from hpa_batch.convert.imageio import read_channel
+from hpa_batch.convert.manifest import read_rejected
+from hpa_batch.core.ngff import is_complete, verify_image
+
+
+def convert(ds, shard="hela-0000", threads=2, **extra):
+    cfg = ds.config_file(**extra)
+    assert main(["convert", "--config", str(cfg), "--shard", shard, "--threads", str(threads)]) == 0
+    res = ds.root / "results"
+    return res, json.loads((res / "zarr" / f"{shard}.convert.json").read_text())
+
+
+def source_stack(ds, image_id, ext="png"):
+    return np.stack([read_channel(ds.path(image_id, c, ext)) for c in CHANNELS])
+
+
+def test_store_contents_refusals_and_summary(dataset):
+    ds = dataset
+    ds.add("a16", shape=(300, 280))
+    ds.add("b8", dtype="uint8", shape=(256, 256))
+    ds.add("ctrunc")
+    blob = ds.path("ctrunc", "green").read_bytes()
+    ds.path("ctrunc", "green").write_bytes(blob[: len(blob) // 2])
+    ds.add("dmissing", channels=("red", "green", "blue"))
+    res, summary = convert(ds, shard_size=10)
+    store = res / "zarr" / "hela-0000.zarr"
+    assert summary["images"] == ["a16", "b8"] and summary["n_rejected"] == 2
+    a = zarr.open_group(store / "a16", mode="r")
+    assert np.array_equal(a["s0"][...], source_stack(ds, "a16"))
+    assert [a[f"s{k}"].shape for k in range(3)] == [(4, 300, 280), (4, 150, 140), (4, 75, 70)]
+    b = zarr.open_group(store / "b8", mode="r")
+    assert b["s0"].dtype == np.uint16
+    assert np.array_equal(b["s0"][...], source_stack(ds, "b8").astype(np.uint16) * 257)
+    assert b.attrs["hpa_batch"]["source_dtype"] == "uint8"
+    assert not (store / "ctrunc").exists() and not (store / "dmissing").exists()
+    assert not (res / "zarr" / ".hela-0000.zarr.staging").exists()
+    rej = read_rejected(res / "qc" / "hela-0000.rejected.tsv").set_index("image_id")
+    assert rej.at["ctrunc", "stage"] == "convert" and "ctrunc_green.png" in rej.at["ctrunc", "reason"]
+    assert rej.at["dmissing", "stage"] == "manifest" and "missing yellow" in rej.at["dmissing", "reason"]
+    assert zarr.open_group(store, mode="r").attrs["hpa_batch"]["images"] == ["a16", "b8"]
+
+
+def test_rerun_keeps_good_images_and_redoes_changed_or_damaged_ones(dataset):
+    ds = dataset
+    for k in range(3):
+        ds.add(f"i{k}")
+    res, first = convert(ds)
+    assert first["n_converted"] == 3
+    store = res / "zarr" / "hela-0000.zarr"
+    _, second = convert(ds)
+    assert second["n_converted"] == 0 and second["n_kept"] == 3
+    # a changed source file, and a damaged stored image, are redone
+    new_green = np.full((300, 280), 1234, np.uint16)
+    import imagecodecs
+
+    ds.path("i0", "green").write_bytes(imagecodecs.png_encode(new_green))
+    shard_file = min(p for p in (store / "i1" / "s1" / "c").rglob("*") if p.is_file())
+    shard_file.write_bytes(shard_file.read_bytes()[:-50])
+    (res / "manifest" / "hela-0000.parquet").unlink()  # re-probe sources (sizes/mtimes)
+    _, third = convert(ds)
+    assert third["n_converted"] == 2 and third["n_kept"] == 1
+    assert np.array_equal(zarr.open_group(store / "i0", mode="r")["s0"][1], new_green)
+    assert is_complete(store / "i1")
+
+
+def _uninterrupted(ds_root, cfg_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpa_batch.cli",
+        "convert",
+        "--config",
+        str(cfg_path),
+        "--shard",
+        "hela-0000",
+        "--threads",
+        "1",
+    ]
+    return cmd
+
+
+@pytest.mark.slow
+def test_kill9_mid_shard_then_rerun_equals_uninterrupted(dataset, tmp_path):
+    ds = dataset
+    for k in range(14):
+        ds.add(f"k{k:02d}", shape=(1024, 1024))
+    cfg_path = ds.config_file(shard_size=100)
+    cmd = _uninterrupted(ds.root, cfg_path)
+    store = ds.root / "results" / "zarr" / "hela-0000.zarr"
+    proc = subprocess.Popen(cmd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = [p for p in store.glob("k*")] if store.exists() else []
+        if len(done) >= 3:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    published = sorted(store.glob("k*"))
+    assert 3 <= len(published) < 14, "kill came too late to test anything"
+    assert all(is_complete(p) for p in published)  # nothing half-written is in the store
+    assert not (ds.root / "results" / "zarr" / "hela-0000.convert.json").exists()
+
+    subprocess.run(cmd, env=tool_env(), check=True, capture_output=True)
+    summary = json.loads((ds.root / "results" / "zarr" / "hela-0000.convert.json").read_text())
+    assert summary["n_kept"] >= 3 and summary["n_kept"] + summary["n_converted"] == 14
+
+    # the uninterrupted reference, in a separate results dir
+    ref_cfg = ds.config_file(shard_size=100, results_dir=str(tmp_path / "ref"))
+    subprocess.run(_uninterrupted(ds.root, ref_cfg), env=tool_env(), check=True, capture_output=True)
+    ref = tmp_path / "ref" / "zarr" / "hela-0000.zarr"
+    for k in range(14):
+        got, want = zarr.open_group(store / f"k{k:02d}", mode="r"), zarr.open_group(ref / f"k{k:02d}", mode="r")
+        for level in ("s0", "s1", "s2", "s3"):
+            assert np.array_equal(got[level][...], want[level][...]), (k, level)
+        verify_image(store / f"k{k:02d}")

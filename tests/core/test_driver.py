@@ -1,0 +1,186 @@
+"""Driver-level reliability: one driver per directory, SIGTERM to the driver, failed-job logs."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+import zarr
+from conftest import synth_config, tool_env
+
+from hpa_batch.core.driver import DriverLockError, guard, holder_of, is_read_only
+from hpa_batch.core.ngff import is_complete, labels_complete
+
+
+def start(wd, *args):
+    """A driver in the background; its output goes to a file (an unread pipe could fill and block it)."""
+    log = open(wd / f"driver-{len(list(wd.glob('driver-*.log')))}.log", "w+")  # noqa: SIM115 (the background driver writes it)
+    proc = subprocess.Popen(
+        ["snakemake", *args], cwd=wd, env=tool_env(), stdout=log, stderr=subprocess.STDOUT, text=True
+    )
+    proc.log = log
+    return proc
+
+
+def output(proc):
+    proc.log.seek(0)
+    return proc.log.read()
+
+
+def config(wd, tmp_path, synth_data, **extra):
+    cfg = synth_config(tmp_path, synth_data)
+    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
+    cfg["models"] = [
+        {
+            "name": "tiny",
+            "arch": "test_resnet",
+            "input_size": 32,
+            "epochs": 1,
+            "batch_size": 16,
+            "num_workers": 0,
+            "folds": [0],
+        }
+    ]
+    cfg.update(extra)
+    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "results"
+
+
+def wait_for(predicate, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _hold_lock_in_child(wd):
+    """A child process that takes the driver lock of ``wd`` and keeps it until its stdin closes."""
+    code = (
+        "import sys; from hpa_batch.core.driver import acquire; acquire(sys.argv[1]); print('held', flush=True); "
+        "sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(wd)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_read_only_invocations_are_recognised():
+    assert is_read_only(["snakemake", "-n", "tiles"])
+    assert is_read_only(["snakemake", "--lint"])
+    assert is_read_only(["snakemake", "--dry-run=true"])
+    assert not is_read_only(["snakemake", "--cores", "4", "tiles"])
+    assert not is_read_only(["snakemake", "--profile", "slurm"])
+    assert not is_read_only(["-n"])  # the program name itself is never a flag
+
+
+def test_guard_refuses_a_run_but_lets_a_dry_run_through(tmp_path, capsys):
+    child = _hold_lock_in_child(tmp_path)
+    try:
+        assert f'"pid": {child.pid}' in holder_of(tmp_path)
+        with pytest.raises(DriverLockError, match="another snakemake driver is running"):
+            guard(tmp_path, ["snakemake", "--cores", "2"])
+        assert guard(tmp_path, ["snakemake", "-n"]) is None
+        assert "read-only invocation" in capsys.readouterr().err
+    finally:
+        child.stdin.close()
+        child.wait(30)
+    assert holder_of(tmp_path) is None  # the kernel dropped the lock with the process
+    assert guard(tmp_path, ["snakemake", "--cores", "2"]).is_file()
+
+
+@pytest.mark.slow
+def test_second_driver_is_refused_even_without_snakemake_locks(synth_data, workflow_dir, tmp_path):
+    wd = workflow_dir()
+    config(wd, tmp_path, synth_data)
+    first = start(wd, "--cores", "1", "tiles", "--configfile", "run.yaml")
+    lock = wd / ".snakemake" / "hpa_batch.core.driver.lock"
+    assert wait_for(lambda: lock.is_file() and str(first.pid) in lock.read_text())
+    second = subprocess.run(
+        ["snakemake", "--cores", "1", "--nolock", "--forcerun", "split", "split", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert second.returncode != 0
+    assert "another snakemake driver is running" in second.stdout + second.stderr
+    assert f'"pid": {first.pid}' in second.stdout + second.stderr
+    assert first.wait(300) == 0, output(first)[-3000:]
+    # once the first driver is gone, the directory is free again (the kernel dropped the lock)
+    again = subprocess.run(
+        ["snakemake", "--cores", "1", "tiles", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_dir, tmp_path):
+    wd = workflow_dir()
+    res = config(wd, tmp_path, synth_data)
+    driver = start(wd, "--cores", "2", "tiles", "--configfile", "run.yaml")
+    assert wait_for(lambda: any((res / "zarr").glob("*.segment.json")) if (res / "zarr").is_dir() else False)
+    driver.send_signal(signal.SIGTERM)
+    driver.wait(300)
+    for marker in (res / "zarr").glob("*.convert.json"):
+        store = res / "zarr" / marker.name.replace(".convert.json", ".zarr")
+        images = json.loads(marker.read_text())["images"]
+        assert images and all(is_complete(store / i) for i in images)
+    for marker in (res / "zarr").glob("*.segment.json"):
+        store = res / "zarr" / marker.name.replace(".segment.json", ".zarr")
+        assert all(labels_complete(p, ("cells", "nuclei")) for p in store.iterdir() if p.is_dir())
+    for table in (res / "cells").glob("*.parquet") if (res / "cells").is_dir() else []:
+        pd.read_parquet(table)  # readable: written under a temporary name, renamed when complete
+    for tiles in (res / "tiles").glob("*.zarr") if (res / "tiles").is_dir() else []:
+        assert zarr.open_group(tiles, mode="r").attrs["hpa_batch"]["complete"]
+    rerun = subprocess.run(
+        ["snakemake", "--cores", "2", "tiles", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(list((res / "tiles").glob("*.zarr"))) == 3
+
+
+@pytest.mark.slow
+def test_failed_job_names_its_log_in_the_summary(synth_data, workflow_dir, tmp_path):
+    wd = workflow_dir()
+    config(
+        wd,
+        tmp_path,
+        synth_data,
+        segmentation={
+            "backend": "hpacellseg",
+            "options": {"nuclei_model": "/nonexistent/n.pth", "cell_model": "/nonexistent/c.pth"},
+        },
+    )
+    proc = subprocess.run(
+        ["snakemake", "--cores", "2", "segment", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    log = tmp_path / "logs" / "segment"
+    failed = [p for p in log.glob("*.log") if "BackendUnavailable" in p.read_text()]
+    assert failed and str(failed[0]) in out  # the summary points at the job's own log
+    assert "/nonexistent/n.pth" in failed[0].read_text()

@@ -1,0 +1,594 @@
+"""Training and inference: loader plans, model factory, checkpoints, bit-exact resume, signals,
+a tiny end-to-end run on the synthetic tiles."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import tool_env
+
+from hpa_batch.config import load_config
+from hpa_batch.core.labels import CATALOGS
+from hpa_batch.models.factory import WeightsUnavailable, create_model
+from hpa_batch.models.loader import build_index, epoch_plan
+from hpa_batch.models.splits import make_splits, write_splits
+
+TINY = {
+    "name": "tiny",
+    "arch": "test_resnet",
+    "input_size": 32,
+    "epochs": 2,
+    "batch_size": 16,
+    "num_workers": 0,
+    "schedule": {"kind": "seed"},
+    "folds": [0],
+    "early_stopping_patience": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def trainable(segmented, tmp_path_factory):
+    """Config + splits over the segmented synthetic shards, for a tiny model."""
+    root = tmp_path_factory.mktemp("train")
+    cfg = yaml.safe_load(segmented["config"].read_text())
+    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
+    cfg["models"] = [TINY]
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    c = load_config(path)
+    manifests = [c.results_dir / "manifest" / f"{s}.parquet" for s in segmented["shards"]]
+    splits = make_splits(manifests, c.catalog, 3, 0, 1)
+    write_splits(splits, root / "splits.parquet")
+    stores = [c.results_dir / "tiles" / f"{s}.zarr" for s in segmented["shards"]]
+    return {"root": root, "config": path, "splits": root / "splits.parquet", "stores": stores, "cfg": c}
+
+
+def run_train(t, out, env_extra=None, check=True, config=None):
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpa_batch.cli",
+        "train",
+        "--config",
+        str(config or t["config"]),
+        "--model",
+        "tiny",
+        "--fold",
+        "0",
+        "--splits",
+        str(t["splits"]),
+        "--out",
+        str(out),
+        "--tiles",
+        *map(str, t["stores"]),
+    ]
+    env = {**tool_env(), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def test_epoch_plan_covers_rows_once_and_ranks_are_disjoint(trainable):
+    splits = pd.read_parquet(trainable["splits"])
+    index = build_index(trainable["stores"], splits, "cell", 19)
+    pos = np.arange(len(index))
+    plan = epoch_plan(index, pos, 8, seed=0, epoch=1, buffer_chunks=2)
+    flat = np.concatenate([b for g in plan for b in g])
+    assert sorted(flat.tolist()) == pos.tolist() and flat.tolist() != pos.tolist()
+    assert all(len(b) >= 2 for g in plan for b in g)
+    again = np.concatenate([b for g in epoch_plan(index, pos, 8, seed=0, epoch=1, buffer_chunks=2) for b in g])
+    assert np.array_equal(flat, again)
+    r0 = [b for g in epoch_plan(index, pos, 8, seed=0, epoch=1, buffer_chunks=1, rank=0, world=2) for b in g]
+    r1 = [b for g in epoch_plan(index, pos, 8, seed=0, epoch=1, buffer_chunks=1, rank=1, world=2) for b in g]
+    assert len(r0) == len(r1) and not set(np.concatenate(r0)) & set(np.concatenate(r1))
+    # weak labels: a tile carries its image's labels
+    row = splits.set_index("image_id").loc[index.image_id[0]]
+    assert np.flatnonzero(index.y[0]).tolist() == sorted(row["labels"])
+
+
+def test_pretrained_weights_from_a_local_file_only(tmp_path):
+    import timm
+
+    ref = timm.create_model("resnet18", num_classes=10)
+    torch.save(ref.state_dict(), tmp_path / "resnet18.pth")
+    m = create_model("resnet18", ["red", "green", "blue", "yellow"], 19, str(tmp_path / "resnet18.pth"))
+    w, w0 = m.conv1.weight.detach(), ref.conv1.weight.detach()
+    assert torch.allclose(w[:, :3], w0 * 3 / 4) and torch.allclose(w[:, 3], w0[:, 0] * 3 / 4)
+    assert torch.equal(m.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
+    assert m.get_classifier().out_features == 19
+    with pytest.raises(WeightsUnavailable, match="no downloads"):
+        create_model("resnet18", ["green"], 19, str(tmp_path / "missing.pth"))
+
+
+def test_tiny_training_end_to_end_and_predict(trainable, tmp_path):
+    out = tmp_path / "fold0"
+    run_train(trainable, out)
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns[:4]) == ["epoch", "lr", "train_loss", "val_loss"]
+    assert {"val_macro_f1", "val_map", "val_auc"} <= set(history.columns) and len(history) == 2
+    assert history["lr"].tolist() == [0.005, pytest.approx(0.0037)]  # Table 4 schedule
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["thresholds"].shape == (19,) and ckpt["spec"]["arch"] == "test_resnet"
+    assert len(json.loads((out / "thresholds.json").read_text())["thresholds"]) == 19
+    from hpa_batch.models.predict import predict_shard
+
+    pred_path = tmp_path / "pred.parquet"
+    n = predict_shard([out / "model.pt"], trainable["stores"][0], pred_path, CATALOGS["hpa2021"], "tiny")
+    pred = pd.read_parquet(pred_path)
+    assert len(pred) == n > 0 and {f"prob_{k}" for k in range(19)} <= set(pred.columns)
+    probs = pred[[f"prob_{k}" for k in range(19)]].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    hits = probs >= ckpt["thresholds"].numpy()
+    assert (pred["n_predicted"].to_numpy() == hits.sum(1)).all()
+    from hpa_batch.models.predict import predict_shard
+
+    # checkpoints of another catalog or level (e.g. a wrong trained: folder) are refused by name
+    with pytest.raises(ValueError, match="trained for label catalog 'hpa2021'"):
+        predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "x.parquet", CATALOGS["hpa2018"], "t")
+    with pytest.raises(ValueError, match="is a cell-level model; the config declares level: image"):
+        predict_shard(
+            [out / "model.pt"], trainable["stores"][0], tmp_path / "x.parquet", CATALOGS["hpa2021"], "t", level="image"
+        )
+
+
+def test_hybrid_model_learns_from_features_and_predicts_with_them(trainable, tmp_path):
+    """A hybrid (features: true) standardises with the training cells' statistics, saves them in its
+    weights and uses each cell's own feature row at prediction: changing a row changes that cell only."""
+    from hpa_batch.cells.measure import FEATURE_COLUMNS
+    from hpa_batch.models.factory import HybridNet
+    from hpa_batch.models.predict import load_folds, run_models
+
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "features": True}]
+    path = tmp_path / "hybrid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "fold0"
+    run_train(trainable, out, config=path)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    f = len(FEATURE_COLUMNS)
+    assert ckpt["spec"]["features"] and ckpt["model"]["feature_mean"].shape == (f,)
+    assert ckpt["model"]["feature_std"].min() > 0 and ckpt["model"]["feature_mean"].abs().sum() > 0
+    models, spec, _ = load_folds([out / "model.pt"], torch.device("cpu"))
+    assert isinstance(models[0], HybridNet) and spec["hybrid"]
+    import zarr
+
+    g = zarr.open_group(trainable["stores"][0], mode="r")
+    x = torch.from_numpy(g["cells"][:4]).float() / 255
+    feats = torch.from_numpy(g["features"][:4])
+    p, e = run_models(models, x, False, True, feats)
+    assert p.shape == (4, 19) and e.shape == (4, models[0].num_features)
+    changed = feats.clone()
+    changed[0] = changed[0] * 3 + 5
+    q, _ = run_models(models, x, False, False, changed)
+    assert not np.allclose(p[0], q[0]) and np.allclose(p[1:], q[1:], atol=1e-6)
+    from hpa_batch.models.predict import predict_shard
+
+    n = predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "p.parquet", CATALOGS["hpa2021"], "h")
+    assert n == g["cells"].shape[0]
+
+
+def test_image_hybrid_with_study_002_weights_and_mixed_channels(trainable, tmp_path):
+    """An image-level hybrid (study 002: the image's ten features joined to the embedding, weighted)
+    with study 001's channel combinations (red+blue grey, green twice) trains and predicts: the
+    weights are folded into the stored scale, each image's own feature row is used."""
+    import zarr
+
+    from hpa_batch.cells.measure import IMAGE_FEATURE_COLUMNS, STUDY_002_FEATURE_WEIGHTS
+    from hpa_batch.models.predict import load_folds, predict_shard, run_models
+    from hpa_batch.models.transforms import channel_map, prepare
+
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [
+        {
+            **TINY,
+            "level": "image",
+            "features": True,
+            "batch_size": 2,
+            "input_size": 32,
+            "feature_weights": list(STUDY_002_FEATURE_WEIGHTS),
+            "channels": ["red+blue", "green", "green"],
+        }
+    ]
+    path = tmp_path / "image_hybrid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "fold0"
+    run_train(trainable, out, config=path)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    f = len(IMAGE_FEATURE_COLUMNS)
+    assert ckpt["model"]["feature_mean"].shape == (f,) and ckpt["model"]["backbone.conv1.0.weight"].shape[1] == 3
+    g = zarr.open_group(trainable["stores"][0], mode="r")
+    rows = g["image_features"][:]
+    assert rows.shape == (g["images"].shape[0], f) and np.isfinite(rows).all() and (rows.std(0) > 0).sum() >= 5
+    models, spec, _ = load_folds([out / "model.pt"], torch.device("cpu"))
+    cmap = channel_map(spec["channels"])
+    assert spec["hybrid"] and cmap.gather == [0, 1, 2] and cmap.mix.shape == (3, 3)
+    x = prepare(torch.from_numpy(g["images"][:2][:, cmap.gather]), 32, cmap.mix)
+    feats = torch.from_numpy(rows[:2])
+    p, _ = run_models(models, x, False, False, feats)
+    changed = feats.clone()
+    changed[0] = changed[0] * 3 + 5
+    q, _ = run_models(models, x, False, False, changed)
+    assert not np.allclose(p[0], q[0]) and np.allclose(p[1:], q[1:], atol=1e-6)
+    n = predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "p.parquet", CATALOGS["hpa2021"], "h")
+    assert n == g["images"].shape[0]
+
+
+def test_feature_weights_must_match_the_features(trainable, tmp_path):
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "level": "image", "features": True, "feature_weights": [1.0, 2.0]}]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_train(trainable, tmp_path / "bad", config=path, check=False)
+    assert proc.returncode != 0 and "feature_weights: need 10 positive numbers" in proc.stderr
+
+
+def test_checkpoint_round_trip(trainable, tmp_path):
+    from hpa_batch.models.train import Trainer
+
+    splits = pd.read_parquet(trainable["splits"])
+    spec = {**trainable["cfg"].raw["models"][0]}
+    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
+    a.train_epoch(0)
+    a.state.epoch = 1
+    a.save_state()
+    expected_rand = torch.rand(3)
+    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
+    assert b.load_state()
+    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert b.state == a.state and torch.equal(torch.rand(3), expected_rand)  # RNG restored
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    assert all(torch.equal(sa["state"][k]["exp_avg"], sb["state"][k]["exp_avg"]) for k in sa["state"])
+    raw = torch.load(tmp_path / "state" / "last.pt", weights_only=True)  # loads with weights_only
+    assert raw["run"]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_bit_exact(trainable, tmp_path):
+    run_train(trainable, tmp_path / "straight")
+    stopped = run_train(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": "3"}, check=False)
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    assert (tmp_path / "resumed" / "state" / "last.pt").is_file()
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    run_train(trainable, tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["thresholds"], b["thresholds"])
+    la = torch.load(tmp_path / "straight" / "state" / "last.pt", weights_only=True)
+    lb = torch.load(tmp_path / "resumed" / "state" / "last.pt", weights_only=True)
+    for k in la["model"]:
+        assert torch.equal(la["model"][k], lb["model"][k]), k  # last weights too
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "straight" / "history.csv").drop(columns="seconds"),
+        pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns="seconds"),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_resume_around_label_refinement_is_bit_exact(trainable, tmp_path, when):
+    """A stop before the refinement refines with the same best weights (read back from best.pt); a stop
+    after it resumes with the refined targets from the checkpoint."""
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"][0].update(epochs=3, refine_labels={"after_epochs": 1, "keep_ratio": 0.6})
+    config = tmp_path / "refine.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    c = load_config(config)
+    index = build_index(trainable["stores"], pd.read_parquet(trainable["splits"]), "cell", 19)
+    from hpa_batch.models.train import training_positions
+
+    train_pos, _ = training_positions(index, 0, c.raw["models"][0], None)
+    per_epoch = sum(
+        len(g)
+        for g in epoch_plan(index, train_pos, 16, seed=0, epoch=0, buffer_chunks=c.raw["models"][0]["buffer_chunks"])
+    )
+    run_train(trainable, tmp_path / "straight", config=config)
+    step = 3 if when == "before" else per_epoch + 2
+    stopped = run_train(
+        trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": str(step)}, check=False, config=config
+    )
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    saved = torch.load(tmp_path / "resumed" / "state" / "last.pt", weights_only=True)
+    assert saved["run"]["refined"] == (when == "after") and (saved["targets"] is None) == (when == "before")
+    run_train(trainable, tmp_path / "resumed", config=config)
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["thresholds"], b["thresholds"])
+
+
+def test_refine_weak_labels_keeps_each_image_label_on_its_best_cells():
+    from hpa_batch.models.train import refine_weak_labels
+
+    # image a: labels {0, 1}, three cells; image b: Negative (class 2) only, two cells
+    y = np.array([[1, 1, 0], [1, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0, 1]], np.float32)
+    prob = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.05, 0.02, 0.3], [0.1, 0.0, 0.7], [0.6, 0.0, 0.2]], np.float32)
+    ids = np.array(["a", "a", "a", "b", "b"], object)
+    out = refine_weak_labels(y, prob, ids, 0.5, negative=2)
+    assert out.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]]
+    # class 0 of a third image never leaves its top cell, even with tiny probabilities
+    one = refine_weak_labels(
+        np.array([[1, 0, 0]] * 2, np.float32),
+        np.array([[1e-4, 0, 0], [1e-6, 0, 0]], np.float32),
+        np.array(["c", "c"], object),
+        0.5,
+        negative=None,
+    )
+    assert one.tolist() == [[1, 0, 0], [0, 0, 0]]
+    # keep_ratio 1e-9 keeps every weak label (for cells with any probability)
+    assert np.array_equal(refine_weak_labels(y[:3], prob[:3], ids[:3], 1e-9, 2), y[:3])
+
+
+def test_refined_targets_round_trip_through_the_checkpoint(trainable, tmp_path):
+    from hpa_batch.models.train import Trainer
+
+    splits = pd.read_parquet(trainable["splits"])
+    spec = {**trainable["cfg"].raw["models"][0], "refine_labels": {"after_epochs": 1, "keep_ratio": 0.5}}
+    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
+    weak = a.index.y.copy()
+    a.refine_labels()
+    assert a.state.refined and (a.index.y.sum(1) >= 1).all()  # every cell keeps a class or becomes Negative
+    assert ((a.index.y > 0) & (weak == 0))[:, :18].sum() == 0  # never a class its image does not have
+    a.save_state()
+    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
+    assert np.array_equal(b.index.y, weak) and b.load_state()
+    assert np.array_equal(b.index.y, a.index.y) and torch.equal(b.weights, a.weights)
+
+
+def test_refinement_uses_the_best_weights_also_after_a_restart(trainable, tmp_path):
+    from hpa_batch.models.train import Trainer
+
+    splits = pd.read_parquet(trainable["splits"])
+    spec = {**trainable["cfg"].raw["models"][0], "refine_labels": {"after_epochs": 2, "keep_ratio": 0.5}}
+    a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
+    row, prob, y = a.validate(0, a.train_epoch(0))
+    assert a._track_best(row, prob, y) and a._best is not None
+    a.state.epoch = 1
+    a.train_epoch(1)  # the weights move on; the best stays epoch 0's
+    a.save_state()
+    b = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
+    assert b.load_state() and b._best is None
+    from_file = b.best_weights()
+    for k, v in a._best.items():
+        assert torch.equal(v, from_file[k]), k
+    assert any(not torch.equal(v, a.model.state_dict()[k]) for k, v in a._best.items() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_requeueable(trainable, tmp_path):
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"][0]["epochs"] = 200
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpa_batch.cli",
+        "train",
+        "--config",
+        str(path),
+        "--model",
+        "tiny",
+        "--fold",
+        "0",
+        "--splits",
+        str(trainable["splits"]),
+        "--out",
+        str(out),
+        "--tiles",
+        *map(str, trainable["stores"]),
+    ]
+    proc = subprocess.Popen(cmd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "state" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # first epoch done
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 75
+    ckpt = torch.load(out / "state" / "last.pt", weights_only=True)
+    assert ckpt["run"]["global_step"] > 0 and ckpt["run"]["epoch"] < 200
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(trainable, tmp_path):
+    """torchrun with 2 CPU processes (gloo): both ranks train on disjoint buffers, rank 0 writes."""
+    out = tmp_path / "ddp"
+    cmd = [
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "hpa_batch.cli",
+        "train",
+        "--config",
+        str(trainable["config"]),
+        "--model",
+        "tiny",
+        "--fold",
+        "0",
+        "--splits",
+        str(trainable["splits"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--tiles",
+        *map(str, trainable["stores"]),
+    ]
+    proc = subprocess.run(cmd, check=False, env={**tool_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.pt").is_file() and len(pd.read_csv(out / "history.csv")) == 2
+
+
+def test_augment_is_deterministic_and_label_preserving():
+    from hpa_batch.models.transforms import augment
+
+    spec = {"augment": {"flips": True, "rot90": True, "brightness": 0.2}}
+    x = torch.rand(16, 4, 8, 8)
+    a, b = augment(x, spec, 7), augment(x, spec, 7)
+    assert torch.equal(a, b) and not torch.equal(a, augment(x, spec, 8))
+    off = augment(x, {"augment": {"flips": False, "rot90": False, "brightness": 0.0}}, 7)
+    assert torch.equal(off, x)
+    geo = augment(x, {"augment": {"flips": True, "rot90": True, "brightness": 0.0}}, 7)
+    for i in range(16):  # every output is one of the 8 dihedral transforms of its input
+        views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x[i], x[i].flip(-1)) for k in range(4)]
+        assert any(torch.equal(geo[i], v) for v in views)
+    only = torch.arange(16) % 2 == 0  # study 001: only samples with a rare class are augmented
+    some = augment(x, spec, 7, only)
+    assert torch.equal(some[1::2], x[1::2]) and torch.equal(some[0::2], a[0::2])
+
+
+def test_excluded_images_are_never_trained_or_validated_on():
+    """fold -2 (doubtful segmentation) is in neither the training nor the validation rows of any fold."""
+    from hpa_batch.models.loader import TileIndex
+    from hpa_batch.models.train import training_positions
+
+    fold = np.array([0, 1, -1, -2, 0, -2], np.int8)
+    n = len(fold)
+    index = TileIndex(
+        stores=[],
+        array="cells",
+        store=np.zeros(n, int),
+        row=np.arange(n),
+        chunk=np.full(n, 64),
+        image_id=np.array([f"i{k}" for k in range(n)], object),
+        cell_id=np.arange(n, dtype=np.int32),
+        y=np.eye(n, 19, dtype=np.float32),
+        fold=fold,
+        n_labels=np.ones(n, int),
+    )
+    spec = {"single_label_only": False, "negative_oversample": 1}
+    for k in (0, 1):
+        train, val = training_positions(index, k, spec, None)
+        assert not set(train) & {3, 5} and not set(val) & {3, 5}
+    train, val = training_positions(index, 0, spec, None)
+    assert train.tolist() == [1, 2] and val.tolist() == [0, 4]
+
+
+def test_early_stopping_is_logged_with_its_reason(trainable, tmp_path):
+    """lr 0: only BatchNorm statistics move and the validation loss drifts up, so patience 1 stops the
+    (deterministic) run early and says why; the summary and thresholds.json record the rule."""
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [
+        {
+            **TINY,
+            "epochs": 4,
+            "early_stopping_patience": 1,
+            "selection": "val_loss",
+            "schedule": {"kind": "constant", "lr": 0.0},
+        }
+    ]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "fold0"
+    proc = run_train(trainable, out, config=path)
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) < 4 and history["val_loss"].iloc[-1] >= history["val_loss"].min()
+    assert f"stopped at epoch {len(history)} of 4: no val_loss improvement for 1 epochs" in proc.stderr
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["summary"]["stopped_early_at_epoch"] == len(history)
+    assert ckpt["summary"]["selection"] == "val_loss"
+    rule = json.loads((out / "thresholds.json").read_text())
+    assert rule["rule"]["min_positives"] == 10 and len(rule["validation_positives"]) == 19
+    assert all(0.05 <= t <= 0.95 for t in rule["thresholds"])
+    assert len(rule["reasons"]) == 19 and set(rule["reasons"]) <= {
+        "tuned",
+        "few positives",
+        "below low",
+        "clipped high",
+    }
+
+
+def test_an_edited_spec_starts_over_instead_of_resuming(trainable, tmp_path):
+    """A finished run's state belongs to its spec: after an edit (which is why Snakemake reruns the
+    training) the next run starts from scratch, says so, and keeps the old state aside."""
+    out = tmp_path / "fold0"
+    run_train(trainable, out)
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "epochs": 1}]
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_train(trainable, out, config=path)
+    assert "written for another model spec or fold: starting over" in proc.stderr
+    assert len(pd.read_csv(out / "history.csv")) == 1 and (out / "state" / "last.stale.pt").is_file()
+    assert torch.load(out / "model.pt", weights_only=True)["spec"]["epochs"] == 1
+
+
+def test_small_cnn_of_study_003_is_a_timm_model(tmp_path):
+    """`arch: hpa_small_cnn` goes through timm's registry like any timm name: six 3x3 convolutions
+    32/64/32/64/32/64, dense 128, a head per class, headless use for hybrids, local weights only."""
+    import timm
+
+    m = create_model("hpa_small_cnn", ["red", "green", "blue", "yellow"], 28, dropout=0.5)
+    convs = [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 32, 64, 32, 64] and {c.kernel_size for c in convs} == {(3, 3)}
+    assert "hpa_small_cnn" in timm.list_models("hpa_*")
+    m.eval()
+    x = torch.rand(2, 4, 128, 128)
+    assert m(x).shape == (2, 28) and m(torch.rand(2, 4, 96, 96)).shape == (2, 28)
+    assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (2, 128) == (2, m.num_features)
+    hybrid = create_model("hpa_small_cnn", ["green"], 19, n_features=5)
+    hybrid.eval()
+    assert hybrid(torch.rand(3, 1, 64, 64), torch.rand(3, 5)).shape == (3, 19)
+    torch.save(m.state_dict(), tmp_path / "small.pth")
+    again = create_model("hpa_small_cnn", ["red", "green", "blue", "yellow"], 28, str(tmp_path / "small.pth"))
+    assert torch.equal(again.state_dict()["features.0.weight"], m.state_dict()["features.0.weight"])
+    with pytest.raises(WeightsUnavailable):
+        create_model("hpa_small_cnn", ["green"], 19, str(tmp_path / "missing.pth"))
+
+
+def test_densenet_with_the_head_of_study_001(tmp_path):
+    """`hpa_densenet121_study`: timm DenseNet-121 maps -> 1x1 conv to 128 -> dense 512 -> classes; its
+    DenseNet part takes local ImageNet-style weights (the classifier of the file is not used)."""
+    import timm
+
+    ref = timm.create_model("densenet121", num_classes=10)
+    torch.save(ref.state_dict(), tmp_path / "densenet121.pth")
+    m = create_model("hpa_densenet121_study", ["red", "green", "blue"], 28, str(tmp_path / "densenet121.pth"), 0.5)
+    assert m.reduce[0].out_channels == 128 and m.dense[0].out_features == 512 and m.head.out_features == 28
+    assert torch.equal(m.backbone.state_dict()["features.conv0.weight"], ref.state_dict()["features.conv0.weight"])
+    m.eval()
+    assert m(torch.rand(2, 3, 64, 64)).shape == (2, 28)
+
+
+def test_a_tile_store_without_feature_rows_is_refused_by_name(tmp_path):
+    """A hybrid on tiles written before feature rows existed: the error names the store and the fix."""
+    import zarr
+
+    from hpa_batch.cells.tiles import TileReader
+    from hpa_batch.models.loader import GroupDataset, TileIndex, feature_moments
+
+    store = tmp_path / "old-0000.zarr"
+    g = zarr.open_group(store, mode="w", zarr_format=3)
+    g.create_array("cells", shape=(4, 4, 8, 8), dtype="uint8", chunks=(2, 4, 8, 8))
+    index = TileIndex(
+        stores=[store],
+        array="cells",
+        store=np.zeros(4, int),
+        row=np.arange(4),
+        chunk=np.full(4, 2),
+        image_id=np.array(list("abcd"), object),
+        cell_id=np.arange(4, dtype=np.int32),
+        y=np.zeros((4, 19), np.float32),
+        fold=np.zeros(4, np.int8),
+        n_labels=np.ones(4, int),
+    )
+    with pytest.raises(ValueError, match="old-0000.zarr has no 'features' array: rebuild the tiles"):
+        GroupDataset(index, [[np.arange(4)]], [0, 1, 2, 3], features=True)[0]
+    with pytest.raises(ValueError, match="old-0000.zarr has no 'features'"):
+        feature_moments(index, np.arange(4))
+    with pytest.raises(ValueError, match="no 'features' array"):
+        TileReader(store).read_features(0, 2)
+    assert GroupDataset(index, [[np.arange(4)]], [0, 1, 2, 3])[0]["x"].shape == (4, 4, 8, 8)

@@ -1,0 +1,146 @@
+"""The HTML report's parts, the held-out view and the baseline view of the evaluation."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_batch.core.labels import CATALOGS
+from hpa_batch.results.evaluate import baseline_view, evaluate_all, held_out_images
+from hpa_batch.results.report import (
+    SECTIONS,
+    ReportInputs,
+    build_report,
+    confusion_matrix,
+    git_revision,
+)
+
+CAT = CATALOGS["hpa2021"]
+N = CAT.n_classes
+
+
+def test_confusion_matrix_counts_multilabel_pairs_and_misses():
+    m = confusion_matrix([{0}, {0, 2}, {1}], [{0}, {2}, set()], 3)
+    assert m.shape == (3, 4)
+    assert m[0].tolist() == [1, 0, 1, 0]  # class 0: once predicted 0, once predicted 2
+    assert m[2].tolist() == [0, 0, 1, 0] and m[1].tolist() == [0, 0, 0, 1]  # class 1 missed
+
+
+def tables():
+    images = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "r"],
+            "shard": "s-0000",
+            "cell_line": ["X", "X", "Y", "Y"],
+            "n_cells": [2, 1, 0, 0],
+            "rejected": [False, False, False, True],
+            "zero_cells": [False, False, True, False],
+            "reject_reason": [None, None, None, "missing channel: yellow"],
+            "fold": [0, 1, 2, -1],
+            "labels": [[0], [16], [0, 16], []],
+            "predicted": ["0", "16", "", None],
+            **{f"image_prob_{k}": [0.9 if k == 0 else 0.1, 0.8 if k == 16 else 0.1, 0.1, np.nan] for k in range(N)},
+        }
+    )
+    cells = pd.DataFrame(
+        {
+            "image_id": ["a", "a", "b"],
+            "cell_id": [1, 2, 1],
+            "predicted": ["0", "0|16", "16"],
+            **{
+                f"fused_prob_{k}": [0.9 if k == 0 else 0.05, 0.6 if k in (0, 16) else 0.05, 0.7 if k == 16 else 0.05]
+                for k in range(N)
+            },
+        }
+    )
+    return cells, images
+
+
+def test_held_out_images_only_with_a_single_trained_fold():
+    _, images = tables()
+    assert held_out_images(images, {0}) == {"a"}
+    assert held_out_images(images, {0, 1}) == set()  # a CV ensemble has seen every image
+    assert held_out_images(images, {5}) == set()
+
+
+def test_baseline_view_puts_baseline_probabilities_in_place_of_the_fused_ones():
+    cells, images = tables()
+    base = pd.DataFrame(
+        {
+            "image_id": ["a", "a", "b"],
+            "cell_id": [1, 2, 1],
+            "predicted": ["16", "", "0"],
+            **{f"prob_{k}": [0.2, 0.3 if k == 16 else 0.0, 0.4] for k in range(N)},
+        }
+    )
+    c, i = baseline_view(cells, images, base, np.full(N, 0.35), CAT)
+    assert c["fused_prob_16"].tolist() == [0.2, 0.3, 0.4] and c["predicted"].tolist() == ["16", "", "0"]
+    assert i.set_index("image_id").at["a", "image_prob_16"] == pytest.approx(0.3)  # max over the image's cells
+    assert i.set_index("image_id").at["b", "predicted"] == "|".join(str(k) for k in range(N))  # 0.4 >= 0.35
+    assert i.set_index("image_id").at["c", "predicted"] == ""  # no cells
+    assert pd.isna(i.set_index("image_id").at["r", "predicted"])  # refused stays refused
+    result = evaluate_all(
+        cells, images, [], None, CAT, trained_folds={0}, baseline=base, baseline_thresholds=np.full(N, 0.35)
+    )
+    assert result["held_out_images"] == 1 and result["held_out"]["images"] == 1
+    assert set(result["baseline"]) == {"all", "held_out"} and result["baseline"]["all"]["images"] == 3
+    assert result["image_macro_f1"] > result["baseline"]["all"]["image_macro_f1"]
+
+
+def test_report_has_every_section_without_models_tiles_or_baseline(tmp_path):
+    cells, images = tables()
+    images.to_parquet(tmp_path / "images.parquet")
+    cells.to_parquet(tmp_path / "cells.parquet")
+    metrics = evaluate_all(cells, images, [], None, CAT, trained_folds=set())
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    inp = ReportInputs(
+        cells=tmp_path / "cells.parquet",
+        images=tmp_path / "images.parquet",
+        metrics=tmp_path / "metrics.json",
+        baseline=None,
+        histories=[tmp_path / "missing.csv"],
+        tile_stores=[],
+        zarr_stores=[],
+        rejected=None,
+        config={"dataset": {"name": "t<x>"}},
+        workdir=tmp_path,
+    )
+    out = build_report(inp, CAT, {"overlays": 2, "gallery_per_class": 3, "max_rejected": 10}, tmp_path / "r.html")
+    doc = out.read_text()
+    assert re.findall(r'<section id="([a-z-]+)">', doc) == list(SECTIONS)
+    assert "t&lt;x&gt;" in doc  # config values are escaped
+    assert "missing channel: yellow" in doc and "segmentation found no cell" in doc
+    assert "No held-out images" in doc and "Baseline disabled" in doc
+    assert "no training history found" in doc
+    assert doc.count("data:image/png;base64,") >= 4  # labels x2, per-class, confusion
+    assert git_revision(tmp_path).startswith("unknown")
+
+
+def test_segmentation_section_ranks_doubtful_images_first_and_says_why():
+    import pandas as pd
+
+    from hpa_batch.results.report import qc_ranking, segmentation_section
+
+    images = pd.DataFrame(
+        {
+            "image_id": ["ok1", "ok2", "bad", "gone"],
+            "shard": "s-0000",
+            "cell_line": "X",
+            "n_cells": [20, 22, 18, 0],
+            "rejected": [False, False, False, True],
+            "zero_cells": [False, False, False, False],
+            "coverage": [0.4, 0.42, 0.05, None],
+            "median_cell_area": [40000.0, 42000.0, 5000.0, None],
+            "cell_nucleus_ratio": [4.0, 4.2, 1.1, None],
+            "doubtful": [False, False, True, False],
+            "fold": [0, 1, -2, -1],
+            "qc_flag": [None, None, "cells barely larger than nuclei (median cell/nucleus area 1.10 < 1.6)", None],
+        }
+    )
+    ranked = qc_ranking(images)
+    assert ranked["image_id"].tolist()[0] == "bad" and "gone" not in set(ranked["image_id"])
+    html = segmentation_section(images, [], 6)
+    assert "1 doubtful" in html and "cells barely larger than nuclei" in html
+    assert 'class="sortable"' in html and "1 of them are excluded from training" in html
