@@ -29,11 +29,11 @@ rule all:
     default_target: True
     input:
         rules.convert.input,
-        rules.cells.input,
+        rules.measure.input,
         rules.tiles.input,
         rules.predict.input,
-        rules.tables.output,
-        rules.submission.output,
+        rules.merge.output,
+        rules.submit.output,
         rules.evaluate.output,
         rules.report.output,
 

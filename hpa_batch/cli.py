@@ -235,7 +235,7 @@ def _tile_stores(cfg: Config, given: list[Path] | None) -> list[Path]:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from hpa_batch.models.splits import make_splits, write_splits
+    from hpa_batch.models.split import make_splits, write_splits
 
     cfg = _cfg(args)
     if args.manifests:
@@ -388,7 +388,7 @@ def _held_out_of(cfg: Config, args: argparse.Namespace) -> tuple[list[int], bool
 def cmd_baseline(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from hpa_batch.models.splits import EXCLUDED
+    from hpa_batch.models.split import EXCLUDED
     from hpa_batch.results.baseline import run_baseline
     from hpa_batch.results.evaluate import held_out_images
 

@@ -134,7 +134,7 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     for section, key, value, expected in (
         ("report", "gallery_per_class", 3, {"report", "all"}),
         ("evaluation", "max_class_share", 0.7, {"evaluate", "report", "all"}),
-        ("merge", "cell_weight", 0.4, {"tables", "submission", "baseline", "evaluate", "report", "all"}),
+        ("merge", "cell_weight", 0.4, {"merge", "submit", "baseline", "evaluate", "report", "all"}),
     ):
         edited = {**cfg, section: {**cfg.get(section, {}), key: value}}
         (wd / "edited.yaml").write_text(yaml.safe_dump(edited))
@@ -246,7 +246,7 @@ def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tm
     assert np.allclose(joined[fused].to_numpy(), joined[[f"{p}_img" for p in probs]].to_numpy())
     assert cells_t["cell_prob_0"].isna().all() and images_t.loc[~images_t["rejected"], "cells_max_prob_0"].isna().all()
     from hpa_batch.core.metrics import macro_f1
-    from hpa_batch.models.splits import multi_hot
+    from hpa_batch.models.split import multi_hot
     from hpa_batch.results.submit import read_image_submission
 
     sub = read_image_submission(res / "submission.csv")

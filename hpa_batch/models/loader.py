@@ -19,7 +19,7 @@ import torch
 import zarr
 
 from hpa_batch.cells.tiles import features_array
-from hpa_batch.models.splits import multi_hot
+from hpa_batch.models.split import multi_hot
 
 
 @dataclass

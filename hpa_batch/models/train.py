@@ -49,7 +49,7 @@ from hpa_batch.models.loader import (
 )
 from hpa_batch.models.losses import class_weights, loss_fn
 from hpa_batch.models.schedules import create_schedule
-from hpa_batch.models.splits import EXCLUDED
+from hpa_batch.models.split import EXCLUDED
 from hpa_batch.models.transforms import augment, channel_map, prepare
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again"; the next attempt resumes from state/last.pt

@@ -42,7 +42,7 @@ from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import atomic_path, atomic_write_text, to_arrow
-from hpa_batch.models.splits import multi_hot
+from hpa_batch.models.split import multi_hot
 from hpa_batch.results.classifiers import BASELINES
 
 __all__ = ["BASELINES", "FEATURE_COLUMNS", "create_baseline", "features", "fit_baseline", "run_baseline"]

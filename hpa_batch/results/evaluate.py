@@ -21,7 +21,7 @@ from hpa_batch.cells.segment.quality import iou_matrix
 from hpa_batch.core.labels import LabelCatalog, emitted_ids, format_labels, parse_labels
 from hpa_batch.core.metrics import macro_f1, mean_ap
 from hpa_batch.core.progress import get_logger
-from hpa_batch.models.splits import multi_hot
+from hpa_batch.models.split import multi_hot
 
 
 def _pairs(p_ids: np.ndarray, t_ids: np.ndarray, iou: np.ndarray, min_iou: float) -> pd.DataFrame:

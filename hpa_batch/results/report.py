@@ -46,7 +46,7 @@ from PIL import Image
 from hpa_batch.cells.segment.qc import robust_z
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.tables import atomic_write_text
-from hpa_batch.models.splits import multi_hot
+from hpa_batch.models.split import multi_hot
 from hpa_batch.results.evaluate import predicted_ids
 from hpa_batch.results.viz import composite, store_overlay
 

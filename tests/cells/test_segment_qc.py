@@ -12,7 +12,7 @@ from hpa_batch.cells.segment.qc import (
     read_segment_qc,
 )
 from hpa_batch.config import config_from_dict
-from hpa_batch.models.splits import EXCLUDED, make_splits
+from hpa_batch.models.split import EXCLUDED, make_splits
 from hpa_batch.synth import synthesize_image
 
 OPTS = config_from_dict({}).segmentation_qc

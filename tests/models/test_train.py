@@ -18,7 +18,7 @@ from hpa_batch.config import load_config
 from hpa_batch.core.labels import CATALOGS
 from hpa_batch.models.factory import WeightsUnavailable, create_model
 from hpa_batch.models.loader import build_index, epoch_plan
-from hpa_batch.models.splits import make_splits, write_splits
+from hpa_batch.models.split import make_splits, write_splits
 
 TINY = {
     "name": "tiny",

@@ -17,7 +17,7 @@ def test_fusion_methods():
 
 
 def test_merge_keeps_rejected_and_zero_cell_images(segmented, tmp_path):
-    from hpa_batch.models.splits import make_splits, write_splits
+    from hpa_batch.models.split import make_splits, write_splits
 
     res = segmented["results"]
     cat = CATALOGS["hpa2021"]
@@ -75,7 +75,7 @@ def test_merge_keeps_rejected_and_zero_cell_images(segmented, tmp_path):
 
 def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
     """cell 0.6 x image 0.6 = 0.36 passes the threshold 0.5 fused the same way (0.25), not 0.5 itself."""
-    from hpa_batch.models.splits import make_splits, write_splits
+    from hpa_batch.models.split import make_splits, write_splits
 
     res, cat, s = segmented["results"], CATALOGS["hpa2021"], segmented["shards"][0]
     cells = pd.read_parquet(res / "cells" / f"{s}.parquet")
@@ -109,7 +109,7 @@ def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
 def test_image_refused_after_admission_appears_once_and_never_in_splits(segmented, tmp_path):
     """An admitted image refused during conversion (e.g. a truncated PNG) is one refused row in
     images.parquet and is absent from splits.parquet (so from training and metrics)."""
-    from hpa_batch.models.splits import make_splits, write_splits
+    from hpa_batch.models.split import make_splits, write_splits
 
     res, cat, s = segmented["results"], CATALOGS["hpa2021"], segmented["shards"][0]
     manifest = pd.read_parquet(res / "manifest" / f"{s}.parquet")
@@ -189,7 +189,7 @@ def test_merge_reads_thresholds_without_torch(tmp_path):
     assert np.allclose(got, [0.3, 0.5]) and got.dtype == np.float32
     # every module a CPU rule (envs/cpu.yaml, no torch) runs imports without torch, torch made unimportable
     # (every module of the CPU stages' packages, the CLI, and what the split rule runs)
-    cpu = ["hpa_batch." + m for m in ("cli", "config", "layout", "models.splits", "models.checkpoint")] + [
+    cpu = ["hpa_batch." + m for m in ("cli", "config", "layout", "models.split", "models.checkpoint")] + [
         m.name
         for pkg in ("core", "convert", "cells", "results")
         for m in pkgutil.walk_packages([str(REPO / "hpa_batch" / pkg)], prefix=f"hpa_batch.{pkg}.")

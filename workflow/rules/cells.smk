@@ -75,7 +75,7 @@ rule segment:
         shard_files(results_file("segment_summary")),
 
 
-rule cells:
+rule measure:
     input:
         METADATA,
         shard_files(results_file("cells")),

@@ -2,14 +2,14 @@
 # Each rule hands its command the inputs it declares, and as params only the config keys its stage reads.
 
 
-rule tables:
+rule merge:
     input:
         unpack(merge_inputs),
     output:
         cells=results_file("cells_table"),
         images=results_file("images_table"),
     log:
-        log_file("tables"),
+        log_file("merge"),
     conda:
         "../../envs/cpu.yaml"
     resources:
@@ -30,15 +30,15 @@ rule tables:
         " --stores {params.stores} --cells {output.cells} --images {output.images} > {log} 2>&1"
 
 
-rule submission:
+rule submit:
     input:
-        cells=rules.tables.output.cells,
-        images=rules.tables.output.images,
+        cells=rules.merge.output.cells,
+        images=rules.merge.output.images,
         segmented=shard_files(results_file("segment_summary")),
     output:
         results_file("submission"),
     log:
-        log_file("submission"),
+        log_file("submit"),
     conda:
         "../../envs/cpu.yaml"
     resources:

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 
 from hpa_batch.core.labels import CATALOGS
-from hpa_batch.models.splits import (
+from hpa_batch.models.split import (
     ALWAYS_TRAIN,
     SPLITS_SCHEMA,
     assign_folds,
