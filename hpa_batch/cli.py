@@ -409,6 +409,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         args.out or result(r, "baseline_cells"),
         predictions=predictions,
         excluded=excluded,
+        summary_out=args.summary or result(r, "baseline_summary"),
+        model_out=args.model_out or result(r, "baseline_model"),
     )
     print(json.dumps({k: v for k, v in summary.items() if k not in ("features", "thresholds")}, indent=1))
     return 0
@@ -470,7 +472,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         baseline = thresholds = None
         if args.baseline:
             baseline = pd.read_parquet(args.baseline)
-            summary = json.loads(args.baseline.with_name("summary.json").read_text())
+            summary = json.loads((args.baseline_summary or result(r, "baseline_summary")).read_text())
             thresholds = np.asarray(summary["thresholds"])
         folds, all_unseen = _held_out_of(cfg, args)
         metrics = evaluate_all(
@@ -686,7 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _tables_verb(
         sub, "evaluate", "metrics of a run (image F1/AP; instance mAP@0.6 with per-cell truth)", cmd_evaluate
     )
-    p.add_argument("--baseline", type=Path, help="the baseline's cells.parquet (summary.json beside it)")
+    p.add_argument("--baseline", type=Path, help="the baseline's cells.parquet")
+    p.add_argument("--baseline-summary", type=Path, help="its summary.json (default results/baseline/summary.json)")
     p.add_argument("--out", type=Path, help="metrics JSON (default results/metrics.json)")
     _held_out_args(p)
     p.add_argument("--stores", nargs="*", type=Path, help="shard stores (truth matching; default: the plan's)")
@@ -705,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="per-cell probabilities (default results/baseline/cells.parquet)")
     p.add_argument("--threads", type=int, help="cores to use (overrides baseline.n_jobs; Snakemake passes its grant)")
     p.add_argument("--predictions", nargs="*", type=Path, help="the cell model's predictions (embeddings)")
+    p.add_argument("--summary", type=Path, help="default results/baseline/summary.json")
+    p.add_argument("--model-out", type=Path, help="default results/baseline/model.joblib")
     _held_out_args(p)
 
     p = sub.add_parser(

@@ -184,14 +184,17 @@ def run_baseline(
     predictions: Mapping[str, Path] | None = None,
     batch_size: int = 65536,
     excluded: set[str] | frozenset[str] = frozenset(),
+    summary_out: Path | None = None,
+    model_out: Path | None = None,
 ) -> dict[str, Any]:
     """Train the baseline and write per-cell probabilities for every cell of ``cells_path``.
 
     Neither ``held_out`` images nor ``excluded`` ones (doubtful segmentations, fold -2) are trained on.
 
-    Writes ``out`` (``cells.parquet``: image_id, cell_id, ``prob_k``, predicted, n_predicted; temporary
-    name + rename), ``model.joblib`` and ``summary.json`` (features, thresholds, out-of-fold scores)
-    next to it. Returns the summary.
+    Writes ``out`` (``cells.parquet``: image_id, cell_id, ``prob_k``, predicted, n_predicted), the
+    fitted model (``model_out``, default ``model.joblib`` beside ``out``) and the summary (``summary_out``,
+    default ``summary.json`` beside it: features, thresholds, out-of-fold scores), each atomically.
+    Returns the summary.
     """
     n = catalog.n_classes
     train = training_cells(cells_path, set(held_out) | set(excluded), options["max_train_cells"], options["seed"])
@@ -213,7 +216,7 @@ def run_baseline(
             table["n_predicted"] = hits.sum(1).astype(np.int16)
             writer.write_table(to_arrow(table, schema))
             rows += len(table)
-    with atomic_path(out.with_name("model.joblib")) as tmp:
+    with atomic_path(model_out or out.with_name("model.joblib")) as tmp:
         joblib.dump(model, tmp)
     summary = {
         "model": options["model"],
@@ -224,6 +227,6 @@ def run_baseline(
         "thresholds": [float(t) for t in thresholds],
         "oof_weak_labels": cv,
     }
-    atomic_write_text(out.with_name("summary.json"), json.dumps(summary, indent=1))
+    atomic_write_text(summary_out or out.with_name("summary.json"), json.dumps(summary, indent=1))
     get_logger().info("baseline %s: trained on %d cells, predicted %d -> %s", options["model"], len(train), rows, out)
     return summary

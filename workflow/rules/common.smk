@@ -78,7 +78,7 @@ def acquire_driver_lock():
 
 def print_qc_summary():
     """Show the run's refused images (written by rule qc) at the end of a successful run."""
-    summary = Path(RESULTS) / "qc" / "summary.txt"
+    summary = Path(results_file("qc_summary"))
     if summary.is_file():
         print(summary.read_text())
 
@@ -169,6 +169,7 @@ def evaluate_inputs(wildcards):
     inputs = {"cells": results_file("cells_table"), "images": results_file("images_table")}
     if baseline_runs():
         inputs["baseline"] = results_file("baseline_cells")
+        inputs["baseline_summary"] = results_file("baseline_summary")
     return inputs
 
 

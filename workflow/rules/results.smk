@@ -72,6 +72,7 @@ rule baseline:
     shell:
         "hpa-batch baseline --config-json {params.cfg} --cells {input.cells} --images {input.images}"
         " --predictions {params.predictions} {params.held_out} --threads {threads} --out {output.cells}"
+        " --summary {output.summary} --model-out {output.model}"
         " > {log} 2>&1"
 
 
@@ -91,7 +92,11 @@ rule evaluate:
         cfg=stage_config("evaluation", "labels", "dataset.label_column"),
         held_out=HELD_OUT,
         stores=STORES,
-        baseline=lambda wildcards, input: f"--baseline {input.baseline}" if "baseline" in input.keys() else "",
+        baseline=lambda wildcards, input: (
+            f"--baseline {input.baseline} --baseline-summary {input.baseline_summary}"
+            if "baseline" in input.keys()
+            else ""
+        ),
     shell:
         "hpa-batch evaluate --config-json {params.cfg} --cells {input.cells} --images {input.images}"
         " {params.baseline} {params.held_out} --stores {params.stores} --out {output} > {log} 2>&1"
