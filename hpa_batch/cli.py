@@ -244,13 +244,13 @@ def cmd_split(args: argparse.Namespace) -> int:
         from hpa_batch.convert.plan import plan_from_config
 
         manifests = [_paths(cfg, s.name)["manifest"] for s in plan_from_config(cfg)]
-    sp = cfg.raw["splits"]
+    sp = cfg.splits
     table = make_splits(
         manifests,
         cfg.catalog,
-        sp["n_folds"],
-        sp["seed"],
-        sp["min_combination"],
+        sp.n_folds,
+        sp.seed,
+        sp.min_combination,
         rejected=args.rejected,
         segment_qc=args.segment_qc,
         doubtful=cfg.segmentation_qc.doubtful,
@@ -360,7 +360,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     image_t = model_thresholds(image_files, n) if image_files else None
     # with no cell model, the cells carry the image model's probabilities: its thresholds apply
     cell_t = model_thresholds(cell_files, n) if cell_files else image_t
-    truth_dir = cfg.raw["evaluation"]["truth_dir"]
+    truth_dir = cfg.evaluation.truth_dir
     stores = list(_per_shard(cfg, args.stores, "store").values())
     truth = truth_table(stores, Path(truth_dir), cfg.catalog) if truth_dir else None
     merge_tables(
@@ -398,7 +398,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     images = pd.read_parquet(args.images or result(r, "images_table"), columns=["image_id", "fold", "rejected"])
     folds, all_unseen = _held_out_of(cfg, args)
     held = held_out_images(images, set(folds), all_unseen=all_unseen)
-    predictions = _predictions(cfg, args.predictions, "cell") if cfg.raw["baseline"]["embeddings"] else None
+    predictions = _predictions(cfg, args.predictions, "cell") if cfg.baseline.embeddings else None
     options = {**cfg.raw["baseline"], **({"n_jobs": args.threads} if args.threads else {})}
     excluded = set(images.loc[images["fold"] == EXCLUDED, "image_id"])
     summary = run_baseline(
@@ -424,7 +424,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     histories = (
         args.histories
         if args.histories is not None
-        else [p for m in cfg.raw["models"] for p in fold_files(r, m, "history.csv")]
+        else [p for m in cfg.models for p in fold_files(r, m.raw, "history.csv")]
     )
     baseline = (
         (args.baseline[0] if args.baseline else None) if args.baseline is not None else result(r, "baseline_cells")
@@ -460,11 +460,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     r = cfg.results_dir
-    truth_dir = cfg.raw["evaluation"]["truth_dir"]
+    truth_dir = cfg.evaluation.truth_dir
     stores = list(_per_shard(cfg, args.stores, "store").values())
     cells = pd.read_parquet(args.cells or result(r, "cells_table"))
     images = pd.read_parquet(args.images or result(r, "images_table"))
-    max_share = cfg.raw["evaluation"]["max_class_share"]
+    max_share = cfg.evaluation.max_class_share
     if cfg.dataset.label_column is None:
         metrics = unlabelled_metrics(cells, images, cfg.catalog, max_share)
         get_logger().info("evaluate: skipped: %s", metrics["skipped"])

@@ -195,6 +195,70 @@ class TilesConfig:
 
 
 @dataclass(frozen=True)
+class SplitsConfig:
+    """Multilabel-stratified folds."""
+
+    n_folds: int
+    seed: int
+    min_combination: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``models[]`` entry: the keys the workflow plans with, and ``raw`` (the whole validated entry,
+    which training, prediction and the checkpoint carry)."""
+
+    name: str
+    level: str
+    arch: str
+    folds: tuple[int, ...]
+    trained: Path | None
+    gpus: int
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Which models feed the merged tables and how cell and image probabilities fuse."""
+
+    cell_model: str | None
+    image_model: str | None
+    fusion: str
+    cell_weight: float
+    negative: str
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The scikit-learn baseline on the per-cell features."""
+
+    enabled: bool
+    model: str
+    embeddings: bool
+    max_train_cells: int
+    cv_folds: int
+    n_jobs: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Scoring: per-cell truth and the prediction guard."""
+
+    truth_dir: Path | None
+    max_class_share: float
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the HTML report shows."""
+
+    overlays: int
+    gallery_per_class: int
+    max_rejected: int
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration.
 
@@ -217,6 +281,12 @@ class Config:
     segmentation_qc: SegmentationQCConfig
     measure: MeasureConfig
     tiles: TilesConfig
+    splits: SplitsConfig
+    models: tuple[ModelSpec, ...]
+    merge: MergeConfig
+    baseline: BaselineConfig
+    evaluation: EvaluationConfig
+    report: ReportConfig
 
 
 def check_unlabelled(d: Mapping[str, Any]) -> None:
@@ -278,6 +348,27 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
             **{k: v for k, v in d["tiles"].items() if k != "intensity"},
             intensity=IntensityConfig(**d["tiles"]["intensity"]),
         ),
+        splits=SplitsConfig(**d["splits"]),
+        models=tuple(_model_spec(m) for m in d["models"]),
+        merge=MergeConfig(**d["merge"]),
+        baseline=BaselineConfig(**d["baseline"]),
+        evaluation=EvaluationConfig(
+            truth_dir=Path(d["evaluation"]["truth_dir"]) if d["evaluation"]["truth_dir"] else None,
+            max_class_share=d["evaluation"]["max_class_share"],
+        ),
+        report=ReportConfig(**d["report"]),
+    )
+
+
+def _model_spec(m: dict[str, Any]) -> ModelSpec:
+    return ModelSpec(
+        name=m["name"],
+        level=m["level"],
+        arch=m["arch"],
+        folds=tuple(m["folds"]),
+        trained=Path(m["trained"]).expanduser() if m.get("trained") else None,
+        gpus=m["gpus"],
+        raw=m,
     )
 
 

@@ -135,3 +135,19 @@ def test_registry_names_are_the_schema_choices():
         assert cfg.raw["models"][0]["schedule"]["kind"] == "warmup_then_flat"
     finally:
         SCHEDULES._factories.pop("warmup_then_flat")
+
+
+def test_every_section_has_a_typed_view():
+    cfg = config_from_dict(
+        {
+            "models": [{"name": "m", "level": "image", "folds": [0, 2], "trained": "~/run/models/m"}],
+            "evaluation": {"truth_dir": "truth"},
+            "splits": {"n_folds": 3},
+        }
+    )
+    (m,) = cfg.models
+    assert (m.name, m.level, m.folds, m.trained.name) == ("m", "image", (0, 2), "m") and m.raw["arch"] == "resnet50"
+    assert cfg.splits.n_folds == 3 and cfg.evaluation.truth_dir == Path("truth") and cfg.merge.fusion == "product"
+    assert cfg.baseline.model == "hist_gradient_boosting" and cfg.report.overlays == 6
+    sections = set(load_schema()["properties"]) - {"results_dir", "logs_dir", "labels", "cell_lines", "shard_size"}
+    assert sections <= {f for f in cfg.__dataclass_fields__}, sections - set(cfg.__dataclass_fields__)
