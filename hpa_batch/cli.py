@@ -17,6 +17,7 @@ from hpa_batch import __version__
 from hpa_batch.config import Config, ConfigError, check_unlabelled, load_config
 from hpa_batch.convert.plan import PlanError
 from hpa_batch.core.progress import get_logger
+from hpa_batch.layout import RESULTS as _R_TEMPLATES
 from hpa_batch.layout import (
     fold_files,
     is_external,
@@ -28,6 +29,8 @@ from hpa_batch.layout import (
     trained_folds,
 )
 
+_R = {k: f"results/{v}" for k, v in _R_TEMPLATES.items()}  # help texts: the default paths
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config (e.g. config/config.yaml)")
@@ -38,8 +41,8 @@ def _tables_verb(sub: argparse._SubParsersAction, name: str, help_: str, func: o
     """A verb reading (or writing) the merged tables: config options, ``--cells``, ``--images``."""
     p = sub.add_parser(name, help=help_)
     _add_config_args(p)
-    p.add_argument("--cells", type=Path, help="default results/tables/cells.parquet")
-    p.add_argument("--images", type=Path, help="default results/tables/images.parquet")
+    p.add_argument("--cells", type=Path, help=f"default {_R['cells_table']}")
+    p.add_argument("--images", type=Path, help=f"default {_R['images_table']}")
     p.set_defaults(func=func)
     return p
 
@@ -49,7 +52,7 @@ def _shard_verb(sub: argparse._SubParsersAction, name: str, help_: str) -> argpa
     p = sub.add_parser(name, help=help_)
     _add_config_args(p)
     p.add_argument("--shard", required=True)
-    p.add_argument("--store", type=Path, help="the shard's zarr store (default: results_dir/zarr/{shard}.zarr)")
+    p.add_argument("--store", type=Path, help=f"the shard's zarr store (default: {_R['store']})")
     return p
 
 
@@ -668,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _tables_verb(
         sub,
         "merge",
-        "merge every shard into results/tables/{cells,images}.parquet (--cells and --images are the outputs)",
+        f"merge every shard into {_R['cells_table']} / {_R['images_table']} (--cells and --images are the outputs)",
         cmd_merge,
     )
     p.add_argument("--splits", type=Path)
@@ -689,27 +692,27 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "evaluate", "metrics of a run (image F1/AP; instance mAP@0.6 with per-cell truth)", cmd_evaluate
     )
     p.add_argument("--baseline", type=Path, help="the baseline's cells.parquet")
-    p.add_argument("--baseline-summary", type=Path, help="its summary.json (default results/baseline/summary.json)")
-    p.add_argument("--out", type=Path, help="metrics JSON (default results/metrics.json)")
+    p.add_argument("--baseline-summary", type=Path, help=f"its summary.json (default {_R['baseline_summary']})")
+    p.add_argument("--out", type=Path, help=f"metrics JSON (default {_R['metrics']})")
     _held_out_args(p)
     p.add_argument("--stores", nargs="*", type=Path, help="shard stores (truth matching; default: the plan's)")
 
-    p = _tables_verb(sub, "report", "results/report.html: figures, metrics deep vs baseline, provenance", cmd_report)
-    p.add_argument("--out", type=Path, help="default results/report.html")
+    p = _tables_verb(sub, "report", f"{_R['report']}: figures, metrics deep vs baseline, provenance", cmd_report)
+    p.add_argument("--out", type=Path, help=f"default {_R['report']}")
     p.add_argument("--screenshot", type=Path, help="also render it in headless Chromium to this PNG")
     p.add_argument("--metrics", type=Path)
-    p.add_argument("--qc", type=Path, help="results/qc/rejected.tsv")
+    p.add_argument("--qc", type=Path, help=f"{_R['qc_table']}")
     p.add_argument("--baseline", nargs="*", type=Path, help="the baseline's cells.parquet (none given: no baseline)")
     for flag in ("histories", "tiles", "stores"):
         p.add_argument(f"--{flag}", nargs="*", type=Path)
     p.add_argument("--run-config", help="JSON of the whole run's config, shown under provenance")
 
     p = _tables_verb(sub, "baseline", "scikit-learn classifier on the hand-crafted cell features", cmd_baseline)
-    p.add_argument("--out", type=Path, help="per-cell probabilities (default results/baseline/cells.parquet)")
+    p.add_argument("--out", type=Path, help=f"per-cell probabilities (default {_R['baseline_cells']})")
     p.add_argument("--threads", type=int, help="cores to use (overrides baseline.n_jobs; Snakemake passes its grant)")
     p.add_argument("--predictions", nargs="*", type=Path, help="the cell model's predictions (embeddings)")
-    p.add_argument("--summary", type=Path, help="default results/baseline/summary.json")
-    p.add_argument("--model-out", type=Path, help="default results/baseline/model.joblib")
+    p.add_argument("--summary", type=Path, help=f"default {_R['baseline_summary']}")
+    p.add_argument("--model-out", type=Path, help=f"default {_R['baseline_model']}")
     _held_out_args(p)
 
     p = sub.add_parser(
@@ -721,11 +724,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--cells",
         type=Path,
-        help="merged results/tables/cells.parquet: submits its fused_prob_* (what metrics.json scores)",
+        help=f"merged {_R['cells_table']}: submits its fused_prob_* (what metrics.json scores)",
     )
     src.add_argument("--predictions", nargs="+", type=Path, help="cell prediction parquet files (prob_*)")
     src.add_argument(
-        "--images", type=Path, help="merged results/tables/images.parquet: the 2018 task's Id,Predicted (image labels)"
+        "--images", type=Path, help=f"merged {_R['images_table']}: the 2018 task's Id,Predicted (image labels)"
     )
     p.add_argument(
         "--stores", nargs="*", type=Path, default=[], help="shard zarr stores with labels/cells (2021 format)"
