@@ -54,18 +54,7 @@ INTENSITIES = tuple(f"{c}_{where}_{s}" for where in ("cell", "nucleus") for c in
 FEATURE_COLUMNS = GEOMETRY + INTENSITIES + FEATURES
 """Columns of the per-cell table that make the hand-crafted design matrix (:func:`feature_matrix`)."""
 
-IMAGE_FEATURE_COLUMNS = (
-    "green_nucleus_ratio",
-    "ssim_green_red",
-    "ssim_green_yellow",
-    "ssim_green_blue",
-    "green_yellow_ratio",
-    "green_area_fraction",
-    "blob_compactness",
-    "blob_eccentricity",
-    "blob_nucleus_area_ratio",
-    "blob_nucleus_distance",
-)
+IMAGE_FEATURE_COLUMNS = tuple(f for f in FEATURES if f != "blob_count")  # the per-cell features but the count
 """Study 002's ten image features, in its order (:func:`image_feature_row`)."""
 
 STUDY_002_FEATURE_WEIGHTS = (2.0, 4.0, 1.0, 1.0, 2.0, 1.0, 1.0, 0.5, 0.5, 2.0)

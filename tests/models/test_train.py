@@ -139,6 +139,17 @@ def test_tiny_training_end_to_end_and_predict(trainable, tmp_path):
         )
 
 
+def assert_uses_own_feature_row(models, x, feats):
+    """Changing row 0's features changes row 0's probabilities and no other row's."""
+    from hpa_batch.models.predict import run_models
+
+    p, _ = run_models(models, x, False, False, feats)
+    changed = feats.clone()
+    changed[0] = changed[0] * 3 + 5
+    q, _ = run_models(models, x, False, False, changed)
+    assert not np.allclose(p[0], q[0]) and np.allclose(p[1:], q[1:], atol=1e-6)
+
+
 def test_hybrid_model_learns_from_features_and_predicts_with_them(trainable, tmp_path):
     """A hybrid (features: true) standardises with the training cells' statistics, saves them in its
     weights and uses each cell's own feature row at prediction: changing a row changes that cell only."""
@@ -165,10 +176,7 @@ def test_hybrid_model_learns_from_features_and_predicts_with_them(trainable, tmp
     feats = torch.from_numpy(g["features"][:4])
     p, e = run_models(models, x, False, True, feats)
     assert p.shape == (4, 19) and e.shape == (4, models[0].num_features)
-    changed = feats.clone()
-    changed[0] = changed[0] * 3 + 5
-    q, _ = run_models(models, x, False, False, changed)
-    assert not np.allclose(p[0], q[0]) and np.allclose(p[1:], q[1:], atol=1e-6)
+    assert_uses_own_feature_row(models, x, feats)
     from hpa_batch.models.predict import predict_shard
 
     n = predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "p.parquet", CATALOGS["hpa2021"], "h")
@@ -182,7 +190,7 @@ def test_image_hybrid_with_study_002_weights_and_mixed_channels(trainable, tmp_p
     import zarr
 
     from hpa_batch.cells.measure import IMAGE_FEATURE_COLUMNS, STUDY_002_FEATURE_WEIGHTS
-    from hpa_batch.models.predict import load_folds, predict_shard, run_models
+    from hpa_batch.models.predict import load_folds, predict_shard
     from hpa_batch.models.transforms import channel_map, prepare
 
     cfg = yaml.safe_load(trainable["config"].read_text())
@@ -212,11 +220,7 @@ def test_image_hybrid_with_study_002_weights_and_mixed_channels(trainable, tmp_p
     assert spec["hybrid"] and cmap.gather == [0, 1, 2] and cmap.mix.shape == (3, 3)
     x = prepare(torch.from_numpy(g["images"][:2][:, cmap.gather]), 32, cmap.mix)
     feats = torch.from_numpy(rows[:2])
-    p, _ = run_models(models, x, False, False, feats)
-    changed = feats.clone()
-    changed[0] = changed[0] * 3 + 5
-    q, _ = run_models(models, x, False, False, changed)
-    assert not np.allclose(p[0], q[0]) and np.allclose(p[1:], q[1:], atol=1e-6)
+    assert_uses_own_feature_row(models, x, feats)
     n = predict_shard([out / "model.pt"], trainable["stores"][0], tmp_path / "p.parquet", CATALOGS["hpa2021"], "h")
     assert n == g["images"].shape[0]
 
