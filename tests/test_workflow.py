@@ -78,10 +78,21 @@ def test_lint_is_clean(workflow_dir):
     out = snakemake(wd, "--lint", "--configfile", "config/demo.yaml", check=False)
     # demo metadata does not exist in the copy: lint must still parse; make a tiny one
     if "does not exist" in out:
-        (wd / "resources" / "demo").mkdir(parents=True)
+        (wd / "resources" / "demo" / "images").mkdir(parents=True)
         (wd / "resources" / "demo" / "train.csv").write_text("ID,Label,Cell_line\nx,0,HeLa\n")
         out = snakemake(wd, "--lint", "--configfile", "config/demo.yaml")
     assert "Congratulations, your workflow is in a good condition!" in out, out
+
+
+def test_a_missing_images_directory_is_refused_before_any_job(dataset, workflow_dir):
+    ds = dataset
+    ds.add("h0", cell_line="HeLa")
+    wd = workflow_dir()
+    cfg = ds.config(shard_size=2)
+    cfg["dataset"]["images_dirs"] = [str(ds.root / "images"), str(ds.root / "no-such-dir")]
+    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "-n", "--configfile", "run.yaml", check=False)
+    assert f"dataset.images_dirs: {ds.root / 'no-such-dir'} does not exist" in out
 
 
 @pytest.mark.slow

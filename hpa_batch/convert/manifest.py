@@ -22,7 +22,7 @@ import pyarrow as pa
 from hpa_batch import CHANNELS
 from hpa_batch.config import Config
 from hpa_batch.convert.imageio import ImageHeader, ImageReadError, find_channel_file, probe
-from hpa_batch.convert.plan import Shard
+from hpa_batch.convert.plan import Shard, check_images_dirs
 from hpa_batch.core.labels import LabelError, format_labels, parse_labels
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import atomic_path, write_table
@@ -136,6 +136,7 @@ def build_manifest(cfg: Config, shard: Shard, meta: pd.DataFrame) -> ShardManife
     meta : pandas.DataFrame
         Canonical metadata table (:func:`hpa_batch.convert.plan.read_metadata`).
     """
+    check_images_dirs(cfg)
     wanted = meta[meta["image_id"].isin(set(shard.ids))]
     by_id = {k: g for k, g in wanted.groupby("image_id", sort=False)}
     rows = wanted.drop_duplicates("image_id").set_index("image_id")

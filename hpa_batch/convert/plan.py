@@ -157,6 +157,20 @@ def plan_shards(meta: pd.DataFrame, cell_lines: Iterable[str] | None, shard_size
     return [shard for line in select_cell_lines(meta, cell_lines) for shard in plan_cell_line(meta, line, shard_size)]
 
 
+def check_images_dirs(cfg: Config) -> None:
+    """Refuse a configured image directory that does not exist, before any job runs (otherwise every
+    image would be refused as "missing red channel", never naming the directory).
+
+    Raises
+    ------
+    PlanError
+        Naming every missing directory.
+    """
+    missing = [str(d) for d in cfg.dataset.images_dirs if not Path(d).is_dir()]
+    if missing:
+        raise PlanError(f"dataset.images_dirs: {', '.join(missing)} does not exist (or is not a directory)")
+
+
 def plan_from_config(cfg: Config) -> list[Shard]:
     """Read the configured metadata table and plan its shards."""
     return plan_shards(read_metadata(cfg.dataset), cfg.cell_lines, cfg.shard_size)

@@ -145,17 +145,45 @@ def emitted_ids(text: object) -> list[int]:
     return sorted({int(t) for t in _SPLIT_AUTO.split(text.strip()) if t})
 
 
+def _tokens(raw: str, separator: str) -> list[str]:
+    if separator == "auto":
+        pattern = r"[|;,]" if re.search(r"[|;,]", raw) else r"\s+"
+        return [t.strip() for t in re.split(pattern, raw) if t.strip()]
+    if separator.strip() == "":
+        return raw.split()
+    return [t.strip() for t in raw.split(separator)]
+
+
+def _class_id(tok: str, catalog: LabelCatalog, raw: str) -> int:
+    """A token's class id: an integer id, or a class name of the catalog (case and spacing free)."""
+    if re.fullmatch(r"\d+", tok):
+        value = int(tok)
+        if value >= catalog.n_classes:
+            raise LabelError(f"label {value} is outside catalog {catalog.name} (0..{catalog.n_classes - 1})")
+        return value
+    try:
+        return catalog.index(" ".join(tok.split()))
+    except KeyError:
+        pass
+    raise LabelError(
+        f"label {tok!r} (string {raw!r}) is neither a class id nor a class name of catalog "
+        f"{catalog.name}: {', '.join(catalog.classes)}"
+    )
+
+
 def parse_labels(text: object, catalog: LabelCatalog, separator: str = "auto") -> tuple[int, ...]:
     """Parse a metadata label string into sorted, unique class ids.
 
     Parameters
     ----------
     text : str or int
-        Label string such as ``"0|16"`` (2021), ``"0 16"`` (2018) or a single id.
+        Label string such as ``"0|16"`` (2021), ``"0 16"`` (2018), a single id, or class names of the
+        catalog (``"Nucleoplasm|Mitochondria"``, any case; names with spaces need a ``| ; ,``
+        separator).
     catalog : LabelCatalog
         Catalog the ids must belong to.
     separator : str
-        ``"|"``, ``" "`` or ``"auto"`` (any of ``| ; ,`` or whitespace).
+        ``"|"``, ``" "`` or ``"auto"`` (``| ; ,`` when the string has one, else whitespace).
 
     Returns
     -------
@@ -165,27 +193,15 @@ def parse_labels(text: object, catalog: LabelCatalog, separator: str = "auto") -
     Raises
     ------
     LabelError
-        Empty string, a token that is not an integer, or an id outside the catalog.
+        Empty string, a token that is neither a class id nor a class name of the catalog (the
+        message lists the names), or an id outside the catalog.
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         raise LabelError("no labels")
     raw = str(text).strip()
     if not raw:
         raise LabelError("no labels")
-    if separator == "auto":
-        tokens = [t for t in _SPLIT_AUTO.split(raw) if t]
-    elif separator.strip() == "":
-        tokens = raw.split()
-    else:
-        tokens = [t.strip() for t in raw.split(separator)]
-    ids: set[int] = set()
-    for tok in tokens:
-        if not re.fullmatch(r"\d+", tok):
-            raise LabelError(f"label {tok!r} is not a class id (string {raw!r})")
-        value = int(tok)
-        if value >= catalog.n_classes:
-            raise LabelError(f"label {value} is outside catalog {catalog.name} (0..{catalog.n_classes - 1})")
-        ids.add(value)
+    ids = {_class_id(tok, catalog, raw) for tok in _tokens(raw, separator)}
     if catalog.negative is not None and catalog.negative in ids and len(ids) > 1:
         raise LabelError(f"Negative ({catalog.negative}) combined with other labels in {raw!r}")
     return tuple(sorted(ids))

@@ -13,7 +13,9 @@ torch is imported inside the functions that need it, so reading thresholds needs
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,23 @@ THRESHOLD_RULE = (
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`~hpa_batch.core.tables.atomic_path` (the previous file stays valid)."""
+    """``torch.save`` through :func:`~hpa_batch.core.tables.atomic_path` (the previous file stays valid).
+
+    Raises
+    ------
+    OSError
+        ENOSPC, "no space left on <folder>", when the disk filled up (torch reports only "basic_ios::clear:
+        iostream error"); the temporary file is removed.
+    """
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # the partial temporary still fills the disk here
+            if shutil.disk_usage(tmp.parent).free < (1 << 20):
+                raise OSError(errno.ENOSPC, f"no space left on {path.parent} (writing {path.name})") from exc
+            raise
 
 
 def write_model(

@@ -267,6 +267,9 @@ def iterate_batches(
         num_workers=num_workers,
         multiprocessing_context="spawn" if num_workers else None,
         prefetch_factor=2 if num_workers else None,
+        # its own generator: starting an iterator would otherwise draw from torch's global one, which
+        # dropout uses, so a resumed run (one more iterator) would shift every later dropout mask
+        generator=torch.Generator().manual_seed(0),
     )
     b = seen
     for item in loader:

@@ -257,13 +257,20 @@ def test_checkpoint_round_trip(trainable, tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_training_resumes_bit_exact(trainable, tmp_path):
-    run_train(trainable, tmp_path / "straight")
-    stopped = run_train(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": "3"}, check=False)
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_interrupted_training_resumes_bit_exact(trainable, tmp_path, dropout):
+    """A stop mid-epoch and a resume give the uninterrupted run's weights bit for bit, also with dropout
+    (whose masks come from torch's global generator: nothing else may draw from it on a resume)."""
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "dropout": dropout}]
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run_train(trainable, tmp_path / "straight", config=path)
+    stopped = run_train(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": "3"}, check=False, config=path)
     assert stopped.returncode == 75, stopped.stderr[-2000:]
     assert (tmp_path / "resumed" / "state" / "last.pt").is_file()
     assert not (tmp_path / "resumed" / "model.pt").exists()
-    run_train(trainable, tmp_path / "resumed")
+    run_train(trainable, tmp_path / "resumed", config=path)
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
     for k in a["model"]:
@@ -596,3 +603,27 @@ def test_a_tile_store_without_feature_rows_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="no 'features' array"):
         TileReader(store).read_features(0, 2)
     assert GroupDataset(index, [[np.arange(4)]], [0, 1, 2, 3])[0]["x"].shape == (4, 4, 8, 8)
+
+
+def test_a_full_disk_during_a_checkpoint_is_named_and_leaves_the_previous_one(tmp_path):
+    """On a 1 MiB tmpfs: the error says "no space left on <folder>", no temporary stays behind and the
+    previous checkpoint still loads."""
+    import os
+    import subprocess
+
+    from hpa_batch.models.checkpoint import atomic_save
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        atomic_save({"w": torch.ones(10)}, disk / "last.pt")
+        with pytest.raises(OSError, match=f"no space left on {disk}"):
+            atomic_save({"w": torch.ones(1_000_000)}, disk / "last.pt")  # 4 MB
+        assert [p.name for p in disk.iterdir()] == ["last.pt"]
+        assert torch.equal(torch.load(disk / "last.pt", weights_only=True)["w"], torch.ones(10))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from hpa_batch import layout
 from hpa_batch.config import config_from_dict, stage_subset
-from hpa_batch.convert.plan import plan_from_config
+from hpa_batch.convert.plan import check_images_dirs, plan_from_config
 
 CFG = config_from_dict(config)
 RESULTS = str(CFG.results_dir)
@@ -13,7 +13,10 @@ LOGS = str(CFG.logs_dir)
 # One CSV read at DAG-build time; a shard's membership depends only on its own cell line. A missing
 # table plans no shard and becomes a missing input of the target rules, which Snakemake reports by name.
 METADATA = str(CFG.dataset.metadata)
-SHARDS = {shard.name: shard for shard in plan_from_config(CFG)} if Path(METADATA).is_file() else {}
+SHARDS = {}
+if Path(METADATA).is_file():
+    check_images_dirs(CFG)  # refused before any job runs, naming the directory
+    SHARDS = {shard.name: shard for shard in plan_from_config(CFG)}
 
 
 wildcard_constraints:
