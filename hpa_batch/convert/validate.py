@@ -74,6 +74,30 @@ def validate_image(path: Path, deep: bool = False) -> list[str]:
         problems.append(f"{path}: fails OME-NGFF 0.5 validation: {exc}")
     if deep and not problems:
         problems += _check_pyramid(path, group)
+    return problems + _label_problems(path, deep)
+
+
+def _label_problems(path: Path, deep: bool) -> list[str]:
+    """Problems of an image's label images (``labels/{cells,nuclei}``): every level's shards and chunks
+    complete (like the image's), and with ``deep`` every level decoded (a damaged shard fails its
+    checksum)."""
+    labels = path / "labels"
+    if not (labels / "zarr.json").is_file():
+        return []
+    problems = []
+    for name in read_group_attrs(labels).get("ome", {}).get("labels", []):
+        try:
+            verify_image(labels / name)
+        except IncompleteImageError as exc:
+            problems.append(str(exc))
+            continue
+        if deep:
+            group = zarr.open_group(labels / name, mode="r", zarr_format=3)
+            for ds in group.attrs["ome"]["multiscales"][0]["datasets"]:
+                try:
+                    group[ds["path"]][...]
+                except Exception as exc:  # noqa: BLE001 (any decode failure is damage to report)
+                    problems.append(f"{labels / name / ds['path']}: cannot be read: {exc}")
     return problems
 
 
@@ -91,15 +115,21 @@ def _check_pyramid(path: Path, group: zarr.Group) -> list[str]:
 
 
 def validate_store(path: Path, deep: bool = False) -> Report:
-    """Validate every image of a shard store (or one image group)."""
+    """Validate every image of a shard store (or one image group), labels included, and that every
+    image the store's record lists (written by conversion) is there."""
     report = Report()
     path = Path(path)
     if not (path / "zarr.json").is_file():
         report.problems.append(f"{path}: not a zarr v3 store (no zarr.json)")
         return report
-    for image in image_groups(path):
+    groups = image_groups(path)
+    for image in groups:
         report.checked += 1
         report.problems += validate_image(image, deep)
+    record = read_group_attrs(path).get("hpa_batch", {}).get("images")  # what conversion wrote
+    if record is not None:
+        gone = sorted(set(record) - {p.name for p in groups})
+        report.problems += [f"{path / i}: in the store's record of its images but missing" for i in gone]
     staging = path.parent / f".{path.name}.staging"
     if staging.exists():
         report.problems.append(f"{staging}: staging directory left by an interrupted conversion")
