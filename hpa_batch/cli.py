@@ -535,6 +535,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from hpa_batch.convert.validate import repair_store
+
+    cfg = _cfg(args)
+    shard = shard_of(args.store)
+    fixed = repair_store(
+        args.store,
+        convert_summary=result(cfg.results_dir, "convert_summary", shard=shard),
+        segment_summary=result(cfg.results_dir, "segment_summary", shard=shard),
+    )
+    for image in fixed.images:
+        print(f"removed image {image}: it will be reconverted and resegmented")
+    for image in fixed.labels:
+        print(f"removed labels of {image}: they will be resegmented")
+    if not fixed.images and not fixed.labels:
+        print(f"{args.store}: nothing damaged")
+        return 0
+    markers = " ".join(map(str, fixed.markers))
+    print(
+        f"removed {markers}; now run (or with --profile slurm):\n  snakemake --cores all {markers} all\n"
+        f"shard {shard} is redone for those images only, and every later stage reruns for it (the removed "
+        "files must be named: Snakemake does not rerun for a missing intermediate file by itself)"
+    )
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from hpa_batch.convert.validate import describe_store
 
@@ -743,6 +769,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", type=Path, help="shard store or image group")
     p.add_argument("--deep", action="store_true", help="also decode every level and check the pyramid")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "repair",
+        help="remove the damaged images / labels of a shard store (validate --deep finds them) and the stage "
+        "outputs that claim them done, so the next snakemake run redoes exactly those",
+    )
+    _add_config_args(p)
+    p.add_argument("store", type=Path, help="results/zarr/{shard}.zarr")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("info", help="what a store (or image group) holds")
     p.add_argument("path", type=Path)

@@ -66,6 +66,33 @@ def test_run_then_add_cell_line_reruns_only_new_shards(dataset, workflow_dir):
     after = {p: p.stat().st_mtime_ns for p in mtimes}
     assert after == mtimes, "existing shards were rewritten"
 
+    # damage after success: a truncated label shard is found, repaired and redone through the workflow
+    store = res / "zarr" / "a549-0001.zarr"
+    image = min(p for p in store.iterdir() if p.is_dir())
+    victim = next(p for p in (image / "labels" / "nuclei" / "s0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    victim.write_bytes(victim.read_bytes()[:100])
+    check = subprocess.run(
+        ["hpa-batch", "validate", "--deep", str(store)], capture_output=True, text=True, env=tool_env(), check=False
+    )
+    assert check.returncode == 1 and f"{image.name}/labels/nuclei" in check.stdout
+    fix = subprocess.run(
+        ["hpa-batch", "repair", "--config", str(wd / "run.yaml"), str(store)],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        check=True,
+        cwd=wd,
+    )
+    marker = res / "zarr" / "a549-0001.segment.json"
+    assert f"removed labels of {image.name}" in fix.stdout and f"snakemake --cores all {marker} all" in fix.stdout
+    jobs = planned_jobs(snakemake(wd, "-n", str(marker), *targets, "--configfile", "run.yaml"))
+    assert {j for j in jobs if j[1]} == {(r, "a549-0001") for r in ("segment_shard", "measure_shard", "tiles_shard")}
+    snakemake(wd, "--cores", "2", str(marker), *targets, "--configfile", "run.yaml")
+    again = subprocess.run(
+        ["hpa-batch", "validate", "--deep", str(store)], capture_output=True, text=True, env=tool_env(), check=False
+    )
+    assert again.returncode == 0, again.stdout
+
     # a changed label reruns only that shard's manifest + conversion (params trigger)
     ds.rows[1] = ("h1", "3", "HeLa")
     ds.write_metadata()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,13 @@ def image_groups(path: Path) -> list[Path]:
 
 
 def validate_image(path: Path, deep: bool = False) -> list[str]:
-    """Problems of one stored image: completeness stamp, chunk completeness, NGFF spec, data.
+    """Problems of one stored image (:func:`image_problems`) and of its label images."""
+    problems = image_problems(path, deep)
+    return problems or _label_problems(path, deep)
+
+
+def image_problems(path: Path, deep: bool = False) -> list[str]:
+    """Problems of one stored image's own arrays: completeness stamp, chunk completeness, NGFF spec, data.
 
     Parameters
     ----------
@@ -74,7 +81,7 @@ def validate_image(path: Path, deep: bool = False) -> list[str]:
         problems.append(f"{path}: fails OME-NGFF 0.5 validation: {exc}")
     if deep and not problems:
         problems += _check_pyramid(path, group)
-    return problems + _label_problems(path, deep)
+    return problems
 
 
 def _label_problems(path: Path, deep: bool) -> list[str]:
@@ -134,6 +141,46 @@ def validate_store(path: Path, deep: bool = False) -> Report:
     if staging.exists():
         report.problems.append(f"{staging}: staging directory left by an interrupted conversion")
     return report
+
+
+@dataclass
+class Repair:
+    """What :func:`repair_store` removed so that the workflow redoes exactly that."""
+
+    images: list[str] = field(default_factory=list)  # image groups to reconvert (and resegment)
+    labels: list[str] = field(default_factory=list)  # label groups to resegment
+    markers: list[Path] = field(default_factory=list)  # stage outputs removed: Snakemake reruns those jobs
+
+
+def repair_store(store: Path, *, convert_summary: Path, segment_summary: Path) -> Repair:
+    """Remove the damaged parts of a shard store (every array decoded) and the stage outputs that
+    claim it complete, so that the next ``snakemake`` run reconverts exactly the damaged or missing
+    images, resegments exactly the images without valid labels (both stages keep every intact
+    image), and reruns what follows for that shard.
+
+    Parameters
+    ----------
+    convert_summary, segment_summary : Path
+        The shard's ``zarr/{shard}.convert.json`` and ``.segment.json`` (the rules' outputs).
+    """
+    store = Path(store)
+    out = Repair()
+    groups = image_groups(store)
+    for image in groups:
+        if image_problems(image, deep=True):
+            shutil.rmtree(image)
+            out.images.append(image.name)
+        elif _label_problems(image, deep=True):
+            shutil.rmtree(image / "labels")
+            out.labels.append(image.name)
+    record = read_group_attrs(store).get("hpa_batch", {}).get("images") or []
+    out.images += sorted(set(record) - {p.name for p in groups})
+    stale = ([convert_summary] if out.images else []) + ([segment_summary] if out.images or out.labels else [])
+    for marker in stale:
+        if Path(marker).is_file():
+            Path(marker).unlink()
+            out.markers.append(Path(marker))
+    return out
 
 
 def validate_dataset(cfg: Config) -> tuple[Report, pd.DataFrame]:
