@@ -60,6 +60,7 @@ def workdir(out: Path, rows: int, shard_size: int) -> Path:
         shutil.copytree(REPO / d, out / d, dirs_exist_ok=True)
     if not (out / "meta.csv").is_file():
         write_table(out / "meta.csv", rows)
+    (out / "images").mkdir(exist_ok=True)  # planning reads no image, but the directory must exist
     (out / "scale.yaml").write_text(
         yaml.safe_dump({"dataset": {"images_dirs": ["images"], "metadata": "meta.csv"}, "shard_size": shard_size})
     )

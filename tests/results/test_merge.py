@@ -174,7 +174,7 @@ def test_negative_is_derived_from_the_protein_classes():
 
 
 def test_merge_reads_thresholds_without_torch(tmp_path):
-    """rule tables runs in envs/cpu.yaml (no torch): thresholds come from thresholds.json."""
+    """rule merge runs in envs/cpu.yaml (no torch): thresholds come from thresholds.json."""
     import json
     import subprocess
     import sys
