@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from hpa_batch import __version__
 from hpa_batch.config import Config, ConfigError, check_unlabelled, load_config
 from hpa_batch.convert.plan import PlanError
+from hpa_batch.core.locks import OutputLockError
 from hpa_batch.core.progress import get_logger
 from hpa_batch.layout import RESULTS as _R_TEMPLATES
 from hpa_batch.layout import (
@@ -69,6 +71,19 @@ def _held_out_args(p: argparse.ArgumentParser) -> None:
 
 def _cfg(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.config_json)
+
+
+def _writes(args: argparse.Namespace, *outputs: Path | str) -> None:
+    """Take the exclusive lock of each output this verb writes (refused if another job holds one).
+
+    Under torchrun only rank 0 takes them: every rank of one training is the same job.
+    """
+    from hpa_batch.core.locks import hold
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for out in outputs:
+        hold(out, what=f"hpa-batch {args.verb}")
 
 
 def _paths(cfg: Config, shard: str) -> dict[str, Path]:
@@ -152,6 +167,7 @@ def _run_manifest(cfg: Config, shard_name: str, out: Path, rejected: Path, expec
 def cmd_manifest(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
+    _writes(args, args.out or p["manifest"])
     return _run_manifest(
         cfg,
         args.shard,
@@ -168,7 +184,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     p = _paths(cfg, args.shard)
     manifest = args.manifest or p["manifest"]
     manifest_rejected = args.manifest_rejected or p["manifest_rejected"]
+    _writes(args, args.store or p["store"])
     if not manifest.is_file():
+        _writes(args, manifest)
         _run_manifest(cfg, args.shard, manifest, manifest_rejected, None)
     convert_shard(
         cfg,
@@ -187,6 +205,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
+    _writes(args, args.store or p["store"])
     segment_shard(
         cfg,
         args.store or p["store"],
@@ -202,6 +221,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
+    _writes(args, args.out or p["cells"])
     measure_shard(
         cfg,
         args.store or p["store"],
@@ -217,6 +237,7 @@ def cmd_tiles(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     p = _paths(cfg, args.shard)
+    _writes(args, args.out or p["tiles"])
     tiles_shard(cfg, args.store or p["store"], args.cells or p["cells"], args.out or p["tiles"])
     return 0
 
@@ -247,6 +268,8 @@ def cmd_split(args: argparse.Namespace) -> int:
         from hpa_batch.convert.plan import plan_from_config
 
         manifests = [_paths(cfg, s.name)["manifest"] for s in plan_from_config(cfg)]
+    out = args.out or result(cfg.results_dir, "splits")
+    _writes(args, out)
     sp = cfg.splits
     table = make_splits(
         manifests,
@@ -258,7 +281,6 @@ def cmd_split(args: argparse.Namespace) -> int:
         segment_qc=args.segment_qc,
         doubtful=cfg.segmentation_qc.doubtful,
     )
-    out = args.out or result(cfg.results_dir, "splits")
     write_splits(table, out)
     counts = table["fold"].value_counts().sort_index()
     print(
@@ -279,6 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "it is only applied here; remove trained: to train it in this run"
         )
     out = args.out or result(cfg.results_dir, "fold_dir", model=args.model, fold=args.fold)
+    _writes(args, out)
     splits = args.splits or result(cfg.results_dir, "splits")
     summary = train_model(
         spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out=out, device=args.device
@@ -295,6 +318,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     models = args.models or fold_files(cfg.results_dir, spec)
     tiles = args.tiles or _paths(cfg, args.shard)["tiles"]
     out = args.out or predictions_file(cfg.results_dir, args.model, args.shard)
+    _writes(args, out)
     predict_shard(models, tiles, out, cfg.catalog, args.model, device=args.device, level=spec["level"])
     return 0
 
@@ -340,6 +364,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     r, n = cfg.results_dir, cfg.catalog.n_classes
+    out_cells, out_images = args.cells or result(r, "cells_table"), args.images or result(r, "images_table")
+    _writes(args, out_cells, out_images)
     manifests = _per_shard(cfg, args.manifests, "manifest")
     rejected = _per_shard(cfg, args.rejected, "rejected")
     segment_qc = _per_shard(cfg, args.segment_qc, "segment_qc")
@@ -372,8 +398,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         cfg.catalog,
         cfg.raw["merge"],
         thresholds=cell_t if cell_t is not None else model_thresholds([], n),
-        out_cells=args.cells or result(r, "cells_table"),
-        out_images=args.images or result(r, "images_table"),
+        out_cells=out_cells,
+        out_images=out_images,
         truth=truth,
         image_thresholds=image_t,
     )
@@ -398,6 +424,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     r = cfg.results_dir
     cells = args.cells or result(r, "cells_table")
+    out = args.out or result(r, "baseline_cells")
+    _writes(args, out)
     images = pd.read_parquet(args.images or result(r, "images_table"), columns=["image_id", "fold", "rejected"])
     folds, all_unseen = _held_out_of(cfg, args)
     held = held_out_images(images, set(folds), all_unseen=all_unseen)
@@ -409,7 +437,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         held,
         cfg.catalog,
         options,
-        args.out or result(r, "baseline_cells"),
+        out,
         predictions=predictions,
         excluded=excluded,
         summary_out=args.summary or result(r, "baseline_summary"),
@@ -424,6 +452,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     r = cfg.results_dir
+    report_out = args.out or result(r, "report")
+    _writes(args, report_out)
     histories = (
         args.histories
         if args.histories is not None
@@ -446,7 +476,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         config=run_config,
         workdir=Path.cwd(),
     )
-    out = build_report(inp, cfg.catalog, cfg.raw["report"], args.out or result(r, "report"))
+    out = build_report(inp, cfg.catalog, cfg.raw["report"], report_out)
     print(out)
     if args.screenshot:
         from hpa_batch.results.report import screenshot
@@ -463,6 +493,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     r = cfg.results_dir
+    out = args.out or result(r, "metrics")
+    _writes(args, out)
     truth_dir = cfg.evaluation.truth_dir
     stores = list(_per_shard(cfg, args.stores, "store").values())
     cells = pd.read_parquet(args.cells or result(r, "cells_table"))
@@ -492,7 +524,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     from hpa_batch.core.tables import atomic_write_text
 
-    atomic_write_text(args.out or result(r, "metrics"), json.dumps(metrics, indent=1))
+    atomic_write_text(out, json.dumps(metrics, indent=1))
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
     return 0
 
@@ -504,6 +536,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         write_submission,
     )
 
+    _writes(args, args.out)
     if args.images:
         n = write_image_submission(args.images, args.out)
         print(f"{n} images -> {args.out}")
@@ -540,6 +573,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     shard = shard_of(args.store)
+    _writes(args, args.store)
     fixed = repair_store(
         args.store,
         convert_summary=result(cfg.results_dir, "convert_summary", shard=shard),
@@ -587,6 +621,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_qc(args: argparse.Namespace) -> int:
     from hpa_batch.convert.qc import merge_rejected, summarise
 
+    _writes(args, args.out)
     merged = merge_rejected(args.inputs, args.out)
     print(summarise(merged))
     return 0
@@ -801,7 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hpa-batch: {exc}", file=sys.stderr)
         return 2
-    except PlanError as exc:
+    except (PlanError, OutputLockError) as exc:
         print(f"hpa-batch {args.verb}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -9,10 +9,22 @@ driver's running jobs (Snakemake would otherwise report them as "incomplete" and
 ``--cleanup-metadata``, which would be wrong). Read-only invocations (dry runs, lint, listings,
 graphs, summaries) are let through with a warning. The kernel drops the lock when the process ends,
 however it ends (kill -9 included), so a stale lock never blocks a rerun.
+
+The lock file also records whether its driver ended cleanly (``"state": "running"`` until the
+driver exits). A driver that finds a previous one died (kill -9, a lost login node) does the safe part
+of the recovery itself, before Snakemake looks at its own locks:
+
+* if jobs of the dead driver are still writing (their output locks, :mod:`hpa_batch.core.locks`, are
+  held: orphaned local or SLURM jobs), it refuses to start, listing each with the command that stops
+  it. Snakemake would otherwise delete their outputs and start second writers;
+* otherwise it removes the dead driver's stale ``.snakemake/locks`` (what ``snakemake --unlock`` does),
+  and says so. The interrupted jobs' incomplete outputs are redone because the workflow profile sets
+  ``rerun-incomplete``.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -22,6 +34,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
+
+from hpa_batch.core.locks import describe, held_locks, stop_command
 
 _HELD: dict[str, IO[str]] = {}
 
@@ -66,13 +80,21 @@ class DriverLockError(RuntimeError):
     """Another driver holds the lock of this working directory."""
 
 
-def acquire(workdir: str | Path = ".") -> Path:
+def acquire(workdir: str | Path = ".", results: str | Path | None = None) -> Path:
     """Take the driver lock of ``workdir`` (idempotent within one process).
+
+    Parameters
+    ----------
+    workdir
+        The working directory.
+    results
+        The run's results folder: after a driver that died, its output locks tell whether any of
+        that driver's jobs still run (see :func:`recover`).
 
     Raises
     ------
     DriverLockError
-        If another process holds it, naming that process.
+        If another process holds it, naming that process, or if a dead driver's jobs still run.
     """
     path = Path(workdir) / ".snakemake" / "hpa_batch.core.driver.lock"
     key = str(path.resolve())
@@ -91,13 +113,87 @@ def acquire(workdir: str | Path = ".") -> Path:
             "wait for it to finish or stop it (a second driver would corrupt its bookkeeping)"
         ) from None
     fh.seek(0)
-    fh.truncate()
-    fh.write(
-        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-    )
-    fh.flush()
+    previous = _parse(fh.read())
+    if previous.get("state") == "running":
+        try:
+            recover(workdir, previous, results)
+        except DriverLockError:
+            fh.close()
+            raise
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "state": "running",
+    }
+    _write(fh, record)
     _HELD[key] = fh
+    atexit.register(_finish, fh, record)
     return path
+
+
+def _parse(text: str) -> dict:
+    try:
+        rec = json.loads(text)
+    except ValueError:
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def _finish(fh: IO[str], record: dict) -> None:
+    """Mark the record of a driver that exits (normally or by an exception) as finished."""
+    _write(fh, {**record, "state": "finished", "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def _write(fh: IO[str], record: dict) -> None:
+    fh.seek(0)
+    fh.truncate()
+    fh.write(json.dumps(record))
+    fh.flush()
+
+
+def recover(workdir: str | Path, previous: dict, results: str | Path | None) -> list[Path]:
+    """Clean up after a driver that died (its record still says running); called under the lock.
+
+    Parameters
+    ----------
+    workdir
+        The working directory (holds ``.snakemake``).
+    previous
+        The dead driver's record (pid, host, started).
+    results
+        The results folder whose output locks show jobs still running (``None``: not checked).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The stale Snakemake lock files removed.
+
+    Raises
+    ------
+    DriverLockError
+        If jobs of the dead driver are still writing outputs, listing them and how to stop each.
+    """
+    who = f"pid {previous.get('pid')} on host {previous.get('host')}, started {previous.get('started')}"
+    orphans = list(held_locks(results)) if results is not None else []
+    if orphans:
+        lines = "\n".join(f"  {out}: {describe(rec)}; stop: {stop_command(rec)}" for out, rec in orphans)
+        raise DriverLockError(
+            f"the previous snakemake driver in {Path(workdir).resolve()} ({who}) died, but {len(orphans)} of "
+            f"its jobs are still writing:\n{lines}\nwait for them to end (or stop them), then rerun the "
+            "same command; nothing needs unlocking by hand"
+        )
+    stale = sorted((Path(workdir) / ".snakemake" / "locks").glob("*.lock"))
+    for lock in stale:
+        lock.unlink(missing_ok=True)
+    if stale:
+        print(
+            f"note: the previous snakemake driver here ({who}) died without cleaning up and none of its "
+            f"jobs is running: removed its {len(stale)} stale Snakemake lock(s) (no --unlock needed); "
+            "the jobs it left unfinished are redone (rerun-incomplete)",
+            file=sys.stderr,
+        )
+    return stale
 
 
 def is_read_only(argv: Sequence[str]) -> bool:
@@ -105,7 +201,7 @@ def is_read_only(argv: Sequence[str]) -> bool:
     return any(arg.split("=", 1)[0] in READ_ONLY_FLAGS for arg in argv[1:])
 
 
-def guard(workdir: str | Path, argv: Sequence[str]) -> Path | None:
+def guard(workdir: str | Path, argv: Sequence[str], results: str | Path | None = None) -> Path | None:
     """Take the driver lock for a Snakemake main process with command line ``argv``.
 
     A read-only invocation never takes the lock; if another driver holds it, a warning is printed
@@ -117,7 +213,7 @@ def guard(workdir: str | Path, argv: Sequence[str]) -> Path | None:
         For a run that would execute jobs while another driver holds the lock.
     """
     if not is_read_only(argv):
-        return acquire(workdir)
+        return acquire(workdir, results)
     holder = holder_of(workdir)
     if holder is not None:
         print(

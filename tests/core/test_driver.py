@@ -1,6 +1,7 @@
 """Driver-level reliability: one driver per directory, SIGTERM to the driver, failed-job logs."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -96,6 +97,51 @@ def test_guard_refuses_a_run_but_lets_a_dry_run_through(tmp_path, capsys):
     assert guard(tmp_path, ["snakemake", "--cores", "2"]).is_file()
 
 
+def _dead_driver(wd):
+    """What a kill -9'd driver leaves: its record saying running, Snakemake's own locks."""
+    (wd / ".snakemake" / "locks").mkdir(parents=True)
+    (wd / ".snakemake" / "locks" / "0.input.lock").write_text("x")
+    (wd / ".snakemake" / "hpa_batch.core.driver.lock").write_text(
+        json.dumps({"pid": 999999, "host": "login1", "started": "2026-12-01 10:00:00", "state": "running"})
+    )
+
+
+def test_after_a_dead_driver_stale_snakemake_locks_are_removed(tmp_path, capsys):
+    wd = tmp_path / "wd"
+    _dead_driver(wd)
+    guard(wd, ["snakemake", "--cores", "2"], results=wd / "results")
+    assert not list((wd / ".snakemake" / "locks").glob("*.lock"))
+    err = capsys.readouterr().err
+    assert "pid 999999 on host login1" in err and "removed its 1 stale Snakemake lock" in err
+    assert json.loads((wd / ".snakemake" / "hpa_batch.core.driver.lock").read_text())["state"] == "running"
+
+
+def test_after_a_dead_driver_its_running_jobs_refuse_the_new_one(tmp_path):
+    from core.test_locks import writer
+
+    wd = tmp_path / "wd"
+    _dead_driver(wd)
+    fold = wd / "results" / "models" / "m" / "fold0"
+    child = writer(fold, env={"SLURM_JOB_ID": "77"})
+    try:
+        with pytest.raises(DriverLockError) as err:
+            guard(wd, ["snakemake", "--cores", "2"], results=wd / "results")
+    finally:
+        child.stdin.close()
+        child.wait(30)
+    msg = str(err.value)
+    assert "died" in msg and str(fold) in msg and "scancel 77" in msg
+    assert list((wd / ".snakemake" / "locks").glob("*.lock"))  # nothing removed while its jobs run
+    assert holder_of(wd) is None  # the refused driver let go of the lock
+
+
+def test_a_clean_exit_marks_the_record_finished(tmp_path):
+    code = "import sys; from hpa_batch.core.driver import acquire; acquire(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=tool_env())
+    rec = json.loads((tmp_path / ".snakemake" / "hpa_batch.core.driver.lock").read_text())
+    assert rec["state"] == "finished" and rec["ended"]
+
+
 @pytest.mark.slow
 def test_second_driver_is_refused_even_without_snakemake_locks(synth_data, workflow_dir, tmp_path):
     wd = workflow_dir()
@@ -184,3 +230,74 @@ def test_failed_job_names_its_log_in_the_summary(synth_data, workflow_dir, tmp_p
     failed = [p for p in log.glob("*.log") if "BackendUnavailable" in p.read_text()]
     assert failed and str(failed[0]) in out  # the summary points at the job's own log
     assert "/nonexistent/n.pth" in failed[0].read_text()
+
+
+def _holder_pid(lock_path):
+    try:
+        return json.loads(lock_path.read_text())["pid"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+@pytest.mark.slow
+def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_without_unlock(
+    synth_data, workflow_dir, tmp_path
+):
+    """kill -9 of the driver while it trains: the trainer goes on as an orphan writer. The rerun is refused
+    while it runs (naming it and how to stop it); once it is stopped, the same command recovers by itself
+    (no --unlock, no --rerun-incomplete on the command line) and the training resumes from its checkpoint."""
+    from hpa_batch.core.locks import holder
+
+    wd = workflow_dir()
+    res = config(wd, tmp_path, synth_data)
+    cfg = yaml.safe_load((wd / "run.yaml").read_text())
+    cfg["models"][0].update(epochs=150, early_stopping_patience=0)
+    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    fold = res / "models" / "tiny" / "fold0"
+    driver = start(wd, "--cores", "2", "train", "--configfile", "run.yaml")
+    assert wait_for(lambda: (fold / "state" / "last.pt").is_file(), 600), output(driver)[-3000:]
+    orphan = _holder_pid(fold.parent / ".fold0.lock")
+    assert orphan is not None and holder(fold) is not None
+    driver.kill()  # kill -9 of the driver alone: its running job goes on
+    driver.wait(30)
+    assert any((wd / ".snakemake" / "locks").glob("*.lock"))  # Snakemake's locks are left behind
+    refused = subprocess.run(
+        ["snakemake", "--cores", "2", "train", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert "still writing" in said and str(fold) in said and f"pid {orphan} " in said, said[-3000:]
+    assert f"kill {orphan}" in said
+    assert holder(fold) is not None and not (fold / "model.pt").exists()  # the orphan was left alone
+    # a second writer started by hand is refused too, naming the holder
+    second = subprocess.run(
+        ["hpa-batch", "train", "--config", "run.yaml", "--model", "tiny", "--fold", "0"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert second.returncode == 1 and f"pid {orphan} " in second.stderr and "being written" in second.stderr
+    os.kill(orphan, signal.SIGTERM)  # what the message says to run; the trainer saves and exits 75
+    assert wait_for(lambda: holder(fold) is None, 120)
+    again = subprocess.run(
+        ["snakemake", "--cores", "2", "train", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    said = again.stdout + again.stderr
+    assert again.returncode == 0, said[-3000:]
+    assert "stale Snakemake lock" in said
+    assert (fold / "model.pt").is_file()
+    assert not list((wd / ".snakemake" / "locks").glob("*.lock"))
+    log = (tmp_path / "logs" / "train").glob("*.log")
+    assert any("resum" in p.read_text() for p in log)

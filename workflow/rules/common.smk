@@ -69,14 +69,16 @@ def acquire_driver_lock():
     """Refuse a second driver in this working directory (see hpa_batch.core.driver).
 
     Called while the Snakefile is parsed, before the DAG is built; jobs (local subprocesses, SLURM
-    jobs) parse the Snakefile too but are not main processes and never take the lock.
+    jobs) parse the Snakefile too but are not main processes and never take the lock. After a driver
+    that died, the results' output locks tell whether its jobs still run (refused) or not (its stale
+    Snakemake locks are removed).
     """
     import sys
 
     from hpa_batch.core.driver import guard
 
     if workflow.is_main_process:
-        guard(".", sys.argv)
+        guard(".", sys.argv, results=RESULTS)
 
 
 def print_qc_summary():
