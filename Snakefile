@@ -40,3 +40,7 @@ rule all:
 
 onsuccess:
     print_qc_summary()
+
+
+onerror:
+    print_resume_hints()

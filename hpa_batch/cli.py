@@ -17,6 +17,7 @@ from pathlib import Path
 from hpa_batch import __version__
 from hpa_batch.config import Config, ConfigError, check_unlabelled, load_config
 from hpa_batch.convert.plan import PlanError
+from hpa_batch.core.driver import default_signals
 from hpa_batch.core.locks import OutputLockError
 from hpa_batch.core.progress import get_logger
 from hpa_batch.layout import RESULTS as _R_TEMPLATES
@@ -830,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpa-batch`` command."""
     args = build_parser().parse_args(argv)
+    default_signals()  # a SLURM job's Snakemake ignores them for its command (core.driver.ignore_job_signals)
     get_logger()
     try:
         return int(args.func(args) or 0)

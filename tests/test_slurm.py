@@ -5,9 +5,11 @@ not through any code branch. Every job must have gone through SLURM (its job com
 outputs must equal a local run's.
 """
 
+import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ CPU_OVERRIDE = [
     "predict_shard:cpus_per_gpu=0",
     "train_model:slurm_partition=cpu",
     "predict_shard:slurm_partition=cpu",
+    "train_model:mem_mb=4000",  # the test node has 24 GB; a retry would ask 2 x 16 GB
 ]
 
 
@@ -58,6 +61,11 @@ def completed_jobs() -> list[str]:
     log = SLURM_DIR / "jobcomp.log"
     lines = log.read_text().splitlines() if log.is_file() else []
     return [ln for ln in lines if "JobState=COMPLETED" in ln]
+
+
+def completed_or_failed() -> list[str]:
+    log = SLURM_DIR / "jobcomp.log"
+    return log.read_text().splitlines() if log.is_file() else []
 
 
 def run(wd, env, *args):
@@ -116,3 +124,103 @@ def test_workflow_through_slurm_equals_local_run(slurm, synth_data, workflow_dir
         assert pa_[["image_id", "cell_id"]].equals(pb[["image_id", "cell_id"]])
         cols = [c for c in pa_.columns if c.startswith("prob_")]
         assert np.allclose(pa_[cols].to_numpy(), pb[cols].to_numpy(), atol=0.05)
+
+
+def test_a_signalled_training_saves_exits_75_and_the_retry_resumes(slurm, synth_data, workflow_dir, tmp_path):
+    """SLURM's warning signal (what `--signal=USR1@600` sends before the time limit, sent here at once
+    with `scancel --signal=USR1`): the trainer saves after its current step and exits 75; the profile's
+    retry resubmits it (attempt 2, more time) and it resumes from its checkpoint."""
+    from hpa_batch.core.locks import holder
+
+    wd = workflow_dir()
+    cfg = synth_config(tmp_path, synth_data)
+    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
+    cfg["models"] = [
+        {
+            "name": "tiny",
+            "arch": "test_resnet",
+            "input_size": 32,
+            "epochs": 150,
+            "early_stopping_patience": 0,
+            "batch_size": 16,
+            "num_workers": 0,
+            "folds": [0],
+        }
+    ]
+    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    fold = tmp_path / "results" / "models" / "tiny" / "fold0"
+    log = open(wd / "driver.log", "w+")  # noqa: SIM115 (the background driver writes it)
+    args = ["--profile", "profiles/slurm", "--configfile", "run.yaml", *CPU_OVERRIDE]
+    driver = subprocess.Popen(
+        ["snakemake", *args, "--seconds-between-status-checks", "3", "train"],
+        cwd=wd,
+        env=slurm,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 600
+    while not (fold / "state" / "last.pt").is_file() and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    record = json.loads(holder(fold) or "{}")
+    assert record.get("slurm_job"), log.read()
+    subprocess.run(["scancel", "--signal=USR1", record["slurm_job"]], check=True, env=slurm)
+    assert driver.wait(900) == 0
+    log.seek(0)
+    out = log.read()
+    said = (fold / "state" / "train.log").read_text()  # every attempt (the job log shows the last)
+    assert "stop requested" in said and "exiting with 75" in said, out[-3000:] + said[-3000:]
+    assert "resuming tiny fold 0" in said and said.count("train tiny fold 0: pid") == 2, said[-3000:]
+    assert (fold / "model.pt").is_file()
+    history = pd.read_csv(fold / "history.csv")
+    assert list(history["epoch"]) == list(range(150))  # every epoch once: nothing lost, nothing repeated
+    # the signalled job failed as a whole (its Snakemake ignored the signal and reported the exit 75);
+    # its step ended with that exit status, not killed by the signal (that reads DerivedExitCode=0:10)
+    job = next(ln for ln in completed_or_failed() if f"JobId={record['slurm_job']} " in ln)
+    assert "JobState=FAILED" in job and "DerivedExitCode=1:0" in job, job
+    assert "a signal stopped this training" not in out  # it was retried, not left to the user
+
+
+def test_after_a_dead_driver_its_queued_slurm_jobs_refuse_the_rerun(slurm, tmp_path, monkeypatch):
+    """A pending job of a dead driver holds no output lock yet: the queue tells (jobs submitted from
+    this working directory), and the new driver refuses, naming it and its scancel."""
+    from hpa_batch.core.driver import DriverLockError, guard
+
+    wd = tmp_path / "wd"
+    (wd / ".snakemake").mkdir(parents=True)
+    (wd / ".snakemake" / "hpa_batch.core.driver.lock").write_text(
+        json.dumps({"pid": 999999, "host": "login1", "started": "2026-12-01 10:00:00", "state": "running"})
+    )
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    sub = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--hold",
+            "-D",
+            str(wd),
+            "--comment",
+            "rule_train_model_wildcards_m_0",
+            "--wrap",
+            "true",
+        ],
+        check=True,
+        env=slurm,
+        capture_output=True,
+        text=True,
+    )
+    job = sub.stdout.strip().split(";")[0]
+    try:
+        with pytest.raises(DriverLockError) as err:
+            guard(wd, ["snakemake", "--profile", "profiles/slurm"], results=wd / "results")
+        msg = str(err.value)
+        assert f"SLURM job {job} (PENDING, rule_train_model_wildcards_m_0)" in msg and f"scancel {job}" in msg
+    finally:
+        subprocess.run(["scancel", job], check=False, env=slurm)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], check=False, env=slurm, capture_output=True)
+        if not state.stdout.strip() or b"PENDING" not in state.stdout:
+            break
+        time.sleep(1)
+    assert guard(wd, ["snakemake", "--profile", "profiles/slurm"], results=wd / "results").is_file()

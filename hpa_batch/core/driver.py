@@ -15,8 +15,9 @@ driver exits). A driver that finds a previous one died (kill -9, a lost login no
 of the recovery itself, before Snakemake looks at its own locks:
 
 * if jobs of the dead driver are still writing (their output locks, :mod:`hpa_batch.core.locks`, are
-  held: orphaned local or SLURM jobs), it refuses to start, listing each with the command that stops
-  it. Snakemake would otherwise delete their outputs and start second writers;
+  held: orphaned local or SLURM jobs) or still queued on SLURM (``squeue``: this user's jobs submitted
+  from this directory), it refuses to start, listing each with the command that stops it. Snakemake
+  would otherwise delete their outputs and start second writers;
 * otherwise it removes the dead driver's stale ``.snakemake/locks`` (what ``snakemake --unlock`` does),
   and says so. The interrupted jobs' incomplete outputs are redone because the workflow profile sets
   ``rerun-incomplete``.
@@ -28,6 +29,7 @@ import atexit
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -74,6 +76,10 @@ READ_ONLY_FLAGS = frozenset(
         "-h",
     }
 )
+
+
+#: The last line a training stopped by a signal writes to its log (:func:`stopped_trainings` finds it).
+RESUME_HINT = "stopped by a signal, state saved: rerun the same command to resume"
 
 
 class DriverLockError(RuntimeError):
@@ -172,16 +178,23 @@ def recover(workdir: str | Path, previous: dict, results: str | Path | None) -> 
     Raises
     ------
     DriverLockError
-        If jobs of the dead driver are still writing outputs, listing them and how to stop each.
+        If jobs of the dead driver are still writing outputs or queued, listing them and how to stop each.
     """
     who = f"pid {previous.get('pid')} on host {previous.get('host')}, started {previous.get('started')}"
     orphans = list(held_locks(results)) if results is not None else []
-    if orphans:
-        lines = "\n".join(f"  {out}: {describe(rec)}; stop: {stop_command(rec)}" for out, rec in orphans)
+    lines = [f"  {out}: {describe(rec)}; stop: {stop_command(rec)}" for out, rec in orphans]
+    running = {str(_parse(rec).get("slurm_job")) for _, rec in orphans}
+    lines += [
+        f"  SLURM job {job} ({state}, {comment}); stop: scancel {job}"
+        for job, state, comment in queued_slurm_jobs(workdir)
+        if job not in running
+    ]
+    if lines:
+        body = "\n".join(lines)
         raise DriverLockError(
-            f"the previous snakemake driver in {Path(workdir).resolve()} ({who}) died, but {len(orphans)} of "
-            f"its jobs are still writing:\n{lines}\nwait for them to end (or stop them), then rerun the "
-            "same command; nothing needs unlocking by hand"
+            f"the previous snakemake driver in {Path(workdir).resolve()} ({who}) died, but {len(lines)} of "
+            f"its jobs are still running or queued:\n{body}\nwait for them to end (or stop them), then rerun "
+            "the same command; nothing needs unlocking by hand"
         )
     stale = sorted((Path(workdir) / ".snakemake" / "locks").glob("*.lock"))
     for lock in stale:
@@ -236,3 +249,66 @@ def holder_of(workdir: str | Path) -> str | None:
             return fh.read().strip() or "unknown process"
         fcntl.flock(fh, fcntl.LOCK_UN)
     return None
+
+
+def ignore_job_signals() -> None:
+    """In a job's own Snakemake process (a SLURM job), ignore SIGTERM and SIGUSR1.
+
+    SLURM signals every process of a job step: its warning signal before the time limit
+    (``--signal=USR1@600``), ``scancel``'s SIGTERM, the time limit's SIGTERM. By default the job's
+    Snakemake process would die of them at once, and SLURM would then kill the rest of the step,
+    perhaps while a training is writing its checkpoint. Ignored here, the signal is left to the job's
+    command: a training saves after its current step and exits 75, and then this Snakemake reports the
+    job as failed, so the driver retries it and the retry resumes. ``hpa-batch`` restores the default
+    actions for every other verb (:func:`default_signals`).
+    """
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def default_signals() -> None:
+    """Undo an inherited :func:`ignore_job_signals`: the default actions of SIGTERM and SIGUSR1."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+def stopped_trainings(logs: Sequence[str | Path]) -> list[Path]:
+    """The training logs (of ``logs``) whose last line is :data:`RESUME_HINT`: stopped, to be resumed."""
+    stopped = []
+    for log in map(Path, logs):
+        if not log.is_file():
+            continue
+        lines = log.read_text(errors="replace").rstrip().splitlines()
+        if lines and lines[-1].endswith(RESUME_HINT):
+            stopped.append(log)
+    return stopped
+
+
+def queued_slurm_jobs(workdir: str | Path) -> list[tuple[str, str, str]]:
+    """This user's SLURM jobs (pending or running) submitted from ``workdir``: ``(id, state, comment)``.
+
+    The Snakemake SLURM executor submits every job with ``-D <workdir>`` and a comment naming its rule
+    and wildcards. A pending job holds no output lock yet, so after a dead driver it is found here. Empty
+    when ``squeue`` is not installed or does not answer.
+    """
+    import shutil
+    import subprocess
+
+    if shutil.which("squeue") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["squeue", "--me", "-h", "-o", "%i|%T|%k|%Z"], check=False, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    here = str(Path(workdir).resolve())
+    jobs = []
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 4 and parts[3] == here and parts[1] in {"PENDING", "RUNNING", "CONFIGURING", "SUSPENDED"}:
+            jobs.append((parts[0], parts[1], parts[2]))
+    return jobs

@@ -13,7 +13,7 @@ def get_logger(name: str = "hpa_batch") -> logging.Logger:
     logger = logging.getLogger(name)
     if not logging.getLogger().handlers and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     return logger

@@ -107,14 +107,18 @@ def create_model(
     dropout: float = 0.0,
     *,
     n_features: int = 0,
+    drop_path: float = 0.0,
 ) -> torch.nn.Module:
     """A timm model for ``len(channels)`` input channels and ``num_classes`` sigmoid outputs; with
     ``n_features > 0`` a :class:`HybridNet` around it that also takes ``(b, n_features)`` feature rows.
+    ``drop_path`` is timm's stochastic depth rate (``drop_path_rate``; residual architectures).
 
     Raises
     ------
     WeightsUnavailable
         ``pretrained`` given but not an existing local file.
+    ValueError
+        ``drop_path > 0`` for an architecture without stochastic depth.
     """
     import timm
 
@@ -130,7 +134,14 @@ def create_model(
         if not path.is_file():
             raise WeightsUnavailable(f"pretrained weights {path} do not exist (local files only, no downloads)")
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    backbone = timm.create_model(arch, **kwargs)
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
+    try:
+        backbone = timm.create_model(arch, **kwargs)
+    except TypeError as exc:
+        if drop_path and "drop_path_rate" in str(exc):
+            raise ValueError(f"arch {arch!r} has no stochastic depth: set drop_path: 0 for it") from None
+        raise
     if n_features:
         return HybridNet(backbone, n_features, num_classes, dropout=dropout)
     return backbone

@@ -147,9 +147,15 @@ def epoch_plan(
         if shuffle:
             members = rng.permutation(members)
         groups.append(_batches(members, batch_size))
-    mine = groups[rank::world]
+
+    def share(r: int) -> list[list[np.ndarray]]:
+        if len(groups) >= world:
+            return groups[r::world]  # whole buffers per rank: each rank reads its own chunks
+        return [g[r::world] for g in groups]  # fewer buffers than ranks: every world-th batch of each
+
+    mine = share(rank)
     if world > 1:  # every rank must run the same number of steps
-        steps = min(sum(len(g) for g in groups[r::world]) for r in range(world))
+        steps = min(sum(len(g) for g in share(r)) for r in range(world))
         mine = _truncate(mine, steps)
     return mine
 

@@ -19,11 +19,15 @@ its own buffers of the same epoch plan.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import random
 import signal
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ import pandas as pd
 import torch
 
 from hpa_batch import __version__
+from hpa_batch.core.driver import RESUME_HINT
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.metrics import summary, tune_thresholds
 from hpa_batch.core.progress import get_logger
@@ -76,7 +81,9 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.raised = False
-        self.at_step = int(os.environ.get("HPA_BATCH_STOP_AT_STEP", "-1"))
+        # the test hook stops rank 0 only, as a signal to one process of a DDP job would
+        rank0 = os.environ.get("RANK", "0") == "0"
+        self.at_step = int(os.environ.get("HPA_BATCH_STOP_AT_STEP", "-1")) if rank0 else -1
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -116,13 +123,13 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    torch.set_rng_state(state["torch"])
+    """Restore what :func:`rng_state` saved (its tensors may have been loaded onto a GPU)."""
+    torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate((3, tuple(state["python"][0]), state["python"][1]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
 
 
 def training_positions(
@@ -219,6 +226,7 @@ class Trainer:
             spec["pretrained"],
             spec["dropout"],
             n_features=feature_count(spec),
+            drop_path=spec["drop_path"],
         )
         if self.features:  # standardise with the training rows' statistics (saved in the weights)
             self.model.set_feature_stats(*feature_moments(self.index, self.train_pos), spec["feature_weights"])
@@ -236,6 +244,11 @@ class Trainer:
         below = spec["augment"]["only_rare_below"]  # classes with fewer training rows than this
         self.rare = torch.from_numpy(self.index.y[self.train_pos].sum(0) < below) if below else None
         self.steps_per_epoch = sum(len(g) for g in self._plan(0))
+        if self.steps_per_epoch == 0:  # would "train" epochs of nothing and report a nan loss
+            raise ValueError(
+                f"model {spec['name']} fold {fold}: no training batch per epoch on rank {self.rank} of "
+                f"{self.world} ({len(self.train_pos)} training tiles, batch_size {spec['batch_size']})"
+            )
         sched = dict(spec["schedule"])
         kind = sched.pop("kind")
         if kind == "cosine":
@@ -297,7 +310,27 @@ class Trainer:
     def state_dir(self) -> Path:
         return self.out / "state"
 
+    def _rank_rng_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's RNG states, gathered to every rank (a collective: all ranks call it); ``None``
+        without DDP. Each rank draws its own dropout masks and augmentations, so each resumes its own."""
+        if self.world == 1:
+            return None
+        states: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(states, rng_state())
+        return states
+
+    def _stop_agreed(self) -> bool:
+        """Whether to stop after this step: any rank's stop request stops every rank (a signal may reach
+        one process only; a rank that went on alone would wait forever in its next all-reduce)."""
+        due = self.stop.due(self.state.global_step)
+        if self.world == 1:
+            return due
+        flag = torch.tensor([int(due)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     def save_state(self) -> None:
+        ranks = self._rank_rng_states()
         if self.rank != 0:
             return
         atomic_save(
@@ -307,6 +340,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "run": self.state.__dict__,
                 "rng": rng_state(),
+                "rng_ranks": ranks,
                 "targets": torch.from_numpy(self.index.y.astype(np.uint8)) if self.state.refined else None,
                 "spec": json.loads(json.dumps(self.spec)),
                 "fold": self.fold,
@@ -335,7 +369,8 @@ class Trainer:
         if self.state.refined:
             self.index.y[:] = ckpt["targets"].numpy().astype(np.float32)
             self.weights = class_weights(self.index.y[self.train_pos], self.spec).to(self.device)
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        set_rng_state(ranks[self.rank] if ranks and len(ranks) == self.world else ckpt["rng"])
         self.log.info(
             "resuming %s fold %d at epoch %d batch %d (step %d)",
             self.spec["name"],
@@ -384,7 +419,7 @@ class Trainer:
             self.state.loss_sum += float(loss.detach())
             self.state.loss_count += 1
             self.state.batch, self.state.global_step = b + 1, self.state.global_step + 1
-            if self.stop.due(self.state.global_step):
+            if self._stop_agreed():
                 self.save_state()
                 return None
         mean = self.state.loss_sum / self.state.loss_count if self.state.loss_count else float("nan")
@@ -457,9 +492,37 @@ class Trainer:
         }
         return row, prob, y
 
+    @contextlib.contextmanager
+    def attempt_log(self) -> Iterator[None]:
+        """Copy this attempt's log lines to ``state/train.log``, which keeps every attempt.
+
+        Snakemake deletes a failed job's log before it retries, so the job log shows only the last
+        attempt; this file (not an output, so never deleted) shows each stop and resume.
+        """
+        if self.rank != 0:
+            yield
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.state_dir / "train.log", mode="a")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        self.log.addHandler(handler)
+        try:
+            yield
+        finally:
+            self.log.removeHandler(handler)
+            handler.close()
+
     def fit(self) -> dict[str, Any]:
         """Train (resuming if a checkpoint exists); write the outputs; return the summary."""
+        with self.attempt_log():
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         self.stop.install()
+        job = f", SLURM job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+        self.log.info(
+            "train %s fold %d: pid %d on %s%s", self.spec["name"], self.fold, os.getpid(), socket.gethostname(), job
+        )
         self.load_state()
         patience = self.spec["early_stopping_patience"]
         while self.state.epoch < self.spec["epochs"]:
@@ -471,7 +534,12 @@ class Trainer:
                 self.save_state()
             train_loss = self.train_epoch(epoch)
             if train_loss is None:
-                self.log.info("stop requested: saved %s, exiting with %d", self.state_dir / "last.pt", EXIT_REQUEUE)
+                self.log.info(
+                    "stop requested: saved %s, exiting with %d; %s",
+                    self.state_dir / "last.pt",
+                    EXIT_REQUEUE,
+                    RESUME_HINT,
+                )
                 raise SystemExit(EXIT_REQUEUE)
             row, prob, y = self.validate(epoch, train_loss)
             row["seconds"] = round(time.monotonic() - t0, 2)

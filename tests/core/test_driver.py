@@ -271,7 +271,7 @@ def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_withou
     )
     said = refused.stdout + refused.stderr
     assert refused.returncode != 0
-    assert "still writing" in said and str(fold) in said and f"pid {orphan} " in said, said[-3000:]
+    assert "still running or queued" in said and str(fold) in said and f"pid {orphan} " in said, said[-3000:]
     assert f"kill {orphan}" in said
     assert holder(fold) is not None and not (fold / "model.pt").exists()  # the orphan was left alone
     # a second writer started by hand is refused too, naming the holder
@@ -301,3 +301,35 @@ def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_withou
     assert not list((wd / ".snakemake" / "locks").glob("*.lock"))
     log = (tmp_path / "logs" / "train").glob("*.log")
     assert any("resum" in p.read_text() for p in log)
+
+
+@pytest.mark.slow
+def test_a_signalled_local_training_is_not_retried_and_says_how_to_resume(synth_data, workflow_dir, tmp_path):
+    """Locally a signal to a training means the user (or the machine) wants it stopped: no retry. The
+    trainer saves and exits 75, the run fails naming the stopped training and what to run, and rerunning
+    the same command resumes it."""
+    wd = workflow_dir()
+    res = config(wd, tmp_path, synth_data)
+    cfg = yaml.safe_load((wd / "run.yaml").read_text())
+    cfg["models"][0].update(epochs=150, early_stopping_patience=0)
+    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    fold = res / "models" / "tiny" / "fold0"
+    driver = start(wd, "--cores", "2", "train", "--configfile", "run.yaml")
+    assert wait_for(lambda: (fold / "state" / "last.pt").is_file(), 600), output(driver)[-3000:]
+    os.kill(_holder_pid(fold.parent / ".fold0.lock"), signal.SIGTERM)
+    assert driver.wait(120) != 0
+    said = output(driver)
+    assert "a signal stopped this training after it saved its state; rerun the same command" in said, said[-3000:]
+    assert "tiny-fold0.log" in said and "Trying to restart" not in said
+    again = subprocess.run(
+        ["snakemake", "--cores", "2", "train", "--configfile", "run.yaml"],
+        check=False,
+        cwd=wd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    attempts = (fold / "state" / "train.log").read_text()
+    assert "exiting with 75" in attempts and "resuming tiny fold 0" in attempts
+    assert list(pd.read_csv(fold / "history.csv")["epoch"]) == list(range(150))

@@ -257,12 +257,22 @@ def test_checkpoint_round_trip(trainable, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_interrupted_training_resumes_bit_exact(trainable, tmp_path, dropout):
-    """A stop mid-epoch and a resume give the uninterrupted run's weights bit for bit, also with dropout
-    (whose masks come from torch's global generator: nothing else may draw from it on a resume)."""
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dropout": 0.0, "augment": {"flips": False, "rot90": False, "brightness": 0.0}},
+        {"dropout": 0.3},
+        {"drop_path": 0.2},
+        {"augment": {"flips": True, "rot90": True, "brightness": 0.3, "only_rare_below": 1000}},
+    ],
+    ids=["plain", "dropout", "drop_path", "augment"],
+)
+def test_interrupted_training_resumes_bit_exact(trainable, tmp_path, options):
+    """A stop mid-epoch and a resume give the uninterrupted run's weights bit for bit, with every option
+    that draws random numbers: dropout and stochastic depth (masks from torch's global generator: nothing
+    else may draw from it on a resume) and augmentation (refinement: the test below; DDP: further down)."""
     cfg = yaml.safe_load(trainable["config"].read_text())
-    cfg["models"] = [{**TINY, "dropout": dropout}]
+    cfg["models"] = [{**TINY, **options}]
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run_train(trainable, tmp_path / "straight", config=path)
@@ -440,7 +450,9 @@ def test_ddp_two_processes_on_cpu(trainable, tmp_path):
     ]
     proc = subprocess.run(cmd, check=False, env={**tool_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "model.pt").is_file() and len(pd.read_csv(out / "history.csv")) == 2
+    history = pd.read_csv(out / "history.csv")
+    assert (out / "model.pt").is_file() and len(history) == 2
+    assert history["train_loss"].notna().all()  # both ranks took training steps (a nan = none)
 
 
 def test_augment_is_deterministic_and_label_preserving():
@@ -627,3 +639,44 @@ def test_a_full_disk_during_a_checkpoint_is_named_and_leaves_the_previous_one(tm
         assert torch.equal(torch.load(disk / "last.pt", weights_only=True)["w"], torch.ones(10))
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def _torchrun(t, out, env_extra=None):
+    cmd = ["torchrun", "--standalone", "--nproc-per-node=2", "-m", "hpa_batch.cli", "train"]
+    cmd += ["--config", str(t["config"]), "--model", "tiny", "--fold", "0", "--splits", str(t["splits"])]
+    cmd += ["--out", str(out), "--device", "cpu", "--tiles", *map(str, t["stores"])]
+    env = {**tool_env(), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_ddp_stop_on_one_rank_stops_both_and_the_resume_is_bit_exact(trainable, tmp_path):
+    """The stop hook fires on rank 0 only (as a signal to one process would): both ranks stop at the
+    same step (else rank 1 would hang in its next all-reduce), each rank's RNG state is saved, and the
+    resumed DDP run ends with the uninterrupted DDP run's weights bit for bit."""
+    straight = _torchrun(trainable, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    stopped = _torchrun(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": "2"})
+    assert stopped.returncode != 0 and "exiting with 75" in stopped.stderr, stopped.stderr[-3000:]
+    saved = torch.load(tmp_path / "resumed" / "state" / "last.pt", weights_only=True)
+    assert saved["run"]["global_step"] == 2 and len(saved["rng_ranks"]) == 2
+    resumed = _torchrun(trainable, tmp_path / "resumed")
+    assert resumed.returncode == 0 and "resuming tiny fold 0" in resumed.stderr, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_ddp_plan_gives_every_rank_batches_even_with_one_buffer(trainable):
+    """A set smaller than one buffer: the ranks share its batches (whole buffers per rank would leave
+    rank 1 with nothing, and equal step counts would then make both ranks train zero steps)."""
+    index = build_index(trainable["stores"], pd.read_parquet(trainable["splits"]), "cell", 19)
+    positions = np.arange(len(index.fold))
+    one = epoch_plan(index, positions, 16, seed=0, epoch=0, buffer_chunks=10_000)
+    assert len(one) == 1
+    plans = [epoch_plan(index, positions, 16, seed=0, epoch=0, buffer_chunks=10_000, rank=r, world=2) for r in (0, 1)]
+    steps = [sum(len(g) for g in p) for p in plans]
+    assert steps[0] == steps[1] > 0
+    seen = [np.concatenate([b for g in p for b in g]) for p in plans]
+    assert not set(seen[0]) & set(seen[1])  # disjoint

@@ -75,10 +75,22 @@ def acquire_driver_lock():
     """
     import sys
 
-    from hpa_batch.core.driver import guard
+    from hpa_batch.core.driver import guard, ignore_job_signals
 
     if workflow.is_main_process:
         guard(".", sys.argv, results=RESULTS)
+    else:
+        ignore_job_signals()  # a SLURM job: signals are for its command (a training saves and exits 75)
+
+
+def print_resume_hints():
+    """After a failed run: name the trainings a signal stopped (they saved their state) and what to run."""
+    from glob import glob
+
+    from hpa_batch.core.driver import stopped_trainings
+
+    for log in stopped_trainings(glob(log_file("train", model="*", fold="*"))):
+        print(f"{log}: a signal stopped this training after it saved its state; rerun the same command to resume it")
 
 
 def print_qc_summary():

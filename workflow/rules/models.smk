@@ -19,6 +19,8 @@ rule split:
         " --rejected {input.rejected} --segment-qc {input.segment_qc} --out {output} > {log} 2>&1"
 
 
+# The job log shows the last attempt (Snakemake deletes a failed job's log before a retry); every
+# attempt, each stop and resume included, is kept in the fold's state/train.log.
 rule train_model:
     input:
         splits=rules.split.output[0],
