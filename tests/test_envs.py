@@ -1,9 +1,14 @@
 """envs/*.yaml (conda, used by the rules' conda: directives) agree with pyproject.toml."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,9 +24,7 @@ def norm(spec: str) -> str:
 def env_specs(name):
     env = yaml.safe_load((REPO / "envs" / name).read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str) and not d.startswith(("python", "pip"))]
-    pip = [
-        d for d in next(d["pip"] for d in env["dependencies"] if isinstance(d, dict)) if not d.startswith("--editable")
-    ]
+    pip = next((d["pip"] for d in env["dependencies"] if isinstance(d, dict)), [])
     return {norm(s) for s in conda}, {norm(s) for s in pip}
 
 
@@ -44,3 +47,41 @@ def test_every_rule_uses_a_project_env():
         for env in re.findall(r'conda:\s*\n\s*"([^"]+)"', smk.read_text()):
             assert (smk.parent / env).resolve().parent == REPO / "envs", (smk, env)
             assert (smk.parent / env).resolve().is_file()
+
+
+def test_env_files_name_no_path():
+    """Conda may read an env file from a copy (a remote or cached workflow): no entry may be a path or a
+    pip option; this checkout's package comes from the post-deploy script."""
+    for env_file in (REPO / "envs").glob("*.yaml"):
+        env = yaml.safe_load(env_file.read_text())
+        pip = next((d["pip"] for d in env["dependencies"] if isinstance(d, dict)), [])
+        for entry in [d for d in env["dependencies"] if isinstance(d, str)] + pip:
+            assert not entry.startswith(("-", ".", "/")) and "/" not in entry, (env_file.name, entry)
+        assert (REPO / "envs" / f"{env_file.stem}.post-deploy.sh").is_file(), env_file.name
+
+
+@pytest.mark.slow
+def test_post_deploy_script_installs_the_checkout_from_anywhere(tmp_path):
+    """What Snakemake does after creating an env: run the script (from a copy, in the working directory)
+    with the env's python first on PATH. Here a fresh venv stands in for the conda env."""
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    copy = tmp_path / "conda" / "abc123.post-deploy.sh"
+    copy.parent.mkdir()
+    shutil.copy(REPO / "envs" / "cpu.post-deploy.sh", copy)
+    run_env = {**os.environ, "PATH": f"{env / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    run_env.pop("HPA_BATCH_SOURCE", None)
+    missing = subprocess.run(["bash", str(copy)], cwd=tmp_path, env=run_env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "HPA_BATCH_SOURCE is not set" in missing.stderr
+    run_env["HPA_BATCH_SOURCE"] = str(REPO)
+    done = subprocess.run(["bash", str(copy)], cwd=tmp_path, env=run_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (env / "bin" / "hpa-batch").is_file()
+    show = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "show", "hpa-batch"], capture_output=True, text=True)
+    assert f"Editable project location: {REPO}" in show.stdout, show.stdout
+
+
+def test_the_snakefile_exports_the_checkout_for_the_post_deploy_scripts():
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    assert 'os.environ.setdefault("HPA_BATCH_SOURCE", str(Path(workflow.basedir).resolve()))' in common
+    assert (REPO / "pyproject.toml").is_file()  # workflow.basedir (the Snakefile's folder) is installable

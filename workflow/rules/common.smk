@@ -1,11 +1,16 @@
 # Planning only: which shards exist and what each job is handed. No processing happens here.
 import json
+import os
 import shlex
 from pathlib import Path
 
 from hpa_batch import layout
 from hpa_batch.config import config_from_dict, stage_subset
 from hpa_batch.convert.plan import check_images_dirs, plan_from_config
+
+# The conda environments' post-deploy scripts (envs/*.post-deploy.sh) install this checkout's package
+# (HPA_BATCH_SOURCE may be set beforehand to install another checkout).
+os.environ.setdefault("HPA_BATCH_SOURCE", str(Path(workflow.basedir).resolve()))
 
 CFG = config_from_dict(config)
 RESULTS = str(CFG.results_dir)
