@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -54,7 +55,7 @@ def _shard_verb(sub: argparse._SubParsersAction, name: str, help_: str) -> argpa
     """A per-shard stage verb: config arguments, ``--shard`` and ``--store``."""
     p = sub.add_parser(name, help=help_)
     _add_config_args(p)
-    p.add_argument("--shard", required=True)
+    p.add_argument("--shard", required=True, help="shard name, e.g. u-2-os-0003 (hpa-batch plan lists them)")
     p.add_argument("--store", type=Path, help=f"the shard's zarr store (default: {_R['store']})")
     return p
 
@@ -632,15 +633,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hpa-batch`` with all verbs."""
     parser = argparse.ArgumentParser(prog="hpa-batch", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"hpa-batch {__version__}")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug log lines, and a traceback on errors")
+    loud.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("synth", help="write a synthetic dataset in the HPA layout (+ ground truth)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--n-images", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="dataset folder: images/, train.csv, truth/")
+    p.add_argument("--n-images", type=int, required=True, help="images to draw")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same dataset)")
     p.add_argument("--sizes", help="comma-separated image sides (default 1728,2048,3072; 512 with --labels hpa2018)")
     p.add_argument("--cell-lines", help="comma-separated cell line names")
-    p.add_argument("--format", choices=["png", "tif", "jpg"], default="png")
+    p.add_argument("--format", choices=["png", "tif", "jpg"], default="png", help="image file format")
     p.add_argument(
         "--labels",
         choices=["hpa2021", "hpa2018"],
@@ -659,33 +663,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="print the shard plan of a config")
     _add_config_args(p)
-    p.add_argument("--format", choices=["table", "json", "names"], default="table")
+    p.add_argument(
+        "--format", choices=["table", "json", "names"], default="table", help="a table, JSON, or one name per line"
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("manifest", help="check a shard's images and write its manifest + refusals")
     _add_config_args(p)
-    p.add_argument("--shard", required=True)
+    p.add_argument("--shard", required=True, help="shard name, e.g. u-2-os-0003 (hpa-batch plan lists them)")
     p.add_argument("--out", type=Path, help="manifest parquet")
     p.add_argument("--rejected", type=Path, help="refused-images TSV")
     p.add_argument("--expect-digest", help="fail if the shard's rows no longer hash to this")
     p.set_defaults(func=cmd_manifest)
 
     p = _shard_verb(sub, "convert", "convert a shard to OME-Zarr (runs the manifest if missing)")
-    p.add_argument("--manifest", type=Path)
-    p.add_argument("--manifest-rejected", type=Path)
-    p.add_argument("--rejected", type=Path)
-    p.add_argument("--summary", type=Path)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--manifest", type=Path, help=f"the shard's manifest (default {_R['manifest']}; made if missing)")
+    p.add_argument(
+        "--manifest-rejected", type=Path, help=f"the manifest's refusals (default {_R['manifest_rejected']})"
+    )
+    p.add_argument("--rejected", type=Path, help=f"refusals of the shard (default {_R['rejected']})")
+    p.add_argument("--summary", type=Path, help=f"completion record (default {_R['convert_summary']})")
+    p.add_argument("--threads", type=int, default=1, help="images converted at once")
     p.set_defaults(func=cmd_convert)
 
     p = _shard_verb(sub, "segment", "segment cells and nuclei of a converted shard (labels in the store)")
     p.add_argument("--qc", type=Path, help="per-image segmentation QC TSV")
-    p.add_argument("--summary", type=Path)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--summary", type=Path, help=f"completion record (default {_R['segment_summary']})")
+    p.add_argument("--threads", type=int, default=1, help="images segmented at once")
     p.set_defaults(func=cmd_segment)
 
     p = _shard_verb(sub, "measure", "per-cell table of a segmented shard")
-    p.add_argument("--manifest", type=Path)
+    p.add_argument("--manifest", type=Path, help=f"the shard's manifest (default {_R['manifest']})")
     p.add_argument("--segment-qc", type=Path, help="qc/{shard}.segment.tsv (doubtful images)")
     p.add_argument("--out", type=Path, help="cells parquet")
     p.set_defaults(func=cmd_measure)
@@ -697,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("split", help="multilabel-stratified folds of all admitted images")
     _add_config_args(p)
-    p.add_argument("--manifests", nargs="*", type=Path)
+    p.add_argument("--manifests", nargs="*", type=Path, help="every shard's manifest (default: the plan's)")
     p.add_argument("--rejected", nargs="*", type=Path, help="qc/{shard}.rejected.tsv: refused images are left out")
     p.add_argument(
         "--segment-qc",
@@ -705,27 +713,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="qc/{shard}.segment.tsv: doubtful images get fold -2 (segmentation_qc.doubtful)",
     )
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help=f"default {_R['splits']}")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train one configured model on one fold (resumes if interrupted)")
     _add_config_args(p)
     p.add_argument("--model", required=True, help="name of an entry of `models` in the config")
-    p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--splits", type=Path)
+    p.add_argument("--fold", type=int, required=True, help="the fold held out for validation")
+    p.add_argument("--splits", type=Path, help=f"default {_R['splits']}")
     p.add_argument("--tiles", nargs="*", type=Path, help="tile stores (default: every planned shard)")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help=f"the fold's folder (default {_R['fold_dir']})")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="per-cell / per-image probabilities of a model for one shard")
     _add_config_args(p)
-    p.add_argument("--model", required=True)
-    p.add_argument("--shard", required=True)
+    p.add_argument("--model", required=True, help="name of an entry of `models` in the config")
+    p.add_argument("--shard", required=True, help="shard name, e.g. u-2-os-0003")
     p.add_argument("--models", nargs="*", type=Path, help="fold checkpoints (model.pt)")
-    p.add_argument("--tiles", type=Path)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--device")
+    p.add_argument("--tiles", type=Path, help=f"the shard's tile store (default {_R['tiles']})")
+    p.add_argument("--out", type=Path, help=f"default {_R['predictions']}")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(func=cmd_predict)
 
     # Global verbs read what they are given; anything not given comes from the config and hpa_batch.layout.
@@ -736,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"merge every shard into {_R['cells_table']} / {_R['images_table']} (--cells and --images are the outputs)",
         cmd_merge,
     )
-    p.add_argument("--splits", type=Path)
+    p.add_argument("--splits", type=Path, help=f"default {_R['splits']}")
     for flag in (
         "manifests",
         "rejected",
@@ -762,11 +770,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _tables_verb(sub, "report", f"{_R['report']}: figures, metrics deep vs baseline, provenance", cmd_report)
     p.add_argument("--out", type=Path, help=f"default {_R['report']}")
     p.add_argument("--screenshot", type=Path, help="also render it in headless Chromium to this PNG")
-    p.add_argument("--metrics", type=Path)
+    p.add_argument("--metrics", type=Path, help=f"default {_R['metrics']}")
     p.add_argument("--qc", type=Path, help=f"{_R['qc_table']}")
     p.add_argument("--baseline", nargs="*", type=Path, help="the baseline's cells.parquet (none given: no baseline)")
-    for flag in ("histories", "tiles", "stores"):
-        p.add_argument(f"--{flag}", nargs="*", type=Path)
+    p.add_argument("--histories", nargs="*", type=Path, help="training history.csv files (default: the config's)")
+    p.add_argument("--tiles", nargs="*", type=Path, help="tile stores, for cell crops (default: the plan's)")
+    p.add_argument("--stores", nargs="*", type=Path, help="shard stores, for overlays (default: the plan's)")
     p.add_argument("--run-config", help="JSON of the whole run's config, shown under provenance")
 
     p = _tables_verb(sub, "baseline", "scikit-learn classifier on the hand-crafted cell features", cmd_baseline)
@@ -796,8 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stores", nargs="*", type=Path, default=[], help="shard zarr stores with labels/cells (2021 format)"
     )
     p.add_argument("--catalog", default="hpa2021", help="label catalog (its class count)")
-    p.add_argument("--min-confidence", type=float, default=0.0)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--min-confidence", type=float, default=0.0, help="leave out cell labels below this confidence")
+    p.add_argument("--out", type=Path, required=True, help="submission CSV")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("validate", help="check a zarr store (PATH) or the configured dataset")
@@ -816,14 +825,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("info", help="what a store (or image group) holds")
-    p.add_argument("path", type=Path)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("path", type=Path, help="a shard store (results/zarr/<shard>.zarr) or one image group in it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--limit", type=int, default=10, help="images listed at most")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("qc", help="merge shard refusal tables and print the summary")
-    p.add_argument("inputs", nargs="*", type=Path)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("inputs", nargs="*", type=Path, help="qc/{shard}.rejected.tsv files")
+    p.add_argument("--out", type=Path, required=True, help=f"merged table ({_R['qc_table']})")
     p.set_defaults(func=cmd_qc)
     return parser
 
@@ -832,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpa-batch`` command."""
     args = build_parser().parse_args(argv)
     default_signals()  # a SLURM job's Snakemake ignores them for its command (core.driver.ignore_job_signals)
-    get_logger()
+    get_logger().setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
@@ -841,6 +850,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PlanError, OutputLockError) as exc:
         print(f"hpa-batch {args.verb}: error: {exc}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        if args.verbose:
+            raise
+        print(f"hpa-batch {args.verb}: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        if args.verbose or exc.name not in _EXTRAS:
+            raise
+        print(
+            f"hpa-batch {args.verb}: error: {exc.name} is not installed; it comes with the {_EXTRAS[exc.name]} "
+            f"extra: pip install 'hpa-batch[{_EXTRAS[exc.name]}]' (make setup installs every extra)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+#: Optional packages and the pyproject extra that brings each.
+_EXTRAS = {"torch": "gpu", "torchvision": "gpu", "timm": "gpu", "snakemake": "workflow"}
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a missing / wrong path: the path, then why."""
+    why = {
+        FileNotFoundError: "no such file or directory",
+        NotADirectoryError: "not a directory",
+        IsADirectoryError: "is a directory, not a file",
+        PermissionError: "permission denied",
+    }.get(type(exc), exc.strerror or str(exc))
+    if exc.filename is not None:
+        return f"{exc.filename}: {why}"
+    text = str(exc)
+    bare = len(exc.args) == 1 and isinstance(exc.args[0], str) and " " not in text  # pyarrow: FileNotFoundError(path)
+    return f"{text}: {why}" if bare else text
 
 
 if __name__ == "__main__":

@@ -63,3 +63,78 @@ def test_clear_errors(dataset, capsys):
     assert "no shard named 'nope-0000'" in capsys.readouterr().err
     assert main(["plan", "--config-json", '{"shard_size": -1}']) == 2
     assert "shard_size" in capsys.readouterr().err
+
+
+def test_every_option_of_every_verb_has_help_text():
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        f"{verb} {a.option_strings or a.dest}"
+        for verb, p in sub.choices.items()
+        for a in p._actions
+        if not isinstance(a, argparse._HelpAction) and not a.help
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info", "/nonexistent/a.zarr"],
+        ["submit", "--cells", "/nonexistent/cells.parquet", "--stores", "/nonexistent/s.zarr", "--out", "x.csv"],
+        ["measure", "--shard", "a-0000", "--manifest", "/nonexistent/m.parquet", "--store", "/nonexistent/s.zarr"],
+    ],
+    ids=["info", "submit", "measure"],
+)
+def test_a_wrong_path_is_one_line_naming_it(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpa_batch.cli", *argv], check=False, capture_output=True, text=True, cwd=tmp_path
+    )
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(err) == 1 and "/nonexistent/" in err[0] and err[0].startswith(f"hpa-batch {argv[0]}: error:"), err
+    verbose = subprocess.run(
+        [sys.executable, "-m", "hpa_batch.cli", "-v", *argv], check=False, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert "Traceback" in verbose.stderr  # -v shows where it came from
+
+
+def test_validate_says_when_a_zarr_group_is_not_an_image_store(tmp_path, capsys):
+    import zarr
+
+    zarr.open_group(tmp_path / "other.zarr", mode="w").attrs["x"] = 1
+    assert main(["validate", str(tmp_path / "other.zarr")]) == 1
+    assert "not an image store" in capsys.readouterr().out
+
+
+def test_train_without_torch_names_the_extra_to_install(tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
+        "from hpa_batch.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "train", "--model", "m", "--fold", "0", "--out", str(tmp_path / "f")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "torch is not installed" in proc.stderr and "hpa-batch[gpu]" in proc.stderr
+
+
+def test_quiet_and_verbose_set_the_log_level(dataset, capsys):
+    import logging
+
+    from hpa_batch.core.progress import get_logger
+
+    dataset.add("a")
+    cfg = dataset.config_file()
+    assert main(["-q", "plan", "--config", str(cfg)]) == 0
+    assert get_logger().level == logging.WARNING
+    assert main(["-v", "plan", "--config", str(cfg)]) == 0
+    assert get_logger().level == logging.DEBUG
+    assert main(["plan", "--config", str(cfg)]) == 0
+    assert get_logger().level == logging.INFO

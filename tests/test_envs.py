@@ -71,13 +71,17 @@ def test_post_deploy_script_installs_the_checkout_from_anywhere(tmp_path):
     shutil.copy(REPO / "envs" / "cpu.post-deploy.sh", copy)
     run_env = {**os.environ, "PATH": f"{env / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     run_env.pop("HPA_BATCH_SOURCE", None)
-    missing = subprocess.run(["bash", str(copy)], cwd=tmp_path, env=run_env, capture_output=True, text=True)
+    missing = subprocess.run(
+        ["bash", str(copy)], check=False, cwd=tmp_path, env=run_env, capture_output=True, text=True
+    )
     assert missing.returncode != 0 and "HPA_BATCH_SOURCE is not set" in missing.stderr
     run_env["HPA_BATCH_SOURCE"] = str(REPO)
-    done = subprocess.run(["bash", str(copy)], cwd=tmp_path, env=run_env, capture_output=True, text=True)
+    done = subprocess.run(["bash", str(copy)], check=False, cwd=tmp_path, env=run_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (env / "bin" / "hpa-batch").is_file()
-    show = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "show", "hpa-batch"], capture_output=True, text=True)
+    show = subprocess.run(
+        [str(env / "bin" / "python"), "-m", "pip", "show", "hpa-batch"], check=False, capture_output=True, text=True
+    )
     assert f"Editable project location: {REPO}" in show.stdout, show.stdout
 
 

@@ -130,10 +130,16 @@ def validate_store(path: Path, deep: bool = False) -> Report:
         report.problems.append(f"{path}: not a zarr v3 store (no zarr.json)")
         return report
     groups = image_groups(path)
+    record = read_group_attrs(path).get("hpa_batch", {}).get("images")  # what conversion wrote
+    if not groups and record is None:
+        report.problems.append(
+            f"{path}: not an image store: a zarr group with no OME-NGFF image group and no conversion record "
+            "(a shard store is results/zarr/<shard>.zarr)"
+        )
+        return report
     for image in groups:
         report.checked += 1
         report.problems += validate_image(image, deep)
-    record = read_group_attrs(path).get("hpa_batch", {}).get("images")  # what conversion wrote
     if record is not None:
         gone = sorted(set(record) - {p.name for p in groups})
         report.problems += [f"{path / i}: in the store's record of its images but missing" for i in gone]

@@ -96,6 +96,29 @@ class StopFlag:
         return self.raised or step == self.at_step
 
 
+class _Pace:
+    """When to log a progress line within an epoch (every ``every_s`` seconds; 0 = every step), and
+    the throughput and time left since the epoch (or its resume) began."""
+
+    def __init__(self, every_s: float, start_step: int) -> None:
+        self.every_s, self.start_step = every_s, start_step
+        self.t0 = self.last = time.monotonic()
+        self.images = 0
+
+    def due(self, images: int) -> bool:
+        self.images += images
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return False
+        self.last = now
+        return True
+
+    def line(self, step: int, steps: int) -> str:
+        elapsed = max(time.monotonic() - self.t0, 1e-9)
+        per_step = elapsed / max(step - self.start_step, 1)
+        return f"{self.images / elapsed:.1f} img/s, eta {per_step * (steps - step):.0f} s"
+
+
 # ----------------------------------------------------------------------------- reproducibility
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
@@ -407,6 +430,7 @@ class Trainer:
         self.net.train()
         plan = self._plan(epoch)
         data = GroupDataset(self.index, plan, self.channels, self.features)
+        pace = _Pace(self.spec["log_every_s"], self.state.batch)
         for b, x, f, y, _ in iterate_batches(data, self.spec["num_workers"], skip=self.state.batch):
             self._set_lr(epoch + b / max(self.steps_per_epoch, 1))
             x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"], self.channel_map.mix)
@@ -419,6 +443,18 @@ class Trainer:
             self.state.loss_sum += float(loss.detach())
             self.state.loss_count += 1
             self.state.batch, self.state.global_step = b + 1, self.state.global_step + 1
+            if pace.due(len(y)):
+                self.log.info(
+                    "%s fold %d epoch %d/%d: step %d/%d, loss %.4g, %s",
+                    self.spec["name"],
+                    self.fold,
+                    epoch + 1,
+                    self.spec["epochs"],
+                    b + 1,
+                    self.steps_per_epoch,
+                    self.state.loss_sum / self.state.loss_count,
+                    pace.line(b + 1, self.steps_per_epoch),
+                )
             if self._stop_agreed():
                 self.save_state()
                 return None

@@ -2,6 +2,7 @@
 a tiny end-to-end run on the synthetic tiles."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -110,7 +111,14 @@ def test_pretrained_weights_from_a_local_file_only(tmp_path):
 
 def test_tiny_training_end_to_end_and_predict(trainable, tmp_path):
     out = tmp_path / "fold0"
-    run_train(trainable, out)
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "log_every_s": 0}]
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_train(trainable, out, config=path)
+    steps = [ln for ln in proc.stderr.splitlines() if "epoch 1/2: step " in ln]
+    assert steps and all("loss " in ln and " img/s, eta " in ln for ln in steps), proc.stderr[-2000:]
+    assert re.match(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} INFO", steps[0])  # dated log lines
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns[:4]) == ["epoch", "lr", "train_loss", "val_loss"]
     assert {"val_macro_f1", "val_map", "val_auc"} <= set(history.columns) and len(history) == 2
