@@ -478,7 +478,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         config=run_config,
         workdir=Path.cwd(),
     )
-    out = build_report(inp, cfg.catalog, cfg.raw["report"], report_out)
+    if args.figures:
+        _writes(args, args.figures)
+    out = build_report(inp, cfg.catalog, cfg.raw["report"], report_out, figures_dir=args.figures)
     print(out)
     if args.screenshot:
         from hpa_batch.results.report import screenshot
@@ -769,6 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _tables_verb(sub, "report", f"{_R['report']}: figures, metrics deep vs baseline, provenance", cmd_report)
     p.add_argument("--out", type=Path, help=f"default {_R['report']}")
+    p.add_argument("--figures", type=Path, help="also write its figures as PNG files in this folder")
     p.add_argument("--screenshot", type=Path, help="also render it in headless Chromium to this PNG")
     p.add_argument("--metrics", type=Path, help=f"default {_R['metrics']}")
     p.add_argument("--qc", type=Path, help=f"{_R['qc_table']}")

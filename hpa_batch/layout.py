@@ -48,6 +48,7 @@ RESULTS: dict[str, str] = {
     "baseline_model": "baseline/model.joblib",
     "metrics": "metrics.json",
     "report": "report.html",
+    "report_figures": "report_figures",
 }
 """Every output under ``results_dir`` (docs/TABLES.md describes the tables)."""
 

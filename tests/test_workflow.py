@@ -224,6 +224,24 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     assert 0 <= metrics["baseline"]["all"]["cell_map"] <= 1
     assert len(pd.read_parquet(res / "baseline" / "cells.parquet")) == len(cells_t)
     check_report(res / "report.html", tmp_path / "report.png")
+    check_snakemake_report(wd, tmp_path / "snakemake-report.zip", res)
+
+
+def check_snakemake_report(wd, out, res):
+    """Snakemake's own report carries the marked outputs, with their captions and categories."""
+    import zipfile
+
+    snakemake(wd, "--configfile", "run.yaml", "--report", str(out))
+    with zipfile.ZipFile(out) as z:
+        names = z.namelist()
+        text = "".join(z.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    for produced in ("report.html", "metrics.json", "rejected.tsv", "history.csv", "submission.csv"):
+        assert any(n.endswith(produced) for n in names), (produced, names[:40])
+    figures = sorted(p.name for p in (res / "report_figures").glob("*.png"))
+    assert {"training-0.png", "per-class-0.png"} <= set(figures), figures
+    assert all(any(n.endswith(f) for n in names) for f in figures)
+    for words in ("Quality control", "Training", "Figures", "Metrics", "prediction guard", "segmentation_qc.doubtful"):
+        assert words in text, words
 
 
 @pytest.mark.slow

@@ -55,6 +55,7 @@ READ_ONLY_FLAGS = frozenset(
         "--lt",
         "--summary",
         "-S",
+        "--report",  # writes the report file it is given, nothing of the workflow's
         "--detailed-summary",
         "-D",
         "--dag",

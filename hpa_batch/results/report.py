@@ -23,7 +23,10 @@ import base64
 import html
 import io
 import json
+import os
 import platform
+import re
+import shutil
 import socket
 import subprocess
 import time
@@ -714,8 +717,16 @@ def screenshot(
     return png
 
 
-def build_report(inp: ReportInputs, catalog: LabelCatalog, options: dict[str, Any], out: Path) -> Path:
-    """Write the standalone report ``out`` (temporary name, then renamed)."""
+def build_report(
+    inp: ReportInputs,
+    catalog: LabelCatalog,
+    options: dict[str, Any],
+    out: Path,
+    *,
+    figures_dir: Path | None = None,
+) -> Path:
+    """Write the standalone report ``out`` (temporary name, then renamed); with ``figures_dir``, its
+    figures also as PNG files there (:func:`export_figures`)."""
     metrics = json.loads(inp.metrics.read_text())
     images = pd.read_parquet(inp.images)
     n = catalog.n_classes
@@ -743,4 +754,31 @@ def build_report(inp: ReportInputs, catalog: LabelCatalog, options: dict[str, An
         f"<nav>{nav}</nav>{''.join(sections)}<script>{SORT_JS}</script></body></html>"
     )
     atomic_write_text(out, doc)
+    if figures_dir is not None:
+        export_figures(doc, figures_dir)
     return out
+
+
+#: Sections whose figures are also written as PNG files (the cell gallery's tiles are not).
+FIGURE_SECTIONS = ("labels", "training", "per-class", "confusion", "segmentation")
+_IMG = re.compile(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]*)"')
+
+
+def export_figures(doc: str, folder: Path) -> list[Path]:
+    """Write the report's figures (:data:`FIGURE_SECTIONS`) as ``<section>-<k>.png`` files in ``folder``
+    (replaced as a whole: written beside it, then renamed), for Snakemake's own report."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    written = []
+    for sid, body in re.findall(r'<section id="([^"]+)">(.*?)</section>', doc, flags=re.DOTALL):
+        if sid not in FIGURE_SECTIONS:
+            continue
+        for k, (data, _alt) in enumerate(_IMG.findall(body)):
+            path = tmp / f"{sid}-{k}.png"
+            path.write_bytes(base64.b64decode(data))
+            written.append(folder / path.name)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return written

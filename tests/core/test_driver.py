@@ -76,6 +76,7 @@ def _hold_lock_in_child(wd):
 def test_read_only_invocations_are_recognised():
     assert is_read_only(["snakemake", "-n", "tiles"])
     assert is_read_only(["snakemake", "--lint"])
+    assert is_read_only(["snakemake", "--report", "report.zip"])  # writes only the file it is given
     assert is_read_only(["snakemake", "--dry-run=true"])
     assert not is_read_only(["snakemake", "--cores", "4", "tiles"])
     assert not is_read_only(["snakemake", "--profile", "slurm"])

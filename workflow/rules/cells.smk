@@ -6,7 +6,13 @@ rule segment_shard:
         converted=rules.convert_shard.output.summary,
     output:
         summary=results_file("segment_summary"),
-        qc=results_file("segment_qc"),
+        qc=report(
+            results_file("segment_qc"),
+            caption="../report/segment_qc.rst",
+            category="Quality control",
+            subcategory="Segmentation",
+            labels={"shard": "{shard}"},
+        ),
     log:
         log_file("segment"),
     conda:

@@ -52,7 +52,12 @@ rule qc:
     input:
         shard_files(results_file("rejected")),
     output:
-        table=results_file("qc_table"),
+        table=report(
+            results_file("qc_table"),
+            caption="../report/qc_table.rst",
+            category="Quality control",
+            labels={"table": "refused images"},
+        ),
         summary=results_file("qc_summary"),
     log:
         log_file("qc"),

@@ -27,7 +27,12 @@ rule train_model:
         tiles=shard_files(results_file("tiles")),
     output:
         model=fold_file("model.pt"),
-        history=fold_file("history.csv"),
+        history=report(
+            fold_file("history.csv"),
+            caption="../report/history.rst",
+            category="Training",
+            labels={"model": "{model}", "fold": "{fold}"},
+        ),
         thresholds=fold_file("thresholds.json"),
     log:
         log_file("train"),

@@ -36,7 +36,7 @@ rule submit:
         images=rules.merge.output.images,
         segmented=shard_files(results_file("segment_summary")),
     output:
-        results_file("submission"),
+        report(results_file("submission"), caption="../report/submission.rst", category="Submission"),
     log:
         log_file("submit"),
     conda:
@@ -80,7 +80,7 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        results_file("metrics"),
+        report(results_file("metrics"), caption="../report/metrics.rst", category="Metrics"),
     log:
         log_file("evaluate"),
     conda:
@@ -106,7 +106,14 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        results_file("report"),
+        html=report(results_file("report"), caption="../report/report.rst", category="Report"),
+        figures=report(
+            directory(results_file("report_figures")),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
     log:
         log_file("report"),
     conda:
@@ -124,4 +131,4 @@ rule report:
         "hpa-batch report --config-json {params.cfg} --cells {input.cells} --images {input.images}"
         " --metrics {input.metrics} --qc {input.qc} --baseline {params.baseline}"
         " --histories {input.histories} --tiles {input.tiles} --stores {params.stores}"
-        " --run-config {params.run_config} --out {output} > {log} 2>&1"
+        " --run-config {params.run_config} --out {output.html} --figures {output.figures} > {log} 2>&1"
