@@ -37,6 +37,7 @@ rule all:
         rules.tiles.input,
         rules.predict.input,
         rules.merge.output,
+        rules.h5ad.output,
         rules.submit.output,
         rules.evaluate.output,
         rules.report.output,

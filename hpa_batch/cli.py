@@ -533,6 +533,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_h5ad(args: argparse.Namespace) -> int:
+    from hpa_batch.results.h5ad import write_cells_h5ad
+
+    cfg = _cfg(args)
+    out = args.out or result(cfg.results_dir, "cells_h5ad")
+    _writes(args, out)
+    n = write_cells_h5ad(args.cells or result(cfg.results_dir, "cells_table"), out, cfg.catalog)
+    print(f"{n} cells -> {out}")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpa_batch.results.submit import (
         table_predictions,
@@ -788,6 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, help=f"default {_R['baseline_summary']}")
     p.add_argument("--model-out", type=Path, help=f"default {_R['baseline_model']}")
     _held_out_args(p)
+
+    p = _tables_verb(sub, "h5ad", f"{_R['cells_table']} as AnnData ({_R['cells_h5ad']}), shard by shard", cmd_h5ad)
+    p.add_argument("--out", type=Path, help=f"default {_R['cells_h5ad']}")
 
     p = sub.add_parser(
         "submit",

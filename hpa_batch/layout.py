@@ -47,6 +47,7 @@ RESULTS: dict[str, str] = {
     "baseline_summary": "baseline/summary.json",
     "baseline_model": "baseline/model.joblib",
     "metrics": "metrics.json",
+    "cells_h5ad": "tables/cells.h5ad",
     "report": "report.html",
     "report_figures": "report_figures",
 }
@@ -66,6 +67,7 @@ LOGS: dict[str, str] = {
     "submit": "submit.log",
     "baseline": "baseline.log",
     "evaluate": "evaluate.log",
+    "h5ad": "h5ad.log",
     "report": "report.log",
 }
 """Every job log under ``logs_dir``."""

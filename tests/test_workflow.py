@@ -172,7 +172,7 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     for section, key, value, expected in (
         ("report", "gallery_per_class", 3, {"report", "all"}),
         ("evaluation", "max_class_share", 0.7, {"evaluate", "report", "all"}),
-        ("merge", "cell_weight", 0.4, {"merge", "submit", "baseline", "evaluate", "report", "all"}),
+        ("merge", "cell_weight", 0.4, {"merge", "h5ad", "submit", "baseline", "evaluate", "report", "all"}),
     ):
         edited = {**cfg, section: {**cfg.get(section, {}), key: value}}
         (wd / "edited.yaml").write_text(yaml.safe_dump(edited))
@@ -186,6 +186,11 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
     cells_t = pd.read_parquet(res / "tables" / "cells.parquet")
     images_t = pd.read_parquet(res / "tables" / "images.parquet")
     assert len(cells_t) == sum(len(pd.read_parquet(c)) for c in cells)
+    import anndata
+
+    adata = anndata.read_h5ad(res / "tables" / "cells.h5ad")  # the same cells, as AnnData
+    assert list(adata.obs_names) == [f"{i}_{c}" for i, c in zip(cells_t["image_id"], cells_t["cell_id"])]
+    assert np.allclose(adata.obsm["fused_prob"], cells_t[[f"fused_prob_{k}" for k in range(19)]].to_numpy())
     assert pq.read_schema(res / "tables" / "images.parquet").equals(images_schema(19), check_metadata=False)
     assert sorted(images_t["image_id"]) == sorted(pd.read_csv(synth_data / "train.csv")["ID"])
     image_preds = pd.concat([pd.read_parquet(p) for p in (res / "predictions" / "img").glob("*.parquet")])

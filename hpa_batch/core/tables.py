@@ -23,16 +23,18 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
     """Write ``path`` (a file or a directory) all at once: yield a temporary sibling
     ``.{name}.{pid}.tmp`` to write, then rename it over ``path``; nothing partial is ever at ``path``.
+    With ``keep_suffix`` the temporary ends with ``path``'s suffix too (for writers that pick their
+    format by it, such as anndata's).
 
     On any error the temporary is removed and ``path`` keeps its previous content; a full disk is
     reported as "no space left on <folder>".
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix if keep_suffix else ''}")
     _remove(tmp)
     try:
         yield tmp

@@ -30,6 +30,24 @@ rule merge:
         " --stores {params.stores} --cells {output.cells} --images {output.images} > {log} 2>&1"
 
 
+rule h5ad:
+    input:
+        cells=rules.merge.output.cells,
+    output:
+        results_file("cells_h5ad"),
+    log:
+        log_file("h5ad"),
+    conda:
+        "../../envs/cpu.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    params:
+        cfg=stage_config("labels"),
+    shell:
+        "hpa-batch h5ad --config-json {params.cfg} --cells {input.cells} --out {output} > {log} 2>&1"
+
+
 rule submit:
     input:
         cells=rules.merge.output.cells,

@@ -1,0 +1,119 @@
+"""The per-cell table as AnnData (``results/tables/cells.h5ad``), for scanpy, squidpy and cellxgene.
+
+Layout (one row per cell, ``obs_names`` = ``<image_id>_<cell_id>``):
+
+* ``X``: the cell's measurements, float32 ``(n_cells, n_features)``: geometry, per-channel
+  intensities in cell and nucleus, and the protein pattern features; ``var_names`` name them
+  (:data:`hpa_batch.cells.measure.FEATURE_COLUMNS`).
+* ``obs``: image id, cell id, cell line, shard, fold, border flag, the predicted and the image's
+  labels, and, with truth, the matched true cell and its labels.
+* ``obsm``: ``spatial`` (centroid x, y in full-resolution pixels, squidpy's convention), ``bbox``
+  (y0, x0, y1, x1), ``fused_prob`` / ``cell_prob`` / ``image_prob`` ``(n_cells, n_classes)``.
+* ``uns``: the label catalog's name and class names (the columns of the ``*_prob`` arrays).
+
+Memory does not grow with the cell count: each shard (one row group of ``cells.parquet``) becomes its
+own small AnnData file, and :func:`anndata.experimental.concat_on_disk` joins them on disk.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from hpa_batch.cells.measure import FEATURE_COLUMNS
+from hpa_batch.core.labels import LabelCatalog
+from hpa_batch.core.tables import atomic_path
+
+#: Text columns of ``obs`` (missing values become "").
+OBS_TEXT = ("image_id", "cell_line", "shard", "predicted", "image_labels", "truth_labels")
+#: Numeric and flag columns of ``obs``.
+OBS_VALUES = ("cell_id", "fold", "border", "truth_cell_id")
+PROBABILITIES = ("fused_prob", "cell_prob", "image_prob")
+
+
+def _text(value: object) -> str:
+    """A label list (``[0, 17]``) as ``0|17``; a missing value as ``""``; anything else as its str."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "|".join(str(v) for v in value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value)
+
+
+def shard_anndata(table: pd.DataFrame, catalog: LabelCatalog):
+    """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`."""
+    import anndata as ad
+
+    n = catalog.n_classes
+    obs = pd.DataFrame(index=pd.Index(table["image_id"] + "_" + table["cell_id"].astype(str), name="cell"))
+    for col in OBS_TEXT:
+        if col in table:
+            obs[col] = [_text(v) for v in table[col]]
+    for col in OBS_VALUES:
+        if col in table:
+            obs[col] = table[col].to_numpy()
+    obsm = {
+        "spatial": table[["centroid_x", "centroid_y"]].to_numpy(np.float32),
+        "bbox": table[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]].to_numpy(np.int32),
+    }
+    for kind in PROBABILITIES:
+        cols = [f"{kind}_{k}" for k in range(n)]
+        if all(c in table for c in cols):
+            obsm[kind] = table[cols].to_numpy(np.float32)
+    return ad.AnnData(
+        X=table[list(FEATURE_COLUMNS)].to_numpy(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(FEATURE_COLUMNS, name="feature")),
+        obsm=obsm,
+        uns=_uns(catalog),
+    )
+
+
+def _uns(catalog: LabelCatalog) -> dict[str, object]:
+    return {"catalog": catalog.name, "classes": list(catalog.classes)}
+
+
+def _write_uns(path: Path, catalog: LabelCatalog) -> None:
+    import h5py
+    from anndata.io import write_elem
+
+    with h5py.File(path, "a") as f:
+        if "uns" in f:
+            del f["uns"]
+        write_elem(f, "uns", _uns(catalog))
+
+
+def write_cells_h5ad(cells_table: Path, out: Path, catalog: LabelCatalog) -> int:
+    """Write ``cells_table`` (the merged ``cells.parquet``) as AnnData to ``out``, shard by shard.
+
+    Returns
+    -------
+    int
+        Cells written.
+    """
+    from anndata.experimental import concat_on_disk
+
+    source = pq.ParquetFile(cells_table)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.parts-") as tmp:
+        parts = []
+        for group in range(source.num_row_groups):
+            table = source.read_row_group(group).to_pandas()
+            if len(table):
+                parts.append(Path(tmp) / f"{group:05d}.h5ad")
+                shard_anndata(table, catalog).write_h5ad(parts[-1])
+        if not parts:  # no cell at all: an empty AnnData with the same layout
+            parts.append(Path(tmp) / "empty.h5ad")
+            shard_anndata(source.schema_arrow.empty_table().to_pandas(), catalog).write_h5ad(parts[-1])
+        with atomic_path(out, keep_suffix=True) as dest:
+            if len(parts) == 1:
+                Path(parts[0]).replace(dest)
+            else:
+                concat_on_disk(parts, dest)
+                _write_uns(dest, catalog)  # concat_on_disk leaves uns out
+    return source.metadata.num_rows

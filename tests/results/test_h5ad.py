@@ -1,0 +1,68 @@
+"""results/tables/cells.h5ad: the cells table as AnnData, read back with anndata."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hpa_batch.cells.measure import FEATURE_COLUMNS
+from hpa_batch.core.labels import CATALOGS
+from hpa_batch.results.h5ad import write_cells_h5ad
+
+CATALOG = CATALOGS["hpa2021"]
+
+
+def cells_table(rng, shard, n):
+    t = pd.DataFrame(rng.random((n, len(FEATURE_COLUMNS))).astype(np.float32), columns=list(FEATURE_COLUMNS))
+    t.insert(0, "image_id", [f"{shard}-img{i % 3}" for i in range(n)])
+    t.insert(1, "cell_id", np.arange(1, n + 1, dtype=np.int32))
+    t["cell_line"], t["shard"], t["fold"] = "U-2 OS", shard, np.int8(1)
+    t["border"] = rng.random(n) < 0.2
+    for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"):
+        t[c] = rng.integers(0, 500, n).astype(np.int32)
+    t["centroid_y"], t["centroid_x"] = rng.random(n) * 500, rng.random(n) * 500
+    for kind in ("fused_prob", "cell_prob", "image_prob"):
+        for k in range(CATALOG.n_classes):
+            t[f"{kind}_{k}"] = rng.random(n).astype(np.float32)
+    t["predicted"] = ["0|17" if i % 2 else "" for i in range(n)]
+    t["image_labels"] = [np.array([0, 17]) for _ in range(n)]
+    t["truth_labels"] = [np.array([i % 19]) for i in range(n)]
+    t["truth_cell_id"] = np.arange(n, dtype=np.int32)
+    return t
+
+
+def test_cells_h5ad_round_trips_against_the_parquet_shard_by_shard(tmp_path):
+    rng = np.random.default_rng(0)
+    shards = [cells_table(rng, "a-0000", 40), cells_table(rng, "b-0000", 25), cells_table(rng, "c-0000", 0)]
+    src = tmp_path / "cells.parquet"
+    schema = pa.Table.from_pandas(shards[0], preserve_index=False).schema
+    with pq.ParquetWriter(src, schema) as w:
+        for t in shards:  # one row group per shard, as the merge writes it
+            w.write_table(
+                pa.Table.from_pandas(t, schema=schema, preserve_index=False) if len(t) else schema.empty_table()
+            )
+    out = tmp_path / "cells.h5ad"
+    assert write_cells_h5ad(src, out, CATALOG) == 65
+    a = ad.read_h5ad(out)
+    table = pd.read_parquet(src)
+    assert a.shape == (65, len(FEATURE_COLUMNS)) and list(a.var_names) == list(FEATURE_COLUMNS)
+    assert np.array_equal(a.X, table[list(FEATURE_COLUMNS)].to_numpy(np.float32))
+    assert list(a.obs_names) == [f"{i}_{c}" for i, c in zip(table["image_id"], table["cell_id"])]
+    assert list(a.obs["shard"]) == list(table["shard"]) and list(a.obs["cell_id"]) == list(table["cell_id"])
+    assert a.obs["image_labels"].iloc[0] == "0|17" and a.obs["predicted"].iloc[0] == ""
+    for kind in ("fused_prob", "cell_prob", "image_prob"):
+        cols = [f"{kind}_{k}" for k in range(19)]
+        assert np.array_equal(a.obsm[kind], table[cols].to_numpy(np.float32))
+    assert np.allclose(a.obsm["spatial"], table[["centroid_x", "centroid_y"]].to_numpy())
+    assert list(a.uns["classes"]) == list(CATALOG.classes) and a.uns["catalog"] == "hpa2021"
+    assert not list(tmp_path.glob(".cells.h5ad*"))  # the per-shard parts and the temporary are gone
+
+
+def test_a_run_without_cells_writes_an_empty_anndata(tmp_path):
+    src = tmp_path / "cells.parquet"
+    one = cells_table(np.random.default_rng(1), "a-0000", 1)
+    pq.write_table(pa.Table.from_pandas(one, preserve_index=False).schema.empty_table(), src)
+    assert write_cells_h5ad(src, tmp_path / "cells.h5ad", CATALOG) == 0
+    a = ad.read_h5ad(tmp_path / "cells.h5ad")
+    assert a.shape == (0, len(FEATURE_COLUMNS))
