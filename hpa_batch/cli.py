@@ -619,14 +619,19 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{info['store']}: {info['n_images']} image(s), {info['n_complete']} complete, "
-        f"{info['bytes'] / 1e6:.1f} MB, files per image {info['files_per_image']}"
+        f"{info['bytes'] / 1e6:.1f} MB, files per image {info['files_per_image']}\n"
+        "  each <store>/<image> is an OME-Zarr 0.5 image with labels/cells and labels/nuclei "
+        "(open that path in napari, ome-zarr-py, bioio)"
     )
     for image in info["images"][: args.limit]:
         shapes = " ".join("x".join(map(str, lv["shape"])) for lv in image["levels"])
+        labels = ", ".join(
+            f"{lb['name']} ({'?' if lb['values'] is None else lb['values']} values)" for lb in image["labels"]
+        )
         print(
             f"  {image['image']}: {len(image['levels'])} levels [{shapes}] "
             f"{image['levels'][0]['dtype']} chunks {image['levels'][0]['chunks']} "
-            f"{'complete' if image['complete'] else 'INCOMPLETE'}"
+            f"{'complete' if image['complete'] else 'INCOMPLETE'}; labels: {labels or 'none'}"
         )
     if info["n_images"] > args.limit:
         print(f"  ... {info['n_images'] - args.limit} more")

@@ -107,10 +107,13 @@ def test_workflow_through_slurm_equals_local_run(slurm, synth_data, workflow_dir
         "3",
     )
     n_jobs = int(next(ln.split()[-1] for ln in reversed(out.splitlines()) if ln.startswith("total")))
-    submitted = [ln for ln in out.splitlines() if "Job " in ln and "has been submitted with SLURM jobid" in ln]
-    target_only = n_jobs - len(submitted)
-    assert target_only == 1, out[-3000:]  # only `all` runs on the login node; every real job went to SLURM
-    assert len(completed_jobs()) - before == len(submitted) >= 20
+    single = [ln for ln in out.splitlines() if "Job " in ln and "has been submitted with SLURM jobid" in ln]
+    arrays = [ln for ln in out.splitlines() if ln.startswith("Submitted array job with Snakemake IDs")]
+    in_arrays = sum(len(ln.split("Snakemake IDs ")[1].split(" and ")[0].split(",")) for ln in arrays)
+    submitted = len(single) + in_arrays
+    assert n_jobs - submitted == 1, out[-3000:]  # only `all` runs on the login node; every real job went to SLURM
+    assert arrays and in_arrays > len(arrays), out[-3000:]  # the per-shard rules went as job arrays
+    assert len(completed_jobs()) - before == submitted >= 20  # every array task ran and completed
     run(wd, slurm, "--cores", "2", "--configfile", str(configs["local"]))
     a, b = tmp_path / "slurm" / "results", tmp_path / "local" / "results"
     for sub in ("manifest", "cells"):

@@ -79,9 +79,43 @@ def image_problems(path: Path, deep: bool = False) -> list[str]:
         Image.from_zarr(group)
     except Exception as exc:  # noqa: BLE001 (any failure of the spec model is a validation problem to report)
         problems.append(f"{path}: fails OME-NGFF 0.5 validation: {exc}")
+    else:
+        problems += transform_problems(path, group.attrs["ome"]["multiscales"][0]["datasets"])
     if deep and not problems:
         problems += _check_pyramid(path, group)
     return problems
+
+
+def transform_problems(path: Path, datasets: list[dict], sampled_from: int | None = None) -> list[str]:
+    """Each level's scale and translation against the pyramid's (:func:`hpa_batch.core.ngff.level_transforms`,
+    pixel size from ``s0``): the spec model accepts any positive scale, a reader would misplace the level."""
+    from hpa_batch.core.ngff import level_transforms
+
+    px = float(datasets[0]["coordinateTransformations"][0]["scale"][-1])
+    problems = []
+    for k, ds in enumerate(datasets):
+        scale, shift = level_transforms(k, px, sampled_from)
+        found = {t["type"]: t.get(t["type"]) for t in ds["coordinateTransformations"]}
+        if not np.allclose(found.get("scale", [])[-2:], [scale, scale]):
+            problems.append(f"{path}/{ds['path']}: scale {found.get('scale')} but level {k} is {scale:g} (2^{k} px)")
+        if not np.allclose(found.get("translation", [0, 0])[-2:], [shift, shift]):
+            problems.append(
+                f"{path}/{ds['path']}: translation {found.get('translation')} but level {k} is at {shift:g}"
+            )
+    return problems
+
+
+def _label_metadata_problems(label: Path, sampled_from: int | None) -> list[str]:
+    from ome_zarr_models.v05 import ImageLabel  # the outside spec model
+
+    group = zarr.open_group(label, mode="r", zarr_format=3)
+    if "image-label" not in group.attrs.get("ome", {}):  # the model takes a plain multiscale without it
+        return [f"{label}: no image-label block: readers do not know it is a label image of ../../"]
+    try:
+        ImageLabel.from_zarr(group)
+    except Exception as exc:  # noqa: BLE001 (any failure of the spec model is a validation problem to report)
+        return [f"{label}: fails OME-NGFF 0.5 image-label validation: {exc}"]
+    return transform_problems(label, group.attrs["ome"]["multiscales"][0]["datasets"], sampled_from)
 
 
 def _label_problems(path: Path, deep: bool) -> list[str]:
@@ -92,12 +126,15 @@ def _label_problems(path: Path, deep: bool) -> list[str]:
     if not (labels / "zarr.json").is_file():
         return []
     problems = []
-    for name in read_group_attrs(labels).get("ome", {}).get("labels", []):
+    attrs = read_group_attrs(labels)
+    sampled_from = attrs.get("hpa_batch", {}).get("level")
+    for name in attrs.get("ome", {}).get("labels", []):
         try:
             verify_image(labels / name)
         except IncompleteImageError as exc:
             problems.append(str(exc))
             continue
+        problems += _label_metadata_problems(labels / name, sampled_from)
         if deep:
             group = zarr.open_group(labels / name, mode="r", zarr_format=3)
             for ds in group.attrs["ome"]["multiscales"][0]["datasets"]:
@@ -229,6 +266,8 @@ def describe_image(path: Path) -> dict[str, Any]:
     stamp = attrs.get("hpa_batch", {})
     return {
         "image": Path(path).name,
+        "path": str(path),  # an OME-Zarr image: what napari, ome-zarr-py, bioio and ome-zarr-models open
+        "labels": describe_labels(Path(path)),
         "complete": bool(stamp.get("complete")),
         "channels": [c["label"] for c in attrs["ome"].get("omero", {}).get("channels", [])],
         "levels": levels,
@@ -236,6 +275,30 @@ def describe_image(path: Path) -> dict[str, Any]:
         "files": count_files(path),
         "source_dtype": stamp.get("source_dtype"),
     }
+
+
+def describe_labels(image: Path) -> list[dict[str, Any]]:
+    """The label images of an image group: name, label values (colours listed), the level they were
+    made at, whether they are stamped complete."""
+    labels = image / "labels"
+    if not (labels / "zarr.json").is_file():
+        return []
+    attrs = read_group_attrs(labels)
+    stamp = attrs.get("hpa_batch", {})
+    out = []
+    for name in attrs.get("ome", {}).get("labels", []):
+        block = (
+            read_group_attrs(labels / name).get("ome", {}).get("image-label", {}) if (labels / name).is_dir() else {}
+        )
+        out.append(
+            {
+                "name": name,
+                "values": len(block["colors"]) - 1 if block.get("colors") else None,  # None: written without colours
+                "made_at_level": stamp.get("level"),
+                "complete": bool(stamp.get("complete")),
+            }
+        )
+    return out
 
 
 def describe_store(path: Path) -> dict[str, Any]:

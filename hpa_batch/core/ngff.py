@@ -75,19 +75,34 @@ def blosc_codec(codec: CodecConfig) -> BloscCodec:
     return BloscCodec(cname=codec.cname, clevel=codec.clevel, shuffle=codec.shuffle)
 
 
-def _multiscale(n_levels: int, name: str, pixel_size_um: float | None, channel_axis: bool) -> dict[str, Any]:
-    unit = {"unit": "micrometer"} if pixel_size_um else {}
+def level_transforms(k: int, pixel_size_um: float | None, sampled_from: int | None = None) -> tuple[float, float]:
+    """Scale and translation (per spatial axis, in units of ``pixel_size_um`` or full-resolution pixels)
+    of pyramid level ``k``.
+
+    Image levels are 2x means: a level-``k`` pixel covers ``2**k`` full-resolution pixels and its
+    centre is ``(2**k - 1) / 2`` from theirs. A label image made at level ``sampled_from`` and
+    subsampled (every ``2**(k - L)``-th pixel) to a coarser level ``k`` keeps the centres of level ``L``:
+    translation ``(2**L - 1) / 2``.
+    """
     px = float(pixel_size_um or 1.0)
+    shift_level = k if sampled_from is None else min(k, sampled_from)
+    return px * 2**k, px * (2**shift_level - 1) / 2
+
+
+def _multiscale(
+    n_levels: int, name: str, pixel_size_um: float | None, channel_axis: bool, sampled_from: int | None = None
+) -> dict[str, Any]:
+    unit = {"unit": "micrometer"} if pixel_size_um else {}
     lead_scale, lead_shift = ([1.0], [0.0]) if channel_axis else ([], [])
     datasets = []
     for k in range(n_levels):
-        f = float(2**k)
+        scale, shift = level_transforms(k, pixel_size_um, sampled_from)
         datasets.append(
             {
                 "path": f"s{k}",
                 "coordinateTransformations": [
-                    {"type": "scale", "scale": [*lead_scale, px * f, px * f]},
-                    {"type": "translation", "translation": [*lead_shift, px * (f - 1) / 2, px * (f - 1) / 2]},
+                    {"type": "scale", "scale": [*lead_scale, scale, scale]},
+                    {"type": "translation", "translation": [*lead_shift, shift, shift]},
                 ],
             }
         )
@@ -123,13 +138,47 @@ def multiscales_attrs(n_levels: int, name: str, pixel_size_um: float | None, dty
     }
 
 
-def label_attrs(n_levels: int, name: str, pixel_size_um: float | None) -> dict[str, Any]:
-    """The ``ome`` attribute block of one label image (``labels/{name}``), axes ``(y, x)``."""
+def label_attrs(
+    n_levels: int,
+    name: str,
+    pixel_size_um: float | None,
+    *,
+    sampled_from: int | None = None,
+    full: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The ``ome`` attribute block of one label image (``labels/{name}``), axes ``(y, x)``.
+
+    Parameters
+    ----------
+    sampled_from : int, optional
+        The level the labels were made at (coarser levels are subsampled from it:
+        :func:`level_transforms`).
+    full : numpy.ndarray, optional
+        ``(y, x)`` uint32 labels at full resolution: every label value present gets a colour
+        (``colors``; 0, the background, transparent) and its area in full-resolution pixels
+        (``properties``; the same values, as the spec asks).
+    """
+    image_label: dict[str, Any] = {"source": {"image": "../../"}}
+    if full is not None:
+        areas = np.bincount(full.ravel())
+        values = [int(v) for v in np.flatnonzero(areas) if v]
+        image_label["colors"] = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] + [
+            {"label-value": v, "rgba": label_color(v)} for v in values
+        ]
+        image_label["properties"] = [{"label-value": v, "area (pixels)": int(areas[v])} for v in [0, *values]]
     return {
         "version": NGFF_VERSION,
-        "multiscales": [_multiscale(n_levels, name, pixel_size_um, channel_axis=False)],
-        "image-label": {"source": {"image": "../../"}},
+        "multiscales": [_multiscale(n_levels, name, pixel_size_um, channel_axis=False, sampled_from=sampled_from)],
+        "image-label": image_label,
     }
+
+
+def label_color(value: int) -> list[int]:
+    """A distinct, opaque RGBA colour for label ``value`` (golden-ratio hues; the same value, the same colour)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((value * 0.618033988749895) % 1.0, 0.75, 0.95)
+    return [round(r * 255), round(g * 255), round(b * 255), 255]
 
 
 def label_levels(mask: np.ndarray, work_level: int, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
@@ -216,6 +265,7 @@ def write_labels(
     codec: CodecConfig,
     pixel_size_um: float | None,
     info: dict[str, Any],
+    sampled_from: int | None = None,
 ) -> None:
     """Write a ``labels`` group (NGFF 0.5) holding one multiscale label image per mask, verify every
     label image, and stamp the labels group complete with ``info``.
@@ -226,10 +276,13 @@ def write_labels(
         Where the ``labels`` group goes (a staging directory; see :func:`publish`).
     masks : dict of str to sequence of numpy.ndarray
         Name -> ``(y_k, x_k)`` uint32 per level (:func:`label_levels`).
+    sampled_from : int, optional
+        The level the masks were made at (:func:`label_attrs`).
     """
     zarr.open_group(path, mode="w", zarr_format=3, attributes={"ome": {"version": NGFF_VERSION, "labels": list(masks)}})
     for name, levels in masks.items():
-        write_pyramid(path / name, levels, chunk=chunk, codec=codec, ome=label_attrs(len(levels), name, pixel_size_um))
+        ome = label_attrs(len(levels), name, pixel_size_um, sampled_from=sampled_from, full=levels[0])
+        write_pyramid(path / name, levels, chunk=chunk, codec=codec, ome=ome)
         verify_image(path / name)
     zarr.open_group(path, mode="r+", zarr_format=3).attrs.update(
         {"hpa_batch": {**info, "complete": True, "version": __version__}}

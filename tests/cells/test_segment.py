@@ -217,6 +217,11 @@ def test_labels_in_store_are_valid_ngff_and_open_in_napari(segmented):
     image = min(p for p in store.iterdir() if p.is_dir())
     model = Image.from_zarr(zarr.open_group(image, mode="r"))
     assert model.labels is not None and list(model.labels.label_paths) == ["cells", "nuclei"]
+    from ome_zarr_models.v05 import ImageLabel
+
+    for name in ("cells", "nuclei"):  # strict: colours and properties name the same label values
+        block = ImageLabel.from_zarr(zarr.open_group(image / "labels" / name, mode="r")).attributes.ome.image_label
+        assert block.colors and block.properties and len(block.colors) == len(block.properties)
     from napari_ome_zarr._reader import napari_get_reader
 
     layers = napari_get_reader(str(image))(str(image))

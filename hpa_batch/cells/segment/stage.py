@@ -106,7 +106,15 @@ def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: 
     stage = staging / f"{image_id}.labels"
     masks = {"cells": label_levels(cells, level, shapes), "nuclei": label_levels(nuclei, level, shapes)}
     conv = cfg.conversion
-    write_labels(stage, masks, chunk=conv.chunk, codec=conv.codec, pixel_size_um=conv.pixel_size_um, info=info)
+    write_labels(
+        stage,
+        masks,
+        chunk=conv.chunk,
+        codec=conv.codec,
+        pixel_size_um=conv.pixel_size_um,
+        info=info,
+        sampled_from=level,
+    )
     publish(stage, image_path / "labels")
     return {"image_id": image_id, "n_cells": n_cells, "n_border": len(border), "level": level, **qc}
 
