@@ -137,6 +137,7 @@ class ConversionConfig:
     max_levels: int | None
     codec: CodecConfig
     pixel_size_um: float | None
+    parallelism: str = "processes"
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
             max_levels=conv["max_levels"],
             codec=CodecConfig(**conv["codec"]),
             pixel_size_um=conv["pixel_size_um"],
+            parallelism=conv["parallelism"],
         ),
         segmentation=SegmentationConfig(**d["segmentation"]),
         segmentation_qc=SegmentationQCConfig(

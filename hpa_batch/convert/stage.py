@@ -1,9 +1,13 @@
 """The conversion stage: a shard's admitted images -> one zarr store of OME-NGFF 0.5 images.
 
-Work inside a job is one Dask task per image run on Dask's threaded scheduler with the rule's thread
-count; a task decodes the four channels, builds the whole pyramid and writes each level as a single
-zarr shard (so Dask's unit of work is aligned to the zarr shards and every shard file has exactly one
-writer). Memory is bounded by ``threads`` images in flight, independent of the shard's size.
+Work inside a job is one Dask task per image, run with the rule's thread count on Dask's
+multiprocessing scheduler (``conversion.parallelism: processes``, the default) or its threaded one. A
+task decodes the four channels, builds the whole pyramid and writes each level as a single zarr shard
+(so Dask's unit of work is aligned to the zarr shards and every shard file has exactly one writer).
+Worker processes receive a manifest row and return a small :class:`ImageResult`; no array crosses a
+process boundary. Processes matter because zarr-python runs its codec pipeline on one event-loop
+thread that needs the GIL between chunks: threads of one process leave cores idle. Memory is bounded
+by ``threads`` images in flight, independent of the shard's size.
 
 Resumability: images already in the store, stamped complete, verified and made from the same source
 files (size + mtime) are kept; everything else is rewritten through a staging directory
@@ -24,6 +28,7 @@ import dask
 import numpy as np
 import pandas as pd
 import zarr
+from dask.callbacks import Callback
 
 from hpa_batch import CHANNELS, __version__
 from hpa_batch.config import Config
@@ -160,22 +165,48 @@ def _prepare_store(store: Path, shard: str, keep: set[str]) -> Path:
     return staging
 
 
+def image_task(row: pd.Series, store: Path, staging: Path, cfg: Config) -> ImageResult:
+    """One image: kept if the store already holds it from the same files, else converted."""
+    if reusable(store / row["image_id"], row):
+        return ImageResult(row["image_id"], "kept")
+    return convert_image(row, store, staging, cfg)
+
+
+def _worker_init() -> None:
+    """A conversion worker process: one image at a time, so zarr's codec pipeline gets one thread."""
+    zarr.config.set({"threading.max_workers": 1})
+
+
+class _Counted(Callback):
+    """Counts finished image tasks into a :class:`Progress` (in the scheduling process)."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def _posttask(self, key: object, result: object, dsk: object, state: object, worker_id: object) -> None:
+        if isinstance(result, ImageResult):
+            self.progress.update(1, result.nbytes_in)
+
+
 def run_images(
-    rows: list[pd.Series], store: Path, staging: Path, cfg: Config, threads: int, progress: Progress
+    rows: list[pd.Series],
+    store: Path,
+    staging: Path,
+    cfg: Config,
+    threads: int,
+    progress: Progress,
 ) -> list[ImageResult]:
-    """Run :func:`convert_image` over ``rows`` as Dask tasks on ``threads`` threads."""
-
-    def task(row: pd.Series) -> ImageResult:
-        if reusable(store / row["image_id"], row):
-            result = ImageResult(row["image_id"], "kept")
-        else:
-            result = convert_image(row, store, staging, cfg)
-        progress.update(1, result.nbytes_in)
-        return result
-
-    tasks = [dask.delayed(task, pure=False)(row) for row in rows]
-    with zarr.config.set({"threading.max_workers": max(threads, 1)}):
-        return list(dask.compute(*tasks, scheduler="threads", num_workers=max(threads, 1)))
+    """Run :func:`image_task` over ``rows`` as Dask tasks on ``threads`` worker processes (or threads:
+    ``conversion.parallelism``); one thread runs them in this process."""
+    tasks = [dask.delayed(image_task, pure=False)(row, store, staging, cfg) for row in rows]
+    workers = max(threads, 1)
+    with _Counted(progress):
+        if workers > 1 and cfg.conversion.parallelism == "processes":
+            with dask.config.set({"multiprocessing.context": "spawn"}):  # no fork of zarr's IO thread
+                return list(dask.compute(*tasks, scheduler="processes", num_workers=workers, initializer=_worker_init))
+        with zarr.config.set({"threading.max_workers": workers}):
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
 
 
 def convert_shard(
