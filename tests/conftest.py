@@ -127,6 +127,20 @@ SMALL_SEGMENTATION = {
 }
 
 
+def tiny_model(**overrides: object) -> dict:
+    """The tests' small cell model spec (timm's test_resnet, 32 px, one epoch, fold 0), with overrides."""
+    return {
+        "name": "tiny",
+        "arch": "test_resnet",
+        "input_size": 32,
+        "epochs": 1,
+        "batch_size": 16,
+        "num_workers": 0,
+        "folds": [0],
+        **overrides,
+    }
+
+
 def synth_config(root: Path, data: Path, **extra: object) -> dict:
     """Config for a synthetic dataset at ``data`` with results under ``root``."""
     cfg = {

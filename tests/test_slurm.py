@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from conftest import REPO, synth_config, tool_env
+from conftest import REPO, synth_config, tiny_model, tool_env
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 HARNESS = REPO / "tests" / "slurm" / "harness.sh"
@@ -76,17 +76,7 @@ def run(wd, env, *args):
 
 def test_workflow_through_slurm_equals_local_run(slurm, synth_data, workflow_dir, tmp_path):
     wd = workflow_dir()
-    models = [
-        {
-            "name": "tiny",
-            "arch": "test_resnet",
-            "input_size": 32,
-            "epochs": 1,
-            "batch_size": 16,
-            "num_workers": 0,
-            "folds": [0],
-        }
-    ]
+    models = [tiny_model()]
     configs = {}
     for name in ("slurm", "local"):
         cfg = synth_config(tmp_path / name, synth_data)
@@ -138,18 +128,7 @@ def test_a_signalled_training_saves_exits_75_and_the_retry_resumes(slurm, synth_
     wd = workflow_dir()
     cfg = synth_config(tmp_path, synth_data)
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
-    cfg["models"] = [
-        {
-            "name": "tiny",
-            "arch": "test_resnet",
-            "input_size": 32,
-            "epochs": 150,
-            "early_stopping_patience": 0,
-            "batch_size": 16,
-            "num_workers": 0,
-            "folds": [0],
-        }
-    ]
+    cfg["models"] = [tiny_model(epochs=150, early_stopping_patience=0)]
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     fold = tmp_path / "results" / "models" / "tiny" / "fold0"
     log = open(wd / "driver.log", "w+")  # noqa: SIM115 (the background driver writes it)

@@ -124,22 +124,13 @@ def test_a_missing_images_directory_is_refused_before_any_job(dataset, workflow_
 
 @pytest.mark.slow
 def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflow_dir, tmp_path):
-    from conftest import synth_config
+    from conftest import synth_config, tiny_model
 
     wd = workflow_dir()
     cfg = synth_config(tmp_path, synth_data)
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
     cfg["models"] = [
-        {
-            "name": "tiny",
-            "arch": "test_resnet",
-            "input_size": 32,
-            "epochs": 1,
-            "batch_size": 16,
-            "num_workers": 0,
-            "folds": [0, 1],
-            "features": True,
-        },  # a hybrid: tiles + feature rows
+        tiny_model(folds=[0, 1], features=True),  # a hybrid: tiles + feature rows
         {
             "name": "img",
             "level": "image",

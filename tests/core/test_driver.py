@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from conftest import synth_config, tool_env
+from conftest import synth_config, tiny_model, tool_env
 
 from hpa_batch.core.driver import DriverLockError, guard, holder_of, is_read_only
 from hpa_batch.core.ngff import is_complete, labels_complete
@@ -27,6 +27,11 @@ def start(wd, *args):
     return proc
 
 
+def snake(wd, *args):
+    """A snakemake run in ``wd`` to its end (output captured)."""
+    return subprocess.run(["snakemake", *args], check=False, cwd=wd, env=tool_env(), capture_output=True, text=True)
+
+
 def output(proc):
     proc.log.seek(0)
     return proc.log.read()
@@ -35,17 +40,7 @@ def output(proc):
 def config(wd, tmp_path, synth_data, **extra):
     cfg = synth_config(tmp_path, synth_data)
     cfg["splits"] = {"n_folds": 3, "min_combination": 1}
-    cfg["models"] = [
-        {
-            "name": "tiny",
-            "arch": "test_resnet",
-            "input_size": 32,
-            "epochs": 1,
-            "batch_size": 16,
-            "num_workers": 0,
-            "folds": [0],
-        }
-    ]
+    cfg["models"] = [tiny_model()]
     cfg.update(extra)
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "results"
@@ -150,27 +145,13 @@ def test_second_driver_is_refused_even_without_snakemake_locks(synth_data, workf
     first = start(wd, "--cores", "1", "tiles", "--configfile", "run.yaml")
     lock = wd / ".snakemake" / "hpa_batch.core.driver.lock"
     assert wait_for(lambda: lock.is_file() and str(first.pid) in lock.read_text())
-    second = subprocess.run(
-        ["snakemake", "--cores", "1", "--nolock", "--forcerun", "split", "split", "--configfile", "run.yaml"],
-        check=False,
-        cwd=wd,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-    )
+    second = snake(wd, "--cores", "1", "--nolock", "--forcerun", "split", "split", "--configfile", "run.yaml")
     assert second.returncode != 0
     assert "another snakemake driver is running" in second.stdout + second.stderr
     assert f'"pid": {first.pid}' in second.stdout + second.stderr
     assert first.wait(300) == 0, output(first)[-3000:]
     # once the first driver is gone, the directory is free again (the kernel dropped the lock)
-    again = subprocess.run(
-        ["snakemake", "--cores", "1", "tiles", "--configfile", "run.yaml"],
-        check=False,
-        cwd=wd,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-    )
+    again = snake(wd, "--cores", "1", "tiles", "--configfile", "run.yaml")
     assert again.returncode == 0, again.stderr[-2000:]
 
 
@@ -193,14 +174,7 @@ def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_
         pd.read_parquet(table)  # readable: written under a temporary name, renamed when complete
     for tiles in (res / "tiles").glob("*.zarr") if (res / "tiles").is_dir() else []:
         assert zarr.open_group(tiles, mode="r").attrs["hpa_batch"]["complete"]
-    rerun = subprocess.run(
-        ["snakemake", "--cores", "2", "tiles", "--configfile", "run.yaml"],
-        check=False,
-        cwd=wd,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-    )
+    rerun = snake(wd, "--cores", "2", "tiles", "--configfile", "run.yaml")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert len(list((res / "tiles").glob("*.zarr"))) == 3
 
@@ -217,14 +191,7 @@ def test_failed_job_names_its_log_in_the_summary(synth_data, workflow_dir, tmp_p
             "options": {"nuclei_model": "/nonexistent/n.pth", "cell_model": "/nonexistent/c.pth"},
         },
     )
-    proc = subprocess.run(
-        ["snakemake", "--cores", "2", "segment", "--configfile", "run.yaml"],
-        check=False,
-        cwd=wd,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-    )
+    proc = snake(wd, "--cores", "2", "segment", "--configfile", "run.yaml")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     log = tmp_path / "logs" / "segment"
@@ -240,6 +207,15 @@ def _holder_pid(lock_path):
         return None
 
 
+def _training_driver(wd, tmp_path, synth_data):
+    """A driver in the background training a 150-epoch tiny model, returned once it has checkpointed."""
+    res = config(wd, tmp_path, synth_data, models=[tiny_model(epochs=150, early_stopping_patience=0)])
+    fold = res / "models" / "tiny" / "fold0"
+    driver = start(wd, "--cores", "2", "train", "--configfile", "run.yaml")
+    assert wait_for(lambda: (fold / "state" / "last.pt").is_file(), 600), output(driver)[-3000:]
+    return fold, driver
+
+
 @pytest.mark.slow
 def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_without_unlock(
     synth_data, workflow_dir, tmp_path
@@ -250,26 +226,13 @@ def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_withou
     from hpa_batch.core.locks import holder
 
     wd = workflow_dir()
-    res = config(wd, tmp_path, synth_data)
-    cfg = yaml.safe_load((wd / "run.yaml").read_text())
-    cfg["models"][0].update(epochs=150, early_stopping_patience=0)
-    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
-    fold = res / "models" / "tiny" / "fold0"
-    driver = start(wd, "--cores", "2", "train", "--configfile", "run.yaml")
-    assert wait_for(lambda: (fold / "state" / "last.pt").is_file(), 600), output(driver)[-3000:]
+    fold, driver = _training_driver(wd, tmp_path, synth_data)
     orphan = _holder_pid(fold.parent / ".fold0.lock")
     assert orphan is not None and holder(fold) is not None
     driver.kill()  # kill -9 of the driver alone: its running job goes on
     driver.wait(30)
     assert any((wd / ".snakemake" / "locks").glob("*.lock"))  # Snakemake's locks are left behind
-    refused = subprocess.run(
-        ["snakemake", "--cores", "2", "train", "--configfile", "run.yaml"],
-        check=False,
-        cwd=wd,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-    )
+    refused = snake(wd, "--cores", "2", "train", "--configfile", "run.yaml")
     said = refused.stdout + refused.stderr
     assert refused.returncode != 0
     assert "still running or queued" in said and str(fold) in said and f"pid {orphan} " in said, said[-3000:]
@@ -287,14 +250,7 @@ def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_withou
     assert second.returncode == 1 and f"pid {orphan} " in second.stderr and "being written" in second.stderr
     os.kill(orphan, signal.SIGTERM)  # what the message says to run; the trainer saves and exits 75
     assert wait_for(lambda: holder(fold) is None, 120)
-    again = subprocess.run(
-        ["snakemake", "--cores", "2", "train", "--configfile", "run.yaml"],
-        check=False,
-        cwd=wd,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-    )
+    again = snake(wd, "--cores", "2", "train", "--configfile", "run.yaml")
     said = again.stdout + again.stderr
     assert again.returncode == 0, said[-3000:]
     assert "stale Snakemake lock" in said
@@ -310,26 +266,13 @@ def test_a_signalled_local_training_is_not_retried_and_says_how_to_resume(synth_
     trainer saves and exits 75, the run fails naming the stopped training and what to run, and rerunning
     the same command resumes it."""
     wd = workflow_dir()
-    res = config(wd, tmp_path, synth_data)
-    cfg = yaml.safe_load((wd / "run.yaml").read_text())
-    cfg["models"][0].update(epochs=150, early_stopping_patience=0)
-    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
-    fold = res / "models" / "tiny" / "fold0"
-    driver = start(wd, "--cores", "2", "train", "--configfile", "run.yaml")
-    assert wait_for(lambda: (fold / "state" / "last.pt").is_file(), 600), output(driver)[-3000:]
+    fold, driver = _training_driver(wd, tmp_path, synth_data)
     os.kill(_holder_pid(fold.parent / ".fold0.lock"), signal.SIGTERM)
     assert driver.wait(120) != 0
     said = output(driver)
     assert "a signal stopped this training after it saved its state; rerun the same command" in said, said[-3000:]
     assert "tiny-fold0.log" in said and "Trying to restart" not in said
-    again = subprocess.run(
-        ["snakemake", "--cores", "2", "train", "--configfile", "run.yaml"],
-        check=False,
-        cwd=wd,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-    )
+    again = snake(wd, "--cores", "2", "train", "--configfile", "run.yaml")
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     attempts = (fold / "state" / "train.log").read_text()
     assert "exiting with 75" in attempts and "resuming tiny fold 0" in attempts
