@@ -16,10 +16,17 @@ files (size + mtime) are kept; everything else is rewritten through a staging di
 
 from __future__ import annotations
 
+import ctypes
 import json
+import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,8 +180,15 @@ def image_task(row: pd.Series, store: Path, staging: Path, cfg: Config) -> Image
 
 
 def _worker_init() -> None:
-    """A conversion worker process: one image at a time, so zarr's codec pipeline gets one thread."""
+    """A conversion worker process: one image at a time, so zarr's codec pipeline gets one thread; it
+    dies with the job (Linux ``PR_SET_PDEATHSIG``): the job's output lock ends with the job, and no
+    orphaned worker may go on writing into the store a rerun then owns."""
     zarr.config.set({"threading.max_workers": 1})
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
+        pass
 
 
 class _Counted(Callback):
@@ -189,6 +203,22 @@ class _Counted(Callback):
             self.progress.update(1, result.nbytes_in)
 
 
+@contextmanager
+def worker_pool(workers: int, parallelism: str) -> Iterator[multiprocessing.pool.Pool | None]:
+    """The conversion's worker processes (``None``: run on threads of this process).
+
+    Opened first thing in a job, while this process still has a single Python thread (zarr's IO
+    loop and pyarrow's pool start later), so the workers are forked with every module already
+    imported; a process that already runs threads starts them with ``spawn`` instead.
+    """
+    if workers <= 1 or parallelism != "processes":
+        yield None
+        return
+    ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
+    with ctx.Pool(workers, initializer=_worker_init) as pool:
+        yield pool
+
+
 def run_images(
     rows: list[pd.Series],
     store: Path,
@@ -196,15 +226,16 @@ def run_images(
     cfg: Config,
     threads: int,
     progress: Progress,
+    *,
+    pool: multiprocessing.pool.Pool | None = None,
 ) -> list[ImageResult]:
-    """Run :func:`image_task` over ``rows`` as Dask tasks on ``threads`` worker processes (or threads:
-    ``conversion.parallelism``); one thread runs them in this process."""
+    """Run :func:`image_task` over ``rows`` as Dask tasks on the worker processes of ``pool``
+    (:func:`worker_pool`), or on ``threads`` threads of this process."""
     tasks = [dask.delayed(image_task, pure=False)(row, store, staging, cfg) for row in rows]
-    workers = max(threads, 1)
     with _Counted(progress):
-        if workers > 1 and cfg.conversion.parallelism == "processes":
-            with dask.config.set({"multiprocessing.context": "spawn"}):  # no fork of zarr's IO thread
-                return list(dask.compute(*tasks, scheduler="processes", num_workers=workers, initializer=_worker_init))
+        if pool is not None:
+            return list(dask.compute(*tasks, scheduler="processes", pool=pool))
+        workers = max(threads, 1)
         with zarr.config.set({"threading.max_workers": workers}):
             return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
 
@@ -238,12 +269,13 @@ def convert_shard(
         The summary.
     """
     t0 = time.monotonic()
-    manifest = read_manifest(manifest_path)
-    shard = store.name.removesuffix(".zarr")
-    rows = [r for _, r in manifest.iterrows()]
-    staging = _prepare_store(store, shard, {r["image_id"] for r in rows})
-    progress = Progress(len(rows), f"convert {shard}")
-    results = run_images(rows, store, staging, cfg, threads, progress)
+    with worker_pool(threads, cfg.conversion.parallelism) as pool:  # before anything starts a thread
+        manifest = read_manifest(manifest_path)
+        shard = store.name.removesuffix(".zarr")
+        rows = [r for _, r in manifest.iterrows()]
+        staging = _prepare_store(store, shard, {r["image_id"] for r in rows})
+        progress = Progress(len(rows), f"convert {shard}")
+        results = run_images(rows, store, staging, cfg, threads, progress, pool=pool)
     shutil.rmtree(staging, ignore_errors=True)
 
     by_id = {r["image_id"]: r for r in rows}
