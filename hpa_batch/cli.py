@@ -19,7 +19,7 @@ from hpa_batch import __version__
 from hpa_batch.config import Config, ConfigError, check_unlabelled, load_config
 from hpa_batch.convert.plan import PlanError
 from hpa_batch.core.driver import default_signals
-from hpa_batch.core.locks import OutputLockError
+from hpa_batch.core.locks import OutputLockError, release_all
 from hpa_batch.core.progress import get_logger
 from hpa_batch.layout import RESULTS as _R_TEMPLATES
 from hpa_batch.layout import (
@@ -864,6 +864,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     default_signals()  # a SLURM job's Snakemake ignores them for its command (core.driver.ignore_job_signals)
     get_logger().setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return _run(args)
+    finally:
+        release_all()  # the job is over: its outputs are free (in a process that goes on, e.g. tests)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The verb's function, its expected errors as one line."""
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -151,7 +151,8 @@ def release(output: str | Path) -> None:
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all() -> None:
+    """Drop every lock this process holds (a verb run in-process, e.g. from tests, ends its job)."""
     for key in list(_HELD):
         release(output_of(Path(key)))
 

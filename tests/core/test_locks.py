@@ -148,3 +148,18 @@ def test_ranks_past_zero_of_a_torchrun_job_take_no_lock(tmp_path, monkeypatch):
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(30)
+
+
+def test_a_verb_run_in_process_frees_its_outputs_when_it_returns(dataset):
+    """main() run in a process that goes on (tests, notebooks) must not keep its job's locks."""
+    from hpa_batch.config import load_config
+    from hpa_batch.layout import result
+
+    dataset.add("a")
+    cfg = dataset.config_file()
+    assert main(["manifest", "--config", str(cfg), "--shard", "hela-0000"]) == 0
+    manifest = result(load_config(cfg).results_dir, "manifest", shard="hela-0000")
+    assert not lock_file(manifest).exists()
+    child = writer(manifest)  # another process can take it now
+    child.stdin.close()
+    assert child.wait(30) == 0
