@@ -5,8 +5,8 @@ fastest imagecodecs PNG decoder that decodes them correctly (png, apng, spng com
 printed), build the same 2x-mean pyramid with numpy, and Blosc-compress every 512^2 chunk with the
 same codec settings, writing nothing; run on threads and on processes, whichever is faster (printed).
 The pipeline is the real ``hpa-batch convert`` on the same shard with the same thread count
-(manifest prebuilt, so only conversion is timed), with ``conversion.parallelism: processes`` (the
-default) and, as its peer, ``threads``.
+(manifest prebuilt, so only conversion is timed), with ``conversion.parallelism: processes`` and, as
+its peer, ``threads`` (the default).
 
 Prints floor and pipeline seconds per image, their ratio (goal >= 0.9), MB/s per core, files per image,
 peak RSS of the convert process, the extrapolation to 82,500 images, and peak RSS when the shard size
@@ -30,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import imagecodecs
+import numcodecs.blosc
 import numpy as np
 import pandas as pd
 import yaml
@@ -79,7 +80,13 @@ def pick_decoder(path: Path, reps: int = 5) -> str:
 
 
 def floor_image(paths: list[Path], chunk: int, min_level: int, codec: Blosc, decoder: str = "png_decode") -> int:
-    """Decode, pyramid, compress one image; return compressed bytes (discarded)."""
+    """Decode, pyramid, compress one image; return compressed bytes (discarded).
+
+    Blosc runs single-threaded, as it does inside zarr (which encodes off the main thread, where
+    numcodecs' automatic choice turns Blosc's own threads off): called from a process' main thread it
+    would otherwise spread each chunk over every core, a floor no one-core-per-image pipeline has.
+    """
+    numcodecs.blosc.use_threads = False
     decode = getattr(imagecodecs, decoder)
     planes = [decode(p.read_bytes()) for p in paths]
     level = np.stack(planes)

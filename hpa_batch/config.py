@@ -137,7 +137,7 @@ class ConversionConfig:
     max_levels: int | None
     codec: CodecConfig
     pixel_size_um: float | None
-    parallelism: str = "processes"
+    parallelism: str = "threads"
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """The conversion stage: a shard's admitted images -> one zarr store of OME-NGFF 0.5 images.
 
-Work inside a job is one Dask task per image, run with the rule's thread count on Dask's
-multiprocessing scheduler (``conversion.parallelism: processes``, the default) or its threaded one. A
-task decodes the four channels, builds the whole pyramid and writes each level as a single zarr shard
-(so Dask's unit of work is aligned to the zarr shards and every shard file has exactly one writer).
-Worker processes receive a manifest row and return a small :class:`ImageResult`; no array crosses a
-process boundary. Processes matter because zarr-python runs its codec pipeline on one event-loop
-thread that needs the GIL between chunks: threads of one process leave cores idle. Memory is bounded
-by ``threads`` images in flight, independent of the shard's size.
+Work inside a job is one Dask task per image, run with the rule's thread count on Dask's threaded
+scheduler (``conversion.parallelism: threads``, the default) or its multiprocessing one (``processes``).
+A task decodes the four channels, builds the whole pyramid and writes each level as a single zarr
+shard (so Dask's unit of work is aligned to the zarr shards and every shard file has exactly one
+writer). Worker processes receive a manifest row and return a small :class:`ImageResult`; no array
+crosses a process boundary. Processes are for nodes where threads, which share one GIL (zarr-python
+runs its codec pipeline on an event-loop thread), leave cores idle; on 2 cores both are equal
+(``bench/convert.py`` prints both). Memory is bounded by ``threads`` images in flight, independent of
+the shard's size.
 
 Resumability: images already in the store, stamped complete, verified and made from the same source
 files (size + mtime) are kept; everything else is rewritten through a staging directory
