@@ -5,8 +5,8 @@ fastest imagecodecs PNG decoder that decodes them correctly (png, apng, spng com
 printed), build the same 2x-mean pyramid with numpy, and Blosc-compress every 512^2 chunk with the
 same codec settings, writing nothing; run on threads and on processes, whichever is faster (printed).
 The pipeline is the real ``hpa-batch convert`` on the same shard with the same thread count
-(manifest prebuilt, so only conversion is timed), with ``conversion.parallelism: processes`` and, as
-its peer, ``threads`` (the default).
+(manifest prebuilt, so only conversion is timed), with ``conversion.parallelism: threads`` (the
+default) and, as its peer, ``processes``.
 
 Prints floor and pipeline seconds per image, their ratio (goal >= 0.9), MB/s per core, files per image,
 peak RSS of the convert process, the extrapolation to 82,500 images, and peak RSS when the shard size
@@ -122,9 +122,7 @@ def run_floor(images: Path, ids: list[str], threads: int, decoder: str, mode: st
         return time.perf_counter() - t0
 
 
-def run_pipeline(
-    data: Path, work: Path, n: int, threads: int, parallelism: str = "processes"
-) -> tuple[float, int, Path]:
+def run_pipeline(data: Path, work: Path, n: int, threads: int, parallelism: str = "threads") -> tuple[float, int, Path]:
     """Run manifest (untimed) then ``hpa-batch convert`` (timed) on a shard of ``n`` images.
 
     Returns seconds, peak RSS in bytes of the convert process, and the store path.
@@ -188,7 +186,7 @@ def main() -> None:
     floors = {m: run_floor(data / "images", ids[:n], t, decoder, m) / n for m in ("threads", "processes")}
     pipe_s, rss, store = run_pipeline(data, args.out / "run_n", n, t)
     pipe = pipe_s / n
-    peer_s, _, _ = run_pipeline(data, args.out / "run_threads", n, t, "threads")
+    peer_s, _, _ = run_pipeline(data, args.out / "run_processes", n, t, "processes")
     floors = {m: min(s, run_floor(data / "images", ids[:n], t, decoder, m) / n) for m, s in floors.items()}
     floor_mode = min(floors, key=floors.get)
     floor_best = floors[floor_mode]
@@ -207,8 +205,8 @@ def main() -> None:
         "floor_s_per_image": round(floor_best, 4),
         "floor_s_per_image_threads": round(floors["threads"], 4),
         "floor_s_per_image_processes": round(floors["processes"], 4),
-        "pipeline_threads_s_per_image": round(peer_s / n, 4),
-        "ratio_floor_over_pipeline_threads": round(floor_best / (peer_s / n), 3),
+        "pipeline_processes_s_per_image": round(peer_s / n, 4),
+        "ratio_floor_over_pipeline_processes": round(floor_best / (peer_s / n), 3),
         "pipeline_s_per_image": round(pipe, 4),
         "ratio_floor_over_pipeline": round(floor_best / pipe, 3),
         "process_startup_s": round(startup, 3),
@@ -225,7 +223,7 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     print(
         f"floor {floor_best:.3f} s/image ({decoder}, {floor_mode}) | pipeline {pipe:.3f} s/image | ratio "
-        f"{floor_best / pipe:.2f} (goal >= 0.9) | pipeline on threads {peer_s / n:.3f} s/image, ratio "
+        f"{floor_best / pipe:.2f} (goal >= 0.9) | pipeline on processes {peer_s / n:.3f} s/image, ratio "
         f"{floor_best / (peer_s / n):.2f} | without the {startup:.2f} s process start: {steady:.3f} s/image, ratio "
         f"{floor_best / steady:.2f} | {raw_mb / pipe / t:.1f} MB/s/core | files/image {files} "
         f"(goal {levels * 2 + 1}) | peak RSS {rss / 1e6:.0f} MB (n={n}) vs {rss2 / 1e6:.0f} MB "
