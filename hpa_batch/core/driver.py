@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from hpa_batch.core.locks import describe, held_locks, stop_command
+from hpa_batch.core.locks import describe, held_locks, parse_record, stop_command
 
 _HELD: dict[str, IO[str]] = {}
 
@@ -120,7 +120,7 @@ def acquire(workdir: str | Path = ".", results: str | Path | None = None) -> Pat
             "wait for it to finish or stop it (a second driver would corrupt its bookkeeping)"
         ) from None
     fh.seek(0)
-    previous = _parse(fh.read())
+    previous = parse_record(fh.read())
     if previous.get("state") == "running":
         try:
             recover(workdir, previous, results)
@@ -137,14 +137,6 @@ def acquire(workdir: str | Path = ".", results: str | Path | None = None) -> Pat
     _HELD[key] = fh
     atexit.register(_finish, fh, record)
     return path
-
-
-def _parse(text: str) -> dict:
-    try:
-        rec = json.loads(text)
-    except ValueError:
-        return {}
-    return rec if isinstance(rec, dict) else {}
 
 
 def _finish(fh: IO[str], record: dict) -> None:
@@ -184,7 +176,7 @@ def recover(workdir: str | Path, previous: dict, results: str | Path | None) -> 
     who = f"pid {previous.get('pid')} on host {previous.get('host')}, started {previous.get('started')}"
     orphans = list(held_locks(results)) if results is not None else []
     lines = [f"  {out}: {describe(rec)}; stop: {stop_command(rec)}" for out, rec in orphans]
-    running = {str(_parse(rec).get("slurm_job")) for _, rec in orphans}
+    running = {str(parse_record(rec).get("slurm_job")) for _, rec in orphans}
     lines += [
         f"  SLURM job {job} ({state}, {comment}); stop: scancel {job}"
         for job, state, comment in queued_slurm_jobs(workdir)

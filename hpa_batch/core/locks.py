@@ -63,13 +63,19 @@ def _record(what: str) -> dict[str, object]:
     return rec
 
 
+def parse_record(text: str) -> dict:
+    """A holder record (JSON object) as a dict; ``{}`` for anything else (an empty or foreign file)."""
+    try:
+        rec = json.loads(text)
+    except ValueError:
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
 def describe(record: str) -> str:
     """A holder record as one phrase: ``pid 12 on host n1 (SLURM job 7), hpa-batch train, since ...``."""
-    try:
-        rec = json.loads(record)
-    except ValueError:
-        return record.strip() or "an unknown process"
-    if not isinstance(rec, dict):
+    rec = parse_record(record)
+    if not rec:
         return record.strip() or "an unknown process"
     slurm = f" (SLURM job {rec['slurm_job']})" if rec.get("slurm_job") else ""
     return f"pid {rec.get('pid')} on host {rec.get('host')}{slurm}, {rec.get('job', '?')}, since {rec.get('started')}"
@@ -77,15 +83,10 @@ def describe(record: str) -> str:
 
 def stop_command(record: str) -> str:
     """How to stop the holder: ``scancel <job>`` for a SLURM job, else ``kill <pid>`` (on its host)."""
-    try:
-        rec = json.loads(record)
-    except ValueError:
-        return "stop it"
-    if not isinstance(rec, dict):
-        return "stop it"
+    rec = parse_record(record)
     if rec.get("slurm_job"):
         return f"scancel {rec['slurm_job']}"
-    return f"kill {rec.get('pid')} (on {rec.get('host')})"
+    return f"kill {rec.get('pid')} (on {rec.get('host')})" if rec else "stop it"
 
 
 def hold(output: str | Path, *, what: str) -> Path:
