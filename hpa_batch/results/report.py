@@ -48,7 +48,7 @@ from PIL import Image
 
 from hpa_batch.cells.segment.qc import robust_z
 from hpa_batch.core.labels import LabelCatalog
-from hpa_batch.core.tables import atomic_write_text
+from hpa_batch.core.tables import atomic_path, atomic_write_text
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.evaluate import predicted_ids
 from hpa_batch.results.viz import composite, store_overlay
@@ -659,8 +659,6 @@ BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-c
 
 def find_browser() -> str | None:
     """Path of a headless-capable Chromium on ``PATH`` (``HPA_BATCH_BROWSER`` wins), else ``None``."""
-    import os
-    import shutil
 
     for name in (os.environ.get("HPA_BATCH_BROWSER"), *BROWSERS):
         if name and (path := shutil.which(name)):
@@ -766,19 +764,15 @@ _IMG = re.compile(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]*)"')
 
 def export_figures(doc: str, folder: Path) -> list[Path]:
     """Write the report's figures (:data:`FIGURE_SECTIONS`) as ``<section>-<k>.png`` files in ``folder``
-    (replaced as a whole: written beside it, then renamed), for Snakemake's own report."""
+    (replaced as a whole, :func:`~hpa_batch.core.tables.atomic_path`), for Snakemake's own report."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     written = []
-    for sid, body in re.findall(r'<section id="([^"]+)">(.*?)</section>', doc, flags=re.DOTALL):
-        if sid not in FIGURE_SECTIONS:
-            continue
-        for k, (data, _alt) in enumerate(_IMG.findall(body)):
-            path = tmp / f"{sid}-{k}.png"
-            path.write_bytes(base64.b64decode(data))
-            written.append(folder / path.name)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for sid, body in re.findall(r'<section id="([^"]+)">(.*?)</section>', doc, flags=re.DOTALL):
+            if sid not in FIGURE_SECTIONS:
+                continue
+            for k, (data, _alt) in enumerate(_IMG.findall(body)):
+                (tmp / f"{sid}-{k}.png").write_bytes(base64.b64decode(data))
+                written.append(folder / f"{sid}-{k}.png")
     return written
