@@ -4,6 +4,7 @@ Each image is a group ``{image_id}/`` with arrays ``s0 .. sN`` of shape ``(4, y,
 canonical channel order. Chunks are one channel x ``chunk`` x ``chunk``; each level is ONE zarr shard
 (sharding codec), so an image is ``levels x 2 + 1`` files whatever its size. Every chunk is written, even
 an empty one (``write_empty_chunks``), which makes completeness checkable from the shard index alone.
+The shard files are written in one pass by :mod:`hpa_batch.core.shards` (the bytes zarr-python writes).
 
 An image is written into a staging directory, verified (every level's shard file present with every
 chunk in its index and a valid index checksum), stamped ``complete`` in its attributes and only then
@@ -19,16 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
 from hpa_batch import CHANNEL_COLORS, CHANNEL_STAINS, CHANNELS, __version__
 from hpa_batch.config import CodecConfig
+from hpa_batch.core.shards import IncompleteShardError, check_shard_index, write_array
 
 NGFF_VERSION = "0.5"
-_EMPTY = np.uint64(2**64 - 1)
 
 
 class IncompleteImageError(RuntimeError):
@@ -68,11 +67,6 @@ def downsample2x(arr: np.ndarray) -> np.ndarray:
     a = arr.astype(np.uint32)
     s = a[..., 0::2, 0::2] + a[..., 1::2, 0::2] + a[..., 0::2, 1::2] + a[..., 1::2, 1::2]
     return ((s + 2) // 4).astype(arr.dtype)
-
-
-def blosc_codec(codec: CodecConfig) -> BloscCodec:
-    """The zarr.codecs Blosc codec for a :class:`CodecConfig`."""
-    return BloscCodec(cname=codec.cname, clevel=codec.clevel, shuffle=codec.shuffle)
 
 
 def level_transforms(k: int, pixel_size_um: float | None, sampled_from: int | None = None) -> tuple[float, float]:
@@ -213,27 +207,6 @@ def label_levels(mask: np.ndarray, work_level: int, shapes: Sequence[tuple[int, 
     return out
 
 
-def _create_level(
-    group: zarr.Group, name: str, shape: tuple[int, ...], chunk: int, codec: BloscCodec, dtype: str
-) -> zarr.Array:
-    """A level array: ``(c, y, x)`` chunked ``(1, chunk, chunk)`` or ``(y, x)`` chunked
-    ``(chunk, chunk)``; one shard covers the whole level."""
-    h, w = shape[-2:]
-    spatial = (math.ceil(h / chunk) * chunk, math.ceil(w / chunk) * chunk)
-    lead = shape[:-2]
-    return group.create_array(
-        name,
-        shape=shape,
-        dtype=dtype,
-        chunks=(*(1 for _ in lead), chunk, chunk),
-        shards=(*lead, *spatial),
-        compressors=[codec],
-        fill_value=0,
-        dimension_names=("c", "y", "x")[-len(shape) :],
-        config={"write_empty_chunks": True},
-    )
-
-
 def write_pyramid(
     path: Path,
     levels: Sequence[np.ndarray],
@@ -250,10 +223,8 @@ def write_pyramid(
         ``(c, y_k, x_k)`` (image) or ``(y_k, x_k)`` (labels) arrays, one per level, same dtype.
     """
     group = zarr.open_group(path, mode="w", zarr_format=3, attributes={"ome": ome})
-    blosc = blosc_codec(codec)
     for k, data in enumerate(levels):
-        arr = _create_level(group, f"s{k}", data.shape, chunk, blosc, data.dtype.name)
-        arr[...] = data
+        write_array(group, f"s{k}", data, chunk=chunk, codec=codec, group_path=path)
     return group
 
 
@@ -302,41 +273,6 @@ def labels_complete(image_path: Path, names: Sequence[str]) -> bool:
     return True
 
 
-def shard_files(array_path: Path) -> list[Path]:
-    """Shard files of a level (``c/...`` keys), sorted."""
-    root = array_path / "c"
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-
-
-def check_shard_index(shard_path: Path, n_chunks: int) -> None:
-    """Verify one shard file: size, index checksum, and every chunk present within the file.
-
-    Raises
-    ------
-    IncompleteImageError
-        Missing file, truncated file, bad checksum, or a chunk absent from the index.
-    """
-    index_len = n_chunks * 16 + 4
-    try:
-        size = shard_path.stat().st_size
-    except FileNotFoundError:
-        raise IncompleteImageError(f"{shard_path}: shard file missing") from None
-    if size < index_len:
-        raise IncompleteImageError(f"{shard_path}: {size} bytes, shorter than its index")
-    with open(shard_path, "rb") as fh:
-        fh.seek(size - index_len)
-        tail = fh.read(index_len)
-    body, crc = tail[:-4], tail[-4:]
-    if np.uint32(google_crc32c.value(body)).tobytes() != crc:
-        raise IncompleteImageError(f"{shard_path}: shard index checksum mismatch (truncated or corrupt)")
-    index = np.frombuffer(body, dtype="<u8").reshape(n_chunks, 2)
-    if np.any(index[:, 0] == _EMPTY):
-        missing = int(np.sum(index[:, 0] == _EMPTY))
-        raise IncompleteImageError(f"{shard_path}: {missing} of {n_chunks} chunks missing")
-    if np.any(index[:, 0] + index[:, 1] > size - index_len):
-        raise IncompleteImageError(f"{shard_path}: chunk extends past the data section")
-
-
 def _level_meta(array_path: Path) -> dict[str, Any]:
     meta_path = array_path / "zarr.json"
     try:
@@ -359,7 +295,10 @@ def verify_level(array_path: Path) -> int:
     total = 0
     for idx in np.ndindex(*grid):
         shard_path = array_path.joinpath("c", *(str(i) for i in idx))
-        check_shard_index(shard_path, n_inner)
+        try:
+            check_shard_index(shard_path, n_inner)
+        except IncompleteShardError as exc:
+            raise IncompleteImageError(str(exc)) from None
         total += shard_path.stat().st_size
     return total
 
