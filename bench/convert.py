@@ -4,15 +4,25 @@ The floor is the best bare script for the unavoidable work and nothing else: dec
 fastest imagecodecs PNG decoder that decodes them correctly (png, apng, spng compared; the fastest is
 printed), build the same 2x-mean pyramid with numpy, and Blosc-compress every 512^2 chunk with the
 same codec settings, writing nothing; run on threads and on processes, whichever is faster (printed).
-The pipeline is the real ``hpa-batch convert`` on the same shard with the same thread count
-(manifest prebuilt, so only conversion is timed), with ``conversion.parallelism: threads`` (the
-default) and, as its peer, ``processes``.
+The pipeline is the real ``hpa-batch convert`` with the same worker count (manifest prebuilt, so only
+conversion is timed). Its seconds per image are the job's own time from the start of the shard's
+conversion (worker start included) to its summary, divided by the images: what a 250-image shard
+pays per image. What the command pays once (interpreter start, imports of pandas, zarr and dask,
+config) is printed beside it, with the whole-command ratio for a shard of n and of 250 images. Both
+parallelisms run: the default (``conversion.parallelism``) and the other one as its peer. Every
+measurement runs ``--repeats`` times and the fastest counts; one more run on 2n images gives the
+memory for twice the shard size.
 
-Prints floor and pipeline seconds per image, their ratio (goal >= 0.9), MB/s per core, files per image,
-peak RSS of the convert process, the extrapolation to 82,500 images, and peak RSS when the shard size
-doubles (it must not grow).
+Then the writers alone, on the same precomputed pyramids and threads: zarr-python's own write path,
+the pipeline's one-pass shard writer (:mod:`hpa_batch.core.shards`) and tensorstore's zarr3 driver (a
+native writer that releases the GIL; skipped when tensorstore is not installed), with every chunk's
+CRC32C compared with zarr-python's.
 
-    python bench/convert.py [--images 8] [--size 2048] [--threads 2] [--out bench/out/convert]
+Prints floor and pipeline seconds per image, their ratio (goal >= 0.9), MB/s per core, files per
+image, the extrapolation to 82,500 images, and the peak memory of the convert job (its processes'
+summed PSS, sampled) for shards of n and 2n images (it must not grow).
+
+    python bench/convert.py [--images 8] [--size 2048] [--threads 2] [--repeats 2] [--out bench/out/convert]
 """
 
 from __future__ import annotations
@@ -25,21 +35,31 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
 
+import google_crc32c
 import imagecodecs
 import numcodecs.blosc
 import numpy as np
 import pandas as pd
 import yaml
+import zarr
 from numcodecs import Blosc
 
 from hpa_batch import CHANNELS
+from hpa_batch.config import CodecConfig, load_config
 from hpa_batch.core.ngff import count_files, downsample2x, level_shapes
+from hpa_batch.core.shards import create_array, write_array, write_group
 
 N_HPA = 82_500
+DEFAULT_PARALLELISM = load_config().conversion.parallelism  # what a user gets
+PEER_PARALLELISM = "threads" if DEFAULT_PARALLELISM == "processes" else "processes"
+CODEC = CodecConfig("zstd", 5, "bitshuffle")
 
 
 def make_dataset(out: Path, n: int, size: int) -> Path:
@@ -122,11 +142,70 @@ def run_floor(images: Path, ids: list[str], threads: int, decoder: str, mode: st
         return time.perf_counter() - t0
 
 
-def run_pipeline(data: Path, work: Path, n: int, threads: int, parallelism: str = "threads") -> tuple[float, int, Path]:
-    """Run manifest (untimed) then ``hpa-batch convert`` (timed) on a shard of ``n`` images.
+class TreeMemory:
+    """Peak memory of a process and its descendants (a convert job and its worker processes): the sum of
+    their proportional set sizes (``Pss`` of ``/proc/<pid>/smaps_rollup``: pages shared between a job and
+    its forked workers count once), sampled every ``interval`` seconds while the context is open.
 
-    Returns seconds, peak RSS in bytes of the convert process, and the store path.
+    ``ru_maxrss`` cannot be used: a child started by fork + exec inherits its parent's high-water mark,
+    so it reports the benchmark's own peak whenever that is larger than the job's.
     """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _tree(self) -> list[int]:
+        """The process and its descendants (``/proc/<pid>/task/<tid>/children``)."""
+        tree, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    todo += [int(c) for c in children.read_text().split()]
+                except OSError:
+                    continue
+        return tree
+
+    @staticmethod
+    def _pss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, sum(self._pss(pid) for pid in self._tree()))
+
+
+@dataclass
+class Run:
+    """One ``hpa-batch convert`` command: its wall seconds, the seconds the job itself timed from the
+    start of the shard's conversion to its summary (``seconds`` of ``{shard}.convert.json``: the
+    interpreter start, imports and config are outside), its peak memory and its store."""
+
+    seconds: float
+    in_job: float
+    memory: int
+    store: Path
+
+
+def run_pipeline(data: Path, work: Path, n: int, threads: int, parallelism: str) -> Run:
+    """Run manifest (untimed) then ``hpa-batch convert`` (timed) on a shard of ``n`` images."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cfg = {
@@ -146,11 +225,120 @@ def run_pipeline(data: Path, work: Path, n: int, threads: int, parallelism: str 
         [*exe, "convert", "--config", str(cfg_path), "--shard", "hela-0000", "--threads", str(threads)],
         stderr=subprocess.PIPE,
     )
-    _, status, usage = os.wait4(proc.pid, 0)  # ru_maxrss: the largest process (workers are children)
+    with TreeMemory(proc.pid) as memory:
+        _, status, _ = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     if status != 0:
         raise SystemExit(f"convert failed: {proc.stderr.read().decode()}")
-    return seconds, usage.ru_maxrss * 1024, work / "results" / "zarr" / "hela-0000.zarr"
+    summary = json.loads((work / "results" / "zarr" / "hela-0000.convert.json").read_text())
+    return Run(seconds, summary["seconds"], memory.peak, work / "results" / "zarr" / "hela-0000.zarr")
+
+
+@dataclass
+class Pipeline:
+    """One parallelism: the fastest of ``repeats`` runs on a shard of n images, and one run on 2n."""
+
+    n: int
+    best: Run
+    double: Run
+
+    @property
+    def per_image(self) -> float:
+        """Seconds per image inside the job: what a 250-image shard pays per image."""
+        return self.best.in_job / self.n
+
+    @property
+    def per_job(self) -> float:
+        """Seconds a job pays once, whatever its size (interpreter start, imports, config)."""
+        return self.best.seconds - self.best.in_job
+
+    def whole_command(self, shard_size: int) -> float:
+        """Seconds per image of the whole command on a shard of ``shard_size`` images."""
+        return self.per_image + self.per_job / shard_size
+
+
+def measure_pipeline(data: Path, out: Path, n: int, threads: int, parallelism: str, repeats: int) -> Pipeline:
+    """Run the pipeline ``repeats`` times on n images (the fastest counts) and once on 2n (memory)."""
+    runs = [run_pipeline(data, out / f"run_{parallelism}_{n}", n, threads, parallelism) for _ in range(repeats)]
+    double = run_pipeline(data, out / f"run_{parallelism}_{2 * n}", 2 * n, threads, parallelism)
+    return Pipeline(n, min(runs, key=lambda r: r.in_job), double)
+
+
+def image_levels(images: Path, image_id: str) -> list[np.ndarray]:
+    """The pyramid of one image, ``(4, y_k, x_k)`` uint16 per level."""
+    level = np.stack([imagecodecs.png_decode((images / f"{image_id}_{c}.png").read_bytes()) for c in CHANNELS])
+    levels = [level]
+    for _ in level_shapes(level.shape[1], level.shape[2], 512)[1:]:
+        levels.append(downsample2x(levels[-1]))
+    return levels
+
+
+def write_zarr_python(path: Path, levels: list[np.ndarray]) -> None:
+    """zarr-python's own write path (``array[...] = data``) for the same arrays."""
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    for k, data in enumerate(levels):
+        create_array(group, f"s{k}", data.shape, chunk=512, codec=CODEC, dtype=data.dtype.name)[...] = data
+
+
+def write_one_pass(path: Path, levels: list[np.ndarray]) -> None:
+    """The pipeline's writer (:func:`hpa_batch.core.shards.write_array`)."""
+    write_group(path, {})
+    for k, data in enumerate(levels):
+        write_array(path / f"s{k}", data, chunk=512, codec=CODEC)
+
+
+def write_tensorstore(path: Path, levels: list[np.ndarray]) -> None:
+    """tensorstore's zarr3 driver (native, releases the GIL) into the same array metadata."""
+    import tensorstore
+
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    for k, data in enumerate(levels):
+        create_array(group, f"s{k}", data.shape, chunk=512, codec=CODEC, dtype=data.dtype.name)
+        spec = {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": str(path / f"s{k}")},
+            "open": True,
+            "store_data_equal_to_fill_value": True,  # every chunk stored, as the pipeline's completeness check needs
+        }
+        tensorstore.open(spec).result().write(data).result()
+
+
+def chunk_checksums(path: Path) -> list[int]:
+    """CRC32C of every stored chunk's bytes, level by level in index order."""
+    sums = []
+    for shard in sorted(path.glob("s*/c/0/0/0")):
+        raw = shard.read_bytes()
+        arr = zarr.open_array(shard.parents[3], mode="r")
+        n_chunks = int(np.prod([s // c for s, c in zip(arr.shards, arr.chunks)]))
+        index = np.frombuffer(raw[-(n_chunks * 16 + 4) : -4], dtype="<u8").reshape(n_chunks, 2)
+        sums += [google_crc32c.value(raw[o : o + size]) for o, size in index]
+    return sums
+
+
+def compare_writers(images: Path, ids: list[str], threads: int, out: Path) -> dict[str, Any]:
+    """Write the same precomputed pyramids with each writer on ``threads`` threads (s/image, wall), and
+    compare every chunk's checksum with zarr-python's."""
+    writers = {"zarr_python": write_zarr_python, "one_pass": write_one_pass, "tensorstore": write_tensorstore}
+    try:
+        import tensorstore  # noqa: F401
+    except ImportError:
+        del writers["tensorstore"]
+    levels = {i: image_levels(images, i) for i in ids}
+    result: dict[str, Any] = {}
+    with zarr.config.set({"threading.max_workers": threads}):
+        for name, write in writers.items():
+            root = out / "writers" / name
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            with ThreadPoolExecutor(threads) as pool:
+                t0 = time.perf_counter()
+                list(pool.map(lambda i, w=write, r=root: w(r / i, levels[i]), ids))
+                result[f"{name}_s_per_image"] = round((time.perf_counter() - t0) / len(ids), 4)
+    reference = [chunk_checksums(out / "writers" / "zarr_python" / i) for i in ids]
+    for name in writers:
+        same = [chunk_checksums(out / "writers" / name / i) for i in ids] == reference
+        result[f"{name}_chunks_identical_to_zarr_python"] = same
+    return result
 
 
 def startup_seconds() -> float:
@@ -174,6 +362,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the fastest counts")
     ap.add_argument("--out", type=Path, default=Path("bench/out/convert"))
     args = ap.parse_args()
     n, t = args.images, args.threads
@@ -183,17 +372,16 @@ def main() -> None:
     raw_mb = 4 * args.size * args.size * 2 / 1e6
 
     decoder = pick_decoder(data / "images" / f"{ids[0]}_green.png")
-    floors = {m: run_floor(data / "images", ids[:n], t, decoder, m) / n for m in ("threads", "processes")}
-    pipe_s, rss, store = run_pipeline(data, args.out / "run_n", n, t)
-    pipe = pipe_s / n
-    peer_s, _, _ = run_pipeline(data, args.out / "run_processes", n, t, "processes")
-    floors = {m: min(s, run_floor(data / "images", ids[:n], t, decoder, m) / n) for m, s in floors.items()}
+    floors = {m: float("inf") for m in ("threads", "processes")}
+    for _ in range(args.repeats):
+        floors = {m: min(s, run_floor(data / "images", ids[:n], t, decoder, m) / n) for m, s in floors.items()}
     floor_mode = min(floors, key=floors.get)
-    floor_best = floors[floor_mode]
-    _, rss2, _ = run_pipeline(data, args.out / "run_2n", 2 * n, t)
+    floor = floors[floor_mode]
+    pipe = measure_pipeline(data, args.out, n, t, DEFAULT_PARALLELISM, args.repeats)
+    peer = measure_pipeline(data, args.out, n, t, PEER_PARALLELISM, args.repeats)
+    writers = compare_writers(data / "images", ids[: min(n, 2 * t)], t, args.out)
     startup = startup_seconds()
-    steady = (pipe_s - startup) / n
-    images = [p for p in store.iterdir() if p.is_dir()]
+    images = [p for p in pipe.best.store.iterdir() if p.is_dir()]
     files = sorted({count_files(p) for p in images})
     levels = len(level_shapes(args.size, args.size, 512))
     result = {
@@ -202,32 +390,41 @@ def main() -> None:
         "threads": t,
         "floor_decoder": decoder,
         "floor_parallelism": floor_mode,
-        "floor_s_per_image": round(floor_best, 4),
+        "floor_s_per_image": round(floor, 4),
         "floor_s_per_image_threads": round(floors["threads"], 4),
         "floor_s_per_image_processes": round(floors["processes"], 4),
-        "pipeline_processes_s_per_image": round(peer_s / n, 4),
-        "ratio_floor_over_pipeline_processes": round(floor_best / (peer_s / n), 3),
-        "pipeline_s_per_image": round(pipe, 4),
-        "ratio_floor_over_pipeline": round(floor_best / pipe, 3),
-        "process_startup_s": round(startup, 3),
-        "pipeline_steady_s_per_image": round(steady, 4),
-        "ratio_floor_over_steady_pipeline": round(floor_best / steady, 3),
-        "pipeline_MB_per_s_per_core": round(raw_mb / pipe / t, 1),
+        "pipeline_s_per_image": round(pipe.per_image, 4),
+        "ratio_floor_over_pipeline": round(floor / pipe.per_image, 3),
+        "pipeline_per_job_s": round(pipe.per_job, 3),
+        "process_import_s": round(startup, 3),
+        "pipeline_whole_command_s_per_image_n": round(pipe.whole_command(n), 4),
+        "ratio_whole_command_n": round(floor / pipe.whole_command(n), 3),
+        "ratio_whole_command_250": round(floor / pipe.whole_command(250), 3),
+        "pipeline_parallelism": DEFAULT_PARALLELISM,
+        f"pipeline_{PEER_PARALLELISM}_s_per_image": round(peer.per_image, 4),
+        f"pipeline_{PEER_PARALLELISM}_per_job_s": round(peer.per_job, 3),
+        f"ratio_floor_over_pipeline_{PEER_PARALLELISM}": round(floor / peer.per_image, 3),
+        "pipeline_MB_per_s_per_core": round(raw_mb / pipe.per_image / t, 1),
+        **{f"writer_{k}": v for k, v in writers.items()},
         "files_per_image": files,
         "files_per_image_goal": levels * 2 + 1,
-        "peak_rss_MB_shard_n": round(rss / 1e6, 1),
-        "peak_rss_MB_shard_2n": round(rss2 / 1e6, 1),
-        "rss_growth_2n_over_n": round(rss2 / rss, 3),
-        "core_hours_for_82500": round(pipe * t * N_HPA / 3600, 1),
+        "peak_pss_MB_shard_n": round(pipe.best.memory / 1e6, 1),
+        "peak_pss_MB_shard_2n": round(pipe.double.memory / 1e6, 1),
+        "memory_growth_2n_over_n": round(pipe.double.memory / pipe.best.memory, 3),
+        f"peak_pss_MB_{PEER_PARALLELISM}_n_2n": [round(peer.best.memory / 1e6, 1), round(peer.double.memory / 1e6, 1)],
+        "core_hours_for_82500": round(pipe.whole_command(250) * t * N_HPA / 3600, 1),
     }
     print(json.dumps(result, indent=1))
     print(
-        f"floor {floor_best:.3f} s/image ({decoder}, {floor_mode}) | pipeline {pipe:.3f} s/image | ratio "
-        f"{floor_best / pipe:.2f} (goal >= 0.9) | pipeline on processes {peer_s / n:.3f} s/image, ratio "
-        f"{floor_best / (peer_s / n):.2f} | without the {startup:.2f} s process start: {steady:.3f} s/image, ratio "
-        f"{floor_best / steady:.2f} | {raw_mb / pipe / t:.1f} MB/s/core | files/image {files} "
-        f"(goal {levels * 2 + 1}) | peak RSS {rss / 1e6:.0f} MB (n={n}) vs {rss2 / 1e6:.0f} MB "
-        f"(n={2 * n}) | 82,500 images = {pipe * t * N_HPA / 3600:.0f} core-hours"
+        f"floor {floor:.3f} s/image ({decoder}, {floor_mode}) | pipeline {pipe.per_image:.3f} s/image "
+        f"(in the job; {pipe.per_job:.2f} s per job, {startup:.2f} s of it imports) | ratio "
+        f"{floor / pipe.per_image:.2f} (goal >= 0.9) | whole command, shard of {n} / 250 images: ratio "
+        f"{result['ratio_whole_command_n']:.2f} / {result['ratio_whole_command_250']:.2f} | on {PEER_PARALLELISM} "
+        f"{peer.per_image:.3f} s/image, ratio {floor / peer.per_image:.2f} | writers alone (s/image): "
+        + ", ".join(f"{k.removesuffix('_s_per_image')} {v}" for k, v in writers.items() if k.endswith("_s_per_image"))
+        + f" | {raw_mb / pipe.per_image / t:.1f} MB/s/core | files/image {files} (goal {levels * 2 + 1}) | peak memory "
+        f"{pipe.best.memory / 1e6:.0f} MB (n={n}) vs {pipe.double.memory / 1e6:.0f} MB (n={2 * n}) | 82,500 images = "
+        f"{pipe.whole_command(250) * t * N_HPA / 3600:.0f} core-hours (shards of 250)"
     )
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import numcodecs.blosc
 import numpy as np
 import pandas as pd
 import zarr
@@ -181,10 +182,12 @@ def image_task(row: pd.Series, store: Path, staging: Path, cfg: Config) -> Image
 
 
 def _worker_init() -> None:
-    """A conversion worker process: one image at a time, so zarr's codec pipeline gets one thread; it
+    """A conversion worker process: one image at a time on one core (zarr gets one thread, and Blosc,
+    which on a process' main thread would spread each chunk over every core, compresses on this one); it
     dies with the job (Linux ``PR_SET_PDEATHSIG``): the job's output lock ends with the job, and no
     orphaned worker may go on writing into the store a rerun then owns."""
     zarr.config.set({"threading.max_workers": 1})
+    numcodecs.blosc.use_threads = False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -235,7 +238,9 @@ def run_images(
     tasks = [dask.delayed(image_task, pure=False)(row, store, staging, cfg) for row in rows]
     with _Counted(progress):
         if pool is not None:
-            return list(dask.compute(*tasks, scheduler="processes", pool=pool))
+            # one image per hand-out (Dask's default batches 6 tasks to a worker: 8 images on 2 workers
+            # ran 6 on one and 2 on the other)
+            return list(dask.compute(*tasks, scheduler="processes", pool=pool, chunksize=1))
         workers = max(threads, 1)
         with zarr.config.set({"threading.max_workers": workers}):
             return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))

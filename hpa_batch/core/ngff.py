@@ -21,11 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from hpa_batch import CHANNEL_COLORS, CHANNEL_STAINS, CHANNELS, __version__
 from hpa_batch.config import CodecConfig
-from hpa_batch.core.shards import IncompleteShardError, check_shard_index, write_array
+from hpa_batch.core.shards import (
+    IncompleteShardError,
+    check_shard_index,
+    update_group_attributes,
+    write_array,
+    write_group,
+)
 
 NGFF_VERSION = "0.5"
 
@@ -214,7 +219,7 @@ def write_pyramid(
     chunk: int,
     codec: CodecConfig,
     ome: dict[str, Any],
-) -> zarr.Group:
+) -> None:
     """Write pre-computed levels as arrays ``s0..`` of a new group at ``path`` (no completion stamp).
 
     Parameters
@@ -222,10 +227,11 @@ def write_pyramid(
     levels : sequence of numpy.ndarray
         ``(c, y_k, x_k)`` (image) or ``(y_k, x_k)`` (labels) arrays, one per level, same dtype.
     """
-    group = zarr.open_group(path, mode="w", zarr_format=3, attributes={"ome": ome})
+    if Path(path).exists():
+        shutil.rmtree(path)
+    write_group(path, {"ome": ome})
     for k, data in enumerate(levels):
-        write_array(group, f"s{k}", data, chunk=chunk, codec=codec, group_path=path)
-    return group
+        write_array(Path(path) / f"s{k}", data, chunk=chunk, codec=codec)
 
 
 def write_labels(
@@ -250,14 +256,14 @@ def write_labels(
     sampled_from : int, optional
         The level the masks were made at (:func:`label_attrs`).
     """
-    zarr.open_group(path, mode="w", zarr_format=3, attributes={"ome": {"version": NGFF_VERSION, "labels": list(masks)}})
+    if Path(path).exists():
+        shutil.rmtree(path)
+    write_group(path, {"ome": {"version": NGFF_VERSION, "labels": list(masks)}})
     for name, levels in masks.items():
         ome = label_attrs(len(levels), name, pixel_size_um, sampled_from=sampled_from, full=levels[0])
         write_pyramid(path / name, levels, chunk=chunk, codec=codec, ome=ome)
         verify_image(path / name)
-    zarr.open_group(path, mode="r+", zarr_format=3).attrs.update(
-        {"hpa_batch": {**info, "complete": True, "version": __version__}}
-    )
+    update_group_attributes(path, {"hpa_batch": {**info, "complete": True, "version": __version__}})
 
 
 def labels_complete(image_path: Path, names: Sequence[str]) -> bool:
@@ -340,8 +346,7 @@ def verify_image(path: Path) -> dict[str, Any]:
 
 def stamp_complete(path: Path, info: dict[str, Any]) -> None:
     """Record in the group's attributes that the image was verified complete."""
-    group = zarr.open_group(path, mode="r+", zarr_format=3)
-    group.attrs.update({"hpa_batch": {**info, "complete": True, "version": __version__}})
+    update_group_attributes(path, {"hpa_batch": {**info, "complete": True, "version": __version__}})
 
 
 def is_complete(path: Path) -> bool:

@@ -6,10 +6,13 @@ The pipeline stores every pyramid level as one shard file: the level's chunks (o
 CRC32C. zarr-python writes that format through its asynchronous codec pipeline: chunk splitting, buffer
 copies and an event loop that runs one encode at a time cost ~30 % more CPU than encoding the chunks
 themselves, and threads of one job queue behind that loop (``bench/convert.py``). :func:`write_array`
-writes the same bytes directly: zarr-python creates the array's metadata (``zarr.json``), numcodecs
-compresses each chunk with the same Blosc settings (the GIL is released while it does), and the shard
-file is written sequentially, once. ``tests/core/test_shards.py`` checks the files are byte-identical
-to zarr-python's for every level shape the pipeline makes, and that zarr-python reads them back.
+writes the same bytes directly: the array's ``zarr.json`` as zarr-python serialises it (made once per
+shape, dtype and codec in a memory store), numcodecs compresses each chunk with the same Blosc settings
+(the GIL is released while it does), and the shard file is written sequentially, once. Group metadata
+is serialised by zarr-python's ``GroupMetadata`` and written as a plain file (:func:`write_group`,
+:func:`update_group_attributes`), which saves the ~4 ms of event-loop round trips each zarr call costs
+(five per image). ``tests/core/test_shards.py`` checks every file is byte-identical to zarr-python's for
+the level shapes the pipeline makes, and that zarr-python reads them back.
 
 :func:`check_shard_index` is the reading side of the same format: the completeness check of a shard
 file from its index alone.
@@ -17,16 +20,23 @@ file from its index alone.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Blosc
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import GroupMetadata
 from zarr.core.indexing import morton_order_iter
+from zarr.storage import MemoryStore
 
 from hpa_batch.config import CodecConfig
 
@@ -110,23 +120,57 @@ def encode_shard(data: np.ndarray, chunks: Sequence[int], compressor: Blosc) -> 
     return pieces
 
 
-def write_array(
-    group: zarr.Group, name: str, data: np.ndarray, *, chunk: int, codec: CodecConfig, group_path: Path
-) -> None:
-    """Create array ``name`` in ``group`` (stored at ``group_path``) and write all of ``data`` as its one shard.
+@functools.lru_cache(maxsize=64)
+def _array_metadata(
+    shape: tuple[int, ...], dtype: str, chunk: int, codec: CodecConfig
+) -> tuple[bytes, str, tuple[int, ...]]:
+    """``zarr.json`` bytes, the one shard's key and the inner chunk shape of an array made by
+    :func:`create_array` (created once in a memory store; zarr-python's own serialisation)."""
+    arr = create_array(zarr.open_group(MemoryStore(), mode="w"), "a", shape, chunk=chunk, codec=codec, dtype=dtype)
+    meta = arr.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+    return meta, arr.metadata.encode_chunk_key((0,) * len(shape)), tuple(arr.chunks)
+
+
+def write_array(path: Path, data: np.ndarray, *, chunk: int, codec: CodecConfig) -> None:
+    """Write ``data`` as the array at ``path`` (a folder in a zarr group): its ``zarr.json`` and its one shard.
 
     Parameters
     ----------
     data : numpy.ndarray
-        ``(c, y, x)`` or ``(y, x)`` integer array (uint16 images, uint32 labels).
+        ``(c, y, x)`` or ``(y, x)`` integer array (uint16 images, uint32 labels); chunked as
+        :func:`create_array` says.
     """
-    arr = create_array(group, name, data.shape, chunk=chunk, codec=codec, dtype=data.dtype.name)
-    inner = arr.chunks
-    key = arr.metadata.encode_chunk_key((0,) * data.ndim)
-    target = Path(group_path) / name / key
+    meta, key, inner = _array_metadata(data.shape, data.dtype.name, chunk, codec)
+    target = Path(path) / key
     target.parent.mkdir(parents=True, exist_ok=True)
+    (Path(path) / "zarr.json").write_bytes(meta)
     with open(target, "wb") as fh:
         fh.writelines(encode_shard(data, inner, chunk_compressor(codec, data.dtype)))
+
+
+def group_metadata(attributes: dict[str, Any]) -> bytes:
+    """``zarr.json`` of a zarr v3 group with ``attributes``, as zarr-python serialises it."""
+    meta = GroupMetadata(attributes=attributes, zarr_format=3)
+    return meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+
+def write_group(path: Path, attributes: dict[str, Any]) -> None:
+    """Create (or overwrite) the zarr v3 group at ``path`` with ``attributes``; its contents are kept."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    (Path(path) / "zarr.json").write_bytes(group_metadata(attributes))
+
+
+def update_group_attributes(path: Path, updates: dict[str, Any]) -> None:
+    """Set top-level attribute keys of the group at ``path`` (as ``group.attrs.update``), replacing its
+    ``zarr.json`` atomically: a job killed meanwhile leaves the old metadata, never half of it."""
+    meta_path = Path(path) / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    if meta.get("node_type") != "group":
+        raise ValueError(f"{meta_path}: not a zarr group")
+    attributes = {**meta.get("attributes", {}), **updates}
+    tmp = meta_path.with_name(f".zarr.json.{os.getpid()}.tmp")
+    tmp.write_bytes(group_metadata(attributes))
+    tmp.replace(meta_path)
 
 
 def check_shard_index(shard_path: Path, n_chunks: int) -> None:

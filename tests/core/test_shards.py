@@ -13,7 +13,9 @@ from hpa_batch.core.shards import (
     chunk_compressor,
     create_array,
     encode_shard,
+    update_group_attributes,
     write_array,
+    write_group,
 )
 
 CODECS = [CodecConfig("zstd", 5, "bitshuffle"), CodecConfig("lz4", 1, "shuffle"), CodecConfig("zstd", 3, "noshuffle")]
@@ -36,9 +38,10 @@ def sample(shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
 
 def write_both(tmp_path: Path, data: np.ndarray, chunk: int, codec: CodecConfig) -> tuple[Path, Path]:
     ours, theirs = tmp_path / "ours", tmp_path / "zarr"
-    write_array(zarr.open_group(ours, mode="w", zarr_format=3), "a", data, chunk=chunk, codec=codec, group_path=ours)
+    write_group(ours, {"note": "a group"})
+    write_array(ours / "a", data, chunk=chunk, codec=codec)
     arr = create_array(
-        zarr.open_group(theirs, mode="w", zarr_format=3),
+        zarr.open_group(theirs, mode="w", zarr_format=3, attributes={"note": "a group"}),
         "a",
         data.shape,
         chunk=chunk,
@@ -86,3 +89,20 @@ def test_index_lists_every_chunk_and_verifies(tmp_path):
     shard.write_bytes(b"".join(pieces)[:-1])
     with pytest.raises(IncompleteShardError, match="shard"):
         check_shard_index(shard, n_chunks)
+
+
+def test_group_attributes_update_like_zarr_python(tmp_path):
+    ome = {"version": "0.5", "multiscales": [{"name": "x", "scale": [1.0, 0.5]}]}
+    write_group(tmp_path / "ours", {"ome": ome, "hpa_batch": {"complete": False}})
+    update_group_attributes(tmp_path / "ours", {"hpa_batch": {"complete": True, "n": 3}})
+    theirs = zarr.open_group(tmp_path / "zarr", mode="w", zarr_format=3, attributes={"ome": ome})
+    theirs.attrs.update({"hpa_batch": {"complete": True, "n": 3}})
+    assert (tmp_path / "ours" / "zarr.json").read_bytes() == (tmp_path / "zarr" / "zarr.json").read_bytes()
+    assert zarr.open_group(tmp_path / "ours", mode="r").attrs["hpa_batch"] == {"complete": True, "n": 3}
+    assert not list((tmp_path / "ours").glob(".*tmp"))
+
+
+def test_attributes_of_an_array_are_not_updated_as_a_group(tmp_path):
+    write_array(tmp_path / "a", np.zeros((64, 64), np.uint16), chunk=64, codec=CODECS[0])
+    with pytest.raises(ValueError, match="not a zarr group"):
+        update_group_attributes(tmp_path / "a", {"x": 1})
