@@ -15,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[workflow,test,gpu,lint]"
+	$(BIN)/python -m pip install -e ".[workflow,test,gpu,lint,bench]"
 	touch $@
 
 resources/demo/train.csv: | setup

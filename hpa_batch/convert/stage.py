@@ -4,9 +4,10 @@ Work inside a job is one Dask task per image, run with the rule's thread count o
 scheduler (``conversion.parallelism: threads``, the default) or its multiprocessing one (``processes``).
 A task decodes the four channels, builds the whole pyramid and writes each level as a single zarr
 shard (so Dask's unit of work is aligned to the zarr shards and every shard file has exactly one
-writer). Worker processes receive a manifest row and return a small :class:`ImageResult`; no array
-crosses a process boundary. Processes are for nodes where threads, which share one GIL (zarr-python
-runs its codec pipeline on an event-loop thread), leave cores idle; on 2 cores both are equal
+writer). The shard files are written in one pass by :mod:`hpa_batch.core.shards`; decoding, the pyramid
+and compression release the GIL, so threads keep every core busy. Worker processes receive a manifest
+row and return a small :class:`ImageResult`; no array crosses a process boundary. Processes are for
+nodes where a decoder or codec that holds the GIL leaves cores idle; on 2 cores both reach the floor
 (``bench/convert.py`` prints both). Memory is bounded by ``threads`` images in flight, independent of
 the shard's size.
 

@@ -51,6 +51,8 @@ def test_downsample_is_rounded_mean_with_edge_replication():
     assert out.tolist() == [[[2, 9], [7, 3]]]  # (0+1+2+5)/4=2; (9+9+9+9)/4; (7+7+7+7)/4; 3
     big = np.full((1, 4, 4), 65535, np.uint16)
     assert downsample2x(big).max() == 65535  # no overflow
+    labels = np.full((3, 3), 2**32 - 1, np.uint32)
+    assert downsample2x(labels).tolist() == [[2**32 - 1] * 2] * 2  # nor for 32-bit values
 
 
 def test_chunked_downsample_equals_whole_array():
