@@ -317,7 +317,6 @@ def convert_shard(
         "version": __version__,
     }
     atomic_write_text(summary_out, json.dumps(summary, indent=1))
-    get_logger().info(progress.line())
     get_logger().info(
         "convert %s: %d converted, %d kept, %d refused (see %s)",
         shard,

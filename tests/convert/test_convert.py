@@ -54,6 +54,28 @@ def test_store_contents_refusals_and_summary(dataset):
     assert rej.at["ctrunc", "stage"] == "convert" and "ctrunc_green.png" in rej.at["ctrunc", "reason"]
     assert rej.at["dmissing", "stage"] == "manifest" and "missing yellow" in rej.at["dmissing", "reason"]
     assert zarr.open_group(store, mode="r").attrs["hpa_batch"]["images"] == ["a16", "b8"]
+    # the stage's level files are what zarr-python writes for the same arrays (one-pass writer)
+    reference = ds.root / "reference"
+    for k in range(3):
+        arr = a[f"s{k}"]
+        ref = zarr.create_array(
+            reference / f"ref{k}",
+            shape=arr.shape,
+            dtype=arr.dtype,
+            chunks=arr.chunks,
+            shards=arr.shards,
+            compressors=arr.compressors,
+            fill_value=0,
+            dimension_names=("c", "y", "x"),
+            config={"write_empty_chunks": True},
+        )
+        ref[...] = arr[...]
+        assert (store / "a16" / f"s{k}" / "c" / "0" / "0" / "0").read_bytes() == (
+            reference / f"ref{k}" / "c" / "0" / "0" / "0"
+        ).read_bytes()
+        assert json.loads((store / "a16" / f"s{k}" / "zarr.json").read_text()) == json.loads(
+            (reference / f"ref{k}" / "zarr.json").read_text()
+        )
 
 
 def test_rerun_keeps_good_images_and_redoes_changed_or_damaged_ones(dataset):
