@@ -2,16 +2,20 @@
 
 The floor is the best bare script for the unavoidable work and nothing else: decode the 4 PNGs with the
 fastest imagecodecs PNG decoder that decodes them correctly (png, apng, spng compared; the fastest is
-printed), build the same 2x-mean pyramid with numpy, and Blosc-compress every 512^2 chunk with the
-same codec settings, writing nothing; run on threads and on processes, whichever is faster (printed).
+printed), build the same 2x-mean pyramid with numpy, Blosc-compress every 512^2 chunk with the same
+codec settings, and write each level's compressed chunks to one file (a converter must write its
+output; no index, no metadata, no verification); run on threads and on processes, whichever is faster
+(printed). The same floor writing nothing is printed beside it, so the cost of writing shows.
+
 The pipeline is the real ``hpa-batch convert`` with the same worker count (manifest prebuilt, so only
-conversion is timed). Its seconds per image are the job's own time from the start of the shard's
-conversion (worker start included) to its summary, divided by the images: what a 250-image shard
-pays per image. What the command pays once (interpreter start, imports of pandas, zarr and dask,
-config) is printed beside it, with the whole-command ratio for a shard of n and of 250 images. Both
-parallelisms run: the default (``conversion.parallelism``) and the other one as its peer. Every
-measurement runs ``--repeats`` times and the fastest counts; one more run on 2n images gives the
-memory for twice the shard size.
+conversion is timed), on shards of n and 2n images. Its seconds per image are what each further image
+adds to the job's own time (from the start of the shard's conversion to its summary: the
+``seconds`` of ``{shard}.convert.json``): what a 250-image shard pays per image. What a job pays
+once (interpreter start, imports of pandas, zarr and dask, config, worker start, its first images in
+a fresh process) is printed beside it, with the whole-command ratio for a shard of n and of 250
+images. Both parallelisms run: the default (``conversion.parallelism``) and the other one as its
+peer. Floors and pipelines take turns, ``--repeats`` rounds, so the drift of a shared machine touches
+all alike; the fastest of each counts. Memory is the peak for n and for 2n images.
 
 Then the writers alone, on the same precomputed pyramids and threads: zarr-python's own write path,
 the pipeline's one-pass shard writer (:mod:`hpa_batch.core.shards`) and tensorstore's zarr3 driver (a
@@ -22,7 +26,7 @@ Prints floor and pipeline seconds per image, their ratio (goal >= 0.9), MB/s per
 image, the extrapolation to 82,500 images, and the peak memory of the convert job (its processes'
 summed PSS, sampled) for shards of n and 2n images (it must not grow).
 
-    python bench/convert.py [--images 8] [--size 2048] [--threads 2] [--repeats 2] [--out bench/out/convert]
+    python bench/convert.py [--images 8] [--size 2048] [--threads 2] [--repeats 3] [--out bench/out/convert]
 """
 
 from __future__ import annotations
@@ -99,8 +103,11 @@ def pick_decoder(path: Path, reps: int = 5) -> str:
     return best
 
 
-def floor_image(paths: list[Path], chunk: int, min_level: int, codec: Blosc, decoder: str = "png_decode") -> int:
-    """Decode, pyramid, compress one image; return compressed bytes (discarded).
+def floor_image(
+    paths: list[Path], chunk: int, min_level: int, codec: Blosc, decoder: str = "png_decode", out: Path | None = None
+) -> int:
+    """Decode, pyramid, compress one image; write each level's compressed chunks to one file under
+    ``out`` (no index, no metadata) or nothing (``out=None``). Returns the compressed bytes.
 
     Blosc runs single-threaded, as it does inside zarr (which encodes off the main thread, where
     numcodecs' automatic choice turns Blosc's own threads off): called from a process' main thread it
@@ -115,22 +122,35 @@ def floor_image(paths: list[Path], chunk: int, min_level: int, codec: Blosc, dec
     for k in range(len(shapes)):
         if k:
             level = downsample2x(level)
+        pieces = []
         for c in range(level.shape[0]):
             for y in range(0, level.shape[1], chunk):
                 for x in range(0, level.shape[2], chunk):
                     block = np.zeros((chunk, chunk), level.dtype)
                     tile = level[c, y : y + chunk, x : x + chunk]
                     block[: tile.shape[0], : tile.shape[1]] = tile
-                    total += len(codec.encode(block))
+                    pieces.append(codec.encode(block))
+        total += sum(len(p) for p in pieces)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / f"s{k}", "wb") as fh:
+                fh.writelines(pieces)
     return total
 
 
-def run_floor(images: Path, ids: list[str], threads: int, decoder: str, mode: str) -> float:
-    """Seconds for the floor over ``ids`` on ``threads`` threads or processes (``mode``); a process pool
-    is started before the clock (the pipeline's worker start is inside its time: the floor is a floor)."""
+def _floor_job(paths: list[Path], out: Path | None, **kwargs: Any) -> int:
+    return floor_image(paths, out=out, **kwargs)
+
+
+def run_floor(images: Path, ids: list[str], threads: int, decoder: str, mode: str, out: Path | None) -> float:
+    """Seconds for the floor over ``ids`` on ``threads`` threads or processes (``mode``), writing under
+    ``out`` (emptied first) or nothing; a process pool is started before the clock (the pipeline's worker
+    start is inside its time: the floor is a floor)."""
     codec = Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE)
-    jobs = [[images / f"{i}_{c}.png" for c in CHANNELS] for i in ids]
-    work = functools.partial(floor_image, chunk=512, min_level=512, codec=codec, decoder=decoder)
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)
+    jobs = [([images / f"{i}_{c}.png" for c in CHANNELS], None if out is None else out / i) for i in ids]
+    work = functools.partial(_floor_job, chunk=512, min_level=512, codec=codec, decoder=decoder)
     if mode == "threads":
         pool = ThreadPoolExecutor(threads)
     else:
@@ -138,7 +158,7 @@ def run_floor(images: Path, ids: list[str], threads: int, decoder: str, mode: st
         list(pool.map(abs, range(threads)))  # workers up
     with pool:
         t0 = time.perf_counter()
-        list(pool.map(work, jobs))
+        list(pool.map(work, *zip(*jobs, strict=True)))
         return time.perf_counter() - t0
 
 
@@ -236,7 +256,7 @@ def run_pipeline(data: Path, work: Path, n: int, threads: int, parallelism: str)
 
 @dataclass
 class Pipeline:
-    """One parallelism: the fastest of ``repeats`` runs on a shard of n images, and one run on 2n."""
+    """One parallelism: the fastest of ``repeats`` runs on a shard of n images and on one of 2n."""
 
     n: int
     best: Run
@@ -244,35 +264,55 @@ class Pipeline:
 
     @property
     def per_image(self) -> float:
-        """Seconds per image inside the job: what a 250-image shard pays per image."""
-        return self.best.in_job / self.n
+        """Seconds each further image adds inside the job (``in_job`` of 2n minus that of n, over n): what
+        a 250-image shard pays per image. What a job pays once inside it (the worker start, its first
+        images in a fresh process, the store set-up and the tables) cancels."""
+        return (self.double.in_job - self.best.in_job) / self.n
 
     @property
     def per_job(self) -> float:
-        """Seconds a job pays once, whatever its size (interpreter start, imports, config)."""
-        return self.best.seconds - self.best.in_job
+        """Seconds a job pays once, whatever its size (interpreter start, imports, config, warm-up)."""
+        return self.best.seconds - self.n * self.per_image
 
     def whole_command(self, shard_size: int) -> float:
         """Seconds per image of the whole command on a shard of ``shard_size`` images."""
         return self.per_image + self.per_job / shard_size
 
 
-def measure_pipelines(data: Path, out: Path, n: int, threads: int, repeats: int) -> dict[str, Pipeline]:
-    """Run both parallelisms ``repeats`` times on n images, taking turns so that the machine's drift
-    touches both alike (the fastest run counts), then each once on 2n (memory)."""
+@dataclass
+class Floors:
+    """Fastest floor seconds per image, by ``(mode, writes)``: threads or processes, writing or not."""
+
+    seconds: dict[tuple[str, bool], float]
+
+    def best(self, writes: bool) -> tuple[str, float]:
+        """The faster mode and its seconds per image."""
+        mode = min(("threads", "processes"), key=lambda m: self.seconds[m, writes])
+        return mode, self.seconds[mode, writes]
+
+
+def measure(
+    data: Path, out: Path, ids: list[str], threads: int, decoder: str, repeats: int
+) -> tuple[Floors, dict[str, Pipeline]]:
+    """Floors and both pipeline parallelisms, the pipelines on shards of n and 2n images, ``repeats``
+    rounds in which each takes its turn (the machine's drift touches all alike); the fastest of each
+    counts."""
+    n = len(ids)
     modes = (DEFAULT_PARALLELISM, PEER_PARALLELISM)
-    runs: dict[str, list[Run]] = {m: [] for m in modes}
+    floors: dict[tuple[str, bool], float] = {}
+    runs: dict[tuple[str, int], list[Run]] = {(m, k): [] for m in modes for k in (n, 2 * n)}
     for _ in range(repeats):
-        for m in modes:
-            runs[m].append(run_pipeline(data, out / f"run_{m}_{n}", n, threads, m))
-    return {
-        m: Pipeline(
-            n,
-            min(runs[m], key=lambda r: r.in_job),
-            run_pipeline(data, out / f"run_{m}_{2 * n}", 2 * n, threads, m),
-        )
-        for m in modes
-    }
+        for mode in ("threads", "processes"):
+            for writes in (True, False):
+                target = out / "floor_out" if writes else None
+                seconds = run_floor(data / "images", ids, threads, decoder, mode, target) / n
+                floors[mode, writes] = min(floors.get((mode, writes), float("inf")), seconds)
+        for (m, k), done in runs.items():
+            done.append(run_pipeline(data, out / f"run_{m}_{k}", k, threads, m))
+    shutil.rmtree(out / "floor_out", ignore_errors=True)
+    fastest = {key: min(rs, key=lambda r: r.in_job) for key, rs in runs.items()}
+    pipelines = {m: Pipeline(n, fastest[m, n], fastest[m, 2 * n]) for m in modes}
+    return Floors(floors), pipelines
 
 
 def image_levels(images: Path, image_id: str) -> list[np.ndarray]:
@@ -377,7 +417,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the fastest counts")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest counts")
     ap.add_argument("--out", type=Path, default=Path("bench/out/convert"))
     args = ap.parse_args()
     n, t = args.images, args.threads
@@ -387,12 +427,9 @@ def main() -> None:
     raw_mb = 4 * args.size * args.size * 2 / 1e6
 
     decoder = pick_decoder(data / "images" / f"{ids[0]}_green.png")
-    floors = {m: float("inf") for m in ("threads", "processes")}
-    for _ in range(args.repeats):
-        floors = {m: min(s, run_floor(data / "images", ids[:n], t, decoder, m) / n) for m, s in floors.items()}
-    floor_mode = min(floors, key=floors.get)
-    floor = floors[floor_mode]
-    pipelines = measure_pipelines(data, args.out, n, t, args.repeats)
+    floors, pipelines = measure(data, args.out, ids[:n], t, decoder, args.repeats)
+    floor_mode, floor = floors.best(writes=True)
+    compute_mode, compute_floor = floors.best(writes=False)
     pipe, peer = pipelines[DEFAULT_PARALLELISM], pipelines[PEER_PARALLELISM]
     writers = compare_writers(data / "images", ids[: min(n, 2 * t)], t, args.out)
     startup = startup_seconds()
@@ -406,8 +443,11 @@ def main() -> None:
         "floor_decoder": decoder,
         "floor_parallelism": floor_mode,
         "floor_s_per_image": round(floor, 4),
-        "floor_s_per_image_threads": round(floors["threads"], 4),
-        "floor_s_per_image_processes": round(floors["processes"], 4),
+        "floor_s_per_image_threads": round(floors.seconds["threads", True], 4),
+        "floor_s_per_image_processes": round(floors.seconds["processes", True], 4),
+        "compute_floor_s_per_image": round(compute_floor, 4),
+        "compute_floor_parallelism": compute_mode,
+        "ratio_compute_floor_over_pipeline": round(compute_floor / pipe.per_image, 3),
         "pipeline_s_per_image": round(pipe.per_image, 4),
         "ratio_floor_over_pipeline": round(floor / pipe.per_image, 3),
         "pipeline_per_job_s": round(pipe.per_job, 3),
@@ -431,9 +471,10 @@ def main() -> None:
     }
     print(json.dumps(result, indent=1))
     print(
-        f"floor {floor:.3f} s/image ({decoder}, {floor_mode}) | pipeline {pipe.per_image:.3f} s/image "
-        f"(in the job; {pipe.per_job:.2f} s per job, {startup:.2f} s of it imports) | ratio "
-        f"{floor / pipe.per_image:.2f} (goal >= 0.9) | whole command, shard of {n} / 250 images: ratio "
+        f"floor {floor:.3f} s/image ({decoder}, {floor_mode}, writing; {compute_floor:.3f} without) | pipeline {pipe.per_image:.3f} s/image "
+        f"(each further image in the job; {pipe.per_job:.2f} s per job, {startup:.2f} s of it imports) | ratio "
+        f"{floor / pipe.per_image:.2f} (goal >= 0.9; {compute_floor / pipe.per_image:.2f} against the floor that writes "
+        f"nothing) | whole command, shard of {n} / 250 images: ratio "
         f"{result['ratio_whole_command_n']:.2f} / {result['ratio_whole_command_250']:.2f} | on {PEER_PARALLELISM} "
         f"{peer.per_image:.3f} s/image, ratio {floor / peer.per_image:.2f} | writers alone (s/image): "
         + ", ".join(f"{k.removesuffix('_s_per_image')} {v}" for k, v in writers.items() if k.endswith("_s_per_image"))
