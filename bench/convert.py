@@ -17,6 +17,9 @@ images. Both parallelisms run: the default (``conversion.parallelism``) and the 
 peer. Floors and pipelines take turns, ``--repeats`` rounds, so the drift of a shared machine touches
 all alike; the fastest of each counts. Memory is the peak for n and for 2n images.
 
+Then the per-image work alone: the floor and the stage's ``convert_image`` on the same threads of this
+process, taking turns, which leaves out what a job pays once and the drift between whole commands.
+
 Then the writers alone, on the same precomputed pyramids and threads: zarr-python's own write path,
 the pipeline's one-pass shard writer (:mod:`hpa_batch.core.shards`) and tensorstore's zarr3 driver (a
 native writer that releases the GIL; skipped when tensorstore is not installed), with every chunk's
@@ -367,6 +370,40 @@ def chunk_checksums(path: Path) -> list[int]:
     return sums
 
 
+def per_image_work(
+    data: Path, out: Path, ids: list[str], threads: int, decoder: str, rounds: int
+) -> tuple[float, float]:
+    """The per-image work alone, in this process on ``threads`` threads, floor (writing) and the stage's
+    :func:`hpa_batch.convert.stage.convert_image` taking turns ``rounds`` times on the same images
+    (no process start, no job set-up, no warm-up; the drift of the machine touches both alike).
+
+    Returns the fastest floor and stage seconds per image.
+    """
+    from hpa_batch.convert.manifest import read_manifest
+    from hpa_batch.convert.stage import convert_image
+
+    run = out / f"run_{DEFAULT_PARALLELISM}_{len(ids)}"
+    cfg = load_config(run / "config.yaml")
+    rows = [r for _, r in read_manifest(run / "results" / "manifest" / "hela-0000.parquet").iterrows()]
+    store, staging = out / "ab_store", out / "ab_staging"
+    best = {"floor": float("inf"), "stage": float("inf")}
+    for _ in range(rounds):
+        for name in ("floor", "stage"):
+            for path in (store, staging):
+                shutil.rmtree(path, ignore_errors=True)
+                path.mkdir(parents=True)
+            t0 = time.perf_counter()
+            if name == "floor":
+                run_floor(data / "images", ids, threads, decoder, "threads", out / "floor_out")
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(lambda r: convert_image(r, store, staging, cfg), rows))
+            best[name] = min(best[name], (time.perf_counter() - t0) / len(ids))
+    for path in (store, staging, out / "floor_out"):
+        shutil.rmtree(path, ignore_errors=True)
+    return best["floor"], best["stage"]
+
+
 def compare_writers(images: Path, ids: list[str], threads: int, out: Path) -> dict[str, Any]:
     """Write the same precomputed pyramids with each writer on ``threads`` threads (s/image, wall), and
     compare every chunk's checksum with zarr-python's."""
@@ -431,6 +468,7 @@ def main() -> None:
     floor_mode, floor = floors.best(writes=True)
     compute_mode, compute_floor = floors.best(writes=False)
     pipe, peer = pipelines[DEFAULT_PARALLELISM], pipelines[PEER_PARALLELISM]
+    ab_floor, ab_stage = per_image_work(data, args.out, ids[:n], t, decoder, args.repeats)
     writers = compare_writers(data / "images", ids[: min(n, 2 * t)], t, args.out)
     startup = startup_seconds()
     images = [p for p in pipe.best.store.iterdir() if p.is_dir()]
@@ -456,6 +494,9 @@ def main() -> None:
         "ratio_whole_command_n": round(floor / pipe.whole_command(n), 3),
         "ratio_whole_command_250": round(floor / pipe.whole_command(250), 3),
         "pipeline_parallelism": DEFAULT_PARALLELISM,
+        "in_process_floor_s_per_image": round(ab_floor, 4),
+        "in_process_convert_image_s_per_image": round(ab_stage, 4),
+        "ratio_in_process_per_image_work": round(ab_floor / ab_stage, 3),
         f"pipeline_{PEER_PARALLELISM}_s_per_image": round(peer.per_image, 4),
         f"pipeline_{PEER_PARALLELISM}_per_job_s": round(peer.per_job, 3),
         f"ratio_floor_over_pipeline_{PEER_PARALLELISM}": round(floor / peer.per_image, 3),
@@ -474,7 +515,8 @@ def main() -> None:
         f"floor {floor:.3f} s/image ({decoder}, {floor_mode}, writing; {compute_floor:.3f} without) | pipeline {pipe.per_image:.3f} s/image "
         f"(each further image in the job; {pipe.per_job:.2f} s per job, {startup:.2f} s of it imports) | ratio "
         f"{floor / pipe.per_image:.2f} (goal >= 0.9; {compute_floor / pipe.per_image:.2f} against the floor that writes "
-        f"nothing) | whole command, shard of {n} / 250 images: ratio "
+        f"nothing) | per-image work alone, in one process (floor {ab_floor:.3f} vs convert_image {ab_stage:.3f}): "
+        f"ratio {ab_floor / ab_stage:.2f} | whole command, shard of {n} / 250 images: ratio "
         f"{result['ratio_whole_command_n']:.2f} / {result['ratio_whole_command_250']:.2f} | on {PEER_PARALLELISM} "
         f"{peer.per_image:.3f} s/image, ratio {floor / peer.per_image:.2f} | writers alone (s/image): "
         + ", ".join(f"{k.removesuffix('_s_per_image')} {v}" for k, v in writers.items() if k.endswith("_s_per_image"))
