@@ -7,8 +7,8 @@ shard (so Dask's unit of work is aligned to the zarr shards and every shard file
 writer). The shard files are written in one pass by :mod:`hpa_batch.core.shards`; decoding, the pyramid
 and compression release the GIL, so threads keep every core busy. Worker processes receive a manifest
 row and return a small :class:`ImageResult`; no array crosses a process boundary. Processes are for
-nodes where a decoder or codec that holds the GIL leaves cores idle; on 2 cores both reach the floor
-(``bench/convert.py`` prints both). Memory is bounded by ``threads`` images in flight, independent of
+nodes where a decoder or codec that holds the GIL leaves cores idle; on 2 cores threads reach the floor
+and processes come close (``bench/convert.py`` prints both). Memory is bounded by ``threads`` images in flight, independent of
 the shard's size.
 
 Resumability: images already in the store, stamped complete, verified and made from the same source
