@@ -232,9 +232,7 @@ def write_pyramid(
     levels : sequence of numpy.ndarray
         ``(c, y_k, x_k)`` (image) or ``(y_k, x_k)`` (labels) arrays, one per level, same dtype.
     """
-    if Path(path).exists():
-        shutil.rmtree(path)
-    write_group(path, {"ome": ome})
+    write_group(path, {"ome": ome}, replace=True)
     for k, data in enumerate(levels):
         write_array(Path(path) / f"s{k}", data, chunk=chunk, codec=codec)
 
@@ -261,9 +259,7 @@ def write_labels(
     sampled_from : int, optional
         The level the masks were made at (:func:`label_attrs`).
     """
-    if Path(path).exists():
-        shutil.rmtree(path)
-    write_group(path, {"ome": {"version": NGFF_VERSION, "labels": list(masks)}})
+    write_group(path, {"ome": {"version": NGFF_VERSION, "labels": list(masks)}}, replace=True)
     for name, levels in masks.items():
         ome = label_attrs(len(levels), name, pixel_size_um, sampled_from=sampled_from, full=levels[0])
         write_pyramid(path / name, levels, chunk=chunk, codec=codec, ome=ome)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from zarr.core.indexing import morton_order_iter
 from zarr.storage import MemoryStore
 
 from hpa_batch.config import CodecConfig
+from hpa_batch.core.tables import atomic_write_text
 
 EMPTY = np.uint64(2**64 - 1)  # index offset of a chunk absent from a shard
 _SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
@@ -154,23 +155,26 @@ def group_metadata(attributes: dict[str, Any]) -> bytes:
     return meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
 
 
-def write_group(path: Path, attributes: dict[str, Any]) -> None:
-    """Create (or overwrite) the zarr v3 group at ``path`` with ``attributes``; its contents are kept."""
-    Path(path).mkdir(parents=True, exist_ok=True)
-    (Path(path) / "zarr.json").write_bytes(group_metadata(attributes))
+def write_group(path: Path, attributes: dict[str, Any], *, replace: bool = False) -> None:
+    """Create the zarr v3 group at ``path`` with ``attributes``. With ``replace`` whatever was at ``path``
+    goes first (as zarr-python's ``mode="w"``); otherwise existing contents are kept."""
+    path = Path(path)
+    if replace and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "zarr.json").write_bytes(group_metadata(attributes))
 
 
 def update_group_attributes(path: Path, updates: dict[str, Any]) -> None:
     """Set top-level attribute keys of the group at ``path`` (as ``group.attrs.update``), replacing its
-    ``zarr.json`` atomically: a job killed meanwhile leaves the old metadata, never half of it."""
+    ``zarr.json`` atomically (:func:`hpa_batch.core.tables.atomic_write_text`): a job killed meanwhile
+    leaves the old metadata, never half of it."""
     meta_path = Path(path) / "zarr.json"
     meta = json.loads(meta_path.read_text())
     if meta.get("node_type") != "group":
         raise ValueError(f"{meta_path}: not a zarr group")
     attributes = {**meta.get("attributes", {}), **updates}
-    tmp = meta_path.with_name(f".zarr.json.{os.getpid()}.tmp")
-    tmp.write_bytes(group_metadata(attributes))
-    tmp.replace(meta_path)
+    atomic_write_text(meta_path, group_metadata(attributes).decode("utf-8"))
 
 
 def check_shard_index(shard_path: Path, n_chunks: int) -> None:
