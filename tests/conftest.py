@@ -141,6 +141,10 @@ def tiny_model(**overrides: object) -> dict:
     }
 
 
+#: Cell tiles of 64 px and image inputs of 128 px: every test run's tile settings (the presets' too).
+SYNTH_TILES = {"size": 64, "image_size": 128, "chunk_tiles": 16}
+
+
 def synth_config(root: Path, data: Path, **extra: object) -> dict:
     """Config for a synthetic dataset at ``data`` with results under ``root``."""
     cfg = {
@@ -150,7 +154,7 @@ def synth_config(root: Path, data: Path, **extra: object) -> dict:
         "shard_size": 4,
         "conversion": {"min_level_size": 128, "chunk": 128},
         "segmentation": SMALL_SEGMENTATION,
-        "tiles": {"size": 64, "image_size": 128, "chunk_tiles": 16},
+        "tiles": dict(SYNTH_TILES),
     }
     cfg.update(extra)
     return cfg
@@ -183,3 +187,113 @@ def segmented(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> dic
             assert main([verb, "--config", str(cfg_path), "--shard", shard.name]) == 0
         shards.append(shard.name)
     return {"root": root, "config": cfg_path, "results": root / "results", "shards": shards, "data": synth_data}
+
+
+@pytest.fixture(scope="session")
+def data_2018(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six 384 px images in the 2018 set's layout (8-bit PNG, ``Id,Target``, no cell-line column)."""
+    from hpa_batch.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("data2018") / "data"
+    return synthesize_dataset(root, 6, seed=21, sizes=(384,), catalog="hpa2018", depth=8, table="hpa2018").out
+
+
+# ----------------------------------------------------------------------------- shared upstream
+#: The 2018 task as distributed: ``train.csv`` with ``Id,Target`` (space-separated), no cell-line column.
+DATASET_2018 = {"id_column": "Id", "label_column": "Target", "cell_line_column": None, "label_separator": " "}
+
+
+def upstream_config(data: Path, layout: str) -> dict:
+    """Every config key the stages manifest -> tiles read, for a synthetic set in ``layout``
+    (``hpa2021`` or ``hpa2018``). Results and logs are relative to the working directory, so a copy of
+    that directory is a whole run: its outputs and Snakemake's records of them (.snakemake/metadata)."""
+    cfg = synth_config(Path("."), data, results_dir="results", logs_dir="logs")
+    if layout == "hpa2018":
+        cfg["dataset"].update(DATASET_2018)
+        cfg["labels"] = {"catalog": "hpa2018"}
+    return cfg
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """Copy a workflow directory with its results, logs and Snakemake records (times kept, so Snakemake
+    sees the outputs as up to date); locks are left behind. Returns ``dst``."""
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        if Path(folder).name == ".snakemake":
+            return {n for n in names if n in ("locks", "incomplete", "log") or n.startswith("hpa_batch.core.driver")}
+        return set()
+
+    shutil.copytree(src, dst, symlinks=True, ignore=skip, dirs_exist_ok=True)
+    return dst
+
+
+class Upstream:
+    """A workflow directory where ``snakemake tiles`` ran once for this test session (manifest, convert,
+    segment, measure, tiles, QC). Tests that check what comes after tiles start from a copy of it."""
+
+    def __init__(self, wd: Path, config: dict, data: Path) -> None:
+        self.wd, self.config, self.data = wd, config, data
+
+    def fork(self, dst: Path, **downstream: object) -> tuple[Path, dict]:
+        """A private copy of the run in ``dst/wf`` with ``downstream`` config keys added (they must not
+        change what the upstream stages read, or those stages rerun); its ``run.yaml`` is written."""
+        wd = copy_run(self.wd, dst / "wf")
+        cfg = {**self.config, **downstream}
+        (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+        return wd, cfg
+
+
+#: The rules of the shared upstream; a test started from a fork runs none of them.
+UPSTREAM_RULES = ("manifest", "convert_shard", "segment_shard", "measure_shard", "tiles_shard")
+
+
+def ran_rules(output: str) -> set[str]:
+    """The rules Snakemake ran (or, for a dry run, planned), read from the job-stats table it prints."""
+    import re
+
+    rules, inside = set(), False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            inside = True
+        elif inside and (m := re.match(r"^(\w+)\s+\d+$", line)):
+            if m.group(1) != "total":
+                rules.add(m.group(1))
+        elif inside and not line.startswith("-"):
+            inside = False
+    return rules
+
+
+def assert_upstream_reused(output: str) -> None:
+    """Fail if a run started from the shared upstream redid any upstream stage (its config changed what
+    they read: the test would still pass, only slower, so say so)."""
+    redone = ran_rules(output) & set(UPSTREAM_RULES)
+    assert not redone, f"a fork of the shared upstream reran {sorted(redone)}: keep its upstream config keys"
+
+
+def run_upstream(root: Path, data: Path, layout: str) -> Upstream:
+    """``snakemake --cores 2 tiles`` on ``data`` in a fresh workflow copy under ``root``."""
+    import subprocess
+
+    wd = root / "wf"
+    wd.mkdir(parents=True)
+    shutil.copy(REPO / "Snakefile", wd)
+    for d in ("workflow", "config", "profiles", "envs"):
+        shutil.copytree(REPO / d, wd / d)
+    cfg = upstream_config(data, layout)
+    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = ["snakemake", "--cores", "2", "tiles", "convert", "--configfile", "run.yaml"]
+    proc = subprocess.run(cmd, check=False, cwd=wd, env=tool_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, f"shared upstream ({layout}) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return Upstream(wd, cfg, data)
+
+
+@pytest.fixture(scope="session")
+def upstream_2021(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Upstream:
+    """The 2021 synthetic set (``synth_data``) through tiles, once per session."""
+    return run_upstream(tmp_path_factory.mktemp("upstream2021"), synth_data, "hpa2021")
+
+
+@pytest.fixture(scope="session")
+def upstream_2018(tmp_path_factory: pytest.TempPathFactory, data_2018: Path) -> Upstream:
+    """The 2018 synthetic set (``data_2018``) through tiles, once per session."""
+    return run_upstream(tmp_path_factory.mktemp("upstream2018"), data_2018, "hpa2018")

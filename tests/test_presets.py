@@ -9,22 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import synth_config
+from conftest import SYNTH_TILES, assert_upstream_reused
 from test_workflow import snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.name for p in (REPO / "config" / "presets").glob("*.yaml"))
 # smallest input each architecture accepts
 INPUT = {"inception_resnet_v2": 80}
-
-
-@pytest.fixture(scope="module")
-def data_2018(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Six 384 px images in the 2018 set's layout (8-bit PNG, Id,Target, no cell-line column)."""
-    from hpa_batch.synth import synthesize_dataset
-
-    root = tmp_path_factory.mktemp("presets2018") / "data"
-    return synthesize_dataset(root, 6, seed=21, sizes=(384,), catalog="hpa2018", depth=8, table="hpa2018").out
 
 
 def cpu_sized(preset: dict) -> dict:
@@ -43,28 +34,33 @@ def cpu_sized(preset: dict) -> dict:
                 "gpus": 0,
             }
         )
-    tiles = {**preset.get("tiles", {}), "size": 64, "image_size": 96, "chunk_tiles": 16}
+    tiles = {**preset.get("tiles", {}), **SYNTH_TILES}  # the shared upstream's tiles
     return {**preset, "models": models, "tiles": tiles}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PRESETS)
-def test_preset_runs_end_to_end(name, synth_data, data_2018, workflow_dir, tmp_path):
+def test_preset_runs_end_to_end(name, request, tmp_path):
+    """Starts from the shared upstream of the preset's task (the presets differ from tiles on)."""
     preset = yaml.safe_load((REPO / "config" / "presets" / name).read_text())
     the_2018_task = preset.get("labels", {}).get("catalog") == "hpa2018"
-    data = data_2018 if the_2018_task else synth_data
-    cfg = {**synth_config(tmp_path, data), **cpu_sized(preset)}
-    cfg["dataset"] = {**synth_config(tmp_path, data)["dataset"], **preset.get("dataset", {})}
-    if the_2018_task:
-        cfg["dataset"].update({"id_column": "Id", "label_column": "Target", "cell_line_column": None})
-    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
-    cfg["evaluation"] = {"truth_dir": str(data / "truth")}
-    wd = workflow_dir()
-    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    upstream = request.getfixturevalue("upstream_2018" if the_2018_task else "upstream_2021")
+    data = upstream.data
+    sized = cpu_sized(preset)
+    dataset = {**upstream.config["dataset"], **preset.get("dataset", {})}
+    assert dataset == upstream.config["dataset"], "the preset reads the data set differently from the fork"
+    sized.pop("dataset", None)
+    wd, cfg = upstream.fork(
+        tmp_path,
+        **sized,
+        splits={"n_folds": 3, "min_combination": 1},
+        evaluation={"truth_dir": str(data / "truth")},
+    )
     started = time.monotonic()
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
     assert "steps (100%) done" in out
-    res = tmp_path / "results"
+    assert_upstream_reused(out)
+    res = wd / "results"
     for m in cfg["models"]:
         preds = list((res / "predictions" / m["name"]).glob("*.parquet"))
         assert preds and all(len(pd.read_parquet(p)) for p in preds), m["name"]

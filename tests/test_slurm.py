@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from conftest import REPO, synth_config, tiny_model, tool_env
+from conftest import REPO, assert_upstream_reused, tiny_model, tool_env
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 HARNESS = REPO / "tests" / "slurm" / "harness.sh"
@@ -74,16 +74,25 @@ def run(wd, env, *args):
     return proc.stdout + proc.stderr
 
 
-def test_workflow_through_slurm_equals_local_run(slurm, synth_data, workflow_dir, tmp_path):
+@pytest.fixture(scope="module")
+def local_run(upstream_2021, tmp_path_factory):
+    """The local run the SLURM run is compared with: the shared upstream, then the tiny model trained and
+    every shard predicted with ``--cores 2``. Returns its results folder."""
+    wd, _ = upstream_2021.fork(tmp_path_factory.mktemp("local"), **DOWNSTREAM)
+    out = run(wd, tool_env(), "--cores", "2", "predict", "--configfile", "run.yaml")
+    assert_upstream_reused(out)
+    return wd / "results"
+
+
+#: The downstream config of both runs: three folds, the tiny cell model.
+DOWNSTREAM = {"splits": {"n_folds": 3, "min_combination": 1}, "models": [tiny_model()]}
+
+
+def test_workflow_through_slurm_equals_local_run(slurm, upstream_2021, local_run, workflow_dir):
+    """The whole workflow from the raw files through SLURM (per-shard rules as job arrays) gives the
+    shared local run's manifests, cell tables, tiles and predictions."""
     wd = workflow_dir()
-    models = [tiny_model()]
-    configs = {}
-    for name in ("slurm", "local"):
-        cfg = synth_config(tmp_path / name, synth_data)
-        cfg["splits"] = {"n_folds": 3, "min_combination": 1}
-        cfg["models"] = models
-        configs[name] = wd / f"{name}.yaml"
-        configs[name].write_text(yaml.safe_dump(cfg))
+    (wd / "slurm.yaml").write_text(yaml.safe_dump({**upstream_2021.config, **DOWNSTREAM}))
     before = len(completed_jobs())
     out = run(
         wd,
@@ -91,7 +100,7 @@ def test_workflow_through_slurm_equals_local_run(slurm, synth_data, workflow_dir
         "--profile",
         "profiles/slurm",
         "--configfile",
-        str(configs["slurm"]),
+        "slurm.yaml",
         *CPU_OVERRIDE,
         "--seconds-between-status-checks",
         "3",
@@ -104,48 +113,59 @@ def test_workflow_through_slurm_equals_local_run(slurm, synth_data, workflow_dir
     assert n_jobs - submitted == 1, out[-3000:]  # only `all` runs on the login node; every real job went to SLURM
     assert arrays and in_arrays > len(arrays), out[-3000:]  # the per-shard rules went as job arrays
     assert len(completed_jobs()) - before == submitted >= 20  # every array task ran and completed
-    run(wd, slurm, "--cores", "2", "--configfile", str(configs["local"]))
-    a, b = tmp_path / "slurm" / "results", tmp_path / "local" / "results"
+    a, b = wd / "results", local_run
     for sub in ("manifest", "cells"):
-        for p in sorted((a / sub).glob("*.parquet")):
-            pd.testing.assert_frame_equal(pd.read_parquet(p), pd.read_parquet(b / sub / p.name))
+        names = sorted(p.name for p in (a / sub).glob("*.parquet"))
+        assert names and names == sorted(p.name for p in (b / sub).glob("*.parquet"))
+        for name in names:
+            pd.testing.assert_frame_equal(pd.read_parquet(a / sub / name), pd.read_parquet(b / sub / name))
     for store in sorted((a / "tiles").glob("*.zarr")):
         ga, gb = zarr.open_group(store, mode="r"), zarr.open_group(b / "tiles" / store.name, mode="r")
         assert np.array_equal(ga["cells"][:], gb["cells"][:])
-    for p in sorted((a / "predictions" / "tiny").glob("*.parquet")):
+    predictions = sorted((a / "predictions" / "tiny").glob("*.parquet"))
+    assert [p.name for p in predictions] == sorted(p.name for p in (b / "predictions" / "tiny").glob("*.parquet"))
+    for p in predictions:
         pa_, pb = pd.read_parquet(p), pd.read_parquet(b / "predictions" / "tiny" / p.name)
         assert pa_[["image_id", "cell_id"]].equals(pb[["image_id", "cell_id"]])
         cols = [c for c in pa_.columns if c.startswith("prob_")]
         assert np.allclose(pa_[cols].to_numpy(), pb[cols].to_numpy(), atol=0.05)
 
 
-def test_a_signalled_training_saves_exits_75_and_the_retry_resumes(slurm, synth_data, workflow_dir, tmp_path):
-    """SLURM's warning signal (what `--signal=USR1@600` sends before the time limit, sent here at once
-    with `scancel --signal=USR1`): the trainer saves after its current step and exits 75; the profile's
-    retry resubmits it (attempt 2, more time) and it resumes from its checkpoint."""
+def test_a_signalled_training_saves_exits_75_and_the_retry_resumes(slurm, upstream_2021, tmp_path):
+    """SLURM's warning signal (what `--signal=USR1@600` sends before the time limit, sent here with
+    `scancel --signal=USR1` while the trainer waits after its first epoch's checkpoint, the hold hook):
+    the trainer saves after its next step and exits 75; the profile's retry resubmits it (attempt 2,
+    more time) and it resumes from its checkpoint. Starts from the shared upstream."""
     from hpa_batch.core.locks import holder
+    from hpa_batch.models.train import HOLD_ENV
 
-    wd = workflow_dir()
-    cfg = synth_config(tmp_path, synth_data)
-    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
-    cfg["models"] = [tiny_model(epochs=150, early_stopping_patience=0)]
-    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
-    fold = tmp_path / "results" / "models" / "tiny" / "fold0"
+    epochs = 3
+    wd, _ = upstream_2021.fork(
+        tmp_path,
+        splits={"n_folds": 3, "min_combination": 1},
+        models=[tiny_model(epochs=epochs, early_stopping_patience=0)],
+    )
+    fold = wd / "results" / "models" / "tiny" / "fold0"
+    hold = tmp_path / "hold"
+    hold.touch()
     log = open(wd / "driver.log", "w+")  # noqa: SIM115 (the background driver writes it)
     args = ["--profile", "profiles/slurm", "--configfile", "run.yaml", *CPU_OVERRIDE]
     driver = subprocess.Popen(
         ["snakemake", *args, "--seconds-between-status-checks", "3", "train"],
         cwd=wd,
-        env=slurm,
+        env={**slurm, HOLD_ENV: str(hold)},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    held = tmp_path / "hold.held"
     deadline = time.monotonic() + 600
-    while not (fold / "state" / "last.pt").is_file() and time.monotonic() < deadline and driver.poll() is None:
+    while not held.is_file() and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.2)
+    assert held.is_file(), log.read()
     record = json.loads(holder(fold) or "{}")
     assert record.get("slurm_job"), log.read()
     subprocess.run(["scancel", "--signal=USR1", record["slurm_job"]], check=True, env=slurm)
+    hold.unlink()  # the retry does not wait
     assert driver.wait(900) == 0
     log.seek(0)
     out = log.read()
@@ -154,7 +174,7 @@ def test_a_signalled_training_saves_exits_75_and_the_retry_resumes(slurm, synth_
     assert "resuming tiny fold 0" in said and said.count("train tiny fold 0: pid") == 2, said[-3000:]
     assert (fold / "model.pt").is_file()
     history = pd.read_csv(fold / "history.csv")
-    assert list(history["epoch"]) == list(range(150))  # every epoch once: nothing lost, nothing repeated
+    assert list(history["epoch"]) == list(range(epochs))  # every epoch once: nothing lost, nothing repeated
     # the signalled job failed as a whole (its Snakemake ignored the signal and reported the exit 75);
     # its step ended with that exit status, not killed by the signal (that reads DerivedExitCode=0:10)
     job = next(ln for ln in completed_or_failed() if f"JobId={record['slurm_job']} " in ln)

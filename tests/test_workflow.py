@@ -122,14 +122,30 @@ def test_a_missing_images_directory_is_refused_before_any_job(dataset, workflow_
     assert f"dataset.images_dirs: {ds.root / 'no-such-dir'} does not exist" in out
 
 
-@pytest.mark.slow
-def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflow_dir, tmp_path):
-    from conftest import synth_config, tiny_model
+def test_a_fork_of_the_shared_upstream_is_up_to_date(upstream_2021, tmp_path):
+    """A copy of the shared upstream run is a run: nothing upstream is planned again, and a downstream
+    target plans only what follows the tiles."""
+    from conftest import UPSTREAM_RULES, ran_rules, tiny_model
 
-    wd = workflow_dir()
-    cfg = synth_config(tmp_path, synth_data)
-    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
-    cfg["models"] = [
+    wd, _ = upstream_2021.fork(tmp_path, splits={"n_folds": 3, "min_combination": 1}, models=[tiny_model()])
+    assert planned_jobs(snakemake(wd, "-n", "tiles", "convert", "--configfile", "run.yaml")) == []
+    rules = {rule for rule, _ in planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml"))}
+    assert {"split", "train_model", "predict_shard", "report"} <= rules and not rules & set(UPSTREAM_RULES)
+    assert ran_rules(snakemake(wd, "-n", "--configfile", "run.yaml")) == rules
+    # an upstream option reruns its stage in the fork (Snakemake's records came with the copy)
+    edited = yaml.safe_load((wd / "run.yaml").read_text())
+    edited["segmentation"] = {**edited["segmentation"], "min_cell_area": 61}
+    (wd / "edited.yaml").write_text(yaml.safe_dump(edited))
+    jobs = planned_jobs(snakemake(wd, "-n", "tiles", "--configfile", "edited.yaml"))
+    assert {rule for rule, _ in jobs} == {"segment_shard", "measure_shard", "tiles_shard", "tiles"}
+
+
+@pytest.mark.slow
+def test_full_workflow_on_synthetic_data_trains_and_predicts(upstream_2021, tmp_path):
+    from conftest import assert_upstream_reused, tiny_model
+
+    synth_data = upstream_2021.data
+    models = [
         tiny_model(folds=[0, 1], features=True),  # a hybrid: tiles + feature rows
         {
             "name": "img",
@@ -142,11 +158,16 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(synth_data, workflo
             "folds": [0, 1],
         },
     ]  # both levels feed the tables
-    cfg["evaluation"] = {"truth_dir": str(synth_data / "truth")}
-    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    wd, cfg = upstream_2021.fork(
+        tmp_path,
+        splits={"n_folds": 3, "min_combination": 1},
+        models=models,
+        evaluation={"truth_dir": str(synth_data / "truth")},
+    )
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
     assert "steps (100%) done" in out
-    res = tmp_path / "results"
+    assert_upstream_reused(out)
+    res = wd / "results"
     import pandas as pd
 
     assert (res / "splits.parquet").is_file()
@@ -241,47 +262,41 @@ def check_snakemake_report(wd, out, res):
 
 
 @pytest.mark.slow
-def test_image_level_only_workflow_runs_every_stage(synth_data, workflow_dir, tmp_path):
+def test_image_level_only_workflow_runs_every_stage(upstream_2018, tmp_path):
     """The 2018 task as distributed (28 classes; 8-bit PNGs; train.csv Id,Target with no cell-line
     column) with no cell-level model (study 003's small CNN at image level): shards unknown-000k,
     tables, the 2018 submission (Id,Predicted), baseline, metrics and report come out; every cell
     carries its image's probabilities; the submission re-scores to the metrics' image macro-F1."""
-    from conftest import synth_config
+    from conftest import assert_upstream_reused, synth_config
 
     from hpa_batch.synth import synthesize_dataset
 
-    data = synthesize_dataset(
-        tmp_path / "hpa2018", 6, seed=12, sizes=(384,), catalog="hpa2018", depth=8, table="hpa2018"
-    ).out
+    data = upstream_2018.data
     assert (data / "train.csv").read_text().startswith("Id,Target\n")
-    wd = workflow_dir()
-    cfg = synth_config(tmp_path, data)
-    cfg["dataset"].update(
-        {"id_column": "Id", "label_column": "Target", "cell_line_column": None, "label_separator": " "}
+    model = {
+        "name": "img",
+        "level": "image",
+        "arch": "hpa_small_cnn",
+        "input_size": 32,
+        "epochs": 1,
+        "batch_size": 2,
+        "num_workers": 0,
+        "folds": [0],
+    }
+    wd, _ = upstream_2018.fork(
+        tmp_path,
+        splits={"n_folds": 3, "min_combination": 1},
+        models=[model],
+        evaluation={"truth_dir": str(data / "truth")},
     )
-    cfg["splits"] = {"n_folds": 3, "min_combination": 1}
-    cfg["labels"] = {"catalog": "hpa2018"}
-    cfg["models"] = [
-        {
-            "name": "img",
-            "level": "image",
-            "arch": "hpa_small_cnn",
-            "input_size": 32,
-            "epochs": 1,
-            "batch_size": 2,
-            "num_workers": 0,
-            "folds": [0],
-        }
-    ]
-    cfg["evaluation"] = {"truth_dir": str(data / "truth")}
-    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
     assert "steps (100%) done" in out
+    assert_upstream_reused(out)
     import json
 
     import pandas as pd
 
-    res = tmp_path / "results"
+    res = wd / "results"
     images_t = pd.read_parquet(res / "tables" / "images.parquet")
     assert sorted(set(images_t["shard"])) == ["unknown-0000", "unknown-0001"] and len(images_t) == 6
     assert not images_t["rejected"].any()

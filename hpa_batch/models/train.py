@@ -41,7 +41,7 @@ from hpa_batch.core.driver import RESUME_HINT
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.metrics import summary, tune_thresholds
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path
+from hpa_batch.core.tables import atomic_path, atomic_write_text
 from hpa_batch.models.checkpoint import atomic_save, write_model, write_thresholds
 from hpa_batch.models.factory import create_model, feature_count, input_stats
 from hpa_batch.models.loader import (
@@ -76,14 +76,22 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+#: Test hook: while the file this names exists, the trainer waits after each epoch's checkpoint
+#: (until a stop signal, the file's removal or :data:`HOLD_LIMIT_S`), so a test signals it at a known point
+#: instead of training long enough for its signal to arrive. ``<file>.held`` says where it waits.
+HOLD_ENV = "HPA_BATCH_HOLD_FILE"
+HOLD_LIMIT_S = 900.0
+
+
 class StopFlag:
     """Set by SIGTERM / SIGUSR1 (or, for tests, ``HPA_BATCH_STOP_AT_STEP``)."""
 
     def __init__(self) -> None:
         self.raised = False
-        # the test hook stops rank 0 only, as a signal to one process of a DDP job would
+        # the test hooks act on rank 0 only, as a signal to one process of a DDP job would
         rank0 = os.environ.get("RANK", "0") == "0"
         self.at_step = int(os.environ.get("HPA_BATCH_STOP_AT_STEP", "-1")) if rank0 else -1
+        self.hold_file = Path(os.environ[HOLD_ENV]) if rank0 and os.environ.get(HOLD_ENV) else None
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -94,6 +102,19 @@ class StopFlag:
 
     def due(self, step: int) -> bool:
         return self.raised or step == self.at_step
+
+    def hold(self, epoch: int) -> None:
+        """Test hook (:data:`HOLD_ENV`): wait here while the hold file exists and no stop was requested.
+
+        Announces the wait in ``<hold file>.held`` (the epoch just saved and this pid) before waiting.
+        """
+        if self.hold_file is None or not self.hold_file.exists() or self.raised:
+            return
+        held = self.hold_file.with_name(self.hold_file.name + ".held")
+        atomic_write_text(held, json.dumps({"epoch": epoch, "pid": os.getpid()}))
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        while self.hold_file.exists() and not self.raised and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 class _Pace:
@@ -591,6 +612,7 @@ class Trainer:
             improved = self._track_best(row, prob, y)
             self.state.epoch += 1
             self.save_state()
+            self.stop.hold(epoch)
             if patience and not improved and self.state.bad_epochs >= patience:
                 self.stopped_early = epoch + 1
                 self.log.info(

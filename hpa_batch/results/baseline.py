@@ -15,7 +15,8 @@ cell model's embeddings (``baseline.embeddings``). Per-class thresholds are tune
 out-of-fold predictions of the training cells (image-grouped K-fold), never on evaluated cells, with
 the deep models' default guard (:data:`hpa_batch.core.metrics.GUARD`).
 ``n_jobs`` bounds every thread pool of the job (OpenMP/BLAS via threadpoolctl, or the one-vs-rest
-process pool), so a job uses the cores its rule asked for. Prediction streams the cells table in record batches, so memory is bounded by ``max_train_cells``
+process pool), so a job uses the cores its rule asked for; fits and predictions of fewer than
+:data:`SERIAL_BELOW_ROWS` rows run on one thread, where thread pools cost more than they save. Prediction streams the cells table in record batches, so memory is bounded by ``max_train_cells``
 and the batch size, not by the size of the run.
 """
 
@@ -48,12 +49,25 @@ from hpa_batch.results.classifiers import BASELINES
 __all__ = ["BASELINES", "FEATURE_COLUMNS", "create_baseline", "features", "fit_baseline", "run_baseline"]
 
 
+#: Below this many rows a fit runs on one thread: the thread pools' start and barrier costs outweigh
+#: the work (a 91-cell one-vs-rest boosting fit took 2.2 s on 2 busy cores with 2 OpenMP threads and
+#: 0.03 s on one; at 200,000 rows the threads pay off).
+SERIAL_BELOW_ROWS = 20_000
+
+
+def fit_threads(options: dict[str, Any], rows: int) -> int:
+    """Threads (or one-vs-rest workers) of a fit or prediction of ``rows`` rows: ``n_jobs``, or one
+    below :data:`SERIAL_BELOW_ROWS`."""
+    return 1 if rows < SERIAL_BELOW_ROWS else int(options["n_jobs"])
+
+
 def _fit(name: str, options: dict[str, Any], x: np.ndarray, y: np.ndarray) -> Pipeline:
     """Fit a fresh pipeline; classes absent from (or universal in) ``y`` become constant predictors,
     which is expected with 19-28 classes and not worth one warning per class."""
-    with warnings.catch_warnings(), threadpool_limits(options["n_jobs"]):
+    threads = fit_threads(options, len(x))
+    with warnings.catch_warnings(), threadpool_limits(threads):
         warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
-        return create_baseline(name, options["seed"], options["n_jobs"]).fit(x, y)
+        return create_baseline(name, options["seed"], threads).fit(x, y)
 
 
 def create_baseline(name: str, seed: int = 0, n_jobs: int = 1) -> Pipeline:
@@ -165,7 +179,7 @@ def fit_baseline(
     oof = np.zeros(y.shape, np.float32)
     for train, test in GroupKFold(n_splits=n_splits).split(x, y, groups):
         m = _fit(options["model"], options, x[train], y[train])
-        oof[test] = predict_proba(m, x[test], options["n_jobs"])
+        oof[test] = predict_proba(m, x[test], fit_threads(options, len(test)))
     thresholds = tune_thresholds(
         y, oof, GUARD["default"], min_positives=GUARD["min_positives"], low=GUARD["low"], high=GUARD["high"]
     )  # the deep models' default guard
@@ -207,7 +221,8 @@ def run_baseline(
             batch_size=batch_size, columns=["image_id", "cell_id", "shard", *FEATURE_COLUMNS]
         ):
             cells = batch.to_pandas()
-            prob = predict_proba(model, features(cells, embeddings_of(emb_dir, cells)), options["n_jobs"])
+            x = features(cells, embeddings_of(emb_dir, cells))
+            prob = predict_proba(model, x, fit_threads(options, len(x)))
             table = cells[["image_id", "cell_id"]].copy()
             for k in range(n):
                 table[f"prob_{k}"] = prob[:, k]

@@ -15,13 +15,14 @@ from conftest import synth_config, tiny_model, tool_env
 
 from hpa_batch.core.driver import DriverLockError, guard, holder_of, is_read_only
 from hpa_batch.core.ngff import is_complete, labels_complete
+from hpa_batch.models.train import HOLD_ENV
 
 
-def start(wd, *args):
+def start(wd, *args, env=None):
     """A driver in the background; its output goes to a file (an unread pipe could fill and block it)."""
     log = open(wd / f"driver-{len(list(wd.glob('driver-*.log')))}.log", "w+")  # noqa: SIM115 (the background driver writes it)
     proc = subprocess.Popen(
-        ["snakemake", *args], cwd=wd, env=tool_env(), stdout=log, stderr=subprocess.STDOUT, text=True
+        ["snakemake", *args], cwd=wd, env=env or tool_env(), stdout=log, stderr=subprocess.STDOUT, text=True
     )
     proc.log = log
     return proc
@@ -44,6 +45,25 @@ def config(wd, tmp_path, synth_data, **extra):
     cfg.update(extra)
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "results"
+
+
+def fork(upstream, tmp_path, **extra):
+    """A private copy of the shared upstream run with the tiny cell model (``extra`` keys override);
+    returns its working directory and results folder."""
+    downstream = {"splits": {"n_folds": 3, "min_combination": 1}, "models": [tiny_model()], **extra}
+    wd, _ = upstream.fork(tmp_path, **downstream)
+    return wd, wd / "results"
+
+
+def hold_env(hold):
+    """The driver's environment with the trainer's hold hook armed (``hold`` is created): each training
+    waits after its epoch checkpoint, saying so in ``<hold>.held``, until signalled or ``hold`` is removed."""
+    hold.touch()
+    return {**tool_env(), HOLD_ENV: str(hold)}
+
+
+def held(hold):
+    return hold.with_name(hold.name + ".held")
 
 
 def wait_for(predicate, seconds=120):
@@ -139,19 +159,21 @@ def test_a_clean_exit_marks_the_record_finished(tmp_path):
 
 
 @pytest.mark.slow
-def test_second_driver_is_refused_even_without_snakemake_locks(synth_data, workflow_dir, tmp_path):
-    wd = workflow_dir()
-    config(wd, tmp_path, synth_data)
-    first = start(wd, "--cores", "1", "tiles", "--configfile", "run.yaml")
+def test_second_driver_is_refused_even_without_snakemake_locks(upstream_2021, tmp_path):
+    wd, _ = fork(upstream_2021, tmp_path, models=[tiny_model(epochs=2)])
+    hold = tmp_path / "hold"
+    first = start(wd, "--cores", "1", "train", "--configfile", "run.yaml", env=hold_env(hold))
     lock = wd / ".snakemake" / "hpa_batch.core.driver.lock"
     assert wait_for(lambda: lock.is_file() and str(first.pid) in lock.read_text())
+    assert wait_for(held(hold).is_file, 300), output(first)[-3000:]  # the first driver is mid-run
     second = snake(wd, "--cores", "1", "--nolock", "--forcerun", "split", "split", "--configfile", "run.yaml")
     assert second.returncode != 0
     assert "another snakemake driver is running" in second.stdout + second.stderr
     assert f'"pid": {first.pid}' in second.stdout + second.stderr
+    hold.unlink()  # the training goes on to its end
     assert first.wait(300) == 0, output(first)[-3000:]
     # once the first driver is gone, the directory is free again (the kernel dropped the lock)
-    again = snake(wd, "--cores", "1", "tiles", "--configfile", "run.yaml")
+    again = snake(wd, "--cores", "1", "train", "--configfile", "run.yaml")
     assert again.returncode == 0, again.stderr[-2000:]
 
 
@@ -180,21 +202,17 @@ def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_
 
 
 @pytest.mark.slow
-def test_failed_job_names_its_log_in_the_summary(synth_data, workflow_dir, tmp_path):
-    wd = workflow_dir()
-    config(
-        wd,
-        tmp_path,
-        synth_data,
-        segmentation={
-            "backend": "hpacellseg",
-            "options": {"nuclei_model": "/nonexistent/n.pth", "cell_model": "/nonexistent/c.pth"},
-        },
-    )
+def test_failed_job_names_its_log_in_the_summary(upstream_2021, tmp_path):
+    segmentation = {
+        **upstream_2021.config["segmentation"],
+        "backend": "hpacellseg",
+        "options": {"nuclei_model": "/nonexistent/n.pth", "cell_model": "/nonexistent/c.pth"},
+    }
+    wd, _ = fork(upstream_2021, tmp_path, segmentation=segmentation)  # converted: the segmentation reruns
     proc = snake(wd, "--cores", "2", "segment", "--configfile", "run.yaml")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    log = tmp_path / "logs" / "segment"
+    log = wd / "logs" / "segment"
     failed = [p for p in log.glob("*.log") if "BackendUnavailable" in p.read_text()]
     assert failed and str(failed[0]) in out  # the summary points at the job's own log
     assert "/nonexistent/n.pth" in failed[0].read_text()
@@ -207,27 +225,33 @@ def _holder_pid(lock_path):
         return None
 
 
-def _training_driver(wd, tmp_path, synth_data):
-    """A driver in the background training a 150-epoch tiny model, returned once it has checkpointed."""
-    res = config(wd, tmp_path, synth_data, models=[tiny_model(epochs=150, early_stopping_patience=0)])
+#: Epochs of the trainings that are stopped by a signal: the hold hook stops them after the first.
+EPOCHS = 3
+
+
+def _training_driver(upstream, tmp_path):
+    """A driver in the background training the tiny model for :data:`EPOCHS` epochs, returned once the
+    trainer waits (the hold hook) after its first epoch's checkpoint: a signal sent now arrives at a
+    known point. Returns the fold folder, the driver, its working directory and the hold file."""
+    wd, res = fork(upstream, tmp_path, models=[tiny_model(epochs=EPOCHS, early_stopping_patience=0)])
     fold = res / "models" / "tiny" / "fold0"
-    driver = start(wd, "--cores", "2", "train", "--configfile", "run.yaml")
-    assert wait_for(lambda: (fold / "state" / "last.pt").is_file(), 600), output(driver)[-3000:]
-    return fold, driver
+    hold = tmp_path / "hold"
+    driver = start(wd, "--cores", "2", "train", "--configfile", "run.yaml", env=hold_env(hold))
+    assert wait_for(held(hold).is_file, 600), output(driver)[-3000:]
+    assert (fold / "state" / "last.pt").is_file() and json.loads(held(hold).read_text())["epoch"] == 0
+    return fold, driver, wd, hold
 
 
 @pytest.mark.slow
-def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_without_unlock(
-    synth_data, workflow_dir, tmp_path
-):
+def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_without_unlock(upstream_2021, tmp_path):
     """kill -9 of the driver while it trains: the trainer goes on as an orphan writer. The rerun is refused
     while it runs (naming it and how to stop it); once it is stopped, the same command recovers by itself
     (no --unlock, no --rerun-incomplete on the command line) and the training resumes from its checkpoint."""
     from hpa_batch.core.locks import holder
 
-    wd = workflow_dir()
-    fold, driver = _training_driver(wd, tmp_path, synth_data)
+    fold, driver, wd, hold = _training_driver(upstream_2021, tmp_path)
     orphan = _holder_pid(fold.parent / ".fold0.lock")
+    assert orphan == json.loads(held(hold).read_text())["pid"]
     assert orphan is not None and holder(fold) is not None
     driver.kill()  # kill -9 of the driver alone: its running job goes on
     driver.wait(30)
@@ -249,6 +273,7 @@ def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_withou
     )
     assert second.returncode == 1 and f"pid {orphan} " in second.stderr and "being written" in second.stderr
     os.kill(orphan, signal.SIGTERM)  # what the message says to run; the trainer saves and exits 75
+    hold.unlink()  # the resumed training does not wait
     assert wait_for(lambda: holder(fold) is None, 120)
     again = snake(wd, "--cores", "2", "train", "--configfile", "run.yaml")
     said = again.stdout + again.stderr
@@ -256,18 +281,19 @@ def test_killed_driver_leaves_an_orphan_that_is_waited_out_then_recovered_withou
     assert "stale Snakemake lock" in said
     assert (fold / "model.pt").is_file()
     assert not list((wd / ".snakemake" / "locks").glob("*.lock"))
-    log = (tmp_path / "logs" / "train").glob("*.log")
+    log = (wd / "logs" / "train").glob("*.log")
     assert any("resum" in p.read_text() for p in log)
+    assert list(pd.read_csv(fold / "history.csv")["epoch"]) == list(range(EPOCHS))
 
 
 @pytest.mark.slow
-def test_a_signalled_local_training_is_not_retried_and_says_how_to_resume(synth_data, workflow_dir, tmp_path):
+def test_a_signalled_local_training_is_not_retried_and_says_how_to_resume(upstream_2021, tmp_path):
     """Locally a signal to a training means the user (or the machine) wants it stopped: no retry. The
     trainer saves and exits 75, the run fails naming the stopped training and what to run, and rerunning
     the same command resumes it."""
-    wd = workflow_dir()
-    fold, driver = _training_driver(wd, tmp_path, synth_data)
+    fold, driver, wd, hold = _training_driver(upstream_2021, tmp_path)
     os.kill(_holder_pid(fold.parent / ".fold0.lock"), signal.SIGTERM)
+    hold.unlink()  # the resumed training does not wait
     assert driver.wait(120) != 0
     said = output(driver)
     assert "a signal stopped this training after it saved its state; rerun the same command" in said, said[-3000:]
@@ -276,4 +302,4 @@ def test_a_signalled_local_training_is_not_retried_and_says_how_to_resume(synth_
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     attempts = (fold / "state" / "train.log").read_text()
     assert "exiting with 75" in attempts and "resuming tiny fold 0" in attempts
-    assert list(pd.read_csv(fold / "history.csv")["epoch"]) == list(range(150))
+    assert list(pd.read_csv(fold / "history.csv")["epoch"]) == list(range(EPOCHS))

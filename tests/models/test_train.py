@@ -397,8 +397,12 @@ def test_refinement_uses_the_best_weights_also_after_a_restart(trainable, tmp_pa
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_requeueable(trainable, tmp_path):
+    """The trainer is signalled while it waits after its first epoch's checkpoint (the hold hook: a known
+    point, not a race against a long training): it saves after its next step and exits 75."""
+    from hpa_batch.models.train import HOLD_ENV
+
     cfg = yaml.safe_load(trainable["config"].read_text())
-    cfg["models"][0]["epochs"] = 200
+    cfg["models"][0]["epochs"] = 3
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -420,44 +424,36 @@ def test_sigterm_saves_a_checkpoint_and_exits_requeueable(trainable, tmp_path):
         "--tiles",
         *map(str, trainable["stores"]),
     ]
-    proc = subprocess.Popen(cmd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "state" / "last.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)  # first epoch done
+    hold = tmp_path / "hold"
+    hold.touch()
+    env = {**tool_env(), HOLD_ENV: str(hold)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    held = tmp_path / "hold.held"
+    deadline = time.monotonic() + 300
+    while not held.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # first epoch done and saved; the trainer waits
+    assert json.loads(held.read_text()) == {"epoch": 0, "pid": proc.pid}
+    first = torch.load(out / "state" / "last.pt", weights_only=True)["run"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 75
     ckpt = torch.load(out / "state" / "last.pt", weights_only=True)
-    assert ckpt["run"]["global_step"] > 0 and ckpt["run"]["epoch"] < 200
+    assert ckpt["run"]["global_step"] > 0 and ckpt["run"]["epoch"] < 3
+    assert ckpt["run"]["epoch"] == first["epoch"] == 1 and ckpt["run"]["global_step"] == first["global_step"] + 1
+
+
+@pytest.fixture(scope="module")
+def ddp_straight(trainable, tmp_path_factory):
+    """An uninterrupted 2-process DDP training (torchrun, gloo on CPU): its output folder."""
+    out = tmp_path_factory.mktemp("ddp") / "straight"
+    proc = _torchrun(trainable, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(trainable, tmp_path):
+def test_ddp_two_processes_on_cpu(ddp_straight):
     """torchrun with 2 CPU processes (gloo): both ranks train on disjoint buffers, rank 0 writes."""
-    out = tmp_path / "ddp"
-    cmd = [
-        "torchrun",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "hpa_batch.cli",
-        "train",
-        "--config",
-        str(trainable["config"]),
-        "--model",
-        "tiny",
-        "--fold",
-        "0",
-        "--splits",
-        str(trainable["splits"]),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--tiles",
-        *map(str, trainable["stores"]),
-    ]
-    proc = subprocess.run(cmd, check=False, env={**tool_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = ddp_straight
     history = pd.read_csv(out / "history.csv")
     assert (out / "model.pt").is_file() and len(history) == 2
     assert history["train_loss"].notna().all()  # both ranks took training steps (a nan = none)
@@ -658,19 +654,17 @@ def _torchrun(t, out, env_extra=None):
 
 
 @pytest.mark.slow
-def test_ddp_stop_on_one_rank_stops_both_and_the_resume_is_bit_exact(trainable, tmp_path):
+def test_ddp_stop_on_one_rank_stops_both_and_the_resume_is_bit_exact(trainable, ddp_straight, tmp_path):
     """The stop hook fires on rank 0 only (as a signal to one process would): both ranks stop at the
     same step (else rank 1 would hang in its next all-reduce), each rank's RNG state is saved, and the
     resumed DDP run ends with the uninterrupted DDP run's weights bit for bit."""
-    straight = _torchrun(trainable, tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr[-3000:]
     stopped = _torchrun(trainable, tmp_path / "resumed", {"HPA_BATCH_STOP_AT_STEP": "2"})
     assert stopped.returncode != 0 and "exiting with 75" in stopped.stderr, stopped.stderr[-3000:]
     saved = torch.load(tmp_path / "resumed" / "state" / "last.pt", weights_only=True)
     assert saved["run"]["global_step"] == 2 and len(saved["rng_ranks"]) == 2
     resumed = _torchrun(trainable, tmp_path / "resumed")
     assert resumed.returncode == 0 and "resuming tiny fold 0" in resumed.stderr, resumed.stderr[-3000:]
-    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    a = torch.load(ddp_straight / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
