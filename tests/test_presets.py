@@ -50,12 +50,8 @@ def test_preset_runs_end_to_end(name, request, tmp_path):
     dataset = {**upstream.config["dataset"], **preset.get("dataset", {})}
     assert dataset == upstream.config["dataset"], "the preset reads the data set differently from the fork"
     sized.pop("dataset", None)
-    wd, cfg = upstream.fork(
-        tmp_path,
-        **sized,
-        splits={"n_folds": 3, "min_combination": 1},
-        evaluation={"truth_dir": str(data / "truth")},
-    )
+    sized.update(splits={"n_folds": 3, "min_combination": 1}, evaluation={"truth_dir": str(data / "truth")})
+    wd, cfg = upstream.fork(tmp_path, **sized)
     started = time.monotonic()
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
     assert "steps (100%) done" in out

@@ -32,6 +32,10 @@ CPU_OVERRIDE = [
     "predict_shard:slurm_partition=cpu",
     "train_model:mem_mb=4000",  # the test node has 24 GB; a retry would ask 2 x 16 GB
 ]
+#: How often the driver asks squeue: the plugin waits its init seconds after a submission, then 10 s
+#: more after every check that found nothing finished. The profile's 5 s would make each step of these
+#: seconds-long jobs cost ~20 s; 1 s makes it ~12 s (on a real cluster the profile's value stands).
+POLL = ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1"]
 
 
 def cluster_up() -> bool:
@@ -102,8 +106,7 @@ def test_workflow_through_slurm_equals_local_run(slurm, upstream_2021, local_run
         "--configfile",
         "slurm.yaml",
         *CPU_OVERRIDE,
-        "--seconds-between-status-checks",
-        "3",
+        *POLL,
     )
     n_jobs = int(next(ln.split()[-1] for ln in reversed(out.splitlines()) if ln.startswith("total")))
     single = [ln for ln in out.splitlines() if "Job " in ln and "has been submitted with SLURM jobid" in ln]
@@ -151,7 +154,7 @@ def test_a_signalled_training_saves_exits_75_and_the_retry_resumes(slurm, upstre
     log = open(wd / "driver.log", "w+")  # noqa: SIM115 (the background driver writes it)
     args = ["--profile", "profiles/slurm", "--configfile", "run.yaml", *CPU_OVERRIDE]
     driver = subprocess.Popen(
-        ["snakemake", *args, "--seconds-between-status-checks", "3", "train"],
+        ["snakemake", *args, *POLL, "train"],
         cwd=wd,
         env={**slurm, HOLD_ENV: str(hold)},
         stdout=log,
