@@ -7,6 +7,9 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 DEMO_IMAGES ?= 12
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist): a worker computes while another waits on SLURM or a Snakemake subprocess;
+# the shared fixtures are built once per run (tests/conftest.py). XDIST= runs the suite in one process.
+XDIST ?= -n auto --dist loadgroup
 
 .PHONY: setup demo test test-fast lint bench clean-demo
 
@@ -30,7 +33,7 @@ demo: setup resources/demo/train.csv
 # tests/slurm/harness.sh); without root they are skipped.
 test: setup
 	@if [ "$$(id -u)" = 0 ]; then bash tests/slurm/harness.sh start; else echo "not root: SLURM tests will be skipped"; fi
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	  if [ "$$(id -u)" = 0 ]; then bash tests/slurm/harness.sh stop; fi; exit $$rc
 
 # ruff (lint + format) and snakefmt, configured in pyproject.toml; CI runs this before the tests.
@@ -40,7 +43,7 @@ lint: setup
 	$(BIN)/snakefmt --check Snakefile workflow/
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python bench/convert.py

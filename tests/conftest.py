@@ -18,6 +18,12 @@ from hpa_batch import CHANNELS
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: OpenMP threads that spin while they wait (libgomp's default) then slow
+    # each other down many times over (a ResNet-50 step beside a second such process: 1.3 s spinning,
+    # 0.29 s passive, 0.18 s alone). Set before torch or scikit-learn load OpenMP; jobs inherit it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def write_channel(path: Path, arr: np.ndarray) -> None:
     """Write one channel file in the format its suffix names."""
@@ -160,32 +166,57 @@ def synth_config(root: Path, data: Path, **extra: object) -> dict:
     return cfg
 
 
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder that ``build(folder)`` fills once per test run, then read-only for every test.
+
+    Under pytest-xdist each worker is a session of its own: the first worker to ask builds the folder
+    (under the run's common temporary folder) while the others wait on a file lock, then all reuse it.
+    A build that failed leaves no completion mark, so the next worker to ask builds it again."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # common to the run's workers
+    folder = base / f"shared-{name}"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".complete").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Six 384 px synthetic HPA images (3 cell lines) with ground truth, made once per session."""
+    """Six 384 px synthetic HPA images (3 cell lines) with ground truth, made once per test run."""
     from hpa_batch.synth import synthesize_dataset
 
-    out = tmp_path_factory.mktemp("synth") / "data"
-    synthesize_dataset(out, 6, seed=11, sizes=(384,))
-    return out
+    def build(folder: Path) -> None:
+        synthesize_dataset(folder / "data", 6, seed=11, sizes=(384,))
+
+    return shared_folder(tmp_path_factory, "synth", build) / "data"
 
 
 @pytest.fixture(scope="session")
 def segmented(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> dict:
-    """The synthetic set converted, segmented, measured and tiled (library calls, one shard)."""
+    """The synthetic set converted, segmented, measured and tiled (library calls, one shard per cell
+    line), once per test run."""
     from hpa_batch.cli import main
-
-    root = tmp_path_factory.mktemp("segmented")
-    cfg_path = root / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(synth_config(root, synth_data, shard_size=10)))
-    shards = []
     from hpa_batch.config import load_config
     from hpa_batch.convert.plan import plan_from_config
 
-    for shard in plan_from_config(load_config(cfg_path)):
-        for verb in ("convert", "segment", "measure", "tiles"):
-            assert main([verb, "--config", str(cfg_path), "--shard", shard.name]) == 0
-        shards.append(shard.name)
+    def build(root: Path) -> None:
+        cfg_path = root / "config.yaml"
+        cfg_path.write_text(yaml.safe_dump(synth_config(root, synth_data, shard_size=10)))
+        for shard in plan_from_config(load_config(cfg_path)):
+            for verb in ("convert", "segment", "measure", "tiles"):
+                assert main([verb, "--config", str(cfg_path), "--shard", shard.name]) == 0
+
+    root = shared_folder(tmp_path_factory, "segmented", build)
+    cfg_path = root / "config.yaml"
+    shards = [shard.name for shard in plan_from_config(load_config(cfg_path))]
     return {"root": root, "config": cfg_path, "results": root / "results", "shards": shards, "data": synth_data}
 
 
@@ -194,8 +225,10 @@ def data_2018(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six 384 px images in the 2018 set's layout (8-bit PNG, ``Id,Target``, no cell-line column)."""
     from hpa_batch.synth import synthesize_dataset
 
-    root = tmp_path_factory.mktemp("data2018") / "data"
-    return synthesize_dataset(root, 6, seed=21, sizes=(384,), catalog="hpa2018", depth=8, table="hpa2018").out
+    def build(folder: Path) -> None:
+        synthesize_dataset(folder / "data", 6, seed=21, sizes=(384,), catalog="hpa2018", depth=8, table="hpa2018")
+
+    return shared_folder(tmp_path_factory, "data2018", build) / "data"
 
 
 # ----------------------------------------------------------------------------- shared upstream
@@ -271,7 +304,7 @@ def assert_upstream_reused(output: str) -> None:
 
 
 def run_upstream(root: Path, data: Path, layout: str) -> Upstream:
-    """``snakemake --cores 2 tiles`` on ``data`` in a fresh workflow copy under ``root``."""
+    """``snakemake --cores 2 tiles convert`` on ``data`` in a fresh workflow copy ``root/wf``."""
     import subprocess
 
     wd = root / "wf"
@@ -287,13 +320,19 @@ def run_upstream(root: Path, data: Path, layout: str) -> Upstream:
     return Upstream(wd, cfg, data)
 
 
+def shared_upstream(tmp_path_factory: pytest.TempPathFactory, data: Path, layout: str) -> Upstream:
+    """:func:`run_upstream` once per test run (:func:`shared_folder`)."""
+    root = shared_folder(tmp_path_factory, f"upstream-{layout}", lambda folder: run_upstream(folder, data, layout))
+    return Upstream(root / "wf", yaml.safe_load((root / "wf" / "run.yaml").read_text()), data)
+
+
 @pytest.fixture(scope="session")
 def upstream_2021(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Upstream:
-    """The 2021 synthetic set (``synth_data``) through tiles, once per session."""
-    return run_upstream(tmp_path_factory.mktemp("upstream2021"), synth_data, "hpa2021")
+    """The 2021 synthetic set (``synth_data``) through tiles, once per test run."""
+    return shared_upstream(tmp_path_factory, synth_data, "hpa2021")
 
 
 @pytest.fixture(scope="session")
 def upstream_2018(tmp_path_factory: pytest.TempPathFactory, data_2018: Path) -> Upstream:
-    """The 2018 synthetic set (``data_2018``) through tiles, once per session."""
-    return run_upstream(tmp_path_factory.mktemp("upstream2018"), data_2018, "hpa2018")
+    """The 2018 synthetic set (``data_2018``) through tiles, once per test run."""
+    return shared_upstream(tmp_path_factory, data_2018, "hpa2018")

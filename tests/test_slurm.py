@@ -19,7 +19,7 @@ import yaml
 import zarr
 from conftest import REPO, assert_upstream_reused, tiny_model, tool_env
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one worker: jobs counted
 HARNESS = REPO / "tests" / "slurm" / "harness.sh"
 SLURM_DIR = Path(os.environ.get("HPA_SLURM_DIR", "/tmp/hpa-batch-slurm"))
 CPU_OVERRIDE = [
