@@ -108,14 +108,18 @@ def workflow_dir(tmp_path: Path) -> Callable[[], Path]:
     """A copy of the workflow (Snakefile, rules, schemas, config, profiles, envs) to run in."""
 
     def make() -> Path:
-        wd = tmp_path / "wf"
-        wd.mkdir(exist_ok=True)
-        shutil.copy(REPO / "Snakefile", wd)
-        for d in ("workflow", "config", "profiles", "envs"):
-            shutil.copytree(REPO / d, wd / d, dirs_exist_ok=True)
-        return wd
+        return copy_workflow(tmp_path / "wf")
 
     return make
+
+
+def copy_workflow(wd: Path) -> Path:
+    """The workflow's files (Snakefile, rules, schemas, config, profiles, envs) copied into ``wd``."""
+    wd.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", wd)
+    for d in ("workflow", "config", "profiles", "envs"):
+        shutil.copytree(REPO / d, wd / d, dirs_exist_ok=True)
+    return wd
 
 
 def tool_env() -> dict[str, str]:
@@ -261,7 +265,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 
 class Upstream:
-    """A workflow directory where ``snakemake tiles`` ran once for this test session (manifest, convert,
+    """A workflow directory where ``snakemake tiles convert`` ran once per test run (manifest, convert,
     segment, measure, tiles, QC). Tests that check what comes after tiles start from a copy of it."""
 
     def __init__(self, wd: Path, config: dict, data: Path) -> None:
@@ -280,26 +284,26 @@ class Upstream:
 UPSTREAM_RULES = ("manifest", "convert_shard", "segment_shard", "measure_shard", "tiles_shard")
 
 
-def ran_rules(output: str) -> set[str]:
-    """The rules Snakemake ran (or, for a dry run, planned), read from the job-stats table it prints."""
+def planned_jobs(output: str) -> list[tuple[str, str | None]]:
+    """(rule, shard-or-None) of every job Snakemake ran or, for a dry run, planned, read from the
+    ``rule X:`` / ``localrule X:`` lines it prints for each job, sorted."""
     import re
 
-    rules, inside = set(), False
+    jobs: list[list] = []
     for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            inside = True
-        elif inside and (m := re.match(r"^(\w+)\s+\d+$", line)):
-            if m.group(1) != "total":
-                rules.add(m.group(1))
-        elif inside and not line.startswith("-"):
-            inside = False
-    return rules
+        m = re.match(r"^(?:local)?rule (\w+):", line)
+        if m:
+            jobs.append([m.group(1), None])
+        m = re.search(r"wildcards: shard=([\w-]+)", line)
+        if m and jobs:
+            jobs[-1][1] = m.group(1)
+    return sorted((rule, shard) for rule, shard in jobs)
 
 
 def assert_upstream_reused(output: str) -> None:
     """Fail if a run started from the shared upstream redid any upstream stage (its config changed what
     they read: the test would still pass, only slower, so say so)."""
-    redone = ran_rules(output) & set(UPSTREAM_RULES)
+    redone = {rule for rule, _ in planned_jobs(output)} & set(UPSTREAM_RULES)
     assert not redone, f"a fork of the shared upstream reran {sorted(redone)}: keep its upstream config keys"
 
 
@@ -307,11 +311,7 @@ def run_upstream(root: Path, data: Path, layout: str) -> Upstream:
     """``snakemake --cores 2 tiles convert`` on ``data`` in a fresh workflow copy ``root/wf``."""
     import subprocess
 
-    wd = root / "wf"
-    wd.mkdir(parents=True)
-    shutil.copy(REPO / "Snakefile", wd)
-    for d in ("workflow", "config", "profiles", "envs"):
-        shutil.copytree(REPO / d, wd / d)
+    wd = copy_workflow(root / "wf")
     cfg = upstream_config(data, layout)
     (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
     cmd = ["snakemake", "--cores", "2", "tiles", "convert", "--configfile", "run.yaml"]
