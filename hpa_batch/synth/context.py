@@ -83,8 +83,13 @@ class CellContext:
         geom: _CellGeom,
         bank: _TextureBank,
         sl: tuple[slice, slice],
+        *,
+        er_decay: float = 0.4,
+        flatness: float = 0.0,
     ) -> None:
         self.rng = rng
+        self.er_decay = er_decay
+        self.flatness = flatness
         self.s = s
         self.bank = bank
         self.sl = sl
@@ -160,10 +165,16 @@ class CellContext:
 
     @cached_property
     def thickness(self) -> np.ndarray:
-        """Relative cytoplasm thickness: 1 near the nucleus, ~0.1 at the cell edge, 0 outside."""
+        """Relative cytoplasm thickness: 1 near the nucleus, ~0.1 at the cell edge, 0 outside.
+
+        ``flatness`` (0..1) blends it towards a flat 0.7 (cobblestone cells of even height, no
+        dimming where neighbours touch).
+        """
         v = F32(1) - self.u
         edge = F32(1) - np.exp(-self.d_edge / F32(self.px(7.0, 0.8)))
         t = (F32(0.25) + F32(0.75) * v * np.sqrt(v)) * (F32(0.3) + F32(0.7) * edge)
+        if self.flatness > 0:
+            t = F32(1 - self.flatness) * t + F32(0.7 * self.flatness)
         t[~self.cyto] = 0
         return t
 
@@ -237,13 +248,18 @@ class CellContext:
     # --- channel fields shared by several renderers -----------------------------------
     @cached_property
     def er(self) -> np.ndarray:
-        """Endoplasmic reticulum: reticular, perinuclear, decaying to the edge; float32 (h, w)."""
+        """Endoplasmic reticulum: reticular, perinuclear, decaying to the edge; float32 (h, w).
+
+        The envelope falls as ``exp(-u / er_decay)`` from the nucleus (``u`` = 0) to the cell edge
+        (``u`` = 1), to a floor of ``0.3 x er_decay`` (0.12 at the standard 0.4).
+        """
         net = self.bank.ridges(self.sl, self.px(2.2, 0.7))
         if self.mitotic:
             env = F32(0.55) * (F32(1) - F32(0.7) * np.minimum(self.spindle, F32(1)))
             cyto = env * (F32(0.25) + F32(0.75) * net)
             return np.where(self.cyto, cyto, F32(0)).astype(F32)
-        env = F32(0.12) + F32(0.88) * np.exp(-self.u / F32(0.4))
+        floor = F32(0.3 * min(self.er_decay, 0.4))  # a fast fade also fades to less
+        env = floor + (F32(1) - floor) * np.exp(-self.u / F32(self.er_decay))
         cyto = env * (F32(0.2) + F32(0.8) * net) * (F32(0.5) + F32(0.5) * self.thickness)
         w = self.px(2.5, 0.8)
         rim = np.exp(-(((self.d_nuc_in - 1) / F32(w)) ** 2)) * F32(0.3) + F32(0.03)

@@ -175,8 +175,9 @@ def _cell_geom(
     sa, sn = math.sqrt(aspect), math.sqrt(n_aspect)
     room_long = max(0.0, 0.85 * r * sa * (1 - amp) - rn * sn * n_amp)
     room_short = max(0.0, 0.85 * r / sa * (1 - amp) - rn * n_amp)
-    ol = room_long * rng.uniform(-0.7, 0.7)
-    os_ = room_short * rng.uniform(-0.7, 0.7)
+    off = profile.nucleus_offset
+    ol = room_long * rng.uniform(-off, off)
+    os_ = room_short * rng.uniform(-off, off)
     c, s = math.cos(angle), math.sin(angle)
     ny, nx = cy + ol * s + os_ * c, cx + ol * c - os_ * s
     nucleus = _Shape(ny, nx, rn, n_aspect, angle + rng.normal(0, 0.3), n_harm)

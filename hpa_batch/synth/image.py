@@ -76,6 +76,10 @@ def _render_cells(
     geoms: list[_CellGeom],
     cell_patterns: list[list[_Pattern]],
     levels: np.ndarray,
+    *,
+    cell_brightness: float = 1.0,
+    er_decay: float = 0.4,
+    flatness: float = 0.0,
 ) -> np.ndarray:
     """Expected photons per channel before optics.
 
@@ -88,6 +92,13 @@ def _render_cells(
     levels : ndarray, shape (5,)
         Photons of a bright structure in red, green (expression), blue and yellow
         (canonical channel order), then the green autofluorescence.
+    cell_brightness : float
+        Brightest / dimmest cell ratio of the reference channels (each cell draws a factor
+        log-uniformly in ``[r**-0.5, r**0.5]``; 1 = no draw).
+    er_decay : float
+        ER decay length (see :attr:`CellContext.er`).
+    flatness : float
+        Cytoplasm flatness (see :attr:`CellContext.thickness`).
 
     Returns
     -------
@@ -103,10 +114,13 @@ def _render_cells(
             continue
         cell = cells[sl] == k
         nuc = nuclei[sl] == k
-        ctx = CellContext(rng, s, cell, nuc, _sides(sl, size), geoms[k - 1], bank, sl)
+        ctx = CellContext(
+            rng, s, cell, nuc, _sides(sl, size), geoms[k - 1], bank, sl, er_decay=er_decay, flatness=flatness
+        )
         canvas[blue][sl] += F32(levels[blue] * rng.uniform(0.8, 1.2)) * ctx.dna
-        canvas[red][sl] += F32(levels[red] * rng.uniform(0.7, 1.3)) * ctx.microtubules
-        canvas[yellow][sl] += F32(levels[yellow] * rng.uniform(0.7, 1.3)) * ctx.er
+        ref = 1.0 if cell_brightness <= 1 else float(cell_brightness ** rng.uniform(-0.5, 0.5))
+        canvas[red][sl] += F32(levels[red] * ref * rng.uniform(0.7, 1.3)) * ctx.microtubules
+        canvas[yellow][sl] += F32(levels[yellow] * ref * rng.uniform(0.7, 1.3)) * ctx.er
         g = F32(green_af) * np.where(ctx.nuc, F32(0.6), ctx.thickness)
         expression = levels[green] * float(np.exp(rng.uniform(-0.8, 0.8)))
         for p in cell_patterns[k - 1]:
@@ -257,7 +271,18 @@ def synthesize_image(
     levels[1] *= look.green_scale
     levels[4] *= look.green_af_scale
     levels[:4] *= look.brightness
-    photons = _render_cells(rng, size, cells, nuclei, geoms, cell_patterns, levels)
+    photons = _render_cells(
+        rng,
+        size,
+        cells,
+        nuclei,
+        geoms,
+        cell_patterns,
+        levels,
+        cell_brightness=look.cell_brightness,
+        er_decay=look.er_decay,
+        flatness=look.flatness,
+    )
     channels, offsets, vignette = _camera(
         rng,
         photons,

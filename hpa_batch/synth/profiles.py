@@ -41,6 +41,9 @@ class CellLineProfile:
         Probability that a cell follows the image-wide orientation.
     mitotic_rate : float
         Probability that a cell is in mitosis.
+    nucleus_offset : float
+        How far off the cell centre a nucleus may sit, as a fraction of the room it has there
+        (0 = centred, 1 = touching the cell edge); drawn uniformly up to this, per axis.
     """
 
     name: str
@@ -53,6 +56,7 @@ class CellLineProfile:
     clustering: float
     alignment: float
     mitotic_rate: float = 0.02
+    nucleus_offset: float = 0.7
 
 
 def _profile(name: str, *values: float) -> CellLineProfile:

@@ -82,6 +82,20 @@ class SynthStyle:
         Relative intensity loss at the image corners (standard: 0.08-0.2).
     gradient : tuple of float
         Amplitude of a linear illumination ramp across the image (random direction).
+    cell_brightness : tuple of float
+        Ratio between the brightest and the dimmest cell of the image in the reference channels
+        (microtubules and ER together); each cell draws its factor log-uniformly within it, so
+        touching neighbours often differ 2-3x at a ratio of 4-6 (1 = only the standard +-30 %).
+    er_decay : tuple of float
+        Decay length of the ER away from the nucleus, as a fraction of the cytoplasm width
+        (standard 0.4; 0.12 = ER only around the nucleus, the cell periphery nearly dark).
+    flatness : tuple of float
+        Blends the cytoplasm thickness towards flat (0 = thick around the nucleus and dim at every
+        cell edge, 1 = even: touching cells meet without a darker gap, only their brightness differs).
+    irregularity_scale : tuple of float
+        Multiplies the profile's outline irregularity.
+    nucleus_offset : tuple of float, optional
+        Replaces the profile's ``nucleus_offset`` (how far nuclei sit off the cell centre).
     """
 
     name: str
@@ -100,6 +114,11 @@ class SynthStyle:
     brightness: Range = (1.0, 1.0)
     vignette: Range = (0.08, 0.2)
     gradient: Range = (0.0, 0.0)
+    cell_brightness: Range = (1.0, 1.0)
+    er_decay: Range = (0.4, 0.4)
+    flatness: Range = (0.0, 0.0)
+    irregularity_scale: Range = (1.0, 1.0)
+    nucleus_offset: Range | None = None
 
 
 #: Built-in styles; ``vary`` draws every axis over its whole range independently.
@@ -123,6 +142,17 @@ STYLES: dict[str, SynthStyle] = {
         SynthStyle("saturated", brightness=(3.5, 8.0), green_scale=(1.5, 4.0)),
         SynthStyle("mitotic", mitotic_rate=(0.12, 0.25)),
         SynthStyle(
+            "confluent",
+            coverage=(1.0, 1.6),
+            clustering=(0.8, 1.0),
+            aspect_scale=(1.1, 1.8),
+            irregularity_scale=(1.2, 2.2),
+            nucleus_offset=(0.7, 1.0),
+            cell_brightness=(3.0, 6.0),
+            er_decay=(0.12, 1.5),
+            flatness=(0.0, 0.9),
+        ),
+        SynthStyle(
             "vary",
             radius=(40.0, 215.0),
             coverage=(0.2, 0.85),
@@ -139,6 +169,11 @@ STYLES: dict[str, SynthStyle] = {
             brightness=(0.7, 4.0),
             vignette=(0.05, 0.5),
             gradient=(0.0, 0.5),
+            cell_brightness=(1.0, 5.0),
+            er_decay=(0.12, 0.5),
+            flatness=(0.0, 0.6),
+            irregularity_scale=(0.7, 2.0),
+            nucleus_offset=(0.3, 1.0),
         ),
     )
 }
@@ -161,6 +196,9 @@ class StyleDraw:
     brightness: float
     vignette: Range
     gradient: Range
+    cell_brightness: float = 1.0
+    er_decay: float = 0.4
+    flatness: float = 0.0
 
     def record(self) -> dict[str, object]:
         """The drawn values as flat columns (``truth/images.csv``)."""
@@ -179,6 +217,10 @@ class StyleDraw:
             "reference_scale": round(self.reference_scale, 2),
             "brightness": round(self.brightness, 2),
             "gradient": round(self.gradient[0], 3),
+            "cell_brightness": round(self.cell_brightness, 2),
+            "er_decay": round(self.er_decay, 3),
+            "flatness": round(self.flatness, 3),
+            "nucleus_offset": round(p.nucleus_offset, 2),
         }
 
 
@@ -237,6 +279,10 @@ def draw_style(rng: np.random.Generator, style: SynthStyle, profile: CellLinePro
         changes["nucleus_ratio"] = math.sqrt(_log_uniform(rng, style.nucleus_area_ratio))
     if style.mitotic_rate is not None:
         changes["mitotic_rate"] = _uniform(rng, style.mitotic_rate)
+    if style.irregularity_scale != (1.0, 1.0):
+        changes["irregularity"] = profile.irregularity * _log_uniform(rng, style.irregularity_scale)
+    if style.nucleus_offset is not None:
+        changes["nucleus_offset"] = _uniform(rng, style.nucleus_offset)
     patterns = style.patterns[int(rng.integers(len(style.patterns)))] if len(style.patterns) > 1 else style.patterns[0]
     # vignette / gradient stay ranges for the camera (the standard draws happen there, in order)
     return StyleDraw(
@@ -251,4 +297,7 @@ def draw_style(rng: np.random.Generator, style: SynthStyle, profile: CellLinePro
         brightness=_log_uniform(rng, style.brightness),
         vignette=style.vignette,
         gradient=(_uniform(rng, style.gradient), 0.0),
+        cell_brightness=_log_uniform(rng, style.cell_brightness),
+        er_decay=_log_uniform(rng, style.er_decay),
+        flatness=_uniform(rng, style.flatness),
     )
