@@ -159,6 +159,9 @@ class SegmentationQCConfig:
     max_no_nucleus_fraction: float
     max_multi_nucleus_fraction: float
     max_nuclei_outside_fraction: float
+    max_unsupported_boundary_fraction: float
+    max_size_outlier_fraction: float
+    max_distance_disagreement: float
     outlier_mads: float
     outlier_measures: tuple[str, ...]
     min_images_for_outliers: int

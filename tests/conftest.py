@@ -336,3 +336,26 @@ def upstream_2021(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) ->
 def upstream_2018(tmp_path_factory: pytest.TempPathFactory, data_2018: Path) -> Upstream:
     """The 2018 synthetic set (``data_2018``) through tiles, once per test run."""
     return shared_upstream(tmp_path_factory, data_2018, "hpa2018")
+
+
+def touching_pair(ratio: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two touching cells on a 1024^2 working level, the left ``ratio`` x brighter in the reference
+    channels, their cytoplasm even (no dimmer gap where they meet), nuclei off-centre: the left one
+    near the shared boundary, the right one far from it (so distance alone puts the boundary ~60 px
+    into the dim cell). Returns ``(4, h, w)`` uint16 and the ``(h, w)`` truth (1 = bright, 2 = dim)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:1024, :1024]
+    body = ((yy - 512) / 95.0) ** 2 + ((xx - 512) / 185.0) ** 2 < 1
+    truth = np.where(body, np.where(xx < 522, 1, 2), 0)
+    nuc1 = ((yy - 512) / 30.0) ** 2 + ((xx - 477) / 26.0) ** 2 < 1
+    nuc2 = ((yy - 504) / 30.0) ** 2 + ((xx - 642) / 26.0) ** 2 < 1
+    img = np.zeros((4, 1024, 1024), np.float32)
+    for c in (0, 3):  # red, yellow: cell bodies, dark over the nuclei
+        img[c] = np.select([truth == 1, truth == 2], [3000.0, 3000.0 / ratio], 0.0)
+        img[c][nuc1 | nuc2] *= 0.3
+    img[2][nuc1 | nuc2] = 8000
+    for c in range(4):
+        img[c] = ndi.gaussian_filter(img[c], 1.2) + 400 + rng.normal(0, 12, img[c].shape)
+    return np.clip(img, 0, 65535).astype(np.uint16), truth

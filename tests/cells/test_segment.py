@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
-from conftest import SMALL_SEGMENTATION
+from conftest import SMALL_SEGMENTATION, touching_pair
 
 from hpa_batch.cells.segment import BackendUnavailable, create_segmenter, list_backends
 from hpa_batch.cells.segment.adapters import (
@@ -340,3 +340,22 @@ def test_kill9_mid_segmentation_then_rerun_equals_uninterrupted(synth_data, tmp_
     a = pd.read_csv(root / "results" / "qc" / "a-431-0000.segment.tsv", sep="\t")
     b = pd.read_csv(ref_root / "results" / "qc" / "a-431-0000.segment.tsv", sep="\t")
     assert a.equals(b)
+
+
+@pytest.mark.parametrize("ratio", [2.0, 3.0])
+def test_touching_cells_of_different_brightness_split_at_their_boundary(ratio):
+    """The bright cell must not flood its dim neighbour (the failure of issue 24): IoU >= 0.8 each."""
+    img, truth = touching_pair(ratio)
+    cells, nuclei = create_segmenter("watershed").segment(img, scale=1.0)
+    check_consistent(cells, nuclei)
+    assert cells.max() == 2
+    assert (iou_matrix(truth, cells).max(axis=1) >= 0.8).all(), iou_matrix(truth, cells)
+    # the two peers in the segmentation bench fail here: the intensity flood and distance alone
+    for boundary in ("flood", "distance"):
+        peer, _ = create_segmenter("watershed", boundary=boundary).segment(img, scale=1.0)
+        assert iou_matrix(truth, peer).max(axis=1).min() < 0.8, boundary
+
+
+def test_unknown_boundary_method_is_named():
+    with pytest.raises(ValueError, match="edges"):
+        create_segmenter("watershed", boundary="voronoi")

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import touching_pair
 
 from hpa_batch.cells.segment import create_segmenter
 from hpa_batch.cells.segment.qc import (
@@ -18,9 +19,9 @@ from hpa_batch.synth import synthesize_image
 OPTS = config_from_dict({}).segmentation_qc
 
 
-def qc_row(image_id, cells, nuclei, blue, scale=1.0):
+def qc_row(image_id, cells, nuclei, channels, scale=1.0):
     n = int(cells.max())
-    return {"image_id": image_id, "n_cells": n, "n_border": 0, "level": 0, **image_qc(cells, nuclei, blue, scale)}
+    return {"image_id": image_id, "n_cells": n, "n_border": 0, "level": 0, **image_qc(cells, nuclei, channels, scale)}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def image():
 
 def test_good_segmentation_is_not_doubtful(image):
     cells, nuclei = create_segmenter("watershed").segment(image.channels, 1.0)
-    table = flag_images(pd.DataFrame([qc_row("good", cells, nuclei, image.channels[2])]), OPTS)
+    table = flag_images(pd.DataFrame([qc_row("good", cells, nuclei, image.channels)]), OPTS)
     row = table.iloc[0]
     assert not row["doubtful"] and row["flag"] == ""
     assert row["cell_nucleus_ratio"] > 3 and row["no_nucleus_fraction"] == 0
@@ -42,20 +43,20 @@ def test_collapsed_cells_are_flagged(image):
     """Cells that collapsed onto their nuclei (the failure of #10) are doubtful with the reason."""
     _, nuclei = create_segmenter("watershed").segment(image.channels, 1.0)
     grown = np.where(nuclei > 0, nuclei, 0)  # cells == nuclei: cell bodies lost
-    row = flag_images(pd.DataFrame([qc_row("collapsed", grown, nuclei, image.channels[2])]), OPTS).iloc[0]
+    row = flag_images(pd.DataFrame([qc_row("collapsed", grown, nuclei, image.channels)]), OPTS).iloc[0]
     assert row["doubtful"] and "collapsed" in row["flag"] and row["cell_nucleus_ratio"] < 1.2
 
 
 def test_missed_and_merged_cells_are_flagged(image):
     cells, nuclei = create_segmenter("watershed").segment(image.channels, 1.0)
     half = np.where(cells <= cells.max() // 3, cells, 0)  # two thirds of the cells lost
-    row = flag_images(
-        pd.DataFrame([qc_row("missed", half, np.where(half > 0, nuclei, 0), image.channels[2])]), OPTS
-    ).iloc[0]
+    row = flag_images(pd.DataFrame([qc_row("missed", half, np.where(half > 0, nuclei, 0), image.channels)]), OPTS).iloc[
+        0
+    ]
     assert row["doubtful"] and "lie in no cell" in row["flag"]
     merged = np.where(cells > 0, 1 + (cells > cells.max() // 2), 0)  # every cell merged into two
     nuc = np.where((nuclei > 0) & np.isin(nuclei, [1, cells.max()]), merged, 0)
-    row = flag_images(pd.DataFrame([qc_row("merged", merged, nuc, image.channels[2])]), OPTS).iloc[0]
+    row = flag_images(pd.DataFrame([qc_row("merged", merged, nuc, image.channels)]), OPTS).iloc[0]
     assert row["doubtful"] and "several nuclei" in row["flag"]
 
 
@@ -113,3 +114,29 @@ def test_policy_in_splits(tmp_path):
     assert (out.drop("i0")["fold"] >= 0).all()
     kept = make_splits([tmp_path / "m.parquet"], cat, 3, 0, 1, segment_qc=[tmp_path / "q.tsv"], doubtful="keep")
     assert (kept["fold"] >= 0).all()
+
+
+def test_a_wrong_split_of_touching_cells_is_flagged():
+    """Issue 24: the boundary between a bright and a dim cell moved 80 px into the dim one (the
+    intensity flood's failure) is flagged; the right split of the same pair is not."""
+    img, truth = touching_pair(3.0)
+    cells, nuclei = create_segmenter("watershed").segment(img, 1.0)
+    right = flag_images(pd.DataFrame([qc_row("right", cells, nuclei, img)]), OPTS).iloc[0]
+    assert not right["doubtful"], right["flag"]
+    assert right["unsupported_boundary_fraction"] < 0.1
+    xx = np.arange(truth.shape[1])[None, :]
+    left, right_id = cells[512, 477], cells[504, 642]  # the ids at the two nucleus centres
+    wrong = np.where(cells > 0, np.where(xx < 602, left, right_id), 0).astype(np.int32)
+    wrong_nuclei = np.where((nuclei > 0) & (wrong == nuclei), nuclei, 0)
+    row = flag_images(pd.DataFrame([qc_row("wrong", wrong, wrong_nuclei, img)]), OPTS).iloc[0]
+    assert row["doubtful"], row.to_dict()
+    assert row["unsupported_boundary_fraction"] > 0.9 and "cut through cells" in row["flag"]
+
+
+def test_a_confluent_field_segmented_well_is_not_flagged():
+    """No false alarm from the wrong-split checks on a confluent field (seed 61, never tuned on)."""
+    image = synthesize_image(np.random.default_rng([61, 1]), 1024, "A-431", "hpa2021", style="confluent")
+    cells, nuclei = create_segmenter("watershed").segment(image.channels, 1.0)
+    row = flag_images(pd.DataFrame([qc_row("confluent", cells, nuclei, image.channels)]), OPTS).iloc[0]
+    assert not row["doubtful"], row["flag"]
+    assert row["unsupported_boundary_fraction"] <= OPTS.max_unsupported_boundary_fraction

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from hpa_batch import CHANNELS, __version__
+from hpa_batch import __version__
 from hpa_batch.cells.segment import Segmenter, create_segmenter
 from hpa_batch.cells.segment.qc import QC_MEASURES, SEGMENT_QC_COLUMNS, flag_images, image_qc
 from hpa_batch.cells.segment.watershed import consistent_labels
@@ -94,7 +94,7 @@ def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: 
     )
     n_cells, border = int(cells.max()), border_ids(cells)
     # rounded once, so a kept image (read back from its attributes) gives the same row as a fresh one
-    qc = {k: float(round(v, 6)) for k, v in image_qc(cells, nuclei, image[CHANNELS.index("blue")], scale).items()}
+    qc = {k: float(round(v, 6)) for k, v in image_qc(cells, nuclei, image, scale).items()}
     info = {
         "backend": segmenter.name,
         "level": level,
