@@ -265,12 +265,15 @@ def test_zero_cell_image_is_kept_and_flagged(dataset, tmp_path):
 
 
 def test_resume_keeps_and_settings_change_redoes(segmented, tmp_path):
+    import shutil
+
     from hpa_batch.cells.segment.stage import segment_shard
 
     shard = segmented["shards"][0]
-    res = segmented["results"]
     cfg = load_config(segmented["config"])
-    store = res / "zarr" / f"{shard}.zarr"
+    # a copy: the shared store is read by tests on other workers while this one rewrites labels
+    store = tmp_path / f"{shard}.zarr"
+    shutil.copytree(segmented["results"] / "zarr" / f"{shard}.zarr", store)
     image = min(p for p in store.iterdir() if p.is_dir())
     before = (image / "labels" / "zarr.json").stat().st_mtime_ns
     segment_shard(cfg, store, tmp_path / "qc.tsv", tmp_path / "s.json")
