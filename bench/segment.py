@@ -149,12 +149,12 @@ def score(cfg, shards, data: Path) -> tuple[pd.DataFrame, dict[str, list[float]]
             g = zarr.open_group(store / image_id, mode="r")
             truth = tifffile.imread(data / "truth" / f"{image_id}_cells.tif").astype(np.int64)
             pred = g["labels/cells/s0"][...].astype(np.int64)
+            level = g["s1"][...]  # the working level, read once for the timings, peers and QC
             if g["s0"].shape[-1] == 2048:
-                level = g["s1"][...]
                 with threadpool_limits(1):
                     speed["backend"].append(timed(seg.segment, level, 2.0))
                     speed["baseline"].append(timed(baseline, level))
-            collapsed_flagged = constructed_collapse_flagged(g, cfg)
+            collapsed_flagged = constructed_collapse_flagged(g, level, cfg)
             shapes = [tuple(g[f"s{k}"].shape[-2:]) for k in range(2)]
             base = {
                 "style": styles[image_id],
@@ -162,7 +162,7 @@ def score(cfg, shards, data: Path) -> tuple[pd.DataFrame, dict[str, list[float]]
                 "image_id": image_id,
                 "n_truth": int(truth.max()),
             }
-            peers.extend(peer_rows(g["s1"][...], truth, shapes, cfg, base))
+            peers.extend(peer_rows(level, truth, shapes, cfg, base))
             t_area = np.bincount(truth.ravel())[1:]
             p_area = np.bincount(pred.ravel())[1:]
             p_med = float(np.median(p_area[p_area > 0])) if pred.max() else 0.0
@@ -185,7 +185,7 @@ def score(cfg, shards, data: Path) -> tuple[pd.DataFrame, dict[str, list[float]]
     return pd.DataFrame(rows), pd.DataFrame(peers), speed
 
 
-def constructed_collapse_flagged(group, cfg) -> bool:
+def constructed_collapse_flagged(group, level: np.ndarray, cfg) -> bool:
     """Would the QC flag this image if its cells had collapsed onto their nuclei (the #10 failure)?"""
     nuclei = group["labels/nuclei/s1"][...].astype(np.int32)
     row = {
@@ -193,7 +193,7 @@ def constructed_collapse_flagged(group, cfg) -> bool:
         "n_cells": int(nuclei.max()),
         "n_border": 0,
         "level": 1,
-        **image_qc(nuclei, nuclei, group["s1"][...], 2.0),
+        **image_qc(nuclei, nuclei, level, 2.0),
     }
     return bool(flag_images(pd.DataFrame([row]), cfg.segmentation_qc)["doubtful"].iloc[0])
 

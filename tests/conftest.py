@@ -12,6 +12,7 @@ import imagecodecs
 import numpy as np
 import pytest
 import yaml
+from scipy import ndimage as ndi
 
 from hpa_batch import CHANNELS
 
@@ -343,8 +344,6 @@ def touching_pair(ratio: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     channels, their cytoplasm even (no dimmer gap where they meet), nuclei off-centre: the left one
     near the shared boundary, the right one far from it (so distance alone puts the boundary ~60 px
     into the dim cell). Returns ``(4, h, w)`` uint16 and the ``(h, w)`` truth (1 = bright, 2 = dim)."""
-    from scipy import ndimage as ndi
-
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:1024, :1024]
     body = ((yy - 512) / 95.0) ** 2 + ((xx - 512) / 185.0) ** 2 < 1
