@@ -40,9 +40,16 @@ from hpa_batch.core.tables import atomic_path, atomic_write_text
 LABEL_NAMES: tuple[str, ...] = ("cells", "nuclei")
 
 
+#: Revision of what the stage computes beyond its settings (the built-in backend's algorithm, the QC
+#: measures stored with the labels); part of :func:`settings_digest`, so labels made by an older
+#: revision are redone rather than kept. 2: issue 24 (edge-aware partition, noise from neighbour
+#: differences, wrong-split QC measures).
+SEGMENT_REVISION = 2
+
+
 def settings_digest(cfg: Config) -> str:
-    """Hash of the segmentation settings; labels made with other settings are redone."""
-    text = json.dumps(cfg.raw["segmentation"], sort_keys=True)
+    """Hash of the segmentation settings and :data:`SEGMENT_REVISION`; labels made otherwise are redone."""
+    text = json.dumps({"segmentation": cfg.raw["segmentation"], "revision": SEGMENT_REVISION}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
