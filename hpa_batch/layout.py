@@ -181,7 +181,7 @@ def trained_folds(raw: Mapping[str, Any]) -> tuple[list[int], bool]:
     return sorted({int(k) for m in local for k in m["folds"]}), bool(models) and not local
 
 
-def held_out_args(raw: Mapping[str, Any]) -> str:
+def held_out_args(raw: Mapping[str, Any]) -> list[str]:
     """The ``--trained-folds ... [--all-unseen]`` arguments of the baseline and evaluate verbs."""
     folds, all_unseen = trained_folds(raw)
-    return " ".join(["--trained-folds", *map(str, folds)] + (["--all-unseen"] if all_unseen else []))
+    return ["--trained-folds", *map(str, folds)] + (["--all-unseen"] if all_unseen else [])

@@ -359,3 +359,39 @@ def check_report(report, png):
     assert (img.std(axis=(0, 1)) > 20).all()  # not a blank or single-colour page
     blue = (img[..., 2] > 150) & (img[..., 0] < 100)
     assert blue.mean() > 0.001  # the composites' nuclei (blue) made it into the rendered page
+
+
+#: A folder name a shell would split and run: a space, quotes and ``;touch``.
+HOSTILE = "res 'q\" x;touch INJECTED;y"
+
+
+@pytest.mark.slow
+def test_paths_with_spaces_quotes_and_semicolons_run_every_rule_and_inject_nothing(upstream_2021, tmp_path):
+    """Every rule's shell line quotes what it interpolates: the whole workflow (every rule forced, the
+    stores' images kept) runs from a checkout path and results / logs folders holding a space, quotes
+    and ``;touch INJECTED;``, and no ``INJECTED`` file appears anywhere."""
+    from conftest import tiny_model
+
+    checkout = tmp_path / "check out 'it';now"
+    wd, cfg = upstream_2021.fork(checkout, splits={"n_folds": 3, "min_combination": 1}, models=[tiny_model()])
+    (wd / "results").rename(wd / HOSTILE)
+    cfg = {**cfg, "results_dir": HOSTILE, "logs_dir": f"logs {HOSTILE}"}
+    (wd / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "--cores", "2", "--forceall", "--configfile", "run.yaml")
+    ran = {rule for rule, _ in planned_jobs(out)}
+    rules = {"manifest", "convert_shard", "qc", "segment_shard", "measure_shard", "tiles_shard", "split"}
+    rules |= {"train_model", "predict_shard", "merge", "h5ad", "submit", "baseline", "evaluate", "report"}
+    assert rules <= ran, sorted(rules - ran)
+    assert not list(tmp_path.rglob("INJECTED")), "a shell line ran part of a path as a command"
+    res = wd / HOSTILE
+    for name in ("submission.csv", "metrics.json", "report.html", "tables/cells.h5ad"):
+        assert (res / name).is_file(), name
+    assert (wd / f"logs {HOSTILE}" / "merge.log").is_file()
+
+
+def test_a_results_dir_with_a_control_character_is_refused(upstream_2021, tmp_path):
+    """A newline in a directory key would forge lines of every log and summary: the schema refuses it."""
+    wd, cfg = upstream_2021.fork(tmp_path)
+    (wd / "bad.yaml").write_text(yaml.safe_dump({**cfg, "results_dir": "res\nults"}))
+    out = snakemake(wd, "-n", "--configfile", "bad.yaml", check=False)
+    assert "results_dir" in out and "does not match" in out, out[-2000:]

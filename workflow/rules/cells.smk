@@ -25,9 +25,9 @@ rule segment_shard:
         store=lambda wildcards: results_file("store", shard=wildcards.shard),
         cfg=stage_config("segmentation", "segmentation_qc", "conversion"),
     shell:
-        "hpa-batch segment --shard {wildcards.shard} --config-json {params.cfg}"
-        " --store {params.store} --qc {output.qc} --summary {output.summary}"
-        " --threads {threads} > {log} 2>&1"
+        "hpa-batch segment --shard {wildcards.shard:q} --config-json {params.cfg:q}"
+        " --store {params.store:q} --qc {output.qc:q} --summary {output.summary:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule measure_shard:
@@ -49,9 +49,9 @@ rule measure_shard:
         store=lambda wildcards: results_file("store", shard=wildcards.shard),
         cfg=stage_config("measure", "segmentation_qc"),
     shell:
-        "hpa-batch measure --shard {wildcards.shard} --config-json {params.cfg}"
-        " --store {params.store} --manifest {input.manifest} --segment-qc {input.segment_qc}"
-        " --out {output} > {log} 2>&1"
+        "hpa-batch measure --shard {wildcards.shard:q} --config-json {params.cfg:q}"
+        " --store {params.store:q} --manifest {input.manifest:q} --segment-qc {input.segment_qc:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule tiles_shard:
@@ -71,8 +71,8 @@ rule tiles_shard:
         store=lambda wildcards: results_file("store", shard=wildcards.shard),
         cfg=stage_config("tiles", "measure"),
     shell:
-        "hpa-batch tiles --shard {wildcards.shard} --config-json {params.cfg}"
-        " --store {params.store} --cells {input.cells} --out {output} > {log} 2>&1"
+        "hpa-batch tiles --shard {wildcards.shard:q} --config-json {params.cfg:q}"
+        " --store {params.store:q} --cells {input.cells:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule segment:

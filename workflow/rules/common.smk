@@ -1,7 +1,8 @@
 # Planning only: which shards exist and what each job is handed. No processing happens here.
+# Every value a rule's shell line interpolates is quoted there (``{x:q}``; a list quotes each item), so a
+# path with spaces, quotes or ``;`` is one argument; the functions below return plain strings or lists.
 import json
 import os
-import shlex
 from pathlib import Path
 
 from hpa_batch import layout
@@ -49,20 +50,20 @@ def shard_digest(wildcards):
 
 
 def stage_config(*keys):
-    """Shell-quoted JSON of the config keys a stage reads (a param: reruns iff they change)."""
-    return shlex.quote(stage_subset(config, keys))
+    """JSON of the config keys a stage reads (a param: reruns iff they change; quoted by ``:q``)."""
+    return stage_subset(config, keys)
 
 
 def submission_source(input):
-    """Arguments of the submission step: the 2021 task's cells table and the stores' cell masks, or
-    the 2018 task's images table (Id,Predicted per image), chosen by the label catalog."""
+    """Arguments of the submission step (a list: each is quoted by ``:q``): the 2021 task's cells
+    table and the stores' cell masks, or the 2018 task's images table (Id,Predicted per image), chosen
+    by the label catalog."""
     from hpa_batch.core.labels import get_catalog
 
     catalog = config["labels"]["catalog"]
     if get_catalog(catalog).name == "hpa2018":
-        return f"--images {input.images}"
-    stores = " ".join(shard_files(results_file("store")))
-    return f"--cells {input.cells} --stores {stores} --catalog {catalog}"
+        return ["--images", input.images]
+    return ["--cells", input.cells, "--stores", *STORES, "--catalog", catalog]
 
 
 def shard_files(pattern):
@@ -116,10 +117,8 @@ def model_spec(name):
 
 
 def model_config(name):
-    """Shell-quoted JSON of what training/inference of ``name`` reads (its spec + catalog)."""
-    return shlex.quote(
-        json.dumps({"labels": config["labels"], "models": [model_spec(name)]}, sort_keys=True, separators=(",", ":"))
-    )
+    """JSON of what training/inference of ``name`` reads (its spec + catalog; quoted by ``:q``)."""
+    return json.dumps({"labels": config["labels"], "models": [model_spec(name)]}, sort_keys=True, separators=(",", ":"))
 
 
 def fold_models(name, file="model.pt"):
@@ -138,7 +137,8 @@ def baseline_runs():
 
 
 def train_launcher(name):
-    """``hpa-batch``, or torchrun with one process per GPU when the model asks for several."""
+    """``hpa-batch``, or torchrun with one process per GPU when the model asks for several: a command
+    prefix (the one unquoted interpolation; it holds only these fixed words and an integer)."""
     gpus = model_spec(name)["gpus"]
     if gpus > 1:
         return f"torchrun --standalone --nproc-per-node={gpus} -m hpa_batch.cli"
@@ -174,8 +174,9 @@ def merge_inputs(wildcards):
 
 
 def given(input, key):
-    """The files of an optional input as arguments of a list option (none: the option alone = none)."""
-    return " ".join(input[key]) if key in input.keys() else ""
+    """The files of an optional input as arguments of a list option (none: the option alone = none);
+    a list, each file quoted by ``:q``."""
+    return list(input[key]) if key in input.keys() else []
 
 
 def baseline_inputs(wildcards):
@@ -211,6 +212,6 @@ def report_inputs(wildcards):
 
 
 HELD_OUT = layout.held_out_args(config)  # which images no model of this run trained on
-STORES = " ".join(shard_files(results_file("store")))
+STORES = shard_files(results_file("store"))
 # The whole config, shown in the report's provenance section.
-RUN_CONFIG = shlex.quote(json.dumps(config, sort_keys=True, separators=(",", ":")))
+RUN_CONFIG = json.dumps(config, sort_keys=True, separators=(",", ":"))

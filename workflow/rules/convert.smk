@@ -17,9 +17,9 @@ rule manifest:
         digest=shard_digest,
         cfg=stage_config("dataset", "labels", "qc", "shard_size"),
     shell:
-        "hpa-batch manifest --shard {wildcards.shard} --config-json {params.cfg}"
-        " --expect-digest {params.digest} --out {output.manifest} --rejected {output.rejected}"
-        " > {log} 2>&1"
+        "hpa-batch manifest --shard {wildcards.shard:q} --config-json {params.cfg:q}"
+        " --expect-digest {params.digest:q} --out {output.manifest:q} --rejected {output.rejected:q}"
+        " > {log:q} 2>&1"
 
 
 rule convert_shard:
@@ -42,10 +42,10 @@ rule convert_shard:
         store=lambda wildcards: results_file("store", shard=wildcards.shard),
         cfg=stage_config("conversion"),
     shell:
-        "hpa-batch convert --shard {wildcards.shard} --config-json {params.cfg}"
-        " --manifest {input.manifest} --manifest-rejected {input.rejected}"
-        " --store {params.store} --rejected {output.rejected} --summary {output.summary}"
-        " --threads {threads} > {log} 2>&1"
+        "hpa-batch convert --shard {wildcards.shard:q} --config-json {params.cfg:q}"
+        " --manifest {input.manifest:q} --manifest-rejected {input.rejected:q}"
+        " --store {params.store:q} --rejected {output.rejected:q} --summary {output.summary:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule qc:
@@ -64,7 +64,7 @@ rule qc:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "hpa-batch qc {input} --out {output.table} > {output.summary} 2> {log}"
+        "hpa-batch qc {input:q} --out {output.table:q} > {output.summary:q} 2> {log:q}"
 
 
 rule convert:

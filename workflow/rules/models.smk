@@ -15,8 +15,8 @@ rule split:
     params:
         cfg=stage_config("splits", "labels", "segmentation_qc"),
     shell:
-        "hpa-batch split --config-json {params.cfg} --manifests {input.manifests}"
-        " --rejected {input.rejected} --segment-qc {input.segment_qc} --out {output} > {log} 2>&1"
+        "hpa-batch split --config-json {params.cfg:q} --manifests {input.manifests:q}"
+        " --rejected {input.rejected:q} --segment-qc {input.segment_qc:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The job log shows the last attempt (Snakemake deletes a failed job's log before a retry); every
@@ -48,9 +48,9 @@ rule train_model:
         launcher=lambda wildcards: train_launcher(wildcards.model),
         out=lambda wildcards: results_file("fold_dir", model=wildcards.model, fold=wildcards.fold),
     shell:
-        "{params.launcher} train --config-json {params.cfg} --model {wildcards.model}"
-        " --fold {wildcards.fold} --splits {input.splits} --tiles {input.tiles} --out {params.out}"
-        " > {log} 2>&1"
+        "{params.launcher} train --config-json {params.cfg:q} --model {wildcards.model:q}"
+        " --fold {wildcards.fold:q} --splits {input.splits:q} --tiles {input.tiles:q} --out {params.out:q}"
+        " > {log:q} 2>&1"
 
 
 rule predict_shard:
@@ -71,8 +71,8 @@ rule predict_shard:
     params:
         cfg=lambda wildcards: model_config(wildcards.model),
     shell:
-        "hpa-batch predict --config-json {params.cfg} --model {wildcards.model} --shard {wildcards.shard}"
-        " --models {input.models} --tiles {input.tiles} --out {output} > {log} 2>&1"
+        "hpa-batch predict --config-json {params.cfg:q} --model {wildcards.model:q} --shard {wildcards.shard:q}"
+        " --models {input.models:q} --tiles {input.tiles:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train:

@@ -23,11 +23,11 @@ rule merge:
         cell_thresholds=lambda wildcards, input: given(input, "cell_thresholds"),
         image_thresholds=lambda wildcards, input: given(input, "image_thresholds"),
     shell:
-        "hpa-batch merge --config-json {params.cfg} --splits {input.splits} --manifests {input.manifests}"
-        " --rejected {input.rejected} --segment-qc {input.segment_qc} --shard-cells {input.cells}"
-        " --cell-predictions {params.cell_predictions} --image-predictions {params.image_predictions}"
-        " --cell-thresholds {params.cell_thresholds} --image-thresholds {params.image_thresholds}"
-        " --stores {params.stores} --cells {output.cells} --images {output.images} > {log} 2>&1"
+        "hpa-batch merge --config-json {params.cfg:q} --splits {input.splits:q} --manifests {input.manifests:q}"
+        " --rejected {input.rejected:q} --segment-qc {input.segment_qc:q} --shard-cells {input.cells:q}"
+        " --cell-predictions {params.cell_predictions:q} --image-predictions {params.image_predictions:q}"
+        " --cell-thresholds {params.cell_thresholds:q} --image-thresholds {params.image_thresholds:q}"
+        " --stores {params.stores:q} --cells {output.cells:q} --images {output.images:q} > {log:q} 2>&1"
 
 
 rule h5ad:
@@ -45,7 +45,7 @@ rule h5ad:
     params:
         cfg=stage_config("labels"),
     shell:
-        "hpa-batch h5ad --config-json {params.cfg} --cells {input.cells} --out {output} > {log} 2>&1"
+        "hpa-batch h5ad --config-json {params.cfg:q} --cells {input.cells:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule submit:
@@ -65,7 +65,7 @@ rule submit:
     params:
         source=lambda wildcards, input: submission_source(input),
     shell:
-        "hpa-batch submit {params.source} --out {output} > {log} 2>&1"
+        "hpa-batch submit {params.source:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule baseline:
@@ -88,10 +88,10 @@ rule baseline:
         held_out=HELD_OUT,
         predictions=lambda wildcards, input: given(input, "predictions"),
     shell:
-        "hpa-batch baseline --config-json {params.cfg} --cells {input.cells} --images {input.images}"
-        " --predictions {params.predictions} {params.held_out} --threads {threads} --out {output.cells}"
-        " --summary {output.summary} --model-out {output.model}"
-        " > {log} 2>&1"
+        "hpa-batch baseline --config-json {params.cfg:q} --cells {input.cells:q} --images {input.images:q}"
+        " --predictions {params.predictions:q} {params.held_out:q} --threads {threads} --out {output.cells:q}"
+        " --summary {output.summary:q} --model-out {output.model:q}"
+        " > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -111,13 +111,13 @@ rule evaluate:
         held_out=HELD_OUT,
         stores=STORES,
         baseline=lambda wildcards, input: (
-            f"--baseline {input.baseline} --baseline-summary {input.baseline_summary}"
+            ["--baseline", input.baseline, "--baseline-summary", input.baseline_summary]
             if "baseline" in input.keys()
-            else ""
+            else []
         ),
     shell:
-        "hpa-batch evaluate --config-json {params.cfg} --cells {input.cells} --images {input.images}"
-        " {params.baseline} {params.held_out} --stores {params.stores} --out {output} > {log} 2>&1"
+        "hpa-batch evaluate --config-json {params.cfg:q} --cells {input.cells:q} --images {input.images:q}"
+        " {params.baseline:q} {params.held_out:q} --stores {params.stores:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -146,7 +146,7 @@ rule report:
         stores=STORES,
         baseline=lambda wildcards, input: given(input, "baseline"),
     shell:
-        "hpa-batch report --config-json {params.cfg} --cells {input.cells} --images {input.images}"
-        " --metrics {input.metrics} --qc {input.qc} --baseline {params.baseline}"
-        " --histories {input.histories} --tiles {input.tiles} --stores {params.stores}"
-        " --run-config {params.run_config} --out {output.html} --figures {output.figures} > {log} 2>&1"
+        "hpa-batch report --config-json {params.cfg:q} --cells {input.cells:q} --images {input.images:q}"
+        " --metrics {input.metrics:q} --qc {input.qc:q} --baseline {params.baseline:q}"
+        " --histories {input.histories:q} --tiles {input.tiles:q} --stores {params.stores:q}"
+        " --run-config {params.run_config:q} --out {output.html:q} --figures {output.figures:q} > {log:q} 2>&1"
