@@ -21,6 +21,8 @@ include: "workflow/rules/common.smk"
 
 # One driver per working directory, refused before the DAG is built (hpa_batch.core.driver).
 acquire_driver_lock()
+# Damaged outputs (parquet footers, JSON, checkpoints, tile stamps) are refused before any job runs.
+refuse_damaged_outputs()
 
 
 include: "workflow/rules/convert.smk"

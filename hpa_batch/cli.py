@@ -8,9 +8,12 @@ when that subset changes). Paths not given default to the contract under ``resul
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +21,11 @@ from pathlib import Path
 from hpa_batch import __version__
 from hpa_batch.config import Config, ConfigError, check_unlabelled, load_config
 from hpa_batch.convert.plan import PlanError
+from hpa_batch.core.damage import DamagedFileError, UnsafeCheckpointError, printable
 from hpa_batch.core.driver import default_signals
 from hpa_batch.core.locks import OutputLockError, release_all
 from hpa_batch.core.progress import get_logger
+from hpa_batch.core.tables import read_parquet
 from hpa_batch.layout import RESULTS as _R_TEMPLATES
 from hpa_batch.layout import (
     fold_files,
@@ -82,6 +87,7 @@ def _writes(args: argparse.Namespace, *outputs: Path | str) -> None:
     """
     from hpa_batch.core.locks import hold
 
+    args.outputs_ = [*getattr(args, "outputs_", []), *map(Path, outputs)]  # named if the disk fills up
     if os.environ.get("RANK", "0") != "0":
         return
     for out in outputs:
@@ -417,7 +423,6 @@ def _held_out_of(cfg: Config, args: argparse.Namespace) -> tuple[list[int], bool
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    import pandas as pd
 
     from hpa_batch.models.split import EXCLUDED
     from hpa_batch.results.baseline import run_baseline
@@ -428,7 +433,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     cells = args.cells or result(r, "cells_table")
     out = args.out or result(r, "baseline_cells")
     _writes(args, out)
-    images = pd.read_parquet(args.images or result(r, "images_table"), columns=["image_id", "fold", "rejected"])
+    images = read_parquet(args.images or result(r, "images_table"), columns=["image_id", "fold", "rejected"])
     folds, all_unseen = _held_out_of(cfg, args)
     held = held_out_images(images, set(folds), all_unseen=all_unseen)
     predictions = _predictions(cfg, args.predictions, "cell") if cfg.baseline.embeddings else None
@@ -491,7 +496,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
-    import pandas as pd
 
     from hpa_batch.results.evaluate import evaluate_all, unlabelled_metrics
 
@@ -501,8 +505,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _writes(args, out)
     truth_dir = cfg.evaluation.truth_dir
     stores = list(_per_shard(cfg, args.stores, "store").values())
-    cells = pd.read_parquet(args.cells or result(r, "cells_table"))
-    images = pd.read_parquet(args.images or result(r, "images_table"))
+    cells = read_parquet(args.cells or result(r, "cells_table"))
+    images = read_parquet(args.images or result(r, "images_table"))
     max_share = cfg.evaluation.max_class_share
     if cfg.dataset.label_column is None:
         metrics = unlabelled_metrics(cells, images, cfg.catalog, max_share)
@@ -510,7 +514,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         baseline = thresholds = None
         if args.baseline:
-            baseline = pd.read_parquet(args.baseline)
+            baseline = read_parquet(args.baseline)
             summary = json.loads((args.baseline_summary or result(r, "baseline_summary")).read_text())
             thresholds = np.asarray(summary["thresholds"])
         folds, all_unseen = _held_out_of(cfg, args)
@@ -569,44 +573,121 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from hpa_batch.convert.validate import validate_dataset, validate_store
+    from hpa_batch.convert.validate import validate_dataset
 
-    if args.path is not None:
-        report = validate_store(args.path, deep=args.deep)
-        what = f"store {args.path}"
-    else:
+    if args.path is None:
         report, _ = validate_dataset(_cfg(args))
-        what = "dataset"
+        for problem in report.problems:
+            print(f"PROBLEM {printable(problem)}")
+        print(f"dataset: {report.checked} image(s) checked, {len(report.problems)} problem(s)")
+        return 0 if report.ok else 1
+    if _image_store(args.path):
+        return _validate_store(args.path, deep=args.deep)
+    checked, damaged = _damaged(args.path, deep=args.deep)
+    for item in damaged:
+        print(f"DAMAGED {item}")
+    what = "output" if checked == 1 else "outputs"
+    print(f"{printable(args.path)}: {checked} {what} checked{' (deep)' if args.deep else ''}, {len(damaged)} damaged")
+    if damaged:
+        print(f"hpa-batch repair {shlex.quote(str(args.path))} removes exactly these and prints what redoes them")
+    return 1 if damaged else 0
+
+
+def _image_store(path: Path) -> bool:
+    """True for a zarr group that is not a tile store (a shard store, an image group, a stray group)."""
+    from hpa_batch.core.damage import kind_of
+
+    if not (path.is_dir() and (path / "zarr.json").is_file()):
+        return False
+    return (kind_of(_results_root(path), path) or ("", {}))[0] != "tiles"
+
+
+def _validate_store(path: Path, *, deep: bool) -> int:
+    """``validate`` of one image store: each problem, then images checked."""
+    from hpa_batch.convert.validate import validate_store
+
+    report = validate_store(path, deep=deep)
     for problem in report.problems:
-        print(f"PROBLEM {problem}")
-    print(f"{what}: {report.checked} image(s) checked, {len(report.problems)} problem(s)")
+        print(f"PROBLEM {printable(problem)}")
+    print(f"store {printable(path)}: {report.checked} image(s) checked, {len(report.problems)} problem(s)")
+    if not report.ok:
+        print(f"hpa-batch repair {shlex.quote(str(path))} removes the damaged images and prints what redoes them")
     return 0 if report.ok else 1
+
+
+def _results_root(path: Path) -> Path:
+    """The results folder ``path`` belongs to: the nearest ancestor under which it is a known output."""
+    from hpa_batch.core.damage import kind_of
+
+    for parent in Path(path).resolve().parents:
+        if kind_of(parent, path) is not None:
+            return parent
+    return Path(path).resolve().parent
+
+
+def _damaged(path: Path, *, deep: bool) -> tuple[int, list]:
+    """(outputs checked, damaged ones) of a results folder (walked), a store or a file."""
+    from hpa_batch.core.damage import Damage, check_output, scan
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such file or directory", str(path))
+    if path.is_dir() and path.suffix != ".zarr":
+        return scan(path, deep=deep)
+    reason = check_output(path, _results_root(path), deep=deep)
+    return 1, [Damage(path, reason)] if reason else []
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
     from hpa_batch.convert.validate import repair_store
+    from hpa_batch.core.damage import kind_of
 
-    cfg = _cfg(args)
-    shard = shard_of(args.store)
-    _writes(args, args.store)
-    fixed = repair_store(
-        args.store,
-        convert_summary=result(cfg.results_dir, "convert_summary", shard=shard),
-        segment_summary=result(cfg.results_dir, "segment_summary", shard=shard),
-    )
-    for image in fixed.images:
-        print(f"removed image {image}: it will be reconverted and resegmented")
-    for image in fixed.labels:
-        print(f"removed labels of {image}: they will be resegmented")
-    if not fixed.images and not fixed.labels:
-        print(f"{args.store}: nothing damaged")
+    _, damaged = _damaged(args.path, deep=True)
+    targets: list[Path] = []
+    for item in damaged:
+        root = _results_root(item.path)
+        key = (kind_of(root, item.path) or ("", {}))[0]
+        if key == "store":
+            shard = shard_of(item.path)
+            _writes(args, item.path)
+            fixed = repair_store(
+                item.path,
+                convert_summary=result(root, "convert_summary", shard=shard),
+                segment_summary=result(root, "segment_summary", shard=shard),
+            )
+            for image in fixed.images:
+                print(
+                    f"removed image {printable(image)} of {printable(item.path)}: it will be reconverted and resegmented"
+                )
+            for image in fixed.labels:
+                print(f"removed labels of {printable(image)} in {printable(item.path)}: they will be resegmented")
+            staging = item.path.parent / f".{item.path.name}.staging"
+            if staging.exists():
+                shutil.rmtree(staging)
+                print(f"removed {printable(staging)} (staging left by an interrupted conversion)")
+            targets += fixed.markers
+            continue
+        if not key and not item.path.name.startswith("."):
+            print(f"not removed: {item} ({printable(item.path)} is not an output of a results folder)")
+            continue
+        _writes(args, item.path)
+        if item.path.is_dir():
+            shutil.rmtree(item.path)
+        else:
+            item.path.unlink()
+        print(f"removed {item}")
+        if key:
+            targets.append(item.path)
+    if not damaged:
+        print(f"{printable(args.path)}: nothing damaged")
         return 0
-    markers = " ".join(map(str, fixed.markers))
-    print(
-        f"removed {markers}; now run (or with --profile slurm):\n  snakemake --cores all {markers} all\n"
-        f"shard {shard} is redone for those images only, and every later stage reruns for it (the removed "
-        "files must be named: Snakemake does not rerun for a missing intermediate file by itself)"
-    )
+    if targets:
+        files = " ".join(shlex.quote(str(t)) for t in targets)
+        print(
+            f"now run (or with --profile slurm):\n  snakemake --cores all {files} all\n"
+            "it redoes the removed files and every job that reads them (the removed files are named: "
+            "Snakemake does not rerun for a missing intermediate file by itself)"
+        )
     return 0
 
 
@@ -831,19 +912,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="submission CSV")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("validate", help="check a zarr store (PATH) or the configured dataset")
+    p = sub.add_parser(
+        "validate",
+        help="check outputs (PATH: the results folder, walked whole, or one store / table / checkpoint) or, "
+        "without PATH, the configured dataset",
+    )
     _add_config_args(p)
-    p.add_argument("path", nargs="?", type=Path, help="shard store or image group")
-    p.add_argument("--deep", action="store_true", help="also decode every level and check the pyramid")
+    p.add_argument("path", nargs="?", type=Path, help="results folder, a store, an image group or one output file")
+    p.add_argument(
+        "--deep", action="store_true", help="decode everything: every chunk, parquet page, pyramid level, checkpoint"
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
         "repair",
-        help="remove the damaged images / labels of a shard store (validate --deep finds them) and the stage "
-        "outputs that claim them done, so the next snakemake run redoes exactly those",
+        help="remove what validate --deep finds damaged under PATH (a results folder, a store or a file; in an "
+        "image store only the damaged images / labels and the stage outputs that claim them done) and print the "
+        "command that redoes exactly those and what follows",
     )
-    _add_config_args(p)
-    p.add_argument("store", type=Path, help="results/zarr/{shard}.zarr")
+    _add_config_args(p)  # accepted for older command lines; the results folder is found from PATH
+    p.add_argument("path", type=Path, help="results folder, results/zarr/{shard}.zarr, a tile store or one file")
     p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("info", help="what a store (or image group) holds")
@@ -894,6 +982,68 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    except (DamagedFileError, UnsafeCheckpointError) as exc:
+        print(f"hpa-batch {args.verb}: error: {DamagedFileError.line_of(exc) or printable(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        line = _no_space(exc, args) or DamagedFileError.line_of(exc) or _damaged_input(args)
+        if line is None or args.verbose:
+            raise
+        print(f"hpa-batch {args.verb}: error: {line}", file=sys.stderr)
+        return 1
+
+
+def _no_space(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """ "no space left on <folder> (writing <file>)" when the disk filled up anywhere under ``exc`` (its
+    causes and, for a worker process's error, its message); None otherwise."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            if str(seen).startswith("no space left on "):
+                return str(seen)
+            return _space_line(seen.filename, args)
+        seen = seen.__cause__ or seen.__context__
+    if "[Errno 28]" in str(exc) or "No space left on device" in str(exc):
+        return _space_line(None, args)
+    return None
+
+
+def _space_line(filename: object, args: argparse.Namespace) -> str:
+    written = Path(str(filename)) if filename else next(iter(getattr(args, "outputs_", [])), None)
+    if written is None:
+        return "no space left on device (no output named)"
+    folder = written.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return f"no space left on {printable(folder)} (writing {printable(written)})"
+
+
+def _damaged_input(args: argparse.Namespace) -> str | None:
+    """After an unexpected error: the first input of the verb (a path argument it does not write) that
+    is damaged, as the one line a stage prints for it; None when every input is sound."""
+    from hpa_batch.core.damage import check_output
+
+    written = {Path(p) for p in getattr(args, "outputs_", [])}
+    given = [p for v in vars(args).values() for p in (v if isinstance(v, list) else [v]) if isinstance(p, Path)]
+    for path in given + _default_inputs(args):
+        if path not in written and path.exists():
+            reason = check_output(path, _results_root(path), deep=path.suffix in (".parquet", ".json", ".tsv"))
+            if reason:
+                return str(DamagedFileError(path, reason))
+    return None
+
+
+def _default_inputs(args: argparse.Namespace) -> list[Path]:
+    """The files a verb reads when their options are not given: the shard's files and the run's tables."""
+    if getattr(args, "config", None) is None and getattr(args, "config_json", None) is None:
+        return []
+    try:
+        cfg = _cfg(args)
+    except Exception:  # noqa: BLE001 (only a hint for the error message: no config, no defaults)
+        return []
+    shard = getattr(args, "shard", None)
+    paths = list(_paths(cfg, shard).values()) if shard else []
+    return paths + [result(cfg.results_dir, k) for k in ("splits", "cells_table", "images_table", "metrics")]
 
 
 #: Optional packages and the pyproject extra that brings each.

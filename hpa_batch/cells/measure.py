@@ -32,7 +32,7 @@ from skimage.metrics import structural_similarity
 from hpa_batch import CHANNELS
 from hpa_batch.config import Config, MeasureConfig
 from hpa_batch.core.progress import Progress, get_logger
-from hpa_batch.core.tables import atomic_path, to_arrow
+from hpa_batch.core.tables import atomic_path, read_parquet, to_arrow
 
 STATS = ("mean", "median", "std", "integrated")
 FEATURES = (
@@ -392,7 +392,7 @@ def measure_shard(cfg: Config, store: Path, manifest: Path, out: Path, segment_q
     from hpa_batch.convert.validate import image_groups
 
     shard = store.name.removesuffix(".zarr")
-    lines = pd.read_parquet(manifest, columns=["image_id", "cell_line"]).set_index("image_id")["cell_line"]
+    lines = read_parquet(manifest, columns=["image_id", "cell_line"]).set_index("image_id")["cell_line"]
     images = image_groups(store)
     if cfg.segmentation_qc.doubtful == "exclude" and segment_qc is not None:
         qc = read_segment_qc(segment_qc)

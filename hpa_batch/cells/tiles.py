@@ -40,8 +40,9 @@ from hpa_batch.cells.measure import (
     image_feature_row,
 )
 from hpa_batch.config import Config, IntensityConfig, MeasureConfig, TilesConfig
+from hpa_batch.core.damage import reading
 from hpa_batch.core.progress import Progress, get_logger
-from hpa_batch.core.tables import atomic_path
+from hpa_batch.core.tables import atomic_path, read_parquet
 
 
 def features_array(group: zarr.Group, where: Path | str, array: str = "cells") -> zarr.Array:
@@ -289,7 +290,7 @@ def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[s
     from hpa_batch.convert.validate import image_groups
 
     spec = cfg.tiles
-    table = pd.read_parquet(
+    table = read_parquet(
         cells_path,
         columns=["image_id", "cell_id", "border", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", *FEATURE_COLUMNS],
     )
@@ -365,16 +366,19 @@ class TileReader:
 
     def __init__(self, path: str | Path, array: str = "cells"):
         self.path = Path(path)
-        self.group = zarr.open_group(path, mode="r", zarr_format=3)
+        with reading(path):
+            self.group = zarr.open_group(path, mode="r", zarr_format=3)
+            self.array = self.group[array]
         self.kind = array
-        self.array = self.group[array]
         self.n = int(self.array.shape[0])
         self.chunk = int(self.array.chunks[0])
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop``: ``(k, 4, S, S)`` uint8."""
-        return self.array[start:stop]
+        with reading(self.path):
+            return self.array[start:stop]
 
     def read_features(self, start: int, stop: int) -> np.ndarray:
         """Feature rows ``start:stop`` of the cells (or images): ``(k, f)`` float32."""
-        return np.asarray(features_array(self.group, self.path, self.kind)[start:stop], np.float32)
+        with reading(self.path):
+            return np.asarray(features_array(self.group, self.path, self.kind)[start:stop], np.float32)

@@ -25,7 +25,7 @@ from hpa_batch.convert.imageio import ImageHeader, ImageReadError, find_channel_
 from hpa_batch.convert.plan import Shard, check_images_dirs
 from hpa_batch.core.labels import LabelError, format_labels, parse_labels
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path, write_table
+from hpa_batch.core.tables import atomic_path, read_parquet, write_table
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -192,4 +192,4 @@ def read_rejected(path: Path) -> pd.DataFrame:
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """Read a manifest parquet written by :func:`write_manifest`."""
-    return pd.read_parquet(path)
+    return read_parquet(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from hpa_batch.convert.manifest import REJECTED_COLUMNS, read_rejected, write_rejected
+from hpa_batch.core.damage import printable
 
 
 def reason_kind(reason: str) -> str:
@@ -48,7 +49,8 @@ def summarise(rejected: pd.DataFrame, detail: int = 20) -> str:
     lines = [f"QC: {len(rejected)} image(s) refused:"]
     lines += [f"  {n:6d}  {kind}" for kind, n in counts.items()]
     for row in rejected.head(detail).itertuples():
-        lines.append(f"  {row.shard}  {row.image_id}  [{row.stage}] {row.reason}")
+        # ids and reasons come from the user's files: escaped, so one cannot forge a line of the summary
+        lines.append(f"  {row.shard}  {printable(row.image_id)}  [{row.stage}] {printable(row.reason)}")
     if len(rejected) > detail:
         lines.append(f"  ... {len(rejected) - detail} more in the merged table")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ files (size + mtime) are kept; everything else is rewritten through a staging di
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import multiprocessing
 import multiprocessing.pool
@@ -145,6 +146,8 @@ def convert_image(row: pd.Series, store: Path, staging: Path, cfg: Config) -> Im
         publish(stage_path, store / image_id)
     except Exception as exc:
         shutil.rmtree(stage_path, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on {store.parent} (writing {store / image_id})") from exc
         raise RuntimeError(f"conversion of image {image_id} failed: {exc}") from exc
     return ImageResult(image_id, "converted", "", int(row["source_bytes"]), info["bytes"], info["levels"])
 
@@ -280,10 +283,13 @@ def convert_shard(
         manifest = read_manifest(manifest_path)
         shard = store.name.removesuffix(".zarr")
         rows = [r for _, r in manifest.iterrows()]
-        staging = _prepare_store(store, shard, {r["image_id"] for r in rows})
-        progress = Progress(len(rows), f"convert {shard}")
-        results = run_images(rows, store, staging, cfg, threads, progress, pool=pool)
-    shutil.rmtree(staging, ignore_errors=True)
+        staging = store.parent / f".{store.name}.staging"
+        try:
+            staging = _prepare_store(store, shard, {r["image_id"] for r in rows})
+            progress = Progress(len(rows), f"convert {shard}")
+            results = run_images(rows, store, staging, cfg, threads, progress, pool=pool)
+        finally:  # a failed run (a full disk) leaves no staging behind; complete images stay in the store
+            shutil.rmtree(staging, ignore_errors=True)
 
     by_id = {r["image_id"]: r for r in rows}
     refused = pd.DataFrame(

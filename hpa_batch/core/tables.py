@@ -77,3 +77,36 @@ def write_table(df: pd.DataFrame, schema: pa.Schema, path: str | Path) -> None:
     """Write ``df`` as parquet with ``schema`` (:func:`atomic_path`: no partial file is ever seen)."""
     with atomic_path(path) as tmp:
         pq.write_table(to_arrow(df, schema), tmp)
+
+
+def read_parquet(path: str | Path, **kwargs: object) -> pd.DataFrame:
+    """``pandas.read_parquet`` that names a damaged file: "<file> is damaged (<reason>): run hpa-batch
+    repair <file>" (:class:`hpa_batch.core.damage.DamagedFileError`) instead of a codec error."""
+    from hpa_batch.core.damage import reading
+
+    with reading(path):
+        return pd.read_parquet(path, **kwargs)
+
+
+def parquet_file(path: str | Path) -> pq.ParquetFile:
+    """``pyarrow.parquet.ParquetFile`` (footer read) that names a damaged file (:func:`read_parquet`)."""
+    from hpa_batch.core.damage import reading
+
+    with reading(path):
+        return pq.ParquetFile(path)
+
+
+def read_schema(path: str | Path) -> pa.Schema:
+    """``pyarrow.parquet.read_schema`` that names a damaged file (:func:`read_parquet`)."""
+    from hpa_batch.core.damage import reading
+
+    with reading(path):
+        return pq.read_schema(path)
+
+
+def read_arrow(path: str | Path, **kwargs: object) -> pa.Table:
+    """``pyarrow.parquet.read_table`` that names a damaged file (:func:`read_parquet`)."""
+    from hpa_batch.core.damage import reading
+
+    with reading(path):
+        return pq.read_table(path, **kwargs)

@@ -102,7 +102,9 @@ def _load_local(model: nn.Module, overlay: dict[str, Any] | None) -> None:
     path = (overlay or {}).get("file")
     if not path:
         raise ValueError("hpa_small_cnn has no published weights: pretrained needs a local file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from hpa_batch.models.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
     own = model.state_dict()
     model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hpa_batch.core.damage import DamagedFileError, UnsafeCheckpointError, printable
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.tables import atomic_path, atomic_write_text
 
@@ -29,6 +32,43 @@ THRESHOLD_RULE = (
     "F1-optimal per class; an optimum below low keeps default (the scores do not separate the "
     "class), one above high is clipped"
 )
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, the one way a checkpoint is read.
+
+    Raises
+    ------
+    UnsafeCheckpointError
+        "<file> is not a safe checkpoint (<global>)": the file asks to import code.
+    hpa_batch.core.damage.DamagedFileError
+        The file is not a torch checkpoint (truncated, overwritten).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _GLOBAL.search(str(exc))
+        if found:
+            raise UnsafeCheckpointError(
+                f"{printable(path)} is not a safe checkpoint ({printable(found.group(1))}): it refers to code, "
+                "which no checkpoint written by hpa-batch does; it was not loaded (replace it with a "
+                "checkpoint from a run you trust)"
+            ) from None
+        raise DamagedFileError(path, "not a torch checkpoint: " + str(exc).strip().splitlines()[-1]) from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (RuntimeError, EOFError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise DamagedFileError(path, f"not a torch checkpoint: {' '.join(str(exc).split())[:200]}") from exc
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -86,9 +126,9 @@ def read_model(path: Path, *, catalog: LabelCatalog | None = None, level: str | 
         A checkpoint written for another label catalog than ``catalog`` or another level than
         ``level`` (e.g. a ``trained:`` folder of the wrong run), naming the file.
     """
-    import torch
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or not {"model", "spec", "catalog"} <= set(ckpt):
+        raise DamagedFileError(path, "not a model.pt: no model, spec and catalog entries")
     if catalog is not None and ckpt["catalog"] != catalog.name:
         raise ValueError(
             f"{path} was trained for label catalog {ckpt['catalog']!r}, this run uses {catalog.name!r} (labels.catalog)"

@@ -19,6 +19,7 @@ import torch
 import zarr
 
 from hpa_batch.cells.tiles import features_array
+from hpa_batch.core.damage import reading
 from hpa_batch.models.split import multi_hot
 
 
@@ -69,9 +70,10 @@ def build_index(stores: list[Path], splits: pd.DataFrame, level: str, n_classes:
     meta = splits.set_index("image_id")
     parts = []
     for k, path in enumerate(stores):
-        g = zarr.open_group(path, mode="r", zarr_format=3)
-        ids = g["cell_image"][:] if array == "cells" else g["image_id"][:]
-        cids = g["cell_id"][:] if array == "cells" else np.full(len(ids), -1, np.int32)
+        with reading(path):
+            g = zarr.open_group(path, mode="r", zarr_format=3)
+            ids = g["cell_image"][:] if array == "cells" else g["image_id"][:]
+            cids = g["cell_id"][:] if array == "cells" else np.full(len(ids), -1, np.int32)
         parts.append(
             pd.DataFrame(
                 {
@@ -207,7 +209,8 @@ class GroupDataset(torch.utils.data.Dataset):
         for k in np.unique(key):
             mine = np.flatnonzero(key == k)
             s, c, n = int(idx.store[pos[mine[0]]]), int(k & ((1 << 32) - 1)), int(size[mine[0]])
-            block = self._array(s, name)[c * n : (c + 1) * n]
+            with reading(self.index.stores[s]):
+                block = self._array(s, name)[c * n : (c + 1) * n]
             rows = block[within[mine]]
             if select is not None and list(select) != list(range(block.shape[1])):
                 rows = rows[:, select]
@@ -239,8 +242,9 @@ def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray
     rows = np.unique(positions)
     for s in np.unique(index.store[rows]):
         mine = index.row[rows[index.store[rows] == s]]
-        group = zarr.open_group(index.stores[int(s)], mode="r", zarr_format=3)
-        f = features_array(group, index.stores[int(s)], index.array)[:][mine].astype(np.float64)
+        with reading(index.stores[int(s)]):
+            group = zarr.open_group(index.stores[int(s)], mode="r", zarr_format=3)
+            f = features_array(group, index.stores[int(s)], index.array)[:][mine].astype(np.float64)
         total = f.sum(0) if total is None else total + f.sum(0)
         sq = (f * f).sum(0) if sq is None else sq + (f * f).sum(0)
         n += len(f)

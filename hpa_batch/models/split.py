@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from hpa_batch.core.labels import LabelCatalog
-from hpa_batch.core.tables import write_table
+from hpa_batch.core.tables import read_parquet, write_table
 
 SPLITS_SCHEMA = pa.schema(
     [
@@ -105,7 +105,7 @@ def make_splits(
     from hpa_batch.convert.manifest import read_rejected
 
     cols = ["image_id", "shard", "cell_line", "labels"]
-    frames = [pd.read_parquet(p, columns=cols) for p in manifests]
+    frames = [read_parquet(p, columns=cols) for p in manifests]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     refused = {i for p in rejected or [] for i in read_rejected(p)["image_id"]}
     table = table[~table["image_id"].isin(refused)]

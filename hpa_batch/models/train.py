@@ -41,8 +41,8 @@ from hpa_batch.core.driver import RESUME_HINT
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.metrics import summary, tune_thresholds
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path, atomic_write_text
-from hpa_batch.models.checkpoint import atomic_save, write_model, write_thresholds
+from hpa_batch.core.tables import atomic_path, atomic_write_text, read_parquet
+from hpa_batch.models.checkpoint import atomic_save, load_checkpoint, write_model, write_thresholds
 from hpa_batch.models.factory import create_model, feature_count, input_stats
 from hpa_batch.models.loader import (
     GroupDataset,
@@ -397,7 +397,7 @@ class Trainer:
         path = self.state_dir / "last.pt"
         if not path.is_file():
             return False
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        ckpt = load_checkpoint(path, self.device)
         if ckpt["spec"] != json.loads(json.dumps(self.spec)) or ckpt["fold"] != self.fold:
             # the spec was edited since (Snakemake reruns training for that reason): a resume would mix two
             # trainings, so start over; the old state is kept aside, not deleted
@@ -532,7 +532,7 @@ class Trainer:
         if self._best is not None:
             return self._best
         path = self.state_dir / "best.pt"
-        return torch.load(path, map_location=self.device, weights_only=True)["model"] if path.is_file() else None
+        return load_checkpoint(path, self.device)["model"] if path.is_file() else None
 
     def validate(self, epoch: int, train_loss: float) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         prob, y = self.predict_positions(self.val_pos)
@@ -679,7 +679,7 @@ class Trainer:
         """Write ``model.pt`` (best weights + thresholds + spec), ``thresholds.json``, ``history.csv``."""
         if self.rank != 0:
             return {}
-        best = torch.load(self.state_dir / "best.pt", map_location="cpu", weights_only=True)
+        best = load_checkpoint(self.state_dir / "best.pt", "cpu")
         mean, std = input_stats(self.model, self.spec["channels"])
         with atomic_path(self.out / "history.csv") as tmp:
             pd.DataFrame(self.state.history).to_csv(tmp, index=False)
@@ -730,7 +730,7 @@ def train_model(
 ) -> dict[str, Any]:
     """Train one model spec on one fold into ``out`` (``results/models/{name}/fold{k}``)."""
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(spec, fold, stores, pd.read_parquet(splits_path), catalog, out=out, device=device)
+    trainer = Trainer(spec, fold, stores, read_parquet(splits_path), catalog, out=out, device=device)
     try:
         return trainer.fit()
     finally:

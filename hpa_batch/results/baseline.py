@@ -42,7 +42,7 @@ from hpa_batch.cells.measure import FEATURE_COLUMNS, feature_matrix
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path, atomic_write_text, to_arrow
+from hpa_batch.core.tables import atomic_path, atomic_write_text, parquet_file, read_arrow, read_schema, to_arrow
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.classifiers import BASELINES
 
@@ -125,8 +125,8 @@ def embeddings_of(predictions: Mapping[str, Path] | None, keys: pd.DataFrame) ->
         if path is None or not path.is_file():
             raise FileNotFoundError(f"{path or shard}: cell-model predictions needed for baseline.embeddings")
         table = (
-            pq.read_table(path, columns=["image_id", "cell_id", "embedding"]).to_pandas()
-            if "embedding" in pq.read_schema(path).names
+            read_arrow(path, columns=["image_id", "cell_id", "embedding"]).to_pandas()
+            if "embedding" in read_schema(path).names
             else None
         )
         if table is None:
@@ -150,7 +150,7 @@ def training_cells(
     cols = ["image_id", "cell_id", "shard", "image_labels", *FEATURE_COLUMNS]
     rng = np.random.default_rng(seed)
     kept = pd.DataFrame(columns=[*cols, "_key"])
-    for batch in pq.ParquetFile(cells_path).iter_batches(batch_size=batch_size, columns=cols):
+    for batch in parquet_file(cells_path).iter_batches(batch_size=batch_size, columns=cols):
         cells = batch.to_pandas()
         cells = cells[~cells["image_id"].isin(held_out)].assign(_key=lambda d: rng.random(len(d)))
         kept = pd.concat([kept, cells], ignore_index=True) if len(kept) else cells
@@ -217,7 +217,7 @@ def run_baseline(
     model, thresholds, cv = fit_baseline(train, catalog, options, emb)
     schema, rows = baseline_schema(n), 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for batch in pq.ParquetFile(cells_path).iter_batches(
+        for batch in parquet_file(cells_path).iter_batches(
             batch_size=batch_size, columns=["image_id", "cell_id", "shard", *FEATURE_COLUMNS]
         ):
             cells = batch.to_pandas()

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from hpa_batch.cells.measure import FEATURE_COLUMNS
 from hpa_batch.core.labels import LabelCatalog
-from hpa_batch.core.tables import atomic_path
+from hpa_batch.core.tables import atomic_path, parquet_file
 
 #: Text columns of ``obs`` (missing values become "").
 OBS_TEXT = ("image_id", "cell_line", "shard", "predicted", "image_labels", "truth_labels")
@@ -97,7 +96,7 @@ def write_cells_h5ad(cells_table: Path, out: Path, catalog: LabelCatalog) -> int
     """
     from anndata.experimental import concat_on_disk
 
-    source = pq.ParquetFile(cells_table)
+    source = parquet_file(cells_table)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.parts-") as tmp:

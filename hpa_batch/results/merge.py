@@ -32,7 +32,7 @@ from hpa_batch.cells.measure import CELLS_SCHEMA
 from hpa_batch.cells.segment.qc import read_segment_qc
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path, to_arrow
+from hpa_batch.core.tables import atomic_path, read_parquet, to_arrow
 from hpa_batch.models.checkpoint import read_thresholds
 
 
@@ -148,14 +148,14 @@ def merge_shard(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The cells and images rows of one shard (``thresholds`` ``(c,)`` for the cells' fused
     probabilities, ``image_thresholds`` for the images' ``predicted``, default the same)."""
-    cells = pd.read_parquet(inp.cells)
-    manifest = pd.read_parquet(inp.manifest)
+    cells = read_parquet(inp.cells)
+    manifest = read_parquet(inp.manifest)
     folds = splits.set_index("image_id")["fold"]
     labels = manifest.set_index("image_id")["labels"]
     cells["fold"] = cells["image_id"].map(folds).fillna(-1).astype(np.int8)
     cp = np.zeros((len(cells), n), np.float32)
     if inp.cell_predictions is not None:
-        pred = pd.read_parquet(inp.cell_predictions)
+        pred = read_parquet(inp.cell_predictions)
         cp = _probs(cells[["image_id", "cell_id"]].merge(pred, on=["image_id", "cell_id"], how="left"), n)
         cp = np.nan_to_num(cp)
     has_cell = inp.cell_predictions is not None
@@ -190,7 +190,7 @@ def merge_shard(
 
 def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) -> dict[str, np.ndarray]:
     if inp.image_predictions is not None:
-        pred = pd.read_parquet(inp.image_predictions)
+        pred = read_parquet(inp.image_predictions)
         return dict(zip(pred["image_id"], _probs(pred, n)))
     out: dict[str, np.ndarray] = {}
     for image_id, idx in cells.groupby("image_id").indices.items():
@@ -305,7 +305,7 @@ def merge_tables(
     """Stream every shard into the two tables (written under temporary names, renamed at the end);
     thresholds as in :func:`merge_shard`."""
     n = catalog.n_classes
-    splits = pd.read_parquet(splits_path)
+    splits = read_parquet(splits_path)
     cschema, ischema = cells_schema(n, truth is not None), images_schema(n)
     n_cells = n_images = 0
     with (

@@ -41,14 +41,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import yaml
 import zarr
 from PIL import Image
 
 from hpa_batch.cells.segment.qc import robust_z
 from hpa_batch.core.labels import LabelCatalog
-from hpa_batch.core.tables import atomic_path, atomic_write_text
+from hpa_batch.core.tables import atomic_path, atomic_write_text, read_parquet, read_schema
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.evaluate import predicted_ids
 from hpa_batch.results.viz import composite, store_overlay
@@ -726,12 +725,12 @@ def build_report(
     """Write the standalone report ``out`` (temporary name, then renamed); with ``figures_dir``, its
     figures also as PNG files there (:func:`export_figures`)."""
     metrics = json.loads(inp.metrics.read_text())
-    images = pd.read_parquet(inp.images)
+    images = read_parquet(inp.images)
     n = catalog.n_classes
     cols = ["image_id", "cell_id", "predicted", *[f"fused_prob_{k}" for k in range(n)]]
-    names = set(pq.read_schema(inp.cells).names)
+    names = set(read_schema(inp.cells).names)
     cols += [c for c in ("truth_cell_id", "truth_labels") if c in names]
-    cells = pd.read_parquet(inp.cells, columns=cols)
+    cells = read_parquet(inp.cells, columns=cols)
     sections = [
         summary_section(metrics),
         labels_section(images, catalog),

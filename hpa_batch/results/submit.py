@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import zarr
 from pycocotools import mask as coco_mask
 from scipy import ndimage as ndi
 
 from hpa_batch.core.labels import emitted_ids
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path
+from hpa_batch.core.tables import atomic_path, read_arrow, read_parquet, read_schema
 
 HEADER = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 LABELS_PATH = "labels/cells/s0"
@@ -234,13 +233,13 @@ def image_size(store: Path, image_id: str) -> tuple[int, int]:
 
 def read_predictions(path: Path, n_classes: int) -> pd.DataFrame:
     """Cell-level rows of a predictions parquet: ``image_id``, ``cell_id``, ``prob_0 .. prob_{n-1}``."""
-    names = set(pq.read_schema(path).names)
+    names = set(read_schema(path).names)
     probs = [f"prob_{k}" for k in range(n_classes)]
     missing = {"image_id", "cell_id", *probs} - names
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}")
     columns = ["image_id", "cell_id", *probs] + (["level"] if "level" in names else [])
-    df = pd.read_parquet(path, columns=columns)
+    df = read_parquet(path, columns=columns)
     if "level" in df and (df["level"] != "cell").any():
         raise ValueError(f"{path} holds non-cell predictions; a submission needs cell-level predictions")
     return df.drop(columns="level", errors="ignore")
@@ -307,10 +306,10 @@ def table_predictions(cells_path: Path, n_classes: int, prefix: str = "fused_pro
     one shard at a time: ``{prefix}_k`` columns (the fused probabilities by default, the confidences that
     ``metrics.json`` and the report score) renamed to ``prob_k``."""
     cells_path = Path(cells_path)
-    shards = pd.read_parquet(cells_path, columns=["shard"])["shard"].unique()
+    shards = read_parquet(cells_path, columns=["shard"])["shard"].unique()
     columns = ["image_id", "cell_id", *[f"{prefix}_{k}" for k in range(n_classes)]]
     for shard in sorted(shards):
-        frame = pd.read_parquet(cells_path, columns=columns, filters=[("shard", "==", shard)])
+        frame = read_parquet(cells_path, columns=columns, filters=[("shard", "==", shard)])
         yield frame.rename(columns={f"{prefix}_{k}": f"prob_{k}" for k in range(n_classes)})
 
 
@@ -396,7 +395,7 @@ def write_image_submission(images_path: Path, out: Path) -> int:
     table's order; a refused image gets an empty prediction (the competition expects every id).
     Written to a temporary name and renamed. Returns the number of rows.
     """
-    table = pq.read_table(images_path, columns=["image_id", "predicted", "rejected"]).to_pandas()
+    table = read_arrow(images_path, columns=["image_id", "predicted", "rejected"]).to_pandas()
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(HEADER_2018)

@@ -71,6 +71,15 @@ def shard_files(pattern):
     return [pattern.format(shard=name) for name in SHARDS]
 
 
+def refuse_damaged_outputs():
+    """Before the DAG is scheduled (main process only): refuse to start over damaged outputs, naming
+    each; a consumer failing on one would have its good outputs deleted by Snakemake before it ran."""
+    from hpa_batch.core.damage import refuse_damaged
+
+    if workflow.is_main_process:
+        refuse_damaged(RESULTS)
+
+
 def acquire_driver_lock():
     """Refuse a second driver in this working directory (see hpa_batch.core.driver).
 

@@ -171,9 +171,11 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
         return row
 
     tasks = [dask.delayed(task, pure=False)(p) for p in images]
-    with zarr.config.set({"threading.max_workers": max(threads, 1)}):
-        rows = list(dask.compute(*tasks, scheduler="threads", num_workers=max(threads, 1)))
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with zarr.config.set({"threading.max_workers": max(threads, 1)}):
+            rows = list(dask.compute(*tasks, scheduler="threads", num_workers=max(threads, 1)))
+    finally:  # a failed run (a full disk) leaves no staging behind; finished images keep their labels
+        shutil.rmtree(staging, ignore_errors=True)
     table = (
         flag_images(pd.DataFrame(rows), cfg.segmentation_qc) if rows else pd.DataFrame(columns=list(SEGMENT_QC_COLUMNS))
     )
