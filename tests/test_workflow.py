@@ -226,6 +226,35 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(upstream_2021, tmp_
     assert len(pd.read_parquet(res / "baseline" / "cells.parquet")) == len(cells_t)
     check_report(res / "report.html", tmp_path / "report.png")
     check_snakemake_report(wd, tmp_path / "snakemake-report.zip", res)
+    check_a_damaged_table_is_refused_then_repaired(wd, res)
+
+
+def check_a_damaged_table_is_refused_then_repaired(wd, res):
+    """20 kB of random bytes over the merged cells table: Snakemake is refused before any job is
+    scheduled (so the good h5ad and submission are not deleted by a rerun that fails on the table),
+    ``repair`` removes that table alone and the command it prints redoes it and what follows."""
+    import shlex
+
+    table = res / "tables" / "cells.parquet"
+    kept = {p: p.read_bytes() for p in (res / "tables" / "cells.h5ad", res / "submission.csv")}
+    table.write_bytes(np.random.default_rng(0).bytes(20_000))
+    out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml", check=False)
+    named = "results/tables/cells.parquet: not a readable parquet table"  # results_dir as configured
+    assert named in out and "no job was started" in out and "run: hpa-batch repair results" in out, out[-3000:]
+    assert planned_jobs(out) == [] and all(p.read_bytes() == b for p, b in kept.items())
+    fix = subprocess.run(["hpa-batch", "repair", str(res)], capture_output=True, text=True, env=tool_env(), check=True)
+    assert f"removed {table}: not a readable parquet table" in fix.stdout and not table.exists()
+    command = next(ln.strip() for ln in fix.stdout.splitlines() if ln.strip().startswith("snakemake "))
+    assert command == f"snakemake --cores all {table} all"
+    rules = {rule for rule, _ in planned_jobs(snakemake(wd, *shlex.split(command)[1:], "--configfile", "run.yaml"))}
+    assert {"merge", "h5ad", "submit", "evaluate", "report"} <= rules and "train_model" not in rules
+    assert len(pd_read(table)) and planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml")) == []
+
+
+def pd_read(path):
+    import pandas as pd
+
+    return pd.read_parquet(path)
 
 
 def check_snakemake_report(wd, out, res):

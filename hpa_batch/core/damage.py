@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -185,34 +186,40 @@ def _cells_rows(results_dir: Path, shard: str, *, include_border: bool = True) -
 def _predictions_rows_problem(results_dir: Path, path: Path, shard: str) -> str | None:
     import pyarrow.parquet as pq
 
-    if "cell_id" not in pq.ParquetFile(path).schema_arrow.names:
-        return None  # an image-level model: one row per image
     tiles = result(results_dir, "tiles", shard=shard)
-    expected = _tiles_cells(tiles)
-    if expected is None:
+    stamp = _tiles_stamp(tiles)
+    if stamp is None:
         return None
-    found = _rows(path)
-    return None if found == expected else f"{found} rows, but {tiles} holds {expected} cells"
+    names = pq.ParquetFile(path).schema_arrow.names
+    per_cell = "cell_id" in names and bool((pq.read_table(path, columns=["cell_id"]).column(0).to_numpy() >= 0).any())
+    what = "cells" if per_cell else "images"
+    expected, found = int(stamp[f"n_{what}"]), _rows(path)
+    return None if found == expected else f"{found} rows, but {tiles} holds {expected} {what}"
 
 
-def _tiles_cells(tiles: Path) -> int | None:
+def _tiles_stamp(tiles: Path) -> dict | None:
+    """The ``hpa_batch`` attributes of a tile store (``n_cells``, ``n_images``), None if unreadable."""
     try:
         stamp = json.loads((tiles / "zarr.json").read_text())["attributes"]["hpa_batch"]
-        return int(stamp["n_cells"])
+        int(stamp["n_cells"]), int(stamp["n_images"])
     except Exception:  # noqa: BLE001 (the tile store's own check reports it)
         return None
+    return stamp
 
 
 def _tiles_problem(path: Path, results_dir: Path, shard: str, deep: bool) -> str | None:
     import zarr
 
     try:
-        group = zarr.open_group(path, mode="r", zarr_format=3)
+        with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp in a directory output
+            warnings.simplefilter("ignore")
+            group = zarr.open_group(path, mode="r", zarr_format=3)
+            arrays = list(group.arrays())
         stamp = dict(group.attrs).get("hpa_batch", {})
         if not stamp.get("complete"):
             return "not stamped complete (an interrupted write)"
         n = {"cell": int(stamp["n_cells"]), "image": int(stamp["n_images"])}
-        for name, arr in group.arrays():
+        for name, arr in arrays:
             first = (arr.metadata.dimension_names or ("cell",))[0] if hasattr(arr.metadata, "dimension_names") else None
             axis = "image" if name.startswith("image") or first == "image" else "cell"
             if arr.shape[0] != n[axis]:
@@ -243,9 +250,12 @@ def _checkpoint_problem(path: Path, fields: dict[str, str], deep: bool) -> str |
         return f"not a torch checkpoint archive: {_reason(exc)}"
     if not deep:
         return None
-    from hpa_batch.models.checkpoint import read_model
+    from hpa_batch.models.checkpoint import load_checkpoint, read_model
 
     try:
+        if path.name != "model.pt":  # a training state (state/last.pt, best.pt): loadable is enough
+            load_checkpoint(path)
+            return None
         ckpt = read_model(path)
     except UnsafeCheckpointError as exc:
         return str(exc).removeprefix(f"{path} ")
@@ -385,7 +395,7 @@ def _quick_problem(path: Path, root: Path) -> str | None:
         key = (kind_of(root, path) or ("", {}))[0]
         if key != "tiles":
             return None
-        if _tiles_cells(path) is None:
+        if _tiles_stamp(path) is None:
             return "no readable stamp (zarr.json): an interrupted or overwritten tile store"
         return None
     if path.suffix in (".parquet", ".pt", ".json", ".tsv", ".h5ad"):
