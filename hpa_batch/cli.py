@@ -619,10 +619,10 @@ def _results_root(path: Path) -> Path:
     """The results folder ``path`` belongs to: the nearest ancestor under which it is a known output."""
     from hpa_batch.core.damage import kind_of
 
-    for parent in Path(path).resolve().parents:
+    for parent in Path(path).parents:  # as given (relative stays relative: the printed targets match rules)
         if kind_of(parent, path) is not None:
             return parent
-    return Path(path).resolve().parent
+    return Path(path).parent
 
 
 def _damaged(path: Path, *, deep: bool) -> tuple[int, list]:

@@ -242,10 +242,12 @@ def check_a_damaged_table_is_refused_then_repaired(wd, res):
     named = "results/tables/cells.parquet: not a readable parquet table"  # results_dir as configured
     assert named in out and "no job was started" in out and "run: hpa-batch repair results" in out, out[-3000:]
     assert planned_jobs(out) == [] and all(p.read_bytes() == b for p, b in kept.items())
-    fix = subprocess.run(["hpa-batch", "repair", str(res)], capture_output=True, text=True, env=tool_env(), check=True)
-    assert f"removed {table}: not a readable parquet table" in fix.stdout and not table.exists()
+    repair = ["hpa-batch", "repair", "results"]  # as the refusal says, in the working directory
+    fix = subprocess.run(repair, capture_output=True, text=True, env=tool_env(), check=True, cwd=wd)
+    assert "removed results/tables/cells.parquet: not a readable parquet table" in fix.stdout
+    assert not table.exists()
     command = next(ln.strip() for ln in fix.stdout.splitlines() if ln.strip().startswith("snakemake "))
-    assert command == f"snakemake --cores all {table} all"
+    assert command == "snakemake --cores all results/tables/cells.parquet all"
     rules = {rule for rule, _ in planned_jobs(snakemake(wd, *shlex.split(command)[1:], "--configfile", "run.yaml"))}
     assert {"merge", "h5ad", "submit", "evaluate", "report"} <= rules and "train_model" not in rules
     assert len(pd_read(table)) and planned_jobs(snakemake(wd, "-n", "--configfile", "run.yaml")) == []

@@ -31,6 +31,7 @@ from skimage.metrics import structural_similarity
 
 from hpa_batch import CHANNELS
 from hpa_batch.config import Config, MeasureConfig
+from hpa_batch.core.damage import reading
 from hpa_batch.core.progress import Progress, get_logger
 from hpa_batch.core.tables import atomic_path, read_parquet, to_arrow
 
@@ -370,14 +371,15 @@ def image_feature_row(image: np.ndarray, cells: np.ndarray, nuclei: np.ndarray, 
 
 def load_image_and_masks(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[int]]:
     """Level ``s0`` of an image and of its cell/nucleus labels, and its border cell ids."""
-    group = zarr.open_group(path, mode="r", zarr_format=3)
-    labels = group["labels"]
-    return (
-        group["s0"][...],
-        labels["cells"]["s0"][...],
-        labels["nuclei"]["s0"][...],
-        set(labels.attrs["hpa_batch"]["border_cells"]),
-    )
+    with reading(path.parent):  # a damaged chunk names the shard store (repair removes the image)
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        labels = group["labels"]
+        return (
+            group["s0"][...],
+            labels["cells"]["s0"][...],
+            labels["nuclei"]["s0"][...],
+            set(labels.attrs["hpa_batch"]["border_cells"]),
+        )
 
 
 def measure_shard(cfg: Config, store: Path, manifest: Path, out: Path, segment_qc: Path | None = None) -> int:

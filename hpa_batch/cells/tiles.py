@@ -211,21 +211,22 @@ def image_tiles(
     image_row : numpy.ndarray
         ``(len(IMAGE_FEATURE_COLUMNS),)`` float32, measured on the input's pyramid level.
     """
-    group = zarr.open_group(path, mode="r", zarr_format=3)
-    image = group["s0"][...]
-    level = _input_level(group, spec.image_size)
-    small = group[level][...]
+    with reading(path.parent):  # a damaged chunk names the shard store (repair removes the image)
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        image = group["s0"][...]
+        level = _input_level(group, spec.image_size)
+        small = group[level][...]
+        cells = group["labels"]["cells"]["s0"][...]
+        level_cells, level_nuclei = group["labels"]["cells"][level][...], group["labels"]["nuclei"][level][...]
     window = intensity_window(small, spec.intensity)
     rows = cells_table if spec.include_border else cells_table[~cells_table["border"]]
     tiles = np.zeros((len(rows), 4, spec.size, spec.size), np.uint8)
     if len(rows):
-        cells = group["labels"]["cells"]["s0"][...]
         for i, r in enumerate(rows.itertuples()):
             bbox = (r.bbox_y0, r.bbox_x0, r.bbox_y1, r.bbox_x1)
             tiles[i] = cell_tile(image, cells, int(r.cell_id), bbox, window=window, spec=spec)
     whole = image_input(small, window, spec.image_size)
-    labels = group["labels"]
-    image_row = image_feature_row(small, labels["cells"][level][...], labels["nuclei"][level][...], measure)
+    image_row = image_feature_row(small, level_cells, level_nuclei, measure)
     return tiles, rows["cell_id"].to_numpy(np.int32), whole, image_row
 
 
@@ -380,5 +381,6 @@ class TileReader:
 
     def read_features(self, start: int, stop: int) -> np.ndarray:
         """Feature rows ``start:stop`` of the cells (or images): ``(k, f)`` float32."""
+        rows = features_array(self.group, self.path, self.kind)  # refuses a store without them, by name
         with reading(self.path):
-            return np.asarray(features_array(self.group, self.path, self.kind)[start:stop], np.float32)
+            return np.asarray(rows[start:stop], np.float32)

@@ -117,9 +117,12 @@ _KINDS = [(key, _pattern(template)) for key, template in RESULTS.items()]
 def kind_of(results_dir: str | Path, path: str | Path) -> tuple[str, dict[str, str]] | None:
     """The :data:`~hpa_batch.layout.RESULTS` key of an output and its fields (shard, model, fold)."""
     try:
-        rel = Path(path).resolve().relative_to(Path(results_dir).resolve()).as_posix()
+        rel = Path(path).relative_to(results_dir).as_posix()  # lexical first: a walk from the folder
     except ValueError:
-        return None
+        try:
+            rel = Path(path).resolve().relative_to(Path(results_dir).resolve()).as_posix()
+        except ValueError:
+            return None
     for key, pattern in _KINDS:
         m = pattern.match(rel)
         if m:
@@ -282,14 +285,19 @@ def _json_problem(path: Path, key: str | None) -> str | None:
 
 
 def _text_table_problem(path: Path, sep: str) -> str | None:
-    import pandas as pd
+    """A TSV / CSV table: UTF-8, and every row as many fields as its header (the csv module)."""
+    import csv
 
+    kind = "TSV" if sep == "\t" else "CSV"
     try:
-        pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8")
-    except pd.errors.EmptyDataError:
-        return None
-    except Exception as exc:  # noqa: BLE001 (a table that does not parse is the damage)
-        return f"not a readable {'TSV' if sep == chr(9) else 'CSV'} table: {_reason(exc)}"
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = csv.reader(f, delimiter=sep)
+            header = next(rows, None)
+            for k, row in enumerate(rows, start=2):
+                if header is not None and len(row) != len(header):
+                    return f"not a readable {kind} table: line {k} has {len(row)} fields, the header {len(header)}"
+    except (UnicodeDecodeError, csv.Error) as exc:
+        return f"not a readable {kind} table: {_reason(exc)}"
     return None
 
 

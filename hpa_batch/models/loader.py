@@ -209,8 +209,9 @@ class GroupDataset(torch.utils.data.Dataset):
         for k in np.unique(key):
             mine = np.flatnonzero(key == k)
             s, c, n = int(idx.store[pos[mine[0]]]), int(k & ((1 << 32) - 1)), int(size[mine[0]])
+            array = self._array(s, name)  # refuses a store without feature rows by name
             with reading(self.index.stores[s]):
-                block = self._array(s, name)[c * n : (c + 1) * n]
+                block = array[c * n : (c + 1) * n]
             rows = block[within[mine]]
             if select is not None and list(select) != list(range(block.shape[1])):
                 rows = rows[:, select]
@@ -244,7 +245,9 @@ def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray
         mine = index.row[rows[index.store[rows] == s]]
         with reading(index.stores[int(s)]):
             group = zarr.open_group(index.stores[int(s)], mode="r", zarr_format=3)
-            f = features_array(group, index.stores[int(s)], index.array)[:][mine].astype(np.float64)
+        rows_of = features_array(group, index.stores[int(s)], index.array)  # refuses a store without them
+        with reading(index.stores[int(s)]):
+            f = rows_of[:][mine].astype(np.float64)
         total = f.sum(0) if total is None else total + f.sum(0)
         sq = (f * f).sum(0) if sq is None else sq + (f * f).sum(0)
         n += len(f)

@@ -278,3 +278,17 @@ def test_json_summaries_are_checked(run):
     assert check_output(summary, run["results"]) is None
     summary.write_text(json.dumps([1, 2]))
     assert check_output(summary, run["results"]) == "a JSON list, not an object"
+
+
+def test_a_damaged_image_chunk_is_named_by_the_stage_that_reads_it(run):
+    """A label chunk of a segmented image cut to half: measure names the shard store in one line, and
+    ``repair`` of that store removes the image's labels alone (resegmented by the printed command)."""
+    shard = run["shards"][0]
+    store = run["results"] / "zarr" / f"{shard}.zarr"
+    image = min(p for p in store.iterdir() if p.is_dir())
+    truncate(chunk_files(image / "labels" / "cells", "s0")[0])
+    code, _, err = hpa("measure", "--config", run["config"], "--shard", shard, "--out", run["root"] / "c.parquet")
+    assert code == 1 and "Traceback" not in err, err[-2000:]
+    assert f"{store} is damaged (" in err and f"run hpa-batch repair {store}" in err
+    code, out, _ = hpa("repair", store)
+    assert code == 0 and f"removed labels of {image.name}" in out and (image / "s0").is_dir()

@@ -27,6 +27,7 @@ from hpa_batch.cells.segment.qc import QC_MEASURES, SEGMENT_QC_COLUMNS, flag_ima
 from hpa_batch.cells.segment.watershed import consistent_labels
 from hpa_batch.config import Config
 from hpa_batch.convert.validate import image_groups
+from hpa_batch.core.damage import reading
 from hpa_batch.core.ngff import (
     label_levels,
     labels_complete,
@@ -86,12 +87,13 @@ def filter_cells(
 def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: Path) -> dict[str, Any]:
     """Segment one stored image and publish its labels; return its QC row."""
     image_id = image_path.name
-    group = zarr.open_group(image_path, mode="r", zarr_format=3)
-    names = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
-    shapes = [tuple(group[n].shape[-2:]) for n in names]
-    level = working_level(shapes, cfg.segmentation.max_size)
-    scale = 2.0**level
-    image = group[names[level]][...]
+    with reading(image_path.parent):  # a damaged chunk names the shard store (repair removes the image)
+        group = zarr.open_group(image_path, mode="r", zarr_format=3)
+        names = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+        shapes = [tuple(group[n].shape[-2:]) for n in names]
+        level = working_level(shapes, cfg.segmentation.max_size)
+        scale = 2.0**level
+        image = group[names[level]][...]
     try:
         cells, nuclei = segmenter.segment(image, scale=scale)
     except Exception as exc:

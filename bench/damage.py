@@ -1,0 +1,122 @@
+"""Cost of the Snakefile's damage check (``hpa_batch.core.damage.refuse_damaged``), which every
+``snakemake`` invocation pays before its DAG is scheduled, against a floor measured in the same run.
+
+A results tree of ``--shards`` shards is written with the real writers' file kinds: per shard a
+manifest, a cells table and one predictions table per model (parquet, ``--rows`` rows each), two
+QC TSVs, the convert/segment JSON summaries and a tile store's ``zarr.json`` stamp; plus merged
+tables, ``metrics.json`` and checkpoints. The floor is the least any check must do: walk the tree
+and open + read the last 8 bytes of every file it checks (a parquet footer's length and magic). The
+peer is ``pyarrow.parquet.read_metadata`` on the parquet files alone. The check is timed ``--repeats``
+times in turns with the floor; the fastest of each counts.
+
+Prints the seconds, the ratio check / floor, the cost per checked file and the extrapolation to the
+full HPA set (82,500 images in shards of ``--shard-size``).
+
+    python bench/damage.py [--shards 400] [--models 2] [--rows 2000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from hpa_batch.core.damage import refuse_damaged
+from hpa_batch.layout import result
+
+
+def build(root: Path, *, shards: int, models: int, rows: int) -> int:
+    """Write the tree; return the number of files the check opens."""
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        {"image_id": [f"i{k % 50}" for k in range(rows)], "cell_id": np.arange(rows, dtype=np.int32)}
+        | {f"prob_{c}": rng.random(rows, dtype=np.float32) for c in range(19)}
+    )
+    manifest = pd.DataFrame({"image_id": [f"i{k}" for k in range(50)], "cell_line": ["U-2 OS"] * 50})
+    n = 0
+    for k in range(shards):
+        shard = f"u-2-os-{k:04d}"
+        paths = [result(root, "manifest", shard=shard), result(root, "cells", shard=shard)]
+        paths += [result(root, "predictions", model=f"m{m}", shard=shard) for m in range(models)]
+        for i, path in enumerate(paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            (manifest if i == 0 else table).to_parquet(path)
+        for key in ("rejected", "segment_qc"):
+            path = result(root, key, shard=shard)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("image_id\tshard\tcell_line\tstage\treason\n")
+        for key in ("convert_summary", "segment_summary"):
+            result(root, key, shard=shard).parent.mkdir(parents=True, exist_ok=True)
+            result(root, key, shard=shard).write_text(json.dumps({"shard": shard, "images": 50}))
+        tiles = result(root, "tiles", shard=shard)
+        tiles.mkdir(parents=True, exist_ok=True)
+        stamp = {"hpa_batch": {"n_cells": rows, "n_images": 50, "complete": True}}
+        (tiles / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": stamp}))
+        n += len(paths) + 5
+    result(root, "metrics").write_text(json.dumps({"cell_map": 0.5}))
+    return n + 1
+
+
+def floor(root: Path) -> int:
+    """Walk the tree and read the last 8 bytes of every checked file (and each tile stamp)."""
+    n = 0
+    for folder, dirs, files in os.walk(root):
+        if folder.endswith(".zarr"):
+            dirs[:] = []
+            files = ["zarr.json"]
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(f.tell() - 8, 0))
+                f.read(8)
+            n += 1
+    return n
+
+
+def peer(root: Path) -> int:
+    files = list(root.rglob("*.parquet"))
+    for path in files:
+        pq.read_metadata(path)
+    return len(files)
+
+
+def timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shards", type=int, default=400)
+    ap.add_argument("--models", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shard-size", type=int, default=100)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "results"
+        n = build(root, shards=args.shards, models=args.models, rows=args.rows)
+        best = {"check": float("inf"), "floor": float("inf"), "peer": float("inf")}
+        for _ in range(args.repeats):
+            best["floor"] = min(best["floor"], timed(floor, root))
+            best["check"] = min(best["check"], timed(refuse_damaged, root))
+            best["peer"] = min(best["peer"], timed(peer, root))
+    full = 82_500 / args.shard_size / args.shards
+    print(f"results tree: {args.shards} shards, {n} files checked")
+    print(f"floor (walk + read 8 B of each): {best['floor']:.3f} s")
+    print(f"peer (pyarrow read_metadata, parquet only): {best['peer']:.3f} s")
+    print(f"refuse_damaged: {best['check']:.3f} s = {1e3 * best['check'] / n:.3f} ms per file")
+    print(f"ratio check / floor: {best['check'] / best['floor']:.1f}; check / peer: {best['check'] / best['peer']:.2f}")
+    print(f"full HPA set (82,500 images, shards of {args.shard_size}): {best['check'] * full:.1f} s per invocation")
+
+
+if __name__ == "__main__":
+    main()
