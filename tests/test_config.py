@@ -185,3 +185,14 @@ def test_workflow_catalog_files_agree_with_the_workflow():
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     for section in schema["properties"]:
         assert f"`{section}`" in readme, section  # every top-level section is explained
+
+
+def test_segmentation_backends_in_the_schema_are_the_registry():
+    """A misspelt backend is refused when the config is read (before any shard converts), naming the
+    choices; the schema's list is the registry's."""
+    from hpa_batch.cells.segment import list_backends
+
+    schema = load_schema()
+    assert schema["properties"]["segmentation"]["properties"]["backend"]["enum"] == list_backends()
+    with pytest.raises(ConfigError, match="'watershedd' is not one of"):
+        config_from_dict({"segmentation": {"backend": "watershedd"}})
