@@ -26,8 +26,9 @@ from hpa_batch.core.driver import default_signals
 from hpa_batch.core.locks import OutputLockError, release_all
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import read_parquet
-from hpa_batch.layout import RESULTS as _R_TEMPLATES
 from hpa_batch.layout import (
+    HISTORY_FILE,
+    THRESHOLDS_FILE,
     fold_files,
     is_external,
     merged_model,
@@ -37,6 +38,7 @@ from hpa_batch.layout import (
     shard_of,
     trained_folds,
 )
+from hpa_batch.layout import RESULTS as _R_TEMPLATES
 
 _R = {k: f"results/{v}" for k, v in _R_TEMPLATES.items()}  # help texts: the default paths
 
@@ -392,8 +394,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         )
         for s in manifests
     ]
-    cell_files = _model_files(cfg, args.cell_thresholds, "cell", "thresholds.json")
-    image_files = _model_files(cfg, args.image_thresholds, "image", "thresholds.json")
+    cell_files = _model_files(cfg, args.cell_thresholds, "cell", THRESHOLDS_FILE)
+    image_files = _model_files(cfg, args.image_thresholds, "image", THRESHOLDS_FILE)
     image_t = model_thresholds(image_files, n) if image_files else None
     # with no cell model, the cells carry the image model's probabilities: its thresholds apply
     cell_t = model_thresholds(cell_files, n) if cell_files else image_t
@@ -464,7 +466,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     histories = (
         args.histories
         if args.histories is not None
-        else [p for m in cfg.models for p in fold_files(r, m.raw, "history.csv")]
+        else [p for m in cfg.models for p in fold_files(r, m.raw, HISTORY_FILE)]
     )
     baseline = (
         (args.baseline[0] if args.baseline else None) if args.baseline is not None else result(r, "baseline_cells")
@@ -530,7 +532,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             max_class_share=max_share,
             all_unseen=all_unseen,
         )
-    from hpa_batch.core.tables import atomic_write_text
+    from hpa_batch.core.atomic import atomic_write_text
 
     atomic_write_text(out, json.dumps(metrics, indent=1))
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))

@@ -72,8 +72,11 @@ LOGS: dict[str, str] = {
 }
 """Every job log under ``logs_dir``."""
 
-#: The files a training job writes into its fold folder.
-FOLD_FILES = ("model.pt", "history.csv", "thresholds.json")
+#: The files a training job writes into its fold folder (the rule train_model's outputs).
+MODEL_FILE, HISTORY_FILE, THRESHOLDS_FILE = "model.pt", "history.csv", "thresholds.json"
+FOLD_FILES = (MODEL_FILE, HISTORY_FILE, THRESHOLDS_FILE)
+#: The training state a fold folder keeps for resuming (``state/last.pt``, ``state/best.pt``).
+STATE_DIR, LAST_STATE, BEST_STATE = "state", "last.pt", "best.pt"
 
 
 class _KeepMissing(dict):
@@ -142,13 +145,13 @@ def model_folds(spec: Mapping[str, Any]) -> list[int]:
             f"model {spec['name']!r}: trained: {root} is not a directory (give another "
             "run's results/models/<name> folder)"
         )
-    folds = sorted(int(m.group(1)) for p in root.iterdir() if (m := _FOLD.match(p.name)) and (p / "model.pt").is_file())
+    folds = sorted(int(m.group(1)) for p in root.iterdir() if (m := _FOLD.match(p.name)) and (p / MODEL_FILE).is_file())
     if not folds:
         raise FileNotFoundError(f"model {spec['name']!r}: trained: {root} holds no fold<k>/model.pt")
     return folds
 
 
-def fold_files(results_dir: str | Path, spec: Mapping[str, Any], name: str = "model.pt") -> list[Path]:
+def fold_files(results_dir: str | Path, spec: Mapping[str, Any], name: str = MODEL_FILE) -> list[Path]:
     """``{model_dir}/fold{k}/{name}`` for every fold (``model.pt``, ``history.csv``, ``thresholds.json``)."""
     root = model_dir(results_dir, spec)
     return [root / f"fold{k}" / name for k in model_folds(spec)]

@@ -31,9 +31,10 @@ from skimage.metrics import structural_similarity
 
 from hpa_batch import CHANNELS
 from hpa_batch.config import Config, MeasureConfig
+from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.damage import reading
 from hpa_batch.core.progress import Progress, get_logger
-from hpa_batch.core.tables import atomic_path, read_parquet, to_arrow
+from hpa_batch.core.tables import read_parquet, to_arrow
 
 STATS = ("mean", "median", "std", "integrated")
 FEATURES = (

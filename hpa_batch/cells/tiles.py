@@ -40,9 +40,10 @@ from hpa_batch.cells.measure import (
     image_feature_row,
 )
 from hpa_batch.config import Config, IntensityConfig, MeasureConfig, TilesConfig
+from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.damage import reading
 from hpa_batch.core.progress import Progress, get_logger
-from hpa_batch.core.tables import atomic_path, read_parquet
+from hpa_batch.core.tables import read_parquet
 
 
 def features_array(group: zarr.Group, where: Path | str, array: str = "cells") -> zarr.Array:

@@ -23,9 +23,10 @@ from hpa_batch import CHANNELS
 from hpa_batch.config import Config
 from hpa_batch.convert.imageio import ImageHeader, ImageReadError, find_channel_file, probe
 from hpa_batch.convert.plan import Shard, check_images_dirs
+from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import LabelError, format_labels, parse_labels
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path, read_parquet, write_table
+from hpa_batch.core.tables import read_parquet, write_table
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 

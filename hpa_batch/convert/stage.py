@@ -50,6 +50,7 @@ from hpa_batch.convert.manifest import (
     read_rejected,
     write_rejected,
 )
+from hpa_batch.core.atomic import atomic_write_text
 from hpa_batch.core.ngff import (
     downsample2x,
     is_complete,
@@ -62,7 +63,7 @@ from hpa_batch.core.ngff import (
     write_pyramid,
 )
 from hpa_batch.core.progress import Progress, get_logger
-from hpa_batch.core.tables import atomic_write_text
+from hpa_batch.core.shards import update_group_attributes
 
 
 @dataclass(frozen=True)
@@ -306,9 +307,8 @@ def convert_shard(
     write_rejected(pd.concat([read_rejected(manifest_rejected), refused], ignore_index=True), rejected_out)
 
     done = sorted(r.image_id for r in results if r.status != "rejected")
-    zarr.open_group(store, mode="r+", zarr_format=3).attrs.update(
-        {"hpa_batch": {"shard": shard, "images": done, "version": __version__}}
-    )
+    # the store's record of its images, through the one atomic-write helper (never half a zarr.json)
+    update_group_attributes(store, {"hpa_batch": {"shard": shard, "images": done, "version": __version__}})
     summary = {
         "shard": shard,
         "store": str(store),

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpa_batch.layout import RESULTS, result
+from hpa_batch.layout import MODEL_FILE, RESULTS, result
 
 __all__ = ["Damage", "DamagedFileError", "UnsafeCheckpointError", "check_output", "printable", "reading", "scan"]
 
@@ -256,7 +256,7 @@ def _checkpoint_problem(path: Path, fields: dict[str, str], deep: bool) -> str |
     from hpa_batch.models.checkpoint import load_checkpoint, read_model
 
     try:
-        if path.name != "model.pt":  # a training state (state/last.pt, best.pt): loadable is enough
+        if path.name != MODEL_FILE:  # a training state (state/last.pt, best.pt): loadable is enough
             load_checkpoint(path)
             return None
         ckpt = read_model(path)

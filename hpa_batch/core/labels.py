@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 HPA2021: tuple[str, ...] = (
     "Nucleoplasm",
@@ -82,12 +83,16 @@ class LabelCatalog:
         Separator used by this catalog's metadata tables.
     negative : int or None
         Id of the Negative class, if the catalog has one.
+    task : {"cell", "image"}
+        What its competition scores, and so the submission format: ``"cell"`` (HPA 2021: one
+        ``PredictionString`` of RLE masks per image) or ``"image"`` (HPA 2018: ``Id,Predicted``).
     """
 
     name: str
     classes: tuple[str, ...]
     separator: str
     negative: int | None
+    task: Literal["cell", "image"] = "cell"
 
     @property
     def n_classes(self) -> int:
@@ -111,7 +116,7 @@ class LabelCatalog:
 
 CATALOGS: dict[str, LabelCatalog] = {
     "hpa2021": LabelCatalog("hpa2021", HPA2021, "|", 18),
-    "hpa2018": LabelCatalog("hpa2018", HPA2018, " ", None),
+    "hpa2018": LabelCatalog("hpa2018", HPA2018, " ", None, task="image"),
 }
 
 

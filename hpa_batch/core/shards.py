@@ -39,7 +39,7 @@ from zarr.core.indexing import morton_order_iter
 from zarr.storage import MemoryStore
 
 from hpa_batch.config import CodecConfig
-from hpa_batch.core.tables import atomic_write_text
+from hpa_batch.core.atomic import atomic_write_text
 
 EMPTY = np.uint64(2**64 - 1)  # index offset of a chunk absent from a shard
 _SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
@@ -167,7 +167,7 @@ def write_group(path: Path, attributes: dict[str, Any], *, replace: bool = False
 
 def update_group_attributes(path: Path, updates: dict[str, Any]) -> None:
     """Set top-level attribute keys of the group at ``path`` (as ``group.attrs.update``), replacing its
-    ``zarr.json`` atomically (:func:`hpa_batch.core.tables.atomic_write_text`): a job killed meanwhile
+    ``zarr.json`` atomically (:func:`hpa_batch.core.atomic.atomic_write_text`): a job killed meanwhile
     leaves the old metadata, never half of it."""
     meta_path = Path(path) / "zarr.json"
     meta = json.loads(meta_path.read_text())

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.damage import DamagedFileError, UnsafeCheckpointError, printable
 from hpa_batch.core.labels import LabelCatalog
-from hpa_batch.core.tables import atomic_path, atomic_write_text
+from hpa_batch.layout import THRESHOLDS_FILE
 
 THRESHOLD_RULE = (
     "F1-optimal per class; an optimum below low keeps default (the scores do not separate the "
@@ -72,7 +73,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`~hpa_batch.core.tables.atomic_path` (the previous file stays valid).
+    """``torch.save`` through :func:`~hpa_batch.core.atomic.atomic_path` (the previous file stays valid).
 
     Raises
     ------
@@ -174,7 +175,7 @@ def read_thresholds(path: Path, n: int) -> np.ndarray:
     FileNotFoundError, ValueError
         A missing file, or thresholds for another number of classes (naming the file).
     """
-    path = Path(path) if Path(path).suffix == ".json" else Path(path).with_name("thresholds.json")
+    path = Path(path) if Path(path).suffix == ".json" else Path(path).with_name(THRESHOLDS_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing (training writes it beside model.pt)")
     t = np.asarray(json.loads(path.read_text())["thresholds"], np.float32)

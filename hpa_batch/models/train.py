@@ -37,11 +37,13 @@ import pandas as pd
 import torch
 
 from hpa_batch import __version__
+from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.driver import RESUME_HINT
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.metrics import summary, tune_thresholds
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path, atomic_write_text, read_parquet
+from hpa_batch.core.tables import read_parquet
+from hpa_batch.layout import BEST_STATE, HISTORY_FILE, LAST_STATE, MODEL_FILE, STATE_DIR, THRESHOLDS_FILE
 from hpa_batch.models.checkpoint import atomic_save, load_checkpoint, write_model, write_thresholds
 from hpa_batch.models.factory import create_model, feature_count, input_stats
 from hpa_batch.models.loader import (
@@ -352,7 +354,7 @@ class Trainer:
     # -- checkpoints
     @property
     def state_dir(self) -> Path:
-        return self.out / "state"
+        return self.out / STATE_DIR
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
         """Every rank's RNG states, gathered to every rank (a collective: all ranks call it); ``None``
@@ -390,11 +392,11 @@ class Trainer:
                 "fold": self.fold,
                 "version": __version__,
             },
-            self.state_dir / "last.pt",
+            self.state_dir / LAST_STATE,
         )
 
     def load_state(self) -> bool:
-        path = self.state_dir / "last.pt"
+        path = self.state_dir / LAST_STATE
         if not path.is_file():
             return False
         ckpt = load_checkpoint(path, self.device)
@@ -403,7 +405,7 @@ class Trainer:
             # trainings, so start over; the old state is kept aside, not deleted
             stale = path.with_name("last.stale.pt")
             os.replace(path, stale)
-            (self.state_dir / "best.pt").unlink(missing_ok=True)
+            (self.state_dir / BEST_STATE).unlink(missing_ok=True)
             self.log.warning("%s was written for another model spec or fold: starting over (moved to %s)", path, stale)
             return False
         self.model.load_state_dict(ckpt["model"])
@@ -531,7 +533,7 @@ class Trainer:
         """Weights of the best epoch so far: kept in memory by every rank, else from ``best.pt``."""
         if self._best is not None:
             return self._best
-        path = self.state_dir / "best.pt"
+        path = self.state_dir / BEST_STATE
         return load_checkpoint(path, self.device)["model"] if path.is_file() else None
 
     def validate(self, epoch: int, train_loss: float) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
@@ -593,7 +595,7 @@ class Trainer:
             if train_loss is None:
                 self.log.info(
                     "stop requested: saved %s, exiting with %d; %s",
-                    self.state_dir / "last.pt",
+                    self.state_dir / LAST_STATE,
                     EXIT_REQUEUE,
                     RESUME_HINT,
                 )
@@ -663,7 +665,7 @@ class Trainer:
                         "threshold_reasons": reasons,
                         "epoch": row["epoch"],
                     },
-                    self.state_dir / "best.pt",
+                    self.state_dir / BEST_STATE,
                 )
             return True
         self.state.bad_epochs += 1
@@ -679,12 +681,12 @@ class Trainer:
         """Write ``model.pt`` (best weights + thresholds + spec), ``thresholds.json``, ``history.csv``."""
         if self.rank != 0:
             return {}
-        best = load_checkpoint(self.state_dir / "best.pt", "cpu")
+        best = load_checkpoint(self.state_dir / BEST_STATE, "cpu")
         mean, std = input_stats(self.model, self.spec["channels"])
-        with atomic_path(self.out / "history.csv") as tmp:
+        with atomic_path(self.out / HISTORY_FILE) as tmp:
             pd.DataFrame(self.state.history).to_csv(tmp, index=False)
         write_thresholds(
-            self.out / "thresholds.json",
+            self.out / THRESHOLDS_FILE,
             catalog=self.catalog,
             thresholds=best["thresholds"].tolist(),
             support=self.val_support(),
@@ -706,7 +708,7 @@ class Trainer:
             "version": __version__,
         }
         write_model(
-            self.out / "model.pt",
+            self.out / MODEL_FILE,
             weights=best["model"],
             thresholds=best["thresholds"],
             spec=self.spec,

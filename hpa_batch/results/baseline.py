@@ -39,10 +39,11 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from hpa_batch.cells.measure import FEATURE_COLUMNS, feature_matrix
+from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path, atomic_write_text, parquet_file, read_arrow, read_schema, to_arrow
+from hpa_batch.core.tables import parquet_file, read_arrow, read_schema, to_arrow
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.classifiers import BASELINES
 

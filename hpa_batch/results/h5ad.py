@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from hpa_batch.cells.measure import FEATURE_COLUMNS
+from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import LabelCatalog
-from hpa_batch.core.tables import atomic_path, parquet_file
+from hpa_batch.core.tables import parquet_file
 
 #: Text columns of ``obs`` (missing values become "").
 OBS_TEXT = ("image_id", "cell_line", "shard", "predicted", "image_labels", "truth_labels")

@@ -30,9 +30,10 @@ import pyarrow.parquet as pq
 
 from hpa_batch.cells.measure import CELLS_SCHEMA
 from hpa_batch.cells.segment.qc import read_segment_qc
+from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path, read_parquet, to_arrow
+from hpa_batch.core.tables import read_parquet, to_arrow
 from hpa_batch.models.checkpoint import read_thresholds
 
 

@@ -46,8 +46,10 @@ import zarr
 from PIL import Image
 
 from hpa_batch.cells.segment.qc import robust_z
+from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.labels import LabelCatalog
-from hpa_batch.core.tables import atomic_path, atomic_write_text, read_parquet, read_schema
+from hpa_batch.core.tables import read_parquet, read_schema
+from hpa_batch.layout import THRESHOLDS_FILE
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.evaluate import predicted_ids
 from hpa_batch.results.viz import composite, store_overlay
@@ -286,7 +288,7 @@ def thresholds_table(histories: list[Path]) -> str:
     classes: list[str] = []
     rules = []
     for p in histories:
-        f = p.with_name("thresholds.json")
+        f = p.with_name(THRESHOLDS_FILE)
         if not f.is_file():
             continue
         t = json.loads(f.read_text())
@@ -763,7 +765,7 @@ _IMG = re.compile(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]*)"')
 
 def export_figures(doc: str, folder: Path) -> list[Path]:
     """Write the report's figures (:data:`FIGURE_SECTIONS`) as ``<section>-<k>.png`` files in ``folder``
-    (replaced as a whole, :func:`~hpa_batch.core.tables.atomic_path`), for Snakemake's own report."""
+    (replaced as a whole, :func:`~hpa_batch.core.atomic.atomic_path`), for Snakemake's own report."""
     folder = Path(folder)
     written = []
     with atomic_path(folder) as tmp:

@@ -27,9 +27,10 @@ import zarr
 from pycocotools import mask as coco_mask
 from scipy import ndimage as ndi
 
+from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import emitted_ids
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import atomic_path, read_arrow, read_parquet, read_schema
+from hpa_batch.core.tables import read_arrow, read_parquet, read_schema
 
 HEADER = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 LABELS_PATH = "labels/cells/s0"

@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from hpa_batch.core.tables import atomic_path, atomic_write_text
+from hpa_batch.core.atomic import atomic_path, atomic_write_text
 
 
 def test_atomic_file_and_directory_writes(tmp_path):

@@ -57,13 +57,10 @@ def stage_config(*keys):
 def submission_source(input):
     """Arguments of the submission step (a list: each is quoted by ``:q``): the 2021 task's cells
     table and the stores' cell masks, or the 2018 task's images table (Id,Predicted per image), chosen
-    by the label catalog."""
-    from hpa_batch.core.labels import get_catalog
-
-    catalog = config["labels"]["catalog"]
-    if get_catalog(catalog).name == "hpa2018":
+    by the label catalog's task."""
+    if CFG.catalog.task == "image":
         return ["--images", input.images]
-    return ["--cells", input.cells, "--stores", *STORES, "--catalog", catalog]
+    return ["--cells", input.cells, "--stores", *STORES, "--catalog", CFG.catalog.name]
 
 
 def shard_files(pattern):
@@ -130,7 +127,7 @@ def model_config(name):
     return json.dumps({"labels": config["labels"], "models": [model_spec(name)]}, sort_keys=True, separators=(",", ":"))
 
 
-def fold_models(name, file="model.pt"):
+def fold_models(name, file=layout.MODEL_FILE):
     """``file`` of every fold of model ``name``: this run's, or another run's (``trained:``)."""
     return [str(p) for p in layout.fold_files(RESULTS, model_spec(name), file)]
 
@@ -178,7 +175,7 @@ def merge_inputs(wildcards):
         spec = layout.merged_model(config, level)
         if spec:
             files[f"{level}_predictions"] = shard_files(results_file("predictions", model=spec["name"]))
-            files[f"{level}_thresholds"] = fold_models(spec["name"], "thresholds.json")
+            files[f"{level}_thresholds"] = fold_models(spec["name"], layout.THRESHOLDS_FILE)
     return files
 
 
@@ -212,7 +209,7 @@ def report_inputs(wildcards):
     inputs["histories"] = [
         h
         for spec in config["models"]
-        for h in fold_models(spec["name"], "history.csv")
+        for h in fold_models(spec["name"], layout.HISTORY_FILE)
         if not layout.is_external(spec) or Path(h).is_file()
     ]  # another run's, if kept
     inputs["tiles"] = shard_files(results_file("tiles"))

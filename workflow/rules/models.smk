@@ -26,14 +26,14 @@ rule train_model:
         splits=rules.split.output[0],
         tiles=shard_files(results_file("tiles")),
     output:
-        model=fold_file("model.pt"),
+        model=fold_file(layout.MODEL_FILE),
         history=report(
-            fold_file("history.csv"),
+            fold_file(layout.HISTORY_FILE),
             caption="../report/history.rst",
             category="Training",
             labels={"model": "{model}", "fold": "{fold}"},
         ),
-        thresholds=fold_file("thresholds.json"),
+        thresholds=fold_file(layout.THRESHOLDS_FILE),
     log:
         log_file("train"),
     conda:

@@ -27,6 +27,7 @@ from hpa_batch.cells.segment.qc import QC_MEASURES, SEGMENT_QC_COLUMNS, flag_ima
 from hpa_batch.cells.segment.watershed import consistent_labels
 from hpa_batch.config import Config
 from hpa_batch.convert.validate import image_groups
+from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.damage import reading
 from hpa_batch.core.ngff import (
     label_levels,
@@ -36,7 +37,6 @@ from hpa_batch.core.ngff import (
     write_labels,
 )
 from hpa_batch.core.progress import Progress, get_logger
-from hpa_batch.core.tables import atomic_path, atomic_write_text
 
 LABEL_NAMES: tuple[str, ...] = ("cells", "nuclei")
 
