@@ -35,6 +35,7 @@ from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import read_parquet, to_arrow
 from hpa_batch.models.checkpoint import read_thresholds
+from hpa_batch.models.split import ALWAYS_TRAIN
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def merge_shard(
     manifest = read_parquet(inp.manifest)
     folds = splits.set_index("image_id")["fold"]
     labels = manifest.set_index("image_id")["labels"]
-    cells["fold"] = cells["image_id"].map(folds).fillna(-1).astype(np.int8)
+    cells["fold"] = cells["image_id"].map(folds).fillna(ALWAYS_TRAIN).astype(np.int8)
     cp = np.zeros((len(cells), n), np.float32)
     if inp.cell_predictions is not None:
         pred = read_parquet(inp.cell_predictions)
@@ -248,7 +249,7 @@ def _images(
                 "cell_nucleus_ratio": np.nan if seg is None else seg["cell_nucleus_ratio"],
                 "doubtful": bool(seg is not None and seg["doubtful"]),
                 "qc_flag": None if seg is None or not seg["flag"] else seg["flag"],
-                "fold": int(folds.get(r.image_id, -1)),
+                "fold": int(folds.get(r.image_id, ALWAYS_TRAIN)),
                 **{f"image_prob_{k}": ip[k] for k in range(n)},
                 **{f"cells_max_prob_{k}": cmax[k] for k in range(n)},
                 "predicted": format_labels(np.flatnonzero(ip >= thresholds).tolist(), catalog),
@@ -274,7 +275,7 @@ def _images(
                 "cell_nucleus_ratio": np.nan,
                 "doubtful": False,
                 "qc_flag": None,
-                "fold": -1,
+                "fold": ALWAYS_TRAIN,  # not in the splits (refused), as the cells of unsplit images
                 **{f"image_prob_{k}": np.nan for k in range(n)},
                 **{f"cells_max_prob_{k}": np.nan for k in range(n)},
                 "predicted": None,

@@ -50,7 +50,7 @@ from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.tables import read_parquet, read_schema
 from hpa_batch.layout import THRESHOLDS_FILE
-from hpa_batch.models.split import multi_hot
+from hpa_batch.models.split import EXCLUDED, multi_hot
 from hpa_batch.results.evaluate import predicted_ids
 from hpa_batch.results.viz import composite, store_overlay
 
@@ -495,7 +495,7 @@ def segmentation_section(images: pd.DataFrame, zarr_stores: list[Path], n: int, 
         if figs:
             blocks.append(f'<h3>{title}</h3><div class="grid">{"".join(figs)}</div>')
     n_doubtful = int(ranked["doubtful"].sum()) if len(ranked) else 0
-    n_excluded = int((ranked["fold"] == -2).sum()) if len(ranked) else 0
+    n_excluded = int((ranked["fold"] == EXCLUDED).sum()) if len(ranked) else 0
     policy = (
         f"{n_doubtful} of {len(ranked)} segmented images are doubtful; {n_excluded} of them are excluded "
         "from training and validation (fold -2, segmentation_qc.doubtful). Click a column to sort."
