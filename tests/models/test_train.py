@@ -682,3 +682,25 @@ def test_ddp_plan_gives_every_rank_batches_even_with_one_buffer(trainable):
     assert steps[0] == steps[1] > 0
     seen = [np.concatenate([b for g in p for b in g]) for p in plans]
     assert not set(seen[0]) & set(seen[1])  # disjoint
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_amp_channels_last_and_compile_train_and_predict_on_a_gpu(trainable, tmp_path, amp):
+    """The GPU-only paths (mixed precision with its grad scaler, channels_last, torch.compile) on one
+    tiny epoch, then inference from the checkpoint: finite losses and probabilities in [0, 1]."""
+    from hpa_batch.models.predict import predict_shard
+
+    cfg = yaml.safe_load(trainable["config"].read_text())
+    cfg["models"] = [{**TINY, "epochs": 1, "amp": amp, "channels_last": True, "compile": True}]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run_train(trainable, tmp_path / "fold0", config=config, env_extra={"CUDA_VISIBLE_DEVICES": "0"})
+    history = pd.read_csv(tmp_path / "fold0" / "history.csv")
+    assert np.isfinite(history["train_loss"]).all()
+    out = tmp_path / "pred.parquet"
+    c = load_config(config)
+    predict_shard([tmp_path / "fold0" / "model.pt"], trainable["stores"][0], out, c.catalog, "tiny", device="cuda")
+    probs = pd.read_parquet(out).filter(like="prob_").to_numpy()
+    assert len(probs) and np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
