@@ -25,7 +25,6 @@ from hpa_batch.core.damage import DamagedFileError, UnsafeCheckpointError, print
 from hpa_batch.core.driver import default_signals
 from hpa_batch.core.locks import OutputLockError, release_all
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import read_parquet
 from hpa_batch.layout import (
     HISTORY_FILE,
     THRESHOLDS_FILE,
@@ -425,30 +424,22 @@ def _held_out_of(cfg: Config, args: argparse.Namespace) -> tuple[list[int], bool
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-
-    from hpa_batch.models.split import EXCLUDED
-    from hpa_batch.results.baseline import run_baseline
-    from hpa_batch.results.evaluate import held_out_images
+    from hpa_batch.results.baseline import baseline_stage
 
     cfg = _cfg(args)
     r = cfg.results_dir
-    cells = args.cells or result(r, "cells_table")
     out = args.out or result(r, "baseline_cells")
     _writes(args, out)
-    images = read_parquet(args.images or result(r, "images_table"), columns=["image_id", "fold", "rejected"])
     folds, all_unseen = _held_out_of(cfg, args)
-    held = held_out_images(images, set(folds), all_unseen=all_unseen)
-    predictions = _predictions(cfg, args.predictions, "cell") if cfg.baseline.embeddings else None
-    options = {**cfg.raw["baseline"], **({"n_jobs": args.threads} if args.threads else {})}
-    excluded = set(images.loc[images["fold"] == EXCLUDED, "image_id"])
-    summary = run_baseline(
-        Path(cells),
-        held,
+    summary = baseline_stage(
+        Path(args.cells or result(r, "cells_table")),
+        Path(args.images or result(r, "images_table")),
         cfg.catalog,
-        options,
+        {**cfg.raw["baseline"], **({"n_jobs": args.threads} if args.threads else {})},
         out,
-        predictions=predictions,
-        excluded=excluded,
+        trained_folds=set(folds),
+        all_unseen=all_unseen,
+        predictions=_predictions(cfg, args.predictions, "cell") if cfg.baseline.embeddings else None,
         summary_out=args.summary or result(r, "baseline_summary"),
         model_out=args.model_out or result(r, "baseline_model"),
     )
@@ -497,44 +488,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from hpa_batch.results.evaluate import evaluate_all, unlabelled_metrics
+    from hpa_batch.results.evaluate import evaluate_stage
 
     cfg = _cfg(args)
     r = cfg.results_dir
     out = args.out or result(r, "metrics")
     _writes(args, out)
-    truth_dir = cfg.evaluation.truth_dir
-    stores = list(_per_shard(cfg, args.stores, "store").values())
-    cells = read_parquet(args.cells or result(r, "cells_table"))
-    images = read_parquet(args.images or result(r, "images_table"))
-    max_share = cfg.evaluation.max_class_share
-    if cfg.dataset.label_column is None:
-        metrics = unlabelled_metrics(cells, images, cfg.catalog, max_share)
-        get_logger().info("evaluate: skipped: %s", metrics["skipped"])
-    else:
-        baseline = thresholds = None
-        if args.baseline:
-            baseline = read_parquet(args.baseline)
-            summary = json.loads((args.baseline_summary or result(r, "baseline_summary")).read_text())
-            thresholds = np.asarray(summary["thresholds"])
-        folds, all_unseen = _held_out_of(cfg, args)
-        metrics = evaluate_all(
-            cells,
-            images,
-            stores,
-            Path(truth_dir) if truth_dir else None,
-            cfg.catalog,
-            trained_folds=set(folds),
-            baseline=baseline,
-            baseline_thresholds=thresholds,
-            max_class_share=max_share,
-            all_unseen=all_unseen,
-        )
-    from hpa_batch.core.atomic import atomic_write_text
-
-    atomic_write_text(out, json.dumps(metrics, indent=1))
+    folds, all_unseen = _held_out_of(cfg, args)
+    metrics = evaluate_stage(
+        args.cells or result(r, "cells_table"),
+        args.images or result(r, "images_table"),
+        list(_per_shard(cfg, args.stores, "store").values()),
+        cfg.catalog,
+        cfg.evaluation,
+        labelled=cfg.dataset.label_column is not None,
+        trained_folds=set(folds),
+        all_unseen=all_unseen,
+        out=out,
+        baseline_path=args.baseline or None,
+        baseline_summary=(args.baseline_summary or result(r, "baseline_summary")) if args.baseline else None,
+    )
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
     return 0
 

@@ -43,7 +43,7 @@ from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import parquet_file, read_arrow, read_schema, to_arrow
+from hpa_batch.core.tables import parquet_file, read_arrow, read_parquet, read_schema, to_arrow
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.classifiers import BASELINES
 
@@ -246,3 +246,38 @@ def run_baseline(
     atomic_write_text(summary_out or out.with_name("summary.json"), json.dumps(summary, indent=1))
     get_logger().info("baseline %s: trained on %d cells, predicted %d -> %s", options["model"], len(train), rows, out)
     return summary
+
+
+def baseline_stage(
+    cells_path: Path,
+    images_path: Path,
+    catalog: LabelCatalog,
+    options: dict[str, Any],
+    out: Path,
+    *,
+    trained_folds: set[int],
+    all_unseen: bool,
+    predictions: Mapping[str, Path] | None,
+    summary_out: Path,
+    model_out: Path,
+) -> dict[str, Any]:
+    """The baseline stage: the held-out images (those no deep model of the run trained on, from the
+    images table's folds) and the doubtful-segmentation ones are left out of training, then
+    :func:`run_baseline`. Returns its summary."""
+    from hpa_batch.models.split import EXCLUDED
+    from hpa_batch.results.evaluate import held_out_images
+
+    images = read_parquet(images_path, columns=["image_id", "fold", "rejected"])
+    held = held_out_images(images, trained_folds, all_unseen=all_unseen)
+    excluded = set(images.loc[images["fold"] == EXCLUDED, "image_id"])
+    return run_baseline(
+        cells_path,
+        held,
+        catalog,
+        options,
+        out,
+        predictions=predictions,
+        excluded=excluded,
+        summary_out=summary_out,
+        model_out=model_out,
+    )

@@ -18,6 +18,8 @@ import tifffile
 import zarr
 
 from hpa_batch.cells.segment.quality import iou_matrix
+from hpa_batch.config import EvaluationConfig
+from hpa_batch.core.damage import reading
 from hpa_batch.core.labels import LabelCatalog, emitted_ids, format_labels, parse_labels
 from hpa_batch.core.metrics import macro_f1, mean_ap
 from hpa_batch.core.progress import get_logger
@@ -503,3 +505,57 @@ def evaluate_all(
         b_all, b_held = both(*baseline_view(cells, images, baseline, baseline_thresholds, catalog))
         result["baseline"] = {"all": b_all, **({"held_out": b_held} if b_held is not None else {})}
     return result
+
+
+def evaluate_stage(
+    cells_path: Path,
+    images_path: Path,
+    stores: list[Path],
+    catalog: LabelCatalog,
+    evaluation: EvaluationConfig,
+    *,
+    labelled: bool,
+    trained_folds: set[int],
+    all_unseen: bool,
+    out: Path,
+    baseline_path: Path | None = None,
+    baseline_summary: Path | None = None,
+) -> dict[str, object]:
+    """The evaluate stage: ``metrics.json`` (:func:`evaluate_all`, or :func:`unlabelled_metrics` for a
+    set without labels) written atomically to ``out``; returns it.
+
+    Parameters
+    ----------
+    baseline_path, baseline_summary : Path, optional
+        The baseline's per-cell predictions and its ``summary.json`` (its thresholds); both or neither.
+    """
+    import json
+
+    from hpa_batch.core.atomic import atomic_write_text
+    from hpa_batch.core.tables import read_parquet
+
+    cells = read_parquet(cells_path)
+    images = read_parquet(images_path)
+    if not labelled:
+        metrics = unlabelled_metrics(cells, images, catalog, evaluation.max_class_share)
+        get_logger().info("evaluate: skipped: %s", metrics["skipped"])
+    else:
+        baseline = thresholds = None
+        if baseline_path is not None and baseline_summary is not None:
+            baseline = read_parquet(baseline_path)
+            with reading(baseline_summary):
+                thresholds = np.asarray(json.loads(Path(baseline_summary).read_text())["thresholds"])
+        metrics = evaluate_all(
+            cells,
+            images,
+            stores,
+            evaluation.truth_dir,
+            catalog,
+            trained_folds=trained_folds,
+            baseline=baseline,
+            baseline_thresholds=thresholds,
+            max_class_share=evaluation.max_class_share,
+            all_unseen=all_unseen,
+        )
+    atomic_write_text(out, json.dumps(metrics, indent=1))
+    return metrics
