@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -558,7 +557,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     if _image_store(args.path):
         return _validate_store(args.path, deep=args.deep)
-    checked, damaged = _damaged(args.path, deep=args.deep)
+    from hpa_batch.core.damage import find_damaged
+
+    checked, damaged = find_damaged(args.path, deep=args.deep)
     for item in damaged:
         print(f"DAMAGED {item}")
     what = "output" if checked == 1 else "outputs"
@@ -570,11 +571,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _image_store(path: Path) -> bool:
     """True for a zarr group that is not a tile store (a shard store, an image group, a stray group)."""
-    from hpa_batch.core.damage import kind_of
+    from hpa_batch.core.damage import kind_of, results_root
 
     if not (path.is_dir() and (path / "zarr.json").is_file()):
         return False
-    return (kind_of(_results_root(path), path) or ("", {}))[0] != "tiles"
+    return (kind_of(results_root(path), path) or ("", {}))[0] != "tiles"
 
 
 def _validate_store(path: Path, *, deep: bool) -> int:
@@ -590,74 +591,16 @@ def _validate_store(path: Path, *, deep: bool) -> int:
     return 0 if report.ok else 1
 
 
-def _results_root(path: Path) -> Path:
-    """The results folder ``path`` belongs to: the nearest ancestor under which it is a known output."""
-    from hpa_batch.core.damage import kind_of
-
-    for parent in Path(path).parents:  # as given (relative stays relative: the printed targets match rules)
-        if kind_of(parent, path) is not None:
-            return parent
-    return Path(path).parent
-
-
-def _damaged(path: Path, *, deep: bool) -> tuple[int, list]:
-    """(outputs checked, damaged ones) of a results folder (walked), a store or a file."""
-    from hpa_batch.core.damage import Damage, check_output, scan
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "no such file or directory", str(path))
-    if path.is_dir() and path.suffix != ".zarr":
-        return scan(path, deep=deep)
-    reason = check_output(path, _results_root(path), deep=deep)
-    return 1, [Damage(path, reason)] if reason else []
-
-
 def cmd_repair(args: argparse.Namespace) -> int:
-    from hpa_batch.convert.validate import repair_store
-    from hpa_batch.core.damage import kind_of
+    from hpa_batch.core.damage import repair
 
-    _, damaged = _damaged(args.path, deep=True)
-    targets: list[Path] = []
-    for item in damaged:
-        root = _results_root(item.path)
-        key = (kind_of(root, item.path) or ("", {}))[0]
-        if key == "store":
-            shard = shard_of(item.path)
-            _writes(args, item.path)
-            fixed = repair_store(
-                item.path,
-                convert_summary=result(root, "convert_summary", shard=shard),
-                segment_summary=result(root, "segment_summary", shard=shard),
-            )
-            for image in fixed.images:
-                print(
-                    f"removed image {printable(image)} of {printable(item.path)}: it will be reconverted and resegmented"
-                )
-            for image in fixed.labels:
-                print(f"removed labels of {printable(image)} in {printable(item.path)}: they will be resegmented")
-            staging = item.path.parent / f".{item.path.name}.staging"
-            if staging.exists():
-                shutil.rmtree(staging)
-                print(f"removed {printable(staging)} (staging left by an interrupted conversion)")
-            targets += fixed.markers
-            continue
-        if not key and not item.path.name.startswith("."):
-            print(f"not removed: {item} ({printable(item.path)} is not an output of a results folder)")
-            continue
-        _writes(args, item.path)
-        if item.path.is_dir():
-            shutil.rmtree(item.path)
-        else:
-            item.path.unlink()
-        print(f"removed {item}")
-        if key:
-            targets.append(item.path)
-    if not damaged:
+    done = repair(args.path, hold=lambda output: _writes(args, output))
+    for line in done.lines:
+        print(line)
+    if not done.damaged:
         print(f"{printable(args.path)}: nothing damaged")
-        return 0
-    if targets:
-        files = " ".join(shlex.quote(str(t)) for t in targets)
+    elif done.targets:
+        files = " ".join(shlex.quote(str(t)) for t in done.targets)
         print(
             f"now run (or with --profile slurm):\n  snakemake --cores all {files} all\n"
             "it redoes the removed files and every job that reads them (the removed files are named: "
@@ -996,13 +939,13 @@ def _space_line(filename: object, args: argparse.Namespace) -> str:
 def _damaged_input(args: argparse.Namespace) -> str | None:
     """After an unexpected error: the first input of the verb (a path argument it does not write) that
     is damaged, as the one line a stage prints for it; None when every input is sound."""
-    from hpa_batch.core.damage import check_output
+    from hpa_batch.core.damage import check_output, results_root
 
     written = {Path(p) for p in getattr(args, "outputs_", [])}
     given = [p for v in vars(args).values() for p in (v if isinstance(v, list) else [v]) if isinstance(p, Path)]
     for path in given + _default_inputs(args):
         if path not in written and path.exists():
-            reason = check_output(path, _results_root(path), deep=path.suffix in (".parquet", ".json", ".tsv"))
+            reason = check_output(path, results_root(path), deep=path.suffix in (".parquet", ".json", ".tsv"))
             if reason:
                 return str(DamagedFileError(path, reason))
     return None

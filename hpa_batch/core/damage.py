@@ -19,14 +19,26 @@ import re
 import shlex
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpa_batch.layout import MODEL_FILE, RESULTS, result
 
-__all__ = ["Damage", "DamagedFileError", "UnsafeCheckpointError", "check_output", "printable", "reading", "scan"]
+__all__ = [
+    "Damage",
+    "DamagedFileError",
+    "Repaired",
+    "UnsafeCheckpointError",
+    "check_output",
+    "find_damaged",
+    "printable",
+    "reading",
+    "repair",
+    "results_root",
+    "scan",
+]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -438,3 +450,90 @@ def refuse_damaged(results_dir: str | Path) -> None:
             f"deleted:\n{lines}\nrun: hpa-batch repair {shlex.quote(str(root))}  (it removes exactly these and "
             "prints the command that redoes them)"
         )
+
+
+# --------------------------------------------------------------------------------------- validate / repair
+def results_root(path: str | Path) -> Path:
+    """The results folder ``path`` belongs to: the nearest ancestor under which it is a known output,
+    spelt as ``path`` is (relative stays relative, so targets printed from it match the rules)."""
+    for parent in Path(path).parents:
+        if kind_of(parent, path) is not None:
+            return parent
+    return Path(path).parent
+
+
+def find_damaged(path: str | Path, *, deep: bool) -> tuple[int, list[Damage]]:
+    """(outputs checked, damaged ones) of a results folder (walked whole), a store or one file.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    """
+    import errno
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such file or directory", str(path))
+    if path.is_dir() and path.suffix != ".zarr":
+        return scan(path, deep=deep)
+    reason = check_output(path, results_root(path), deep=deep)
+    return 1, [Damage(path, reason)] if reason else []
+
+
+@dataclass
+class Repaired:
+    """What :func:`repair` did: a line per removal (or refusal) and the removed outputs to redo."""
+
+    lines: list[str]
+    targets: list[Path]
+    damaged: int
+
+
+def repair(path: str | Path, *, hold: Callable[[Path], None]) -> Repaired:
+    """Remove exactly what :func:`find_damaged` (deep) finds under ``path``: damaged outputs, and in an
+    image store only the damaged images / labels and the stage files claiming them done
+    (:func:`hpa_batch.convert.validate.repair_store`). ``hold(output)`` takes the output's writer lock
+    first (refused if a job writes it). A file that is not a results output is never removed."""
+    import shutil
+
+    from hpa_batch.convert.validate import repair_store
+
+    _, damaged = find_damaged(path, deep=True)
+    out = Repaired([], [], len(damaged))
+    for item in damaged:
+        root = results_root(item.path)
+        key = (kind_of(root, item.path) or ("", {}))[0]
+        if key == "store":
+            shard = item.path.name.split(".")[0]
+            hold(item.path)
+            fixed = repair_store(
+                item.path,
+                convert_summary=result(root, "convert_summary", shard=shard),
+                segment_summary=result(root, "segment_summary", shard=shard),
+            )
+            where = printable(item.path)
+            out.lines += [
+                f"removed image {printable(i)} of {where}: it will be reconverted and resegmented" for i in fixed.images
+            ]
+            out.lines += [
+                f"removed labels of {printable(i)} in {where}: they will be resegmented" for i in fixed.labels
+            ]
+            staging = item.path.parent / f".{item.path.name}.staging"
+            if staging.exists():
+                shutil.rmtree(staging)
+                out.lines.append(f"removed {printable(staging)} (staging left by an interrupted conversion)")
+            out.targets += fixed.markers
+            continue
+        if not key and not item.path.name.startswith("."):
+            out.lines.append(f"not removed: {item} ({printable(item.path)} is not an output of a results folder)")
+            continue
+        hold(item.path)
+        if item.path.is_dir():
+            shutil.rmtree(item.path)
+        else:
+            item.path.unlink()
+        out.lines.append(f"removed {item}")
+        if key:
+            out.targets.append(item.path)
+    return out
