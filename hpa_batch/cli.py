@@ -367,11 +367,10 @@ def _predictions(cfg: Config, given: list[Path] | None, level: str) -> dict[str,
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from hpa_batch.results.evaluate import truth_table
-    from hpa_batch.results.merge import ShardInputs, merge_tables, model_thresholds
+    from hpa_batch.results.merge import ShardInputs, merge_stage
 
     cfg = _cfg(args)
-    r, n = cfg.results_dir, cfg.catalog.n_classes
+    r = cfg.results_dir
     out_cells, out_images = args.cells or result(r, "cells_table"), args.images or result(r, "images_table")
     _writes(args, out_cells, out_images)
     manifests = _per_shard(cfg, args.manifests, "manifest")
@@ -392,24 +391,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
         )
         for s in manifests
     ]
-    cell_files = _model_files(cfg, args.cell_thresholds, "cell", THRESHOLDS_FILE)
-    image_files = _model_files(cfg, args.image_thresholds, "image", THRESHOLDS_FILE)
-    image_t = model_thresholds(image_files, n) if image_files else None
-    # with no cell model, the cells carry the image model's probabilities: its thresholds apply
-    cell_t = model_thresholds(cell_files, n) if cell_files else image_t
-    truth_dir = cfg.evaluation.truth_dir
-    stores = list(_per_shard(cfg, args.stores, "store").values())
-    truth = truth_table(stores, Path(truth_dir), cfg.catalog) if truth_dir else None
-    merge_tables(
+    merge_stage(
         shards,
         args.splits or result(r, "splits"),
         cfg.catalog,
         cfg.raw["merge"],
-        thresholds=cell_t if cell_t is not None else model_thresholds([], n),
+        cell_thresholds=_model_files(cfg, args.cell_thresholds, "cell", THRESHOLDS_FILE),
+        image_thresholds=_model_files(cfg, args.image_thresholds, "image", THRESHOLDS_FILE),
+        truth_dir=cfg.evaluation.truth_dir,
+        stores=list(_per_shard(cfg, args.stores, "store").values()),
         out_cells=out_cells,
         out_images=out_images,
-        truth=truth,
-        image_thresholds=image_t,
     )
     return 0
 

@@ -334,3 +334,40 @@ def merge_tables(
             n_cells, n_images = n_cells + len(cells), n_images + len(images)
     get_logger().info("merge: %d cells, %d images -> %s, %s", n_cells, n_images, out_cells, out_images)
     return n_cells, n_images
+
+
+def merge_stage(
+    shards: list[ShardInputs],
+    splits_path: Path,
+    catalog: LabelCatalog,
+    options: dict[str, Any],
+    *,
+    cell_thresholds: list[Path] | None,
+    image_thresholds: list[Path] | None,
+    truth_dir: Path | None,
+    stores: list[Path],
+    out_cells: Path,
+    out_images: Path,
+) -> tuple[int, int]:
+    """The merge stage: the models' fold thresholds (``thresholds.json`` files; None = no model at that
+    level), the per-cell truth when ``truth_dir`` is given, then :func:`merge_tables`.
+
+    With no cell model the cells carry the image model's probabilities, so its thresholds apply to
+    them; with neither, 0.5 everywhere."""
+    from hpa_batch.results.evaluate import truth_table
+
+    n = catalog.n_classes
+    image_t = model_thresholds(image_thresholds, n) if image_thresholds else None
+    cell_t = model_thresholds(cell_thresholds, n) if cell_thresholds else image_t
+    truth = truth_table(stores, Path(truth_dir), catalog) if truth_dir else None
+    return merge_tables(
+        shards,
+        splits_path,
+        catalog,
+        options,
+        thresholds=cell_t if cell_t is not None else model_thresholds([], n),
+        out_cells=out_cells,
+        out_images=out_images,
+        truth=truth,
+        image_thresholds=image_t,
+    )
