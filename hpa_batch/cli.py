@@ -563,11 +563,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _image_store(path: Path) -> bool:
     """True for a zarr group that is not a tile store (a shard store, an image group, a stray group)."""
-    from hpa_batch.core.damage import kind_of, results_root
+    from hpa_batch.core.damage import results_root
+    from hpa_batch.layout import result_key
 
     if not (path.is_dir() and (path / "zarr.json").is_file()):
         return False
-    return (kind_of(results_root(path), path) or ("", {}))[0] != "tiles"
+    return (result_key(results_root(path), path) or ("", {}))[0] != "tiles"
 
 
 def _validate_store(path: Path, *, deep: bool) -> int:

@@ -93,6 +93,37 @@ def result(results_dir: str | Path, key: str, **fields: object) -> Path:
     return _fill(results_dir, RESULTS[key], fields)
 
 
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{\w+\})", template)
+    regex = "".join(f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts)
+    return re.compile(f"^{regex}$")
+
+
+_PATTERNS = [(key, _pattern(template)) for key, template in RESULTS.items()]
+_FOLD_FILE = re.compile(r"^models/(?P<model>[^/]+)/fold(?P<fold>\d+)/(?P<file>[^/]+)$")
+
+
+def result_key(results_dir: str | Path, path: str | Path) -> tuple[str, dict[str, str]] | None:
+    """The inverse of :func:`result`: the :data:`RESULTS` key of ``path`` under ``results_dir`` and its
+    fields (shard, model, fold), ``("fold:<file>", ...)`` for a file of a fold folder, None for a path
+    that is no output."""
+    try:
+        rel = Path(path).relative_to(results_dir).as_posix()  # lexical first: a walk from the folder
+    except ValueError:
+        try:
+            rel = Path(path).resolve().relative_to(Path(results_dir).resolve()).as_posix()
+        except ValueError:
+            return None
+    for key, pattern in _PATTERNS:
+        m = pattern.match(rel)
+        if m:
+            return key, m.groupdict()
+    fold = _FOLD_FILE.match(rel)
+    if fold:
+        return f"fold:{fold.group('file')}", {"model": fold.group("model"), "fold": fold.group("fold")}
+    return None
+
+
 def log(logs_dir: str | Path, key: str, **fields: object) -> Path:
     """``logs_dir / LOGS[key]`` with ``fields`` filled (the rest stay ``{field}``)."""
     return _fill(logs_dir, LOGS[key], fields)

@@ -212,17 +212,18 @@ def image_tiles(
     image_row : numpy.ndarray
         ``(len(IMAGE_FEATURE_COLUMNS),)`` float32, measured on the input's pyramid level.
     """
+    rows = cells_table if spec.include_border else cells_table[~cells_table["border"]]
     with reading(path.parent):  # a damaged chunk names the shard store (repair removes the image)
         group = zarr.open_group(path, mode="r", zarr_format=3)
         image = group["s0"][...]
         level = _input_level(group, spec.image_size)
         small = group[level][...]
-        cells = group["labels"]["cells"]["s0"][...]
-        level_cells, level_nuclei = group["labels"]["cells"][level][...], group["labels"]["nuclei"][level][...]
+        labels = group["labels"]
+        cells = labels["cells"]["s0"][...] if len(rows) else None  # full-resolution masks only when tiled
+        level_cells, level_nuclei = labels["cells"][level][...], labels["nuclei"][level][...]
     window = intensity_window(small, spec.intensity)
-    rows = cells_table if spec.include_border else cells_table[~cells_table["border"]]
     tiles = np.zeros((len(rows), 4, spec.size, spec.size), np.uint8)
-    if len(rows):
+    if cells is not None:
         for i, r in enumerate(rows.itertuples()):
             bbox = (r.bbox_y0, r.bbox_x0, r.bbox_y1, r.bbox_x1)
             tiles[i] = cell_tile(image, cells, int(r.cell_id), bbox, window=window, spec=spec)

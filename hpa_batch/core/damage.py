@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpa_batch.layout import MODEL_FILE, RESULTS, result
+from hpa_batch.layout import MODEL_FILE, result, result_key
 
 __all__ = [
     "Damage",
@@ -116,35 +116,6 @@ class Damage:
         return f"{printable(self.path)}: {printable(self.reason)}"
 
 
-# --------------------------------------------------------------------------------------- kinds
-def _pattern(template: str) -> re.Pattern[str]:
-    parts = re.split(r"(\{\w+\})", template)
-    regex = "".join(f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts)
-    return re.compile(f"^{regex}$")
-
-
-_KINDS = [(key, _pattern(template)) for key, template in RESULTS.items()]
-
-
-def kind_of(results_dir: str | Path, path: str | Path) -> tuple[str, dict[str, str]] | None:
-    """The :data:`~hpa_batch.layout.RESULTS` key of an output and its fields (shard, model, fold)."""
-    try:
-        rel = Path(path).relative_to(results_dir).as_posix()  # lexical first: a walk from the folder
-    except ValueError:
-        try:
-            rel = Path(path).resolve().relative_to(Path(results_dir).resolve()).as_posix()
-        except ValueError:
-            return None
-    for key, pattern in _KINDS:
-        m = pattern.match(rel)
-        if m:
-            return key, m.groupdict()
-    fold = re.match(r"^models/(?P<model>[^/]+)/fold(?P<fold>\d+)/(?P<file>[^/]+)$", rel)
-    if fold:
-        return f"fold:{fold.group('file')}", {"model": fold.group("model"), "fold": fold.group("fold")}
-    return None
-
-
 #: Columns each table's readers need.
 _COLUMNS: dict[str, tuple[str, ...]] = {
     "manifest": ("image_id", "cell_line"),
@@ -205,10 +176,10 @@ def _predictions_rows_problem(results_dir: Path, path: Path, shard: str) -> str 
     stamp = _tiles_stamp(tiles)
     if stamp is None:
         return None
-    names = pq.ParquetFile(path).schema_arrow.names
-    per_cell = "cell_id" in names and bool((pq.read_table(path, columns=["cell_id"]).column(0).to_numpy() >= 0).any())
-    what = "cells" if per_cell else "images"
-    expected, found = int(stamp[f"n_{what}"]), _rows(path)
+    pf = pq.ParquetFile(path)
+    cell_ids = pf.read(columns=["cell_id"]).column(0).to_numpy() if "cell_id" in pf.schema_arrow.names else None
+    what = "cells" if cell_ids is not None and bool((cell_ids >= 0).any()) else "images"  # -1: an image model
+    expected, found = int(stamp[f"n_{what}"]), pf.metadata.num_rows
     return None if found == expected else f"{found} rows, but {tiles} holds {expected} {what}"
 
 
@@ -235,8 +206,7 @@ def _tiles_problem(path: Path, results_dir: Path, shard: str, deep: bool) -> str
             return "not stamped complete (an interrupted write)"
         n = {"cell": int(stamp["n_cells"]), "image": int(stamp["n_images"])}
         for name, arr in arrays:
-            first = (arr.metadata.dimension_names or ("cell",))[0] if hasattr(arr.metadata, "dimension_names") else None
-            axis = "image" if name.startswith("image") or first == "image" else "cell"
+            axis = "image" if name.startswith("image") else "cell"  # images, image_id, image_features
             if arr.shape[0] != n[axis]:
                 return f"array {name} has {arr.shape[0]} rows, the store's stamp says {n[axis]} {axis}s"
             if n[axis] and arr.nchunks_initialized < arr.nchunks:
@@ -342,7 +312,7 @@ def check_output(path: str | Path, results_dir: str | Path | None = None, *, dee
     """
     path = Path(path)
     root = Path(results_dir) if results_dir is not None else path.parent
-    key, fields = kind_of(root, path) or (None, {})
+    key, fields = result_key(root, path) or (None, {})
     shard = fields.get("shard") or path.name.split(".")[0]
     if path.suffix == ".zarr" and path.is_dir():
         if key == "tiles":
@@ -412,7 +382,7 @@ class DamagedOutputsError(Exception):
 def _quick_problem(path: Path, root: Path) -> str | None:
     """What readers open first of ``path`` (no image store: conversion checks its own images)."""
     if path.suffix == ".zarr":
-        key = (kind_of(root, path) or ("", {}))[0]
+        key = (result_key(root, path) or ("", {}))[0]
         if key != "tiles":
             return None
         if _tiles_stamp(path) is None:
@@ -457,7 +427,7 @@ def results_root(path: str | Path) -> Path:
     """The results folder ``path`` belongs to: the nearest ancestor under which it is a known output,
     spelt as ``path`` is (relative stays relative, so targets printed from it match the rules)."""
     for parent in Path(path).parents:
-        if kind_of(parent, path) is not None:
+        if result_key(parent, path) is not None:
             return parent
     return Path(path).parent
 
@@ -503,7 +473,7 @@ def repair(path: str | Path, *, hold: Callable[[Path], None]) -> Repaired:
     out = Repaired([], [], len(damaged))
     for item in damaged:
         root = results_root(item.path)
-        key = (kind_of(root, item.path) or ("", {}))[0]
+        key = (result_key(root, item.path) or ("", {}))[0]
         if key == "store":
             shard = item.path.name.split(".")[0]
             hold(item.path)
