@@ -36,11 +36,13 @@ test: setup
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	  if [ "$$(id -u)" = 0 ]; then bash tests/slurm/harness.sh stop; fi; exit $$rc
 
-# ruff (lint + format) and snakefmt, configured in pyproject.toml; CI runs this before the tests.
+# ruff (lint + format), snakefmt and mypy (disallow_untyped_defs on hpa_batch), configured in
+# pyproject.toml; CI runs this before the tests.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/
+	$(BIN)/mypy
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)

@@ -33,6 +33,8 @@ import pandas as pd
 import yaml
 import zarr
 
+from hpa_batch.spec import ModelSpec
+
 N_HPA = 82_500
 SHARD = "u-2-os-0000"
 
@@ -80,7 +82,7 @@ def image_trees(store: Path) -> list[Path]:
     return out
 
 
-def write_model(path: Path, spec: dict) -> None:
+def write_model(path: Path, spec: ModelSpec) -> None:
     """A ResNet-50 checkpoint in the pipeline's format (random weights)."""
     import torch
 
@@ -89,8 +91,8 @@ def write_model(path: Path, spec: dict) -> None:
     from hpa_batch.models.factory import create_model, input_stats
 
     catalog = CATALOGS["hpa2021"]
-    model = create_model(spec["arch"], spec["channels"], catalog.n_classes)
-    mean, std = input_stats(model, spec["channels"])
+    model = create_model(spec.arch, spec.channels, catalog.n_classes)
+    mean, std = input_stats(model, spec.channels)
     save(
         path,
         weights=model.state_dict(),
@@ -144,7 +146,6 @@ def profile_tiles(cfg_path: Path, out: Path) -> list[tuple[str, float]]:
 def run_chain(data: Path, work: Path, n: int) -> tuple[dict[str, tuple[float, int, int]], Path, Path]:
     """Every CPU stage on a shard of ``n`` images under ``work``: stage -> (CPU s, files, bytes)."""
     from hpa_batch.config import load_config
-    from hpa_batch.layout import model_spec
 
     shutil.rmtree(work, ignore_errors=True)
     res = work / "results"
@@ -160,7 +161,7 @@ def run_chain(data: Path, work: Path, n: int) -> tuple[dict[str, tuple[float, in
     cfg_path.write_text(yaml.safe_dump(cfg))
     model = res / "models" / "r50" / "fold0" / "model.pt"
     model.parent.mkdir(parents=True)
-    write_model(model, model_spec(load_config(cfg_path).raw, "r50"))
+    write_model(model, load_config(cfg_path).model("r50"))
     c = ["--config", str(cfg_path), "--shard", SHARD]
     store = res / "zarr" / f"{SHARD}.zarr"
     run_stage(["manifest", *c])

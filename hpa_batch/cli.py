@@ -8,6 +8,7 @@ when that subset changes). Paths not given default to the contract under ``resul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import logging
@@ -28,15 +29,12 @@ from hpa_batch.layout import (
     HISTORY_FILE,
     THRESHOLDS_FILE,
     fold_files,
-    is_external,
-    merged_model,
-    model_spec,
     predictions_file,
     result,
     shard_of,
-    trained_folds,
 )
 from hpa_batch.layout import RESULTS as _R_TEMPLATES
+from hpa_batch.spec import Level, ModelSpec
 
 _R = {k: f"results/{v}" for k, v in _R_TEMPLATES.items()}  # help texts: the default paths
 
@@ -250,10 +248,9 @@ def cmd_tiles(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_spec(cfg: Config, name: str) -> dict:
-
+def _model_spec(cfg: Config, name: str) -> ModelSpec:
     try:
-        return model_spec(cfg.raw, name)
+        return cfg.model(name)
     except KeyError as exc:
         raise PlanError(exc.args[0]) from None
 
@@ -302,10 +299,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     spec = _model_spec(cfg, args.model)
-    check_unlabelled(cfg.raw)
-    if is_external(spec):
+    check_unlabelled(cfg)
+    if spec.external:
         raise PlanError(
-            f"model {args.model!r} was trained by another run (trained: {spec['trained']}): "
+            f"model {args.model!r} was trained by another run (trained: {spec.trained_as_given}): "
             "it is only applied here; remove trained: to train it in this run"
         )
     out = args.out or result(cfg.results_dir, "fold_dir", model=args.model, fold=args.fold)
@@ -327,14 +324,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tiles = args.tiles or _paths(cfg, args.shard)["tiles"]
     out = args.out or predictions_file(cfg.results_dir, args.model, args.shard)
     _writes(args, out)
-    predict_shard(models, tiles, out, cfg.catalog, args.model, device=args.device, level=spec["level"])
+    predict_shard(models, tiles, out, cfg.catalog, args.model, device=args.device, level=spec.level)
     return 0
 
 
-def _pick_model(cfg: Config, level: str) -> dict | None:
-
+def _pick_model(cfg: Config, level: Level) -> ModelSpec | None:
     try:
-        return merged_model(cfg.raw, level)
+        return cfg.merged_model(level)
     except KeyError as exc:
         raise PlanError(exc.args[0]) from None
 
@@ -348,7 +344,7 @@ def _per_shard(cfg: Config, given: list[Path] | None, key: str, **fields: object
     return {shard_of(p): Path(p) for p in given}
 
 
-def _model_files(cfg: Config, given: list[Path] | None, level: str, name: str) -> list[Path] | None:
+def _model_files(cfg: Config, given: list[Path] | None, level: Level, name: str) -> list[Path] | None:
     """Fold files (``thresholds.json``) of the model feeding ``level``: as given (``[]`` = no such
     model), else from the config; None when there is no such model."""
 
@@ -358,12 +354,12 @@ def _model_files(cfg: Config, given: list[Path] | None, level: str, name: str) -
     return fold_files(cfg.results_dir, spec, name) if spec else None
 
 
-def _predictions(cfg: Config, given: list[Path] | None, level: str) -> dict[str, Path] | None:
+def _predictions(cfg: Config, given: list[Path] | None, level: Level) -> dict[str, Path] | None:
     """shard -> predictions of the model feeding ``level`` (given, ``[]`` = none, else the config's)."""
     if given is not None:
         return _per_shard(cfg, given, "predictions") if given else None
     spec = _pick_model(cfg, level)
-    return _per_shard(cfg, None, "predictions", model=spec["name"]) if spec else None
+    return _per_shard(cfg, None, "predictions", model=spec.name) if spec else None
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -395,7 +391,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         shards,
         args.splits or result(r, "splits"),
         cfg.catalog,
-        cfg.raw["merge"],
+        cfg.merge,
         cell_thresholds=_model_files(cfg, args.cell_thresholds, "cell", THRESHOLDS_FILE),
         image_thresholds=_model_files(cfg, args.image_thresholds, "image", THRESHOLDS_FILE),
         truth_dir=cfg.evaluation.truth_dir,
@@ -411,7 +407,7 @@ def _held_out_of(cfg: Config, args: argparse.Namespace) -> tuple[list[int], bool
 
     if args.trained_folds is not None:
         return list(args.trained_folds), bool(args.all_unseen)
-    return trained_folds(cfg.raw)
+    return cfg.trained_folds()
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -426,7 +422,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         Path(args.cells or result(r, "cells_table")),
         Path(args.images or result(r, "images_table")),
         cfg.catalog,
-        {**cfg.raw["baseline"], **({"n_jobs": args.threads} if args.threads else {})},
+        dataclasses.replace(cfg.baseline, n_jobs=args.threads) if args.threads else cfg.baseline,
         out,
         trained_folds=set(folds),
         all_unseen=all_unseen,
@@ -448,7 +444,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     histories = (
         args.histories
         if args.histories is not None
-        else [p for m in cfg.models for p in fold_files(r, m.raw, HISTORY_FILE)]
+        else [p for m in cfg.models for p in fold_files(r, m, HISTORY_FILE)]
     )
     baseline = (
         (args.baseline[0] if args.baseline else None) if args.baseline is not None else result(r, "baseline_cells")
@@ -469,7 +465,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     if args.figures:
         _writes(args, args.figures)
-    out = build_report(inp, cfg.catalog, cfg.raw["report"], report_out, figures_dir=args.figures)
+    out = build_report(inp, cfg.catalog, cfg.report, report_out, figures_dir=args.figures)
     print(out)
     if args.screenshot:
         from hpa_batch.results.report import screenshot

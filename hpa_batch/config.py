@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from hpa_batch.core.labels import LabelCatalog, get_catalog
+from hpa_batch.spec import Level, ModelSpec, spec_from_entry
 
 
 class ConfigError(ValueError):
@@ -63,7 +64,7 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
-def _with_defaults(validator_cls: type) -> type:
+def _with_defaults(validator_cls: Any) -> Any:
     """Extend a jsonschema validator class so validation fills ``default`` values in place."""
     validate_props = validator_cls.VALIDATORS["properties"]
 
@@ -208,20 +209,6 @@ class SplitsConfig:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """One ``models[]`` entry: the keys the workflow plans with, and ``raw`` (the whole validated entry,
-    which training, prediction and the checkpoint carry)."""
-
-    name: str
-    level: str
-    arch: str
-    folds: tuple[int, ...]
-    trained: Path | None
-    gpus: int
-    raw: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class MergeConfig:
     """Which models feed the merged tables and how cell and image probabilities fuse."""
 
@@ -292,8 +279,40 @@ class Config:
     evaluation: EvaluationConfig
     report: ReportConfig
 
+    def model(self, name: str) -> ModelSpec:
+        """The model named ``name``.
 
-def check_unlabelled(d: Mapping[str, Any]) -> None:
+        Raises
+        ------
+        KeyError
+            No model of that name; the message lists the configured ones.
+        """
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no model named {name!r} in the config; known: {[m.name for m in self.models]}")
+
+    def merged_model(self, level: Level) -> ModelSpec | None:
+        """The model whose predictions feed the merged tables at ``level``: ``merge.{level}_model`` when
+        set, else the first model of that level, else None."""
+        chosen = self.merge.cell_model if level == "cell" else self.merge.image_model
+        if chosen:
+            return self.model(chosen)
+        return next((m for m in self.models if m.level == level), None)
+
+    def trained_here(self) -> list[ModelSpec]:
+        """The models this run trains (every model without ``trained:``)."""
+        return [m for m in self.models if not m.external]
+
+    def trained_folds(self) -> tuple[list[int], bool]:
+        """Folds this run trains of the models feeding the merged tables, and whether every such model
+        was trained by another run (then no image of this run was seen in training)."""
+        models = [m for m in (self.merged_model("cell"), self.merged_model("image")) if m]
+        local = [m for m in models if not m.external]
+        return sorted({k for m in local for k in m.folds}), bool(models) and not local
+
+
+def check_unlabelled(cfg: Config) -> None:
     """An unlabelled set (``dataset.label_column: null``) has nothing to train on: every model must be
     applied from another run (``trained:``).
 
@@ -302,9 +321,9 @@ def check_unlabelled(d: Mapping[str, Any]) -> None:
     ConfigError
         Naming the models without ``trained:``.
     """
-    if d["dataset"]["label_column"] is not None:
+    if cfg.dataset.label_column is not None:
         return
-    untrained = [m["name"] for m in d["models"] if not m.get("trained")]
+    untrained = [m.name for m in cfg.models if not m.external]
     if untrained:
         raise ConfigError(
             f"dataset.label_column is null (an unlabelled set), so models cannot be trained here; "
@@ -315,8 +334,13 @@ def check_unlabelled(d: Mapping[str, Any]) -> None:
 def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
     """Validate ``raw`` (filling defaults) and build the typed view."""
     d = validate_config(raw)
+    cfg = _typed(d)
     if "models" in (raw or {}):  # a stage's subset (no models) leaves the default list unchecked
-        check_unlabelled(d)
+        check_unlabelled(cfg)
+    return cfg
+
+
+def _typed(d: dict[str, Any]) -> Config:
     ds, conv = d["dataset"], d["conversion"]
     return Config(
         raw=d,
@@ -354,7 +378,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
             intensity=IntensityConfig(**d["tiles"]["intensity"]),
         ),
         splits=SplitsConfig(**d["splits"]),
-        models=tuple(_model_spec(m) for m in d["models"]),
+        models=tuple(spec_from_entry(m) for m in d["models"]),
         merge=MergeConfig(**d["merge"]),
         baseline=BaselineConfig(**d["baseline"]),
         evaluation=EvaluationConfig(
@@ -365,16 +389,16 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
     )
 
 
-def _model_spec(m: dict[str, Any]) -> ModelSpec:
-    return ModelSpec(
-        name=m["name"],
-        level=m["level"],
-        arch=m["arch"],
-        folds=tuple(m["folds"]),
-        trained=Path(m["trained"]).expanduser() if m.get("trained") else None,
-        gpus=m["gpus"],
-        raw=m,
-    )
+def model_spec_from_entry(entry: Mapping[str, Any]) -> ModelSpec:
+    """The :class:`~hpa_batch.spec.ModelSpec` of one ``models[]`` entry (a checkpoint's stored spec),
+    validated with the schema's defaults filled (an entry from before a key existed takes its default).
+
+    Raises
+    ------
+    ConfigError
+        The entry does not satisfy the schema.
+    """
+    return spec_from_entry(validate_config({"models": [dict(entry)]})["models"][0])
 
 
 def load_config(path: str | Path | None = None, overrides_json: str | None = None) -> Config:

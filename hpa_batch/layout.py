@@ -20,7 +20,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hpa_batch.config import Config
+    from hpa_batch.spec import ModelSpec
 
 _FOLD = re.compile(r"^fold(\d+)$")
 
@@ -134,33 +138,14 @@ def shard_of(path: str | Path) -> str:
     return Path(path).name.split(".")[0]
 
 
-def model_spec(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The config entry (``models[]``) of model ``name``.
-
-    Raises
-    ------
-    KeyError
-        No model of that name; the message lists the configured ones.
-    """
-    for spec in raw["models"]:
-        if spec["name"] == name:
-            return spec
-    raise KeyError(f"no model named {name!r} in the config; known: {[m['name'] for m in raw['models']]}")
-
-
-def is_external(spec: Mapping[str, Any]) -> bool:
-    """True when the model was trained by another run (``trained:`` set)."""
-    return bool(spec.get("trained"))
-
-
-def model_dir(results_dir: str | Path, spec: Mapping[str, Any]) -> Path:
+def model_dir(results_dir: str | Path, spec: ModelSpec) -> Path:
     """``results/models/{name}``, or the ``trained:`` folder of a model trained elsewhere."""
-    if is_external(spec):
-        return Path(spec["trained"]).expanduser()
-    return result(results_dir, "model_dir", model=spec["name"])
+    if spec.trained is not None:
+        return spec.trained
+    return result(results_dir, "model_dir", model=spec.name)
 
 
-def model_folds(spec: Mapping[str, Any]) -> list[int]:
+def model_folds(spec: ModelSpec) -> list[int]:
     """Folds of the model: the configured ones, or every ``fold{k}/model.pt`` of a ``trained:`` folder.
 
     Raises
@@ -168,38 +153,27 @@ def model_folds(spec: Mapping[str, Any]) -> list[int]:
     FileNotFoundError
         A ``trained:`` folder that does not exist or holds no ``fold{k}/model.pt``.
     """
-    if not is_external(spec):
-        return [int(k) for k in spec["folds"]]
-    root = model_dir("", spec)
+    if spec.trained is None:
+        return list(spec.folds)
+    root = spec.trained
     if not root.is_dir():
         raise FileNotFoundError(
-            f"model {spec['name']!r}: trained: {root} is not a directory (give another "
-            "run's results/models/<name> folder)"
+            f"model {spec.name!r}: trained: {root} is not a directory (give another run's results/models/<name> folder)"
         )
     folds = sorted(int(m.group(1)) for p in root.iterdir() if (m := _FOLD.match(p.name)) and (p / MODEL_FILE).is_file())
     if not folds:
-        raise FileNotFoundError(f"model {spec['name']!r}: trained: {root} holds no fold<k>/model.pt")
+        raise FileNotFoundError(f"model {spec.name!r}: trained: {root} holds no fold<k>/model.pt")
     return folds
 
 
-def fold_files(results_dir: str | Path, spec: Mapping[str, Any], name: str = MODEL_FILE) -> list[Path]:
+def fold_dir(results_dir: str | Path, spec: ModelSpec, fold: int) -> Path:
+    """``{model_dir}/fold{k}``: one fold's ``model.pt``, ``thresholds.json``, ``history.csv``, ``state/``."""
+    return model_dir(results_dir, spec) / f"fold{fold}"
+
+
+def fold_files(results_dir: str | Path, spec: ModelSpec, name: str = MODEL_FILE) -> list[Path]:
     """``{model_dir}/fold{k}/{name}`` for every fold (``model.pt``, ``history.csv``, ``thresholds.json``)."""
-    root = model_dir(results_dir, spec)
-    return [root / f"fold{k}" / name for k in model_folds(spec)]
-
-
-def merged_model(raw: Mapping[str, Any], level: str) -> dict[str, Any] | None:
-    """The model whose predictions feed the merged tables at ``level`` (``"cell"`` or ``"image"``):
-    ``merge.{level}_model`` when set, else the first model of that level, else None."""
-    chosen = raw["merge"][f"{level}_model"]
-    if chosen:
-        return model_spec(raw, chosen)
-    return next((m for m in raw["models"] if m["level"] == level), None)
-
-
-def trained_here(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The models this run trains (every model without ``trained:``)."""
-    return [m for m in raw["models"] if not is_external(m)]
+    return [fold_dir(results_dir, spec, k) / name for k in model_folds(spec)]
 
 
 def predictions_file(results_dir: str | Path, model: str, shard: str) -> Path:
@@ -207,15 +181,7 @@ def predictions_file(results_dir: str | Path, model: str, shard: str) -> Path:
     return result(results_dir, "predictions", model=model, shard=shard)
 
 
-def trained_folds(raw: Mapping[str, Any]) -> tuple[list[int], bool]:
-    """Folds this run trains of the models feeding the merged tables, and whether every such model
-    was trained by another run (then no image of this run was seen in training)."""
-    models = [m for m in (merged_model(raw, "cell"), merged_model(raw, "image")) if m]
-    local = [m for m in models if not is_external(m)]
-    return sorted({int(k) for m in local for k in m["folds"]}), bool(models) and not local
-
-
-def held_out_args(raw: Mapping[str, Any]) -> list[str]:
+def held_out_args(cfg: Config) -> list[str]:
     """The ``--trained-folds ... [--all-unseen]`` arguments of the baseline and evaluate verbs."""
-    folds, all_unseen = trained_folds(raw)
+    folds, all_unseen = cfg.trained_folds()
     return ["--trained-folds", *map(str, folds)] + (["--all-unseen"] if all_unseen else [])

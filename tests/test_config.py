@@ -107,12 +107,12 @@ def test_an_unlabelled_set_only_applies_models_trained_elsewhere(tmp_path):
     from hpa_batch.layout import fold_files
 
     with pytest.raises(FileNotFoundError, match="holds no fold<k>/model.pt"):
-        fold_files(cfg.results_dir, cfg.raw["models"][0])
+        fold_files(cfg.results_dir, cfg.models[0])
     for k in (2, 0):
         (tmp_path / f"fold{k}").mkdir()
         (tmp_path / f"fold{k}" / "model.pt").write_bytes(b"")
     (tmp_path / "fold1").mkdir()  # no model.pt: not a fold
-    assert fold_files(cfg.results_dir, cfg.raw["models"][0], "history.csv") == [
+    assert fold_files(cfg.results_dir, cfg.models[0], "history.csv") == [
         tmp_path / "fold0" / "history.csv",
         tmp_path / "fold2" / "history.csv",
     ]
@@ -146,7 +146,7 @@ def test_every_section_has_a_typed_view():
         }
     )
     (m,) = cfg.models
-    assert (m.name, m.level, m.folds, m.trained.name) == ("m", "image", (0, 2), "m") and m.raw["arch"] == "resnet50"
+    assert (m.name, m.level, m.folds, m.trained.name) == ("m", "image", (0, 2), "m") and m.arch == "resnet50"
     assert cfg.splits.n_folds == 3 and cfg.evaluation.truth_dir == Path("truth") and cfg.merge.fusion == "product"
     assert cfg.baseline.model == "hist_gradient_boosting" and cfg.report.overlays == 6
     sections = set(load_schema()["properties"]) - {"results_dir", "logs_dir", "labels", "cell_lines", "shard_size"}

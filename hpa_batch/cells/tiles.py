@@ -23,6 +23,7 @@ per-cell table's order. The store is built under a temporary name and renamed wh
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -338,7 +339,7 @@ def _write_store(cfg: Config, store: Path, table: pd.DataFrame, image_ids: list[
         "channels": list(CHANNELS),
         "n_cells": len(table),
         "n_images": len(image_ids),
-        "settings": cfg.raw["tiles"],
+        "settings": asdict(cfg.tiles),
         "feature_columns": list(FEATURE_COLUMNS),
         "image_feature_columns": list(IMAGE_FEATURE_COLUMNS),
         "intensity": {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,9 @@ def downsample2x(arr: np.ndarray) -> np.ndarray:
         pad = [(0, 0)] * (arr.ndim - 2) + [(0, h % 2), (0, w % 2)]
         arr = np.pad(arr, pad, mode="edge")
     wide = np.uint64 if arr.dtype.itemsize >= 4 else np.uint32  # a sum of four never overflows
-    s = arr[..., 0::2, 0::2].astype(wide)  # in-place sums of the other three: half the passes of a + b + c + d
+    s: np.ndarray[Any, np.dtype[np.unsignedinteger[Any]]] = arr[..., 0::2, 0::2].astype(
+        wide
+    )  # in-place sums of the other three: half the passes of a + b + c + d
     s += arr[..., 1::2, 0::2]
     s += arr[..., 0::2, 1::2]
     s += arr[..., 1::2, 1::2]
@@ -239,7 +241,7 @@ def write_pyramid(
 
 def write_labels(
     path: Path,
-    masks: dict[str, Sequence[np.ndarray]],
+    masks: Mapping[str, Sequence[np.ndarray]],
     *,
     chunk: int,
     codec: CodecConfig,

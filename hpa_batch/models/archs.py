@@ -18,7 +18,7 @@ with the input statistics.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.models import register_model
@@ -138,7 +138,7 @@ class StudyHeadNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.reduce = nn.Sequential(
-            nn.Conv2d(int(backbone.num_features), maps, 1),
+            nn.Conv2d(int(cast(int, backbone.num_features)), maps, 1),
             nn.ReLU(inplace=True),
             nn.Dropout(drop_rate),
             nn.AdaptiveAvgPool2d(4),
@@ -152,7 +152,8 @@ class StudyHeadNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, c, s, s)`` -> the backbone's last maps."""
-        return self.backbone.forward_features(x)
+        features: torch.Tensor = cast(Any, self.backbone).forward_features(x)
+        return features
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Maps -> ``(b, 512)`` dense features (``pre_logits``) or ``(b, num_classes)`` logits."""

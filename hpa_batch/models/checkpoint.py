@@ -6,19 +6,22 @@ atomic ``torch.save`` of the training state (``state/last.pt``, ``state/best.pt`
 catalog name), ``mean`` / ``std`` (per-input-channel normalisation), ``summary`` (the training
 result). ``thresholds.json``: ``classes``, ``thresholds``, ``validation_positives``, ``reasons``,
 ``rule``, ``selection``; the same float32 values as ``model.pt``, readable without torch (the
-merge runs in the CPU environment).
+merge runs in the CPU environment). ``state/last.pt``: :class:`TrainingState`; ``state/best.pt``:
+:class:`BestEpoch`.
 
 torch is imported inside the functions that need it, so reading thresholds needs no torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import re
 import shutil
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.damage import DamagedFileError, UnsafeCheckpointError, printable
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.layout import THRESHOLDS_FILE
+from hpa_batch.spec import ModelSpec
 
 THRESHOLD_RULE = (
     "F1-optimal per class; an optimum below low keeps default (the scores do not separate the "
@@ -97,7 +101,7 @@ def write_model(
     *,
     weights: dict[str, Any],
     thresholds: Any,
-    spec: dict[str, Any],
+    spec: ModelSpec,
     catalog: LabelCatalog,
     mean: Sequence[float],
     std: Sequence[float],
@@ -108,7 +112,7 @@ def write_model(
         {
             "model": weights,
             "thresholds": thresholds,
-            "spec": json.loads(json.dumps(spec)),
+            "spec": spec.to_entry(),
             "catalog": catalog.name,
             "mean": list(mean),
             "std": list(std),
@@ -182,3 +186,94 @@ def read_thresholds(path: Path, n: int) -> np.ndarray:
     if t.shape != (n,):
         raise ValueError(f"{path} holds {t.size} thresholds, the label catalog has {n} classes")
     return t
+
+
+@dataclass
+class TrainingState:
+    """What ``state/last.pt`` holds: everything a training needs to resume bit for bit.
+
+    Attributes
+    ----------
+    model, optimizer, scaler : dict
+        State dicts of the (unwrapped) model, the optimizer and the AMP grad scaler.
+    run : dict
+        The loop's bookkeeping (:class:`hpa_batch.models.runstate.RunState` as plain values).
+    rng : dict
+        Every RNG state of rank 0 (:func:`hpa_batch.models.runstate.rng_state`).
+    rng_ranks : list of dict or None
+        Every rank's RNG states under DDP, else None.
+    targets : torch.Tensor or None
+        ``(n, c)`` uint8 refined targets once labels were refined, else None.
+    spec : dict
+        The model's validated config entry (:meth:`hpa_batch.spec.ModelSpec.to_entry`).
+    fold : int
+    version : str
+        The hpa-batch version that wrote it.
+    """
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+    run: dict[str, Any]
+    rng: dict[str, Any]
+    rng_ranks: list[dict[str, Any]] | None
+    targets: Any
+    spec: dict[str, Any]
+    fold: int
+    version: str = ""
+
+
+def write_state(path: Path, state: TrainingState) -> None:
+    """Save ``state/last.pt`` atomically."""
+    atomic_save(dict(vars(state)), path)
+
+
+def read_state(path: Path, map_location: Any = "cpu") -> TrainingState:
+    """Load ``state/last.pt`` (tensors onto ``map_location``).
+
+    Raises
+    ------
+    hpa_batch.core.damage.DamagedFileError
+        The file is a checkpoint without the training-state entries.
+    """
+    ckpt = load_checkpoint(path, map_location)
+    names = [f.name for f in dataclasses.fields(TrainingState)]
+    missing = [n for n in names if n not in ckpt and n != "version"] if isinstance(ckpt, dict) else names
+    if missing:
+        raise DamagedFileError(path, f"not a training state: no {', '.join(missing)}")
+    return TrainingState(**{n: ckpt[n] for n in names if n in ckpt})
+
+
+@dataclass
+class BestEpoch:
+    """What ``state/best.pt`` holds: the best epoch so far.
+
+    Attributes
+    ----------
+    model : dict
+        State dict of the best epoch's weights.
+    thresholds : torch.Tensor
+        ``(c,)`` float32 thresholds tuned on that epoch's validation predictions.
+    threshold_reasons : list of str
+        Why each class kept the default, or ``""`` when tuned.
+    epoch : int
+        0-based epoch.
+    """
+
+    model: dict[str, Any]
+    thresholds: Any
+    threshold_reasons: list[str]
+    epoch: int
+
+
+def write_best(path: Path, best: BestEpoch) -> None:
+    """Save ``state/best.pt`` atomically."""
+    atomic_save(dict(vars(best)), path)
+
+
+def read_best(path: Path, map_location: Any = "cpu") -> BestEpoch:
+    """Load ``state/best.pt``."""
+    ckpt = load_checkpoint(path, map_location)
+    if not isinstance(ckpt, dict) or not {"model", "thresholds", "epoch"} <= set(ckpt):
+        raise DamagedFileError(path, "not a best-epoch state: no model, thresholds and epoch")
+    return BestEpoch(ckpt["model"], ckpt["thresholds"], list(ckpt.get("threshold_reasons", [])), int(ckpt["epoch"]))

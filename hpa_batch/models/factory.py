@@ -19,23 +19,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+
+from hpa_batch.spec import ModelSpec
 
 
 class WeightsUnavailable(FileNotFoundError):
     """A pretrained weights file that is not a local file (nothing is downloaded)."""
 
 
-def feature_count(spec: dict[str, Any]) -> int:
+def feature_count(spec: ModelSpec) -> int:
     """Length of the feature row a spec's model takes: 0 without ``features``, the per-cell design
     row for cell models, study 002's image features for image models."""
-    if not spec.get("features"):
+    if not spec.features:
         return 0
     from hpa_batch.cells.measure import FEATURE_COLUMNS, IMAGE_FEATURE_COLUMNS
 
-    return len(FEATURE_COLUMNS if spec["level"] == "cell" else IMAGE_FEATURE_COLUMNS)
+    return len(FEATURE_COLUMNS if spec.level == "cell" else IMAGE_FEATURE_COLUMNS)
+
+
+def num_features_of(model: torch.nn.Module) -> int:
+    """A timm model's pooled feature width (``num_features``)."""
+    return int(cast(int, model.num_features))
 
 
 class HybridNet(torch.nn.Module):
@@ -60,6 +67,8 @@ class HybridNet(torch.nn.Module):
         super().__init__()
         self.backbone = backbone
         self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
+        self.feature_mean: torch.Tensor
+        self.feature_std: torch.Tensor
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_std", torch.ones(n_features))
         self.mlp = torch.nn.Sequential(
@@ -69,7 +78,7 @@ class HybridNet(torch.nn.Module):
             torch.nn.Linear(hidden, hidden),
             torch.nn.ReLU(inplace=True),
         )
-        self.num_features = int(backbone.num_features) + hidden
+        self.num_features = num_features_of(backbone) + hidden
         self.drop = torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(self.num_features, num_classes)
 
@@ -150,8 +159,11 @@ def create_model(
 def embed(model: torch.nn.Module, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
     """Pooled embedding ``(b, d)`` of a plain timm model or a :class:`HybridNet`."""
     if isinstance(model, HybridNet):
+        if features is None:
+            raise ValueError("a hybrid model embeds tiles together with their feature rows")
         return model.embed(x, features)
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+    head: Any = model
+    return head.forward_head(head.forward_features(x), pre_logits=True)
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:

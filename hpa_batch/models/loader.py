@@ -238,7 +238,8 @@ class GroupDataset(torch.utils.data.Dataset):
 def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation ``(f,)`` float64 of the feature rows at ``positions`` (each
     distinct row once), read one store at a time."""
-    total = sq = None
+    total: np.ndarray | None = None
+    sq: np.ndarray | None = None
     n = 0
     rows = np.unique(positions)
     for s in np.unique(index.store[rows]):
@@ -251,7 +252,7 @@ def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray
         total = f.sum(0) if total is None else total + f.sum(0)
         sq = (f * f).sum(0) if sq is None else sq + (f * f).sum(0)
         n += len(f)
-    if not n:
+    if not n or total is None or sq is None:
         raise ValueError("no feature rows to standardise")
     mean = total / n
     return mean, np.sqrt(np.maximum(sq / n - mean * mean, 0.0))

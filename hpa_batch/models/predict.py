@@ -9,8 +9,8 @@ predicted label string, and optionally the pooled feature embedding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,12 +18,14 @@ import pyarrow as pa
 import torch
 
 from hpa_batch.cells.tiles import TileReader
+from hpa_batch.config import model_spec_from_entry
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import Progress, get_logger
 from hpa_batch.core.tables import write_table
 from hpa_batch.models.checkpoint import read_model
-from hpa_batch.models.factory import create_model, embed, feature_count, forward
+from hpa_batch.models.factory import create_model, embed, feature_count, forward, num_features_of
 from hpa_batch.models.transforms import channel_map, prepare
+from hpa_batch.spec import ModelSpec
 
 
 def predictions_schema(n_classes: int, embed_dim: int | None) -> pa.Schema:
@@ -42,10 +44,33 @@ def predictions_schema(n_classes: int, embed_dim: int | None) -> pa.Schema:
     return pa.schema(fields)
 
 
+@dataclass(frozen=True)
+class FoldEnsemble:
+    """The trained folds of one model, ready to predict.
+
+    Attributes
+    ----------
+    models : list of torch.nn.Module
+        One per fold, in eval mode on the device.
+    spec : ModelSpec
+        The spec the (last) checkpoint was trained with.
+    mean, std : tuple of float
+        Per-input-channel normalisation.
+    thresholds : numpy.ndarray
+        ``(c,)`` float32, the folds' mean per-class thresholds.
+    """
+
+    models: list[torch.nn.Module]
+    spec: ModelSpec
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    thresholds: np.ndarray
+
+
 def load_folds(
     paths: list[Path], device: torch.device, catalog: LabelCatalog | None = None, level: str | None = None
-) -> tuple[list[torch.nn.Module], dict[str, Any], np.ndarray]:
-    """Models of every fold, the spec, and the mean thresholds (``(c,)``).
+) -> FoldEnsemble:
+    """The models of every fold, their spec, normalisation and mean thresholds.
 
     Raises
     ------
@@ -55,25 +80,24 @@ def load_folds(
     """
     from hpa_batch.core.labels import get_catalog
 
-    models, thresholds, spec = [], [], None
+    if not paths:
+        raise ValueError("no model checkpoints given")
+    models, thresholds = [], []
     for path in paths:
         ckpt = read_model(path, catalog=catalog, level=level)
-        spec = ckpt["spec"]
+        spec = model_spec_from_entry(ckpt["spec"])
         model = create_model(
-            spec["arch"],
-            spec["channels"],
+            spec.arch,
+            spec.channels,
             get_catalog(ckpt["catalog"]).n_classes,
             None,
-            spec["dropout"],
+            spec.dropout,
             n_features=feature_count(spec),
         )
         model.load_state_dict(ckpt["model"])
         models.append(model.to(device).eval())
         thresholds.append(ckpt["thresholds"].numpy())
-        spec = {**spec, "mean": ckpt["mean"], "std": ckpt["std"], "hybrid": bool(spec.get("features"))}
-    if spec is None:
-        raise ValueError("no model checkpoints given")
-    return models, spec, np.mean(thresholds, axis=0)
+    return FoldEnsemble(models, spec, tuple(ckpt["mean"]), tuple(ckpt["std"]), np.mean(thresholds, axis=0))
 
 
 @torch.no_grad()
@@ -107,23 +131,24 @@ def predict_shard(
     """Predict every row of a shard's tile store with the fold ensemble; return the row count
     (checkpoints must match ``catalog`` and, when given, ``level``)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    models, spec, thresholds = load_folds(model_paths, dev, catalog, level)
-    array = "cells" if spec["level"] == "cell" else "images"
+    folds = load_folds(model_paths, dev, catalog, level)
+    spec, models = folds.spec, folds.models
+    array = "cells" if spec.level == "cell" else "images"
     reader = TileReader(tiles, array)
     group = reader.group
     ids = group["cell_image"][:] if array == "cells" else group["image_id"][:]
     cids = group["cell_id"][:] if array == "cells" else np.full(reader.n, -1, np.int32)
-    chans = channel_map(spec["channels"])
-    mean = torch.tensor(spec["mean"], device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(spec["std"], device=dev).view(1, -1, 1, 1)
+    chans = channel_map(spec.channels)
+    mean = torch.tensor(folds.mean, device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(folds.std, device=dev).view(1, -1, 1, 1)
     probs, embeds = [], []
     progress = Progress(reader.n, f"predict {model_name} {tiles.name}")
     for start in range(0, reader.n, batch_size):
         stop = min(start + batch_size, reader.n)
         x = torch.from_numpy(reader.read_rows(start, stop)[:, chans.gather])
-        x = (prepare(x.to(dev, non_blocking=True), spec["input_size"], chans.mix) - mean) / std
-        f = torch.from_numpy(reader.read_features(start, stop)).to(dev) if spec["hybrid"] else None
-        p, e = run_models(models, x, spec["tta"], spec["embeddings"], f)
+        x = (prepare(x.to(dev, non_blocking=True), spec.input_size, chans.mix) - mean) / std
+        f = torch.from_numpy(reader.read_features(start, stop)).to(dev) if spec.features else None
+        p, e = run_models(models, x, spec.tta, spec.embeddings, f)
         probs.append(p)
         if e is not None:
             embeds.append(e)
@@ -133,19 +158,19 @@ def predict_shard(
         {
             "image_id": np.asarray(ids, dtype=object),
             "cell_id": cids,
-            "level": spec["level"],
+            "level": spec.level,
             "shard": tiles.name.removesuffix(".zarr"),
             "model": model_name,
         }
     )
     for k in range(catalog.n_classes):
         table[f"prob_{k}"] = prob[:, k]
-    hits = prob >= thresholds
+    hits = prob >= folds.thresholds
     table["predicted"] = [format_labels(np.flatnonzero(h).tolist(), catalog) for h in hits]
     table["n_predicted"] = hits.sum(1).astype(np.int16)
     dim = None
-    if spec["embeddings"]:
-        dim = int(embeds[0].shape[1]) if embeds else int(models[0].num_features)
+    if spec.embeddings:
+        dim = int(embeds[0].shape[1]) if embeds else num_features_of(models[0])
         table["embedding"] = list(np.concatenate(embeds)) if embeds else []
     write_table(table, predictions_schema(catalog.n_classes, dim), out)
     get_logger().info("predict %s: %d rows -> %s", model_name, len(table), out)

@@ -73,7 +73,7 @@ def assign_folds(
     eligible = np.flatnonzero((counts >= min_combination).to_numpy() & (combos != "").to_numpy())
     if len(eligible) < n_folds:
         return folds
-    y = multi_hot([labels[i] for i in eligible], n_classes)
+    y = multi_hot([labels[int(i)] for i in eligible], n_classes)
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, test) in enumerate(splitter.split(np.zeros((len(eligible), 1)), y)):
         folds[eligible[test]] = k

@@ -20,15 +20,11 @@ its own buffers of the same epoch plan.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import random
-import signal
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +33,24 @@ import pandas as pd
 import torch
 
 from hpa_batch import __version__
-from hpa_batch.core.atomic import atomic_path, atomic_write_text
+from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.driver import RESUME_HINT
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.metrics import summary, tune_thresholds
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import read_parquet
 from hpa_batch.layout import BEST_STATE, HISTORY_FILE, LAST_STATE, MODEL_FILE, STATE_DIR, THRESHOLDS_FILE
-from hpa_batch.models.checkpoint import atomic_save, load_checkpoint, write_model, write_thresholds
-from hpa_batch.models.factory import create_model, feature_count, input_stats
+from hpa_batch.models.checkpoint import (
+    BestEpoch,
+    TrainingState,
+    read_best,
+    read_state,
+    write_best,
+    write_model,
+    write_state,
+    write_thresholds,
+)
+from hpa_batch.models.factory import HybridNet, create_model, feature_count, input_stats
 from hpa_batch.models.loader import (
     GroupDataset,
     TileIndex,
@@ -55,183 +60,39 @@ from hpa_batch.models.loader import (
     iterate_batches,
 )
 from hpa_batch.models.losses import class_weights, loss_fn
+from hpa_batch.models.refine import refine_weak_labels
+from hpa_batch.models.runstate import (
+    HOLD_ENV,
+    RunState,
+    StopFlag,
+    TrainPace,
+    rng_state,
+    seed_everything,
+    seed_of,
+    set_rng_state,
+)
 from hpa_batch.models.schedules import create_schedule
 from hpa_batch.models.split import EXCLUDED
 from hpa_batch.models.transforms import augment, channel_map, prepare
+from hpa_batch.spec import ModelSpec
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again"; the next attempt resumes from state/last.pt
-
-
-@dataclass
-class RunState:
-    """Bookkeeping saved in every checkpoint (plain values only)."""
-
-    epoch: int = 0
-    batch: int = 0
-    global_step: int = 0
-    best_loss: float = float("inf")
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    refined: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-#: Test hook: while the file this names exists, the trainer waits after each epoch's checkpoint
-#: (until a stop signal, the file's removal or :data:`HOLD_LIMIT_S`), so a test signals it at a known point
-#: instead of training long enough for its signal to arrive. ``<file>.held`` says where it waits.
-HOLD_ENV = "HPA_BATCH_HOLD_FILE"
-HOLD_LIMIT_S = 900.0
-
-
-class StopFlag:
-    """Set by SIGTERM / SIGUSR1 (or, for tests, ``HPA_BATCH_STOP_AT_STEP``)."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        # the test hooks act on rank 0 only, as a signal to one process of a DDP job would
-        rank0 = os.environ.get("RANK", "0") == "0"
-        self.at_step = int(os.environ.get("HPA_BATCH_STOP_AT_STEP", "-1")) if rank0 else -1
-        self.hold_file = Path(os.environ[HOLD_ENV]) if rank0 and os.environ.get(HOLD_ENV) else None
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.raised = True
-
-    def due(self, step: int) -> bool:
-        return self.raised or step == self.at_step
-
-    def hold(self, epoch: int) -> None:
-        """Test hook (:data:`HOLD_ENV`): wait here while the hold file exists and no stop was requested.
-
-        Announces the wait in ``<hold file>.held`` (the epoch just saved and this pid) before waiting.
-        """
-        if self.hold_file is None or not self.hold_file.exists() or self.raised:
-            return
-        held = self.hold_file.with_name(self.hold_file.name + ".held")
-        atomic_write_text(held, json.dumps({"epoch": epoch, "pid": os.getpid()}))
-        deadline = time.monotonic() + HOLD_LIMIT_S
-        while self.hold_file.exists() and not self.raised and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-class _Pace:
-    """When to log a progress line within an epoch (every ``every_s`` seconds; 0 = every step), and
-    the throughput and time left since the epoch (or its resume) began."""
-
-    def __init__(self, every_s: float, start_step: int) -> None:
-        self.every_s, self.start_step = every_s, start_step
-        self.t0 = self.last = time.monotonic()
-        self.images = 0
-
-    def due(self, images: int) -> bool:
-        self.images += images
-        now = time.monotonic()
-        if now - self.last < self.every_s:
-            return False
-        self.last = now
-        return True
-
-    def line(self, step: int, steps: int) -> str:
-        elapsed = max(time.monotonic() - self.t0, 1e-9)
-        per_step = elapsed / max(step - self.start_step, 1)
-        return f"{self.images / elapsed:.1f} img/s, eta {per_step * (steps - step):.0f} s"
-
-
-# ----------------------------------------------------------------------------- reproducibility
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG state as weights_only-loadable values."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "gauss": float(np_state[4]),
-        },
-        "python": [list(random.getstate()[1]), random.getstate()[2]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved (its tensors may have been loaded onto a GPU)."""
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate((3, tuple(state["python"][0]), state["python"][1]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
+__all__ = ["EXIT_REQUEUE", "HOLD_ENV", "Trainer", "refine_weak_labels", "train_model", "training_positions"]
 
 
 def training_positions(
-    index: TileIndex, fold: int, spec: dict[str, Any], negative: int | None
+    index: TileIndex, fold: int, spec: ModelSpec, negative: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows to train on (fold != ``fold``, never fold -2 = excluded; options applied) and to validate on
     (fold == ``fold``)."""
     train = np.flatnonzero((index.fold != fold) & (index.fold != EXCLUDED))
     val = np.flatnonzero(index.fold == fold)
-    if spec["single_label_only"]:
+    if spec.single_label_only:
         train = train[index.n_labels[train] == 1]
-    if negative is not None and spec["negative_oversample"] > 1:
+    if negative is not None and spec.negative_oversample > 1:
         neg = train[index.y[train, negative] > 0]
-        train = np.concatenate([train] + [neg] * (spec["negative_oversample"] - 1))
+        train = np.concatenate([train] + [neg] * (spec.negative_oversample - 1))
     return np.sort(train), val
-
-
-def refine_weak_labels(
-    y: np.ndarray, prob: np.ndarray, image_id: np.ndarray, keep_ratio: float, negative: int | None
-) -> np.ndarray:
-    """Narrow weak cell labels with a model's own cell probabilities, relative to the cell's image.
-
-    A cell keeps class ``k`` of its image when its probability of ``k`` is at least ``keep_ratio``
-    times the highest probability of ``k`` among the cells of that image, so every image label stays
-    on at least one cell; a cell left without any class becomes Negative (when the catalog has one).
-
-    Parameters
-    ----------
-    y : numpy.ndarray
-        ``(n, c)`` float32 weak multi-hot labels (each cell's image labels).
-    prob : numpy.ndarray
-        ``(n, c)`` float32 model probabilities of the same cells.
-    image_id : numpy.ndarray
-        ``(n,)`` image of each cell.
-    keep_ratio : float
-        In (0, 1]; 1 keeps only the image's top cell(s) per class.
-    negative : int or None
-        Index of the Negative class.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n, c)`` float32 refined multi-hot targets.
-    """
-    weak = np.asarray(y) > 0
-    scored = np.where(weak, prob, 0.0).astype(np.float32)
-    best = pd.DataFrame(scored).groupby(pd.factorize(np.asarray(image_id))[0]).transform("max").to_numpy()
-    out = (weak & (scored >= keep_ratio * best)).astype(np.float32)
-    if negative is not None:
-        out[out.sum(1) == 0, negative] = 1.0
-    return out
-
-
-def seed_of(*parts: int) -> int:
-    """A stable 63-bit seed from integers (Python's hash of ints is stable, but be explicit)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -240,7 +101,7 @@ class Trainer:
 
     def __init__(
         self,
-        spec: dict[str, Any],
+        spec: ModelSpec,
         fold: int,
         stores: list[Path],
         splits: pd.DataFrame,
@@ -257,49 +118,48 @@ class Trainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.world > 1:
             self._init_distributed()
-        seed_everything(spec["seed"])
-        self.index = build_index(stores, splits, spec["level"], catalog.n_classes)
+        seed_everything(spec.seed)
+        self.index = build_index(stores, splits, spec.level, catalog.n_classes)
         self.train_pos, self.val_pos = training_positions(self.index, fold, spec, catalog.negative)
         if len(self.train_pos) < 2:
-            raise ValueError(f"model {spec['name']} fold {fold}: fewer than 2 training tiles")
-        self.channel_map = channel_map(spec["channels"])
+            raise ValueError(f"model {spec.name} fold {fold}: fewer than 2 training tiles")
+        self.channel_map = channel_map(spec.channels)
         self.channels = self.channel_map.gather
-        self.features = bool(spec["features"])
+        self.features = bool(spec.features)
         self.model = create_model(
-            spec["arch"],
-            spec["channels"],
+            spec.arch,
+            spec.channels,
             catalog.n_classes,
-            spec["pretrained"],
-            spec["dropout"],
+            spec.pretrained,
+            spec.dropout,
             n_features=feature_count(spec),
-            drop_path=spec["drop_path"],
+            drop_path=spec.drop_path,
         )
-        if self.features:  # standardise with the training rows' statistics (saved in the weights)
-            self.model.set_feature_stats(*feature_moments(self.index, self.train_pos), spec["feature_weights"])
+        if isinstance(self.model, HybridNet):  # standardise with the training rows' statistics (in the weights)
+            self.model.set_feature_stats(*feature_moments(self.index, self.train_pos), spec.feature_weights)
         self.model = self.model.to(self.device)
-        mean, std = input_stats(self.model, spec["channels"])
+        mean, std = input_stats(self.model, spec.channels)
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.amp = self._amp_dtype()
-        if spec["channels_last"] and self.device.type == "cuda":
+        if spec.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self._wrap(self.model)
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.weights = class_weights(self.index.y[self.train_pos], spec).to(self.device)
-        below = spec["augment"]["only_rare_below"]  # classes with fewer training rows than this
+        self.weights = class_weights(self.index.y[self.train_pos], spec.loss).to(self.device)
+        below = spec.augment.only_rare_below  # classes with fewer training rows than this
         self.rare = torch.from_numpy(self.index.y[self.train_pos].sum(0) < below) if below else None
         self.steps_per_epoch = sum(len(g) for g in self._plan(0))
         if self.steps_per_epoch == 0:  # would "train" epochs of nothing and report a nan loss
             raise ValueError(
-                f"model {spec['name']} fold {fold}: no training batch per epoch on rank {self.rank} of "
-                f"{self.world} ({len(self.train_pos)} training tiles, batch_size {spec['batch_size']})"
+                f"model {spec.name} fold {fold}: no training batch per epoch on rank {self.rank} of "
+                f"{self.world} ({len(self.train_pos)} training tiles, batch_size {spec.batch_size})"
             )
-        sched = dict(spec["schedule"])
-        kind = sched.pop("kind")
-        if kind == "cosine":
+        sched = dict(spec.schedule.params)
+        if spec.schedule.kind == "cosine":
             sched.setdefault("steps_per_epoch", self.steps_per_epoch)
-        self.lr_at = create_schedule(kind, spec["epochs"], **sched)
+        self.lr_at = create_schedule(spec.schedule.kind, spec.epochs, **sched)
         self.state = RunState()
         self.stop = StopFlag()
         self._best: dict[str, torch.Tensor] | None = None  # best weights before a refinement
@@ -314,23 +174,23 @@ class Trainer:
             self.device = torch.device("cuda", local)
 
     def _amp_dtype(self) -> torch.dtype | None:
-        amp = self.spec["amp"]
+        amp = self.spec.amp
         if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
             return None
         return torch.float16 if amp == "fp16" else torch.bfloat16
 
-    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        net = model
+    def _wrap(self, model: torch.nn.Module) -> Any:
+        net: Any = model
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        if self.spec["compile"]:
+        if self.spec.compile:
             net = torch.compile(net)
         return net
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        kind, wd = self.spec["optimizer"], self.spec["weight_decay"]
+        kind, wd = self.spec.optimizer, self.spec.weight_decay
         params = self.model.parameters()
         lr0 = 1e-3
         if kind == "sgd":
@@ -343,10 +203,10 @@ class Trainer:
         return epoch_plan(
             self.index,
             self.train_pos,
-            self.spec["batch_size"],
-            seed=self.spec["seed"],
+            self.spec.batch_size,
+            seed=self.spec.seed,
             epoch=epoch,
-            buffer_chunks=self.spec["buffer_chunks"],
+            buffer_chunks=self.spec.buffer_chunks,
             rank=self.rank,
             world=self.world,
         )
@@ -379,28 +239,28 @@ class Trainer:
         ranks = self._rank_rng_states()
         if self.rank != 0:
             return
-        atomic_save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "run": self.state.__dict__,
-                "rng": rng_state(),
-                "rng_ranks": ranks,
-                "targets": torch.from_numpy(self.index.y.astype(np.uint8)) if self.state.refined else None,
-                "spec": json.loads(json.dumps(self.spec)),
-                "fold": self.fold,
-                "version": __version__,
-            },
+        write_state(
             self.state_dir / LAST_STATE,
+            TrainingState(
+                model=self.model.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict(),
+                run=dict(vars(self.state)),
+                rng=rng_state(),
+                rng_ranks=ranks,
+                targets=torch.from_numpy(self.index.y.astype(np.uint8)) if self.state.refined else None,
+                spec=self.spec.to_entry(),
+                fold=self.fold,
+                version=__version__,
+            ),
         )
 
     def load_state(self) -> bool:
         path = self.state_dir / LAST_STATE
         if not path.is_file():
             return False
-        ckpt = load_checkpoint(path, self.device)
-        if ckpt["spec"] != json.loads(json.dumps(self.spec)) or ckpt["fold"] != self.fold:
+        ckpt = read_state(path, self.device)
+        if ckpt.spec != self.spec.to_entry() or ckpt.fold != self.fold:
             # the spec was edited since (Snakemake reruns training for that reason): a resume would mix two
             # trainings, so start over; the old state is kept aside, not deleted
             stale = path.with_name("last.stale.pt")
@@ -408,18 +268,18 @@ class Trainer:
             (self.state_dir / BEST_STATE).unlink(missing_ok=True)
             self.log.warning("%s was written for another model spec or fold: starting over (moved to %s)", path, stale)
             return False
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = RunState(**ckpt["run"])
+        self.model.load_state_dict(ckpt.model)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scaler.load_state_dict(ckpt.scaler)
+        self.state = RunState(**ckpt.run)
         if self.state.refined:
-            self.index.y[:] = ckpt["targets"].numpy().astype(np.float32)
-            self.weights = class_weights(self.index.y[self.train_pos], self.spec).to(self.device)
-        ranks = ckpt.get("rng_ranks")
-        set_rng_state(ranks[self.rank] if ranks and len(ranks) == self.world else ckpt["rng"])
+            self.index.y[:] = ckpt.targets.numpy().astype(np.float32)
+            self.weights = class_weights(self.index.y[self.train_pos], self.spec.loss).to(self.device)
+        ranks = ckpt.rng_ranks
+        set_rng_state(ranks[self.rank] if ranks and len(ranks) == self.world else ckpt.rng)
         self.log.info(
             "resuming %s fold %d at epoch %d batch %d (step %d)",
-            self.spec["name"],
+            self.spec.name,
             self.fold,
             self.state.epoch,
             self.state.batch,
@@ -437,7 +297,7 @@ class Trainer:
     def _forward(self, x: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of normalised tiles ``x`` (and feature rows ``f`` for a hybrid model)."""
         x = (x - self.mean) / self.std
-        if self.spec["channels_last"] and self.device.type == "cuda":
+        if self.spec.channels_last and self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             return self.net(x) if f is None else self.net(x, f.to(self.device, non_blocking=True))
@@ -453,12 +313,12 @@ class Trainer:
         self.net.train()
         plan = self._plan(epoch)
         data = GroupDataset(self.index, plan, self.channels, self.features)
-        pace = _Pace(self.spec["log_every_s"], self.state.batch)
-        for b, x, f, y, _ in iterate_batches(data, self.spec["num_workers"], skip=self.state.batch):
+        pace = TrainPace(self.spec.log_every_s, self.state.batch)
+        for b, x, f, y, _ in iterate_batches(data, self.spec.num_workers, skip=self.state.batch):
             self._set_lr(epoch + b / max(self.steps_per_epoch, 1))
-            x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"], self.channel_map.mix)
-            x = augment(x, self.spec, seed_of(self.spec["seed"], epoch, b), self._augmented(y))
-            loss = loss_fn(self._forward(x, f), y.to(self.device), self.weights, self.spec)
+            x = prepare(x.to(self.device, non_blocking=True), self.spec.input_size, self.channel_map.mix)
+            x = augment(x, self.spec.augment, seed_of(self.spec.seed, epoch, b), self._augmented(y))
+            loss = loss_fn(self._forward(x, f), y.to(self.device), self.weights, self.spec.loss)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -469,10 +329,10 @@ class Trainer:
             if pace.due(len(y)):
                 self.log.info(
                     "%s fold %d epoch %d/%d: step %d/%d, loss %.4g, %s",
-                    self.spec["name"],
+                    self.spec.name,
                     self.fold,
                     epoch + 1,
-                    self.spec["epochs"],
+                    self.spec.epochs,
                     b + 1,
                     self.steps_per_epoch,
                     self.state.loss_sum / self.state.loss_count,
@@ -489,12 +349,10 @@ class Trainer:
     def predict_positions(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and labels of the given rows, in order (no augmentation)."""
         self.net.eval()
-        groups = [
-            [positions[i : i + self.spec["batch_size"]]] for i in range(0, len(positions), self.spec["batch_size"])
-        ]
+        groups = [[positions[i : i + self.spec.batch_size]] for i in range(0, len(positions), self.spec.batch_size)]
         probs, ys = [], []
         for _, x, f, y, _ in iterate_batches(GroupDataset(self.index, groups, self.channels, self.features), 0):
-            x = prepare(x.to(self.device, non_blocking=True), self.spec["input_size"], self.channel_map.mix)
+            x = prepare(x.to(self.device, non_blocking=True), self.spec.input_size, self.channel_map.mix)
             probs.append(torch.sigmoid(self._forward(x, f).float()).cpu().numpy())
             ys.append(y.numpy())
         c = self.catalog.n_classes
@@ -516,10 +374,10 @@ class Trainer:
         self.model.load_state_dict(current)
         self._best = None  # not needed after the refinement: free the copy
         refined = refine_weak_labels(
-            y, prob, self.index.image_id[rows], self.spec["refine_labels"]["keep_ratio"], self.catalog.negative
+            y, prob, self.index.image_id[rows], self.spec.refine_labels.keep_ratio, self.catalog.negative
         )
         self.index.y[rows] = refined
-        self.weights = class_weights(self.index.y[self.train_pos], self.spec).to(self.device)
+        self.weights = class_weights(self.index.y[self.train_pos], self.spec.loss).to(self.device)
         self.state.refined = True
         self.state.best_loss, self.state.bad_epochs = float("inf"), 0
         self.log.info(
@@ -534,14 +392,14 @@ class Trainer:
         if self._best is not None:
             return self._best
         path = self.state_dir / BEST_STATE
-        return load_checkpoint(path, self.device)["model"] if path.is_file() else None
+        return read_best(path, self.device).model if path.is_file() else None
 
     def validate(self, epoch: int, train_loss: float) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         prob, y = self.predict_positions(self.val_pos)
         val_loss = float("nan")
         if len(y):
             logits = torch.logit(torch.from_numpy(prob).clamp(1e-7, 1 - 1e-7))
-            val_loss = float(loss_fn(logits, torch.from_numpy(y), self.weights.cpu(), self.spec))
+            val_loss = float(loss_fn(logits, torch.from_numpy(y), self.weights.cpu(), self.spec.loss))
         row = {
             "epoch": epoch,
             "lr": self.lr_at(epoch),
@@ -580,14 +438,14 @@ class Trainer:
         self.stop.install()
         job = f", SLURM job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
         self.log.info(
-            "train %s fold %d: pid %d on %s%s", self.spec["name"], self.fold, os.getpid(), socket.gethostname(), job
+            "train %s fold %d: pid %d on %s%s", self.spec.name, self.fold, os.getpid(), socket.gethostname(), job
         )
         self.load_state()
-        patience = self.spec["early_stopping_patience"]
-        while self.state.epoch < self.spec["epochs"]:
+        patience = self.spec.early_stopping_patience
+        while self.state.epoch < self.spec.epochs:
             epoch = self.state.epoch
             t0 = time.monotonic()
-            after = self.spec["refine_labels"]["after_epochs"]
+            after = self.spec.refine_labels.after_epochs
             if after and epoch == after and not self.state.refined and self.state.batch == 0:
                 self.refine_labels()
                 self.save_state()
@@ -605,10 +463,10 @@ class Trainer:
             self.state.history.append(row)
             self.log.info(
                 "%s fold %d epoch %d/%d: %s",
-                self.spec["name"],
+                self.spec.name,
                 self.fold,
                 epoch + 1,
-                self.spec["epochs"],
+                self.spec.epochs,
                 " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
             )
             improved = self._track_best(row, prob, y)
@@ -621,8 +479,8 @@ class Trainer:
                     "early stopping: stopped at epoch %d of %d: no %s improvement for %d epochs "
                     "(early_stopping_patience %d); best epoch %d",
                     epoch + 1,
-                    self.spec["epochs"],
-                    self.spec["selection"],
+                    self.spec.epochs,
+                    self.spec.selection,
                     patience,
                     patience,
                     self.state.best_epoch + 1,
@@ -632,40 +490,35 @@ class Trainer:
 
     def selection_score(self, row: dict[str, float]) -> float:
         """The best-epoch criterion of ``row``, lower = better (``-val_map`` or the validation loss)."""
-        if self.spec["selection"] == "val_map" and np.isfinite(row.get("val_map", np.nan)):
+        if self.spec.selection == "val_map" and np.isfinite(row.get("val_map", np.nan)):
             return -float(row["val_map"])
         return row["val_loss"] if np.isfinite(row["val_loss"]) else row["train_loss"]
 
     def _track_best(self, row: dict[str, float], prob: np.ndarray, y: np.ndarray) -> bool:
         metric = self.selection_score(row)
         if metric < self.state.best_loss:
-            self.state.best_loss, self.state.best_epoch, self.state.bad_epochs = metric, row["epoch"], 0
-            t = self.spec["thresholds"]
+            self.state.best_loss, self.state.best_epoch, self.state.bad_epochs = metric, int(row["epoch"]), 0
+            t = self.spec.thresholds
             reasons = ["no validation"] * self.catalog.n_classes
             thresholds = (
                 tune_thresholds(
                     y,
                     prob,
-                    t["default"],
-                    min_positives=t["min_positives"],
-                    low=t["low"],
-                    high=t["high"],
+                    t.default,
+                    min_positives=t.min_positives,
+                    low=t.low,
+                    high=t.high,
                     reasons=reasons,
                 )
                 if len(y)
-                else np.full(self.catalog.n_classes, t["default"])
+                else np.full(self.catalog.n_classes, t.default)
             )
-            if self.spec["refine_labels"]["after_epochs"] and not self.state.refined:
+            if self.spec.refine_labels.after_epochs and not self.state.refined:
                 self._best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             if self.rank == 0:
-                atomic_save(
-                    {
-                        "model": self.model.state_dict(),
-                        "thresholds": torch.from_numpy(thresholds),
-                        "threshold_reasons": reasons,
-                        "epoch": row["epoch"],
-                    },
+                write_best(
                     self.state_dir / BEST_STATE,
+                    BestEpoch(self.model.state_dict(), torch.from_numpy(thresholds), reasons, int(row["epoch"])),
                 )
             return True
         self.state.bad_epochs += 1
@@ -681,24 +534,24 @@ class Trainer:
         """Write ``model.pt`` (best weights + thresholds + spec), ``thresholds.json``, ``history.csv``."""
         if self.rank != 0:
             return {}
-        best = load_checkpoint(self.state_dir / BEST_STATE, "cpu")
-        mean, std = input_stats(self.model, self.spec["channels"])
+        best = read_best(self.state_dir / BEST_STATE)
+        mean, std = input_stats(self.model, self.spec.channels)
         with atomic_path(self.out / HISTORY_FILE) as tmp:
             pd.DataFrame(self.state.history).to_csv(tmp, index=False)
         write_thresholds(
             self.out / THRESHOLDS_FILE,
             catalog=self.catalog,
-            thresholds=best["thresholds"].tolist(),
+            thresholds=best.thresholds.tolist(),
             support=self.val_support(),
-            reasons=best.get("threshold_reasons", []),
-            rule=self.spec["thresholds"],
-            selection=self.spec["selection"],
+            reasons=best.threshold_reasons,
+            rule=self.spec.thresholds.to_entry(),
+            selection=self.spec.selection,
         )
         result = {
-            "name": self.spec["name"],
+            "name": self.spec.name,
             "fold": self.fold,
-            "best_epoch": int(best["epoch"]),
-            "selection": self.spec["selection"],
+            "best_epoch": best.epoch,
+            "selection": self.spec.selection,
             "best_score": self.state.best_loss,
             "stopped_early_at_epoch": self.stopped_early,
             "epochs_run": len(self.state.history),
@@ -709,8 +562,8 @@ class Trainer:
         }
         write_model(
             self.out / MODEL_FILE,
-            weights=best["model"],
-            thresholds=best["thresholds"],
+            weights=best.model,
+            thresholds=best.thresholds,
             spec=self.spec,
             catalog=self.catalog,
             mean=mean,
@@ -721,7 +574,7 @@ class Trainer:
 
 
 def train_model(
-    spec: dict[str, Any],
+    spec: ModelSpec,
     fold: int,
     stores: list[Path],
     splits_path: Path,

@@ -7,13 +7,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hpa_batch import CHANNELS
+from hpa_batch.spec import AugmentSpec
 
 _TERM = re.compile(r"^\s*(?:(\d*\.?\d+)\s*\*\s*)?(red|green|blue|yellow)\s*$")
 
@@ -90,32 +90,31 @@ def prepare(x: torch.Tensor, size: int, mix: np.ndarray | None = None) -> torch.
     return x
 
 
-def augment(x: torch.Tensor, spec: dict[str, Any], seed: int, only: torch.Tensor | None = None) -> torch.Tensor:
+def augment(x: torch.Tensor, aug: AugmentSpec, seed: int, only: torch.Tensor | None = None) -> torch.Tensor:
     """Random flips, 90-degree rotations and brightness per sample, on ``x``'s device.
 
     ``x`` is ``(b, k, s, s)`` float in [0, 1]; the draws come from a CPU generator seeded with
     ``seed``, so the result is the same on any device and after a resume. ``only`` ``(b,)`` bool
     limits the transforms to those samples (study 001 augmented rare classes only).
     """
-    aug = spec["augment"]
     g = torch.Generator().manual_seed(seed)
     b = x.shape[0]
     flip = torch.rand(b, generator=g) < 0.5
     k = torch.randint(0, 4, (b,), generator=g)
-    gain = 1 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * aug["brightness"]
+    gain = 1 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * aug.brightness
     if only is not None:
         only = only.cpu().bool()
         flip, k = flip & only, torch.where(only, k, torch.zeros_like(k))
         gain = torch.where(only[:, None, None, None], gain, torch.ones_like(gain))
-    if aug["flips"]:
+    if aug.flips:
         x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
-    if aug["rot90"]:
+    if aug.rot90:
         out = x.clone()
         for turns in range(1, 4):
             sel = (k == turns).nonzero().flatten().to(x.device)
             if len(sel):
                 out[sel] = torch.rot90(x[sel], turns, dims=(-2, -1))
         x = out
-    if aug["brightness"] > 0:
+    if aug.brightness > 0:
         x = (x * gain.to(x.device)).clamp(0, 1)
     return x

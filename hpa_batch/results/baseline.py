@@ -39,6 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from hpa_batch.cells.measure import FEATURE_COLUMNS, feature_matrix
+from hpa_batch.config import BaselineConfig
 from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
@@ -56,19 +57,19 @@ __all__ = ["BASELINES", "FEATURE_COLUMNS", "create_baseline", "features", "fit_b
 SERIAL_BELOW_ROWS = 20_000
 
 
-def fit_threads(options: dict[str, Any], rows: int) -> int:
+def fit_threads(options: BaselineConfig, rows: int) -> int:
     """Threads (or one-vs-rest workers) of a fit or prediction of ``rows`` rows: ``n_jobs``, or one
     below :data:`SERIAL_BELOW_ROWS`."""
-    return 1 if rows < SERIAL_BELOW_ROWS else int(options["n_jobs"])
+    return 1 if rows < SERIAL_BELOW_ROWS else int(options.n_jobs)
 
 
-def _fit(name: str, options: dict[str, Any], x: np.ndarray, y: np.ndarray) -> Pipeline:
+def _fit(name: str, options: BaselineConfig, x: np.ndarray, y: np.ndarray) -> Pipeline:
     """Fit a fresh pipeline; classes absent from (or universal in) ``y`` become constant predictors,
     which is expected with 19-28 classes and not worth one warning per class."""
     threads = fit_threads(options, len(x))
     with warnings.catch_warnings(), threadpool_limits(threads):
         warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
-        return create_baseline(name, options["seed"], threads).fit(x, y)
+        return create_baseline(name, options.seed, threads).fit(x, y)
 
 
 def create_baseline(name: str, seed: int = 0, n_jobs: int = 1) -> Pipeline:
@@ -161,7 +162,7 @@ def training_cells(
 
 
 def fit_baseline(
-    cells: pd.DataFrame, catalog: LabelCatalog, options: dict[str, Any], embeddings: np.ndarray | None = None
+    cells: pd.DataFrame, catalog: LabelCatalog, options: BaselineConfig, embeddings: np.ndarray | None = None
 ) -> tuple[Pipeline, np.ndarray, dict[str, float]]:
     """Fit the classifier on ``cells``; tune thresholds on image-grouped out-of-fold predictions.
 
@@ -174,17 +175,17 @@ def fit_baseline(
     x = features(cells, embeddings)
     y = weak_targets(cells["image_labels"].tolist(), n, catalog.negative)
     groups = cells["image_id"].to_numpy()
-    n_splits = min(options["cv_folds"], len(np.unique(groups)))
+    n_splits = min(options.cv_folds, len(np.unique(groups)))
     if n_splits < 2:
         raise ValueError(f"the baseline needs cells of >= 2 training images, got {len(np.unique(groups))}")
     oof = np.zeros(y.shape, np.float32)
     for train, test in GroupKFold(n_splits=n_splits).split(x, y, groups):
-        m = _fit(options["model"], options, x[train], y[train])
+        m = _fit(options.model, options, x[train], y[train])
         oof[test] = predict_proba(m, x[test], fit_threads(options, len(test)))
     thresholds = tune_thresholds(
-        y, oof, GUARD["default"], min_positives=GUARD["min_positives"], low=GUARD["low"], high=GUARD["high"]
+        y, oof, GUARD.default, min_positives=GUARD.min_positives, low=GUARD.low, high=GUARD.high
     )  # the deep models' default guard
-    model = _fit(options["model"], options, x, y)
+    model = _fit(options.model, options, x, y)
     cv = {"cells": len(y), "macro_f1": macro_f1(y, oof, thresholds), "map": mean_ap(y, oof)}
     return model, thresholds, cv
 
@@ -193,7 +194,7 @@ def run_baseline(
     cells_path: Path,
     held_out: set[str],
     catalog: LabelCatalog,
-    options: dict[str, Any],
+    options: BaselineConfig,
     out: Path,
     *,
     predictions: Mapping[str, Path] | None = None,
@@ -212,8 +213,8 @@ def run_baseline(
     Returns the summary.
     """
     n = catalog.n_classes
-    train = training_cells(cells_path, set(held_out) | set(excluded), options["max_train_cells"], options["seed"])
-    emb_dir = predictions if options["embeddings"] else None
+    train = training_cells(cells_path, set(held_out) | set(excluded), options.max_train_cells, options.seed)
+    emb_dir = predictions if options.embeddings else None
     emb = embeddings_of(emb_dir, train)
     model, thresholds, cv = fit_baseline(train, catalog, options, emb)
     schema, rows = baseline_schema(n), 0
@@ -235,7 +236,7 @@ def run_baseline(
     with atomic_path(model_out or out.with_name("model.joblib")) as tmp:
         joblib.dump(model, tmp)
     summary = {
-        "model": options["model"],
+        "model": options.model,
         "features": list(FEATURE_COLUMNS) + (["embedding"] if emb is not None else []),
         "train_cells": len(train),
         "held_out_images": len(held_out),
@@ -244,7 +245,7 @@ def run_baseline(
         "oof_weak_labels": cv,
     }
     atomic_write_text(summary_out or out.with_name("summary.json"), json.dumps(summary, indent=1))
-    get_logger().info("baseline %s: trained on %d cells, predicted %d -> %s", options["model"], len(train), rows, out)
+    get_logger().info("baseline %s: trained on %d cells, predicted %d -> %s", options.model, len(train), rows, out)
     return summary
 
 
@@ -252,7 +253,7 @@ def baseline_stage(
     cells_path: Path,
     images_path: Path,
     catalog: LabelCatalog,
-    options: dict[str, Any],
+    options: BaselineConfig,
     out: Path,
     *,
     trained_folds: set[int],

@@ -24,6 +24,7 @@ from hpa_batch.core.labels import LabelCatalog, emitted_ids, format_labels, pars
 from hpa_batch.core.metrics import macro_f1, mean_ap
 from hpa_batch.core.progress import get_logger
 from hpa_batch.models.split import multi_hot
+from hpa_batch.results.metrics_file import Metrics, PredictionGuard, RunMetrics, write_metrics
 
 
 def _pairs(p_ids: np.ndarray, t_ids: np.ndarray, iou: np.ndarray, min_iou: float) -> pd.DataFrame:
@@ -216,7 +217,7 @@ def evaluate_run(
     *,
     iou_threshold: float = 0.6,
     ious: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
-) -> dict[str, object]:
+) -> RunMetrics:
     """Metrics of a run: image-level macro-F1 / per-class F1 and AP, and with per-cell truth the
     instance mAP at ``iou_threshold`` (fused probabilities), cell accuracy, per cell line.
 
@@ -229,7 +230,7 @@ def evaluate_run(
     y_img = multi_hot(ok["labels"].tolist(), n)
     p_img = ok[[f"image_prob_{k}" for k in range(n)]].to_numpy(float)
     pred_img = multi_hot([predicted_ids(v, catalog) for v in ok["predicted"]], n)
-    result: dict[str, object] = {
+    result: RunMetrics = {
         "images": len(ok),
         "image_macro_f1": macro_f1(y_img, pred_img.astype(float), 0.5) if len(ok) else None,
         "image_map": mean_ap(y_img, p_img) if len(ok) else None,
@@ -256,13 +257,9 @@ def evaluate_run(
     truth = truth[truth["image_id"].isin(list(ious))]
     pred = cells.rename(columns={f"fused_prob_{k}": f"prob_{k}" for k in range(n)})
     m, per = instance_map(pred, truth, ious, n, iou_threshold)
-    result.update(
-        {
-            "cell_map": m,
-            "iou_threshold": iou_threshold,
-            "cell_ap_per_class": {catalog.classes[k]: v for k, v in per.items()},
-        }
-    )
+    result["cell_map"] = m
+    result["iou_threshold"] = iou_threshold
+    result["cell_ap_per_class"] = {catalog.classes[k]: v for k, v in per.items()}
     lines = {}
     for line, idx in images.groupby("cell_line").groups.items():
         ids = set(images.loc[idx, "image_id"])
@@ -398,7 +395,7 @@ def baseline_view(
     return c, i
 
 
-def prediction_guard(cells: pd.DataFrame, catalog: LabelCatalog, max_share: float) -> dict[str, object]:
+def prediction_guard(cells: pd.DataFrame, catalog: LabelCatalog, max_share: float) -> PredictionGuard:
     """Share of cells predicted per class, and the classes predicted for more than ``max_share`` of the
     cells although the per-cell truth (when there is one) gives them no more than that share.
 
@@ -415,17 +412,15 @@ def prediction_guard(cells: pd.DataFrame, catalog: LabelCatalog, max_share: floa
             truth = multi_hot([list(map(int, v)) for v in matched["truth_labels"]], n).mean(axis=0)
     over = [catalog.classes[k] for k in range(n) if pred[k] > max_share and (truth is None or truth[k] <= max_share)]
     distinct = {tuple(s) for s in sets}
-    return {
+    guard: PredictionGuard = {
         "max_class_share": max_share,
         "class_share": {catalog.classes[k]: round(float(pred[k]), 4) for k in range(n)},
-        **(
-            {"truth_share": {catalog.classes[k]: round(float(truth[k]), 4) for k in range(n)}}
-            if truth is not None
-            else {}
-        ),
         "over_predicted": over,
         "single_prediction": len(sets) > 1 and len(distinct) == 1,
     }
+    if truth is not None:
+        guard["truth_share"] = {catalog.classes[k]: round(float(truth[k]), 4) for k in range(n)}
+    return guard
 
 
 UNLABELLED = (
@@ -436,7 +431,7 @@ UNLABELLED = (
 
 def unlabelled_metrics(
     cells: pd.DataFrame, images: pd.DataFrame, catalog: LabelCatalog, max_class_share: float = 0.6
-) -> dict[str, object]:
+) -> Metrics:
     """``metrics.json`` of an unlabelled set: why nothing is scored, what was predicted, and the
     prediction guard (a class on most cells, one label set for every cell still shows)."""
     admitted = images[~images["rejected"]]
@@ -465,14 +460,14 @@ def evaluate_all(
     iou_threshold: float = 0.6,
     max_class_share: float = 0.6,
     all_unseen: bool = False,
-) -> dict[str, object]:
+) -> Metrics:
     """``metrics.json``: the deep model's metrics on every image at the top level (as before), then
     ``held_out`` (images no model trained on; absent when there are none) and ``baseline`` with the
     same two views."""
     ious = image_ious(stores, truth_dir) if truth_dir is not None else None
     held = held_out_images(images, trained_folds, all_unseen=all_unseen)
 
-    def both(c: pd.DataFrame, i: pd.DataFrame) -> tuple[dict[str, object], dict[str, object] | None]:
+    def both(c: pd.DataFrame, i: pd.DataFrame) -> tuple[RunMetrics, RunMetrics | None]:
         everything = evaluate_run(c, i, stores, truth_dir, catalog, iou_threshold=iou_threshold, ious=ious)
         if not held:
             return everything, None
@@ -487,23 +482,26 @@ def evaluate_all(
         )
         return everything, sub
 
-    result, held_metrics = both(cells, images)
+    everything, held_metrics = both(cells, images)
+    result = Metrics(**everything)
     result["held_out_images"] = len(held)
     result["trained_folds"] = sorted(trained_folds)
-    result["prediction_guard"] = prediction_guard(cells, catalog, max_class_share)
-    for name in result["prediction_guard"]["over_predicted"]:
+    guard = result["prediction_guard"] = prediction_guard(cells, catalog, max_class_share)
+    for name in guard["over_predicted"]:
         get_logger().warning(
             "evaluate: %s is predicted for %.0f%% of cells (> %.0f%%, more than the truth "
             "says): its threshold is degenerate",
             name,
-            100 * result["prediction_guard"]["class_share"][name],
+            100 * guard["class_share"][name],
             100 * max_class_share,
         )
     if held_metrics is not None:
         result["held_out"] = held_metrics
     if baseline is not None and baseline_thresholds is not None:
         b_all, b_held = both(*baseline_view(cells, images, baseline, baseline_thresholds, catalog))
-        result["baseline"] = {"all": b_all, **({"held_out": b_held} if b_held is not None else {})}
+        result["baseline"] = {"all": b_all}
+        if b_held is not None:
+            result["baseline"]["held_out"] = b_held
     return result
 
 
@@ -520,7 +518,7 @@ def evaluate_stage(
     out: Path,
     baseline_path: Path | None = None,
     baseline_summary: Path | None = None,
-) -> dict[str, object]:
+) -> Metrics:
     """The evaluate stage: ``metrics.json`` (:func:`evaluate_all`, or :func:`unlabelled_metrics` for a
     set without labels) written atomically to ``out``; returns it.
 
@@ -531,7 +529,6 @@ def evaluate_stage(
     """
     import json
 
-    from hpa_batch.core.atomic import atomic_write_text
     from hpa_batch.core.tables import read_parquet
 
     cells = read_parquet(cells_path)
@@ -557,5 +554,5 @@ def evaluate_stage(
             max_class_share=evaluation.max_class_share,
             all_unseen=all_unseen,
         )
-    atomic_write_text(out, json.dumps(metrics, indent=1))
+    write_metrics(out, metrics)
     return metrics

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,9 @@ from hpa_batch.cells.measure import FEATURE_COLUMNS
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.tables import parquet_file
+
+if TYPE_CHECKING:
+    import anndata
 
 #: Text columns of ``obs`` (missing values become "").
 OBS_TEXT = ("image_id", "cell_line", "shard", "predicted", "image_labels", "truth_labels")
@@ -44,7 +48,7 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def shard_anndata(table: pd.DataFrame, catalog: LabelCatalog):
+def shard_anndata(table: pd.DataFrame, catalog: LabelCatalog) -> anndata.AnnData:
     """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`."""
     import anndata as ad
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 
 from hpa_batch.cells.measure import CELLS_SCHEMA
 from hpa_batch.cells.segment.qc import read_segment_qc
+from hpa_batch.config import MergeConfig
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import get_logger
@@ -143,7 +143,7 @@ def merge_shard(
     n: int,
     catalog: LabelCatalog,
     *,
-    options: dict[str, Any],
+    options: MergeConfig,
     thresholds: np.ndarray,
     truth: pd.DataFrame | None,
     image_thresholds: np.ndarray | None = None,
@@ -166,16 +166,16 @@ def merge_shard(
     img_probs = _image_probs(inp, cells, cp, n)
     ip = np.stack([img_probs.get(i, np.zeros(n, np.float32)) for i in cells["image_id"]]) if len(cells) else cp
     if has_cell:
-        fused = fuse(cp, ip, options["fusion"], options["cell_weight"])
+        fused = fuse(cp, ip, options.fusion, options.cell_weight)
         # thresholds go through the same fusion as the probabilities (product: t*t, i.e. the geometric mean
         # of cell and image probability against t), so fusing never silently turns every prediction off
-        fused_t = fuse(thresholds[None, :], thresholds[None, :], options["fusion"], options["cell_weight"])[0]
+        fused_t = fuse(thresholds[None, :], thresholds[None, :], options.fusion, options.cell_weight)[0]
     else:  # image level only: every cell carries its image's probabilities and thresholds
         fused, fused_t = ip.copy(), thresholds.astype(np.float32)
     for k in range(n):
         cells[f"image_prob_{k}"] = ip[:, k]
         cells[f"fused_prob_{k}"] = fused[:, k]
-    if catalog.negative is not None and options.get("negative", "derived") == "derived":
+    if catalog.negative is not None and options.negative == "derived":
         fused = derive_negative(fused, fused_t, catalog.negative)
         cells[f"fused_prob_{catalog.negative}"] = fused[:, catalog.negative]
         fused_t = fused_t.copy()
@@ -296,7 +296,7 @@ def merge_tables(
     shards: list[ShardInputs],
     splits_path: Path,
     catalog: LabelCatalog,
-    options: dict[str, Any],
+    options: MergeConfig,
     *,
     thresholds: np.ndarray,
     out_cells: Path,
@@ -340,7 +340,7 @@ def merge_stage(
     shards: list[ShardInputs],
     splits_path: Path,
     catalog: LabelCatalog,
-    options: dict[str, Any],
+    options: MergeConfig,
     *,
     cell_thresholds: list[Path] | None,
     image_thresholds: list[Path] | None,

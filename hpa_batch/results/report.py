@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -46,12 +46,14 @@ import zarr
 from PIL import Image
 
 from hpa_batch.cells.segment.qc import robust_z
+from hpa_batch.config import ReportConfig
 from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.tables import read_parquet, read_schema
 from hpa_batch.layout import THRESHOLDS_FILE
 from hpa_batch.models.split import EXCLUDED, multi_hot
 from hpa_batch.results.evaluate import predicted_ids
+from hpa_batch.results.metrics_file import Metrics, RunMetrics, read_metrics
 from hpa_batch.results.viz import composite, store_overlay
 
 SECTIONS = (
@@ -167,13 +169,15 @@ HEADLINE = (
 )
 
 
-def _guard_flags(metrics: dict[str, Any]) -> str:
+def _guard_flags(metrics: Metrics) -> str:
     """Red flags of the prediction guard: one label set for every cell, a class on most cells."""
-    guard = metrics.get("prediction_guard") or {}
+    guard = metrics.get("prediction_guard")
+    if guard is None:
+        return ""
     warnings = []
-    if guard.get("single_prediction"):
+    if guard["single_prediction"]:
         warnings.append("DEGENERATE MODEL: every cell got the same predicted label set.")
-    for name in guard.get("over_predicted", []):
+    for name in guard["over_predicted"]:
         share = guard["class_share"][name]
         truth = guard.get("truth_share", {}).get(name)
         said = f" (truth: {truth:.0%})" if truth is not None else ""
@@ -184,9 +188,10 @@ def _guard_flags(metrics: dict[str, Any]) -> str:
     return "".join(f'<p class="flag">{html.escape(w)}</p>' for w in warnings)
 
 
-def _unscored_summary(metrics: dict[str, Any]) -> str:
+def _unscored_summary(metrics: Metrics) -> str:
     """Summary of an unlabelled set: why nothing is scored, and the share of cells per predicted class."""
-    share = (metrics.get("prediction_guard") or {}).get("class_share", {})
+    guard = metrics.get("prediction_guard")
+    share = guard["class_share"] if guard else {}
     df = pd.DataFrame({"class": list(share), "share of cells predicted": list(share.values())})
     note = _note(
         f"Not scored: {metrics['skipped']}. {metrics.get('images', 0)} images, "
@@ -196,16 +201,19 @@ def _unscored_summary(metrics: dict[str, Any]) -> str:
     return _section("summary", "Summary", _guard_flags(metrics) + note + _table(df, sortable=True))
 
 
-def summary_section(metrics: dict[str, Any]) -> str:
+def summary_section(metrics: Metrics) -> str:
     """Headline metrics: rows = metric, columns = deep / baseline x all / held-out (an unlabelled set:
     why nothing is scored and what was predicted)."""
     if "skipped" in metrics:
         return _unscored_summary(metrics)
-    views = {"deep model, all images": metrics, "deep model, held-out": metrics.get("held_out")}
-    base = metrics.get("baseline") or {}
-    views["baseline, all images"] = base.get("all")
-    views["baseline, held-out"] = base.get("held_out")
-    views = {k: v for k, v in views.items() if v is not None}
+    base = metrics.get("baseline")
+    candidates: dict[str, RunMetrics | None] = {
+        "deep model, all images": metrics,
+        "deep model, held-out": metrics.get("held_out"),
+        "baseline, all images": base["all"] if base else None,
+        "baseline, held-out": base.get("held_out") if base else None,
+    }
+    views = {k: cast(dict[str, Any], v) for k, v in candidates.items() if v is not None}
     df = pd.DataFrame(
         {
             "metric": [label for _, label in HEADLINE],
@@ -335,14 +343,17 @@ def _bars(
     ax.grid(axis="y", alpha=0.3)
 
 
-def per_class_section(metrics: dict[str, Any], catalog: LabelCatalog) -> str:
+def per_class_section(metrics: Metrics, catalog: LabelCatalog) -> str:
     """Per-class F1 and AP bars, deep model vs baseline (held-out view when there is one)."""
     if "skipped" in metrics:
         return _section("per-class", "Per-class F1 and AP", _note(f"Not scored: {metrics['skipped']}."))
-    view = "held_out" if "held_out" in metrics else None
-    deep = metrics[view] if view else metrics
-    base = (metrics.get("baseline") or {}).get(view or "all")
-    ap_key = "cell_ap_per_class" if "cell_ap_per_class" in deep else "image_ap_per_class"
+    held = metrics.get("held_out")
+    deep: RunMetrics = held if held is not None else metrics
+    baseline = metrics.get("baseline")
+    base = (baseline.get("held_out") if held is not None else baseline["all"]) if baseline else None
+    cell_level = "cell_ap_per_class" in deep
+    ap = deep.get("cell_ap_per_class", {}) if cell_level else deep.get("image_ap_per_class", {})
+    base_ap = (base.get("cell_ap_per_class") if cell_level else base.get("image_ap_per_class")) if base else None
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 7.5))
     _bars(
         a1,
@@ -353,13 +364,13 @@ def per_class_section(metrics: dict[str, Any], catalog: LabelCatalog) -> str:
     )
     _bars(
         a2,
-        deep.get(ap_key, {}),
-        base.get(ap_key) if base else None,
-        "Cell-level AP per class (IoU 0.6)" if ap_key.startswith("cell") else "Image-level AP per class",
+        ap,
+        base_ap,
+        "Cell-level AP per class (IoU 0.6)" if cell_level else "Image-level AP per class",
         catalog.classes,
     )
     fig.tight_layout()
-    which = "held-out images" if view else "all images"
+    which = "held-out images" if held is not None else "all images"
     return _section("per-class", "Per-class F1 and AP: deep model vs baseline", _note(f"On {which}.") + _png(fig))
 
 
@@ -467,7 +478,7 @@ def segmentation_section(images: pd.DataFrame, zarr_stores: list[Path], n: int, 
 
     def shown(rows: pd.DataFrame, k: int) -> pd.DataFrame:
         """The first ``k`` rows whose labels exist (checked lazily: a run has ~10^5 images)."""
-        keep = []
+        keep: list[Any] = []
         for i, r in zip(rows.index, rows.itertuples()):
             if len(keep) == k:
                 break
@@ -719,14 +730,14 @@ def screenshot(
 def build_report(
     inp: ReportInputs,
     catalog: LabelCatalog,
-    options: dict[str, Any],
+    options: ReportConfig,
     out: Path,
     *,
     figures_dir: Path | None = None,
 ) -> Path:
     """Write the standalone report ``out`` (temporary name, then renamed); with ``figures_dir``, its
     figures also as PNG files there (:func:`export_figures`)."""
-    metrics = json.loads(inp.metrics.read_text())
+    metrics = read_metrics(inp.metrics)
     images = read_parquet(inp.images)
     n = catalog.n_classes
     cols = ["image_id", "cell_id", "predicted", *[f"fused_prob_{k}" for k in range(n)]]
@@ -739,9 +750,9 @@ def build_report(
         training_section(inp.histories),
         per_class_section(metrics, catalog),
         confusion_section(cells, images, catalog),
-        segmentation_section(images, inp.zarr_stores, options["overlays"], options["max_rejected"]),
-        gallery_section(cells, inp.tile_stores, catalog, options["gallery_per_class"]),
-        rejected_section(images, inp.rejected, options["max_rejected"]),
+        segmentation_section(images, inp.zarr_stores, options.overlays, options.max_rejected),
+        gallery_section(cells, inp.tile_stores, catalog, options.gallery_per_class),
+        rejected_section(images, inp.rejected, options.max_rejected),
         provenance_section(inp.config, inp.workdir),
     ]
     name = html.escape(str(inp.config.get("dataset", {}).get("name", "run")))

@@ -270,7 +270,7 @@ def image_rows(
         yield image_id, cells.shape[1], cells.shape[0], text
 
 
-def _csv_line(row: tuple[str, int, int, str]) -> str:
+def _csv_line(row: tuple[str | int, ...]) -> str:
     """One CSV line (with its newline) of a submission row."""
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(row)

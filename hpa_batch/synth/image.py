@@ -121,7 +121,7 @@ def _render_cells(
         ref = 1.0 if cell_brightness <= 1 else float(cell_brightness ** rng.uniform(-0.5, 0.5))
         canvas[red][sl] += F32(levels[red] * ref * rng.uniform(0.7, 1.3)) * ctx.microtubules
         canvas[yellow][sl] += F32(levels[yellow] * ref * rng.uniform(0.7, 1.3)) * ctx.er
-        g = F32(green_af) * np.where(ctx.nuc, F32(0.6), ctx.thickness)
+        g: np.ndarray = F32(green_af) * np.where(ctx.nuc, F32(0.6), ctx.thickness)
         expression = levels[green] * float(np.exp(rng.uniform(-0.8, 0.8)))
         for p in cell_patterns[k - 1]:
             g = g + F32(expression * rng.uniform(0.6, 1.0)) * PATTERN_RENDERERS[p.name](ctx)
@@ -183,7 +183,7 @@ def _camera(
         ramp = (grid[:, None] - F32(0.5)) * F32(math.sin(ang)) + (grid[None, :] - F32(0.5)) * F32(math.cos(ang))
         vig_small = vig_small * (F32(1) + F32(gradient) * ramp)
     vig_small = np.maximum(vig_small, F32(0.05))
-    vignette = _upsample(vig_small, (size, size))
+    vignette_map = _upsample(vig_small, (size, size))
     out = np.empty(photons.shape, np.uint16)
     for c in range(photons.shape[0]):
         lam = ndi.gaussian_filter(photons[c], psf, truncate=3.0)
@@ -194,7 +194,7 @@ def _camera(
         if c == CHANNELS.index("green") and green_background > 0:
             bg = bg + F32(green_background) * vig_small
         low = _upsample(F32(0.04) * haze * vig_small + bg, (size, size))
-        lam *= vignette
+        lam *= vignette_map
         lam += low
         np.maximum(lam, F32(0), out=lam)
         sd = lam * (gain * gain)

@@ -118,11 +118,11 @@ def _assign_cell_patterns(
     for p in image_patterns:
         if any(p in c for c in cells):
             continue
-        eligible = [i for i in range(n) if p.allowed(mitotic[i])]
-        if not eligible:
+        hosts = [i for i in range(n) if p.allowed(mitotic[i])]
+        if not hosts:
             continue
-        positive = [i for i in eligible if cells[i]]
-        pool = positive or eligible
+        positive = [i for i in hosts if cells[i]]
+        pool = positive or hosts
         i = pool[int(rng.integers(len(pool)))]
         cells[i] = sorted([*cells[i], p], key=lambda q: q.class_id)
     # The union must not be empty for a positive image (e.g. spindle without mitosis).

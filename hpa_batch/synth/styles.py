@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -266,7 +267,7 @@ def _log_uniform(rng: np.random.Generator, bounds: Range) -> float:
 
 def draw_style(rng: np.random.Generator, style: SynthStyle, profile: CellLineProfile) -> StyleDraw:
     """Draw one image's values of ``style`` on top of the cell line's ``profile``."""
-    changes: dict[str, float] = {}
+    changes: dict[str, Any] = {}
     if style.radius is not None:
         changes["radius"] = _log_uniform(rng, style.radius)
     if style.coverage is not None:

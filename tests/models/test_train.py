@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from hpa_batch.core.labels import CATALOGS
 from hpa_batch.models.factory import WeightsUnavailable, create_model
 from hpa_batch.models.loader import build_index, epoch_plan
 from hpa_batch.models.split import make_splits, write_splits
+from hpa_batch.spec import AugmentSpec, RefineSpec
 
 TINY = {
     "name": "tiny",
@@ -175,8 +177,9 @@ def test_hybrid_model_learns_from_features_and_predicts_with_them(trainable, tmp
     f = len(FEATURE_COLUMNS)
     assert ckpt["spec"]["features"] and ckpt["model"]["feature_mean"].shape == (f,)
     assert ckpt["model"]["feature_std"].min() > 0 and ckpt["model"]["feature_mean"].abs().sum() > 0
-    models, spec, _ = load_folds([out / "model.pt"], torch.device("cpu"))
-    assert isinstance(models[0], HybridNet) and spec["hybrid"]
+    folds = load_folds([out / "model.pt"], torch.device("cpu"))
+    models, spec = folds.models, folds.spec
+    assert isinstance(models[0], HybridNet) and spec.features
     import zarr
 
     g = zarr.open_group(trainable["stores"][0], mode="r")
@@ -223,9 +226,10 @@ def test_image_hybrid_with_study_002_weights_and_mixed_channels(trainable, tmp_p
     g = zarr.open_group(trainable["stores"][0], mode="r")
     rows = g["image_features"][:]
     assert rows.shape == (g["images"].shape[0], f) and np.isfinite(rows).all() and (rows.std(0) > 0).sum() >= 5
-    models, spec, _ = load_folds([out / "model.pt"], torch.device("cpu"))
-    cmap = channel_map(spec["channels"])
-    assert spec["hybrid"] and cmap.gather == [0, 1, 2] and cmap.mix.shape == (3, 3)
+    folds = load_folds([out / "model.pt"], torch.device("cpu"))
+    models, spec = folds.models, folds.spec
+    cmap = channel_map(spec.channels)
+    assert spec.features and cmap.gather == [0, 1, 2] and cmap.mix.shape == (3, 3)
     x = prepare(torch.from_numpy(g["images"][:2][:, cmap.gather]), 32, cmap.mix)
     feats = torch.from_numpy(rows[:2])
     assert_uses_own_feature_row(models, x, feats)
@@ -246,7 +250,7 @@ def test_checkpoint_round_trip(trainable, tmp_path):
     from hpa_batch.models.train import Trainer
 
     splits = pd.read_parquet(trainable["splits"])
-    spec = {**trainable["cfg"].raw["models"][0]}
+    spec = trainable["cfg"].models[0]
     a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     a.train_epoch(0)
     a.state.epoch = 1
@@ -317,10 +321,9 @@ def test_resume_around_label_refinement_is_bit_exact(trainable, tmp_path, when):
     index = build_index(trainable["stores"], pd.read_parquet(trainable["splits"]), "cell", 19)
     from hpa_batch.models.train import training_positions
 
-    train_pos, _ = training_positions(index, 0, c.raw["models"][0], None)
+    train_pos, _ = training_positions(index, 0, c.models[0], None)
     per_epoch = sum(
-        len(g)
-        for g in epoch_plan(index, train_pos, 16, seed=0, epoch=0, buffer_chunks=c.raw["models"][0]["buffer_chunks"])
+        len(g) for g in epoch_plan(index, train_pos, 16, seed=0, epoch=0, buffer_chunks=c.models[0].buffer_chunks)
     )
     run_train(trainable, tmp_path / "straight", config=config)
     step = 3 if when == "before" else per_epoch + 2
@@ -364,7 +367,7 @@ def test_refined_targets_round_trip_through_the_checkpoint(trainable, tmp_path):
     from hpa_batch.models.train import Trainer
 
     splits = pd.read_parquet(trainable["splits"])
-    spec = {**trainable["cfg"].raw["models"][0], "refine_labels": {"after_epochs": 1, "keep_ratio": 0.5}}
+    spec = replace(trainable["cfg"].models[0], refine_labels=RefineSpec(after_epochs=1, keep_ratio=0.5))
     a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     weak = a.index.y.copy()
     a.refine_labels()
@@ -380,7 +383,7 @@ def test_refinement_uses_the_best_weights_also_after_a_restart(trainable, tmp_pa
     from hpa_batch.models.train import Trainer
 
     splits = pd.read_parquet(trainable["splits"])
-    spec = {**trainable["cfg"].raw["models"][0], "refine_labels": {"after_epochs": 2, "keep_ratio": 0.5}}
+    spec = replace(trainable["cfg"].models[0], refine_labels=RefineSpec(after_epochs=2, keep_ratio=0.5))
     a = Trainer(spec, 0, trainable["stores"], splits, CATALOGS["hpa2021"], out=tmp_path)
     row, prob, y = a.validate(0, a.train_epoch(0))
     assert a._track_best(row, prob, y) and a._best is not None
@@ -462,13 +465,13 @@ def test_ddp_two_processes_on_cpu(ddp_straight):
 def test_augment_is_deterministic_and_label_preserving():
     from hpa_batch.models.transforms import augment
 
-    spec = {"augment": {"flips": True, "rot90": True, "brightness": 0.2}}
+    spec = AugmentSpec(flips=True, rot90=True, brightness=0.2, only_rare_below=0)
     x = torch.rand(16, 4, 8, 8)
     a, b = augment(x, spec, 7), augment(x, spec, 7)
     assert torch.equal(a, b) and not torch.equal(a, augment(x, spec, 8))
-    off = augment(x, {"augment": {"flips": False, "rot90": False, "brightness": 0.0}}, 7)
+    off = augment(x, AugmentSpec(flips=False, rot90=False, brightness=0.0, only_rare_below=0), 7)
     assert torch.equal(off, x)
-    geo = augment(x, {"augment": {"flips": True, "rot90": True, "brightness": 0.0}}, 7)
+    geo = augment(x, AugmentSpec(flips=True, rot90=True, brightness=0.0, only_rare_below=0), 7)
     for i in range(16):  # every output is one of the 8 dihedral transforms of its input
         views = [torch.rot90(v, k, dims=(-2, -1)) for v in (x[i], x[i].flip(-1)) for k in range(4)]
         assert any(torch.equal(geo[i], v) for v in views)
@@ -496,7 +499,7 @@ def test_excluded_images_are_never_trained_or_validated_on():
         fold=fold,
         n_labels=np.ones(n, int),
     )
-    spec = {"single_label_only": False, "negative_oversample": 1}
+    spec = replace(load_config(None).models[0], single_label_only=False, negative_oversample=1)
     for k in (0, 1):
         train, val = training_positions(index, k, spec, None)
         assert not set(train) & {3, 5} and not set(val) & {3, 5}

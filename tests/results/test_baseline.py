@@ -1,11 +1,13 @@
 """The scikit-learn baseline: features, weak targets, streaming prediction, held-out images, embeddings."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from hpa_batch.config import BaselineConfig
 from hpa_batch.core.labels import CATALOGS
 from hpa_batch.results.baseline import (
     BASELINES,
@@ -19,7 +21,9 @@ from hpa_batch.results.baseline import (
 )
 
 CAT = CATALOGS["hpa2021"]
-OPTIONS = {"model": "logistic", "embeddings": False, "max_train_cells": 100000, "cv_folds": 3, "n_jobs": 1, "seed": 0}
+OPTIONS = BaselineConfig(
+    enabled=True, model="logistic", embeddings=False, max_train_cells=100000, cv_folds=3, n_jobs=1, seed=0
+)
 
 
 def synthetic_cells(n_images=24, cells_per_image=12, seed=0):
@@ -57,7 +61,7 @@ def test_weak_targets_inherit_image_labels_and_empty_is_negative():
 @pytest.mark.parametrize("name", BASELINES.names())
 def test_every_registered_baseline_learns_the_separable_feature(name):
     cells = synthetic_cells()
-    model, thresholds, cv = fit_baseline(cells, CAT, {**OPTIONS, "model": name})
+    model, thresholds, cv = fit_baseline(cells, CAT, replace(OPTIONS, model=name))
     assert thresholds.shape == (19,) and cv["cells"] == len(cells)
     assert cv["map"] > 0.9, cv  # out-of-fold, grouped by image
     prob = model.predict_proba(features(cells))
@@ -114,7 +118,7 @@ def test_embeddings_are_appended_or_missing_ones_named(tmp_path):
     for shard, part in cells.groupby("shard"):
         emb = [np.full(3, 1.0 if v == [0] else -1.0, np.float32) for v in part["image_labels"]]
         part[["image_id", "cell_id"]].assign(embedding=emb).to_parquet(pred_dir / f"{shard}.parquet")
-    opts = {**OPTIONS, "embeddings": True, "cv_folds": 2}
+    opts = replace(OPTIONS, embeddings=True, cv_folds=2)
     files = {p.stem: p for p in pred_dir.glob("*.parquet")}
     summary = run_baseline(path, set(), CAT, opts, tmp_path / "out" / "cells.parquet", predictions=files)
     assert summary["features"][-1] == "embedding"

@@ -5,6 +5,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from conftest import REPO
 
+from hpa_batch.config import MergeConfig
 from hpa_batch.core.labels import CATALOGS
 from hpa_batch.results.merge import ShardInputs, cells_schema, fuse, merge_tables
 
@@ -56,7 +57,7 @@ def test_merge_keeps_rejected_and_zero_cell_images(segmented, tmp_path):
         *[extra if f == "rejected" else getattr(shards[0], f) for f in shards[0].__dataclass_fields__]
     )
     write_splits(make_splits([s.manifest for s in shards], cat, 3, 0, 1), tmp_path / "splits.parquet")
-    opts = {"fusion": "product", "cell_weight": 0.5}
+    opts = MergeConfig(cell_model=None, image_model=None, fusion="product", cell_weight=0.5, negative="derived")
     n_cells, n_images = merge_tables(
         shards,
         tmp_path / "splits.parquet",
@@ -96,7 +97,7 @@ def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
             [shard],
             tmp_path / "splits.parquet",
             cat,
-            {"fusion": fusion, "cell_weight": 0.5},
+            MergeConfig(cell_model=None, image_model=None, fusion=fusion, cell_weight=0.5, negative="derived"),
             thresholds=np.full(19, 0.5),
             out_cells=tmp_path / "c.parquet",
             out_images=tmp_path / "i.parquet",
@@ -142,7 +143,7 @@ def test_image_refused_after_admission_appears_once_and_never_in_splits(segmente
         [shard],
         tmp_path / "splits.parquet",
         cat,
-        {"fusion": "product", "cell_weight": 0.5},
+        MergeConfig(cell_model=None, image_model=None, fusion="product", cell_weight=0.5, negative="derived"),
         thresholds=np.full(19, 0.5),
         out_cells=tmp_path / "c.parquet",
         out_images=tmp_path / "i.parquet",

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hpa_batch.config import ReportConfig
 from hpa_batch.core.labels import CATALOGS
 from hpa_batch.results.evaluate import baseline_view, evaluate_all, held_out_images
 from hpa_batch.results.report import (
@@ -107,7 +108,7 @@ def test_report_has_every_section_without_models_tiles_or_baseline(tmp_path):
         config={"dataset": {"name": "t<x>"}},
         workdir=tmp_path,
     )
-    out = build_report(inp, CAT, {"overlays": 2, "gallery_per_class": 3, "max_rejected": 10}, tmp_path / "r.html")
+    out = build_report(inp, CAT, ReportConfig(overlays=2, gallery_per_class=3, max_rejected=10), tmp_path / "r.html")
     doc = out.read_text()
     assert re.findall(r'<section id="([a-z-]+)">', doc) == list(SECTIONS)
     assert "t&lt;x&gt;" in doc  # config values are escaped

@@ -118,13 +118,17 @@ wildcard_constraints:
 
 
 def model_spec(name):
-    """The config entry of model ``name``."""
-    return layout.model_spec(config, name)
+    """The typed spec of model ``name`` (hpa_batch.spec.ModelSpec)."""
+    return CFG.model(name)
 
 
 def model_config(name):
     """JSON of what training/inference of ``name`` reads (its spec + catalog; quoted by ``:q``)."""
-    return json.dumps({"labels": config["labels"], "models": [model_spec(name)]}, sort_keys=True, separators=(",", ":"))
+    return json.dumps(
+        {"labels": {"catalog": CFG.catalog.name}, "models": [model_spec(name).to_entry()]},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 def fold_models(name, file=layout.MODEL_FILE):
@@ -134,18 +138,18 @@ def fold_models(name, file=layout.MODEL_FILE):
 
 def trained_models():
     """Checkpoints of the models this run trains (models with ``trained:`` are only applied)."""
-    return [fold_models(spec["name"]) for spec in layout.trained_here(config)]
+    return [fold_models(spec.name) for spec in CFG.trained_here()]
 
 
 def baseline_runs():
     """The baseline trains on labels: on an unlabelled set it is skipped (the report says why)."""
-    return config["baseline"]["enabled"] and config["dataset"]["label_column"] is not None
+    return CFG.baseline.enabled and CFG.dataset.label_column is not None
 
 
 def train_launcher(name):
     """``hpa-batch``, or torchrun with one process per GPU when the model asks for several: a command
     prefix (the one unquoted interpolation; it holds only these fixed words and an integer)."""
-    gpus = model_spec(name)["gpus"]
+    gpus = model_spec(name).gpus
     if gpus > 1:
         return f"torchrun --standalone --nproc-per-node={gpus} -m hpa_batch.cli"
     return "hpa-batch"
@@ -172,10 +176,10 @@ def merge_inputs(wildcards):
         "segment_qc": shard_files(results_file("segment_qc")),
     }
     for level in ("cell", "image"):
-        spec = layout.merged_model(config, level)
+        spec = CFG.merged_model(level)
         if spec:
-            files[f"{level}_predictions"] = shard_files(results_file("predictions", model=spec["name"]))
-            files[f"{level}_thresholds"] = fold_models(spec["name"], layout.THRESHOLDS_FILE)
+            files[f"{level}_predictions"] = shard_files(results_file("predictions", model=spec.name))
+            files[f"{level}_thresholds"] = fold_models(spec.name, layout.THRESHOLDS_FILE)
     return files
 
 
@@ -188,7 +192,7 @@ def given(input, key):
 def baseline_inputs(wildcards):
     """The merged tables, and the cell model's predictions when the baseline appends embeddings."""
     inputs = {"cells": results_file("cells_table"), "images": results_file("images_table")}
-    if config["baseline"]["embeddings"]:
+    if CFG.baseline.embeddings:
         inputs["predictions"] = merge_inputs(wildcards)["cell_predictions"]
     return inputs
 
@@ -208,16 +212,16 @@ def report_inputs(wildcards):
     inputs["metrics"] = results_file("metrics")
     inputs["histories"] = [
         h
-        for spec in config["models"]
-        for h in fold_models(spec["name"], layout.HISTORY_FILE)
-        if not layout.is_external(spec) or Path(h).is_file()
+        for spec in CFG.models
+        for h in fold_models(spec.name, layout.HISTORY_FILE)
+        if not spec.external or Path(h).is_file()
     ]  # another run's, if kept
     inputs["tiles"] = shard_files(results_file("tiles"))
     inputs["qc"] = results_file("qc_table")
     return inputs
 
 
-HELD_OUT = layout.held_out_args(config)  # which images no model of this run trained on
+HELD_OUT = layout.held_out_args(CFG)  # which images no model of this run trained on
 STORES = shard_files(results_file("store"))
 # The whole config, shown in the report's provenance section.
 RUN_CONFIG = json.dumps(config, sort_keys=True, separators=(",", ":"))

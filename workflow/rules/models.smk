@@ -40,7 +40,7 @@ rule train_model:
         "../../envs/gpu.yaml"
     threads: 4
     resources:
-        gpu=lambda wildcards: model_spec(wildcards.model)["gpus"],
+        gpu=lambda wildcards: model_spec(wildcards.model).gpus,
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 720 * attempt,
     params:
@@ -84,4 +84,4 @@ rule train:
 rule predict:
     input:
         METADATA,
-        [results_file("predictions", model=spec["name"], shard=shard) for spec in config["models"] for shard in SHARDS],
+        [results_file("predictions", model=spec.name, shard=shard) for spec in CFG.models for shard in SHARDS],

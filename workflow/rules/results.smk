@@ -79,7 +79,7 @@ rule baseline:
         log_file("baseline"),
     conda:
         "../../envs/cpu.yaml"
-    threads: lambda wildcards: config["baseline"]["n_jobs"]
+    threads: lambda wildcards: CFG.baseline.n_jobs
     resources:
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,

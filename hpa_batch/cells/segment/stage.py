@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ SEGMENT_REVISION = 2
 
 def settings_digest(cfg: Config) -> str:
     """Hash of the segmentation settings and :data:`SEGMENT_REVISION`; labels made otherwise are redone."""
-    text = json.dumps({"segmentation": cfg.raw["segmentation"], "revision": SEGMENT_REVISION}, sort_keys=True)
+    text = json.dumps({"segmentation": asdict(cfg.segmentation), "revision": SEGMENT_REVISION}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
