@@ -135,16 +135,16 @@ def test_global_verbs_refuse_their_output_too(dataset, tmp_path, capsys):
 
 
 def test_ranks_past_zero_of_a_torchrun_job_take_no_lock(tmp_path, monkeypatch):
-    from hpa_batch.cli import _writes
+    from hpa_batch.cli.verbs import writes
 
     out = tmp_path / "fold0"
     child = writer(out)
     try:
         monkeypatch.setenv("RANK", "1")
-        _writes(type("A", (), {"verb": "train"})(), out)  # rank 1 of the same job: not a second writer
+        writes(type("A", (), {"verb": "train"})(), out)  # rank 1 of the same job: not a second writer
         monkeypatch.setenv("RANK", "0")
         with pytest.raises(OutputLockError):
-            _writes(type("A", (), {"verb": "train"})(), out)
+            writes(type("A", (), {"verb": "train"})(), out)
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(30)

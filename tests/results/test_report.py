@@ -148,21 +148,18 @@ def test_segmentation_section_ranks_doubtful_images_first_and_says_why():
 
 
 def test_figures_are_exported_per_section_and_replaced_as_a_whole(tmp_path):
-    import base64
+    from hpa_batch.results.report import Figures
 
-    from hpa_batch.results.report import _section, export_figures
-
-    def img(data):
-        return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="x">'
-
-    doc = _section("training", "T", img(b"one") + img(b"two")) + _section("gallery", "G", img(b"tile"))
+    figures = Figures()
+    figures.add("training", b"one")
+    figures.add("training", b"two")
     out = tmp_path / "figures"
     (out).mkdir()
     (out / "stale.png").write_bytes(b"old")
-    assert [p.name for p in export_figures(doc, out)] == ["training-0.png", "training-1.png"]
+    assert [p.name for p in figures.write(out)] == ["training-0.png", "training-1.png"]
     assert sorted(p.name for p in out.iterdir()) == [
         "training-0.png",
         "training-1.png",
-    ]  # gallery tiles and the stale file: not there
+    ]  # the stale file: not there
     assert (out / "training-1.png").read_bytes() == b"two"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
