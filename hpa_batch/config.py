@@ -8,12 +8,13 @@ the schema's defaults, so a stage run from the CLI sees exactly what a stage run
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import yaml
@@ -278,6 +279,22 @@ class Config:
     baseline: BaselineConfig
     evaluation: EvaluationConfig
     report: ReportConfig
+    passed: frozenset[str] | None = None
+    """The top-level sections a Snakemake rule passed (``--config-json`` alone); reading any other
+    section raises :class:`ConfigError` (:func:`restrict`). None: every section (a config file)."""
+
+    if not TYPE_CHECKING:  # mypy keeps checking attribute names; the guard runs at run time
+
+        def __getattribute__(self, name: str) -> Any:
+            passed = object.__getattribute__(self, "passed")
+            section = _SECTION_OF.get(name)
+            if passed is not None and section is not None and section not in passed:
+                raise ConfigError(
+                    f"this stage reads the config section {section!r}, which its Snakemake rule does not pass "
+                    "(add it to the rule's stage_config(...) in workflow/rules, or the stage would see "
+                    "defaults instead of the user's values)"
+                )
+            return object.__getattribute__(self, name)
 
     def model(self, name: str) -> ModelSpec:
         """The model named ``name``.
@@ -310,6 +327,37 @@ class Config:
         models = [m for m in (self.merged_model("cell"), self.merged_model("image")) if m]
         local = [m for m in models if not m.external]
         return sorted({k for m in local for k in m.folds}), bool(models) and not local
+
+
+#: The typed attribute each top-level config key fills (what :func:`restrict` guards).
+_SECTION_OF: dict[str, str] = {
+    "dataset": "dataset",
+    "catalog": "labels",
+    "cell_lines": "cell_lines",
+    "shard_size": "shard_size",
+    "qc": "qc",
+    "conversion": "conversion",
+    "segmentation": "segmentation",
+    "segmentation_qc": "segmentation_qc",
+    "measure": "measure",
+    "tiles": "tiles",
+    "splits": "splits",
+    "models": "models",
+    "merge": "merge",
+    "baseline": "baseline",
+    "evaluation": "evaluation",
+    "report": "report",
+}
+
+
+def restrict(cfg: Config, sections: Iterable[str]) -> Config:
+    """``cfg`` with only ``sections`` (top-level keys) readable: what a stage run by a Snakemake rule
+    sees, so a stage that reads a section its rule does not pass fails with the section's name
+    instead of silently using the defaults (the rule would not rerun when the user edits it)."""
+    unknown = set(sections) - set(_SECTION_OF.values()) - {"results_dir", "logs_dir"}
+    if unknown:
+        raise ConfigError(f"unknown config sections {sorted(unknown)}")
+    return dataclasses.replace(cfg, passed=frozenset(sections))
 
 
 def check_unlabelled(cfg: Config) -> None:

@@ -196,3 +196,20 @@ def test_segmentation_backends_in_the_schema_are_the_registry():
     assert schema["properties"]["segmentation"]["properties"]["backend"]["enum"] == list_backends()
     with pytest.raises(ConfigError, match="'watershedd' is not one of"):
         config_from_dict({"segmentation": {"backend": "watershedd"}})
+
+
+def test_a_stage_cannot_read_a_section_its_rule_does_not_pass():
+    """A rule passes its stage's sections as ``--config-json``; reading any other section fails with
+    its name instead of silently seeing the defaults (an edit of it would not rerun the job)."""
+    from hpa_batch.config import restrict
+
+    cfg = restrict(
+        config_from_dict({"merge": {"fusion": "mean"}, "labels": {"catalog": "hpa2018"}}), ["merge", "labels"]
+    )
+    assert cfg.merge.fusion == "mean" and cfg.catalog.name == "hpa2018" and cfg.results_dir == Path("results")
+    with pytest.raises(ConfigError, match="reads the config section 'report', which its Snakemake rule does not pass"):
+        cfg.report  # noqa: B018
+    with pytest.raises(ConfigError, match="'models'"):
+        cfg.merged_model("cell")  # reads models
+    with pytest.raises(ConfigError, match="unknown config sections"):
+        restrict(cfg, ["nonsense"])

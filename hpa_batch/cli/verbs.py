@@ -10,7 +10,7 @@ import os
 import shlex
 from pathlib import Path
 
-from hpa_batch.config import Config, check_unlabelled, load_config
+from hpa_batch.config import Config, check_unlabelled, load_config, restrict
 from hpa_batch.convert.plan import PlanError
 from hpa_batch.core.damage import printable
 from hpa_batch.core.progress import get_logger
@@ -26,7 +26,12 @@ from hpa_batch.spec import Level, ModelSpec
 
 
 def config_of(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.config_json)
+    """The verb's config: a file (``--config``) with overrides, or a Snakemake rule's subset
+    (``--config-json`` alone), of which only the sections given can be read (:func:`~hpa_batch.config.restrict`)."""
+    cfg = load_config(args.config, args.config_json)
+    if args.config is None and args.config_json:
+        return restrict(cfg, json.loads(args.config_json))
+    return cfg
 
 
 def writes(args: argparse.Namespace, *outputs: Path | str) -> None:
