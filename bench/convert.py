@@ -397,7 +397,7 @@ def per_image_work(
                 run_floor(data / "images", ids, threads, decoder, "threads", out / "floor_out")
             else:
                 with ThreadPoolExecutor(threads) as pool:
-                    list(pool.map(lambda r: convert_image(r, store, staging, cfg), rows))
+                    list(pool.map(lambda r: convert_image(r, store, staging, cfg.conversion), rows))
             best[name] = min(best[name], (time.perf_counter() - t0) / len(ids))
     for path in (store, staging, out / "floor_out"):
         shutil.rmtree(path, ignore_errors=True)

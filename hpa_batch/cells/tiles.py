@@ -43,6 +43,7 @@ from hpa_batch.cells.measure import (
 from hpa_batch.config import Config, IntensityConfig, MeasureConfig, TilesConfig
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.damage import reading
+from hpa_batch.core.ngff import level_paths
 from hpa_batch.core.progress import Progress, get_logger
 from hpa_batch.core.tables import read_parquet
 
@@ -185,13 +186,9 @@ class ChunkedAppender:
             self._flush(len(self.buffer))
 
 
-def _levels(group: zarr.Group) -> list[str]:
-    return [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
-
-
 def _input_level(group: zarr.Group, size: int) -> str:
     """Coarsest level whose longer side is still >= ``size`` (downscale only)."""
-    names = _levels(group)
+    names = level_paths(group)
     fitting = [n for n in names if max(group[n].shape[-2:]) >= size]
     return fitting[-1] if fitting else names[0]
 

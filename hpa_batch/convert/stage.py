@@ -42,7 +42,7 @@ import zarr
 from dask.callbacks import Callback
 
 from hpa_batch import CHANNELS, __version__
-from hpa_batch.config import Config
+from hpa_batch.config import Config, ConversionConfig
 from hpa_batch.convert.imageio import ImageReadError, read_channel, to_uint16
 from hpa_batch.convert.manifest import (
     REJECTED_COLUMNS,
@@ -122,7 +122,7 @@ def build_levels(image: np.ndarray, min_level_size: int, max_levels: int | None)
     return levels
 
 
-def convert_image(row: pd.Series, store: Path, staging: Path, cfg: Config) -> ImageResult:
+def convert_image(row: pd.Series, store: Path, staging: Path, conv: ConversionConfig) -> ImageResult:
     """Convert one image into ``store/{image_id}`` through ``staging/{image_id}``.
 
     Decode failures become a ``rejected`` result; any other failure is raised naming the image.
@@ -135,7 +135,6 @@ def convert_image(row: pd.Series, store: Path, staging: Path, cfg: Config) -> Im
     except (ImageReadError, OSError) as exc:
         return ImageResult(image_id, "rejected", f"decode: {exc}")
     try:
-        conv = cfg.conversion
         levels = build_levels(image, conv.min_level_size, conv.max_levels)
         ome = multiscales_attrs(len(levels), image_id, conv.pixel_size_um)
         write_pyramid(stage_path, levels, chunk=conv.chunk, codec=conv.codec, ome=ome)
@@ -179,11 +178,11 @@ def _prepare_store(store: Path, shard: str, keep: set[str]) -> Path:
     return staging
 
 
-def image_task(row: pd.Series, store: Path, staging: Path, cfg: Config) -> ImageResult:
+def image_task(row: pd.Series, store: Path, staging: Path, conv: ConversionConfig) -> ImageResult:
     """One image: kept if the store already holds it from the same files, else converted."""
     if reusable(store / row["image_id"], row):
         return ImageResult(row["image_id"], "kept")
-    return convert_image(row, store, staging, cfg)
+    return convert_image(row, store, staging, conv)
 
 
 def _worker_init() -> None:
@@ -232,7 +231,7 @@ def run_images(
     rows: list[pd.Series],
     store: Path,
     staging: Path,
-    cfg: Config,
+    conv: ConversionConfig,
     threads: int,
     progress: Progress,
     *,
@@ -240,7 +239,7 @@ def run_images(
 ) -> list[ImageResult]:
     """Run :func:`image_task` over ``rows`` as Dask tasks on the worker processes of ``pool``
     (:func:`worker_pool`), or on ``threads`` threads of this process."""
-    tasks = [dask.delayed(image_task, pure=False)(row, store, staging, cfg) for row in rows]
+    tasks = [dask.delayed(image_task, pure=False)(row, store, staging, conv) for row in rows]
     with _Counted(progress):
         if pool is not None:
             # one image per hand-out (Dask's default batches 6 tasks to a worker: 8 images on 2 workers
@@ -288,7 +287,7 @@ def convert_shard(
         try:
             staging = _prepare_store(store, shard, {r["image_id"] for r in rows})
             progress = Progress(len(rows), f"convert {shard}")
-            results = run_images(rows, store, staging, cfg, threads, progress, pool=pool)
+            results = run_images(rows, store, staging, cfg.conversion, threads, progress, pool=pool)
         finally:  # a failed run (a full disk) leaves no staging behind; complete images stay in the store
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -17,6 +17,8 @@ from hpa_batch.convert.plan import plan_shards, read_metadata
 from hpa_batch.core.ngff import (
     IncompleteImageError,
     count_files,
+    level_paths,
+    multiscale_datasets,
     read_group_attrs,
     verify_image,
 )
@@ -80,7 +82,7 @@ def image_problems(path: Path, deep: bool = False) -> list[str]:
     except Exception as exc:  # noqa: BLE001 (any failure of the spec model is a validation problem to report)
         problems.append(f"{path}: fails OME-NGFF 0.5 validation: {exc}")
     else:
-        problems += transform_problems(path, group.attrs["ome"]["multiscales"][0]["datasets"])
+        problems += transform_problems(path, multiscale_datasets(group.attrs))
     if deep and not problems:
         problems += _check_pyramid(path, group)
     return problems
@@ -115,7 +117,7 @@ def _label_metadata_problems(label: Path, sampled_from: int | None) -> list[str]
         ImageLabel.from_zarr(group)
     except Exception as exc:  # noqa: BLE001 (any failure of the spec model is a validation problem to report)
         return [f"{label}: fails OME-NGFF 0.5 image-label validation: {exc}"]
-    return transform_problems(label, group.attrs["ome"]["multiscales"][0]["datasets"], sampled_from)
+    return transform_problems(label, multiscale_datasets(group.attrs), sampled_from)
 
 
 def _label_problems(path: Path, deep: bool) -> list[str]:
@@ -137,18 +139,18 @@ def _label_problems(path: Path, deep: bool) -> list[str]:
         problems += _label_metadata_problems(labels / name, sampled_from)
         if deep:
             group = zarr.open_group(labels / name, mode="r", zarr_format=3)
-            for ds in group.attrs["ome"]["multiscales"][0]["datasets"]:
+            for level in level_paths(group):
                 try:
-                    group[ds["path"]][...]
+                    group[level][...]
                 except Exception as exc:  # noqa: BLE001 (any decode failure is damage to report)
-                    problems.append(f"{labels / name / ds['path']}: cannot be read: {exc}")
+                    problems.append(f"{labels / name / level}: cannot be read: {exc}")
     return problems
 
 
 def _check_pyramid(path: Path, group: zarr.Group) -> list[str]:
     from hpa_batch.core.ngff import downsample2x
 
-    names = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+    names = level_paths(group)
     prev = None
     for name in names:
         data = group[name][...]
@@ -251,7 +253,7 @@ def describe_image(path: Path) -> dict[str, Any]:
     group = zarr.open_group(path, mode="r", zarr_format=3)
     attrs = dict(group.attrs)
     levels = []
-    for ds in attrs["ome"]["multiscales"][0]["datasets"]:
+    for ds in multiscale_datasets(attrs):
         arr = group[ds["path"]]
         levels.append(
             {

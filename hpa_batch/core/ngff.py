@@ -33,6 +33,28 @@ from hpa_batch.core.shards import (
 )
 
 NGFF_VERSION = "0.5"
+#: The label images of every segmented image (``<image>/labels/<name>``).
+LABEL_NAMES = ("cells", "nuclei")
+
+
+def level_name(k: int) -> str:
+    """The array path of pyramid level ``k`` (``s0`` = full resolution), as written here."""
+    return f"s{k}"
+
+
+def label_level(name: str, k: int = 0) -> str:
+    """The path of level ``k`` of label image ``name`` inside an image group (``labels/cells/s0``)."""
+    return f"labels/{name}/{level_name(k)}"
+
+
+def multiscale_datasets(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``datasets`` of the first multiscale of a group's attributes (NGFF 0.5: under ``ome``)."""
+    return list(attrs["ome"]["multiscales"][0]["datasets"])
+
+
+def level_paths(group: Any) -> list[str]:
+    """Array paths of an open image (or label) group's levels, finest first, as its metadata lists them."""
+    return [d["path"] for d in multiscale_datasets(group.attrs)]
 
 
 class IncompleteImageError(RuntimeError):
@@ -105,7 +127,7 @@ def _multiscale(
         scale, shift = level_transforms(k, pixel_size_um, sampled_from)
         datasets.append(
             {
-                "path": f"s{k}",
+                "path": level_name(k),
                 "coordinateTransformations": [
                     {"type": "scale", "scale": [*lead_scale, scale, scale]},
                     {"type": "translation", "translation": [*lead_shift, shift, shift]},
@@ -236,7 +258,7 @@ def write_pyramid(
     """
     write_group(path, {"ome": ome}, replace=True)
     for k, data in enumerate(levels):
-        write_array(Path(path) / f"s{k}", data, chunk=chunk, codec=codec)
+        write_array(Path(path) / level_name(k), data, chunk=chunk, codec=codec)
 
 
 def write_labels(

@@ -7,7 +7,7 @@ fold and are kept in training: they get ``fold = -1`` (never validation). Cells 
 fold. Deterministic per seed.
 
 Images refused at any stage (``qc/{shard}.rejected.tsv``: admission and decoding) never enter the
-table. Images whose segmentation is doubtful (``qc/{shard}.segment.tsv``) get ``fold = -2`` unless
+table (the merged images table lists them with ``fold = -3``). Images whose segmentation is doubtful (``qc/{shard}.segment.tsv``) get ``fold = -2`` unless
 ``segmentation_qc.doubtful`` is ``keep``: never trained, validated or tuned on, with the reason in
 ``exclude_reason``.
 """
@@ -35,9 +35,13 @@ SPLITS_SCHEMA = pa.schema(
         ("exclude_reason", pa.string()),
     ]
 )
+#: The fold sentinels, the one home of these values (the splits and the merged tables carry them):
+#: images kept in training and never validated on (label combination too rare to stratify)
 ALWAYS_TRAIN = -1
-#: Fold of images kept out of training and validation (doubtful segmentation).
+#: images kept out of training and validation (doubtful segmentation)
 EXCLUDED = -2
+#: refused images (admission, decoding): in the merged images table only, never in the splits
+REFUSED = -3
 
 
 def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from hpa_batch.config import EvaluationConfig
 from hpa_batch.core.damage import reading
 from hpa_batch.core.labels import LabelCatalog, emitted_ids, format_labels, parse_labels
 from hpa_batch.core.metrics import macro_f1, mean_ap
+from hpa_batch.core.ngff import label_level
 from hpa_batch.core.progress import get_logger
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.metrics_file import Metrics, PredictionGuard, RunMetrics, write_metrics
@@ -53,7 +54,7 @@ def image_ious(stores: list[Path], truth_dir: Path) -> dict[str, tuple[np.ndarra
             mask_path = Path(truth_dir) / f"{image.name}_cells.tif"
             if not mask_path.is_file() or not (image / "labels").is_dir():
                 continue
-            pred = zarr.open_group(image, mode="r")["labels/cells/s0"][...].astype(np.int64)
+            pred = zarr.open_group(image, mode="r")[label_level("cells")][...].astype(np.int64)
             truth = tifffile.imread(mask_path).astype(np.int64)
             out[image.name] = (np.unique(pred[pred > 0]), np.unique(truth[truth > 0]), iou_matrix(truth, pred))
     return out

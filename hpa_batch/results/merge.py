@@ -35,7 +35,7 @@ from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import read_parquet, to_arrow
 from hpa_batch.models.checkpoint import read_thresholds
-from hpa_batch.models.split import ALWAYS_TRAIN
+from hpa_batch.models.split import ALWAYS_TRAIN, REFUSED
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ def _images(
                 "cell_nucleus_ratio": np.nan,
                 "doubtful": False,
                 "qc_flag": None,
-                "fold": ALWAYS_TRAIN,  # not in the splits (refused), as the cells of unsplit images
+                "fold": REFUSED,  # never in the splits
                 **{f"image_prob_{k}": np.nan for k in range(n)},
                 **{f"cells_max_prob_{k}": np.nan for k in range(n)},
                 "predicted": None,

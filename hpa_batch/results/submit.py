@@ -29,11 +29,12 @@ from scipy import ndimage as ndi
 
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import emitted_ids
+from hpa_batch.core.ngff import label_level, level_name
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import read_arrow, read_parquet, read_schema
 
 HEADER = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
-LABELS_PATH = "labels/cells/s0"
+LABELS_PATH = label_level("cells")
 ZLIB_LEVEL = 9
 
 
@@ -223,13 +224,13 @@ def read_cells(store: Path, image_id: str) -> np.ndarray | None:
 def image_size(store: Path, image_id: str) -> tuple[int, int]:
     """``(height, width)`` of an image from its array metadata (labels, else the ``s0`` image)."""
     group = zarr.open_group(Path(store) / image_id, mode="r")
-    for path in (LABELS_PATH, "s0"):
+    for path in (LABELS_PATH, level_name(0)):
         try:
             shape = group[path].shape
         except KeyError:
             continue
         return int(shape[-2]), int(shape[-1])
-    raise ValueError(f"{store}/{image_id} has neither {LABELS_PATH} nor s0")
+    raise ValueError(f"{store}/{image_id} has neither {LABELS_PATH} nor {level_name(0)}")
 
 
 def read_predictions(path: Path, n_classes: int) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 
 from hpa_batch import CHANNELS
+from hpa_batch.core.ngff import label_level, level_name
 
 F32 = np.float32
 
@@ -66,8 +67,11 @@ def overlay(channels: np.ndarray, cells: np.ndarray, nuclei: np.ndarray | None =
 def store_overlay(image_path: str | Path, level: int = 1) -> np.ndarray:
     """Overlay of a stored, segmented image at pyramid ``level`` (``(h, w, 3)`` uint8)."""
     group = zarr.open_group(image_path, mode="r", zarr_format=3)
-    name = f"s{level}"
-    return overlay(group[name][...], group["labels/cells"][name][...], group["labels/nuclei"][name][...])
+    return overlay(
+        group[level_name(level)][...],
+        group[label_level("cells", level)][...],
+        group[label_level("nuclei", level)][...],
+    )
 
 
 def save_png(rgb: np.ndarray, path: str | Path, size: int | None = None) -> Path:

@@ -7,6 +7,7 @@ from conftest import REPO
 
 from hpa_batch.config import MergeConfig
 from hpa_batch.core.labels import CATALOGS
+from hpa_batch.models.split import REFUSED
 from hpa_batch.results.merge import ShardInputs, cells_schema, fuse, merge_tables
 
 
@@ -151,7 +152,7 @@ def test_image_refused_after_admission_appears_once_and_never_in_splits(segmente
     images = pd.read_parquet(tmp_path / "i.parquet")
     assert images["image_id"].is_unique and len(images) == len(manifest)
     row = images.set_index("image_id").loc[victim]
-    assert row["rejected"] and row["reject_reason"] == "red: truncated PNG" and row["fold"] == -1
+    assert row["rejected"] and row["reject_reason"] == "red: truncated PNG" and row["fold"] == REFUSED
     assert {"coverage", "median_cell_area", "cell_nucleus_ratio", "doubtful", "qc_flag"} <= set(images.columns)
     assert not images.loc[~images["rejected"], "doubtful"].any()
 

@@ -33,6 +33,7 @@ from hpa_batch.core.damage import reading
 from hpa_batch.core.ngff import (
     label_levels,
     labels_complete,
+    level_paths,
     publish,
     read_group_attrs,
     write_labels,
@@ -90,7 +91,7 @@ def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: 
     image_id = image_path.name
     with reading(image_path.parent):  # a damaged chunk names the shard store (repair removes the image)
         group = zarr.open_group(image_path, mode="r", zarr_format=3)
-        names = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+        names = level_paths(group)
         shapes = [tuple(group[n].shape[-2:]) for n in names]
         level = working_level(shapes, cfg.segmentation.max_size)
         scale = 2.0**level

@@ -19,6 +19,7 @@ from PIL import Image
 
 from hpa_batch.cells.segment.qc import robust_z
 from hpa_batch.core.labels import LabelCatalog
+from hpa_batch.core.ngff import level_paths
 from hpa_batch.layout import THRESHOLDS_FILE
 from hpa_batch.models.split import EXCLUDED, multi_hot
 from hpa_batch.results.evaluate import predicted_ids
@@ -164,8 +165,8 @@ def qc_ranking(images: pd.DataFrame) -> pd.DataFrame:
 
 def overlay_figure(path: Path, caption: str, flag: str, figures: Figures | None) -> str:
     group = zarr.open_group(path, mode="r", zarr_format=3)
-    levels = sorted(k for k in group.array_keys() if k.startswith("s"))
-    level = next((int(k[1:]) for k in levels if max(group[k].shape[-2:]) <= 1024), int(levels[-1][1:]))
+    levels = level_paths(group)
+    level = next((k for k, name in enumerate(levels) if max(group[name].shape[-2:]) <= 1024), len(levels) - 1)
     rgb = store_overlay(path, level)
     why = f'<br><span class="flag">{html.escape(flag)}</span>' if flag else ""
     return (
