@@ -34,9 +34,9 @@ from hpa_batch.results.evaluate import (
     baseline_view,
     evaluate_run,
     held_out_images,
-    image_ious,
     predicted_ids,
 )
+from hpa_batch.results.truth import image_ious
 from hpa_batch.synth import ALL_STYLES, parse_styles, synthesize_dataset
 
 KEYS = ("cell_map", "cell_macro_f1", "cell_accuracy", "image_map", "matched_cells")
@@ -125,7 +125,7 @@ def side_by_side(
     out = {}
     for name, (c, i) in {"deep": (cells, images), "baseline": base}.items():
         r = evaluate_run(
-            c[c.image_id.isin(ids)], i[i.image_id.isin(ids)], stores, truth, catalog, iou_threshold=0.6, ious=ious
+            c[c.image_id.isin(ids)], i[i.image_id.isin(ids)], ious, truth, catalog, iou_threshold=0.6
         )
         out[name] = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in KEYS}
     return out

@@ -46,6 +46,7 @@ RESULTS: dict[str, str] = {
     "predictions": "predictions/{model}/{shard}.parquet",
     "cells_table": "tables/cells.parquet",
     "images_table": "tables/images.parquet",
+    "truth_pairs": "tables/truth_pairs.parquet",
     "submission": "submission.csv",
     "baseline_cells": "baseline/cells.parquet",
     "baseline_summary": "baseline/summary.json",

@@ -200,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
         "stores",
     ):
         p.add_argument(f"--{flag}", nargs="*", type=Path, help="one file per shard / fold (default: the plan's)")
+    p.add_argument(
+        "--truth-pairs",
+        type=Path,
+        help=f"output: the cells' truth matches, computed once (default {_R['truth_pairs']})",
+    )
 
     p = _tables_verb(
         sub, "evaluate", "metrics of a run (image F1/AP; instance mAP@0.6 with per-cell truth)", cmd_evaluate
@@ -208,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-summary", type=Path, help=f"its summary.json (default {_R['baseline_summary']})")
     p.add_argument("--out", type=Path, help=f"metrics JSON (default {_R['metrics']})")
     _held_out_args(p)
-    p.add_argument("--stores", nargs="*", type=Path, help="shard stores (truth matching; default: the plan's)")
+    p.add_argument("--truth-pairs", type=Path, help=f"the merge's truth matches (default {_R['truth_pairs']})")
 
     p = _tables_verb(sub, "report", f"{_R['report']}: figures, metrics deep vs baseline, provenance", cmd_report)
     p.add_argument("--out", type=Path, help=f"default {_R['report']}")

@@ -255,7 +255,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_of(args)
     spec = _model_spec(cfg, args.model)
-    check_unlabelled(cfg)
+    if cfg.passed is None:  # a config file (a rule's subset was checked when the workflow was planned)
+        check_unlabelled(cfg)
     if spec.external:
         raise PlanError(
             f"model {args.model!r} was trained by another run (trained: {spec.trained_as_given}): "
@@ -324,7 +325,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     r = cfg.results_dir
     out_cells, out_images = args.cells or result(r, "cells_table"), args.images or result(r, "images_table")
-    writes(args, out_cells, out_images)
+    out_pairs = args.truth_pairs or result(r, "truth_pairs")
+    writes(args, out_cells, out_images, out_pairs)
     manifests = _per_shard(cfg, args.manifests, "manifest")
     rejected = _per_shard(cfg, args.rejected, "rejected")
     segment_qc = _per_shard(cfg, args.segment_qc, "segment_qc")
@@ -354,6 +356,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         stores=list(_per_shard(cfg, args.stores, "store").values()),
         out_cells=out_cells,
         out_images=out_images,
+        out_truth_pairs=out_pairs,
     )
     return 0
 
@@ -441,7 +444,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_stage(
         args.cells or result(r, "cells_table"),
         args.images or result(r, "images_table"),
-        list(_per_shard(cfg, args.stores, "store").values()),
+        args.truth_pairs or result(r, "truth_pairs"),
         cfg.catalog,
         cfg.evaluation,
         labelled=cfg.dataset.label_column is not None,

@@ -124,6 +124,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "predictions": ("image_id",),
     "cells_table": ("image_id", "cell_id"),
     "images_table": ("image_id",),
+    "truth_pairs": ("image_id", "cell_id", "truth_cell_id", "iou"),
     "baseline_cells": ("image_id", "cell_id"),
 }
 
@@ -263,6 +264,10 @@ def _json_problem(path: Path, key: str | None) -> str | None:
         return f"a JSON {type(data).__name__}, not an object"
     if key == "fold:thresholds.json" and not isinstance(data.get("thresholds"), list):
         return "no thresholds list"
+    if key == "metrics":
+        from hpa_batch.results.metrics_file import metrics_problem
+
+        return metrics_problem(data)
     return None
 
 

@@ -15,79 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
-import zarr
 
 from hpa_batch.cells.segment.quality import iou_matrix
 from hpa_batch.config import EvaluationConfig
 from hpa_batch.core.damage import reading
-from hpa_batch.core.labels import LabelCatalog, emitted_ids, format_labels, parse_labels
+from hpa_batch.core.labels import LabelCatalog, emitted_ids, format_labels
 from hpa_batch.core.metrics import macro_f1, mean_ap
-from hpa_batch.core.ngff import label_level
 from hpa_batch.core.progress import get_logger
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.metrics_file import Metrics, PredictionGuard, RunMetrics, write_metrics
-
-
-def _pairs(p_ids: np.ndarray, t_ids: np.ndarray, iou: np.ndarray, min_iou: float) -> pd.DataFrame:
-    ti, pi = np.nonzero(iou > min_iou)
-    return pd.DataFrame(
-        {"cell_id": p_ids[pi].astype(np.int32), "truth_cell_id": t_ids[ti].astype(np.int32), "iou": iou[ti, pi]}
-    )
-
-
-def match_cells(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.5) -> pd.DataFrame:
-    """Pairs (predicted cell id, true cell id, IoU) with IoU > ``min_iou`` (unique for >= 0.5).
-
-    Parameters
-    ----------
-    pred, truth : numpy.ndarray
-        ``(h, w)`` integer label images of the same image.
-    """
-    return _pairs(np.unique(pred[pred > 0]), np.unique(truth[truth > 0]), iou_matrix(truth, pred), min_iou)
-
-
-def image_ious(stores: list[Path], truth_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """image_id -> (pred cell ids, true cell ids, IoU matrix) for every segmented image with truth."""
-    out = {}
-    for store in stores:
-        for image in sorted(p for p in Path(store).iterdir() if p.is_dir()):
-            mask_path = Path(truth_dir) / f"{image.name}_cells.tif"
-            if not mask_path.is_file() or not (image / "labels").is_dir():
-                continue
-            pred = zarr.open_group(image, mode="r")[label_level("cells")][...].astype(np.int64)
-            truth = tifffile.imread(mask_path).astype(np.int64)
-            out[image.name] = (np.unique(pred[pred > 0]), np.unique(truth[truth > 0]), iou_matrix(truth, pred))
-    return out
-
-
-def truth_matches(store: Path, truth_dir: Path, min_iou: float = 0.5) -> pd.DataFrame:
-    """For every segmented image of a shard store with a truth mask: matched cell pairs."""
-    rows = []
-    for image_id, (p_ids, t_ids, iou) in image_ious([store], truth_dir).items():
-        m = _pairs(p_ids, t_ids, iou, min_iou)
-        m.insert(0, "image_id", image_id)
-        rows.append(m)
-    return (
-        pd.concat(rows, ignore_index=True)
-        if rows
-        else pd.DataFrame(columns=["image_id", "cell_id", "truth_cell_id", "iou"])
-    )
-
-
-def truth_cell_labels(truth_dir: Path, catalog: LabelCatalog) -> pd.DataFrame:
-    """``truth/cells.csv`` -> (image_id, truth_cell_id, labels) with parsed class ids."""
-    t = pd.read_csv(Path(truth_dir) / "cells.csv", dtype={"Label": str}, keep_default_na=False)
-    labels = [list(parse_labels(v, catalog, "auto")) if v else [] for v in t["Label"]]
-    return pd.DataFrame({"image_id": t["ID"], "truth_cell_id": t["cell_id"].astype(np.int32), "labels": labels})
-
-
-def truth_table(stores: list[Path], truth_dir: Path, catalog: LabelCatalog) -> pd.DataFrame:
-    """(image_id, cell_id, truth_cell_id, truth_labels) for every segmented cell matched to a true cell."""
-    matches = pd.concat([truth_matches(s, truth_dir) for s in stores], ignore_index=True) if stores else None
-    if matches is None or matches.empty:
-        return pd.DataFrame(columns=["image_id", "cell_id", "truth_cell_id", "truth_labels"])
-    labels = truth_cell_labels(truth_dir, catalog).rename(columns={"labels": "truth_labels"})
-    return matches.drop(columns="iou").merge(labels, on=["image_id", "truth_cell_id"], how="left")
+from hpa_batch.results.truth import Ious, ious_from_pairs, read_truth_pairs, truth_cell_labels
 
 
 def score_cells(
@@ -212,18 +149,17 @@ def predicted_ids(text: str | None, catalog: LabelCatalog) -> list[int]:
 def evaluate_run(
     cells: pd.DataFrame,
     images: pd.DataFrame,
-    stores: list[Path],
+    ious: Ious | None,
     truth_dir: Path | None,
     catalog: LabelCatalog,
     *,
     iou_threshold: float = 0.6,
-    ious: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> RunMetrics:
     """Metrics of a run: image-level macro-F1 / per-class F1 and AP, and with per-cell truth the
     instance mAP at ``iou_threshold`` (fused probabilities), cell accuracy, per cell line.
 
-    ``ious`` (from :func:`image_ious`) saves re-reading the label images when several prediction sets
-    or subsets of the same run are scored."""
+    ``ious`` (:func:`hpa_batch.results.truth.ious_from_pairs`: the matches the merge computed once) is
+    needed with ``truth_dir``."""
     from sklearn.metrics import average_precision_score, f1_score
 
     n = catalog.n_classes
@@ -246,13 +182,11 @@ def evaluate_run(
             if y_img[:, k].any() and not y_img[:, k].all()
         },
     }
-    if truth_dir is None:
+    if truth_dir is None or ious is None:
         return result
     truth = truth_cell_labels(truth_dir, catalog)
     if catalog.negative is not None:
         truth["labels"] = [v if v else [catalog.negative] for v in truth["labels"]]
-    if ious is None:
-        ious = image_ious(stores, truth_dir)
     wanted = set(images["image_id"])  # once, not per image
     ious = {k: v for k, v in ious.items() if k in wanted}
     truth = truth[truth["image_id"].isin(list(ious))]
@@ -451,7 +385,7 @@ def unlabelled_metrics(
 def evaluate_all(
     cells: pd.DataFrame,
     images: pd.DataFrame,
-    stores: list[Path],
+    ious: Ious | None,
     truth_dir: Path | None,
     catalog: LabelCatalog,
     *,
@@ -465,21 +399,19 @@ def evaluate_all(
     """``metrics.json``: the deep model's metrics on every image at the top level (as before), then
     ``held_out`` (images no model trained on; absent when there are none) and ``baseline`` with the
     same two views."""
-    ious = image_ious(stores, truth_dir) if truth_dir is not None else None
     held = held_out_images(images, trained_folds, all_unseen=all_unseen)
 
     def both(c: pd.DataFrame, i: pd.DataFrame) -> tuple[RunMetrics, RunMetrics | None]:
-        everything = evaluate_run(c, i, stores, truth_dir, catalog, iou_threshold=iou_threshold, ious=ious)
+        everything = evaluate_run(c, i, ious, truth_dir, catalog, iou_threshold=iou_threshold)
         if not held:
             return everything, None
         sub = evaluate_run(
             c[c["image_id"].isin(held)],
             i[i["image_id"].isin(held)],
-            stores,
+            ious,
             truth_dir,
             catalog,
             iou_threshold=iou_threshold,
-            ious=ious,
         )
         return everything, sub
 
@@ -509,7 +441,7 @@ def evaluate_all(
 def evaluate_stage(
     cells_path: Path,
     images_path: Path,
-    stores: list[Path],
+    truth_pairs: Path | None,
     catalog: LabelCatalog,
     evaluation: EvaluationConfig,
     *,
@@ -543,10 +475,11 @@ def evaluate_stage(
             baseline = read_parquet(baseline_path)
             with reading(baseline_summary):
                 thresholds = np.asarray(json.loads(Path(baseline_summary).read_text())["thresholds"])
+        ious = ious_from_pairs(read_truth_pairs(truth_pairs)) if truth_pairs and evaluation.truth_dir else None
         metrics = evaluate_all(
             cells,
             images,
-            stores,
+            ious,
             evaluation.truth_dir,
             catalog,
             trained_folds=trained_folds,

@@ -348,18 +348,21 @@ def merge_stage(
     stores: list[Path],
     out_cells: Path,
     out_images: Path,
+    out_truth_pairs: Path,
 ) -> tuple[int, int]:
     """The merge stage: the models' fold thresholds (``thresholds.json`` files; None = no model at that
-    level), the per-cell truth when ``truth_dir`` is given, then :func:`merge_tables`.
+    level), the truth matches of the ``stores``' cells (``out_truth_pairs``, :mod:`hpa_batch.results.truth`;
+    empty without ``truth_dir``), then :func:`merge_tables`.
 
     With no cell model the cells carry the image model's probabilities, so its thresholds apply to
     them; with neither, 0.5 everywhere."""
-    from hpa_batch.results.evaluate import truth_table
+    from hpa_batch.results.truth import truth_table, write_truth_pairs
 
     n = catalog.n_classes
     image_t = model_thresholds(image_thresholds, n) if image_thresholds else None
     cell_t = model_thresholds(cell_thresholds, n) if cell_thresholds else image_t
-    truth = truth_table(stores, Path(truth_dir), catalog) if truth_dir else None
+    pairs = write_truth_pairs(stores, truth_dir, out_truth_pairs)
+    truth = truth_table(pairs, Path(truth_dir), catalog) if truth_dir else None
     return merge_tables(
         shards,
         splits_path,

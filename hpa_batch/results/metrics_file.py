@@ -89,8 +89,16 @@ def read_metrics(path: Path) -> Metrics:
     """
     with reading(path):
         data = json.loads(Path(path).read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(metrics_schema()).iter_errors(data))
-    if error is not None:
-        where = "/".join(map(str, error.absolute_path)) or "<root>"
-        raise DamagedFileError(path, f"not a metrics.json: {where}: {error.message}")
+    problem = metrics_problem(data)
+    if problem is not None:
+        raise DamagedFileError(path, problem)
     return cast(Metrics, data)
+
+
+def metrics_problem(data: Any) -> str | None:
+    """Why ``data`` is not a ``metrics.json`` (the schema's first violation), or None."""
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(metrics_schema()).iter_errors(data))
+    if error is None:
+        return None
+    where = "/".join(map(str, error.absolute_path)) or "<root>"
+    return f"not a metrics.json: {where}: {error.message}"

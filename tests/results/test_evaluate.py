@@ -6,7 +6,8 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from hpa_batch.cells.segment.quality import iou_matrix
-from hpa_batch.results.evaluate import instance_map, interpolated_ap, match_cells
+from hpa_batch.results.evaluate import instance_map, interpolated_ap
+from hpa_batch.results.truth import match_cells
 
 
 def two_cells():
@@ -81,7 +82,7 @@ def test_predicted_strings_may_combine_negative_with_other_classes():
             **{f"image_prob_{k}": [0.6 if k in (0, 18) else 0.1, 0.2] for k in range(19)},
         }
     )
-    result = evaluate_run(pd.DataFrame(), images, [], None, cat)
+    result = evaluate_run(pd.DataFrame(), images, None, None, cat)
     assert result["images"] == 2 and 0 <= result["image_macro_f1"] <= 1
 
 

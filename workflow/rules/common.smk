@@ -198,8 +198,12 @@ def baseline_inputs(wildcards):
 
 
 def evaluate_inputs(wildcards):
-    """The merged tables and, when enabled, the baseline's predictions."""
-    inputs = {"cells": results_file("cells_table"), "images": results_file("images_table")}
+    """The merged tables, the truth matches and, when enabled, the baseline's predictions."""
+    inputs = {
+        "cells": results_file("cells_table"),
+        "images": results_file("images_table"),
+        "truth_pairs": results_file("truth_pairs"),
+    }
     if baseline_runs():
         inputs["baseline"] = results_file("baseline_cells")
         inputs["baseline_summary"] = results_file("baseline_summary")
@@ -208,7 +212,7 @@ def evaluate_inputs(wildcards):
 
 def report_inputs(wildcards):
     """Everything the report shows: tables, metrics, baseline, training histories, QC, tiles."""
-    inputs = evaluate_inputs(wildcards)
+    inputs = {k: v for k, v in evaluate_inputs(wildcards).items() if k != "truth_pairs"}
     inputs["metrics"] = results_file("metrics")
     inputs["histories"] = [
         h

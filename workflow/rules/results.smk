@@ -8,6 +8,7 @@ rule merge:
     output:
         cells=results_file("cells_table"),
         images=results_file("images_table"),
+        truth_pairs=results_file("truth_pairs"),
     log:
         log_file("merge"),
     conda:
@@ -27,7 +28,8 @@ rule merge:
         " --rejected {input.rejected:q} --segment-qc {input.segment_qc:q} --shard-cells {input.cells:q}"
         " --cell-predictions {params.cell_predictions:q} --image-predictions {params.image_predictions:q}"
         " --cell-thresholds {params.cell_thresholds:q} --image-thresholds {params.image_thresholds:q}"
-        " --stores {params.stores:q} --cells {output.cells:q} --images {output.images:q} > {log:q} 2>&1"
+        " --stores {params.stores:q} --cells {output.cells:q} --images {output.images:q}"
+        " --truth-pairs {output.truth_pairs:q} > {log:q} 2>&1"
 
 
 rule h5ad:
@@ -109,7 +111,6 @@ rule evaluate:
     params:
         cfg=stage_config("evaluation", "labels", "dataset.label_column"),
         held_out=HELD_OUT,
-        stores=STORES,
         baseline=lambda wildcards, input: (
             ["--baseline", input.baseline, "--baseline-summary", input.baseline_summary]
             if "baseline" in input.keys()
@@ -117,7 +118,7 @@ rule evaluate:
         ),
     shell:
         "hpa-batch evaluate --config-json {params.cfg:q} --cells {input.cells:q} --images {input.images:q}"
-        " {params.baseline:q} {params.held_out:q} --stores {params.stores:q} --out {output:q} > {log:q} 2>&1"
+        " {params.baseline:q} {params.held_out:q} --truth-pairs {input.truth_pairs:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report:
