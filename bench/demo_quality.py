@@ -124,9 +124,7 @@ def side_by_side(
     """Deep and baseline metrics on the images ``ids``."""
     out = {}
     for name, (c, i) in {"deep": (cells, images), "baseline": base}.items():
-        r = evaluate_run(
-            c[c.image_id.isin(ids)], i[i.image_id.isin(ids)], ious, truth, catalog, iou_threshold=0.6
-        )
+        r = evaluate_run(c[c.image_id.isin(ids)], i[i.image_id.isin(ids)], ious, truth, catalog, iou_threshold=0.6)
         out[name] = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in KEYS}
     return out
 

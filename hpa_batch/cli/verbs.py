@@ -30,7 +30,8 @@ def config_of(args: argparse.Namespace) -> Config:
     (``--config-json`` alone), of which only the sections given can be read (:func:`~hpa_batch.config.restrict`)."""
     cfg = load_config(args.config, args.config_json)
     if args.config is None and args.config_json:
-        return restrict(cfg, json.loads(args.config_json))
+        cfg = restrict(cfg, json.loads(args.config_json))
+    args.config_ = cfg  # the sections read are checked after the verb (cli.errors)
     return cfg
 
 
@@ -424,7 +425,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     if args.figures:
         writes(args, args.figures)
-    out = build_report(inp, cfg.catalog, cfg.report, report_out, figures_dir=args.figures)
+    out = build_report(inp, cfg.catalog, cfg.report, report_out, figures_dir=args.figures, name=cfg.dataset.name)
     print(out)
     if args.screenshot:
         from hpa_batch.results.report import screenshot

@@ -78,6 +78,7 @@ def build_report(
     out: Path,
     *,
     figures_dir: Path | None = None,
+    name: str | None = None,
 ) -> Path:
     """Write the standalone report ``out`` (temporary name, then renamed); with ``figures_dir``, its
     figures (not the gallery's tiles) also as PNG files there (:meth:`Figures.write`)."""
@@ -100,7 +101,7 @@ def build_report(
         rejected_section(images, inp.rejected, options.max_rejected),
         provenance_section(inp.config, inp.workdir),
     ]
-    name = html.escape(str(inp.config.get("dataset", {}).get("name", "run")))
+    name = html.escape(name or str(inp.config.get("dataset", {}).get("name", "run")))
     nav = "".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS)
     doc = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>hpa_batch report: {name}</title>'
