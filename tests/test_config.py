@@ -213,3 +213,21 @@ def test_a_stage_cannot_read_a_section_its_rule_does_not_pass():
         cfg.merged_model("cell")  # reads models
     with pytest.raises(ConfigError, match="unknown config sections"):
         restrict(cfg, ["nonsense"])
+
+
+def test_a_checkpoint_entry_round_trips_and_an_older_one_takes_the_defaults():
+    """``ModelSpec.to_entry`` is what a checkpoint stores; reading it back gives the same spec, and an
+    entry written before a key existed takes that key's default (the stored spec stays loadable)."""
+    from hpa_batch.config import model_spec_from_entry
+
+    cfg = config_from_dict(
+        {"models": [{"name": "m", "schedule": {"kind": "cosine", "lr": 0.002}, "loss": {"unweighted_classes": [11]}}]}
+    )
+    (spec,) = cfg.models
+    assert model_spec_from_entry(spec.to_entry()) == spec and spec.to_entry() == cfg.raw["models"][0]
+    assert spec.schedule.params == {"lr": 0.002} and spec.loss.unweighted_classes == (11,)
+    old = {k: v for k, v in spec.to_entry().items() if k not in ("drop_path", "log_every_s", "augment")}
+    again = model_spec_from_entry(old)
+    assert again.drop_path == 0.0 and again.log_every_s == 30 and again.augment.flips and again.name == "m"
+    with pytest.raises(ConfigError, match="arch"):
+        model_spec_from_entry({**old, "arch": 5})
