@@ -52,6 +52,7 @@ from hpa_batch.convert.manifest import (
 )
 from hpa_batch.core.atomic import atomic_write_text
 from hpa_batch.core.ngff import (
+    channel_windows,
     downsample2x,
     is_complete,
     level_shapes,
@@ -136,7 +137,7 @@ def convert_image(row: pd.Series, store: Path, staging: Path, conv: ConversionCo
         return ImageResult(image_id, "rejected", f"decode: {exc}")
     try:
         levels = build_levels(image, conv.min_level_size, conv.max_levels)
-        ome = multiscales_attrs(len(levels), image_id, conv.pixel_size_um)
+        ome = multiscales_attrs(len(levels), image_id, conv.pixel_size_um, windows=channel_windows(levels[-1]))
         write_pyramid(stage_path, levels, chunk=conv.chunk, codec=conv.codec, ome=ome)
         info = verify_image(stage_path)
         stamp_complete(

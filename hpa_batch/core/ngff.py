@@ -146,8 +146,30 @@ def _multiscale(
     }
 
 
-def multiscales_attrs(n_levels: int, name: str, pixel_size_um: float | None, dtype_max: int = 65535) -> dict[str, Any]:
-    """The ``ome`` attribute block (NGFF 0.5) of an image group with ``n_levels`` 2x levels."""
+#: Percentiles of a channel's pixels that bound its display window (:func:`channel_windows`).
+WINDOW_PERCENTILES = (0.5, 99.9)
+
+
+def channel_windows(image: np.ndarray) -> list[tuple[int, int]]:
+    """Display window ``(start, end)`` per channel of a ``(c, h, w)`` image (its coarsest level is
+    enough): the :data:`WINDOW_PERCENTILES` of its pixels, ``end > start``, so a viewer shows every
+    channel's own range instead of one fixed window that saturates bright stains and hides dim ones."""
+    flat = image.reshape(image.shape[0], -1)
+    lo, hi = np.percentile(flat, WINDOW_PERCENTILES, axis=1)
+    return [(int(a), max(int(np.ceil(b)), int(a) + 1)) for a, b in zip(lo, hi)]
+
+
+def multiscales_attrs(
+    n_levels: int,
+    name: str,
+    pixel_size_um: float | None,
+    dtype_max: int = 65535,
+    windows: Sequence[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """The ``ome`` attribute block (NGFF 0.5) of an image group with ``n_levels`` 2x levels; ``windows``
+    (one ``(start, end)`` per channel, :func:`channel_windows`) sets the ``omero`` display windows
+    (default 0-8000)."""
+    shown = list(windows) if windows is not None else [(0, min(dtype_max, 8000))] * len(CHANNELS)
     return {
         "version": NGFF_VERSION,
         "multiscales": [_multiscale(n_levels, name, pixel_size_um, channel_axis=True)],
@@ -157,9 +179,9 @@ def multiscales_attrs(n_levels: int, name: str, pixel_size_um: float | None, dty
                     "label": f"{c} ({CHANNEL_STAINS[c]})",
                     "color": CHANNEL_COLORS[c],
                     "active": True,
-                    "window": {"min": 0, "max": dtype_max, "start": 0, "end": min(dtype_max, 8000)},
+                    "window": {"min": 0, "max": dtype_max, "start": start, "end": end},
                 }
-                for c in CHANNELS
+                for c, (start, end) in zip(CHANNELS, shown, strict=True)
             ],
             "rdefs": {"model": "color"},
         },

@@ -129,3 +129,30 @@ def test_missing_chunk_in_index_is_detected(tmp_path):
     arr[...] = data
     with pytest.raises(IncompleteImageError, match="chunks missing"):
         verify_image(path)
+
+
+def test_display_windows_follow_each_channels_data_and_stay_valid_ngff(tmp_path):
+    """A bright stain and a dim one get their own omero windows (not one fixed 0-8000), and the image
+    group still validates as OME-NGFF 0.5 (ome-zarr-models) and opens in ome-zarr-py."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05.image import Image
+
+    from hpa_batch.core.ngff import channel_windows
+
+    rng = np.random.default_rng(1)
+    scale = np.array([20000, 2300, 600, 0])[:, None, None]  # bright, dim, dimmer, empty
+    levels = [(rng.random((4, 128, 128)) * scale).astype(np.uint16)]
+    levels.append(downsample2x(levels[0]))
+    windows = channel_windows(levels[-1])
+    assert windows[0][1] > 15000 and 1500 < windows[1][1] < 2400 and windows[3] == (0, 1)
+    assert all(end > start for start, end in windows)
+    path = tmp_path / "img"
+    ome = multiscales_attrs(len(levels), "img", None, windows=windows)
+    write_pyramid(path, levels, chunk=64, codec=CODEC, ome=ome)
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    Image.from_zarr(group)
+    shown = [c["window"] for c in group.attrs["ome"]["omero"]["channels"]]
+    assert [(w["start"], w["end"]) for w in shown] == windows
+    nodes = list(Reader(parse_url(str(path)))())
+    assert nodes and nodes[0].data[0].shape == (4, 128, 128)
