@@ -207,6 +207,7 @@ class SplitsConfig:
     n_folds: int
     seed: int
     min_combination: int
+    group_column: str | None = None
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="qc/{shard}.segment.tsv: doubtful images get fold -2 (segmentation_qc.doubtful)",
     )
+    p.add_argument(
+        "--metadata", type=Path, help="the metadata table with splits.group_column (default: dataset.metadata)"
+    )
     p.add_argument("--out", type=Path, help=f"default {_R['splits']}")
     p.set_defaults(func=cmd_split)
 

@@ -221,7 +221,7 @@ def _tile_stores(cfg: Config, given: list[Path] | None) -> list[Path]:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from hpa_batch.models.split import make_splits, write_splits
+    from hpa_batch.models.split import make_splits, read_groups, write_splits
 
     cfg = config_of(args)
     if args.manifests:
@@ -233,6 +233,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     out = args.out or result(cfg.results_dir, "splits")
     writes(args, out)
     sp = cfg.splits
+    groups = None
+    if sp.group_column:
+        metadata = args.metadata or cfg.dataset.metadata
+        groups = read_groups(metadata, cfg.dataset.id_column, sp.group_column)
     table = make_splits(
         manifests,
         cfg.catalog,
@@ -242,9 +246,12 @@ def cmd_split(args: argparse.Namespace) -> int:
         rejected=args.rejected,
         segment_qc=args.segment_qc,
         doubtful=cfg.segmentation_qc.doubtful,
+        groups=groups,
     )
     write_splits(table, out)
     counts = table["fold"].value_counts().sort_index()
+    if groups is not None:
+        print(f"{table['group'].nunique()} groups by {sp.group_column!r}: images of a group share their fold")
     print(
         f"{len(table)} images -> {out}; images per fold: {counts.to_dict()} (-1 = always train, -2 = excluded: doubtful segmentation)"
     )

@@ -14,7 +14,7 @@ table (the merged images table lists them with ``fold = -3``). Images whose segm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ SPLITS_SCHEMA = pa.schema(
         ("combination", pa.string()),
         ("fold", pa.int8()),
         ("exclude_reason", pa.string()),
+        ("group", pa.string()),
     ]
 )
 #: The fold sentinels, the one home of these values (the splits and the merged tables carry them):
@@ -53,7 +54,12 @@ def multi_hot(labels: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
 
 
 def assign_folds(
-    labels: Sequence[Sequence[int]], n_classes: int, n_folds: int, seed: int, min_combination: int = 2
+    labels: Sequence[Sequence[int]],
+    n_classes: int,
+    n_folds: int,
+    seed: int,
+    min_combination: int = 2,
+    groups: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Fold of every image.
 
@@ -63,6 +69,10 @@ def assign_folds(
         Class ids per image (empty for unlabelled images).
     min_combination : int
         Combinations seen fewer times than this go to training only (fold -1).
+    groups : sequence of str, optional
+        Group of every image (antibody, gene...): the groups are stratified on the union of their
+        images' labels and every image takes its group's fold; a group whose images are all
+        ineligible (rare or no combination) stays in training (fold -1).
 
     Returns
     -------
@@ -74,13 +84,27 @@ def assign_folds(
     combos = pd.Series(["|".join(map(str, sorted(ids))) for ids in labels])
     counts = combos.map(combos.value_counts())
     folds = np.full(len(combos), ALWAYS_TRAIN, np.int8)
-    eligible = np.flatnonzero((counts >= min_combination).to_numpy() & (combos != "").to_numpy())
-    if len(eligible) < n_folds:
-        return folds
-    y = multi_hot([labels[int(i)] for i in eligible], n_classes)
+    ok = (counts >= min_combination).to_numpy() & (combos != "").to_numpy()
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, test) in enumerate(splitter.split(np.zeros((len(eligible), 1)), y)):
-        folds[eligible[test]] = k
+    if groups is None:
+        eligible = np.flatnonzero(ok)
+        if len(eligible) < n_folds:
+            return folds
+        y = multi_hot([labels[int(i)] for i in eligible], n_classes)
+        for k, (_, test) in enumerate(splitter.split(np.zeros((len(eligible), 1)), y)):
+            folds[eligible[test]] = k
+        return folds
+    group_of = pd.Series(list(groups))
+    chosen = pd.unique(group_of[ok])  # groups with an image that can be stratified
+    if len(chosen) < n_folds:
+        return folds
+    code = pd.Series(np.arange(len(chosen)), index=chosen)
+    member = group_of.map(code)
+    y = np.zeros((len(chosen), n_classes), np.uint8)
+    for i in np.flatnonzero(member.notna().to_numpy()):
+        y[int(member.iat[i]), list(labels[int(i)])] = 1
+    for k, (_, test) in enumerate(splitter.split(np.zeros((len(chosen), 1)), y)):
+        folds[member.isin(test).to_numpy()] = k
     return folds
 
 
@@ -94,6 +118,7 @@ def make_splits(
     rejected: Sequence[Path] | None = None,
     segment_qc: Sequence[Path] | None = None,
     doubtful: str = "exclude_from_training",
+    groups: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Folds for every image of the given shard manifests that no stage refused (sorted by image id).
 
@@ -104,6 +129,9 @@ def make_splits(
     segment_qc : sequence of Path, optional
         ``qc/{shard}.segment.tsv`` tables: doubtful images get fold -2 (unless ``doubtful == "keep"``)
         and are left out of the stratification.
+    groups : mapping of str to str, optional
+        image id -> group (``splits.group_column``; an image without one is its own group): images of
+        a group share a fold (:func:`assign_folds`).
     """
     from hpa_batch.cells.segment.qc import read_segment_qc
     from hpa_batch.convert.manifest import read_rejected
@@ -124,12 +152,40 @@ def make_splits(
     table["labels"] = labels
     table["combination"] = ["|".join(map(str, sorted(v))) for v in labels]
     table["exclude_reason"] = table["image_id"].map(reasons)
+    table["group"] = None if groups is None else [groups.get(i) or f"image:{i}" for i in table["image_id"]]
     out = table["exclude_reason"].notna().to_numpy()
     folds = np.full(len(table), EXCLUDED, np.int8)
     keep = np.flatnonzero(~out)
-    folds[keep] = assign_folds([labels[i] for i in keep], catalog.n_classes, n_folds, seed, min_combination)
+    kept_groups = None if groups is None else [table["group"].iat[i] for i in keep]
+    folds[keep] = assign_folds(
+        [labels[i] for i in keep], catalog.n_classes, n_folds, seed, min_combination, groups=kept_groups
+    )
     table["fold"] = folds
     return table
+
+
+def read_groups(metadata: Path, id_column: str, group_column: str) -> dict[str, str]:
+    """image id -> group value of the metadata table (``splits.group_column``; empty values left out).
+
+    Raises
+    ------
+    ValueError
+        The table has no such column, naming the file and its columns.
+    """
+    from hpa_batch.core.damage import reading
+
+    with reading(metadata):
+        head = pd.read_csv(metadata, nrows=0)
+    if group_column not in head.columns or id_column not in head.columns:
+        missing = group_column if group_column not in head.columns else id_column
+        raise ValueError(
+            f"{metadata} has no column {missing!r} (splits.group_column / dataset.id_column); "
+            f"its columns: {list(head.columns)}"
+        )
+    with reading(metadata):
+        t = pd.read_csv(metadata, usecols=[id_column, group_column], dtype=str, keep_default_na=False)
+    t = t[t[group_column].str.strip() != ""]
+    return dict(zip(t[id_column], t[group_column].str.strip()))
 
 
 def write_splits(table: pd.DataFrame, path: Path) -> None:

@@ -189,6 +189,23 @@ def given(input, key):
     return list(input[key]) if key in input.keys() else []
 
 
+# Grouped folds read the metadata table's group column (and the id column) in the split job.
+SPLIT_GROUP_KEYS = ["dataset.metadata", "dataset.id_column"] if CFG.splits.group_column else []
+
+
+def split_inputs(wildcards):
+    """Every shard's manifest and QC tables, and the metadata table when folds are grouped by one of its
+    columns (its edits then rerun the split)."""
+    inputs = {
+        "manifests": shard_files(results_file("manifest")),
+        "rejected": shard_files(results_file("rejected")),
+        "segment_qc": shard_files(results_file("segment_qc")),
+    }
+    if CFG.splits.group_column:
+        inputs["metadata"] = METADATA
+    return inputs
+
+
 def baseline_inputs(wildcards):
     """The merged tables, and the cell model's predictions when the baseline appends embeddings."""
     inputs = {"cells": results_file("cells_table"), "images": results_file("images_table")}

@@ -3,9 +3,7 @@
 
 rule split:
     input:
-        manifests=shard_files(results_file("manifest")),
-        rejected=shard_files(results_file("rejected")),
-        segment_qc=shard_files(results_file("segment_qc")),
+        unpack(split_inputs),
     output:
         results_file("splits"),
     log:
@@ -13,10 +11,12 @@ rule split:
     conda:
         "../../envs/cpu.yaml"
     params:
-        cfg=stage_config("splits", "labels", "segmentation_qc"),
+        cfg=stage_config("splits", "labels", "segmentation_qc", *SPLIT_GROUP_KEYS),
+        metadata=lambda wildcards, input: ["--metadata", input.metadata] if "metadata" in input.keys() else [],
     shell:
         "hpa-batch split --config-json {params.cfg:q} --manifests {input.manifests:q}"
-        " --rejected {input.rejected:q} --segment-qc {input.segment_qc:q} --out {output:q} > {log:q} 2>&1"
+        " --rejected {input.rejected:q} --segment-qc {input.segment_qc:q} {params.metadata:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 # The job log shows the last attempt (Snakemake deletes a failed job's log before a retry); every
