@@ -5,11 +5,14 @@ Layout (one row per cell, ``obs_names`` = ``<image_id>_<cell_id>``):
 * ``X``: the cell's measurements, float32 ``(n_cells, n_features)``: geometry, per-channel
   intensities in cell and nucleus, and the protein pattern features; ``var_names`` name them
   (:data:`hpa_batch.cells.measure.FEATURE_COLUMNS`).
-* ``obs``: image id, cell id, cell line, shard, fold, border flag, the predicted and the image's
-  labels, and, with truth, the matched true cell and its labels.
+* ``obs``: image id, cell line and shard (categorical: ``image_id`` is the ``library_key`` squidpy
+  needs so neighbours stay within an image), cell id, fold, border flag, the predicted and the image's
+  labels as class names (``Nucleoplasm|Cytosol``; "" = none), and, with truth, the matched true cell
+  and its labels (names).
 * ``obsm``: ``spatial`` (centroid x, y in full-resolution pixels, squidpy's convention), ``bbox``
-  (y0, x0, y1, x1), ``fused_prob`` / ``cell_prob`` / ``image_prob`` ``(n_cells, n_classes)``.
-* ``uns``: the label catalog's name and class names (the columns of the ``*_prob`` arrays).
+  (y0, x0, y1, x1), ``fused_prob`` / ``cell_prob`` / ``image_prob``: ``(n_cells, n_classes)`` data
+  frames whose columns are the class names.
+* ``uns``: the label catalog's name and class names.
 
 Memory does not grow with the cell count: each shard (one row group of ``cells.parquet``) becomes its
 own small AnnData file, and :func:`anndata.experimental.concat_on_disk` joins them on disk.
@@ -26,26 +29,38 @@ import pandas as pd
 
 from hpa_batch.cells.measure import FEATURE_COLUMNS
 from hpa_batch.core.atomic import atomic_path
-from hpa_batch.core.labels import LabelCatalog
+from hpa_batch.core.labels import LabelCatalog, emitted_ids
 from hpa_batch.core.tables import parquet_file
 
 if TYPE_CHECKING:
     import anndata
 
-#: Text columns of ``obs`` (missing values become "").
-OBS_TEXT = ("image_id", "cell_line", "shard", "predicted", "image_labels", "truth_labels")
+#: Categorical columns of ``obs`` (missing values become "").
+OBS_CATEGORIES = ("image_id", "cell_line", "shard")
+#: Label-set columns of ``obs``: class names joined by ``|`` ("" = no class).
+OBS_LABELS = ("predicted", "image_labels", "truth_labels")
 #: Numeric and flag columns of ``obs``.
 OBS_VALUES = ("cell_id", "fold", "border", "truth_cell_id")
 PROBABILITIES = ("fused_prob", "cell_prob", "image_prob")
 
 
 def _text(value: object) -> str:
-    """A label list (``[0, 17]``) as ``0|17``; a missing value as ``""``; anything else as its str."""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return "|".join(str(v) for v in value)
+    """A missing value as ``""``; anything else as its str."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     return str(value)
+
+
+def label_names(value: object, catalog: LabelCatalog) -> str:
+    """A label set as class names joined by ``|``: a list of class ids (``[0, 17]``) or a predicted
+    label string (``0|17``, any separator); a missing or empty set as ``""``."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        ids = [int(v) for v in value]
+    elif isinstance(value, str):
+        ids = emitted_ids(value)
+    else:
+        ids = []
+    return "|".join(catalog.classes[k] for k in ids)
 
 
 def shard_anndata(table: pd.DataFrame, catalog: LabelCatalog) -> anndata.AnnData:
@@ -54,9 +69,12 @@ def shard_anndata(table: pd.DataFrame, catalog: LabelCatalog) -> anndata.AnnData
 
     n = catalog.n_classes
     obs = pd.DataFrame(index=pd.Index(table["image_id"] + "_" + table["cell_id"].astype(str), name="cell"))
-    for col in OBS_TEXT:
+    for col in OBS_CATEGORIES:
         if col in table:
-            obs[col] = [_text(v) for v in table[col]]
+            obs[col] = pd.Categorical([_text(v) for v in table[col]])
+    for col in OBS_LABELS:
+        if col in table:
+            obs[col] = [label_names(v, catalog) for v in table[col]]
     for col in OBS_VALUES:
         if col in table:
             obs[col] = table[col].to_numpy()
@@ -67,7 +85,7 @@ def shard_anndata(table: pd.DataFrame, catalog: LabelCatalog) -> anndata.AnnData
     for kind in PROBABILITIES:
         cols = [f"{kind}_{k}" for k in range(n)]
         if all(c in table for c in cols):
-            obsm[kind] = table[cols].to_numpy(np.float32)
+            obsm[kind] = pd.DataFrame(table[cols].to_numpy(np.float32), index=obs.index, columns=list(catalog.classes))
     return ad.AnnData(
         X=table[list(FEATURE_COLUMNS)].to_numpy(np.float32),
         obs=obs,

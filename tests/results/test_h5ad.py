@@ -50,7 +50,12 @@ def test_cells_h5ad_round_trips_against_the_parquet_shard_by_shard(tmp_path):
     assert np.array_equal(a.X, table[list(FEATURE_COLUMNS)].to_numpy(np.float32))
     assert list(a.obs_names) == [f"{i}_{c}" for i, c in zip(table["image_id"], table["cell_id"])]
     assert list(a.obs["shard"]) == list(table["shard"]) and list(a.obs["cell_id"]) == list(table["cell_id"])
-    assert a.obs["image_labels"].iloc[0] == "0|17" and a.obs["predicted"].iloc[0] == ""
+    names = CATALOG.classes
+    assert a.obs["image_labels"].iloc[0] == f"{names[0]}|{names[17]}" and a.obs["predicted"].iloc[0] == ""
+    assert a.obs["predicted"].iloc[1] == f"{names[0]}|{names[17]}"  # the table's "0|17", as names
+    assert a.obs["truth_labels"].iloc[2] == names[2]
+    assert a.obs["image_id"].dtype == "category" and a.obs["cell_line"].dtype == "category"
+    assert list(a.obsm["fused_prob"].columns) == list(names)  # probability columns named by class
     for kind in ("fused_prob", "cell_prob", "image_prob"):
         cols = [f"{kind}_{k}" for k in range(19)]
         assert np.array_equal(a.obsm[kind], table[cols].to_numpy(np.float32))
