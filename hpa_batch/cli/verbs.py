@@ -432,7 +432,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     if args.figures:
         writes(args, args.figures)
-    out = build_report(inp, cfg.catalog, cfg.report, report_out, figures_dir=args.figures, name=cfg.dataset.name)
+    out = build_report(
+        inp, cfg.catalog, cfg.report, report_out, figures_dir=args.figures, name=cfg.dataset.name, merge=cfg.merge
+    )
     print(out)
     if args.screenshot:
         from hpa_batch.results.report import screenshot

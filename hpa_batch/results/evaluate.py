@@ -182,6 +182,11 @@ def evaluate_run(
             if y_img[:, k].any() and not y_img[:, k].all()
         },
     }
+    lines_of = ok["cell_line"].fillna("").to_numpy()
+    result["images_per_cell_line"] = {str(k): int(v) for k, v in zip(*np.unique(lines_of, return_counts=True))}
+    result["image_map_per_cell_line"] = {
+        str(line): mean_ap(y_img[lines_of == line], p_img[lines_of == line]) for line in np.unique(lines_of)
+    }
     if truth_dir is None or ious is None:
         return result
     truth = truth_cell_labels(truth_dir, catalog)

@@ -26,6 +26,8 @@ class RunMetrics(TypedDict, total=False):
     image_map: float | None
     image_per_class_f1: dict[str, float]
     image_ap_per_class: dict[str, float]
+    images_per_cell_line: dict[str, int]
+    image_map_per_cell_line: dict[str, float]
     cell_map: float
     iou_threshold: float
     cell_ap_per_class: dict[str, float]

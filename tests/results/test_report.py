@@ -115,6 +115,8 @@ def test_report_has_every_section_without_models_tiles_or_baseline(tmp_path):
     assert "missing channel: yellow" in doc and "segmentation found no cell" in doc
     assert "No held-out images" in doc and "Baseline disabled" in doc
     assert "no training history found" in doc
+    n_refused = int(images["rejected"].sum())
+    assert f"{len(images)} images: {len(images) - n_refused} admitted, {n_refused} refused" in doc  # the overview
     assert doc.count("data:image/png;base64,") >= 4  # labels x2, per-class, confusion
     assert git_revision(tmp_path).startswith("unknown")
 
@@ -163,3 +165,42 @@ def test_figures_are_exported_per_section_and_replaced_as_a_whole(tmp_path):
     ]  # the stale file: not there
     assert (out / "training-1.png").read_bytes() == b"two"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_summary_marks_training_images_warns_on_a_ranking_flip_and_lists_cell_lines():
+    """The all-images columns say they include training images; a deep model that leads on all images
+    but trails the baseline on held-out ones gets a warning; per-cell-line mAP is a table."""
+    from hpa_batch.results.report.scores import summary_section
+
+    run = {"images": 10, "image_macro_f1": 0.5, "image_per_class_f1": {}, "image_ap_per_class": {}}
+    metrics = {
+        **run,
+        "image_map": 0.9,
+        "images_per_cell_line": {"A-431": 6, "U-2 OS": 4},
+        "image_map_per_cell_line": {"A-431": 0.8, "U-2 OS": 0.6},
+        "held_out_images": 4,
+        "trained_folds": [0],
+        "held_out": {**run, "image_map": 0.4, "image_map_per_cell_line": {"A-431": 0.45}},
+        "baseline": {"all": {**run, "image_map": 0.7}, "held_out": {**run, "image_map": 0.6}},
+        "prediction_guard": {
+            "max_class_share": 0.6,
+            "class_share": {},
+            "over_predicted": [],
+            "single_prediction": False,
+        },
+    }
+    doc = summary_section(metrics)
+    assert "deep model, all images (incl. training)" in doc and "baseline, held-out" in doc
+    assert "WARNING: on image mAP the deep model leads on all images but the baseline on the held-out" in doc
+    assert "<h3>Per cell line</h3>" in doc and "U-2 OS" in doc and "0.450" in doc
+    metrics["held_out"]["image_map"] = 0.65  # the deep model leads on both: no warning
+    assert "WARNING" not in summary_section(metrics)
+
+
+def test_the_fusion_rule_is_said_next_to_the_thresholds():
+    from hpa_batch.config import MergeConfig
+    from hpa_batch.results.report.sections import fusion_rule
+
+    product = fusion_rule(MergeConfig(None, None, "product", 0.5, "derived"))
+    assert "cell_prob x image_prob >= t_k^2" in product and "fused 0.25" in product
+    assert "0.7 x cell_prob + 0.3 x image_prob" in fusion_rule(MergeConfig(None, None, "mean", 0.7, "derived"))

@@ -141,7 +141,7 @@ rule report:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
-        cfg=stage_config("report", "labels", "dataset.name"),
+        cfg=stage_config("report", "labels", "dataset.name", "merge.fusion", "merge.cell_weight"),
         # the whole config, for the provenance section (the report, a cheap job, follows every edit)
         run_config=RUN_CONFIG,
         stores=STORES,

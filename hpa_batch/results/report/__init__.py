@@ -2,6 +2,8 @@
 
 Sections (each an ``<section id=...>``, in this order):
 
+``overview``       what went through each stage (images admitted and refused, doubtful segmentations,
+                   cells), the training runs (epochs, best validation scores, minutes), every warning
 ``summary``        headline metrics, deep model vs baseline, on every image and on the held-out ones
 ``labels``         label distribution over images and the class co-occurrence matrix
 ``training``       training curves (loss, validation mAP / macro-F1) of every model and fold
@@ -24,16 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpa_batch.config import ReportConfig
+from hpa_batch.config import MergeConfig, ReportConfig
 from hpa_batch.core.atomic import atomic_write_text
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.tables import read_parquet, read_schema
 from hpa_batch.results.metrics_file import read_metrics
 from hpa_batch.results.report.markup import CSS, SORT_JS, Figures
+from hpa_batch.results.report.overview import overview_section
 from hpa_batch.results.report.provenance import git_revision, package_versions, provenance_section
 from hpa_batch.results.report.scores import confusion_matrix, confusion_section, per_class_section, summary_section
 from hpa_batch.results.report.screenshot import find_browser, screenshot
 from hpa_batch.results.report.sections import (
+    fusion_rule,
     gallery_section,
     labels_section,
     qc_ranking,
@@ -43,6 +47,7 @@ from hpa_batch.results.report.sections import (
 )
 
 SECTIONS = (
+    "overview",
     "summary",
     "labels",
     "training",
@@ -79,6 +84,7 @@ def build_report(
     *,
     figures_dir: Path | None = None,
     name: str | None = None,
+    merge: MergeConfig | None = None,
 ) -> Path:
     """Write the standalone report ``out`` (temporary name, then renamed); with ``figures_dir``, its
     figures (not the gallery's tiles) also as PNG files there (:meth:`Figures.write`)."""
@@ -91,9 +97,10 @@ def build_report(
     cells = read_parquet(inp.cells, columns=cols)
     figures = Figures()
     sections = [
+        overview_section(inp.images, len(cells), inp.histories, metrics),
         summary_section(metrics),
         labels_section(images, catalog, figures),
-        training_section(inp.histories, figures),
+        training_section(inp.histories, figures, fusion_rule(merge) if merge else ""),
         per_class_section(metrics, catalog, figures),
         confusion_section(cells, images, catalog, figures),
         segmentation_section(images, inp.zarr_stores, options.overlays, options.max_rejected, figures),

@@ -73,9 +73,9 @@ def summary_section(metrics: Metrics) -> str:
         return unscored_summary(metrics)
     base = metrics.get("baseline")
     candidates: dict[str, RunMetrics | None] = {
-        "deep model, all images": metrics,
+        ALL_DEEP: metrics,
         "deep model, held-out": metrics.get("held_out"),
-        "baseline, all images": base["all"] if base else None,
+        ALL_BASE: base["all"] if base else None,
         "baseline, held-out": base.get("held_out") if base else None,
     }
     views = {k: cast(dict[str, Any], v) for k, v in candidates.items() if v is not None}
@@ -95,11 +95,65 @@ def summary_section(metrics: Metrics) -> str:
         notes.append(
             "No held-out images: every image was seen in training by some fold model, so these numbers are optimistic."
         )
+    else:
+        notes.append(
+            "The all-images columns include the images the models trained on (the baseline trains on "
+            "the same images): compare the models on the held-out columns."
+        )
+    flip = ranking_flip(views)
+    if flip:
+        notes.append(flip)
     if not base:
         notes.append("Baseline disabled (baseline.enabled: false).")
-    return html_section(
-        "summary", "Summary", guard_flags(metrics) + html_table(df) + "".join(html_note(n) for n in notes)
-    )
+    body = guard_flags(metrics) + html_table(df) + "".join(html_note(n) for n in notes)
+    return html_section("summary", "Summary", body + cell_line_table(metrics))
+
+
+#: Column names of the summary's all-images views (they include training images).
+ALL_DEEP, ALL_BASE = "deep model, all images (incl. training)", "baseline, all images (incl. training)"
+
+
+def ranking_flip(views: dict[str, dict[str, Any]]) -> str:
+    """A warning when the deep model and the baseline swap places between all images and held-out
+    images on a headline metric (the all-images view then says more about memorising than about
+    generalising); "" otherwise."""
+    held_deep, held_base = views.get("deep model, held-out"), views.get("baseline, held-out")
+    if not (held_deep and held_base and ALL_DEEP in views and ALL_BASE in views):
+        return ""
+    for key, label in HEADLINE:
+        raw = [v.get(key) for v in (views[ALL_DEEP], views[ALL_BASE], held_deep, held_base)]
+        values = [float(x) for x in raw if isinstance(x, float) and np.isfinite(x)]
+        if len(values) < 4:
+            continue
+        all_deep, all_base, h_deep, h_base = values
+        if (all_deep - all_base) * (h_deep - h_base) < 0:
+            lead_all = "deep model" if all_deep > all_base else "baseline"
+            lead_held = "deep model" if h_deep > h_base else "baseline"
+            return (
+                f"WARNING: on {label} the {lead_all} leads on all images but the {lead_held} on the "
+                "held-out images; the held-out columns are the fair comparison."
+            )
+    return ""
+
+
+def cell_line_table(metrics: Metrics) -> str:
+    """Per cell line: images, image mAP (all and held-out) and, with per-cell truth, cell mAP."""
+    lines = metrics.get("images_per_cell_line") or {}
+    if not lines:
+        return ""
+    held = metrics.get("held_out") or {}
+    cols: dict[str, list[Any]] = {
+        "cell line": list(lines),
+        "images": list(lines.values()),
+        "image mAP, all images": [(metrics.get("image_map_per_cell_line") or {}).get(k) for k in lines],
+    }
+    if held:
+        cols["image mAP, held-out"] = [(held.get("image_map_per_cell_line") or {}).get(k) for k in lines]
+    if "cell_map_per_cell_line" in metrics:
+        cols["cell mAP, all images"] = [metrics["cell_map_per_cell_line"].get(k) for k in lines]
+        if held:
+            cols["cell mAP, held-out"] = [(held.get("cell_map_per_cell_line") or {}).get(k) for k in lines]
+    return "<h3>Per cell line</h3>" + html_table(pd.DataFrame(cols), sortable=True)
 
 
 def class_bars(

@@ -18,6 +18,7 @@ import zarr
 from PIL import Image
 
 from hpa_batch.cells.segment.qc import robust_z
+from hpa_batch.config import MergeConfig
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.ngff import level_paths
 from hpa_batch.layout import THRESHOLDS_FILE
@@ -67,7 +68,7 @@ def labels_section(images: pd.DataFrame, catalog: LabelCatalog, figures: Figures
     return html_section("labels", "Labels", bars + fig_png(fig, figures, "labels"))
 
 
-def training_section(histories: list[Path], figures: Figures | None = None) -> str:
+def training_section(histories: list[Path], figures: Figures | None = None, fusion: str = "") -> str:
     """Loss and validation curves per model and fold (``history.csv`` of each)."""
     found = [(p, pd.read_csv(p)) for p in histories if p.is_file() and p.stat().st_size > 0]
     found = [(p, h) for p, h in found if len(h)]
@@ -89,13 +90,34 @@ def training_section(histories: list[Path], figures: Figures | None = None) -> s
         a.legend(fontsize=6)
         a.grid(alpha=0.3)
     return html_section(
-        "training", "Training curves", fig_png(fig, figures, "training") + thresholds_table([p for p, _ in found])
+        "training",
+        "Training curves",
+        fig_png(fig, figures, "training") + thresholds_table([p for p, _ in found], fusion),
     )
 
 
-def thresholds_table(histories: list[Path]) -> str:
+def fusion_rule(merge: MergeConfig) -> str:
+    """How the merged tables apply the class thresholds ``t`` to a cell, in words: under product fusion a
+    cell is predicted when cell x image probability >= t^2, so its fused probability may be below t."""
+    if merge.fusion == "product":
+        return (
+            "A cell gets class k when cell_prob x image_prob >= t_k^2 (merge.fusion: product; the threshold "
+            "is fused like the probabilities), so a predicted cell's fused probability can be well below t_k: "
+            "at t_k = 0.5, cell and image probabilities of 0.5 each (fused 0.25) pass."
+        )
+    if merge.fusion == "mean":
+        w = merge.cell_weight
+        return (
+            f"A cell gets class k when {w:g} x cell_prob + {1 - w:g} x image_prob >= t_k "
+            "(merge.fusion: mean, merge.cell_weight)."
+        )
+    return "A cell gets class k when its cell-model probability >= t_k (merge.fusion: cell)."
+
+
+def thresholds_table(histories: list[Path], fusion: str = "") -> str:
     """Per class and model fold: the threshold and its validation support (``thresholds.json`` beside
-    each ``history.csv``), with the rule that chose them."""
+    each ``history.csv``), with the rule that chose them and ``fusion`` (:func:`fusion_rule`), how the
+    merged tables apply them."""
     cols: dict[str, list[str]] = {}
     classes: list[str] = []
     rules = []
@@ -127,6 +149,7 @@ def thresholds_table(histories: list[Path]) -> str:
         "<h3>Thresholds (validation positives)</h3>"
         + html_table(df, sortable=True)
         + "".join(html_note(r) for r in rules)
+        + (html_note(fusion) if fusion else "")
     )
 
 
