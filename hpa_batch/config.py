@@ -283,16 +283,12 @@ class Config:
     passed: frozenset[str] | None = None
     """The top-level sections a Snakemake rule passed (``--config-json`` alone); reading any other
     section raises :class:`ConfigError` (:func:`restrict`). None: every section (a config file)."""
-    reads: set[str] = dataclasses.field(default_factory=set, compare=False, repr=False)
-    """The sections read so far (recorded when ``passed`` is set; :func:`unread_sections`)."""
 
     if not TYPE_CHECKING:  # mypy keeps checking attribute names; the guard runs at run time
 
         def __getattribute__(self, name: str) -> Any:
             passed = object.__getattribute__(self, "passed")
             section = _SECTION_OF.get(name)
-            if passed is not None and section is not None:
-                object.__getattribute__(self, "reads").add(section)
             if passed is not None and section is not None and section not in passed:
                 raise ConfigError(
                     f"this stage reads the config section {section!r}, which its Snakemake rule does not pass "
@@ -362,15 +358,7 @@ def restrict(cfg: Config, sections: Iterable[str]) -> Config:
     unknown = set(sections) - set(_SECTION_OF.values()) - {"results_dir", "logs_dir"}
     if unknown:
         raise ConfigError(f"unknown config sections {sorted(unknown)}")
-    return dataclasses.replace(cfg, passed=frozenset(sections), reads=set())
-
-
-def unread_sections(cfg: Config) -> set[str]:
-    """The sections a rule passed that its stage has not read (each one reruns the job for nothing
-    when the user edits it); empty for a config file."""
-    if cfg.passed is None:
-        return set()
-    return set(cfg.passed) - cfg.reads - {"results_dir", "logs_dir"}
+    return dataclasses.replace(cfg, passed=frozenset(sections))
 
 
 def check_unlabelled(cfg: Config) -> None:

@@ -124,13 +124,9 @@ def copy_workflow(wd: Path) -> Path:
 
 
 def tool_env() -> dict[str, str]:
-    """Environment with this interpreter's bin dir first on PATH (snakemake, hpa-batch), and every
-    job of a workflow test strict about its config sections: a rule that passes a section its stage
-    never reads fails the job (hpa_batch.cli.errors.STRICT_SECTIONS_ENV; reading one it does not pass
-    always fails)."""
+    """Environment with this interpreter's bin dir first on PATH (snakemake, hpa-batch)."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["HPA_BATCH_STRICT_SECTIONS"] = "1"
     return env
 
 

@@ -138,3 +138,32 @@ def test_quiet_and_verbose_set_the_log_level(dataset, capsys):
     assert get_logger().level == logging.DEBUG
     assert main(["plan", "--config", str(cfg)]) == 0
     assert get_logger().level == logging.INFO
+
+
+def test_every_rule_passes_exactly_the_config_sections_its_verb_reads():
+    """Each rule's ``--config-json`` (``stage_config(...)`` / ``model_config``) names exactly the sections
+    its verb reads (``cli.verbs.READS``): one more would rerun the job for nothing on an edit, one less
+    fails the job (a stage reading an unpassed section raises, config.restrict)."""
+    import re
+    from pathlib import Path
+
+    from hpa_batch.cli.verbs import READS, READS_WHEN
+
+    rules = Path(__file__).resolve().parents[1] / "workflow" / "rules"
+    seen = {}
+    for smk in sorted(rules.glob("*.smk")):
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.MULTILINE)[1:]:
+            verb = re.search(r'"(?:hpa-batch|\{params\.launcher\}) ([a-z0-9]+) ', block)
+            if not verb or verb.group(1) not in READS:
+                continue
+            if "model_config(" in block:
+                passed, optional = {"labels", "models"}, set()
+            else:
+                call = re.search(r"stage_config\(([^)]*)\)", block)
+                assert call, f"{smk.name}: rule {block.split(':')[0]} passes no stage_config"
+                passed = {k.split(".")[0] for k in re.findall(r'"([a-z_.]+)"', call.group(1))}
+                optional = set(READS_WHEN.get(verb.group(1), ())) if "*" in call.group(1) else set()
+            seen[verb.group(1)] = passed
+            assert passed == set(READS[verb.group(1)]), (smk.name, verb.group(1), passed)
+            assert optional <= set(READS_WHEN.get(verb.group(1), ())), verb.group(1)
+    assert set(seen) == set(READS), set(READS) - set(seen)  # every stage verb has its rule

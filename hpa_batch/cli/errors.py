@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import sys
 from pathlib import Path
 
 from hpa_batch.cli.verbs import config_of, shard_paths
-from hpa_batch.config import ConfigError, unread_sections
+from hpa_batch.config import ConfigError
 from hpa_batch.convert.plan import PlanError
 from hpa_batch.core.damage import DamagedFileError, UnsafeCheckpointError, printable
 from hpa_batch.core.locks import OutputLockError
@@ -23,7 +22,7 @@ from hpa_batch.layout import (
 def run_verb(args: argparse.Namespace) -> int:
     """The verb's function, its expected errors as one line."""
     try:
-        return int(args.func(args) or 0) or _unread_sections(args)
+        return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"hpa-batch: {exc}", file=sys.stderr)
         return 2
@@ -125,25 +124,3 @@ def _os_error(exc: OSError) -> str:
     text = str(exc)
     bare = len(exc.args) == 1 and isinstance(exc.args[0], str) and " " not in text  # pyarrow: FileNotFoundError(path)
     return f"{text}: {why}" if bare else text
-
-
-#: Set (to anything) to make a verb run by a rule fail when its rule passes config sections it never
-#: read: the workflow tests set it, so every rule passes exactly the sections its stage reads.
-STRICT_SECTIONS_ENV = "HPA_BATCH_STRICT_SECTIONS"
-
-
-def _unread_sections(args: argparse.Namespace) -> int:
-    """0, or 1 after naming the sections the verb's rule passed and it never read (under
-    :data:`STRICT_SECTIONS_ENV`; a config file passes every section and is never checked)."""
-    cfg = getattr(args, "config_", None)
-    if cfg is None or not os.environ.get(STRICT_SECTIONS_ENV):
-        return 0
-    unread = unread_sections(cfg)
-    if not unread:
-        return 0
-    print(
-        f"hpa-batch {args.verb}: error: its rule passes config sections the stage never read: {sorted(unread)} "
-        "(remove them from the rule's stage_config(...): an edit of them would rerun the job for nothing)",
-        file=sys.stderr,
-    )
-    return 1

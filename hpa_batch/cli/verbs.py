@@ -24,6 +24,28 @@ from hpa_batch.layout import (
 )
 from hpa_batch.spec import Level, ModelSpec
 
+#: The top-level config sections each stage verb reads: exactly what its rule passes as
+#: ``--config-json`` (tests/test_cli.py checks the rules against this table; reading any other section
+#: fails at run time, :func:`hpa_batch.config.restrict`).
+READS: dict[str, tuple[str, ...]] = {
+    "manifest": ("dataset", "labels", "qc", "shard_size"),
+    "convert": ("conversion",),
+    "segment": ("segmentation", "segmentation_qc", "conversion"),
+    "measure": ("measure", "segmentation_qc"),
+    "tiles": ("tiles", "measure"),
+    "split": ("splits", "labels", "segmentation_qc"),
+    "train": ("labels", "models"),
+    "predict": ("labels", "models"),
+    "merge": ("merge", "labels", "evaluation"),
+    "h5ad": ("labels",),
+    "baseline": ("baseline", "labels"),
+    "evaluate": ("evaluation", "labels", "dataset"),
+    "report": ("report", "labels", "dataset", "merge"),
+}
+#: Sections a verb reads only in some configurations (its rule passes them then): grouped folds read
+#: the metadata table's location and id column.
+READS_WHEN: dict[str, tuple[str, ...]] = {"split": ("dataset",)}
+
 
 def config_of(args: argparse.Namespace) -> Config:
     """The verb's config: a file (``--config``) with overrides, or a Snakemake rule's subset
@@ -31,7 +53,6 @@ def config_of(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config, args.config_json)
     if args.config is None and args.config_json:
         cfg = restrict(cfg, json.loads(args.config_json))
-    args.config_ = cfg  # the sections read are checked after the verb (cli.errors)
     return cfg
 
 
