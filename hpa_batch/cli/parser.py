@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _tables_verb(sub, "h5ad", f"{_R['cells_table']} as AnnData ({_R['cells_h5ad']}), shard by shard", cmd_h5ad)
     p.add_argument("--out", type=Path, help=f"default {_R['cells_h5ad']}")
+    p.add_argument(
+        "--embeddings", nargs="+", type=Path, help="the cell model's predictions with embeddings, one per shard"
+    )
+    p.add_argument("--embedding-key", default="X_cell_model", help="their obsm key (X_<model>)")
 
     p = sub.add_parser(
         "submit",

@@ -495,7 +495,13 @@ def cmd_h5ad(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     out = args.out or result(cfg.results_dir, "cells_h5ad")
     writes(args, out)
-    n = write_cells_h5ad(args.cells or result(cfg.results_dir, "cells_table"), out, cfg.catalog)
+    n = write_cells_h5ad(
+        args.cells or result(cfg.results_dir, "cells_table"),
+        out,
+        cfg.catalog,
+        embeddings={shard_of(p): p for p in args.embeddings} if args.embeddings else None,
+        embedding_key=args.embedding_key,
+    )
     print(f"{n} cells -> {out}")
     return 0
 

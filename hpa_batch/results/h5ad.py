@@ -12,6 +12,9 @@ Layout (one row per cell, ``obs_names`` = ``<image_id>_<cell_id>``):
 * ``obsm``: ``spatial`` (centroid x, y in full-resolution pixels, squidpy's convention), ``bbox``
   (y0, x0, y1, x1), ``fused_prob`` / ``cell_prob`` / ``image_prob``: ``(n_cells, n_classes)`` data
   frames whose columns are the class names.
+* ``obsm["X_<model>"]`` (with ``embeddings: true`` on the cell model feeding the tables): the cell
+  model's pooled features per cell, float32 ``(n_cells, d)``, read from its predictions shard by shard
+  (what ``sc.pp.neighbors(adata, use_rep="X_<model>")`` and a UMAP take).
 * ``uns``: the label catalog's name and class names.
 
 Memory does not grow with the cell count: each shard (one row group of ``cells.parquet``) becomes its
@@ -21,6 +24,7 @@ own small AnnData file, and :func:`anndata.experimental.concat_on_disk` joins th
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,8 +67,31 @@ def label_names(value: object, catalog: LabelCatalog) -> str:
     return "|".join(catalog.classes[k] for k in ids)
 
 
-def shard_anndata(table: pd.DataFrame, catalog: LabelCatalog) -> anndata.AnnData:
-    """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`."""
+def shard_embeddings(table: pd.DataFrame, predictions: Path) -> np.ndarray:
+    """``(n, d)`` float32 embeddings of ``table``'s cells (image_id, cell_id) from one shard's predictions.
+
+    Raises
+    ------
+    ValueError
+        The predictions hold no embeddings, or miss a cell of the table (naming the file).
+    """
+    from hpa_batch.core.tables import read_parquet
+
+    pred = read_parquet(predictions, columns=["image_id", "cell_id", "embedding"])
+    key = pd.MultiIndex.from_frame(pred[["image_id", "cell_id"]])
+    rows = key.get_indexer(pd.MultiIndex.from_frame(table[["image_id", "cell_id"]]))
+    if (rows < 0).any():
+        raise ValueError(f"{predictions}: no embedding for {int((rows < 0).sum())} cells of the merged table")
+    if not len(rows):
+        return np.zeros((0, 0), np.float32)
+    return np.stack([np.asarray(v, np.float32) for v in pred["embedding"].to_numpy()[rows]])
+
+
+def shard_anndata(
+    table: pd.DataFrame, catalog: LabelCatalog, embeddings: tuple[str, np.ndarray] | None = None
+) -> anndata.AnnData:
+    """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`;
+    ``embeddings`` = (obsm key, ``(n, d)`` array)."""
     import anndata as ad
 
     n = catalog.n_classes
@@ -86,6 +113,8 @@ def shard_anndata(table: pd.DataFrame, catalog: LabelCatalog) -> anndata.AnnData
         cols = [f"{kind}_{k}" for k in range(n)]
         if all(c in table for c in cols):
             obsm[kind] = pd.DataFrame(table[cols].to_numpy(np.float32), index=obs.index, columns=list(catalog.classes))
+    if embeddings is not None:
+        obsm[embeddings[0]] = embeddings[1]
     return ad.AnnData(
         X=table[list(FEATURE_COLUMNS)].to_numpy(np.float32),
         obs=obs,
@@ -109,8 +138,16 @@ def _write_uns(path: Path, catalog: LabelCatalog) -> None:
         write_elem(f, "uns", _uns(catalog))
 
 
-def write_cells_h5ad(cells_table: Path, out: Path, catalog: LabelCatalog) -> int:
-    """Write ``cells_table`` (the merged ``cells.parquet``) as AnnData to ``out``, shard by shard.
+def write_cells_h5ad(
+    cells_table: Path,
+    out: Path,
+    catalog: LabelCatalog,
+    *,
+    embeddings: Mapping[str, Path] | None = None,
+    embedding_key: str = "X_cell_model",
+) -> int:
+    """Write ``cells_table`` (the merged ``cells.parquet``) as AnnData to ``out``, shard by shard;
+    ``embeddings`` (shard -> the cell model's predictions with embeddings) fill ``obsm[embedding_key]``.
 
     Returns
     -------
@@ -128,7 +165,13 @@ def write_cells_h5ad(cells_table: Path, out: Path, catalog: LabelCatalog) -> int
             table = source.read_row_group(group).to_pandas()
             if len(table):
                 parts.append(Path(tmp) / f"{group:05d}.h5ad")
-                shard_anndata(table, catalog).write_h5ad(parts[-1])
+                emb = None
+                if embeddings is not None:
+                    shard = str(table["shard"].iat[0])
+                    if shard not in embeddings:
+                        raise ValueError(f"no predictions with embeddings given for shard {shard}")
+                    emb = (embedding_key, shard_embeddings(table, embeddings[shard]))
+                shard_anndata(table, catalog, emb).write_h5ad(parts[-1])
         if not parts:  # no cell at all: an empty AnnData with the same layout
             parts.append(Path(tmp) / "empty.h5ad")
             shard_anndata(source.schema_arrow.empty_table().to_pandas(), catalog).write_h5ad(parts[-1])

@@ -71,3 +71,33 @@ def test_a_run_without_cells_writes_an_empty_anndata(tmp_path):
     assert write_cells_h5ad(src, tmp_path / "cells.h5ad", CATALOG) == 0
     a = ad.read_h5ad(tmp_path / "cells.h5ad")
     assert a.shape == (0, len(FEATURE_COLUMNS))
+
+
+def test_the_cell_models_embeddings_become_an_obsm_representation(tmp_path):
+    """With the cell model's embeddings, every cell gets its own row of them in ``obsm["X_<model>"]``
+    (joined by image and cell id, shard by shard), which scanpy takes as ``use_rep``."""
+    rng = np.random.default_rng(4)
+    shards = [cells_table(rng, "a-0000", 9), cells_table(rng, "b-0000", 5)]
+    schema = pa.Table.from_pandas(shards[0], preserve_index=False).schema
+    src = tmp_path / "cells.parquet"
+    with pq.ParquetWriter(src, schema) as w:
+        for t in shards:
+            w.write_table(pa.Table.from_pandas(t, schema=schema, preserve_index=False))
+    preds, expected = {}, []
+    for t in shards:
+        emb = rng.random((len(t), 8)).astype(np.float32)
+        expected.append(emb)
+        shuffled = rng.permutation(len(t))  # predictions need not be in the table's order
+        p = pd.DataFrame({"image_id": t["image_id"], "cell_id": t["cell_id"], "embedding": list(emb)}).iloc[shuffled]
+        preds[t["shard"].iat[0]] = tmp_path / f"{t['shard'].iat[0]}.parquet"
+        p.to_parquet(preds[t["shard"].iat[0]])
+    out = tmp_path / "cells.h5ad"
+    assert write_cells_h5ad(src, out, CATALOG, embeddings=preds, embedding_key="X_m") == 14
+    a = ad.read_h5ad(out)
+    assert a.obsm["X_m"].shape == (14, 8) and np.array_equal(a.obsm["X_m"], np.concatenate(expected))
+    short = pd.read_parquet(preds["b-0000"]).iloc[1:]
+    short.to_parquet(preds["b-0000"])
+    import pytest
+
+    with pytest.raises(ValueError, match=r"b-0000.parquet: no embedding for 1 cells"):
+        write_cells_h5ad(src, tmp_path / "again.h5ad", CATALOG, embeddings=preds, embedding_key="X_m")

@@ -206,6 +206,20 @@ def split_inputs(wildcards):
     return inputs
 
 
+EMBEDDED = CFG.merged_model("cell")
+EMBEDDED = EMBEDDED if EMBEDDED is not None and EMBEDDED.embeddings else None
+# obsm key of the cell model's embeddings in cells.h5ad (with embeddings: true on that model)
+EMBEDDING_KEY = f"X_{EMBEDDED.name}" if EMBEDDED else ""
+
+
+def h5ad_inputs(wildcards):
+    """The merged cells table and, when the cell model stores embeddings, its predictions."""
+    inputs = {"cells": results_file("cells_table")}
+    if EMBEDDED:
+        inputs["embeddings"] = shard_files(results_file("predictions", model=EMBEDDED.name))
+    return inputs
+
+
 def baseline_inputs(wildcards):
     """The merged tables, and the cell model's predictions when the baseline appends embeddings."""
     inputs = {"cells": results_file("cells_table"), "images": results_file("images_table")}

@@ -34,7 +34,7 @@ rule merge:
 
 rule h5ad:
     input:
-        cells=rules.merge.output.cells,
+        unpack(h5ad_inputs),
     output:
         results_file("cells_h5ad"),
     log:
@@ -46,8 +46,14 @@ rule h5ad:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         cfg=stage_config("labels"),
+        embeddings=lambda wildcards, input: (
+            ["--embeddings", *input.embeddings, "--embedding-key", EMBEDDING_KEY]
+            if "embeddings" in input.keys()
+            else []
+        ),
     shell:
-        "hpa-batch h5ad --config-json {params.cfg:q} --cells {input.cells:q} --out {output:q} > {log:q} 2>&1"
+        "hpa-batch h5ad --config-json {params.cfg:q} --cells {input.cells:q} {params.embeddings:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule submit:
