@@ -187,6 +187,10 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(upstream_2021, tmp_
     adata = anndata.read_h5ad(res / "tables" / "cells.h5ad")  # the same cells, as AnnData
     assert list(adata.obs_names) == [f"{i}_{c}" for i, c in zip(cells_t["image_id"], cells_t["cell_id"])]
     assert np.allclose(adata.obsm["fused_prob"], cells_t[[f"fused_prob_{k}" for k in range(19)]].to_numpy())
+    from hpa_batch.core.tables import read_classes
+
+    for table in ("cells", "images"):  # every prob_k column is named in the table's metadata
+        assert read_classes(res / "tables" / f"{table}.parquet") == list(adata.uns["classes"])
     emb = adata.obsm["X_tiny"]  # the cell model's embeddings, what scanpy's neighbours and UMAP take
     assert emb.shape[0] == len(cells_t) and emb.shape[1] > 8 and np.isfinite(emb).all() and emb.std(0).max() > 0
     assert pq.read_schema(res / "tables" / "images.parquet").equals(images_schema(19), check_metadata=False)

@@ -3,13 +3,18 @@ written through :mod:`hpa_batch.core.atomic`, and the parquet readers that name 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hpa_batch.core.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from hpa_batch.core.labels import LabelCatalog
 
 
 def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -26,6 +31,29 @@ def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     if len(df) == 0:
         return schema.empty_table()
     return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+#: Schema metadata key of the class names a table's ``*prob_k`` columns stand for.
+CLASSES_KEY = b"hpa_batch.classes"
+
+
+def with_classes(schema: pa.Schema, catalog: LabelCatalog) -> pa.Schema:
+    """``schema`` naming the catalog's classes in its metadata (``hpa_batch.classes``: JSON with the
+    catalog's name and its class names in ``k`` order), so a reader can name every ``*prob_k`` column
+    and label id without this package (:func:`read_classes`)."""
+    meta = {
+        **(schema.metadata or {}),
+        CLASSES_KEY: json.dumps({"catalog": catalog.name, "classes": list(catalog.classes)}).encode(),
+    }
+    return schema.with_metadata(meta)
+
+
+def read_classes(path: str | Path) -> list[str] | None:
+    """The class names a table's metadata records (:func:`with_classes`), or None."""
+    meta = read_schema(path).metadata or {}
+    if CLASSES_KEY not in meta:
+        return None
+    return list(json.loads(meta[CLASSES_KEY])["classes"])
 
 
 def write_table(df: pd.DataFrame, schema: pa.Schema, path: str | Path) -> None:

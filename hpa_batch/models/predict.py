@@ -21,7 +21,7 @@ from hpa_batch.cells.tiles import TileReader
 from hpa_batch.config import model_spec_from_entry
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import Progress, get_logger
-from hpa_batch.core.tables import write_table
+from hpa_batch.core.tables import with_classes, write_table
 from hpa_batch.models.checkpoint import read_model
 from hpa_batch.models.factory import create_model, embed, feature_count, forward, num_features_of
 from hpa_batch.models.transforms import channel_map, prepare
@@ -172,6 +172,6 @@ def predict_shard(
     if spec.embeddings:
         dim = int(embeds[0].shape[1]) if embeds else num_features_of(models[0])
         table["embedding"] = list(np.concatenate(embeds)) if embeds else []
-    write_table(table, predictions_schema(catalog.n_classes, dim), out)
+    write_table(table, with_classes(predictions_schema(catalog.n_classes, dim), catalog), out)
     get_logger().info("predict %s: %d rows -> %s", model_name, len(table), out)
     return len(table)

@@ -44,7 +44,7 @@ from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import parquet_file, read_arrow, read_parquet, read_schema, to_arrow
+from hpa_batch.core.tables import parquet_file, read_arrow, read_parquet, read_schema, to_arrow, with_classes
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.classifiers import BASELINES
 
@@ -217,7 +217,7 @@ def run_baseline(
     emb_dir = predictions if options.embeddings else None
     emb = embeddings_of(emb_dir, train)
     model, thresholds, cv = fit_baseline(train, catalog, options, emb)
-    schema, rows = baseline_schema(n), 0
+    schema, rows = with_classes(baseline_schema(n), catalog), 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for batch in parquet_file(cells_path).iter_batches(
             batch_size=batch_size, columns=["image_id", "cell_id", "shard", *FEATURE_COLUMNS]

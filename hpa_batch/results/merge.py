@@ -33,7 +33,7 @@ from hpa_batch.config import MergeConfig
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import read_parquet, to_arrow
+from hpa_batch.core.tables import read_parquet, to_arrow, with_classes
 from hpa_batch.models.checkpoint import read_thresholds
 from hpa_batch.models.split import ALWAYS_TRAIN, REFUSED
 
@@ -308,7 +308,8 @@ def merge_tables(
     thresholds as in :func:`merge_shard`."""
     n = catalog.n_classes
     splits = read_parquet(splits_path)
-    cschema, ischema = cells_schema(n, truth is not None), images_schema(n)
+    cschema = with_classes(cells_schema(n, truth is not None), catalog)
+    ischema = with_classes(images_schema(n), catalog)
     n_cells = n_images = 0
     with (
         atomic_path(out_cells) as tmp_c,
