@@ -8,9 +8,9 @@ checkpoint's stored entry becomes a spec again through :func:`hpa_batch.config.m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 Level = Literal["cell", "image"]
 
@@ -115,104 +115,42 @@ class ModelSpec:
 
     def to_entry(self) -> dict[str, Any]:
         """The validated ``models[]`` entry (JSON values) this spec was built from."""
-        return {
-            "name": self.name,
-            "level": self.level,
-            "arch": self.arch,
-            "pretrained": self.pretrained,
-            "trained": self.trained_as_given,
-            "channels": list(self.channels),
-            "input_size": self.input_size,
-            "features": self.features,
-            "feature_weights": None if self.feature_weights is None else list(self.feature_weights),
-            "folds": list(self.folds),
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "optimizer": self.optimizer,
-            "weight_decay": self.weight_decay,
-            "dropout": self.dropout,
-            "log_every_s": self.log_every_s,
-            "drop_path": self.drop_path,
-            "schedule": self.schedule.to_entry(),
-            "loss": {
-                "kind": self.loss.kind,
-                "class_weights": self.loss.class_weights,
-                "unweighted_classes": list(self.loss.unweighted_classes),
-                "gamma": self.loss.gamma,
-            },
-            "single_label_only": self.single_label_only,
-            "negative_oversample": self.negative_oversample,
-            "refine_labels": {
-                "after_epochs": self.refine_labels.after_epochs,
-                "keep_ratio": self.refine_labels.keep_ratio,
-            },
-            "augment": {
-                "flips": self.augment.flips,
-                "rot90": self.augment.rot90,
-                "brightness": self.augment.brightness,
-                "only_rare_below": self.augment.only_rare_below,
-            },
-            "amp": self.amp,
-            "channels_last": self.channels_last,
-            "compile": self.compile,
-            "early_stopping_patience": self.early_stopping_patience,
-            "selection": self.selection,
-            "thresholds": self.thresholds.to_entry(),
-            "buffer_chunks": self.buffer_chunks,
-            "num_workers": self.num_workers,
-            "tta": self.tta,
-            "embeddings": self.embeddings,
-            "seed": self.seed,
-            "gpus": self.gpus,
-        }
+        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "trained_as_given"}
+        out["trained"] = self.trained_as_given
+        out["schedule"] = self.schedule.to_entry()
+        return out
+
+
+def _plain(value: Any) -> Any:
+    """A spec value as JSON values: nested specs as dicts, tuples as lists."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+#: The nested sections of an entry and their spec classes (the schedule is handled apart: its
+#: parameters depend on its kind).
+_NESTED: dict[str, Any] = {
+    "loss": LossSpec,
+    "refine_labels": RefineSpec,
+    "augment": AugmentSpec,
+    "thresholds": ThresholdRule,
+}
+#: List values of an entry, kept as tuples (the spec is frozen and hashable).
+_TUPLES = ("channels", "feature_weights", "folds")
 
 
 def spec_from_entry(m: dict[str, Any]) -> ModelSpec:
     """The :class:`ModelSpec` of a schema-validated ``models[]`` entry (defaults filled)."""
+    values = {f.name: m[f.name] for f in fields(ModelSpec) if f.name in m}
+    for key in _TUPLES:
+        values[key] = None if m[key] is None else tuple(m[key])
+    for key, cls in _NESTED.items():
+        values[key] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in m[key].items()})
     sched = dict(m["schedule"])
-    loss, refine, aug = m["loss"], m["refine_labels"], m["augment"]
-    return ModelSpec(
-        name=m["name"],
-        level=cast(Level, m["level"]),
-        arch=m["arch"],
-        pretrained=m["pretrained"],
-        trained=Path(m["trained"]).expanduser() if m.get("trained") else None,
-        trained_as_given=m.get("trained"),
-        channels=tuple(m["channels"]),
-        input_size=m["input_size"],
-        features=m["features"],
-        feature_weights=None if m["feature_weights"] is None else tuple(m["feature_weights"]),
-        folds=tuple(int(k) for k in m["folds"]),
-        epochs=m["epochs"],
-        batch_size=m["batch_size"],
-        optimizer=m["optimizer"],
-        weight_decay=m["weight_decay"],
-        dropout=m["dropout"],
-        log_every_s=m["log_every_s"],
-        drop_path=m["drop_path"],
-        schedule=ScheduleSpec(kind=sched.pop("kind"), params=sched),
-        loss=LossSpec(
-            kind=loss["kind"],
-            class_weights=loss["class_weights"],
-            unweighted_classes=tuple(loss["unweighted_classes"]),
-            gamma=loss["gamma"],
-        ),
-        single_label_only=m["single_label_only"],
-        negative_oversample=m["negative_oversample"],
-        refine_labels=RefineSpec(after_epochs=refine["after_epochs"], keep_ratio=refine["keep_ratio"]),
-        augment=AugmentSpec(
-            flips=aug["flips"], rot90=aug["rot90"], brightness=aug["brightness"], only_rare_below=aug["only_rare_below"]
-        ),
-        amp=m["amp"],
-        channels_last=m["channels_last"],
-        compile=m["compile"],
-        early_stopping_patience=m["early_stopping_patience"],
-        selection=m["selection"],
-        thresholds=ThresholdRule(**m["thresholds"]),
-        buffer_chunks=m["buffer_chunks"],
-        num_workers=m["num_workers"],
-        tta=m["tta"],
-        embeddings=m["embeddings"],
-        seed=m["seed"],
-        gpus=m["gpus"],
-    )
+    values["schedule"] = ScheduleSpec(kind=sched.pop("kind"), params=sched)
+    values["trained"] = Path(m["trained"]).expanduser() if m.get("trained") else None
+    values["trained_as_given"] = m.get("trained")
+    return ModelSpec(**values)
