@@ -7,19 +7,18 @@ import argparse
 from pathlib import Path
 
 from hpa_batch import __version__
+from hpa_batch.cli.stores import cmd_info, cmd_repair, cmd_validate
 from hpa_batch.cli.verbs import (
     cmd_baseline,
     cmd_convert,
     cmd_evaluate,
     cmd_h5ad,
-    cmd_info,
     cmd_manifest,
     cmd_measure,
     cmd_merge,
     cmd_plan,
     cmd_predict,
     cmd_qc,
-    cmd_repair,
     cmd_report,
     cmd_segment,
     cmd_split,
@@ -27,7 +26,6 @@ from hpa_batch.cli.verbs import (
     cmd_synth,
     cmd_tiles,
     cmd_train,
-    cmd_validate,
 )
 from hpa_batch.layout import RESULTS as _R_TEMPLATES
 
