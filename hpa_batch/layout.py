@@ -124,7 +124,7 @@ def result_key(results_dir: str | Path, path: str | Path) -> tuple[str, dict[str
         if m:
             return key, m.groupdict()
     fold = _FOLD_FILE.match(rel)
-    if fold:
+    if fold and fold.group("file") in FOLD_FILES:  # another file in a fold folder is nobody's output
         return f"fold:{fold.group('file')}", {"model": fold.group("model"), "fold": fold.group("fold")}
     return None
 
