@@ -8,30 +8,8 @@ import json
 import shlex
 from pathlib import Path
 
-from hpa_batch.core.damage import printable
-
-#: The top-level config sections each stage verb reads: exactly what its rule passes as
-#: ``--config-json`` (tests/test_cli.py checks the rules against this table; reading any other section
-#: fails at run time, :func:`hpa_batch.config.restrict`).
-READS: dict[str, tuple[str, ...]] = {
-    "manifest": ("dataset", "labels", "qc", "shard_size"),
-    "convert": ("conversion",),
-    "segment": ("segmentation", "segmentation_qc", "conversion"),
-    "measure": ("measure", "segmentation_qc"),
-    "tiles": ("tiles", "measure"),
-    "split": ("splits", "labels", "segmentation_qc"),
-    "train": ("labels", "models"),
-    "predict": ("labels", "models"),
-    "merge": ("merge", "labels", "evaluation"),
-    "h5ad": ("labels",),
-    "baseline": ("baseline", "labels"),
-    "evaluate": ("evaluation", "labels", "dataset"),
-    "report": ("report", "labels", "dataset", "merge"),
-}
-#: Sections a verb reads only in some configurations (its rule passes them then): grouped folds read
-#: the metadata table's location and id column.
-READS_WHEN: dict[str, tuple[str, ...]] = {"split": ("dataset",)}
 from hpa_batch.cli.verbs import config_of, writes
+from hpa_batch.core.damage import printable
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

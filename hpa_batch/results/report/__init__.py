@@ -97,7 +97,7 @@ def build_report(
     cells = read_parquet(inp.cells, columns=cols)
     figures = Figures()
     sections = [
-        overview_section(inp.images, len(cells), inp.histories, metrics),
+        overview_section(images, len(cells), inp.histories, metrics),
         summary_section(metrics),
         labels_section(images, catalog, figures),
         training_section(inp.histories, figures, fusion_rule(merge) if merge else ""),

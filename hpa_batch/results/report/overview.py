@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from hpa_batch.core.tables import read_parquet
 from hpa_batch.models.split import EXCLUDED
 from hpa_batch.results.metrics_file import Metrics
 from hpa_batch.results.report.markup import html_note, html_section, html_table
@@ -63,10 +62,9 @@ def training_runs(histories: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def overview_section(images_path: Path, n_cells: int, histories: list[Path], metrics: Metrics) -> str:
+def overview_section(images: pd.DataFrame, n_cells: int, histories: list[Path], metrics: Metrics) -> str:
     """Stages with their counts, the training runs, and the run's warnings (prediction guard, refused
-    and doubtful images, training runs that never validated)."""
-    images = read_parquet(images_path)
+    and doubtful images, training runs that never validated); ``images`` is the merged images table."""
     counts = stage_counts(images, n_cells)
     runs = training_runs(histories)
     warnings = []
