@@ -40,6 +40,7 @@ rule all:
         rules.predict.input,
         rules.merge.output,
         rules.h5ad.output,
+        rules.spatialdata.input,
         rules.submit.output,
         rules.evaluate.output,
         rules.report.output,

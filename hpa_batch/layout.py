@@ -53,6 +53,7 @@ RESULTS: dict[str, str] = {
     "baseline_model": "baseline/model.joblib",
     "metrics": "metrics.json",
     "cells_h5ad": "tables/cells.h5ad",
+    "spatialdata": "spatialdata/{shard}.zarr",
     "report": "report.html",
     "report_figures": "report_figures",
 }
@@ -73,6 +74,7 @@ LOGS: dict[str, str] = {
     "baseline": "baseline.log",
     "evaluate": "evaluate.log",
     "h5ad": "h5ad.log",
+    "spatialdata": "spatialdata/{shard}.log",
     "report": "report.log",
 }
 """Every job log under ``logs_dir``."""

@@ -358,3 +358,25 @@ def touching_pair(ratio: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     for c in range(4):
         img[c] = ndi.gaussian_filter(img[c], 1.2) + 400 + rng.normal(0, 12, img[c].shape)
     return np.clip(img, 0, 65535).astype(np.uint16), truth
+
+
+#: The scverse tools' own environment (``make scverse-env``: spatialdata needs an older dask and
+#: ome-zarr than the pipeline) and the script that reads the outputs with them.
+SCVERSE_PYTHON = Path(os.environ.get("HPA_BATCH_SCVERSE_PYTHON", REPO / ".venv-scverse" / "bin" / "python"))
+SCVERSE_CHECK = REPO / "tests" / "scverse" / "check.py"
+
+
+def scverse_check(*args: object) -> str:
+    """Run ``tests/scverse/check.py args`` with the scverse environment's python; its output.
+    Without that environment the test is skipped, or fails where HPA_BATCH_REQUIRE_SCVERSE is set (CI)."""
+    import subprocess
+
+    if not SCVERSE_PYTHON.is_file():
+        reason = f"no scverse environment at {SCVERSE_PYTHON} (make scverse-env)"
+        if os.environ.get("HPA_BATCH_REQUIRE_SCVERSE"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cmd = [str(SCVERSE_PYTHON), str(SCVERSE_CHECK), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout

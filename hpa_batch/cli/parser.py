@@ -13,6 +13,7 @@ from hpa_batch.cli.verbs import (
     cmd_convert,
     cmd_evaluate,
     cmd_h5ad,
+    cmd_spatialdata,
     cmd_manifest,
     cmd_measure,
     cmd_merge,
@@ -242,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--embeddings", nargs="+", type=Path, help="the cell model's predictions with embeddings, one per shard"
     )
     p.add_argument("--embedding-key", default="X_cell_model", help="their obsm key (X_<model>)")
+
+    p = _shard_verb(
+        sub,
+        "spatialdata",
+        f"the shard as a SpatialData store ({_R['spatialdata']}): images and labels linked, not copied, "
+        "and its cells table annotating the cells labels",
+    )
+    p.add_argument("--cells", type=Path, help=f"the merged cells table (default {_R['cells_table']})")
+    p.add_argument("--embeddings", type=Path, help="the cell model's predictions of this shard, with embeddings")
+    p.add_argument("--embedding-key", default="X_cell_model", help="their obsm key (X_<model>)")
+    p.add_argument("--out", type=Path, help=f"default {_R['spatialdata']}")
+    p.set_defaults(func=cmd_spatialdata)
 
     p = sub.add_parser(
         "submit",

@@ -36,6 +36,7 @@ READS: dict[str, tuple[str, ...]] = {
     "predict": ("labels", "models"),
     "merge": ("merge", "labels", "evaluation"),
     "h5ad": ("labels",),
+    "spatialdata": ("labels",),
     "baseline": ("baseline", "labels"),
     "evaluate": ("evaluation", "labels", "dataset"),
     "report": ("report", "labels", "dataset", "merge"),
@@ -501,6 +502,25 @@ def cmd_h5ad(args: argparse.Namespace) -> int:
         embedding_key=args.embedding_key,
     )
     print(f"{n} cells -> {out}")
+    return 0
+
+
+def cmd_spatialdata(args: argparse.Namespace) -> int:
+    from hpa_batch.results.spatialdata import write_spatialdata
+
+    cfg = config_of(args)
+    r = cfg.results_dir
+    out = args.out or result(r, "spatialdata", shard=args.shard)
+    writes(args, out)
+    counts = write_spatialdata(
+        store=args.store or result(r, "store", shard=args.shard),
+        cells_table=args.cells or result(r, "cells_table"),
+        shard=args.shard,
+        out=out,
+        catalog=cfg.catalog,
+        embeddings=(args.embedding_key, args.embeddings) if args.embeddings else None,
+    )
+    print(f"{counts['images']} images, {counts['cells']} cells -> {out}")
     return 0
 
 

@@ -322,6 +322,10 @@ def check_output(path: str | Path, results_dir: str | Path | None = None, *, dee
     if path.suffix == ".zarr" and path.is_dir():
         if key == "tiles":
             return _tiles_problem(path, root, shard, deep)
+        if key == "spatialdata":
+            from hpa_batch.results.spatialdata import store_problem
+
+            return store_problem(path, deep=deep)
         from hpa_batch.convert.validate import validate_store
 
         problems = validate_store(path, deep=deep).problems
@@ -388,6 +392,8 @@ def _quick_problem(path: Path, root: Path) -> str | None:
     """What readers open first of ``path`` (no image store: conversion checks its own images)."""
     if path.suffix == ".zarr":
         key = (result_key(root, path) or ("", {}))[0]
+        if key == "spatialdata":
+            return check_output(path, root, deep=False)
         if key != "tiles":
             return None
         if _tiles_stamp(path) is None:

@@ -24,7 +24,7 @@ own small AnnData file, and :func:`anndata.experimental.concat_on_disk` joins th
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,7 @@ from hpa_batch.cells.measure import FEATURE_COLUMNS
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import LabelCatalog, emitted_ids
 from hpa_batch.core.tables import parquet_file
+from hpa_batch.results.spatialdata import INSTANCE_KEY, REGION_KEY, check_unique, region_name, table_attrs
 
 if TYPE_CHECKING:
     import anndata
@@ -75,8 +76,10 @@ def shard_embeddings(table: pd.DataFrame, predictions: Path) -> np.ndarray:
     ValueError
         The predictions hold no embeddings, or miss a cell of the table (naming the file).
     """
-    from hpa_batch.core.tables import read_parquet
+    from hpa_batch.core.tables import read_parquet, read_schema
 
+    if "embedding" not in read_schema(predictions).names:
+        raise ValueError(f"{predictions}: no embeddings (the model predicted without embeddings: true)")
     pred = read_parquet(predictions, columns=["image_id", "cell_id", "embedding"])
     key = pd.MultiIndex.from_frame(pred[["image_id", "cell_id"]])
     rows = key.get_indexer(pd.MultiIndex.from_frame(table[["image_id", "cell_id"]]))
@@ -88,10 +91,15 @@ def shard_embeddings(table: pd.DataFrame, predictions: Path) -> np.ndarray:
 
 
 def shard_anndata(
-    table: pd.DataFrame, catalog: LabelCatalog, embeddings: tuple[str, np.ndarray] | None = None
+    table: pd.DataFrame,
+    catalog: LabelCatalog,
+    embeddings: tuple[str, np.ndarray] | None = None,
+    *,
+    regions: Sequence[str] | None = None,
 ) -> anndata.AnnData:
     """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`;
-    ``embeddings`` = (obsm key, ``(n, d)`` array)."""
+    ``embeddings`` = (obsm key, ``(n, d)`` array); ``regions``: the labels elements the table annotates
+    (default: those of its rows' images)."""
     import anndata as ad
 
     n = catalog.n_classes
@@ -105,6 +113,10 @@ def shard_anndata(
     for col in OBS_VALUES:
         if col in table:
             obs[col] = table[col].to_numpy()
+    region = [region_name(i) for i in table["image_id"]]
+    regions = list(regions) if regions is not None else sorted(set(region))
+    obs[REGION_KEY] = pd.Categorical(region, categories=regions)
+    obs[INSTANCE_KEY] = table["cell_id"].to_numpy(np.int64)
     obsm = {
         "spatial": table[["centroid_x", "centroid_y"]].to_numpy(np.float32),
         "bbox": table[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]].to_numpy(np.int32),
@@ -120,22 +132,22 @@ def shard_anndata(
         obs=obs,
         var=pd.DataFrame(index=pd.Index(FEATURE_COLUMNS, name="feature")),
         obsm=obsm,
-        uns=_uns(catalog),
+        uns=_uns(catalog, regions),
     )
 
 
-def _uns(catalog: LabelCatalog) -> dict[str, object]:
-    return {"catalog": catalog.name, "classes": list(catalog.classes)}
+def _uns(catalog: LabelCatalog, regions: Sequence[str]) -> dict[str, object]:
+    return {"catalog": catalog.name, "classes": list(catalog.classes), "spatialdata_attrs": table_attrs(regions)}
 
 
-def _write_uns(path: Path, catalog: LabelCatalog) -> None:
+def _write_uns(path: Path, catalog: LabelCatalog, regions: Sequence[str]) -> None:
     import h5py
     from anndata.io import write_elem
 
     with h5py.File(path, "a") as f:
         if "uns" in f:
             del f["uns"]
-        write_elem(f, "uns", _uns(catalog))
+        write_elem(f, "uns", _uns(catalog, regions))
 
 
 def write_cells_h5ad(
@@ -157,13 +169,15 @@ def write_cells_h5ad(
     from anndata.experimental import concat_on_disk
 
     source = parquet_file(cells_table)
+    check_unique(source.read(columns=["image_id"]).column(0).unique().to_pylist())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.parts-") as tmp:
-        parts = []
+        parts, regions = [], []
         for group in range(source.num_row_groups):
             table = source.read_row_group(group).to_pandas()
             if len(table):
+                regions += sorted({region_name(i) for i in table["image_id"]})
                 parts.append(Path(tmp) / f"{group:05d}.h5ad")
                 emb = None
                 if embeddings is not None:
@@ -180,5 +194,5 @@ def write_cells_h5ad(
                 Path(parts[0]).replace(dest)
             else:
                 concat_on_disk(parts, dest)
-                _write_uns(dest, catalog)  # concat_on_disk leaves uns out
+                _write_uns(dest, catalog, regions)  # concat_on_disk leaves uns out
     return source.metadata.num_rows

@@ -61,6 +61,12 @@ def test_cells_h5ad_round_trips_against_the_parquet_shard_by_shard(tmp_path):
         assert np.array_equal(a.obsm[kind], table[cols].to_numpy(np.float32))
     assert np.allclose(a.obsm["spatial"], table[["centroid_x", "centroid_y"]].to_numpy())
     assert list(a.uns["classes"]) == list(CATALOG.classes) and a.uns["catalog"] == "hpa2021"
+    # SpatialData's table linkage: each row names its image's cells labels element and its label value
+    assert list(a.obs["region"]) == [f"{i}_cells" for i in table["image_id"]] and a.obs["region"].dtype == "category"
+    assert list(a.obs["instance_id"]) == list(table["cell_id"])
+    attrs = a.uns["spatialdata_attrs"]
+    assert attrs["region_key"] == "region" and attrs["instance_key"] == "instance_id"
+    assert sorted(attrs["region"]) == sorted(set(a.obs["region"]))
     assert not list(tmp_path.glob(".cells.h5ad*"))  # the per-shard parts and the temporary are gone
 
 

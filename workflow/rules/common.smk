@@ -220,6 +220,18 @@ def h5ad_inputs(wildcards):
     return inputs
 
 
+def spatialdata_inputs(wildcards):
+    """The shard's segmented store (its summary), the merged cells table and, when the cell model
+    stores embeddings, its predictions of the shard."""
+    inputs = {
+        "segmented": results_file("segment_summary", shard=wildcards.shard),
+        "cells": results_file("cells_table"),
+    }
+    if EMBEDDED:
+        inputs["embeddings"] = results_file("predictions", model=EMBEDDED.name, shard=wildcards.shard)
+    return inputs
+
+
 def baseline_inputs(wildcards):
     """The merged tables, and the cell model's predictions when the baseline appends embeddings."""
     inputs = {"cells": results_file("cells_table"), "images": results_file("images_table")}

@@ -56,6 +56,37 @@ rule h5ad:
         " --out {output:q} > {log:q} 2>&1"
 
 
+rule spatialdata_shard:
+    input:
+        unpack(spatialdata_inputs),
+    output:
+        directory(results_file("spatialdata")),
+    log:
+        log_file("spatialdata"),
+    conda:
+        "../../envs/cpu.yaml"
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    params:
+        store=lambda wildcards: results_file("store", shard=wildcards.shard),
+        cfg=stage_config("labels"),
+        embeddings=lambda wildcards, input: (
+            ["--embeddings", input.embeddings, "--embedding-key", EMBEDDING_KEY]
+            if "embeddings" in input.keys()
+            else []
+        ),
+    shell:
+        "hpa-batch spatialdata --shard {wildcards.shard:q} --config-json {params.cfg:q}"
+        " --store {params.store:q} --cells {input.cells:q} {params.embeddings:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule spatialdata:
+    input:
+        METADATA,
+        shard_files(results_file("spatialdata")),
+
+
 rule submit:
     input:
         cells=rules.merge.output.cells,
