@@ -102,7 +102,10 @@ def element_attrs(ome: Mapping[str, Any], system: str) -> dict[str, Any]:
         {"type": "identity", "input": _system(intrinsic, axes), "output": _system(system, axes)}
     ]
     block = {k: v for k, v in ome.items() if k not in ("multiscales", "version")}
-    return {"ome": {**block, "version": RASTER_NGFF, "multiscales": [ms]}, "spatialdata_attrs": {"version": RASTER_FORMAT}}
+    return {
+        "ome": {**block, "version": RASTER_NGFF, "multiscales": [ms]},
+        "spatialdata_attrs": {"version": RASTER_FORMAT},
+    }
 
 
 def cell_properties(rows: pd.DataFrame, catalog: LabelCatalog) -> list[dict[str, Any]]:
@@ -184,9 +187,9 @@ def store_images(store: Path) -> list[str]:
 
     ids = []
     for entry in sorted(Path(store).iterdir()):
-        if entry.is_dir() and not entry.name.startswith(".") and (entry / "zarr.json").is_file():
-            if "multiscales" in read_group_attrs(entry).get("ome", {}):
-                ids.append(entry.name)
+        group = entry.is_dir() and not entry.name.startswith(".") and (entry / "zarr.json").is_file()
+        if group and "multiscales" in read_group_attrs(entry).get("ome", {}):
+            ids.append(entry.name)
     return ids
 
 
@@ -236,7 +239,9 @@ def write_spatialdata(
         root = {"spatialdata_attrs": {"version": CONTAINER_FORMAT, "spatialdata_software_version": "0.7.3"}}
         _write_group(tmp, {**root, "hpa_batch": {"shard": shard, "version": __version__}})
         _write_group(tmp / "images", {})
-        _write_group(tmp / "labels", {"ome": {"labels": [f"{element_name(i)}_{lab}" for i in image_ids for lab in LABELS]}})
+        _write_group(
+            tmp / "labels", {"ome": {"labels": [f"{element_name(i)}_{lab}" for i in image_ids for lab in LABELS]}}
+        )
         _write_group(tmp / "tables", {})
         for image_id in image_ids:
             _write_image(store, image_id, by_image.get(image_id, empty), tmp, out, catalog)

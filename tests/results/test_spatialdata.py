@@ -131,14 +131,16 @@ def test_label_properties_carry_each_cells_prediction_for_a_viewer(stores):
     assert sorted(props) == sorted(mine["cell_id"])
     first = mine.iloc[0]
     names = CATALOG.classes
-    assert props[int(first["cell_id"])]["predicted"] == (f"{names[0]}|{names[17]}" if "|" in first["predicted"] else names[4])
+    assert props[int(first["cell_id"])]["predicted"] == (
+        f"{names[0]}|{names[17]}" if "|" in first["predicted"] else names[4]
+    )
     best = max(first[f"fused_prob_{k}"] for k in range(CATALOG.n_classes))
     assert props[int(first["cell_id"])]["confidence"] == pytest.approx(best, abs=1e-4)
     assert props[int(first["cell_id"])]["area (pixels)"] == first["area"]
 
 
 def test_a_broken_link_is_damage_named_by_the_store_check(stores, tmp_path):
-    shard, path = next(iter(stores["stores"].items()))
+    path = next(iter(stores["stores"].values()))
     copy = tmp_path / "moved" / "results" / "spatialdata" / path.name
     shutil.copytree(path, copy, symlinks=True)  # moved without the pixels it links to
     problem = store_problem(copy)
