@@ -11,7 +11,9 @@ PYTEST_ARGS ?=
 # the shared fixtures are built once per run (tests/conftest.py). XDIST= runs the suite in one process.
 XDIST ?= -n auto --dist loadgroup
 
-.PHONY: setup demo test test-fast lint bench clean-demo
+SCVERSE_VENV ?= .venv-scverse
+
+.PHONY: setup scverse-env demo test test-fast lint bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -19,6 +21,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[workflow,test,gpu,lint,bench]"
+	touch $@
+
+# The scverse extra (spatialdata, scanpy, bioio) in its own environment: the tests read the outputs
+# with it (tests/scverse/check.py); spatialdata would downgrade dask and ome-zarr in .venv.
+scverse-env: $(SCVERSE_VENV)/.installed
+
+$(SCVERSE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SCVERSE_VENV)
+	$(SCVERSE_VENV)/bin/python -m pip install --upgrade pip
+	$(SCVERSE_VENV)/bin/python -m pip install ".[scverse]"
 	touch $@
 
 resources/demo/train.csv: | setup

@@ -166,6 +166,8 @@ def synth_config(root: Path, data: Path, **extra: object) -> dict:
         "conversion": {"min_level_size": 128, "chunk": 128},
         "segmentation": SMALL_SEGMENTATION,
         "tiles": dict(SYNTH_TILES),
+        # UMAP compiles its numba kernels in every process (~16 s): on only where a test checks the map
+        "report": {"umap_cells": 0},
     }
     cfg.update(extra)
     return cfg

@@ -147,6 +147,7 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(upstream_2021, tmp_
         splits={"n_folds": 3, "min_combination": 1},
         models=models,
         evaluation={"truth_dir": str(synth_data / "truth")},
+        report={"umap_cells": 400},
     )
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
     assert "steps (100%) done" in out
@@ -168,7 +169,12 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(upstream_2021, tmp_
     for section, key, value, expected in (
         ("report", "gallery_per_class", 3, {"report", "all"}),
         ("evaluation", "max_class_share", 0.7, {"evaluate", "report", "all"}),
-        ("merge", "cell_weight", 0.4, {"merge", "h5ad", "submit", "baseline", "evaluate", "report", "all"}),
+        (
+            "merge",
+            "cell_weight",
+            0.4,
+            {"merge", "h5ad", "spatialdata_shard", "submit", "baseline", "evaluate", "report", "all"},
+        ),
     ):
         edited = {**cfg, section: {**cfg.get(section, {}), key: value}}
         (wd / "edited.yaml").write_text(yaml.safe_dump(edited))
@@ -193,6 +199,12 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(upstream_2021, tmp_
         assert read_classes(res / "tables" / f"{table}.parquet") == list(adata.uns["classes"])
     emb = adata.obsm["X_tiny"]  # the cell model's embeddings, what scanpy's neighbours and UMAP take
     assert emb.shape[0] == len(cells_t) and emb.shape[1] > 8 and np.isfinite(emb).all() and emb.std(0).max() > 0
+    assert list(adata.obs["instance_id"]) == list(cells_t["cell_id"])  # SpatialData's link to the labels
+    from hpa_batch.results.spatialdata import store_problem
+
+    spatial = sorted((res / "spatialdata").glob("*.zarr"))  # one SpatialData store per shard, links only
+    assert [p.stem for p in spatial] == sorted({p.stem for p in cells})
+    assert all(store_problem(p, deep=True) is None for p in spatial)
     assert pq.read_schema(res / "tables" / "images.parquet").equals(images_schema(19), check_metadata=False)
     assert sorted(images_t["image_id"]) == sorted(pd.read_csv(synth_data / "train.csv")["ID"])
     image_preds = pd.concat([pd.read_parquet(p) for p in (res / "predictions" / "img").glob("*.parquet")])
@@ -383,7 +395,7 @@ def check_report(report, png):
 
     doc = report.read_text()
     assert re.findall(r'<section id="([a-z-]+)">', doc) == list(SECTIONS)
-    for sid in ("labels", "training", "per-class", "confusion", "segmentation", "gallery"):
+    for sid in ("labels", "training", "per-class", "confusion", "segmentation", "gallery", "umap"):
         body = doc.split(f'<section id="{sid}">', 1)[1].split("</section>", 1)[0]
         assert "data:image/png;base64," in body, sid
     assert "baseline, all images" in doc and "git revision" in doc and "snakemake" in doc

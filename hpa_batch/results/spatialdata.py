@@ -183,14 +183,9 @@ def _write_table(adata: Any, path: Path, regions: Sequence[str]) -> None:
 
 def store_images(store: Path) -> list[str]:
     """The image ids of a shard store (its groups with multiscales), sorted."""
-    from hpa_batch.core.ngff import read_group_attrs
+    from hpa_batch.convert.validate import image_groups
 
-    ids = []
-    for entry in sorted(Path(store).iterdir()):
-        group = entry.is_dir() and not entry.name.startswith(".") and (entry / "zarr.json").is_file()
-        if group and "multiscales" in read_group_attrs(entry).get("ome", {}):
-            ids.append(entry.name)
-    return ids
+    return [p.name for p in image_groups(Path(store))]
 
 
 def write_spatialdata(

@@ -108,7 +108,9 @@ def test_report_has_every_section_without_models_tiles_or_baseline(tmp_path):
         config={"dataset": {"name": "t<x>"}},
         workdir=tmp_path,
     )
-    out = build_report(inp, CAT, ReportConfig(overlays=2, gallery_per_class=3, max_rejected=10), tmp_path / "r.html")
+    out = build_report(
+        inp, CAT, ReportConfig(overlays=2, gallery_per_class=3, max_rejected=10, umap_cells=0), tmp_path / "r.html"
+    )
     doc = out.read_text()
     assert re.findall(r'<section id="([a-z-]+)">', doc) == list(SECTIONS)
     assert "t&lt;x&gt;" in doc  # config values are escaped
@@ -204,3 +206,35 @@ def test_the_fusion_rule_is_said_next_to_the_thresholds():
     product = fusion_rule(MergeConfig(None, None, "product", 0.5, "derived"))
     assert "cell_prob x image_prob >= t_k^2" in product and "fused 0.25" in product
     assert "0.7 x cell_prob + 0.3 x image_prob" in fusion_rule(MergeConfig(None, None, "mean", 0.7, "derived"))
+
+
+def test_the_umap_separates_what_the_embeddings_separate_and_names_its_source(tmp_path):
+    """Two groups of cells far apart in the model's embedding space stay apart on the map (a cell's
+    nearest map neighbour is of its own group); the section says what was mapped and how to redo it."""
+    import anndata as ad
+
+    from hpa_batch.results.report import Figures
+    from hpa_batch.results.report.embedding import umap_2d, umap_section
+
+    rng = np.random.default_rng(3)
+    n = 120
+    group = np.repeat([0, 1], n // 2)
+    emb = rng.normal(size=(n, 32)).astype(np.float32) + group[:, None] * 6.0
+    xy = umap_2d(emb)
+    d = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1) + np.eye(n) * 1e9
+    assert (group[d.argmin(1)] == group).mean() > 0.97
+    cells = pd.DataFrame(
+        {
+            "predicted": np.where(group == 1, "16", ""),
+            "cell_line": np.where(group == 1, "A-431", "U-2 OS"),
+            **{f"fused_prob_{k}": np.full(n, 0.6 if k == 16 else 0.1) for k in range(N)},
+        }
+    )
+    adata = ad.AnnData(X=rng.random((n, 4)).astype(np.float32), obsm={"X_tiny": emb, "spatial": rng.random((n, 2))})
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    figures = Figures()
+    body = umap_section(cells, tmp_path / "cells.h5ad", CAT, max_cells=100, figures=figures)
+    assert "100 of 120 cells" in body and "obsm[&#x27;X_tiny&#x27;]" in body and "use_rep=&#x27;X_tiny&#x27;" in body
+    assert len(figures.by_section["umap"]) == 1 and "data:image/png;base64," in body
+    off = umap_section(cells, tmp_path / "cells.h5ad", CAT, max_cells=0)
+    assert "off" in off and "base64" not in off

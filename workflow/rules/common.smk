@@ -265,6 +265,7 @@ def report_inputs(wildcards):
     ]  # another run's, if kept
     inputs["tiles"] = shard_files(results_file("tiles"))
     inputs["qc"] = results_file("qc_table")
+    inputs["h5ad"] = results_file("cells_h5ad")
     return inputs
 
 

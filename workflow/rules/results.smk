@@ -187,4 +187,5 @@ rule report:
         "hpa-batch report --config-json {params.cfg:q} --cells {input.cells:q} --images {input.images:q}"
         " --metrics {input.metrics:q} --qc {input.qc:q} --baseline {params.baseline:q}"
         " --histories {input.histories:q} --tiles {input.tiles:q} --stores {params.stores:q}"
-        " --run-config {params.run_config:q} --out {output.html:q} --figures {output.figures:q} > {log:q} 2>&1"
+        " --run-config {params.run_config:q} --h5ad {input.h5ad:q} --out {output.html:q}"
+        " --figures {output.figures:q} > {log:q} 2>&1"

@@ -1,0 +1,316 @@
+"""``validate`` and ``info``: check a dataset or a store and describe what a store holds."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from hpa_batch.config import Config
+from hpa_batch.convert.manifest import build_manifest
+from hpa_batch.convert.plan import plan_shards, read_metadata
+from hpa_batch.core.ngff import (
+    IncompleteImageError,
+    count_files,
+    level_paths,
+    multiscale_datasets,
+    read_group_attrs,
+    verify_image,
+)
+
+
+@dataclass
+class Report:
+    """Problems found by a validation; ``ok`` when there are none."""
+
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True if no problem was found."""
+        return not self.problems
+
+
+def is_image_group(path: Path) -> bool:
+    """True if ``path`` is a zarr group with OME multiscales metadata."""
+    try:
+        return "multiscales" in read_group_attrs(path).get("ome", {})
+    except IncompleteImageError:
+        return False
+
+
+def image_groups(path: Path) -> list[Path]:
+    """The image groups of a shard store, or ``[path]`` if ``path`` is itself an image."""
+    path = Path(path)
+    if is_image_group(path):
+        return [path]
+    return sorted(p for p in path.iterdir() if p.is_dir() and is_image_group(p))
+
+
+def validate_image(path: Path, deep: bool = False) -> list[str]:
+    """Problems of one stored image (:func:`image_problems`) and of its label images."""
+    problems = image_problems(path, deep)
+    return problems or _label_problems(path, deep)
+
+
+def image_problems(path: Path, deep: bool = False) -> list[str]:
+    """Problems of one stored image's own arrays: completeness stamp, chunk completeness, NGFF spec, data.
+
+    Parameters
+    ----------
+    deep : bool
+        Also decode every level and check each is the 2x mean of the one above.
+    """
+    from ome_zarr_models.v05 import Image  # the outside spec model
+
+    problems = []
+    try:
+        verify_image(path)
+    except IncompleteImageError as exc:
+        return [str(exc)]
+    if not read_group_attrs(path).get("hpa_batch", {}).get("complete"):
+        problems.append(f"{path}: not stamped complete")
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    try:
+        Image.from_zarr(group)
+    except Exception as exc:  # noqa: BLE001 (any failure of the spec model is a validation problem to report)
+        problems.append(f"{path}: fails OME-NGFF 0.5 validation: {exc}")
+    else:
+        problems += transform_problems(path, multiscale_datasets(group.attrs))
+    if deep and not problems:
+        problems += _check_pyramid(path, group)
+    return problems
+
+
+def transform_problems(path: Path, datasets: list[dict], sampled_from: int | None = None) -> list[str]:
+    """Each level's scale and translation against the pyramid's (:func:`hpa_batch.core.ngff.level_transforms`,
+    pixel size from ``s0``): the spec model accepts any positive scale, a reader would misplace the level."""
+    from hpa_batch.core.ngff import level_transforms
+
+    px = float(datasets[0]["coordinateTransformations"][0]["scale"][-1])
+    problems = []
+    for k, ds in enumerate(datasets):
+        scale, shift = level_transforms(k, px, sampled_from)
+        found = {t["type"]: t.get(t["type"]) for t in ds["coordinateTransformations"]}
+        if not np.allclose(found.get("scale", [])[-2:], [scale, scale]):
+            problems.append(f"{path}/{ds['path']}: scale {found.get('scale')} but level {k} is {scale:g} (2^{k} px)")
+        if not np.allclose(found.get("translation", [0, 0])[-2:], [shift, shift]):
+            problems.append(
+                f"{path}/{ds['path']}: translation {found.get('translation')} but level {k} is at {shift:g}"
+            )
+    return problems
+
+
+def _label_metadata_problems(label: Path, sampled_from: int | None) -> list[str]:
+    from ome_zarr_models.v05 import ImageLabel  # the outside spec model
+
+    group = zarr.open_group(label, mode="r", zarr_format=3)
+    if "image-label" not in group.attrs.get("ome", {}):  # the model takes a plain multiscale without it
+        return [f"{label}: no image-label block: readers do not know it is a label image of ../../"]
+    try:
+        ImageLabel.from_zarr(group)
+    except Exception as exc:  # noqa: BLE001 (any failure of the spec model is a validation problem to report)
+        return [f"{label}: fails OME-NGFF 0.5 image-label validation: {exc}"]
+    return transform_problems(label, multiscale_datasets(group.attrs), sampled_from)
+
+
+def _label_problems(path: Path, deep: bool) -> list[str]:
+    """Problems of an image's label images (``labels/{cells,nuclei}``): every level's shards and chunks
+    complete (like the image's), and with ``deep`` every level decoded (a damaged shard fails its
+    checksum)."""
+    labels = path / "labels"
+    if not (labels / "zarr.json").is_file():
+        return []
+    problems = []
+    attrs = read_group_attrs(labels)
+    sampled_from = attrs.get("hpa_batch", {}).get("level")
+    for name in attrs.get("ome", {}).get("labels", []):
+        try:
+            verify_image(labels / name)
+        except IncompleteImageError as exc:
+            problems.append(str(exc))
+            continue
+        problems += _label_metadata_problems(labels / name, sampled_from)
+        if deep:
+            group = zarr.open_group(labels / name, mode="r", zarr_format=3)
+            for level in level_paths(group):
+                try:
+                    group[level][...]
+                except Exception as exc:  # noqa: BLE001 (any decode failure is damage to report)
+                    problems.append(f"{labels / name / level}: cannot be read: {exc}")
+    return problems
+
+
+def _check_pyramid(path: Path, group: zarr.Group) -> list[str]:
+    from hpa_batch.core.ngff import downsample2x
+
+    names = level_paths(group)
+    prev = None
+    for name in names:
+        data = group[name][...]
+        if prev is not None and not np.array_equal(downsample2x(prev), data):
+            return [f"{path}/{name}: not the 2x mean of the level above"]
+        prev = data
+    return []
+
+
+def validate_store(path: Path, deep: bool = False) -> Report:
+    """Validate every image of a shard store (or one image group), labels included, and that every
+    image the store's record lists (written by conversion) is there."""
+    report = Report()
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        report.problems.append(f"{path}: not a zarr v3 store (no zarr.json)")
+        return report
+    groups = image_groups(path)
+    record = read_group_attrs(path).get("hpa_batch", {}).get("images")  # what conversion wrote
+    if not groups and record is None:
+        report.problems.append(
+            f"{path}: not an image store: a zarr group with no OME-NGFF image group and no conversion record "
+            "(a shard store is results/zarr/<shard>.zarr)"
+        )
+        return report
+    for image in groups:
+        report.checked += 1
+        report.problems += validate_image(image, deep)
+    if record is not None:
+        gone = sorted(set(record) - {p.name for p in groups})
+        report.problems += [f"{path / i}: in the store's record of its images but missing" for i in gone]
+    staging = path.parent / f".{path.name}.staging"
+    if staging.exists():
+        report.problems.append(f"{staging}: staging directory left by an interrupted conversion")
+    return report
+
+
+@dataclass
+class Repair:
+    """What :func:`repair_store` removed so that the workflow redoes exactly that."""
+
+    images: list[str] = field(default_factory=list)  # image groups to reconvert (and resegment)
+    labels: list[str] = field(default_factory=list)  # label groups to resegment
+    markers: list[Path] = field(default_factory=list)  # stage outputs removed: Snakemake reruns those jobs
+
+
+def repair_store(store: Path, *, convert_summary: Path, segment_summary: Path) -> Repair:
+    """Remove the damaged parts of a shard store (every array decoded) and the stage outputs that
+    claim it complete, so that the next ``snakemake`` run reconverts exactly the damaged or missing
+    images, resegments exactly the images without valid labels (both stages keep every intact
+    image), and reruns what follows for that shard.
+
+    Parameters
+    ----------
+    convert_summary, segment_summary : Path
+        The shard's ``zarr/{shard}.convert.json`` and ``.segment.json`` (the rules' outputs).
+    """
+    store = Path(store)
+    out = Repair()
+    groups = image_groups(store)
+    for image in groups:
+        if image_problems(image, deep=True):
+            shutil.rmtree(image)
+            out.images.append(image.name)
+        elif _label_problems(image, deep=True):
+            shutil.rmtree(image / "labels")
+            out.labels.append(image.name)
+    record = read_group_attrs(store).get("hpa_batch", {}).get("images") or []
+    out.images += sorted(set(record) - {p.name for p in groups})
+    stale = ([convert_summary] if out.images else []) + ([segment_summary] if out.images or out.labels else [])
+    for marker in stale:
+        if Path(marker).is_file():
+            Path(marker).unlink()
+            out.markers.append(Path(marker))
+    return out
+
+
+def validate_dataset(cfg: Config) -> tuple[Report, pd.DataFrame]:
+    """Run the manifest checks over every planned shard of the configured dataset.
+
+    Returns
+    -------
+    Report, pandas.DataFrame
+        Report over all images; the refused rows (image_id, shard, cell_line, stage, reason).
+    """
+    meta = read_metadata(cfg.dataset)
+    report = Report()
+    refused = []
+    for shard in plan_shards(meta, cfg.cell_lines, cfg.shard_size):
+        manifest = build_manifest(cfg, shard, meta)
+        report.checked += len(shard.ids)
+        refused.append(manifest.rejected)
+        report.problems += [f"{r.image_id}: {r.reason}" for r in manifest.rejected.itertuples()]
+    table = pd.concat(refused, ignore_index=True) if refused else pd.DataFrame()
+    return report, table
+
+
+def describe_image(path: Path) -> dict[str, Any]:
+    """What one image group holds: levels, shapes, chunking, codec, bytes, files."""
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    attrs = dict(group.attrs)
+    levels = []
+    for ds in multiscale_datasets(attrs):
+        arr = group[ds["path"]]
+        levels.append(
+            {
+                "path": ds["path"],
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "chunks": list(arr.chunks),
+                "shards": list(arr.shards) if arr.shards else None,
+                "compressors": [c.to_dict() for c in arr.compressors],
+            }
+        )
+    stamp = attrs.get("hpa_batch", {})
+    return {
+        "image": Path(path).name,
+        "path": str(path),  # an OME-Zarr image: what napari, ome-zarr-py, bioio and ome-zarr-models open
+        "labels": describe_labels(Path(path)),
+        "complete": bool(stamp.get("complete")),
+        "channels": [c["label"] for c in attrs["ome"].get("omero", {}).get("channels", [])],
+        "levels": levels,
+        "bytes": stamp.get("bytes"),
+        "files": count_files(path),
+        "source_dtype": stamp.get("source_dtype"),
+    }
+
+
+def describe_labels(image: Path) -> list[dict[str, Any]]:
+    """The label images of an image group: name, label values (colours listed), the level they were
+    made at, whether they are stamped complete."""
+    labels = image / "labels"
+    if not (labels / "zarr.json").is_file():
+        return []
+    attrs = read_group_attrs(labels)
+    stamp = attrs.get("hpa_batch", {})
+    out = []
+    for name in attrs.get("ome", {}).get("labels", []):
+        block = (
+            read_group_attrs(labels / name).get("ome", {}).get("image-label", {}) if (labels / name).is_dir() else {}
+        )
+        out.append(
+            {
+                "name": name,
+                "values": len(block["colors"]) - 1 if block.get("colors") else None,  # None: written without colours
+                "made_at_level": stamp.get("level"),
+                "complete": bool(stamp.get("complete")),
+            }
+        )
+    return out
+
+
+def describe_store(path: Path) -> dict[str, Any]:
+    """Summary of a shard store (or one image): images, levels, bytes, files per image."""
+    images = [describe_image(p) for p in image_groups(Path(path))]
+    return {
+        "store": str(path),
+        "n_images": len(images),
+        "n_complete": sum(i["complete"] for i in images),
+        "bytes": sum(i["bytes"] or 0 for i in images),
+        "files_per_image": sorted({i["files"] for i in images}),
+        "images": images,
+    }

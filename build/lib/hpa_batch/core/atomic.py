@@ -1,0 +1,56 @@
+"""The one atomic-write helper every stage uses: a file or directory is written under a temporary
+sibling name and renamed over its path, so nothing partial is ever at an output's path, and a full
+disk is reported as "no space left on <folder> (writing <file>)"."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_text"]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """Write ``path`` (a file or a directory) all at once: yield a temporary sibling
+    ``.{name}.{pid}.tmp`` to write, then rename it over ``path``; nothing partial is ever at ``path``.
+    With ``keep_suffix`` the temporary ends with ``path``'s suffix too (for writers that pick their
+    format by it, such as anndata's).
+
+    On any error the temporary is removed and ``path`` keeps its previous content; a full disk is
+    reported as "no space left on <folder>".
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix if keep_suffix else ''}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)  # a directory cannot be renamed over a non-empty one
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on {path.parent} (writing {path.name})") from exc
+        raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,95 @@
+"""Typed parquet tables (every table has a fixed pyarrow schema, and an empty one keeps its dtypes),
+written through :mod:`hpa_batch.core.atomic`, and the parquet readers that name a damaged file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hpa_batch.core.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from hpa_batch.core.labels import LabelCatalog
+
+
+def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Convert ``df`` to an arrow table of exactly ``schema`` (column order and types).
+
+    Raises
+    ------
+    ValueError
+        If a schema column is missing from ``df``.
+    """
+    missing = [n for n in schema.names if n not in df.columns]
+    if missing:
+        raise ValueError(f"table is missing column(s) {missing}")
+    if len(df) == 0:
+        return schema.empty_table()
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+#: Schema metadata key of the class names a table's ``*prob_k`` columns stand for.
+CLASSES_KEY = b"hpa_batch.classes"
+
+
+def with_classes(schema: pa.Schema, catalog: LabelCatalog) -> pa.Schema:
+    """``schema`` naming the catalog's classes in its metadata (``hpa_batch.classes``: JSON with the
+    catalog's name and its class names in ``k`` order), so a reader can name every ``*prob_k`` column
+    and label id without this package (:func:`read_classes`)."""
+    meta = {
+        **(schema.metadata or {}),
+        CLASSES_KEY: json.dumps({"catalog": catalog.name, "classes": list(catalog.classes)}).encode(),
+    }
+    return schema.with_metadata(meta)
+
+
+def read_classes(path: str | Path) -> list[str] | None:
+    """The class names a table's metadata records (:func:`with_classes`), or None."""
+    meta = read_schema(path).metadata or {}
+    if CLASSES_KEY not in meta:
+        return None
+    return list(json.loads(meta[CLASSES_KEY])["classes"])
+
+
+def write_table(df: pd.DataFrame, schema: pa.Schema, path: str | Path) -> None:
+    """Write ``df`` as parquet with ``schema`` (:func:`atomic_path`: no partial file is ever seen)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(to_arrow(df, schema), tmp)
+
+
+def read_parquet(path: str | Path, **kwargs: object) -> pd.DataFrame:
+    """``pandas.read_parquet`` that names a damaged file: "<file> is damaged (<reason>): run hpa-batch
+    repair <file>" (:class:`hpa_batch.core.damage.DamagedFileError`) instead of a codec error."""
+    from hpa_batch.core.damage import reading
+
+    with reading(path):
+        return pd.read_parquet(path, **kwargs)
+
+
+def parquet_file(path: str | Path) -> pq.ParquetFile:
+    """``pyarrow.parquet.ParquetFile`` (footer read) that names a damaged file (:func:`read_parquet`)."""
+    from hpa_batch.core.damage import reading
+
+    with reading(path):
+        return pq.ParquetFile(path)
+
+
+def read_schema(path: str | Path) -> pa.Schema:
+    """``pyarrow.parquet.read_schema`` that names a damaged file (:func:`read_parquet`)."""
+    from hpa_batch.core.damage import reading
+
+    with reading(path):
+        return pq.read_schema(path)
+
+
+def read_arrow(path: str | Path, **kwargs: object) -> pa.Table:
+    """``pyarrow.parquet.read_table`` that names a damaged file (:func:`read_parquet`)."""
+    from hpa_batch.core.damage import reading
+
+    with reading(path):
+        return pq.read_table(path, **kwargs)

@@ -1,0 +1,198 @@
+"""The per-cell table as AnnData (``results/tables/cells.h5ad``), for scanpy, squidpy and cellxgene.
+
+Layout (one row per cell, ``obs_names`` = ``<image_id>_<cell_id>``):
+
+* ``X``: the cell's measurements, float32 ``(n_cells, n_features)``: geometry, per-channel
+  intensities in cell and nucleus, and the protein pattern features; ``var_names`` name them
+  (:data:`hpa_batch.cells.measure.FEATURE_COLUMNS`).
+* ``obs``: image id, cell line and shard (categorical: ``image_id`` is the ``library_key`` squidpy
+  needs so neighbours stay within an image), cell id, fold, border flag, the predicted and the image's
+  labels as class names (``Nucleoplasm|Cytosol``; "" = none), and, with truth, the matched true cell
+  and its labels (names).
+* ``obsm``: ``spatial`` (centroid x, y in full-resolution pixels, squidpy's convention), ``bbox``
+  (y0, x0, y1, x1), ``fused_prob`` / ``cell_prob`` / ``image_prob``: ``(n_cells, n_classes)`` data
+  frames whose columns are the class names.
+* ``obsm["X_<model>"]`` (with ``embeddings: true`` on the cell model feeding the tables): the cell
+  model's pooled features per cell, float32 ``(n_cells, d)``, read from its predictions shard by shard
+  (what ``sc.pp.neighbors(adata, use_rep="X_<model>")`` and a UMAP take).
+* ``uns``: the label catalog's name and class names.
+
+Memory does not grow with the cell count: each shard (one row group of ``cells.parquet``) becomes its
+own small AnnData file, and :func:`anndata.experimental.concat_on_disk` joins them on disk.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from hpa_batch.cells.measure import FEATURE_COLUMNS
+from hpa_batch.core.atomic import atomic_path
+from hpa_batch.core.labels import LabelCatalog, emitted_ids
+from hpa_batch.core.tables import parquet_file
+from hpa_batch.results.spatialdata import INSTANCE_KEY, REGION_KEY, check_unique, region_name, table_attrs
+
+if TYPE_CHECKING:
+    import anndata
+
+#: Categorical columns of ``obs`` (missing values become "").
+OBS_CATEGORIES = ("image_id", "cell_line", "shard")
+#: Label-set columns of ``obs``: class names joined by ``|`` ("" = no class).
+OBS_LABELS = ("predicted", "image_labels", "truth_labels")
+#: Numeric and flag columns of ``obs``.
+OBS_VALUES = ("cell_id", "fold", "border", "truth_cell_id")
+PROBABILITIES = ("fused_prob", "cell_prob", "image_prob")
+
+
+def _text(value: object) -> str:
+    """A missing value as ``""``; anything else as its str."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value)
+
+
+def label_names(value: object, catalog: LabelCatalog) -> str:
+    """A label set as class names joined by ``|``: a list of class ids (``[0, 17]``) or a predicted
+    label string (``0|17``, any separator); a missing or empty set as ``""``."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        ids = [int(v) for v in value]
+    elif isinstance(value, str):
+        ids = emitted_ids(value)
+    else:
+        ids = []
+    return "|".join(catalog.classes[k] for k in ids)
+
+
+def shard_embeddings(table: pd.DataFrame, predictions: Path) -> np.ndarray:
+    """``(n, d)`` float32 embeddings of ``table``'s cells (image_id, cell_id) from one shard's predictions.
+
+    Raises
+    ------
+    ValueError
+        The predictions hold no embeddings, or miss a cell of the table (naming the file).
+    """
+    from hpa_batch.core.tables import read_parquet, read_schema
+
+    if "embedding" not in read_schema(predictions).names:
+        raise ValueError(f"{predictions}: no embeddings (the model predicted without embeddings: true)")
+    pred = read_parquet(predictions, columns=["image_id", "cell_id", "embedding"])
+    key = pd.MultiIndex.from_frame(pred[["image_id", "cell_id"]])
+    rows = key.get_indexer(pd.MultiIndex.from_frame(table[["image_id", "cell_id"]]))
+    if (rows < 0).any():
+        raise ValueError(f"{predictions}: no embedding for {int((rows < 0).sum())} cells of the merged table")
+    if not len(rows):
+        return np.zeros((0, 0), np.float32)
+    return np.stack([np.asarray(v, np.float32) for v in pred["embedding"].to_numpy()[rows]])
+
+
+def shard_anndata(
+    table: pd.DataFrame,
+    catalog: LabelCatalog,
+    embeddings: tuple[str, np.ndarray] | None = None,
+    *,
+    regions: Sequence[str] | None = None,
+) -> anndata.AnnData:
+    """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`;
+    ``embeddings`` = (obsm key, ``(n, d)`` array); ``regions``: the labels elements the table annotates
+    (default: those of its rows' images)."""
+    import anndata as ad
+
+    n = catalog.n_classes
+    obs = pd.DataFrame(index=pd.Index(table["image_id"] + "_" + table["cell_id"].astype(str), name="cell"))
+    for col in OBS_CATEGORIES:
+        if col in table:
+            obs[col] = pd.Categorical([_text(v) for v in table[col]])
+    for col in OBS_LABELS:
+        if col in table:
+            obs[col] = [label_names(v, catalog) for v in table[col]]
+    for col in OBS_VALUES:
+        if col in table:
+            obs[col] = table[col].to_numpy()
+    region = [region_name(i) for i in table["image_id"]]
+    regions = list(regions) if regions is not None else sorted(set(region))
+    obs[REGION_KEY] = pd.Categorical(region, categories=regions)
+    obs[INSTANCE_KEY] = table["cell_id"].to_numpy(np.int64)
+    obsm = {
+        "spatial": table[["centroid_x", "centroid_y"]].to_numpy(np.float32),
+        "bbox": table[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]].to_numpy(np.int32),
+    }
+    for kind in PROBABILITIES:
+        cols = [f"{kind}_{k}" for k in range(n)]
+        if all(c in table for c in cols):
+            obsm[kind] = pd.DataFrame(table[cols].to_numpy(np.float32), index=obs.index, columns=list(catalog.classes))
+    if embeddings is not None:
+        obsm[embeddings[0]] = embeddings[1]
+    return ad.AnnData(
+        X=table[list(FEATURE_COLUMNS)].to_numpy(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(FEATURE_COLUMNS, name="feature")),
+        obsm=obsm,
+        uns=_uns(catalog, regions),
+    )
+
+
+def _uns(catalog: LabelCatalog, regions: Sequence[str]) -> dict[str, object]:
+    return {"catalog": catalog.name, "classes": list(catalog.classes), "spatialdata_attrs": table_attrs(regions)}
+
+
+def _write_uns(path: Path, catalog: LabelCatalog, regions: Sequence[str]) -> None:
+    import h5py
+    from anndata.io import write_elem
+
+    with h5py.File(path, "a") as f:
+        if "uns" in f:
+            del f["uns"]
+        write_elem(f, "uns", _uns(catalog, regions))
+
+
+def write_cells_h5ad(
+    cells_table: Path,
+    out: Path,
+    catalog: LabelCatalog,
+    *,
+    embeddings: Mapping[str, Path] | None = None,
+    embedding_key: str = "X_cell_model",
+) -> int:
+    """Write ``cells_table`` (the merged ``cells.parquet``) as AnnData to ``out``, shard by shard;
+    ``embeddings`` (shard -> the cell model's predictions with embeddings) fill ``obsm[embedding_key]``.
+
+    Returns
+    -------
+    int
+        Cells written.
+    """
+    from anndata.experimental import concat_on_disk
+
+    source = parquet_file(cells_table)
+    check_unique(source.read(columns=["image_id"]).column(0).unique().to_pylist())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.parts-") as tmp:
+        parts, regions = [], []
+        for group in range(source.num_row_groups):
+            table = source.read_row_group(group).to_pandas()
+            if len(table):
+                regions += sorted({region_name(i) for i in table["image_id"]})
+                parts.append(Path(tmp) / f"{group:05d}.h5ad")
+                emb = None
+                if embeddings is not None:
+                    shard = str(table["shard"].iat[0])
+                    if shard not in embeddings:
+                        raise ValueError(f"no predictions with embeddings given for shard {shard}")
+                    emb = (embedding_key, shard_embeddings(table, embeddings[shard]))
+                shard_anndata(table, catalog, emb).write_h5ad(parts[-1])
+        if not parts:  # no cell at all: an empty AnnData with the same layout
+            parts.append(Path(tmp) / "empty.h5ad")
+            shard_anndata(source.schema_arrow.empty_table().to_pandas(), catalog).write_h5ad(parts[-1])
+        with atomic_path(out, keep_suffix=True) as dest:
+            if len(parts) == 1:
+                Path(parts[0]).replace(dest)
+            else:
+                concat_on_disk(parts, dest)
+                _write_uns(dest, catalog, regions)  # concat_on_disk leaves uns out
+    return source.metadata.num_rows

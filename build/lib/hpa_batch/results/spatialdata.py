@@ -1,0 +1,278 @@
+"""Per-shard SpatialData stores (``results/spatialdata/{shard}.zarr``) over the OME-Zarr pixels.
+
+A store is what ``spatialdata.read_zarr`` opens (container format 0.2, element formats of
+spatialdata 0.7), one per shard (spatialdata slows down past ~10k elements in one object):
+
+* ``images/<element>``: each image of the shard, in its own coordinate system named like the element
+  (fields of view do not share coordinates);
+* ``labels/<element>_cells`` and ``labels/<element>_nuclei``: its segmentation; ``image-label``
+  ``properties`` carry each cell's area, predicted classes (names) and confidence, so a viewer shows
+  the prediction when the pointer is over a cell;
+* ``tables/table``: the shard's rows of ``cells.h5ad`` (:mod:`hpa_batch.results.h5ad`), annotating the
+  cells labels: ``obs["region"]`` names the labels element, ``obs["instance_id"]`` is the label value
+  (``cell_id``), as SpatialData's ``TableModel`` expects.
+
+No pixel is copied: each element is a small group of metadata whose level arrays (``s0``, ``s1``, ...)
+are relative symbolic links into ``results/zarr/{shard}.zarr``, so a store costs kilobytes and stays
+valid when the whole results folder is moved (a copy tool must keep links: ``cp -a``, ``rsync -l``).
+Nothing here imports spatialdata: it forces older dask and ome-zarr (the ``scverse`` extra is tested
+in its own environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hpa_batch import __version__
+from hpa_batch.core.atomic import atomic_path
+from hpa_batch.core.labels import LabelCatalog
+
+#: SpatialData's container format version (root ``spatialdata_attrs``).
+CONTAINER_FORMAT = "0.2"
+#: The raster element format spatialdata 0.7 writes and reads.
+RASTER_FORMAT = "0.3"
+RASTER_NGFF = "0.5-dev-spatialdata"
+#: The table element format, its encoding type and its keys.
+TABLE_FORMAT = "0.2"
+TABLE_NAME = "table"
+REGION_KEY = "region"
+INSTANCE_KEY = "instance_id"
+#: Label images of a stored image (``labels/{name}``) and the one the table annotates.
+LABELS = ("cells", "nuclei")
+ANNOTATED = "cells"
+_NAME_CHARS = frozenset("_-.")
+
+
+def element_name(image_id: str) -> str:
+    """The SpatialData element name of an image: ``image_id`` with every character spatialdata refuses
+    (anything but letters, digits, ``_``, ``-``, ``.``) as ``_``; a leading ``__`` or ``.`` gets an
+    ``i`` in front. HPA ids (``5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0``) pass unchanged."""
+    name = "".join(c if c.isalnum() or c in _NAME_CHARS else "_" for c in str(image_id))
+    return f"i{name}" if not name or name.startswith(("__", ".")) else name
+
+
+def region_name(image_id: str, label: str = ANNOTATED) -> str:
+    """The labels element of ``image_id``'s ``label`` image (the table's ``region`` value)."""
+    return f"{element_name(image_id)}_{label}"
+
+
+def check_unique(image_ids: Iterable[str]) -> None:
+    """Refuse ids whose element names coincide (spatialdata compares names ignoring case).
+
+    Raises
+    ------
+    ValueError
+        Naming both ids.
+    """
+    seen: dict[str, str] = {}
+    for image_id in image_ids:
+        key = element_name(image_id).lower()
+        if key in seen and seen[key] != image_id:
+            raise ValueError(
+                f"images {seen[key]!r} and {image_id!r} get the same SpatialData element name "
+                f"{element_name(image_id)!r}: rename one in the metadata table"
+            )
+        seen[key] = image_id
+
+
+def table_attrs(regions: Sequence[str]) -> dict[str, Any]:
+    """``uns["spatialdata_attrs"]`` of a table annotating the labels elements ``regions``."""
+    return {"region": list(regions), "region_key": REGION_KEY, "instance_key": INSTANCE_KEY}
+
+
+def _system(name: str, axes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A coordinate system: spatial axes without a physical unit are in ``pixel``."""
+    return {"name": name, "axes": [{"unit": "pixel", **a} if a.get("type") == "space" else dict(a) for a in axes]}
+
+
+def element_attrs(ome: Mapping[str, Any], system: str) -> dict[str, Any]:
+    """A stored image's or label's ``ome`` block as a SpatialData raster element: its levels and their
+    transforms unchanged, plus the identity from the element's pixels to coordinate system ``system``."""
+    ms = dict(ome["multiscales"][0])
+    axes = ms["axes"]
+    intrinsic = "".join(a["name"] for a in axes)
+    ms["coordinateTransformations"] = [
+        {"type": "identity", "input": _system(intrinsic, axes), "output": _system(system, axes)}
+    ]
+    block = {k: v for k, v in ome.items() if k not in ("multiscales", "version")}
+    return {
+        "ome": {**block, "version": RASTER_NGFF, "multiscales": [ms]},
+        "spatialdata_attrs": {"version": RASTER_FORMAT},
+    }
+
+
+def cell_properties(rows: pd.DataFrame, catalog: LabelCatalog) -> list[dict[str, Any]]:
+    """``image-label`` properties of one image's cells (rows of the merged cells table): label value,
+    area, predicted classes (names joined by ``|``) and confidence (the highest fused probability)."""
+    from hpa_batch.results.h5ad import label_names
+
+    probs = [f"fused_prob_{k}" for k in range(catalog.n_classes)]
+    conf = rows[probs].to_numpy(np.float32).max(axis=1) if all(c in rows for c in probs) else None
+    props = []
+    for i, (cell, area) in enumerate(zip(rows["cell_id"].to_numpy(), rows["area"].to_numpy(), strict=True)):
+        entry: dict[str, Any] = {"label-value": int(cell), "area (pixels)": int(area)}
+        if "predicted" in rows:
+            entry["predicted"] = label_names(rows["predicted"].iat[i], catalog)
+        if conf is not None:
+            entry["confidence"] = round(float(conf[i]), 4)
+        props.append(entry)
+    return props
+
+
+def _write_group(path: Path, attrs: Mapping[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"zarr_format": 3, "node_type": "group", "attributes": dict(attrs)}
+    (path / "zarr.json").write_text(json.dumps(meta, indent=1))
+
+
+def _link_levels(source: Path, element: Path, final_element: Path, ome: Mapping[str, Any]) -> None:
+    """Link each level array of ``source`` into ``element`` (relative to where it will be published)."""
+    for ds in ome["multiscales"][0]["datasets"]:
+        target = os.path.relpath(os.path.abspath(source / ds["path"]), os.path.abspath(final_element))
+        (element / ds["path"]).symlink_to(target, target_is_directory=True)
+
+
+def _read_ome(group: Path) -> dict[str, Any]:
+    from hpa_batch.core.ngff import read_group_attrs
+
+    return dict(read_group_attrs(group)["ome"])
+
+
+def _write_image(store: Path, image_id: str, rows: pd.DataFrame, tmp: Path, out: Path, catalog: LabelCatalog) -> None:
+    name = element_name(image_id)
+    ome = _read_ome(store / image_id)
+    _write_group(tmp / "images" / name, element_attrs(ome, name))
+    _link_levels(store / image_id, tmp / "images" / name, out / "images" / name, ome)
+    for label in LABELS:
+        source = store / image_id / "labels" / label
+        lab = _read_ome(source)
+        attrs = element_attrs(lab, name)
+        if label == ANNOTATED:
+            # no "source": ome-zarr-py would then read the image as a second node of the element,
+            # which spatialdata refuses
+            image_label = {k: v for k, v in lab.get("image-label", {}).items() if k != "source"}
+            image_label["properties"] = cell_properties(rows, catalog)
+            attrs["ome"]["image-label"] = image_label
+        element = f"{name}_{label}"
+        _write_group(tmp / "labels" / element, attrs)
+        _link_levels(source, tmp / "labels" / element, out / "labels" / element, lab)
+
+
+def _write_table(adata: Any, path: Path, regions: Sequence[str]) -> None:
+    import warnings
+
+    import anndata as ad
+
+    with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*autosharding")  # a future default, not a problem
+        adata.write_zarr(path)
+    meta_path = path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"].update(
+        {"spatialdata-encoding-type": "ngff:regions_table", **table_attrs(regions), "version": TABLE_FORMAT}
+    )
+    meta_path.write_text(json.dumps(meta, indent=1))
+
+
+def store_images(store: Path) -> list[str]:
+    """The image ids of a shard store (its groups with multiscales), sorted."""
+    from hpa_batch.core.ngff import read_group_attrs
+
+    ids = []
+    for entry in sorted(Path(store).iterdir()):
+        group = entry.is_dir() and not entry.name.startswith(".") and (entry / "zarr.json").is_file()
+        if group and "multiscales" in read_group_attrs(entry).get("ome", {}):
+            ids.append(entry.name)
+    return ids
+
+
+def write_spatialdata(
+    *,
+    store: Path,
+    cells_table: Path,
+    shard: str,
+    out: Path,
+    catalog: LabelCatalog,
+    embeddings: tuple[str, Path] | None = None,
+) -> dict[str, int]:
+    """Write the SpatialData store of one shard (see the module docstring).
+
+    Parameters
+    ----------
+    store : Path
+        ``results/zarr/{shard}.zarr`` (segmented: every image has ``labels/cells`` and ``labels/nuclei``).
+    cells_table : Path
+        The merged ``cells.parquet``; the rows of ``shard`` become the table.
+    embeddings : (str, Path), optional
+        ``obsm`` key and the cell model's predictions of this shard holding embeddings.
+
+    Returns
+    -------
+    dict
+        ``{"images": n, "cells": n}``.
+    """
+    from hpa_batch.core.tables import read_parquet
+    from hpa_batch.results.h5ad import shard_anndata, shard_embeddings
+
+    store, out = Path(store), Path(out)
+    image_ids = store_images(store)
+    check_unique(image_ids)
+    table = read_parquet(cells_table, filters=[("shard", "==", shard)])
+    unknown = sorted(set(table["image_id"]) - set(image_ids))
+    if unknown:
+        raise ValueError(f"{cells_table}: cells of images not in {store}: {', '.join(unknown[:5])}")
+    emb = None if embeddings is None else (embeddings[0], shard_embeddings(table, embeddings[1]))
+    regions = [region_name(i) for i in image_ids]
+    adata = shard_anndata(table, catalog, emb, regions=regions)
+    by_image = dict(tuple(table.groupby("image_id", sort=False)))
+    empty = table.iloc[:0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, keep_suffix=True) as tmp:
+        tmp.mkdir()
+        root = {"spatialdata_attrs": {"version": CONTAINER_FORMAT, "spatialdata_software_version": "0.7.3"}}
+        _write_group(tmp, {**root, "hpa_batch": {"shard": shard, "version": __version__}})
+        _write_group(tmp / "images", {})
+        _write_group(
+            tmp / "labels", {"ome": {"labels": [f"{element_name(i)}_{lab}" for i in image_ids for lab in LABELS]}}
+        )
+        _write_group(tmp / "tables", {})
+        for image_id in image_ids:
+            _write_image(store, image_id, by_image.get(image_id, empty), tmp, out, catalog)
+        _write_table(adata, tmp / "tables" / TABLE_NAME, regions)
+    return {"images": len(image_ids), "cells": len(table)}
+
+
+def store_problem(path: Path, *, deep: bool = False) -> str | None:
+    """Why a SpatialData store written here is damaged, or None: its root and table metadata readable,
+    every linked level present (a removed or reconverted shard store breaks links); ``deep`` also reads
+    the table."""
+    path = Path(path)
+    try:
+        root = json.loads((path / "zarr.json").read_text())["attributes"]
+        if "spatialdata_attrs" not in root:
+            return "no spatialdata_attrs in zarr.json: not a SpatialData store"
+        table = json.loads((path / "tables" / TABLE_NAME / "zarr.json").read_text())["attributes"]
+        if table.get("region_key") != REGION_KEY:
+            return f"tables/{TABLE_NAME} does not annotate the labels (no region_key)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unreadable metadata ({type(exc).__name__}: {exc})"
+    for kind in ("images", "labels"):
+        for element in sorted((path / kind).iterdir()) if (path / kind).is_dir() else []:
+            for link in sorted(element.iterdir()) if element.is_dir() else []:
+                if link.is_symlink() and not (link / "zarr.json").is_file():
+                    return f"{kind}/{element.name}/{link.name} links to a missing array ({os.readlink(link)})"
+    if deep:
+        try:
+            import anndata as ad
+
+            ad.read_zarr(path / "tables" / TABLE_NAME)
+        except Exception as exc:  # noqa: BLE001 (a table that does not open is the damage)
+            return f"tables/{TABLE_NAME} unreadable ({type(exc).__name__}: {exc})"
+    return None
