@@ -94,13 +94,19 @@ def _system(name: str, axes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def element_attrs(ome: Mapping[str, Any], system: str) -> dict[str, Any]:
     """A stored image's or label's ``ome`` block as a SpatialData raster element: its levels and their
-    transforms unchanged, plus the identity from the element's pixels to coordinate system ``system``."""
+    transforms unchanged, plus the transform from the element's pixels to coordinate system ``system``:
+    the identity (unit ``pixel``), or, with a known pixel size, the scale to micrometres."""
     ms = dict(ome["multiscales"][0])
     axes = ms["axes"]
     intrinsic = "".join(a["name"] for a in axes)
-    ms["coordinateTransformations"] = [
-        {"type": "identity", "input": _system(intrinsic, axes), "output": _system(system, axes)}
-    ]
+    ends = {"input": _system(intrinsic, [{k: v for k, v in a.items() if k != "unit"} for a in axes])}
+    ends["output"] = _system(system, axes)
+    first = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+    if any(a.get("unit") not in (None, "pixel") for a in axes) and any(v != 1 for v in first):
+        # physical units known (conversion.pixel_size_um): full-resolution pixels -> micrometres
+        ms["coordinateTransformations"] = [{"type": "scale", "scale": list(first), **ends}]
+    else:
+        ms["coordinateTransformations"] = [{"type": "identity", **ends}]
     block = {k: v for k, v in ome.items() if k not in ("multiscales", "version")}
     return {
         "ome": {**block, "version": RASTER_NGFF, "multiscales": [ms]},

@@ -165,3 +165,19 @@ def test_bioio_opens_an_image_group_with_the_ome_zarr_reader(stores):
     shard = next(iter(stores["stores"]))
     source = stores["results"] / "zarr" / f"{shard}.zarr"
     assert "C: 4" in scverse_check("bioio", source / store_images(source)[0])
+
+
+def test_an_element_is_in_micrometres_when_the_pixel_size_is_known():
+    """With ``conversion.pixel_size_um`` the element maps its pixels to micrometres (spatialdata then
+    gives a 2048 px image at 0.08 um an extent of 163.84 um); without it, the identity in pixels."""
+    from hpa_batch.core.ngff import multiscales_attrs
+    from hpa_batch.results.spatialdata import element_attrs
+
+    known = element_attrs(multiscales_attrs(3, "img", 0.08), "img")["ome"]["multiscales"][0]
+    (t,) = known["coordinateTransformations"]
+    assert t["type"] == "scale" and t["scale"] == [1.0, 0.08, 0.08] and t["output"]["name"] == "img"
+    assert [a.get("unit") for a in t["output"]["axes"]] == [None, "micrometer", "micrometer"]
+    unknown = element_attrs(multiscales_attrs(3, "img", None), "img")
+    (t,) = unknown["ome"]["multiscales"][0]["coordinateTransformations"]
+    assert t["type"] == "identity" and [a.get("unit") for a in t["output"]["axes"]] == [None, "pixel", "pixel"]
+    assert unknown["ome"]["version"] == "0.5-dev-spatialdata" and unknown["spatialdata_attrs"] == {"version": "0.3"}
