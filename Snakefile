@@ -38,6 +38,7 @@ rule all:
         rules.measure.input,
         rules.tiles.input,
         rules.predict.input,
+        rules.embed.input,
         rules.merge.output,
         rules.h5ad.output,
         rules.spatialdata.input,

@@ -20,7 +20,7 @@ import jsonschema
 import yaml
 
 from hpa_batch.core.labels import LabelCatalog, get_catalog
-from hpa_batch.spec import Level, ModelSpec, spec_from_entry
+from hpa_batch.spec import HEADS, EncoderSpec, Level, ModelSpec, encoder_from_entry, spec_from_entry
 
 
 class ConfigError(ValueError):
@@ -281,6 +281,7 @@ class Config:
     baseline: BaselineConfig
     evaluation: EvaluationConfig
     report: ReportConfig
+    encoders: tuple[EncoderSpec, ...] = ()
     passed: frozenset[str] | None = None
     """The top-level sections a Snakemake rule passed (``--config-json`` alone); reading any other
     section raises :class:`ConfigError` (:func:`restrict`). None: every section (a config file)."""
@@ -311,6 +312,19 @@ class Config:
                 return spec
         raise KeyError(f"no model named {name!r} in the config; known: {[m.name for m in self.models]}")
 
+    def encoder(self, name: str) -> EncoderSpec:
+        """The encoder named ``name``.
+
+        Raises
+        ------
+        KeyError
+            No encoder of that name; the message lists the configured ones.
+        """
+        for spec in self.encoders:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no encoder named {name!r} in the config; known: {[e.name for e in self.encoders]}")
+
     def merged_model(self, level: Level) -> ModelSpec | None:
         """The model whose predictions feed the merged tables at ``level``: ``merge.{level}_model`` when
         set, else the first model of that level, else None."""
@@ -318,6 +332,12 @@ class Config:
         if chosen:
             return self.model(chosen)
         return next((m for m in self.models if m.level == level), None)
+
+    def compared_models(self) -> list[ModelSpec]:
+        """The cell-level models scored side by side on the same cells (``models`` of metrics.json):
+        every one, when the run has two or more (timm models, heads on encoder embeddings); else none."""
+        cells = [m for m in self.models if m.level == "cell"]
+        return cells if len(cells) > 1 else []
 
     def trained_here(self) -> list[ModelSpec]:
         """The models this run trains (every model without ``trained:``)."""
@@ -345,6 +365,7 @@ _SECTION_OF: dict[str, str] = {
     "tiles": "tiles",
     "splits": "splits",
     "models": "models",
+    "encoders": "encoders",
     "merge": "merge",
     "baseline": "baseline",
     "evaluation": "evaluation",
@@ -381,12 +402,37 @@ def check_unlabelled(cfg: Config) -> None:
         )
 
 
+def check_heads(cfg: Config, *, encoders: bool = True) -> None:
+    """A model on an encoder's embeddings (``encoder`` set) is a cell-level ``linear`` or ``mlp`` head
+    without hand-crafted features; with ``encoders``, its encoder must be configured.
+
+    Raises
+    ------
+    ConfigError
+        Naming the model and what is wrong.
+    """
+    names = {e.name for e in cfg.encoders} if encoders else set()
+    for m in cfg.models:
+        if m.encoder is None:
+            continue
+        where = f"models: {m.name!r} (encoder {m.encoder!r})"
+        if m.arch not in HEADS:
+            raise ConfigError(
+                f"{where}: arch must be one of {sorted(HEADS)} (a head on the embeddings), not {m.arch!r}"
+            )
+        if m.level != "cell" or m.features:
+            raise ConfigError(f"{where}: a head on cell embeddings is level: cell without features")
+        if encoders and m.encoder not in names:
+            raise ConfigError(f"{where}: no encoder of that name in encoders (known: {sorted(names)})")
+
+
 def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
     """Validate ``raw`` (filling defaults) and build the typed view."""
     d = validate_config(raw)
     cfg = _typed(d)
     if "models" in (raw or {}):  # a stage's subset (no models) leaves the default list unchecked
         check_unlabelled(cfg)
+        check_heads(cfg, encoders="encoders" in (raw or {}) or "dataset" in (raw or {}))
     return cfg
 
 
@@ -436,6 +482,7 @@ def _typed(d: dict[str, Any]) -> Config:
             max_class_share=d["evaluation"]["max_class_share"],
         ),
         report=ReportConfig(**d["report"]),
+        encoders=tuple(encoder_from_entry(e) for e in d["encoders"]),
     )
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 Level = Literal["cell", "image"]
+#: Heads of a model on an encoder's embeddings (``models[].arch`` when ``encoder`` is set) and the
+#: width of their hidden layer (0: linear; :class:`hpa_batch.models.factory.EmbeddingHead`).
+HEADS: dict[str, int] = {"linear": 0, "mlp": 512}
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,14 @@ class ModelSpec:
     embeddings: bool
     seed: int
     gpus: int
+    encoder: str | None = None
     trained_as_given: str | None = None
+
+    @property
+    def on_embeddings(self) -> bool:
+        """True for a head on a frozen encoder's embeddings (``encoder`` set): it reads embedding
+        stores instead of tiles."""
+        return self.encoder is not None
 
     @property
     def external(self) -> bool:
@@ -154,3 +164,56 @@ def spec_from_entry(m: dict[str, Any]) -> ModelSpec:
     values["trained"] = Path(m["trained"]).expanduser() if m.get("trained") else None
     values["trained_as_given"] = m.get("trained")
     return ModelSpec(**values)
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """What an encoder sees of a cell.
+
+    ``source: tiles`` takes the tile store's cell tiles (the timm models' inputs); ``source: image`` a
+    square ``window`` px at full resolution centred on the cell's box (null: the box grown by the tiles'
+    margin), read from the shard's OME-Zarr store, optionally zero outside the cell. Both are resized to
+    ``size`` px, scaled to [0, 1] (``normalize: image``: the image's intensity window, as the tiles;
+    ``crop_minmax``: each crop's own per-channel minimum and maximum), then ``(x - mean) / std``.
+    """
+
+    source: Literal["tiles", "image"]
+    window: int | None
+    size: int
+    mask: bool
+    normalize: Literal["image", "crop_minmax"]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One frozen foundation encoder (``encoders[]`` entry; :mod:`hpa_batch.models.encoders`)."""
+
+    name: str
+    kind: str
+    arch: str
+    model_args: dict[str, Any]
+    weights: str | None
+    key_map: str
+    checkpoint_key: str | None
+    channels: tuple[str, ...]
+    crop: CropSpec
+    pooling: Literal["cls", "mean", "cls+mean"]
+    batch_size: int
+    precision: Literal["auto", "fp32", "fp16", "bf16"]
+    seed: int
+
+    def to_entry(self) -> dict[str, Any]:
+        """The validated ``encoders[]`` entry (JSON values) this spec was built from."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def encoder_from_entry(m: dict[str, Any]) -> EncoderSpec:
+    """The :class:`EncoderSpec` of a schema-validated ``encoders[]`` entry (defaults filled)."""
+    crop = dict(m["crop"])
+    crop["mean"], crop["std"] = tuple(crop["mean"]), tuple(crop["std"])
+    values = {f.name: m[f.name] for f in fields(EncoderSpec)}
+    values["channels"] = tuple(m["channels"])
+    values["crop"] = CropSpec(**crop)
+    return EncoderSpec(**values)

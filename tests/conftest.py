@@ -382,3 +382,11 @@ def scverse_check(*args: object) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
+
+
+def image_dirs(store: Path) -> list[Path]:
+    """The image folders of a shard store, sorted (every folder but the collection's ``OME``), found by
+    name only, so a test that damaged an image's metadata still finds it."""
+    from hpa_batch.core.ngff import COLLECTION_GROUP
+
+    return sorted(p for p in Path(store).iterdir() if p.is_dir() and p.name != COLLECTION_GROUP)

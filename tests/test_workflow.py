@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import pytest
 import yaml
-from conftest import planned_jobs, tool_env
+from conftest import image_dirs, planned_jobs, tool_env
 
 
 def snakemake(wd, *args, check=True):
@@ -53,7 +53,7 @@ def test_run_then_add_cell_line_reruns_only_new_shards(dataset, workflow_dir):
 
     # damage after success: a truncated label shard is found, repaired and redone through the workflow
     store = res / "zarr" / "a549-0001.zarr"
-    image = min(p for p in store.iterdir() if p.is_dir())
+    image = min(image_dirs(store))
     victim = next(p for p in (image / "labels" / "nuclei" / "s0").rglob("*") if p.is_file() and p.name != "zarr.json")
     victim.write_bytes(victim.read_bytes()[:100])
     check = subprocess.run(

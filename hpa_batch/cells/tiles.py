@@ -186,7 +186,7 @@ class ChunkedAppender:
             self._flush(len(self.buffer))
 
 
-def _input_level(group: zarr.Group, size: int) -> str:
+def input_level(group: zarr.Group, size: int) -> str:
     """Coarsest level whose longer side is still >= ``size`` (downscale only)."""
     names = level_paths(group)
     fitting = [n for n in names if max(group[n].shape[-2:]) >= size]
@@ -214,7 +214,7 @@ def image_tiles(
     with reading(path.parent):  # a damaged chunk names the shard store (repair removes the image)
         group = zarr.open_group(path, mode="r", zarr_format=3)
         image = group["s0"][...]
-        level = _input_level(group, spec.image_size)
+        level = input_level(group, spec.image_size)
         small = group[level][...]
         labels = group["labels"]
         cells = labels["cells"]["s0"][...] if len(rows) else None  # full-resolution masks only when tiled

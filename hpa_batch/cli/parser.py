@@ -11,6 +11,7 @@ from hpa_batch.cli.stores import cmd_info, cmd_repair, cmd_validate
 from hpa_batch.cli.verbs import (
     cmd_baseline,
     cmd_convert,
+    cmd_embed,
     cmd_evaluate,
     cmd_h5ad,
     cmd_manifest,
@@ -166,7 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="name of an entry of `models` in the config")
     p.add_argument("--fold", type=int, required=True, help="the fold held out for validation")
     p.add_argument("--splits", type=Path, help=f"default {_R['splits']}")
-    p.add_argument("--tiles", nargs="*", type=Path, help="tile stores (default: every planned shard)")
+    p.add_argument(
+        "--tiles",
+        "--embeddings",
+        dest="tiles",
+        nargs="*",
+        type=Path,
+        help="tile stores, or for a head on an encoder (encoder: set) its embedding stores (default: every planned shard)",
+    )
     p.add_argument("--out", type=Path, help=f"the fold's folder (default {_R['fold_dir']})")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(func=cmd_train)
@@ -176,10 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="name of an entry of `models` in the config")
     p.add_argument("--shard", required=True, help="shard name, e.g. u-2-os-0003")
     p.add_argument("--models", nargs="*", type=Path, help="fold checkpoints (model.pt)")
-    p.add_argument("--tiles", type=Path, help=f"the shard's tile store (default {_R['tiles']})")
+    p.add_argument(
+        "--tiles",
+        "--embeddings",
+        dest="tiles",
+        type=Path,
+        help=f"the shard's tile store (default {_R['tiles']}) or, for a head, embedding store ({_R['embeddings']})",
+    )
     p.add_argument("--out", type=Path, help=f"default {_R['predictions']}")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("embed", help="one frozen encoder's embedding of every cell of one shard")
+    _add_config_args(p)
+    p.add_argument("--encoder", required=True, help="name of an entry of `encoders` in the config")
+    p.add_argument("--shard", required=True, help="shard name, e.g. u-2-os-0003")
+    p.add_argument("--tiles", type=Path, help=f"the shard's tile store (default {_R['tiles']})")
+    p.add_argument("--store", type=Path, help=f"crop.source image: the shard's store (default {_R['store']})")
+    p.add_argument("--cells", type=Path, help=f"crop.source image: the shard's cells table (default {_R['cells']})")
+    p.add_argument("--out", type=Path, help=f"default {_R['embeddings']}")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=cmd_embed)
 
     # Global verbs read what they are given; anything not given comes from the config and hpa_batch.layout.
     # A list option given with no value means "none" (e.g. no cell-level model).
@@ -216,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help=f"metrics JSON (default {_R['metrics']})")
     _held_out_args(p)
     p.add_argument("--truth-pairs", type=Path, help=f"the merge's truth matches (default {_R['truth_pairs']})")
+    p.add_argument(
+        "--compare",
+        nargs="*",
+        type=Path,
+        help="cell predictions of the models to compare on the same cells, every shard of each "
+        f"({_R['predictions']}; default: every cell-level model's when there are two or more)",
+    )
 
     p = _tables_verb(sub, "report", f"{_R['report']}: figures, metrics deep vs baseline, provenance", cmd_report)
     p.add_argument("--out", type=Path, help=f"default {_R['report']}")

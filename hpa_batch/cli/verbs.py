@@ -34,6 +34,7 @@ READS: dict[str, tuple[str, ...]] = {
     "split": ("splits", "labels", "segmentation_qc"),
     "train": ("labels", "models"),
     "predict": ("labels", "models"),
+    "embed": ("encoders", "tiles"),
     "merge": ("merge", "labels", "evaluation"),
     "h5ad": ("labels",),
     "spatialdata": ("labels",),
@@ -232,12 +233,20 @@ def _model_spec(cfg: Config, name: str) -> ModelSpec:
         raise PlanError(exc.args[0]) from None
 
 
-def _tile_stores(cfg: Config, given: list[Path] | None) -> list[Path]:
+def _input_stores(cfg: Config, given: list[Path] | None, spec: ModelSpec | None = None) -> list[Path]:
+    """What a model reads, one store per planned shard (given, else from the layout): tile stores, or
+    its encoder's embedding stores for a head on embeddings."""
     if given:
         return list(given)
     from hpa_batch.convert.plan import plan_from_config
 
-    return [shard_paths(cfg, s.name)["tiles"] for s in plan_from_config(cfg)]
+    return [_input_store(cfg, s.name, spec) for s in plan_from_config(cfg)]
+
+
+def _input_store(cfg: Config, shard: str, spec: ModelSpec | None) -> Path:
+    if spec is not None and spec.encoder is not None:
+        return result(cfg.results_dir, "embeddings", encoder=spec.encoder, shard=shard)
+    return shard_paths(cfg, shard)["tiles"]
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -294,7 +303,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     writes(args, out)
     splits = args.splits or result(cfg.results_dir, "splits")
     summary = train_model(
-        spec, args.fold, _tile_stores(cfg, args.tiles), splits, cfg.catalog, out=out, device=args.device
+        spec, args.fold, _input_stores(cfg, args.tiles, spec), splits, cfg.catalog, out=out, device=args.device
     )
     print(json.dumps(summary, indent=1))
     return 0
@@ -306,10 +315,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     spec = _model_spec(cfg, args.model)
     models = args.models or fold_files(cfg.results_dir, spec)
-    tiles = args.tiles or shard_paths(cfg, args.shard)["tiles"]
+    tiles = args.tiles or _input_store(cfg, args.shard, spec)
     out = args.out or predictions_file(cfg.results_dir, args.model, args.shard)
     writes(args, out)
     predict_shard(models, tiles, out, cfg.catalog, args.model, device=args.device, level=spec.level)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from hpa_batch.models.embed import embed_shard
+
+    cfg = config_of(args)
+    try:
+        spec = cfg.encoder(args.encoder)
+    except KeyError as exc:
+        raise PlanError(exc.args[0]) from None
+    paths = shard_paths(cfg, args.shard)
+    out = args.out or result(cfg.results_dir, "embeddings", encoder=args.encoder, shard=args.shard)
+    image = spec.crop.source == "image"
+    writes(args, out)
+    summary = embed_shard(
+        spec,
+        tiles=args.tiles or paths["tiles"],
+        out=out,
+        tiles_cfg=cfg.tiles,
+        store=(args.store or paths["store"]) if image else None,
+        cells=(args.cells or paths["cells"]) if image else None,
+        device=args.device,
+    )
+    print(json.dumps({k: v for k, v in summary.items() if k != "encoder"}, indent=1))
     return 0
 
 
@@ -468,6 +502,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compared(cfg: Config, given: list[Path] | None) -> list[Path]:
+    """Prediction files of the models compared on the same cells: given (``[]`` = none), else every
+    cell-level model's, every shard, when the run has two or more (:func:`compared_models`)."""
+    if given is not None:
+        return list(given)
+    from hpa_batch.convert.plan import plan_from_config
+
+    shards = [s.name for s in plan_from_config(cfg)]
+    return [predictions_file(cfg.results_dir, m.name, s) for m in cfg.compared_models() for s in shards]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hpa_batch.results.evaluate import evaluate_stage
 
@@ -488,6 +533,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out=out,
         baseline_path=args.baseline or None,
         baseline_summary=(args.baseline_summary or result(r, "baseline_summary")) if args.baseline else None,
+        compare=_compared(cfg, args.compare),
     )
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
     return 0

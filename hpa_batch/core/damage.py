@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hpa_batch.layout import MODEL_FILE, result, result_key
 
@@ -194,37 +195,69 @@ def _tiles_stamp(tiles: Path) -> dict | None:
     return stamp
 
 
-def _tiles_problem(path: Path, results_dir: Path, shard: str, deep: bool) -> str | None:
+def _open_stamped(path: Path) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """The arrays and ``hpa_batch`` stamp of a zarr v3 store written by a stage."""
     import zarr
 
+    with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp in a directory output
+        warnings.simplefilter("ignore")
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        arrays = list(group.arrays())
+    return arrays, dict(group.attrs).get("hpa_batch", {})
+
+
+def _rows_problem(arrays: list[tuple[str, Any]], n: dict[str, int], deep: bool) -> str | None:
+    """Each array's rows against the stamp's count of its axis (``image*`` arrays: images, the rest:
+    cells), its missing chunks and, ``deep``, every chunk decoded."""
+    for name, arr in arrays:
+        axis = "image" if name.startswith("image") else "cell"  # images, image_id, image_features
+        if arr.shape[0] != n[axis]:
+            return f"array {name} has {arr.shape[0]} rows, the store's stamp says {n[axis]} {axis}s"
+        if n[axis] and arr.nchunks_initialized < arr.nchunks:
+            return f"array {name}: {arr.nchunks - arr.nchunks_initialized} of its {arr.nchunks} chunks are missing"
+        if deep:
+            step = arr.chunks[0]
+            for start in range(0, arr.shape[0], step):
+                try:
+                    arr[start : start + step]
+                except Exception as exc:  # noqa: BLE001 (a chunk that does not decode is the damage)
+                    return f"array {name}, rows {start}-{min(start + step, arr.shape[0]) - 1}: {_reason(exc)}"
+    return None
+
+
+def _tiles_problem(path: Path, results_dir: Path, shard: str, deep: bool) -> str | None:
     try:
-        with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp in a directory output
-            warnings.simplefilter("ignore")
-            group = zarr.open_group(path, mode="r", zarr_format=3)
-            arrays = list(group.arrays())
-        stamp = dict(group.attrs).get("hpa_batch", {})
+        arrays, stamp = _open_stamped(path)
         if not stamp.get("complete"):
             return "not stamped complete (an interrupted write)"
         n = {"cell": int(stamp["n_cells"]), "image": int(stamp["n_images"])}
-        for name, arr in arrays:
-            axis = "image" if name.startswith("image") else "cell"  # images, image_id, image_features
-            if arr.shape[0] != n[axis]:
-                return f"array {name} has {arr.shape[0]} rows, the store's stamp says {n[axis]} {axis}s"
-            if n[axis] and arr.nchunks_initialized < arr.nchunks:
-                return f"array {name}: {arr.nchunks - arr.nchunks_initialized} of its {arr.nchunks} chunks are missing"
-            if deep:
-                step = arr.chunks[0]
-                for start in range(0, arr.shape[0], step):
-                    try:
-                        arr[start : start + step]
-                    except Exception as exc:  # noqa: BLE001 (a chunk that does not decode is the damage)
-                        return f"array {name}, rows {start}-{min(start + step, arr.shape[0]) - 1}: {_reason(exc)}"
+        problem = _rows_problem(arrays, n, deep)
+        if problem:
+            return problem
     except Exception as exc:  # noqa: BLE001 (a store that does not open is the damage)
         return f"not a readable tile store: {_reason(exc)}"
     include = bool(stamp.get("settings", {}).get("include_border", True))
     expected = _cells_rows(results_dir, shard, include_border=include)
     if expected is not None and expected != n["cell"]:
         return f"{n['cell']} cell tiles, but {result(results_dir, 'cells', shard=shard)} has {expected} cells to tile"
+    return None
+
+
+def _embeddings_problem(path: Path, results_dir: Path, shard: str, deep: bool) -> str | None:
+    """An embedding store: stamped complete, every array one row per cell, as many cells as the
+    shard's tile store."""
+    try:
+        arrays, stamp = _open_stamped(path)
+        if not stamp.get("complete"):
+            return "not stamped complete (an interrupted write)"
+        problem = _rows_problem(arrays, {"cell": int(stamp["n_cells"])}, deep)
+        if problem:
+            return problem
+    except Exception as exc:  # noqa: BLE001 (a store that does not open is the damage)
+        return f"not a readable embedding store: {_reason(exc)}"
+    tiles = _tiles_stamp(result(results_dir, "tiles", shard=shard))
+    if tiles is not None and int(tiles["n_cells"]) != int(stamp["n_cells"]):
+        return f"{stamp['n_cells']} embeddings, but the shard's tile store has {tiles['n_cells']} cells"
     return None
 
 
@@ -322,6 +355,8 @@ def check_output(path: str | Path, results_dir: str | Path | None = None, *, dee
     if path.suffix == ".zarr" and path.is_dir():
         if key == "tiles":
             return _tiles_problem(path, root, shard, deep)
+        if key == "embeddings":
+            return _embeddings_problem(path, root, shard, deep)
         if key == "spatialdata":
             from hpa_batch.results.spatialdata import store_problem
 
@@ -392,7 +427,7 @@ def _quick_problem(path: Path, root: Path) -> str | None:
     """What readers open first of ``path`` (no image store: conversion checks its own images)."""
     if path.suffix == ".zarr":
         key = (result_key(root, path) or ("", {}))[0]
-        if key == "spatialdata":
+        if key in ("spatialdata", "embeddings"):
             return check_output(path, root, deep=False)
         if key != "tiles":
             return None

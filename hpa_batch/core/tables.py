@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -54,6 +54,23 @@ def read_classes(path: str | Path) -> list[str] | None:
     if CLASSES_KEY not in meta:
         return None
     return list(json.loads(meta[CLASSES_KEY])["classes"])
+
+
+#: Schema metadata of a predictions table (``results/predictions/{model}/{shard}.parquet``): the model,
+#: its architecture, its encoder (heads on embeddings) and whether that encoder was random-init, and the
+#: per-class thresholds its ``predicted`` column used.
+PREDICTIONS_KEY = b"hpa_batch.predictions"
+
+
+def with_predictions_about(schema: pa.Schema, about: dict[str, Any]) -> pa.Schema:
+    """``schema`` with ``about`` (JSON values) as its :data:`PREDICTIONS_KEY` metadata."""
+    return schema.with_metadata({**(schema.metadata or {}), PREDICTIONS_KEY: json.dumps(about).encode()})
+
+
+def read_predictions_about(path: str | Path) -> dict[str, Any]:
+    """The :data:`PREDICTIONS_KEY` metadata of a predictions table ({} for one written before it)."""
+    meta = read_schema(path).metadata or {}
+    return dict(json.loads(meta[PREDICTIONS_KEY])) if PREDICTIONS_KEY in meta else {}
 
 
 def write_table(df: pd.DataFrame, schema: pa.Schema, path: str | Path) -> None:

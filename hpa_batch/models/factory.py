@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import torch
 
-from hpa_batch.spec import ModelSpec
+from hpa_batch.spec import HEADS, ModelSpec
 
 
 class WeightsUnavailable(FileNotFoundError):
@@ -108,6 +108,82 @@ class HybridNet(torch.nn.Module):
         return self.head(self.drop(self.embed(x, features)))
 
 
+class EmbeddingHead(torch.nn.Module):
+    """A classifier on frozen encoder embeddings (the linear evaluation of a foundation encoder).
+
+    The embedding is standardised with the training cells' statistics (buffers: the checkpoint carries
+    them), then a linear layer (``linear``) or one hidden layer first (``mlp``).
+
+    Parameters
+    ----------
+    dim : int
+        Embedding width ``d`` (input ``(b, d)`` float32).
+    num_classes : int
+    hidden : int
+        Width of the hidden layer; 0 = linear.
+    dropout : float
+        Dropout before the output layer.
+    """
+
+    def __init__(self, dim: int, num_classes: int, *, hidden: int = 0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.body = (
+            torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(inplace=True))
+            if hidden
+            else torch.nn.Identity()
+        )
+        self.num_features = hidden or dim
+        self.drop = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(self.num_features, num_classes)
+
+    def set_stats(self, mean: Any, std: Any) -> None:
+        """``(d,)`` means and standard deviations of the training embeddings (0 -> 1)."""
+        std_t = torch.as_tensor(std, dtype=torch.float32)
+        self.std.copy_(torch.where(std_t > 1e-6, std_t, torch.ones_like(std_t)))
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, d)`` embeddings -> ``(b, num_features)`` (standardised, through the hidden layer)."""
+        return self.body(((x.float() - self.mean) / self.std).clamp(-10, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, num_classes)`` logits."""
+        return self.head(self.drop(self.embed(x)))
+
+
+def embedding_width(stores: Sequence[Path]) -> int:
+    """The embedding width ``d`` shared by embedding stores (``results/embeddings/{encoder}/*.zarr``).
+
+    Raises
+    ------
+    ValueError
+        Stores of different widths (two encoders mixed), naming them.
+    """
+    import zarr
+
+    widths = {Path(p): int(zarr.open_array(Path(p) / "embedding", mode="r").shape[1]) for p in stores}
+    if len(set(widths.values())) != 1:
+        raise ValueError(f"embedding stores of different widths (one encoder per model): {widths}")
+    return next(iter(widths.values()))
+
+
+def create_head(arch: str, dim: int, num_classes: int, dropout: float = 0.0) -> EmbeddingHead:
+    """The :class:`EmbeddingHead` named ``arch`` (``linear`` or ``mlp``).
+
+    Raises
+    ------
+    ValueError
+        Another name; the message lists the heads.
+    """
+    if arch not in HEADS:
+        raise ValueError(f"a model on encoder embeddings takes arch {sorted(HEADS)}, not {arch!r}")
+    return EmbeddingHead(dim, num_classes, hidden=HEADS[arch], dropout=dropout)
+
+
 def create_model(
     arch: str,
     channels: list[str] | tuple[str, ...],
@@ -157,7 +233,9 @@ def create_model(
 
 
 def embed(model: torch.nn.Module, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-    """Pooled embedding ``(b, d)`` of a plain timm model or a :class:`HybridNet`."""
+    """Pooled embedding ``(b, d)`` of a plain timm model, a :class:`HybridNet` or an :class:`EmbeddingHead`."""
+    if isinstance(model, EmbeddingHead):
+        return model.embed(x)
     if isinstance(model, HybridNet):
         if features is None:
             raise ValueError("a hybrid model embeds tiles together with their feature rows")

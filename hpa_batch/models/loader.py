@@ -64,16 +64,21 @@ class TileIndex:
         return len(self.row)
 
 
-def build_index(stores: list[Path], splits: pd.DataFrame, level: str, n_classes: int) -> TileIndex:
-    """Index the rows of ``stores`` and attach each row's image labels and fold from ``splits``."""
-    array = "cells" if level == "cell" else "images"
+def build_index(
+    stores: list[Path], splits: pd.DataFrame, level: str, n_classes: int, *, array: str | None = None
+) -> TileIndex:
+    """Index the rows of ``stores`` and attach each row's image labels and fold from ``splits``.
+
+    ``array`` names the input rows (default ``cells`` or ``images`` by ``level``; ``embedding`` for the
+    embedding stores of :mod:`hpa_batch.models.embed`, which index their cells the same way)."""
+    array = array or ("cells" if level == "cell" else "images")
     meta = splits.set_index("image_id")
     parts = []
     for k, path in enumerate(stores):
         with reading(path):
             g = zarr.open_group(path, mode="r", zarr_format=3)
-            ids = g["cell_image"][:] if array == "cells" else g["image_id"][:]
-            cids = g["cell_id"][:] if array == "cells" else np.full(len(ids), -1, np.int32)
+            ids = g["image_id"][:] if array == "images" else g["cell_image"][:]
+            cids = np.full(len(ids), -1, np.int32) if array == "images" else g["cell_id"][:]
         parts.append(
             pd.DataFrame(
                 {
@@ -181,8 +186,11 @@ class GroupDataset(torch.utils.data.Dataset):
     features), read by the same whole chunks as the tiles.
     """
 
-    def __init__(self, index: TileIndex, groups: list[list[np.ndarray]], channels: list[int], features: bool = False):
-        # channels: canonical planes to read, in order (transforms.ChannelMap.gather)
+    def __init__(
+        self, index: TileIndex, groups: list[list[np.ndarray]], channels: list[int] | None, features: bool = False
+    ):
+        # channels: canonical planes to read, in order (transforms.ChannelMap.gather); None: whole rows
+        # (embedding stores)
         self.index, self.groups, self.channels, self.features = index, groups, channels, features
         self._arrays: dict[tuple[int, str], zarr.Array] = {}
 
@@ -235,9 +243,10 @@ class GroupDataset(torch.utils.data.Dataset):
         return item
 
 
-def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def feature_moments(index: TileIndex, positions: np.ndarray, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation ``(f,)`` float64 of the feature rows at ``positions`` (each
-    distinct row once), read one store at a time."""
+    distinct row once), read one store at a time; ``name``: another array of ``(n, f)`` rows (the
+    embeddings) instead of the tiles' feature rows."""
     total: np.ndarray | None = None
     sq: np.ndarray | None = None
     n = 0
@@ -246,7 +255,8 @@ def feature_moments(index: TileIndex, positions: np.ndarray) -> tuple[np.ndarray
         mine = index.row[rows[index.store[rows] == s]]
         with reading(index.stores[int(s)]):
             group = zarr.open_group(index.stores[int(s)], mode="r", zarr_format=3)
-        rows_of = features_array(group, index.stores[int(s)], index.array)  # refuses a store without them
+        # the tiles' feature rows (refuses a store without them), or the named array
+        rows_of = group[name] if name else features_array(group, index.stores[int(s)], index.array)
         with reading(index.stores[int(s)]):
             f = rows_of[:][mine].astype(np.float64)
         total = f.sum(0) if total is None else total + f.sum(0)

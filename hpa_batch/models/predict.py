@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,9 @@ from hpa_batch.cells.tiles import TileReader
 from hpa_batch.config import model_spec_from_entry
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import Progress, get_logger
-from hpa_batch.core.tables import with_classes, write_table
+from hpa_batch.core.tables import with_classes, with_predictions_about, write_table
 from hpa_batch.models.checkpoint import read_model
-from hpa_batch.models.factory import create_model, embed, feature_count, forward, num_features_of
+from hpa_batch.models.factory import create_head, create_model, embed, feature_count, forward, num_features_of
 from hpa_batch.models.transforms import channel_map, prepare
 from hpa_batch.spec import ModelSpec
 
@@ -86,14 +87,11 @@ def load_folds(
     for path in paths:
         ckpt = read_model(path, catalog=catalog, level=level)
         spec = model_spec_from_entry(ckpt["spec"])
-        model = create_model(
-            spec.arch,
-            spec.channels,
-            get_catalog(ckpt["catalog"]).n_classes,
-            None,
-            spec.dropout,
-            n_features=feature_count(spec),
-        )
+        n = get_catalog(ckpt["catalog"]).n_classes
+        if spec.on_embeddings:  # a head: its width is its stored standardisation's
+            model: torch.nn.Module = create_head(spec.arch, int(ckpt["model"]["mean"].shape[0]), n, spec.dropout)
+        else:
+            model = create_model(spec.arch, spec.channels, n, None, spec.dropout, n_features=feature_count(spec))
         model.load_state_dict(ckpt["model"])
         models.append(model.to(device).eval())
         thresholds.append(ckpt["thresholds"].numpy())
@@ -128,16 +126,17 @@ def predict_shard(
     device: str | None = None,
     level: str | None = None,
 ) -> int:
-    """Predict every row of a shard's tile store with the fold ensemble; return the row count
-    (checkpoints must match ``catalog`` and, when given, ``level``)."""
+    """Predict every row of a shard's tile store (or, for a head on an encoder's embeddings, of the
+    shard's embedding store) with the fold ensemble; return the row count (checkpoints must match
+    ``catalog`` and, when given, ``level``)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     folds = load_folds(model_paths, dev, catalog, level)
     spec, models = folds.spec, folds.models
-    array = "cells" if spec.level == "cell" else "images"
+    array = "embedding" if spec.on_embeddings else "cells" if spec.level == "cell" else "images"
     reader = TileReader(tiles, array)
     group = reader.group
-    ids = group["cell_image"][:] if array == "cells" else group["image_id"][:]
-    cids = group["cell_id"][:] if array == "cells" else np.full(reader.n, -1, np.int32)
+    ids = group["image_id"][:] if array == "images" else group["cell_image"][:]
+    cids = np.full(reader.n, -1, np.int32) if array == "images" else group["cell_id"][:]
     chans = channel_map(spec.channels)
     mean = torch.tensor(folds.mean, device=dev).view(1, -1, 1, 1)
     std = torch.tensor(folds.std, device=dev).view(1, -1, 1, 1)
@@ -145,10 +144,13 @@ def predict_shard(
     progress = Progress(reader.n, f"predict {model_name} {tiles.name}")
     for start in range(0, reader.n, batch_size):
         stop = min(start + batch_size, reader.n)
-        x = torch.from_numpy(reader.read_rows(start, stop)[:, chans.gather])
-        x = (prepare(x.to(dev, non_blocking=True), spec.input_size, chans.mix) - mean) / std
+        if spec.on_embeddings:  # the head standardises its rows itself; flips mean nothing to a vector
+            x = torch.from_numpy(reader.read_rows(start, stop)).to(dev).float()
+        else:
+            x = torch.from_numpy(reader.read_rows(start, stop)[:, chans.gather])
+            x = (prepare(x.to(dev, non_blocking=True), spec.input_size, chans.mix) - mean) / std
         f = torch.from_numpy(reader.read_features(start, stop)).to(dev) if spec.features else None
-        p, e = run_models(models, x, spec.tta, spec.embeddings, f)
+        p, e = run_models(models, x, spec.tta and not spec.on_embeddings, spec.embeddings, f)
         probs.append(p)
         if e is not None:
             embeds.append(e)
@@ -172,6 +174,15 @@ def predict_shard(
     if spec.embeddings:
         dim = int(embeds[0].shape[1]) if embeds else num_features_of(models[0])
         table["embedding"] = list(np.concatenate(embeds)) if embeds else []
-    write_table(table, with_classes(predictions_schema(catalog.n_classes, dim), catalog), out)
+    schema = with_classes(predictions_schema(catalog.n_classes, dim), catalog)
+    about: dict[str, Any] = {
+        "model": model_name,
+        "arch": spec.arch,
+        "encoder": spec.encoder,
+        "thresholds": [float(t) for t in folds.thresholds],
+    }
+    if spec.on_embeddings:  # whether the encoder ran with published weights or a random init
+        about["random_init"] = bool(dict(group.attrs).get("hpa_batch", {}).get("random_init", False))
+    write_table(table, with_predictions_about(schema, about), out)
     get_logger().info("predict %s: %d rows -> %s", model_name, len(table), out)
     return len(table)

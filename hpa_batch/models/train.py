@@ -50,7 +50,7 @@ from hpa_batch.models.checkpoint import (
     write_state,
     write_thresholds,
 )
-from hpa_batch.models.factory import HybridNet, create_model, feature_count, input_stats
+from hpa_batch.models.factory import HybridNet, create_head, create_model, embedding_width, feature_count, input_stats
 from hpa_batch.models.loader import (
     GroupDataset,
     TileIndex,
@@ -119,30 +119,23 @@ class Trainer:
         if self.world > 1:
             self._init_distributed()
         seed_everything(spec.seed)
-        self.index = build_index(stores, splits, spec.level, catalog.n_classes)
+        self.embedded = spec.on_embeddings  # a head on an encoder's embedding rows, not a CNN on tiles
+        array = "embedding" if self.embedded else None
+        self.index = build_index(stores, splits, spec.level, catalog.n_classes, array=array)
         self.train_pos, self.val_pos = training_positions(self.index, fold, spec, catalog.negative)
         if len(self.train_pos) < 2:
             raise ValueError(f"model {spec.name} fold {fold}: fewer than 2 training tiles")
         self.channel_map = channel_map(spec.channels)
-        self.channels = self.channel_map.gather
+        self.channels: list[int] | None = None if self.embedded else self.channel_map.gather
         self.features = bool(spec.features)
-        self.model = create_model(
-            spec.arch,
-            spec.channels,
-            catalog.n_classes,
-            spec.pretrained,
-            spec.dropout,
-            n_features=feature_count(spec),
-            drop_path=spec.drop_path,
-        )
-        if isinstance(self.model, HybridNet):  # standardise with the training rows' statistics (in the weights)
-            self.model.set_feature_stats(*feature_moments(self.index, self.train_pos), spec.feature_weights)
+        self.model = self._create(stores)
         self.model = self.model.to(self.device)
-        mean, std = input_stats(self.model, spec.channels)
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        mean, std = self.input_stats()
+        view = (1, -1) if self.embedded else (1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=self.device).view(*view)
+        self.std = torch.tensor(std, device=self.device).view(*view)
         self.amp = self._amp_dtype()
-        if spec.channels_last and self.device.type == "cuda":
+        if spec.channels_last and self.device.type == "cuda" and not self.embedded:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self._wrap(self.model)
         self.optimizer = self._optimizer()
@@ -165,6 +158,44 @@ class Trainer:
         self._best: dict[str, torch.Tensor] | None = None  # best weights before a refinement
 
     # -- setup helpers
+    def _create(self, stores: list[Path]) -> torch.nn.Module:
+        """The model: a timm network (or hybrid) on tiles, or a head on embedding rows; feature rows
+        and embeddings standardised with the training rows' statistics (stored in the weights)."""
+        spec, n = self.spec, self.catalog.n_classes
+        if self.embedded:
+            head = create_head(spec.arch, embedding_width(stores), n, spec.dropout)
+            head.set_stats(*feature_moments(self.index, self.train_pos, name="embedding"))
+            return head
+        model = create_model(
+            spec.arch,
+            spec.channels,
+            n,
+            spec.pretrained,
+            spec.dropout,
+            n_features=feature_count(spec),
+            drop_path=spec.drop_path,
+        )
+        if isinstance(model, HybridNet):
+            model.set_feature_stats(*feature_moments(self.index, self.train_pos), spec.feature_weights)
+        return model
+
+    def input_stats(self) -> tuple[list[float], list[float]]:
+        """Per-input-channel mean and std of the inputs (a head standardises its own rows: 0 and 1)."""
+        if self.embedded:
+            return [0.0], [1.0]
+        return input_stats(self.model, self.spec.channels)
+
+    def _inputs(self, x: torch.Tensor, seed: int | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows as read -> the model's inputs on the device: tiles prepared (and, with ``seed``,
+        augmented); embedding rows as float32."""
+        x = x.to(self.device, non_blocking=True)
+        if self.embedded:
+            return x.float()
+        x = prepare(x, self.spec.input_size, self.channel_map.mix)
+        if seed is None or y is None:
+            return x
+        return augment(x, self.spec.augment, seed, self._augmented(y))
+
     def _init_distributed(self) -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
@@ -297,7 +328,7 @@ class Trainer:
     def _forward(self, x: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of normalised tiles ``x`` (and feature rows ``f`` for a hybrid model)."""
         x = (x - self.mean) / self.std
-        if self.spec.channels_last and self.device.type == "cuda":
+        if self.spec.channels_last and self.device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             return self.net(x) if f is None else self.net(x, f.to(self.device, non_blocking=True))
@@ -316,8 +347,7 @@ class Trainer:
         pace = TrainPace(self.spec.log_every_s, self.state.batch)
         for b, x, f, y, _ in iterate_batches(data, self.spec.num_workers, skip=self.state.batch):
             self._set_lr(epoch + b / max(self.steps_per_epoch, 1))
-            x = prepare(x.to(self.device, non_blocking=True), self.spec.input_size, self.channel_map.mix)
-            x = augment(x, self.spec.augment, seed_of(self.spec.seed, epoch, b), self._augmented(y))
+            x = self._inputs(x, seed_of(self.spec.seed, epoch, b), y)
             loss = loss_fn(self._forward(x, f), y.to(self.device), self.weights, self.spec.loss)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -352,7 +382,7 @@ class Trainer:
         groups = [[positions[i : i + self.spec.batch_size]] for i in range(0, len(positions), self.spec.batch_size)]
         probs, ys = [], []
         for _, x, f, y, _ in iterate_batches(GroupDataset(self.index, groups, self.channels, self.features), 0):
-            x = prepare(x.to(self.device, non_blocking=True), self.spec.input_size, self.channel_map.mix)
+            x = self._inputs(x)
             probs.append(torch.sigmoid(self._forward(x, f).float()).cpu().numpy())
             ys.append(y.numpy())
         c = self.catalog.n_classes
@@ -535,7 +565,7 @@ class Trainer:
         if self.rank != 0:
             return {}
         best = read_best(self.state_dir / BEST_STATE)
-        mean, std = input_stats(self.model, self.spec.channels)
+        mean, std = self.input_stats()
         with atomic_path(self.out / HISTORY_FILE) as tmp:
             pd.DataFrame(self.state.history).to_csv(tmp, index=False)
         write_thresholds(

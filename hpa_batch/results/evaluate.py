@@ -10,7 +10,9 @@ held-out images (those no model of the run trained on).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ from hpa_batch.core.labels import LabelCatalog, emitted_ids, format_labels
 from hpa_batch.core.metrics import macro_f1, mean_ap
 from hpa_batch.core.progress import get_logger
 from hpa_batch.models.split import multi_hot
-from hpa_batch.results.metrics_file import Metrics, PredictionGuard, RunMetrics, write_metrics
+from hpa_batch.results.metrics_file import Metrics, ModelMetrics, PredictionGuard, RunMetrics, write_metrics
 from hpa_batch.results.truth import Ious, ious_from_pairs, read_truth_pairs, truth_cell_labels
 
 
@@ -400,6 +402,7 @@ def evaluate_all(
     iou_threshold: float = 0.6,
     max_class_share: float = 0.6,
     all_unseen: bool = False,
+    compared: dict[str, Compared] | None = None,
 ) -> Metrics:
     """``metrics.json``: the deep model's metrics on every image at the top level (as before), then
     ``held_out`` (images no model trained on; absent when there are none) and ``baseline`` with the
@@ -440,6 +443,23 @@ def evaluate_all(
         result["baseline"] = {"all": b_all}
         if b_held is not None:
             result["baseline"]["held_out"] = b_held
+    if compared:
+        result["models"] = {}
+        for name, model in compared.items():
+            c, i = baseline_view(cells, images, model.cells, model.thresholds, catalog)
+            m_all, m_held = both(c, i)
+            entry = ModelMetrics(
+                kind="encoder head" if model.about.get("encoder") else "timm",
+                arch=str(model.about.get("arch", "")),
+                encoder=model.about.get("encoder"),
+                all=m_all,
+                prediction_guard=prediction_guard(c, catalog, max_class_share),
+            )
+            if "random_init" in model.about:
+                entry["random_init"] = bool(model.about["random_init"])
+            if m_held is not None:
+                entry["held_out"] = m_held
+            result["models"][name] = entry
     return result
 
 
@@ -456,6 +476,7 @@ def evaluate_stage(
     out: Path,
     baseline_path: Path | None = None,
     baseline_summary: Path | None = None,
+    compare: list[Path] | None = None,
 ) -> Metrics:
     """The evaluate stage: ``metrics.json`` (:func:`evaluate_all`, or :func:`unlabelled_metrics` for a
     set without labels) written atomically to ``out``; returns it.
@@ -464,6 +485,10 @@ def evaluate_stage(
     ----------
     baseline_path, baseline_summary : Path, optional
         The baseline's per-cell predictions and its ``summary.json`` (its thresholds); both or neither.
+    compare : list of Path, optional
+        Per-shard cell predictions of every cell-level model to compare (``results/predictions/{model}/
+        {shard}.parquet``; grouped by the model their metadata names): each is scored with its own
+        cell probabilities on the same cells (``models`` in ``metrics.json``).
     """
     import json
 
@@ -492,6 +517,51 @@ def evaluate_stage(
             baseline_thresholds=thresholds,
             max_class_share=evaluation.max_class_share,
             all_unseen=all_unseen,
+            compared=read_compared(compare or [], catalog),
         )
     write_metrics(out, metrics)
     return metrics
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One cell-level model's predictions for the family comparison.
+
+    Attributes
+    ----------
+    cells : pandas.DataFrame
+        ``image_id``, ``cell_id``, ``prob_k``, ``predicted`` of every cell of the run.
+    thresholds : numpy.ndarray
+        ``(c,)`` the per-class thresholds its ``predicted`` used.
+    about : dict
+        The predictions' metadata: ``arch``, ``encoder``, ``random_init``.
+    """
+
+    cells: pd.DataFrame
+    thresholds: np.ndarray
+    about: dict[str, Any]
+
+
+def read_compared(paths: list[Path], catalog: LabelCatalog) -> dict[str, Compared]:
+    """Model name -> its :class:`Compared` predictions, from per-shard prediction files of any models.
+
+    Raises
+    ------
+    ValueError
+        A file without the model metadata (written before it: rerun its predict job), naming it.
+    """
+    from hpa_batch.core.tables import read_parquet, read_predictions_about
+
+    columns = ["image_id", "cell_id", *[f"prob_{k}" for k in range(catalog.n_classes)], "predicted"]
+    parts: dict[str, list[pd.DataFrame]] = {}
+    about: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        meta = read_predictions_about(path)
+        if "model" not in meta:
+            raise ValueError(f"{path} names no model in its metadata: rerun its predict job to compare it")
+        parts.setdefault(meta["model"], []).append(read_parquet(path, columns=columns))
+        about[meta["model"]] = meta
+    return {
+        name: Compared(pd.concat(frames, ignore_index=True), np.asarray(about[name]["thresholds"]), about[name])
+        for name, frames in parts.items()
+    }

@@ -54,6 +54,18 @@ class BaselineMetrics(TypedDict):
     held_out: NotRequired[RunMetrics]
 
 
+class ModelMetrics(TypedDict):
+    """One cell-level model scored with its own (unfused) cell probabilities: the family comparison."""
+
+    kind: str
+    arch: str
+    encoder: str | None
+    random_init: NotRequired[bool]
+    all: RunMetrics
+    held_out: NotRequired[RunMetrics]
+    prediction_guard: PredictionGuard
+
+
 class Metrics(RunMetrics, total=False):
     """The whole ``metrics.json``: the deep model on every image at the top level, then the held-out
     view, the prediction guard and the baseline; an unlabelled set has ``skipped`` (why nothing is
@@ -64,6 +76,7 @@ class Metrics(RunMetrics, total=False):
     prediction_guard: PredictionGuard
     held_out: RunMetrics
     baseline: BaselineMetrics
+    models: dict[str, ModelMetrics]
     skipped: str
     cells: int
     images_with_predictions: int

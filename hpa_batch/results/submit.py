@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import emitted_ids
-from hpa_batch.core.ngff import label_level, level_name
+from hpa_batch.core.ngff import COLLECTION_GROUP, label_level, level_name
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import read_arrow, read_parquet, read_schema
 
@@ -206,7 +206,7 @@ def image_index(stores: Sequence[Path]) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for store in stores:
         for image_id, group in zarr.open_group(Path(store), mode="r").groups():
-            if "multiscales" not in group.attrs.get("ome", {}):
+            if image_id == COLLECTION_GROUP:
                 continue  # OME/: the collection's description, not an image
             if image_id in index:
                 raise ValueError(f"image {image_id} is in both {index[image_id]} and {store}")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
-from conftest import SMALL_SEGMENTATION, touching_pair
+from conftest import SMALL_SEGMENTATION, image_dirs, touching_pair
 
 from hpa_batch.cells.segment import BackendUnavailable, create_segmenter, list_backends
 from hpa_batch.cells.segment.adapters import (
@@ -214,7 +214,7 @@ def test_labels_in_store_are_valid_ngff_and_open_in_napari(segmented):
     from ome_zarr_models.v05 import Image
 
     store = segmented["results"] / "zarr" / f"{segmented['shards'][0]}.zarr"
-    image = min(p for p in store.iterdir() if p.is_dir())
+    image = min(image_dirs(store))
     model = Image.from_zarr(zarr.open_group(image, mode="r"))
     assert model.labels is not None and list(model.labels.label_paths) == ["cells", "nuclei"]
     from ome_zarr_models.v05 import ImageLabel
@@ -238,7 +238,7 @@ def test_stage_quality_against_truth(segmented):
     aps = []
     for shard in segmented["shards"]:
         store = segmented["results"] / "zarr" / f"{shard}.zarr"
-        for image in (p for p in store.iterdir() if p.is_dir()):
+        for image in image_dirs(store):
             truth = tifffile.imread(segmented["data"] / "truth" / f"{image.name}_cells.tif")
             pred = zarr.open_group(image, mode="r")["labels/cells/s0"][...]
             aps.append(average_precision(truth.astype(int), pred.astype(int), 0.5))
@@ -274,7 +274,7 @@ def test_resume_keeps_and_settings_change_redoes(segmented, tmp_path):
     # a copy: the shared store is read by tests on other workers while this one rewrites labels
     store = tmp_path / f"{shard}.zarr"
     shutil.copytree(segmented["results"] / "zarr" / f"{shard}.zarr", store)
-    image = min(p for p in store.iterdir() if p.is_dir())
+    image = min(image_dirs(store))
     before = (image / "labels" / "zarr.json").stat().st_mtime_ns
     segment_shard(cfg, store, tmp_path / "qc.tsv", tmp_path / "s.json")
     assert (image / "labels" / "zarr.json").stat().st_mtime_ns == before  # kept
@@ -314,7 +314,7 @@ def test_kill9_mid_segmentation_then_rerun_equals_uninterrupted(synth_data, tmp_
     for name, (root, _) in runs.items():
         store = root / "results" / "zarr" / "a-431-0000.zarr"
         other = root / "results" / "zarr" / "u-2-os-0000.zarr"
-        for k, img in enumerate(sorted(p for p in other.iterdir() if p.is_dir())):
+        for k, img in enumerate(image_dirs(other)):
             for rep in range(3):
                 shutil.copytree(img, store / f"x{rep}-{img.name}")
     root, cfg = runs["killed"]
@@ -326,7 +326,7 @@ def test_kill9_mid_segmentation_then_rerun_equals_uninterrupted(synth_data, tmp_
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    images = sorted(p for p in store.iterdir() if p.is_dir())
+    images = image_dirs(store)
     done = [p for p in images if (p / "labels").exists()]
     assert 2 <= len(done) < len(images), "kill came too late to test anything"
     assert all(labels_complete(p, ("cells", "nuclei")) for p in done)  # nothing half-written

@@ -2,6 +2,8 @@
 
 import shutil
 
+from conftest import image_dirs
+
 from hpa_batch.convert.validate import validate_store
 
 
@@ -9,7 +11,7 @@ def test_damaged_labels_and_missing_images_are_found(segmented, tmp_path):
     store = tmp_path / "s.zarr"
     shutil.copytree(segmented["results"] / "zarr" / f"{segmented['shards'][0]}.zarr", store)
     assert validate_store(store, deep=True).ok
-    images = sorted(p for p in store.iterdir() if p.is_dir())
+    images = image_dirs(store)
     shard_file = next(
         p for p in (images[0] / "labels" / "cells" / "s0").rglob("*") if p.is_file() and p.name != "zarr.json"
     )
@@ -30,7 +32,7 @@ def test_repair_removes_exactly_the_damage_and_the_markers_that_claim_it_done(se
         marker.write_text("{}")
     nothing = repair_store(store, convert_summary=convert_json, segment_summary=segment_json)
     assert not nothing.images and not nothing.labels and convert_json.is_file() and segment_json.is_file()
-    images = sorted(p for p in store.iterdir() if p.is_dir())
+    images = image_dirs(store)
     label_shard = next(
         p for p in (images[0] / "labels" / "cells" / "s0").rglob("*") if p.is_file() and p.name != "zarr.json"
     )
@@ -60,7 +62,7 @@ def test_changed_scale_and_deleted_image_label_block_are_found(segmented, tmp_pa
     store = tmp_path / "s.zarr"
     shutil.copytree(segmented["results"] / "zarr" / f"{segmented['shards'][0]}.zarr", store)
     assert validate_store(store).ok
-    first, second = sorted(p for p in store.iterdir() if p.is_dir())[:2]
+    first, second = image_dirs(store)[:2]
 
     def double_s1_scale(attrs):
         attrs["ome"]["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"][-1] *= 2
@@ -83,7 +85,7 @@ def test_label_levels_declare_where_their_pixels_are(segmented):
     from hpa_batch.core.ngff import level_transforms
 
     store = segmented["results"] / "zarr" / f"{segmented['shards'][0]}.zarr"
-    image = min(p for p in store.iterdir() if p.is_dir())
+    image = min(image_dirs(store))
     labels = zarr.open_group(image / "labels", mode="r")
     made_at = labels.attrs["hpa_batch"]["level"]
     cells = zarr.open_group(image / "labels" / "cells", mode="r").attrs["ome"]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import tool_env
+from conftest import image_dirs, tool_env
 
 from hpa_batch.cli import main
 from hpa_batch.convert.validate import validate_store
@@ -283,7 +283,7 @@ def test_a_damaged_image_chunk_is_named_by_the_stage_that_reads_it(run):
     ``repair`` of that store removes the image's labels alone (resegmented by the printed command)."""
     shard = run["shards"][0]
     store = run["results"] / "zarr" / f"{shard}.zarr"
-    image = min(p for p in store.iterdir() if p.is_dir())
+    image = min(image_dirs(store))
     truncate(chunk_files(image / "labels" / "cells", "s0")[0])
     code, _, err = hpa("measure", "--config", run["config"], "--shard", shard, "--out", run["root"] / "c.parquet")
     assert code == 1 and "Traceback" not in err, err[-2000:]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from conftest import synth_config, tiny_model, tool_env
+from conftest import image_dirs, synth_config, tiny_model, tool_env
 
 from hpa_batch.core.driver import DriverLockError, guard, holder_of, is_read_only
 from hpa_batch.core.ngff import is_complete, labels_complete
@@ -191,7 +191,7 @@ def test_sigterm_to_driver_leaves_nothing_falsely_complete(synth_data, workflow_
         assert images and all(is_complete(store / i) for i in images)
     for marker in (res / "zarr").glob("*.segment.json"):
         store = res / "zarr" / marker.name.replace(".segment.json", ".zarr")
-        assert all(labels_complete(p, ("cells", "nuclei")) for p in store.iterdir() if p.is_dir())
+        assert all(labels_complete(p, ("cells", "nuclei")) for p in image_dirs(store))
     for table in (res / "cells").glob("*.parquet") if (res / "cells").is_dir() else []:
         pd.read_parquet(table)  # readable: written under a temporary name, renamed when complete
     for tiles in (res / "tiles").glob("*.zarr") if (res / "tiles").is_dir() else []:

@@ -131,6 +131,51 @@ def model_config(name):
     )
 
 
+wildcard_constraints:
+    encoder="[A-Za-z0-9._-]+",
+
+
+def encoder_config(name):
+    """JSON of what the embed stage of encoder ``name`` reads: its entry and the tiles' settings (the
+    intensity window and margin of image crops; quoted by ``:q``)."""
+    return json.dumps(
+        {"encoders": [CFG.encoder(name).to_entry()], "tiles": config["tiles"]},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def embed_inputs(wildcards):
+    """The shard's tile store and, for crops cut from the image, its segmented store (its summary)
+    and its cells table."""
+    inputs = {"tiles": results_file("tiles", shard=wildcards.shard)}
+    if CFG.encoder(wildcards.encoder).crop.source == "image":
+        inputs["segmented"] = results_file("segment_summary", shard=wildcards.shard)
+        inputs["cells"] = results_file("cells", shard=wildcards.shard)
+    return inputs
+
+
+def image_crop_args(wildcards, input):
+    """``--store`` and ``--cells`` of an encoder that crops from the image (a list: each is quoted)."""
+    if "cells" not in input.keys():
+        return []
+    return ["--store", results_file("store", shard=wildcards.shard), "--cells", input.cells]
+
+
+def model_input(name, **fields):
+    """What model ``name`` reads per shard (a pattern over ``{shard}`` unless given): its tile store, or
+    for a head on an encoder's embeddings (``encoder:``) that encoder's embedding store."""
+    encoder = model_spec(name).encoder
+    if encoder is None:
+        return results_file("tiles", **fields)
+    return results_file("embeddings", encoder=encoder, **fields)
+
+
+def input_option(name):
+    """The train / predict option naming what model ``name`` reads (one fixed word, quoted by ``:q``)."""
+    return "--tiles" if model_spec(name).encoder is None else "--embeddings"
+
+
 def fold_models(name, file=layout.MODEL_FILE):
     """``file`` of every fold of model ``name``: this run's, or another run's (``trained:``)."""
     return [str(p) for p in layout.fold_files(RESULTS, model_spec(name), file)]
@@ -246,6 +291,8 @@ def evaluate_inputs(wildcards):
         "cells": results_file("cells_table"),
         "images": results_file("images_table"),
         "truth_pairs": results_file("truth_pairs"),
+        # every cell-level model's predictions when there are two or more: scored side by side
+        "compare": [results_file("predictions", model=m.name, shard=s) for m in CFG.compared_models() for s in SHARDS],
     }
     if baseline_runs():
         inputs["baseline"] = results_file("baseline_cells")
@@ -255,7 +302,7 @@ def evaluate_inputs(wildcards):
 
 def report_inputs(wildcards):
     """Everything the report shows: tables, metrics, baseline, training histories, QC, tiles."""
-    inputs = {k: v for k, v in evaluate_inputs(wildcards).items() if k != "truth_pairs"}
+    inputs = {k: v for k, v in evaluate_inputs(wildcards).items() if k not in ("truth_pairs", "compare")}
     inputs["metrics"] = results_file("metrics")
     inputs["histories"] = [
         h

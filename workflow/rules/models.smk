@@ -24,7 +24,7 @@ rule split:
 rule train_model:
     input:
         splits=rules.split.output[0],
-        tiles=shard_files(results_file("tiles")),
+        data=lambda wildcards: shard_files(model_input(wildcards.model)),
     output:
         model=fold_file(layout.MODEL_FILE),
         history=report(
@@ -47,15 +47,16 @@ rule train_model:
         cfg=lambda wildcards: model_config(wildcards.model),
         launcher=lambda wildcards: train_launcher(wildcards.model),
         out=lambda wildcards: results_file("fold_dir", model=wildcards.model, fold=wildcards.fold),
+        reads=lambda wildcards: input_option(wildcards.model),
     shell:
         "{params.launcher} train --config-json {params.cfg:q} --model {wildcards.model:q}"
-        " --fold {wildcards.fold:q} --splits {input.splits:q} --tiles {input.tiles:q} --out {params.out:q}"
+        " --fold {wildcards.fold:q} --splits {input.splits:q} {params.reads:q} {input.data:q} --out {params.out:q}"
         " > {log:q} 2>&1"
 
 
 rule predict_shard:
     input:
-        tiles=results_file("tiles"),
+        data=lambda wildcards: model_input(wildcards.model, shard=wildcards.shard),
         models=lambda wildcards: fold_models(wildcards.model),
     output:
         results_file("predictions"),
@@ -70,9 +71,32 @@ rule predict_shard:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         cfg=lambda wildcards: model_config(wildcards.model),
+        reads=lambda wildcards: input_option(wildcards.model),
     shell:
         "hpa-batch predict --config-json {params.cfg:q} --model {wildcards.model:q} --shard {wildcards.shard:q}"
-        " --models {input.models:q} --tiles {input.tiles:q} --out {output:q} > {log:q} 2>&1"
+        " --models {input.models:q} {params.reads:q} {input.data:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule embed_shard:
+    input:
+        unpack(embed_inputs),
+    output:
+        directory(results_file("embeddings")),
+    log:
+        log_file("embed"),
+    conda:
+        "../../envs/gpu.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=shard_runtime(seconds_per_image=2),
+    params:
+        cfg=lambda wildcards: encoder_config(wildcards.encoder),
+        image=image_crop_args,
+    shell:
+        "hpa-batch embed --config-json {params.cfg:q} --encoder {wildcards.encoder:q} --shard {wildcards.shard:q}"
+        " --tiles {input.tiles:q} {params.image:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train:
@@ -85,3 +109,9 @@ rule predict:
     input:
         METADATA,
         [results_file("predictions", model=spec.name, shard=shard) for spec in CFG.models for shard in SHARDS],
+
+
+rule embed:
+    input:
+        METADATA,
+        [results_file("embeddings", encoder=e.name, shard=shard) for e in CFG.encoders for shard in SHARDS],

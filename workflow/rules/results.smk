@@ -155,7 +155,8 @@ rule evaluate:
         ),
     shell:
         "hpa-batch evaluate --config-json {params.cfg:q} --cells {input.cells:q} --images {input.images:q}"
-        " {params.baseline:q} {params.held_out:q} --truth-pairs {input.truth_pairs:q} --out {output:q} > {log:q} 2>&1"
+        " {params.baseline:q} {params.held_out:q} --truth-pairs {input.truth_pairs:q} --compare {input.compare:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule report:

@@ -249,6 +249,7 @@ class ReportConfig:
     overlays: int
     gallery_per_class: int
     max_rejected: int
+    umap_cells: int
 
 
 @dataclass(frozen=True)

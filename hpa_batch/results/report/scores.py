@@ -106,7 +106,45 @@ def summary_section(metrics: Metrics) -> str:
     if not base:
         notes.append("Baseline disabled (baseline.enabled: false).")
     body = guard_flags(metrics) + html_table(df) + "".join(html_note(n) for n in notes)
-    return html_section("summary", "Summary", body + cell_line_table(metrics))
+    return html_section("summary", "Summary", body + models_table(metrics) + cell_line_table(metrics))
+
+
+def models_table(metrics: Metrics) -> str:
+    """The model families side by side on the same cells: every cell-level model with its own cell
+    probabilities (unfused) and the baseline, held-out images when there are any; flags a random-init
+    encoder and a degenerate prediction (one label set for every cell, a class on most cells)."""
+    models = metrics.get("models") or {}
+    if not models:
+        return ""
+    view = "held_out" if metrics.get("held_out_images") else "all"
+    rows: list[dict[str, Any]] = []
+    for name, m in models.items():
+        flags = []
+        if m.get("random_init"):
+            flags.append("RANDOM-INIT ENCODER (no weights file): not the published model")
+        guard = m.get("prediction_guard") or {}
+        if guard.get("single_prediction"):
+            flags.append("one label set for every cell")
+        if guard.get("over_predicted"):
+            flags.append("on most cells: " + ", ".join(guard["over_predicted"]))
+        scores = cast(dict[str, Any], m.get(view) or {})
+        what = f"{m['arch']} on {m['encoder']} embeddings" if m.get("encoder") else m["arch"]
+        rows.append({"model": name, "family": m["kind"], "architecture": what})
+        rows[-1].update({label: scores.get(key) for key, label in HEADLINE})
+        rows[-1]["flags"] = "; ".join(flags)
+    base = metrics.get("baseline")
+    if base and base.get(view):
+        scores = cast(dict[str, Any], base[view])  # type: ignore[literal-required]
+        rows.append({"model": "baseline", "family": "scikit-learn", "architecture": "hand-crafted features"})
+        rows[-1].update({label: scores.get(key) for key, label in HEADLINE})
+        rows[-1]["flags"] = ""
+    where = "the held-out images" if view == "held_out" else "all images (no held-out images: optimistic)"
+    note = html_note(
+        f"Every cell-level model scored with its own cell probabilities (not fused with an image model) on "
+        f"the same segmented cells of {where}, with the same folds and weak labels; the headline table "
+        "above scores the merged (fused) predictions."
+    )
+    return "<h3>Model families on the same cells</h3>" + html_table(pd.DataFrame(rows), sortable=True) + note
 
 
 #: Column names of the summary's all-images views (they include training images).

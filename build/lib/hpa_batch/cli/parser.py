@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", nargs="*", type=Path, help="tile stores, for cell crops (default: the plan's)")
     p.add_argument("--stores", nargs="*", type=Path, help="shard stores, for overlays (default: the plan's)")
     p.add_argument("--run-config", help="JSON of the whole run's config, shown under provenance")
+    p.add_argument("--h5ad", type=Path, help=f"{_R['cells_h5ad']}, for the UMAP (default: it, if there)")
 
     p = _tables_verb(sub, "baseline", "scikit-learn classifier on the hand-crafted cell features", cmd_baseline)
     p.add_argument("--out", type=Path, help=f"per-cell probabilities (default {_R['baseline_cells']})")

@@ -421,6 +421,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing(path: Path) -> Path | None:
+    return path if Path(path).is_file() else None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from hpa_batch.results.report import ReportInputs, build_report
 
@@ -449,6 +453,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         rejected=rejected if rejected.is_file() else None,
         config=run_config,
         workdir=Path.cwd(),
+        h5ad=_existing(args.h5ad or result(r, "cells_h5ad")),
     )
     if args.figures:
         writes(args, args.figures)

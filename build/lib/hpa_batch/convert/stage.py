@@ -52,6 +52,7 @@ from hpa_batch.convert.manifest import (
 )
 from hpa_batch.core.atomic import atomic_write_text
 from hpa_batch.core.ngff import (
+    COLLECTION_GROUP,
     channel_windows,
     downsample2x,
     is_complete,
@@ -61,6 +62,7 @@ from hpa_batch.core.ngff import (
     read_group_attrs,
     stamp_complete,
     verify_image,
+    write_collection,
     write_pyramid,
 )
 from hpa_batch.core.progress import Progress, get_logger
@@ -170,7 +172,7 @@ def _prepare_store(store: Path, shard: str, keep: set[str]) -> Path:
         zarr.open_group(store, mode="w", zarr_format=3, attributes={"hpa_batch": {"shard": shard}})
     log = get_logger()
     for child in sorted(p for p in store.iterdir() if p.is_dir()):
-        if child.name not in keep:
+        if child.name not in keep and child.name != COLLECTION_GROUP:
             log.info("removing %s: not in shard %s any more", child, shard)
             shutil.rmtree(child)
     staging = store.parent / f".{store.name}.staging"
@@ -309,6 +311,7 @@ def convert_shard(
     done = sorted(r.image_id for r in results if r.status != "rejected")
     # the store's record of its images, through the one atomic-write helper (never half a zarr.json)
     update_group_attributes(store, {"hpa_batch": {"shard": shard, "images": done, "version": __version__}})
+    write_collection(store, done)  # the store as a collection of its images, for viewers
     summary = {
         "shard": shard,
         "store": str(store),

@@ -417,3 +417,38 @@ def publish(staging: Path, final: Path) -> None:
 def count_files(path: Path) -> int:
     """Number of files under ``path``."""
     return sum(1 for p in Path(path).rglob("*") if p.is_file())
+
+
+#: The group of a shard store that describes it as a collection (the bioformats2raw layout's ``OME``).
+COLLECTION_GROUP = "OME"
+_OME_XMLNS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+
+
+def collection_xml(image_ids: Sequence[str]) -> str:
+    """``OME/METADATA.ome.xml`` of a shard store: one ``Image`` per image group, ``ID="Image:<group>"``
+    (the path napari-ome-zarr's reader opens) and ``Name`` = the image id."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("OME", {"xmlns": _OME_XMLNS, "Creator": f"hpa_batch {__version__}"})
+    for image_id in image_ids:
+        ET.SubElement(root, "Image", {"ID": f"Image:{image_id}", "Name": image_id})
+    return ET.tostring(root, encoding="unicode", xml_declaration=True)
+
+
+def write_collection(store: Path, image_ids: Sequence[str]) -> None:
+    """Describe a shard store as a collection of its images (OME-NGFF's bioformats2raw layout, with the
+    image groups named by the OME group's ``series`` instead of 0..n): the root's
+    ``bioformats2raw.layout`` and ``OME/`` with ``series`` and ``METADATA.ome.xml``. napari-ome-zarr then
+    opens the whole shard, each image with its labels; an image group alone stays a plain image."""
+    from hpa_batch.core.atomic import atomic_write_text
+
+    ome = Path(store) / COLLECTION_GROUP
+    ome.mkdir(exist_ok=True)
+    meta = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"ome": {"version": NGFF_VERSION, "series": list(image_ids)}},
+    }
+    atomic_write_text(ome / "zarr.json", json.dumps(meta, indent=2))
+    atomic_write_text(ome / "METADATA.ome.xml", collection_xml(image_ids))
+    update_group_attributes(Path(store), {"ome": {"version": NGFF_VERSION, "bioformats2raw.layout": 3}})

@@ -94,13 +94,19 @@ def _system(name: str, axes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def element_attrs(ome: Mapping[str, Any], system: str) -> dict[str, Any]:
     """A stored image's or label's ``ome`` block as a SpatialData raster element: its levels and their
-    transforms unchanged, plus the identity from the element's pixels to coordinate system ``system``."""
+    transforms unchanged, plus the transform from the element's pixels to coordinate system ``system``:
+    the identity (unit ``pixel``), or, with a known pixel size, the scale to micrometres."""
     ms = dict(ome["multiscales"][0])
     axes = ms["axes"]
     intrinsic = "".join(a["name"] for a in axes)
-    ms["coordinateTransformations"] = [
-        {"type": "identity", "input": _system(intrinsic, axes), "output": _system(system, axes)}
-    ]
+    ends = {"input": _system(intrinsic, [{k: v for k, v in a.items() if k != "unit"} for a in axes])}
+    ends["output"] = _system(system, axes)
+    first = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+    if any(a.get("unit") not in (None, "pixel") for a in axes) and any(v != 1 for v in first):
+        # physical units known (conversion.pixel_size_um): full-resolution pixels -> micrometres
+        ms["coordinateTransformations"] = [{"type": "scale", "scale": list(first), **ends}]
+    else:
+        ms["coordinateTransformations"] = [{"type": "identity", **ends}]
     block = {k: v for k, v in ome.items() if k not in ("multiscales", "version")}
     return {
         "ome": {**block, "version": RASTER_NGFF, "multiscales": [ms]},
@@ -183,14 +189,9 @@ def _write_table(adata: Any, path: Path, regions: Sequence[str]) -> None:
 
 def store_images(store: Path) -> list[str]:
     """The image ids of a shard store (its groups with multiscales), sorted."""
-    from hpa_batch.core.ngff import read_group_attrs
+    from hpa_batch.convert.validate import image_groups
 
-    ids = []
-    for entry in sorted(Path(store).iterdir()):
-        group = entry.is_dir() and not entry.name.startswith(".") and (entry / "zarr.json").is_file()
-        if group and "multiscales" in read_group_attrs(entry).get("ome", {}):
-            ids.append(entry.name)
-    return ids
+    return [p.name for p in image_groups(Path(store))]
 
 
 def write_spatialdata(

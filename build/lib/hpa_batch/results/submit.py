@@ -205,7 +205,9 @@ def image_index(stores: Sequence[Path]) -> dict[str, Path]:
     """Image id -> store of every image group in ``stores`` (group names only; no data is read)."""
     index: dict[str, Path] = {}
     for store in stores:
-        for image_id in zarr.open_group(Path(store), mode="r").group_keys():
+        for image_id, group in zarr.open_group(Path(store), mode="r").groups():
+            if "multiscales" not in group.attrs.get("ome", {}):
+                continue  # OME/: the collection's description, not an image
             if image_id in index:
                 raise ValueError(f"image {image_id} is in both {index[image_id]} and {store}")
             index[image_id] = Path(store)

@@ -21,6 +21,7 @@ import tifffile
 import zarr
 
 from hpa_batch.cells.segment.quality import iou_matrix
+from hpa_batch.convert.validate import image_groups
 from hpa_batch.core.labels import LabelCatalog, parse_labels
 from hpa_batch.core.ngff import label_level
 from hpa_batch.core.tables import read_parquet, write_table
@@ -61,7 +62,7 @@ def iter_image_ious(stores: list[Path], truth_dir: Path) -> Iterator[tuple[str, 
     """(image_id, pred cell ids, true cell ids, ``(t, p)`` IoU matrix) of every segmented image with a
     truth mask, one image in memory at a time."""
     for store in stores:
-        for image in sorted(p for p in Path(store).iterdir() if p.is_dir()):
+        for image in image_groups(Path(store)):
             mask_path = Path(truth_dir) / f"{image.name}_cells.tif"
             if not mask_path.is_file() or not (image / "labels").is_dir():
                 continue

@@ -31,6 +31,7 @@ from hpa_batch.core.atomic import atomic_write_text
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.tables import read_parquet, read_schema
 from hpa_batch.results.metrics_file import read_metrics
+from hpa_batch.results.report.embedding import umap_section
 from hpa_batch.results.report.markup import CSS, SORT_JS, Figures
 from hpa_batch.results.report.overview import overview_section
 from hpa_batch.results.report.provenance import git_revision, package_versions, provenance_section
@@ -53,6 +54,7 @@ SECTIONS = (
     "training",
     "per-class",
     "confusion",
+    "umap",
     "segmentation",
     "gallery",
     "rejected",
@@ -74,6 +76,7 @@ class ReportInputs:
     rejected: Path | None
     config: dict[str, Any]
     workdir: Path
+    h5ad: Path | None = None
 
 
 def build_report(
@@ -93,7 +96,7 @@ def build_report(
     n = catalog.n_classes
     cols = ["image_id", "cell_id", "predicted", *[f"fused_prob_{k}" for k in range(n)]]
     names = set(read_schema(inp.cells).names)
-    cols += [c for c in ("truth_cell_id", "truth_labels") if c in names]
+    cols += [c for c in ("truth_cell_id", "truth_labels", "cell_line") if c in names]
     cells = read_parquet(inp.cells, columns=cols)
     figures = Figures()
     sections = [
@@ -103,6 +106,7 @@ def build_report(
         training_section(inp.histories, figures, fusion_rule(merge) if merge else ""),
         per_class_section(metrics, catalog, figures),
         confusion_section(cells, images, catalog, figures),
+        umap_section(cells, inp.h5ad, catalog, options.umap_cells, figures),
         segmentation_section(images, inp.zarr_stores, options.overlays, options.max_rejected, figures),
         gallery_section(cells, inp.tile_stores, catalog, options.gallery_per_class),
         rejected_section(images, inp.rejected, options.max_rejected),
