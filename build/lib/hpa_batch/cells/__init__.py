@@ -1,1 +1,0 @@
-"""Stage 2 (workflow/rules/cells.smk): segmentation backends, per-cell measurements, cell tiles."""

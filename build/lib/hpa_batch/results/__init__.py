@@ -1,1 +1,0 @@
-"""Stage 4 (workflow/rules/results.smk): merged tables, evaluation, baseline, submissions, pictures and the HTML report."""
