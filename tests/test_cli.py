@@ -158,6 +158,8 @@ def test_every_rule_passes_exactly_the_config_sections_its_verb_reads():
                 continue
             if "model_config(" in block:
                 passed, optional = {"labels", "models"}, set()
+            elif "encoder_config(" in block:  # the one encoder entry and the tiles' settings
+                passed, optional = {"encoders", "tiles"}, set()
             else:
                 call = re.search(r"stage_config\(([^)]*)\)", block)
                 assert call, f"{smk.name}: rule {block.split(':')[0]} passes no stage_config"
