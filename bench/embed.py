@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from train import make_store
+from train import make_store, sync
 
 from hpa_batch.config import config_from_dict
 from hpa_batch.models.embed import _autocast, embed_shard
@@ -22,11 +22,6 @@ from hpa_batch.models.encoders import create_encoder
 
 #: The full set: 82,500 images x ~25 segmented cells (DESIGN.md's scale).
 FULL_SET_CELLS = 82_500 * 25
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:

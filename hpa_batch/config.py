@@ -307,10 +307,7 @@ class Config:
         KeyError
             No model of that name; the message lists the configured ones.
         """
-        for spec in self.models:
-            if spec.name == name:
-                return spec
-        raise KeyError(f"no model named {name!r} in the config; known: {[m.name for m in self.models]}")
+        return _named(self.models, name, "model")
 
     def encoder(self, name: str) -> EncoderSpec:
         """The encoder named ``name``.
@@ -320,10 +317,7 @@ class Config:
         KeyError
             No encoder of that name; the message lists the configured ones.
         """
-        for spec in self.encoders:
-            if spec.name == name:
-                return spec
-        raise KeyError(f"no encoder named {name!r} in the config; known: {[e.name for e in self.encoders]}")
+        return _named(self.encoders, name, "encoder")
 
     def merged_model(self, level: Level) -> ModelSpec | None:
         """The model whose predictions feed the merged tables at ``level``: ``merge.{level}_model`` when
@@ -349,6 +343,14 @@ class Config:
         models = [m for m in (self.merged_model("cell"), self.merged_model("image")) if m]
         local = [m for m in models if not m.external]
         return sorted({k for m in local for k in m.folds}), bool(models) and not local
+
+
+def _named(specs: tuple[Any, ...], name: str, what: str) -> Any:
+    """The entry of ``specs`` named ``name`` (KeyError listing the configured names)."""
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no {what} named {name!r} in the config; known: {[s.name for s in specs]}")
 
 
 #: The typed attribute each top-level config key fills (what :func:`restrict` guards).

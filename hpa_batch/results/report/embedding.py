@@ -109,7 +109,8 @@ def umap_section(
         [main_class(p, pr, catalog) for p, pr in zip(sample["predicted"], probs, strict=True)], dtype=str
     )
     by_line = sample["cell_line"].fillna("unknown").astype(str).reset_index(drop=True)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    # constrained layout keeps the legends outside each map from running under the next map
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     _scatter(axes[0], xy, by_class, "by predicted class (the most probable of a cell's classes)")
     _scatter(axes[1], xy, by_line, "by cell line")
     what = f"the cell model's embeddings (obsm[{key!r}])" if key else "the standardised measurements (X)"
