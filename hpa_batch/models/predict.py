@@ -179,6 +179,7 @@ def predict_shard(
         "model": model_name,
         "arch": spec.arch,
         "encoder": spec.encoder,
+        "folds": sorted(spec.folds),
         "thresholds": [float(t) for t in folds.thresholds],
     }
     if spec.on_embeddings:  # whether the encoder ran with published weights or a random init

@@ -457,8 +457,13 @@ def evaluate_all(
             )
             if "random_init" in model.about:
                 entry["random_init"] = bool(model.about["random_init"])
-            if m_held is not None:
+            if m_held is not None and set(model.about.get("folds", [])) == set(trained_folds):
                 entry["held_out"] = m_held
+            elif m_held is not None:  # its training images differ: the run's held-out images may not be
+                entry["held_out_note"] = (
+                    f"trained on folds {model.about.get('folds')}, the run's held-out images are those of "
+                    f"folds {sorted(trained_folds)}: not held out for this model, so not scored there"
+                )
             result["models"][name] = entry
     return result
 

@@ -63,6 +63,7 @@ class ModelMetrics(TypedDict):
     random_init: NotRequired[bool]
     all: RunMetrics
     held_out: NotRequired[RunMetrics]
+    held_out_note: NotRequired[str]
     prediction_guard: PredictionGuard
 
 

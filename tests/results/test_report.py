@@ -90,6 +90,41 @@ def test_baseline_view_puts_baseline_probabilities_in_place_of_the_fused_ones():
     assert result["image_macro_f1"] > result["baseline"]["all"]["image_macro_f1"]
 
 
+def test_compared_models_score_on_the_same_cells_and_only_their_own_held_out_images(tmp_path):
+    from hpa_batch.results.evaluate import Compared
+    from hpa_batch.results.metrics_file import write_metrics
+    from hpa_batch.results.report.scores import models_table
+
+    cells, images = tables()
+    perfect = pd.DataFrame(
+        {
+            "image_id": ["a", "a", "b"],
+            "cell_id": [1, 2, 1],
+            "predicted": ["0", "0", "16"],
+            **{
+                f"prob_{k}": [0.9 if k == 0 else 0.0, 0.9 if k == 0 else 0.0, 0.9 if k == 16 else 0.0] for k in range(N)
+            },
+        }
+    )
+    wrong = perfect.assign(predicted="16", **{f"prob_{k}": 0.9 if k == 16 else 0.0 for k in range(N)})
+    same = {"arch": "linear", "encoder": "vit", "random_init": True, "folds": [0]}
+    compared = {
+        "head": Compared(perfect, np.full(N, 0.5), same),
+        "other-folds": Compared(wrong, np.full(N, 0.5), {"arch": "resnet18", "encoder": None, "folds": [1]}),
+    }
+    result = evaluate_all(cells, images, [], None, CAT, trained_folds={0}, compared=compared)
+    head, other = result["models"]["head"], result["models"]["other-folds"]
+    assert head["kind"] == "encoder head" and head["random_init"] and other["kind"] == "timm"
+    assert head["all"]["images"] == other["all"]["images"] == result["images"]  # the same images
+    assert head["all"]["image_macro_f1"] > other["all"]["image_macro_f1"]
+    assert head["held_out"]["images"] == 1
+    assert "held_out" not in other and "folds [1]" in other["held_out_note"]  # fold 0 was not held out for it
+    assert other["prediction_guard"]["single_prediction"]  # one label set for every cell: flagged
+    write_metrics(tmp_path / "m.json", result)  # the schema accepts it
+    html = models_table(result)
+    assert "RANDOM-INIT" in html and "one label set for every cell" in html and "not held out" in html
+
+
 def test_report_has_every_section_without_models_tiles_or_baseline(tmp_path):
     cells, images = tables()
     images.to_parquet(tmp_path / "images.parquet")

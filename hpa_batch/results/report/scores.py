@@ -122,6 +122,8 @@ def models_table(metrics: Metrics) -> str:
         flags = []
         if m.get("random_init"):
             flags.append("RANDOM-INIT ENCODER (no weights file): not the published model")
+        if view == "held_out" and "held_out" not in m:
+            flags.append(m.get("held_out_note", "not scored on the held-out images"))
         guard = m.get("prediction_guard") or {}
         if guard.get("single_prediction"):
             flags.append("one label set for every cell")
