@@ -281,6 +281,7 @@ def test_encoder_head_runs_end_to_end_and_is_compared_on_the_same_cells(upstream
         assert ("held_out" in entry) == ("held_out" in metrics)
     html = (res / "report.html").read_text()
     assert "Model families on the same cells" in html and "tiny-linear" in html and "RANDOM-INIT" in html
+    assert "ran without a weights file" in html  # said in the run overview too
 
     # the head can feed the tables like any cell model: merge.cell_model picks it
     cfg["merge"] = {"cell_model": "tiny-linear"}

@@ -76,6 +76,12 @@ def overview_section(images: pd.DataFrame, n_cells: int, histories: list[Path], 
             f"{int(images['doubtful'].sum())} images have a doubtful segmentation: the segmentation section shows "
             "the worst."
         )
+    for name, m in (metrics.get("models") or {}).items():
+        if m.get("random_init"):
+            warnings.append(
+                f"{name}: its encoder {m.get('encoder')!r} ran without a weights file (random initialisation); "
+                "its scores say nothing about the published encoder (docs/CLUSTER.md: which file to use)."
+            )
     if not runs.empty and runs["best val mAP"].isna().all():
         warnings.append("No training run scored a validation mAP: the folds hold no validation image with labels.")
     body = guard_flags(metrics) + "".join(html_note(w) for w in warnings) + html_table(counts)
