@@ -276,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--embeddings", nargs="+", type=Path, help="the cell model's predictions with embeddings, one per shard"
     )
     p.add_argument("--embedding-key", default="X_cell_model", help="their obsm key (X_<model>)")
+    p.add_argument(
+        "--encoder-stores",
+        nargs="*",
+        type=Path,
+        help=f"embedding stores of foundation encoders ({_R['embeddings']}), every shard of each: obsm X_<encoder>",
+    )
 
     p = _shard_verb(
         sub,

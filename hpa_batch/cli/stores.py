@@ -36,13 +36,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _image_store(path: Path) -> bool:
-    """True for a zarr group that is not a tile store (a shard store, an image group, a stray group)."""
-    from hpa_batch.core.damage import results_root
+    """True for a zarr group that is not another stage's store (a shard store, an image group, a stray
+    group); tile, embedding and SpatialData stores are checked as outputs."""
+    from hpa_batch.core.damage import results_root, zarr_kind
     from hpa_batch.layout import result_key
 
     if not (path.is_dir() and (path / "zarr.json").is_file()):
         return False
-    return (result_key(results_root(path), path) or ("", {}))[0] != "tiles"
+    key = (result_key(results_root(path), path) or ("", {}))[0] or zarr_kind(path)
+    return key not in ("tiles", "embeddings", "spatialdata")
 
 
 def _validate_store(path: Path, *, deep: bool) -> int:

@@ -539,6 +539,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoder_stores(cfg: Config, given: list[Path] | None) -> dict[str, dict[str, Path]] | None:
+    """Encoder -> shard -> embedding store, from given store paths (``results/embeddings/{encoder}/
+    {shard}.zarr``, their folder names the encoder)."""
+    if not given:
+        return None
+    out: dict[str, dict[str, Path]] = {}
+    for path in given:
+        out.setdefault(Path(path).parent.name, {})[shard_of(path)] = Path(path)
+    return out
+
+
 def cmd_h5ad(args: argparse.Namespace) -> int:
     from hpa_batch.results.h5ad import write_cells_h5ad
 
@@ -551,6 +562,7 @@ def cmd_h5ad(args: argparse.Namespace) -> int:
         cfg.catalog,
         embeddings={shard_of(p): p for p in args.embeddings} if args.embeddings else None,
         embedding_key=args.embedding_key,
+        encoders=_encoder_stores(cfg, args.encoder_stores),
     )
     print(f"{n} cells -> {out}")
     return 0

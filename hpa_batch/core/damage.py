@@ -195,6 +195,20 @@ def _tiles_stamp(tiles: Path) -> dict | None:
     return stamp
 
 
+def zarr_kind(path: Path) -> str | None:
+    """A stage's zarr store told by its stamp when its path does not say (a copy outside a results
+    tree): ``embeddings`` (an encoder's), ``tiles``, or None (an image store, or unknown)."""
+    try:
+        stamp = json.loads((path / "zarr.json").read_text())["attributes"]["hpa_batch"]
+    except Exception:  # noqa: BLE001 (no stage stamp: not one of these)
+        return None
+    if "encoder" in stamp:
+        return "embeddings"
+    if "n_images" in stamp and "n_cells" in stamp:
+        return "tiles"
+    return None
+
+
 def _open_stamped(path: Path) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
     """The arrays and ``hpa_batch`` stamp of a zarr v3 store written by a stage."""
     import zarr
@@ -353,6 +367,7 @@ def check_output(path: str | Path, results_dir: str | Path | None = None, *, dee
     key, fields = result_key(root, path) or (None, {})
     shard = fields.get("shard") or path.name.split(".")[0]
     if path.suffix == ".zarr" and path.is_dir():
+        key = key or zarr_kind(path)
         if key == "tiles":
             return _tiles_problem(path, root, shard, deep)
         if key == "embeddings":

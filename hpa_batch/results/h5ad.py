@@ -90,16 +90,38 @@ def shard_embeddings(table: pd.DataFrame, predictions: Path) -> np.ndarray:
     return np.stack([np.asarray(v, np.float32) for v in pred["embedding"].to_numpy()[rows]])
 
 
+def store_embeddings(table: pd.DataFrame, store: Path) -> np.ndarray:
+    """``(n, d)`` float32 embeddings of ``table``'s cells (image_id, cell_id) from one shard's embedding
+    store (``results/embeddings/{encoder}/{shard}.zarr``, the embed stage's).
+
+    Raises
+    ------
+    ValueError
+        The store misses a cell of the table (naming it).
+    """
+    import zarr
+
+    from hpa_batch.core.damage import reading
+
+    with reading(store):
+        group = zarr.open_group(store, mode="r", zarr_format=3)
+        key = pd.MultiIndex.from_arrays([np.asarray(group["cell_image"][:], dtype=object), group["cell_id"][:]])
+        rows = key.get_indexer(pd.MultiIndex.from_frame(table[["image_id", "cell_id"]].astype({"cell_id": np.int32})))
+        if (rows < 0).any():
+            raise ValueError(f"{store}: no embedding for {int((rows < 0).sum())} cells of the merged table")
+        return np.asarray(group["embedding"][:], np.float32)[rows]
+
+
 def shard_anndata(
     table: pd.DataFrame,
     catalog: LabelCatalog,
-    embeddings: tuple[str, np.ndarray] | None = None,
+    embeddings: tuple[str, np.ndarray] | dict[str, np.ndarray] | None = None,
     *,
     regions: Sequence[str] | None = None,
 ) -> anndata.AnnData:
     """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`;
-    ``embeddings`` = (obsm key, ``(n, d)`` array); ``regions``: the labels elements the table annotates
-    (default: those of its rows' images)."""
+    ``embeddings`` = obsm key -> ``(n, d)`` array (or one (key, array) pair); ``regions``: the labels
+    elements the table annotates (default: those of its rows' images)."""
     import anndata as ad
 
     n = catalog.n_classes
@@ -125,8 +147,9 @@ def shard_anndata(
         cols = [f"{kind}_{k}" for k in range(n)]
         if all(c in table for c in cols):
             obsm[kind] = pd.DataFrame(table[cols].to_numpy(np.float32), index=obs.index, columns=list(catalog.classes))
-    if embeddings is not None:
-        obsm[embeddings[0]] = embeddings[1]
+    if isinstance(embeddings, tuple):
+        embeddings = {embeddings[0]: embeddings[1]}
+    obsm.update(embeddings or {})
     return ad.AnnData(
         X=table[list(FEATURE_COLUMNS)].to_numpy(np.float32),
         obs=obs,
@@ -134,6 +157,32 @@ def shard_anndata(
         obsm=obsm,
         uns=_uns(catalog, regions),
     )
+
+
+def _shard_obsm(
+    table: pd.DataFrame,
+    embeddings: Mapping[str, Path] | None,
+    embedding_key: str,
+    encoders: Mapping[str, Mapping[str, Path]] | None,
+) -> dict[str, np.ndarray]:
+    """The embeddings of one shard's rows of the cells table, by obsm key.
+
+    Raises
+    ------
+    ValueError
+        A source without a file for the shard, naming both.
+    """
+    shard = str(table["shard"].iat[0])
+    out = {}
+    if embeddings is not None:
+        if shard not in embeddings:
+            raise ValueError(f"no predictions with embeddings given for shard {shard}")
+        out[embedding_key] = shard_embeddings(table, embeddings[shard])
+    for name, stores in (encoders or {}).items():
+        if shard not in stores:
+            raise ValueError(f"no embedding store of encoder {name!r} given for shard {shard}")
+        out[f"X_{name}"] = store_embeddings(table, stores[shard])
+    return out
 
 
 def _uns(catalog: LabelCatalog, regions: Sequence[str]) -> dict[str, object]:
@@ -157,9 +206,11 @@ def write_cells_h5ad(
     *,
     embeddings: Mapping[str, Path] | None = None,
     embedding_key: str = "X_cell_model",
+    encoders: Mapping[str, Mapping[str, Path]] | None = None,
 ) -> int:
     """Write ``cells_table`` (the merged ``cells.parquet``) as AnnData to ``out``, shard by shard;
-    ``embeddings`` (shard -> the cell model's predictions with embeddings) fill ``obsm[embedding_key]``.
+    ``embeddings`` (shard -> the cell model's predictions with embeddings) fill ``obsm[embedding_key]``,
+    ``encoders`` (encoder name -> shard -> its embedding store) fill ``obsm["X_<encoder>"]``.
 
     Returns
     -------
@@ -179,13 +230,9 @@ def write_cells_h5ad(
             if len(table):
                 regions += sorted({region_name(i) for i in table["image_id"]})
                 parts.append(Path(tmp) / f"{group:05d}.h5ad")
-                emb = None
-                if embeddings is not None:
-                    shard = str(table["shard"].iat[0])
-                    if shard not in embeddings:
-                        raise ValueError(f"no predictions with embeddings given for shard {shard}")
-                    emb = (embedding_key, shard_embeddings(table, embeddings[shard]))
-                shard_anndata(table, catalog, emb).write_h5ad(parts[-1])
+                shard_anndata(table, catalog, _shard_obsm(table, embeddings, embedding_key, encoders)).write_h5ad(
+                    parts[-1]
+                )
         if not parts:  # no cell at all: an empty AnnData with the same layout
             parts.append(Path(tmp) / "empty.h5ad")
             shard_anndata(source.schema_arrow.empty_table().to_pandas(), catalog).write_h5ad(parts[-1])

@@ -65,6 +65,14 @@ def test_embeddings_follow_the_tile_store_rows_and_chunks(segmented, tmp_path):
     assert z.std(0).mean() > 1e-3  # cells differ: not one vector for every cell
     stamp = dict(store.attrs)["hpa_batch"]
     assert stamp["complete"] and stamp["random_init"] and stamp["weights_sha256"] is None and stamp["dim"] == 192
+    # outside a results tree the store is still known by its stamp: validate checks it as embeddings
+    from hpa_batch.cli import main
+
+    assert check_output(tmp_path / "e.zarr", deep=True) is None
+    assert main(["validate", "--deep", str(tmp_path / "e.zarr")]) == 0
+    chunk = next(p for p in (tmp_path / "e.zarr" / "embedding").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    assert "embedding" in (check_output(tmp_path / "e.zarr", deep=True) or "")
 
 
 def test_embeddings_are_deterministic_and_independent_of_the_batch_size(segmented, tmp_path):
@@ -282,6 +290,17 @@ def test_encoder_head_runs_end_to_end_and_is_compared_on_the_same_cells(upstream
     html = (res / "report.html").read_text()
     assert "Model families on the same cells" in html and "tiny-linear" in html and "RANDOM-INIT" in html
     assert "ran without a weights file" in html  # said in the run overview too
+
+    # cells.h5ad carries every encoder's embeddings, joined by image and cell id
+    import anndata
+
+    adata = anndata.read_h5ad(res / "tables" / "cells.h5ad")
+    emb = zarr.open_group(res / "embeddings" / "tiny" / f"{shard}.zarr", mode="r")
+    row = int(np.flatnonzero(adata.obs["shard"].astype(str) == shard)[3])
+    image, cell = adata.obs["image_id"].iloc[row], int(adata.obs["instance_id"].iloc[row])
+    where = np.flatnonzero((emb["cell_image"][:] == image) & (emb["cell_id"][:] == cell))
+    assert adata.obsm["X_tiny"].shape == (adata.n_obs, 192)
+    np.testing.assert_array_equal(adata.obsm["X_tiny"][row], emb["embedding"][int(where[0])])
 
     # the head can feed the tables like any cell model: merge.cell_model picks it
     cfg["merge"] = {"cell_model": "tiny-linear"}

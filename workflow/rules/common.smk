@@ -258,8 +258,12 @@ EMBEDDING_KEY = f"X_{EMBEDDED.name}" if EMBEDDED else ""
 
 
 def h5ad_inputs(wildcards):
-    """The merged cells table and, when the cell model stores embeddings, its predictions."""
-    inputs = {"cells": results_file("cells_table")}
+    """The merged cells table, every encoder's embedding stores and, when the cell model stores
+    embeddings, its predictions."""
+    inputs = {
+        "cells": results_file("cells_table"),
+        "encoders": [results_file("embeddings", encoder=e.name, shard=s) for e in CFG.encoders for s in SHARDS],
+    }
     if EMBEDDED:
         inputs["embeddings"] = shard_files(results_file("predictions", model=EMBEDDED.name))
     return inputs

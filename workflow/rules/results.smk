@@ -53,7 +53,7 @@ rule h5ad:
         ),
     shell:
         "hpa-batch h5ad --config-json {params.cfg:q} --cells {input.cells:q} {params.embeddings:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --encoder-stores {input.encoders:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule spatialdata_shard:
