@@ -30,6 +30,9 @@ CPU_OVERRIDE = [
     "predict_shard:cpus_per_gpu=0",
     "train_model:slurm_partition=cpu",
     "predict_shard:slurm_partition=cpu",
+    "embed_shard:gpu=0",
+    "embed_shard:cpus_per_gpu=0",
+    "embed_shard:slurm_partition=cpu",
     "train_model:mem_mb=4000",  # the test node has 24 GB; a retry would ask 2 x 16 GB
 ]
 #: How often the driver asks squeue: the plugin waits its init seconds after a submission, then 10 s
@@ -90,8 +93,15 @@ def local_run(upstream_2021, tmp_path_factory):
     return wd / "results"
 
 
-#: The downstream config of both runs: three folds, the tiny cell model.
-DOWNSTREAM = {"splits": {"n_folds": 3, "min_combination": 1}, "models": [tiny_model()]}
+#: The downstream config of both runs: three folds, the tiny cell model, and a random-init ViT encoder
+#: (rule embed_shard: GPU resources and job arrays in the profile) with a linear head on its embeddings.
+ENCODER = {"name": "vit", "arch": "vit_tiny_patch16_224", "crop": {"size": 32}, "batch_size": 32}
+HEAD = {"name": "vit-linear", "encoder": "vit", "arch": "linear", "epochs": 2, "batch_size": 16, "num_workers": 0}
+DOWNSTREAM = {
+    "splits": {"n_folds": 3, "min_combination": 1},
+    "models": [tiny_model(), HEAD],
+    "encoders": [ENCODER],
+}
 
 
 def test_workflow_through_slurm_equals_local_run(slurm, upstream_2021, local_run, workflow_dir):
@@ -133,6 +143,12 @@ def test_workflow_through_slurm_equals_local_run(slurm, upstream_2021, local_run
         assert pa_[["image_id", "cell_id"]].equals(pb[["image_id", "cell_id"]])
         cols = [c for c in pa_.columns if c.startswith("prob_")]
         assert np.allclose(pa_[cols].to_numpy(), pb[cols].to_numpy(), atol=0.05)
+    embeddings = sorted((a / "embeddings" / "vit").glob("*.zarr"))
+    assert [p.name for p in embeddings] == [p.name for p in sorted((a / "tiles").glob("*.zarr"))]
+    for store in embeddings:  # the encoder's arrays ran on SLURM and equal the local run's
+        ea, eb = zarr.open_group(store, mode="r"), zarr.open_group(b / "embeddings" / "vit" / store.name, mode="r")
+        np.testing.assert_allclose(ea["embedding"][:], eb["embedding"][:], atol=1e-4)
+    assert sorted((a / "predictions" / "vit-linear").glob("*.parquet"))  # the head trained and predicted
 
 
 def test_a_signalled_training_saves_exits_75_and_the_retry_resumes(slurm, upstream_2021, tmp_path):
