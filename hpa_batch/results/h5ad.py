@@ -118,10 +118,12 @@ def shard_anndata(
     embeddings: tuple[str, np.ndarray] | dict[str, np.ndarray] | None = None,
     *,
     regions: Sequence[str] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> anndata.AnnData:
     """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`;
     ``embeddings`` = obsm key -> ``(n, d)`` array (or one (key, array) pair); ``regions``: the labels
-    elements the table annotates (default: those of its rows' images)."""
+    elements the table annotates (default: those of its rows' images); ``sources``: obsm key -> what
+    made that embedding (``uns["embeddings"]``)."""
     import anndata as ad
 
     n = catalog.n_classes
@@ -155,7 +157,7 @@ def shard_anndata(
         obs=obs,
         var=pd.DataFrame(index=pd.Index(FEATURE_COLUMNS, name="feature")),
         obsm=obsm,
-        uns=_uns(catalog, regions),
+        uns=_uns(catalog, regions, sources),
     )
 
 
@@ -185,18 +187,27 @@ def _shard_obsm(
     return out
 
 
-def _uns(catalog: LabelCatalog, regions: Sequence[str]) -> dict[str, object]:
-    return {"catalog": catalog.name, "classes": list(catalog.classes), "spatialdata_attrs": table_attrs(regions)}
+def _uns(catalog: LabelCatalog, regions: Sequence[str], sources: Mapping[str, str] | None = None) -> dict[str, object]:
+    uns: dict[str, object] = {
+        "catalog": catalog.name,
+        "classes": list(catalog.classes),
+        "spatialdata_attrs": table_attrs(regions),
+    }
+    if sources:
+        uns["embeddings"] = dict(sources)
+    return uns
 
 
-def _write_uns(path: Path, catalog: LabelCatalog, regions: Sequence[str]) -> None:
+def _write_uns(
+    path: Path, catalog: LabelCatalog, regions: Sequence[str], sources: Mapping[str, str] | None = None
+) -> None:
     import h5py
     from anndata.io import write_elem
 
     with h5py.File(path, "a") as f:
         if "uns" in f:
             del f["uns"]
-        write_elem(f, "uns", _uns(catalog, regions))
+        write_elem(f, "uns", _uns(catalog, regions, sources))
 
 
 def write_cells_h5ad(
@@ -219,6 +230,8 @@ def write_cells_h5ad(
     """
     from anndata.experimental import concat_on_disk
 
+    sources = {embedding_key: "cell model"} if embeddings is not None else {}
+    sources |= {f"X_{name}": f"encoder {name}" for name in encoders or {}}
     source = parquet_file(cells_table)
     check_unique(source.read(columns=["image_id"]).column(0).unique().to_pylist())
     out = Path(out)
@@ -230,9 +243,8 @@ def write_cells_h5ad(
             if len(table):
                 regions += sorted({region_name(i) for i in table["image_id"]})
                 parts.append(Path(tmp) / f"{group:05d}.h5ad")
-                shard_anndata(table, catalog, _shard_obsm(table, embeddings, embedding_key, encoders)).write_h5ad(
-                    parts[-1]
-                )
+                obsm = _shard_obsm(table, embeddings, embedding_key, encoders)
+                shard_anndata(table, catalog, obsm, sources=sources).write_h5ad(parts[-1])
         if not parts:  # no cell at all: an empty AnnData with the same layout
             parts.append(Path(tmp) / "empty.h5ad")
             shard_anndata(source.schema_arrow.empty_table().to_pandas(), catalog).write_h5ad(parts[-1])
@@ -241,5 +253,5 @@ def write_cells_h5ad(
                 Path(parts[0]).replace(dest)
             else:
                 concat_on_disk(parts, dest)
-                _write_uns(dest, catalog, regions)  # concat_on_disk leaves uns out
+                _write_uns(dest, catalog, regions, sources)  # concat_on_disk leaves uns out
     return source.metadata.num_rows

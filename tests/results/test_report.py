@@ -265,11 +265,13 @@ def test_the_umap_separates_what_the_embeddings_separate_and_names_its_source(tm
             **{f"fused_prob_{k}": np.full(n, 0.6 if k == 16 else 0.1) for k in range(N)},
         }
     )
-    adata = ad.AnnData(X=rng.random((n, 4)).astype(np.float32), obsm={"X_tiny": emb, "spatial": rng.random((n, 2))})
-    adata.write_h5ad(tmp_path / "cells.h5ad")
+    obsm = {"X_tiny": emb, "X_a-vit": rng.normal(size=(n, 8)).astype(np.float32), "spatial": rng.random((n, 2))}
+    uns = {"embeddings": {"X_tiny": "cell model", "X_a-vit": "encoder a-vit"}}
+    ad.AnnData(X=rng.random((n, 4)).astype(np.float32), obsm=obsm, uns=uns).write_h5ad(tmp_path / "cells.h5ad")
     figures = Figures()
     body = umap_section(cells, tmp_path / "cells.h5ad", CAT, max_cells=100, figures=figures)
     assert "100 of 120 cells" in body and "obsm[&#x27;X_tiny&#x27;]" in body and "use_rep=&#x27;X_tiny&#x27;" in body
-    assert len(figures.by_section["umap"]) == 1 and "data:image/png;base64," in body
+    assert len(figures.by_section["umap"]) == 2 and "data:image/png;base64," in body  # one map per embedding
+    assert body.index("cell model") < body.index("encoder a-vit")  # the cell model's map first
     off = umap_section(cells, tmp_path / "cells.h5ad", CAT, max_cells=0)
     assert "off" in off and "base64" not in off

@@ -22,13 +22,25 @@ NOT_EMBEDDINGS = frozenset({"spatial", "bbox", "fused_prob", "cell_prob", "image
 MIN_CELLS = 10
 
 
-def embedding_key(h5ad: Path) -> str | None:
-    """The ``obsm`` key of the cell model's embeddings in ``h5ad`` (``X_<model>``), or None."""
+#: Maps at most: the cell model's embeddings and foundation encoders' (each a UMAP fit).
+MAX_MAPS = 4
+
+
+def embedding_keys(h5ad: Path) -> dict[str, str]:
+    """The embeddings in ``h5ad``'s ``obsm`` (``X_<model>``, ``X_<encoder>``) -> what made each
+    (``uns["embeddings"]``: "cell model", "encoder <name>"; "embeddings" when not recorded)."""
     import h5py
 
     with h5py.File(h5ad, "r") as f:
         keys = sorted(k for k in f.get("obsm", {}) if k.startswith("X_") and k not in NOT_EMBEDDINGS)
-    return keys[0] if keys else None
+        recorded = f.get("uns/embeddings")
+        sources = {k: _text(recorded[k][()]) for k in recorded} if recorded is not None else {}
+    cell_model_first = sorted(keys, key=lambda k: (sources.get(k) != "cell model", k))
+    return {k: sources.get(k, "embeddings") for k in cell_model_first}
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def read_rows(h5ad: Path, rows: np.ndarray, key: str | None) -> np.ndarray:
@@ -101,21 +113,29 @@ def umap_section(
         return html_section("umap", title, html_note(f"{len(cells)} cells: too few for a map"))
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(cells), size=min(max_cells, len(cells)), replace=False))
-    key = embedding_key(h5ad)
-    xy = umap_2d(read_rows(h5ad, rows, key), seed)
     sample = cells.iloc[rows]
     probs = sample[[f"fused_prob_{k}" for k in range(catalog.n_classes)]].to_numpy()
     by_class = pd.Series(
         [main_class(p, pr, catalog) for p, pr in zip(sample["predicted"], probs, strict=True)], dtype=str
     )
     by_line = sample["cell_line"].fillna("unknown").astype(str).reset_index(drop=True)
-    # constrained layout keeps the legends outside each map from running under the next map
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-    _scatter(axes[0], xy, by_class, "by predicted class (the most probable of a cell's classes)")
-    _scatter(axes[1], xy, by_line, "by cell line")
-    what = f"the cell model's embeddings (obsm[{key!r}])" if key else "the standardised measurements (X)"
-    note = html_note(
-        f"{len(rows)} of {len(cells)} cells (seeded random sample, report.umap_cells = {max_cells}), UMAP of "
-        f"{what}; in scanpy: sc.pp.neighbors(adata, use_rep={key or 'X'!r}); sc.tl.umap(adata)"
+    found = embedding_keys(h5ad)
+    keys: list[tuple[str | None, str]] = list(found.items()) if found else [(None, "measurements")]
+    body = html_note(
+        f"{len(rows)} of {len(cells)} cells (seeded random sample, report.umap_cells = {max_cells}); one map per "
+        "embedding in cells.h5ad (the cell model's, each foundation encoder's), or of the standardised "
+        "measurements without one"
     )
-    return html_section("umap", title, note + fig_png(fig, figures, "umap"))
+    for key, source in keys[:MAX_MAPS]:
+        xy = umap_2d(read_rows(h5ad, rows, key), seed)
+        # constrained layout keeps the legends outside each map from running under the next map
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+        _scatter(axes[0], xy, by_class, "by predicted class (the most probable of a cell's classes)")
+        _scatter(axes[1], xy, by_line, "by cell line")
+        what = f"the {source}'s embeddings (obsm[{key!r}])" if key else "the standardised measurements (X)"
+        fig.suptitle(what, fontsize=10)
+        body += html_note(
+            f"UMAP of {what}; in scanpy: sc.pp.neighbors(adata, use_rep={key or 'X'!r}); sc.tl.umap(adata)"
+        )
+        body += fig_png(fig, figures, "umap")
+    return html_section("umap", title, body)
