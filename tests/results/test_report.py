@@ -273,5 +273,10 @@ def test_the_umap_separates_what_the_embeddings_separate_and_names_its_source(tm
     assert "100 of 120 cells" in body and "obsm[&#x27;X_tiny&#x27;]" in body and "use_rep=&#x27;X_tiny&#x27;" in body
     assert len(figures.by_section["umap"]) == 2 and "data:image/png;base64," in body  # one map per embedding
     assert body.index("cell model") < body.index("encoder a-vit")  # the cell model's map first
+    del obsm["X_tiny"]
+    uns = {"embeddings": {"X_a-vit": "encoder a-vit"}}
+    ad.AnnData(X=rng.random((n, 4)).astype(np.float32), obsm=obsm, uns=uns).write_h5ad(tmp_path / "cells.h5ad")
+    body = umap_section(cells, tmp_path / "cells.h5ad", CAT, max_cells=100, figures=Figures())
+    assert body.index("standardised measurements (X)") < body.index("encoder a-vit")  # no cell model: X first
     off = umap_section(cells, tmp_path / "cells.h5ad", CAT, max_cells=0)
     assert "off" in off and "base64" not in off

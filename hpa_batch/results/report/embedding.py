@@ -120,11 +120,13 @@ def umap_section(
     )
     by_line = sample["cell_line"].fillna("unknown").astype(str).reset_index(drop=True)
     found = embedding_keys(h5ad)
-    keys: list[tuple[str | None, str]] = list(found.items()) if found else [(None, "measurements")]
+    keys: list[tuple[str | None, str]] = list(found.items())
+    if "cell model" not in found.values():  # what the cells look like without a model: the measurements
+        keys.insert(0, (None, "measurements"))
     body = html_note(
-        f"{len(rows)} of {len(cells)} cells (seeded random sample, report.umap_cells = {max_cells}); one map per "
-        "embedding in cells.h5ad (the cell model's, each foundation encoder's), or of the standardised "
-        "measurements without one"
+        f"{len(rows)} of {len(cells)} cells (seeded random sample, report.umap_cells = {max_cells}); one map of "
+        "the cell model's embeddings (without them: of the standardised measurements), then one per "
+        "foundation encoder"
     )
     for key, source in keys[:MAX_MAPS]:
         xy = umap_2d(read_rows(h5ad, rows, key), seed)
