@@ -9,9 +9,10 @@ complete):
 attributes      ``hpa_batch``: the encoder entry, the weight file and its SHA-256 (or ``random_init``),
                 the crop, the device and precision used, ``complete``
 
-Crops come from the tile store (``crop.source: tiles``) or from the shard's OME-Zarr store around each
-cell (``crop.source: image``; one image's full-resolution planes and masks in memory at a time).
-Memory holds one image and one batch, whatever the shard's size; rows are written in whole chunks.
+Crops come from the tile store (``crop.source: tiles``; each chunk read once) or from the shard's
+OME-Zarr store around each cell (``crop.source: image``; one image's full-resolution planes and masks in
+memory at a time), made by a background thread a few batches ahead of the encoder (:func:`prefetch`).
+Memory holds one image and a few batches, whatever the shard's size; rows are written in whole chunks.
 """
 
 from __future__ import annotations
@@ -72,11 +73,54 @@ def finish_inputs(planes: torch.Tensor, chans: ChannelMap, crop: CropSpec) -> to
 
 
 def tile_batches(tiles: Path, spec: EncoderSpec) -> Iterator[torch.Tensor]:
-    """The encoder inputs of every tile row, ``spec.batch_size`` rows at a time, in row order."""
+    """The encoder inputs of every tile row, at most ``spec.batch_size`` rows at a time, in row order;
+    each chunk of the tile store is read (and decoded) once, whatever the batch size."""
     reader, chans = TileReader(tiles, "cells"), channel_map(spec.channels)
-    for start in range(0, reader.n, spec.batch_size):
-        raw = reader.read_rows(start, min(start + spec.batch_size, reader.n))[:, chans.gather]
-        yield finish_inputs(torch.from_numpy(raw).float() / 255.0, chans, spec.crop)
+    for chunk in range(0, reader.n, reader.chunk):
+        raw = reader.read_rows(chunk, min(chunk + reader.chunk, reader.n))[:, chans.gather]
+        for start in range(0, len(raw), spec.batch_size):
+            block = torch.from_numpy(raw[start : start + spec.batch_size]).float() / 255.0
+            yield finish_inputs(block, chans, spec.crop)
+
+
+def prefetch(batches: Iterator[torch.Tensor], depth: int = 2) -> Iterator[torch.Tensor]:
+    """``batches`` made by a background thread, ``depth`` ahead, in order: the crops of the next batches
+    (zarr reads, decoding, resizing) overlap the encoder's work on the current one. An error in the
+    thread is raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(("batch", batch), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, which raises it)
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=fill, name="embed-crops", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def cell_window(
@@ -280,9 +324,8 @@ def embed_shard(
             compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
             dimension_names=("cell", "feature"),
         )
-        _encode(
-            encoder, batches, ChunkedAppender(array, reader.chunk), dev, spec, Progress(reader.n, f"embed {spec.name}")
-        )
+        appender = ChunkedAppender(array, reader.chunk)
+        _encode(encoder, prefetch(batches), appender, dev, spec, Progress(reader.n, f"embed {spec.name}"))
         n = max(reader.n, 1)
         with reading(tiles):
             ids, cids = reader.group["cell_image"][:], reader.group["cell_id"][:]

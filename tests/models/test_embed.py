@@ -314,3 +314,18 @@ def test_encoder_head_runs_end_to_end_and_is_compared_on_the_same_cells(upstream
     mine = cells.set_index(["image_id", "cell_id"])
     want = table.set_index(["image_id", "cell_id"])
     np.testing.assert_allclose(mine.loc[want.index, "cell_prob_3"], want["prob_3"], rtol=1e-6)
+
+
+def test_prefetch_keeps_order_and_raises_the_producers_error():
+    from hpa_batch.models.embed import prefetch
+
+    assert [int(t) for t in prefetch(iter(torch.arange(7)), depth=2)] == list(range(7))
+
+    def broken():
+        yield torch.zeros(1)
+        raise OSError("chunk 3 of /x/tiles.zarr is damaged")
+
+    out = prefetch(broken())
+    assert float(next(out)) == 0.0
+    with pytest.raises(OSError, match="chunk 3"):
+        next(out)
