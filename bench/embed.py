@@ -17,7 +17,7 @@ import torch
 from train import make_store, sync
 
 from hpa_batch.config import config_from_dict
-from hpa_batch.models.embed import _autocast, embed_shard
+from hpa_batch.models.embed import autocast_for, embed_shard
 from hpa_batch.models.encoders import create_encoder
 
 #: The full set: 82,500 images x ~25 segmented cells (DESIGN.md's scale).
@@ -41,7 +41,7 @@ def main() -> None:
     encoder = create_encoder(spec).to(dev)
     x = torch.rand(args.batch, 4, args.size, args.size, device=dev)
     steps = max(args.cells // args.batch, 1)
-    with torch.no_grad(), _autocast(dev, spec.precision):
+    with torch.no_grad(), autocast_for(dev, spec.precision):
         encoder(x)  # warm-up
         sync(dev)
         t0 = time.perf_counter()

@@ -434,7 +434,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
     cfg = _typed(d)
     if "models" in (raw or {}):  # a stage's subset (no models) leaves the default list unchecked
         check_unlabelled(cfg)
-        check_heads(cfg, encoders="encoders" in (raw or {}) or "dataset" in (raw or {}))
+        check_heads(cfg, encoders="encoders" in (raw or {}))  # a rule's subset for a head carries no encoders
     return cfg
 
 

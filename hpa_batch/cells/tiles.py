@@ -22,7 +22,7 @@ per-cell table's order. The store is built under a temporary name and renamed wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,32 @@ def crop_box(bbox: tuple[int, int, int, int], margin: float) -> tuple[int, int, 
     return top, left, top + side, left + side
 
 
+def padded_crop(
+    image: np.ndarray,
+    cells: np.ndarray,
+    cell_id: int,
+    box: tuple[int, int, int, int],
+    *,
+    scale: Callable[[np.ndarray], np.ndarray],
+    mask: bool,
+) -> np.ndarray:
+    """The ``box`` (top, left, bottom, right; may reach outside the image) of ``image`` ``(c, h, w)``:
+    the pixels inside the image passed through ``scale`` (raw -> float32), optionally zero outside the
+    cell ``cell_id`` of ``cells`` ``(h, w)``, zero padding elsewhere. Returns ``(c, bottom - top,
+    right - left)`` float32 (the one crop geometry of the tiles and the encoders' windows)."""
+    top, left, bottom, right = box
+    h, w = cells.shape
+    sy0, sx0, sy1, sx1 = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+    out = np.zeros((image.shape[0], bottom - top, right - left), np.float32)
+    if sy1 <= sy0 or sx1 <= sx0:
+        return out
+    crop = scale(image[:, sy0:sy1, sx0:sx1])
+    if mask:
+        crop = crop * (cells[sy0:sy1, sx0:sx1] == cell_id)
+    out[:, sy0 - top : sy1 - top, sx0 - left : sx1 - left] = crop
+    return out
+
+
 def cell_tile(
     image: np.ndarray,
     cells: np.ndarray,
@@ -138,16 +164,11 @@ def cell_tile(
     numpy.ndarray
         ``(4, S, S)`` uint8.
     """
-    top, left, bottom, right = crop_box(bbox, spec.margin)
-    h, w = cells.shape
-    sy0, sx0, sy1, sx1 = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
-    side = bottom - top
-    canvas = np.zeros((image.shape[0], side, side), np.float32)
+    box = crop_box(bbox, spec.margin)
     # map to uint8 first so padding and masked pixels are 0 in the model's range
-    crop = to_uint8(image[:, sy0:sy1, sx0:sx1], window).astype(np.float32)
-    if spec.mask_outside:
-        crop *= cells[sy0:sy1, sx0:sx1] == cell_id
-    canvas[:, sy0 - top : sy1 - top, sx0 - left : sx1 - left] = crop
+    canvas = padded_crop(
+        image, cells, cell_id, box, scale=lambda px: to_uint8(px, window).astype(np.float32), mask=spec.mask_outside
+    )
     return np.clip(np.rint(resize(canvas, spec.size)), 0, 255).astype(np.uint8)
 
 

@@ -30,7 +30,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from hpa_batch import __version__
-from hpa_batch.cells.tiles import ChunkedAppender, TileReader, crop_box, input_level, intensity_window
+from hpa_batch.cells.tiles import ChunkedAppender, TileReader, crop_box, input_level, intensity_window, padded_crop
 from hpa_batch.config import TilesConfig
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.damage import reading
@@ -72,10 +72,10 @@ def finish_inputs(planes: torch.Tensor, chans: ChannelMap, crop: CropSpec) -> to
     return (x - _per_channel(crop.mean, k, "mean").to(x)) / _per_channel(crop.std, k, "std").to(x)
 
 
-def tile_batches(tiles: Path, spec: EncoderSpec) -> Iterator[torch.Tensor]:
-    """The encoder inputs of every tile row, at most ``spec.batch_size`` rows at a time, in row order;
-    each chunk of the tile store is read (and decoded) once, whatever the batch size."""
-    reader, chans = TileReader(tiles, "cells"), channel_map(spec.channels)
+def tile_batches(reader: TileReader, spec: EncoderSpec) -> Iterator[torch.Tensor]:
+    """The encoder inputs of every row of a tile store's cells (``reader``), at most ``spec.batch_size``
+    rows at a time, in row order; each chunk is read (and decoded) once, whatever the batch size."""
+    chans = channel_map(spec.channels)
     for chunk in range(0, reader.n, reader.chunk):
         raw = reader.read_rows(chunk, min(chunk + reader.chunk, reader.n))[:, chans.gather]
         for start in range(0, len(raw), spec.batch_size):
@@ -150,18 +150,12 @@ def cell_window(
     numpy.ndarray
         ``(4, side, side)`` float32 in [0, 1].
     """
-    top, left, bottom, right = box
-    h, w = cells.shape
-    sy0, sx0, sy1, sx1 = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
-    out = np.zeros((image.shape[0], bottom - top, right - left), np.float32)
-    if sy1 <= sy0 or sx1 <= sx0:
-        return out
     lo, hi = window[:, :1, None], window[:, 1:, None]
-    crop = np.clip((image[:, sy0:sy1, sx0:sx1].astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
-    if mask:
-        crop *= cells[sy0:sy1, sx0:sx1] == cell_id
-    out[:, sy0 - top : sy1 - top, sx0 - left : sx1 - left] = crop
-    return out
+
+    def scale(px: np.ndarray) -> np.ndarray:
+        return np.clip((px.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+    return padded_crop(image, cells, cell_id, box, scale=scale, mask=mask)
 
 
 def window_box(bbox: tuple[int, int, int, int], crop: CropSpec, margin: float) -> tuple[int, int, int, int]:
@@ -176,14 +170,15 @@ def window_box(bbox: tuple[int, int, int, int], crop: CropSpec, margin: float) -
 
 
 def image_batches(
-    tiles: Path, store: Path, cells_path: Path, spec: EncoderSpec, tiles_cfg: TilesConfig
+    reader: TileReader, store: Path, cells_path: Path, spec: EncoderSpec, tiles_cfg: TilesConfig
 ) -> Iterator[torch.Tensor]:
-    """The encoder inputs of every tile row cut from the full-resolution image, in row order.
+    """The encoder inputs of every row of a tile store's cells (``reader``) cut from the full-resolution
+    image, in row order.
 
     Rows of one image are contiguous in a tile store; each image's planes and masks are read once.
     """
-    reader, chans = TileReader(tiles, "cells"), channel_map(spec.channels)
-    with reading(tiles):
+    chans = channel_map(spec.channels)
+    with reading(reader.path):
         image_of = np.asarray(reader.group["cell_image"][:], dtype=object)
         cell_ids = reader.group["cell_id"][:]
     boxes = _boxes(cells_path, image_of, cell_ids)
@@ -196,13 +191,21 @@ def image_batches(
         for crop in _image_crops(
             store / str(image_of[start]), cell_ids[start:stop], boxes[start:stop], spec, tiles_cfg
         ):
-            pending.append(finish_inputs(crop[None, chans.gather], chans, spec.crop)[0])
+            pending.append(crop)
             if len(pending) == spec.batch_size:
-                yield torch.stack(pending)
+                yield _finish_crops(pending, chans, spec.crop)
                 pending = []
         start = stop
     if pending:
-        yield torch.stack(pending)
+        yield _finish_crops(pending, chans, spec.crop)
+
+
+def _finish_crops(crops: list[torch.Tensor], chans: ChannelMap, crop: CropSpec) -> torch.Tensor:
+    """``(4, side, side)`` crops -> one batch of encoder inputs: crops of one size (a fixed ``window``)
+    are resized in one call, crops of different sizes (``window: null``) one by one."""
+    if len({tuple(c.shape) for c in crops}) == 1:
+        return finish_inputs(torch.stack(crops)[:, chans.gather], chans, crop)
+    return torch.cat([finish_inputs(c[None, chans.gather], chans, crop) for c in crops])
 
 
 def _boxes(cells_path: Path, image_of: np.ndarray, cell_ids: np.ndarray) -> np.ndarray:
@@ -241,7 +244,7 @@ def _image_crops(
         yield torch.from_numpy(cell_window(image, cells, int(cid), box, window=window, mask=spec.crop.mask))
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
+def autocast_for(device: torch.device, precision: str) -> Any:
     """The autocast context of ``precision`` on ``device`` (``auto``: fp16 on CUDA, none on CPU)."""
     import contextlib
 
@@ -296,9 +299,9 @@ def embed_shard(
         )
     reader = TileReader(tiles, "cells")
     batches = (
-        image_batches(tiles, store, cells, spec, tiles_cfg)  # type: ignore[arg-type]
+        image_batches(reader, store, cells, spec, tiles_cfg)  # type: ignore[arg-type]
         if spec.crop.source == "image"
-        else tile_batches(tiles, spec)
+        else tile_batches(reader, spec)
     )
     dim = int(cast(Any, encoder).dim)
     attrs = {
@@ -347,7 +350,7 @@ def _encode(
 ) -> None:
     """Run the encoder over ``batches`` and append the float32 embeddings in whole chunks."""
     for x in batches:
-        with _autocast(dev, spec.precision):
+        with autocast_for(dev, spec.precision):
             z = encoder(x.to(dev, non_blocking=True))
         z = z.float().cpu().numpy()
         if not np.isfinite(z).all():

@@ -115,13 +115,13 @@ def store_embeddings(table: pd.DataFrame, store: Path) -> np.ndarray:
 def shard_anndata(
     table: pd.DataFrame,
     catalog: LabelCatalog,
-    embeddings: tuple[str, np.ndarray] | dict[str, np.ndarray] | None = None,
+    embeddings: Mapping[str, np.ndarray] | None = None,
     *,
     regions: Sequence[str] | None = None,
     sources: Mapping[str, str] | None = None,
 ) -> anndata.AnnData:
     """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`;
-    ``embeddings`` = obsm key -> ``(n, d)`` array (or one (key, array) pair); ``regions``: the labels
+    ``embeddings`` = obsm key -> ``(n, d)`` array; ``regions``: the labels
     elements the table annotates (default: those of its rows' images); ``sources``: obsm key -> what
     made that embedding (``uns["embeddings"]``)."""
     import anndata as ad
@@ -149,8 +149,6 @@ def shard_anndata(
         cols = [f"{kind}_{k}" for k in range(n)]
         if all(c in table for c in cols):
             obsm[kind] = pd.DataFrame(table[cols].to_numpy(np.float32), index=obs.index, columns=list(catalog.classes))
-    if isinstance(embeddings, tuple):
-        embeddings = {embeddings[0]: embeddings[1]}
     obsm.update(embeddings or {})
     return ad.AnnData(
         X=table[list(FEATURE_COLUMNS)].to_numpy(np.float32),

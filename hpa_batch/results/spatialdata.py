@@ -229,7 +229,7 @@ def write_spatialdata(
     unknown = sorted(set(table["image_id"]) - set(image_ids))
     if unknown:
         raise ValueError(f"{cells_table}: cells of images not in {store}: {', '.join(unknown[:5])}")
-    emb = None if embeddings is None else (embeddings[0], shard_embeddings(table, embeddings[1]))
+    emb = None if embeddings is None else {embeddings[0]: shard_embeddings(table, embeddings[1])}
     regions = [region_name(i) for i in image_ids]
     adata = shard_anndata(table, catalog, emb, regions=regions)
     by_image = dict(tuple(table.groupby("image_id", sort=False)))
