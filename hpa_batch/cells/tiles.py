@@ -22,6 +22,7 @@ per-cell table's order. The store is built under a temporary name and renamed wh
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -182,12 +183,20 @@ def image_input(level: np.ndarray, window: np.ndarray, size: int) -> np.ndarray:
 
 
 class ChunkedAppender:
-    """Appends rows to a zarr array in whole chunks (one writer; no chunk is written twice)."""
+    """Appends rows to a zarr array in whole chunks (one writer; no chunk is written twice), hashing
+    the rows as they go (:attr:`digest`: SHA-256 of the rows' bytes in order, the store's content
+    identity that a training's data digest records)."""
 
     def __init__(self, array: zarr.Array, chunk: int):
         self.array, self.chunk = array, chunk
         self.buffer: list[np.ndarray] = []
         self.written = 0
+        self._sha = hashlib.sha256()
+
+    @property
+    def digest(self) -> str:
+        """Hex SHA-256 of every row flushed so far."""
+        return self._sha.hexdigest()
 
     def add(self, rows: np.ndarray) -> None:
         """Queue ``rows`` (``(k, ...)``); flush every full chunk."""
@@ -196,7 +205,8 @@ class ChunkedAppender:
             self._flush(self.chunk)
 
     def _flush(self, n: int) -> None:
-        block = np.stack(self.buffer[:n])
+        block = np.ascontiguousarray(np.stack(self.buffer[:n]))
+        self._sha.update(block.data)
         self.array[self.written : self.written + n] = block
         self.written += n
         del self.buffer[:n]
@@ -336,12 +346,14 @@ def _write_store(cfg: Config, store: Path, table: pd.DataFrame, image_ids: list[
     cell_image, cell_ids = [], []
     image_rows = np.zeros((len(image_ids), len(IMAGE_FEATURE_COLUMNS)), np.float32)  # 40 B per image
     images = _iter_images(store, table, image_ids, spec, cfg.measure)
+    image_sha = hashlib.sha256()  # the whole-image inputs, as the appenders hash the tile rows
     for k, (image_id, tiles, ids, whole, image_row, feats) in enumerate(images):
         appender.add(tiles)
         feature_rows.add(feats)
         cell_image += [image_id] * len(ids)
         cell_ids.append(ids)
         arrays["images"][k] = whole
+        image_sha.update(np.ascontiguousarray(whole).data)
         image_rows[k] = image_row
         progress.update(1)
     appender.close()
@@ -367,11 +379,32 @@ def _write_store(cfg: Config, store: Path, table: pd.DataFrame, image_ids: list[
             "to": "uint8 0..255",
             "computed_on": "per image and channel, on the pyramid level used for the image input",
         },
+        "content_sha256": _content_digest(
+            [appender.digest, feature_rows.digest, image_sha.hexdigest()], cell_image, cell_ids, image_ids, image_rows
+        ),
         "complete": True,
         "version": __version__,
     }
     root.attrs.update({"hpa_batch": attrs})
     return attrs
+
+
+def _content_digest(
+    rows: list[str],
+    cell_image: list[str],
+    cell_ids: list[np.ndarray],
+    image_ids: list[str],
+    image_rows: np.ndarray,
+) -> str:
+    """SHA-256 over a tile store's content: the digests of its row arrays (tiles, feature rows, whole-image
+    inputs), the row ids and the image feature rows."""
+    sha = hashlib.sha256("\n".join(rows).encode())
+    sha.update("\0".join(cell_image).encode())
+    for ids in cell_ids:
+        sha.update(np.ascontiguousarray(ids, np.int64).data)
+    sha.update("\0".join(image_ids).encode())
+    sha.update(np.ascontiguousarray(image_rows).data)
+    return sha.hexdigest()
 
 
 class TileReader:

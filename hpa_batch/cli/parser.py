@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "image store only the damaged images / labels and the stage outputs that claim them done) and print the "
         "command that redoes exactly those and what follows",
     )
-    _add_config_args(p)  # accepted for older command lines; the results folder is found from PATH
+    _add_config_args(p)  # the config's results_dir is a results tree even before a workflow marked it
     p.add_argument("path", type=Path, help="results folder, results/zarr/{shard}.zarr, a tile store or one file")
+    p.add_argument("--dry-run", "-n", action="store_true", help="list what would be removed; remove nothing")
     p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("info", help="what a store (or image group) holds")

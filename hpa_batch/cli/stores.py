@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from hpa_batch.cli.verbs import config_of, writes
@@ -61,17 +62,24 @@ def _validate_store(path: Path, *, deep: bool) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from hpa_batch.core.damage import repair
+    from hpa_batch.repair import RepairRefused, redo_command, repair
 
-    done = repair(args.path, hold=lambda output: writes(args, output))
+    configured = config_of(args).results_dir if args.config is not None else None
+    try:
+        done = repair(
+            args.path, hold=lambda output: writes(args, output), dry_run=args.dry_run, config_results=configured
+        )
+    except RepairRefused as exc:
+        print(f"hpa-batch repair: refused: {exc}", file=sys.stderr)
+        return 2
     for line in done.lines:
         print(line)
     if not done.damaged:
         print(f"{printable(args.path)}: nothing damaged")
-    elif done.targets:
-        files = " ".join(shlex.quote(str(t)) for t in done.targets)
+    elif done.targets and done.root is not None:
+        what = "then run" if args.dry_run else "now run"
         print(
-            f"now run (or with --profile slurm):\n  snakemake --cores all {files} all\n"
+            f"{what} (or with --profile slurm instead of --cores all):\n  {redo_command(done.root, done.targets)}\n"
             "it redoes the removed files and every job that reads them (the removed files are named: "
             "Snakemake does not rerun for a missing intermediate file by itself)"
         )

@@ -67,7 +67,21 @@ def writes(args: argparse.Namespace, *outputs: Path | str) -> None:
     if os.environ.get("RANK", "0") != "0":
         return
     for out in outputs:
+        _mark_tree_of(args, Path(out))
         hold(out, what=f"hpa-batch {args.verb}")
+
+
+def _mark_tree_of(args: argparse.Namespace, out: Path) -> None:
+    """Mark the results tree an output of the contract is written into (a stage run by hand; a workflow
+    run marks it in its driver), so that ``repair`` recognises the tree."""
+    from hpa_batch.core.damage import results_root
+    from hpa_batch.core.tree import mark_tree
+    from hpa_batch.layout import result_key
+
+    root = results_root(out)
+    if result_key(root, out) is not None:
+        config = getattr(args, "config", None)
+        mark_tree(root, configfiles=[str(config)] if config else [], writer=f"hpa-batch {args.verb}")
 
 
 def shard_paths(cfg: Config, shard: str) -> dict[str, Path]:

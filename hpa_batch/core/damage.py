@@ -19,7 +19,7 @@ import re
 import shlex
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +30,11 @@ from hpa_batch.layout import MODEL_FILE, result, result_key
 __all__ = [
     "Damage",
     "DamagedFileError",
-    "Repaired",
     "UnsafeCheckpointError",
     "check_output",
     "find_damaged",
     "printable",
     "reading",
-    "repair",
     "results_root",
     "scan",
 ]
@@ -323,6 +321,7 @@ def _text_table_problem(path: Path, sep: str) -> str | None:
     import csv
 
     kind = "TSV" if sep == "\t" else "CSV"
+    csv.field_size_limit(2**31 - 1)  # a submission's PredictionString holds every cell of an image
     try:
         with open(path, encoding="utf-8", newline="") as f:
             rows = csv.reader(f, delimiter=sep)
@@ -397,12 +396,17 @@ def check_output(path: str | Path, results_dir: str | Path | None = None, *, dee
 
 
 def _outputs(results_dir: Path) -> Iterator[Path]:
-    """Every output under ``results_dir``: files, and ``*.zarr`` stores as one each (not descended)."""
+    """Every output under ``results_dir``: files, and ``*.zarr`` stores as one each (not descended).
+
+    Symbolic links are never followed (a link out of the tree, or a loop, is not walked): a link is
+    yielded as one entry, which only its own name can make an output."""
     stack = [results_dir]
     while stack:
         folder = stack.pop()
         for entry in sorted(folder.iterdir()):
-            if entry.is_dir() and (entry.suffix == ".zarr" or entry.name.startswith(".")):
+            if entry.is_symlink():
+                yield entry
+            elif entry.is_dir() and (entry.suffix == ".zarr" or entry.name.startswith(".")):
                 yield entry  # a store, or a staging / temporary folder: one output each
             elif entry.is_dir():
                 stack.append(entry)
@@ -412,26 +416,37 @@ def _outputs(results_dir: Path) -> Iterator[Path]:
 
 def _leftover(path: Path) -> str | None:
     name = path.name
-    if name.startswith(".") and name.endswith(".staging"):
-        return "staging directory left by an interrupted conversion"
+    if name.startswith(".") and name.endswith((".staging", ".segment-staging")):
+        return "staging directory left by an interrupted run"
     if name.startswith(".") and ".tmp" in name:
         return "temporary file left by an interrupted write"
     return None
 
 
-def scan(results_dir: str | Path, *, deep: bool = False) -> tuple[int, list[Damage]]:
-    """Check every output under ``results_dir``: the number checked and the damaged ones, in path order."""
-    root = Path(results_dir)
+def scan(results_dir: str | Path, *, deep: bool = False, root: str | Path | None = None) -> tuple[int, list[Damage]]:
+    """Check every output under ``results_dir`` (a results tree, or a folder of the tree ``root``): the
+    number checked and the damaged ones, in path order. A link is checked only when its name is an
+    output of the tree; the tree's own folder (``.hpa_batch``) is not an output."""
+    folder = Path(results_dir)
+    root = Path(root) if root is not None else folder
     checked, found = 0, []
-    for path in _outputs(root):
+    for path in _outputs(folder):
         reason = _leftover(path)
         if reason is None and path.name.startswith("."):
             continue
+        if path.is_symlink() and result_key(root, path) is None:
+            continue
         checked += 1
-        reason = reason or check_output(path, root, deep=deep)
+        reason = reason or _link_problem(path) or check_output(path, root, deep=deep)
         if reason:
             found.append(Damage(path, reason))
     return checked, sorted(set(found), key=lambda d: str(d.path))
+
+
+def _link_problem(path: Path) -> str | None:
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link to nothing"
+    return None
 
 
 class DamagedOutputsError(Exception):
@@ -493,8 +508,9 @@ def results_root(path: str | Path) -> Path:
     return Path(path).parent
 
 
-def find_damaged(path: str | Path, *, deep: bool) -> tuple[int, list[Damage]]:
-    """(outputs checked, damaged ones) of a results folder (walked whole), a store or one file.
+def find_damaged(path: str | Path, *, deep: bool, root: str | Path | None = None) -> tuple[int, list[Damage]]:
+    """(outputs checked, damaged ones) of a results folder (walked whole), a store or one file, in the
+    results tree ``root`` (default: found from the path's layout).
 
     Raises
     ------
@@ -504,67 +520,9 @@ def find_damaged(path: str | Path, *, deep: bool) -> tuple[int, list[Damage]]:
     import errno
 
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(errno.ENOENT, "no such file or directory", str(path))
-    if path.is_dir() and path.suffix != ".zarr":
-        return scan(path, deep=deep)
-    reason = check_output(path, results_root(path), deep=deep)
+    if path.is_dir() and not path.is_symlink() and path.suffix != ".zarr":
+        return scan(path, deep=deep, root=root)
+    reason = _link_problem(path) or check_output(path, root if root is not None else results_root(path), deep=deep)
     return 1, [Damage(path, reason)] if reason else []
-
-
-@dataclass
-class Repaired:
-    """What :func:`repair` did: a line per removal (or refusal) and the removed outputs to redo."""
-
-    lines: list[str]
-    targets: list[Path]
-    damaged: int
-
-
-def repair(path: str | Path, *, hold: Callable[[Path], None]) -> Repaired:
-    """Remove exactly what :func:`find_damaged` (deep) finds under ``path``: damaged outputs, and in an
-    image store only the damaged images / labels and the stage files claiming them done
-    (:func:`hpa_batch.convert.validate.repair_store`). ``hold(output)`` takes the output's writer lock
-    first (refused if a job writes it). A file that is not a results output is never removed."""
-    import shutil
-
-    from hpa_batch.convert.validate import repair_store
-
-    _, damaged = find_damaged(path, deep=True)
-    out = Repaired([], [], len(damaged))
-    for item in damaged:
-        root = results_root(item.path)
-        key = (result_key(root, item.path) or ("", {}))[0]
-        if key == "store":
-            shard = item.path.name.split(".")[0]
-            hold(item.path)
-            fixed = repair_store(
-                item.path,
-                convert_summary=result(root, "convert_summary", shard=shard),
-                segment_summary=result(root, "segment_summary", shard=shard),
-            )
-            where = printable(item.path)
-            out.lines += [
-                f"removed image {printable(i)} of {where}: it will be reconverted and resegmented" for i in fixed.images
-            ]
-            out.lines += [
-                f"removed labels of {printable(i)} in {where}: they will be resegmented" for i in fixed.labels
-            ]
-            staging = item.path.parent / f".{item.path.name}.staging"
-            if staging.exists():
-                shutil.rmtree(staging)
-                out.lines.append(f"removed {printable(staging)} (staging left by an interrupted conversion)")
-            out.targets += fixed.markers
-            continue
-        if not key and not item.path.name.startswith("."):
-            out.lines.append(f"not removed: {item} ({printable(item.path)} is not an output of a results folder)")
-            continue
-        hold(item.path)
-        if item.path.is_dir():
-            shutil.rmtree(item.path)
-        else:
-            item.path.unlink()
-        out.lines.append(f"removed {item}")
-        if key:
-            out.targets.append(item.path)
-    return out

@@ -1,4 +1,4 @@
-"""One Snakemake driver per working directory.
+"""One Snakemake driver per working directory, and one per results tree.
 
 Snakemake's own locks only cover overlapping outputs, and the first driver to exit removes every lock
 in ``.snakemake/locks``. The Snakefile therefore takes an exclusive ``flock`` on
@@ -8,7 +8,10 @@ refused with a message naming the first (pid, host, start time) before it can tr
 driver's running jobs (Snakemake would otherwise report them as "incomplete" and suggest
 ``--cleanup-metadata``, which would be wrong). Read-only invocations (dry runs, lint, listings,
 graphs, summaries) are let through with a warning. The kernel drops the lock when the process ends,
-however it ends (kill -9 included), so a stale lock never blocks a rerun.
+however it ends (kill -9 included), so a stale lock never blocks a rerun. The driver also holds
+``<results_dir>/.hpa_batch/driver.lock`` (:mod:`hpa_batch.core.tree`): two drivers in two working
+directories whose configs name one ``results_dir`` would run the same jobs twice, so the second is
+refused naming the first; ``hpa-batch repair`` refuses to touch a tree while a driver holds it.
 
 The lock file also records whether its driver ended cleanly (``"state": "running"`` until the
 driver exits). A driver that finds a previous one died (kill -9, a lost login node) does the safe part
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import IO
 
 from hpa_batch.core.locks import describe, held_locks, parse_record, stop_command
+from hpa_batch.core.tree import tree_dir
 
 _HELD: dict[str, IO[str]] = {}
 
@@ -131,12 +135,65 @@ def acquire(workdir: str | Path = ".", results: str | Path | None = None) -> Pat
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "workdir": str(Path(workdir).resolve()),
         "state": "running",
     }
+    if results is not None:
+        try:
+            _hold_tree(results, record)
+        except DriverLockError:
+            fh.close()
+            raise
     _write(fh, record)
     _HELD[key] = fh
     atexit.register(_finish, fh, record)
     return path
+
+
+def _tree_lock(results: str | Path) -> Path:
+    return tree_dir(results) / "driver.lock"
+
+
+def _hold_tree(results: str | Path, record: dict) -> None:
+    """Take the driver lock of the results tree (whatever the working directory of the driver).
+
+    Raises
+    ------
+    DriverLockError
+        Naming the driver that holds it (pid, host, working directory).
+    """
+    path = _tree_lock(results)
+    key = str(path.resolve())
+    if key in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")  # noqa: SIM115 (held for the driver's lifetime)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown process"
+        fh.close()
+        raise DriverLockError(
+            f"another snakemake driver is writing the results tree {Path(results).resolve()} ({holder}); "
+            "two drivers on one results tree would run the same jobs twice: wait for it to finish or stop it"
+        ) from None
+    _write(fh, record)
+    _HELD[key] = fh
+
+
+def tree_holder(results: str | Path) -> str | None:
+    """Who holds the driver lock of the results tree ``results`` (``None``: nobody, or this process)."""
+    path = _tree_lock(results)
+    if str(path.resolve()) in _HELD or not path.is_file():
+        return None
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "unknown process"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
 
 
 def _finish(fh: IO[str], record: dict) -> None:

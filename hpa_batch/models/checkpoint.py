@@ -209,6 +209,9 @@ class TrainingState:
     fold : int
     version : str
         The hpa-batch version that wrote it.
+    data : dict or None
+        Digests of the training's data by part (:func:`hpa_batch.models.loader.data_digest`): a resume
+        happens only when they equal the current data's; None in states written before they were kept.
     """
 
     model: dict[str, Any]
@@ -221,6 +224,11 @@ class TrainingState:
     spec: dict[str, Any]
     fold: int
     version: str = ""
+    data: dict[str, str] | None = None
+
+
+#: Entries a state written by an older hpa-batch may lack (they take their defaults).
+_OPTIONAL_STATE = ("version", "data")
 
 
 def write_state(path: Path, state: TrainingState) -> None:
@@ -238,7 +246,7 @@ def read_state(path: Path, map_location: Any = "cpu") -> TrainingState:
     """
     ckpt = load_checkpoint(path, map_location)
     names = [f.name for f in dataclasses.fields(TrainingState)]
-    missing = [n for n in names if n not in ckpt and n != "version"] if isinstance(ckpt, dict) else names
+    missing = [n for n in names if n not in ckpt and n not in _OPTIONAL_STATE] if isinstance(ckpt, dict) else names
     if missing:
         raise DamagedFileError(path, f"not a training state: no {', '.join(missing)}")
     return TrainingState(**{n: ckpt[n] for n in names if n in ckpt})

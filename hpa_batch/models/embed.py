@@ -334,6 +334,9 @@ def embed_shard(
             ids, cids = reader.group["cell_image"][:], reader.group["cell_id"][:]
         root.create_array("cell_image", shape=(reader.n,), dtype=str, chunks=(n,))[:] = np.asarray(ids, dtype=object)
         root.create_array("cell_id", shape=(reader.n,), dtype="int32", chunks=(n,))[:] = cids
+        attrs["content_sha256"] = hashlib.sha256(
+            f"{appender.digest}\n{reader.group.attrs.get('hpa_batch', {}).get('content_sha256', '')}".encode()
+        ).hexdigest()  # the embedding rows and the tile store they index
         root.attrs.update({"hpa_batch": {**attrs, "complete": True}})
     get_logger().info("embed %s: %d cells x %d -> %s", spec.name, reader.n, dim, out)
     return {**attrs, "complete": True}

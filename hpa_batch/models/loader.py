@@ -9,7 +9,9 @@ A *group* (one buffer) is the unit a DataLoader worker reads: whole zarr chunks,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,71 @@ class TileIndex:
 
     def __len__(self) -> int:
         return len(self.row)
+
+
+def _sha(*parts: bytes) -> str:
+    sha = hashlib.sha256()
+    for part in parts:
+        sha.update(len(part).to_bytes(8, "little"))
+        sha.update(part)
+    return sha.hexdigest()[:16]
+
+
+def store_identity(path: Path) -> str:
+    """What identifies a tile or embedding store's content: its stamp's ``content_sha256`` (written with
+    the rows), or for a store written before those existed the whole stamp."""
+    with reading(path):
+        stamp = dict(zarr.open_group(path, mode="r", zarr_format=3).attrs).get("hpa_batch", {})
+    if stamp.get("content_sha256"):
+        return str(stamp["content_sha256"])
+    return _sha(json.dumps(stamp, sort_keys=True, default=str).encode())
+
+
+def data_digest(index: TileIndex, train_pos: np.ndarray, val_pos: np.ndarray, classes: Sequence[str]) -> dict[str, str]:
+    """Short digests of everything a training reads, by part (so a mismatch can say what changed).
+
+    Parameters
+    ----------
+    index : TileIndex
+        The rows with their weak labels and folds (before any refinement).
+    train_pos, val_pos : numpy.ndarray
+        ``(n_train,)`` / ``(n_val,)`` int positions of the training and validation rows.
+    classes : sequence of str
+        The label catalog's class names, in order.
+
+    Returns
+    -------
+    dict
+        ``catalog``, ``rows`` (image and cell ids), ``labels`` (the ``(n, c)`` targets), ``folds`` (the
+        rows' folds and the training / validation positions) and ``store:<name>`` per input store (its
+        content digest), each a 16-hex-digit SHA-256 prefix.
+    """
+    ids = "\0".join(map(str, index.image_id)).encode()
+    out = {
+        "catalog": _sha("\0".join(classes).encode()),
+        "rows": _sha(ids, np.ascontiguousarray(index.cell_id, np.int64).tobytes()),
+        "labels": _sha(np.ascontiguousarray(index.y, np.uint8).tobytes()),
+        "folds": _sha(
+            np.ascontiguousarray(index.fold, np.int64).tobytes(),
+            np.ascontiguousarray(train_pos, np.int64).tobytes(),
+            np.ascontiguousarray(val_pos, np.int64).tobytes(),
+        ),
+    }
+    for path in index.stores:
+        out[f"store:{Path(path).name}"] = store_identity(Path(path))
+    return out
+
+
+def data_changes(old: dict[str, str] | None, new: dict[str, str]) -> list[str]:
+    """The parts of :func:`data_digest` that differ between ``old`` and ``new`` (all of them, said as
+    one reason, when ``old`` has none: a state written before digests were recorded)."""
+    if not old:
+        return ["the state records no digest of its training data (written by an older hpa-batch)"]
+    names = {"catalog": "label catalog", "rows": "tile rows", "labels": "labels", "folds": "folds"}
+    changed = [names.get(k, k) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    stores = [c.removeprefix("store:") for c in changed if c.startswith("store:")]
+    plain = [c for c in changed if not c.startswith("store:")]
+    return plain + ([f"input store(s) {', '.join(stores)}"] if stores else [])
 
 
 def build_index(

@@ -55,6 +55,8 @@ from hpa_batch.models.loader import (
     GroupDataset,
     TileIndex,
     build_index,
+    data_changes,
+    data_digest,
     epoch_plan,
     feature_moments,
     iterate_batches,
@@ -123,6 +125,7 @@ class Trainer:
         array = "embedding" if self.embedded else None
         self.index = build_index(stores, splits, spec.level, catalog.n_classes, array=array)
         self.train_pos, self.val_pos = training_positions(self.index, fold, spec, catalog.negative)
+        self.data = data_digest(self.index, self.train_pos, self.val_pos, catalog.classes)  # before any refinement
         if len(self.train_pos) < 2:
             raise ValueError(f"model {spec.name} fold {fold}: fewer than 2 training tiles")
         self.channel_map = channel_map(spec.channels)
@@ -283,6 +286,7 @@ class Trainer:
                 spec=self.spec.to_entry(),
                 fold=self.fold,
                 version=__version__,
+                data=self.data,
             ),
         )
 
@@ -291,13 +295,14 @@ class Trainer:
         if not path.is_file():
             return False
         ckpt = read_state(path, self.device)
-        if ckpt.spec != self.spec.to_entry() or ckpt.fold != self.fold:
-            # the spec was edited since (Snakemake reruns training for that reason): a resume would mix two
-            # trainings, so start over; the old state is kept aside, not deleted
+        why = self._stale_because(ckpt)
+        if why:
+            # a resume would mix two trainings (Snakemake reruns training because an input or the spec
+            # changed): start over; the old state is kept aside, not deleted
             stale = path.with_name("last.stale.pt")
             os.replace(path, stale)
             (self.state_dir / BEST_STATE).unlink(missing_ok=True)
-            self.log.warning("%s was written for another model spec or fold: starting over (moved to %s)", path, stale)
+            self.log.warning("%s cannot be resumed, %s: starting over (old state moved to %s)", path, why, stale)
             return False
         self.model.load_state_dict(ckpt.model)
         self.optimizer.load_state_dict(ckpt.optimizer)
@@ -317,6 +322,15 @@ class Trainer:
             self.state.global_step,
         )
         return True
+
+    def _stale_because(self, ckpt: TrainingState) -> str | None:
+        """Why a saved state belongs to another training (None: it is this one's to resume)."""
+        if ckpt.spec != self.spec.to_entry() or ckpt.fold != self.fold:
+            return "it was written for another model spec or fold"
+        changed = data_changes(ckpt.data, self.data)
+        if changed:
+            return "its training data changed since (" + "; ".join(changed) + ")"
+        return None
 
     # -- loops
     def _set_lr(self, epoch_float: float) -> float:

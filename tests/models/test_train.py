@@ -551,9 +551,64 @@ def test_an_edited_spec_starts_over_instead_of_resuming(trainable, tmp_path):
     path = tmp_path / "edited.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = run_train(trainable, out, config=path)
-    assert "written for another model spec or fold: starting over" in proc.stderr
+    assert "it was written for another model spec or fold: starting over" in proc.stderr
     assert len(pd.read_csv(out / "history.csv")) == 1 and (out / "state" / "last.stale.pt").is_file()
     assert torch.load(out / "model.pt", weights_only=True)["spec"]["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_changed_training_data_starts_over_and_equals_a_fresh_training(trainable, tmp_path):
+    """A finished fold's state is not resumed on other data: with other splits (another seed moves
+    images between folds) the rerun starts over, says what changed, and ends with the weights of a
+    fresh training on the new splits, not the old model."""
+    c = trainable["cfg"]
+    manifests = sorted((c.results_dir / "manifest").glob("*.parquet"))
+    old = pd.read_parquet(trainable["splits"])
+
+    def fold0(frame):
+        return set(frame.loc[frame.fold == 0, "image_id"])
+
+    new = next(s for s in (make_splits(manifests, c.catalog, 3, k, 1) for k in range(1, 40)) if fold0(s) != fold0(old))
+    write_splits(new, tmp_path / "splits7.parquet")
+    reseeded = {**trainable, "splits": tmp_path / "splits7.parquet"}
+    out = tmp_path / "fold0"
+    run_train(trainable, out)
+    before = torch.load(out / "model.pt", weights_only=True)["model"]
+    proc = run_train(reseeded, out)
+    assert "its training data changed since (folds): starting over" in proc.stderr, proc.stderr[-2000:]
+    assert "resuming" not in proc.stderr and (out / "state" / "last.stale.pt").is_file()
+    run_train(reseeded, tmp_path / "fresh")
+    after = torch.load(out / "model.pt", weights_only=True)["model"]
+    fresh = torch.load(tmp_path / "fresh" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(after[k], fresh[k]) for k in fresh)
+    assert not all(torch.equal(after[k], before[k]) for k in before if before[k].is_floating_point())
+    # the same data again: the finished state is the one to resume (nothing left to train)
+    again = run_train(reseeded, out)
+    assert "resuming tiny fold 0 at epoch 2" in again.stderr, again.stderr[-2000:]
+
+
+def test_data_digest_names_what_changed(trainable):
+    """Each part of what a training reads has its own digest: another store set, other labels or folds
+    are named; the same data gives the same digest."""
+    from hpa_batch.models.loader import data_changes, data_digest
+
+    splits = pd.read_parquet(trainable["splits"])
+    classes = CATALOGS["hpa2021"].classes
+
+    def digest(stores, frame):
+        index = build_index(stores, frame, "cell", 19)
+        pos = np.arange(len(index))
+        return data_digest(index, pos[index.fold != 0], pos[index.fold == 0], classes)
+
+    base = digest(trainable["stores"], splits)
+    assert data_changes(base, digest(trainable["stores"], splits)) == []
+    fewer = trainable["stores"][:-1]
+    dropped = f"input store(s) {trainable['stores'][-1].name}"
+    assert data_changes(base, digest(fewer, splits)) == ["folds", "labels", "tile rows", dropped]
+    relabelled = splits.copy()
+    relabelled["labels"] = [[(k + 1) % 18 for k in v] for v in relabelled["labels"]]
+    assert data_changes(base, digest(trainable["stores"], relabelled)) == ["labels"]
+    assert "older hpa-batch" in data_changes(None, base)[0]
 
 
 def test_small_cnn_of_study_003_is_a_timm_model(tmp_path):

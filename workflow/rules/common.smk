@@ -83,14 +83,18 @@ def acquire_driver_lock():
     Called while the Snakefile is parsed, before the DAG is built; jobs (local subprocesses, SLURM
     jobs) parse the Snakefile too but are not main processes and never take the lock. After a driver
     that died, the results' output locks tell whether its jobs still run (refused) or not (its stale
-    Snakemake locks are removed).
+    Snakemake locks are removed). The results tree is locked too (a second driver in another
+    working directory on the same results_dir is refused) and marked as a results tree.
     """
     import sys
 
     from hpa_batch.core.driver import guard, ignore_job_signals
+    from hpa_batch.core.tree import mark_tree
 
     if workflow.is_main_process:
-        guard(".", sys.argv, results=RESULTS)
+        if guard(".", sys.argv, results=RESULTS) is not None:
+            # the tree's marker: repair acts only in marked trees and prints the command with these files
+            mark_tree(RESULTS, configfiles=list(workflow.overwrite_configfiles or []))
     else:
         ignore_job_signals()  # a SLURM job: signals are for its command (a training saves and exits 75)
 
