@@ -191,10 +191,11 @@ def _repair_one(
     if key == "store" and item.path.is_dir() and not item.path.is_symlink():
         _repair_store(item, root, out, hold=hold, dry_run=dry_run, verb=verb)
         return
+    link = item.path.is_symlink()
     if not dry_run:
         hold(item.path)
         _remove(item.path)
-    out.lines.append(f"{verb} {item}" + (" (the link only)" if item.path.is_symlink() else ""))
+    out.lines.append(f"{verb} {item}" + (" (the link only)" if link else ""))
     if key:
         out.targets.append(item.path)
 
@@ -229,23 +230,32 @@ def _repair_store(
     out.targets += fixed.markers
 
 
-def redo_command(root: Path, targets: list[Path]) -> str:
+def redo_command(root: Path, targets: list[Path], *, configfile: str | Path | None = None) -> str:
     """The Snakemake command that redoes ``targets`` (outputs of ``root``) and everything after them,
-    as the tree's workflow was run: in its working directory, with its config files, the targets spelt as
-    the config spells ``results_dir``. A tree moved since it was written (or written by stages run by
-    hand) gets the targets as found, with no working directory to change to."""
+    as the tree's workflow was run: in its working directory, with its config files (``configfile``,
+    the one repair was given, replaces them), the targets spelt as the config spells ``results_dir``.
+
+    A tree moved or copied since its marker was written gets the targets as found and no working
+    directory; its marker's config files are not the copy's, so only ``configfile`` is named (and a
+    comment says to add the run's config file when none was given).
+    """
     marker = read_marker(root)
     names = [str(t) for t in targets]
-    prefix, configs = "", []
+    prefix, configs, note = "", [], ""
     if marker is not None:
-        configs = marker.configfiles
         spelled = Path(marker.results_dir)
         here = spelled if spelled.is_absolute() else Path(marker.workdir) / spelled
-        if marker.writer == "snakemake" and here.resolve() == root.resolve():
-            names = [str(spelled / t.relative_to(root)) if _inside(root, t) else str(t) for t in targets]
-            if Path(marker.workdir).resolve() != Path.cwd().resolve():
-                prefix = f"cd {shlex.quote(marker.workdir)} && "
+        if here.resolve() == root.resolve():
+            configs = list(marker.configfiles)
+            if marker.writer == "snakemake":
+                names = [str(spelled / t.relative_to(root)) if _inside(root, t) else str(t) for t in targets]
+                if Path(marker.workdir).resolve() != Path.cwd().resolve():
+                    prefix = f"cd {shlex.quote(marker.workdir)} && "
+        elif configfile is None:
+            note = "  # add --configfile <the run's config> (this tree was moved since it was written)"
+    if configfile is not None:
+        configs = [str(configfile)]
     words = ["snakemake", "--cores", "all", *names, "all"]
     for config in configs:
         words += ["--configfile", config]
-    return prefix + " ".join(shlex.quote(w) for w in words)
+    return prefix + " ".join(shlex.quote(w) for w in words) + note

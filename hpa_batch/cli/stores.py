@@ -79,7 +79,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     elif done.targets and done.root is not None:
         what = "then run" if args.dry_run else "now run"
         print(
-            f"{what} (or with --profile slurm instead of --cores all):\n  {redo_command(done.root, done.targets)}\n"
+            f"{what} (or with --profile slurm instead of --cores all):\n  {redo_command(done.root, done.targets, configfile=args.config)}\n"
             "it redoes the removed files and every job that reads them (the removed files are named: "
             "Snakemake does not rerun for a missing intermediate file by itself)"
         )

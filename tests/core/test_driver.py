@@ -305,3 +305,27 @@ def test_a_signalled_local_training_is_not_retried_and_says_how_to_resume(upstre
     attempts = (fold / "state" / "train.log").read_text()
     assert "exiting with 75" in attempts and "resuming tiny fold 0" in attempts
     assert list(pd.read_csv(fold / "history.csv")["epoch"]) == list(range(EPOCHS))
+
+
+def test_a_second_driver_on_the_same_results_tree_is_refused_from_another_directory(tmp_path):
+    """Two working directories whose configs name one results_dir: the second driver is refused, naming
+    the first (its pid, host and working directory), before it could run the same jobs."""
+    results = tmp_path / "shared results"
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    code = (
+        "import sys; from hpa_batch.core.driver import acquire, DriverLockError\n"
+        "acquire(sys.argv[1], sys.argv[2]); print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(first), str(results)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DriverLockError) as err:
+            guard(second, ["snakemake", "--cores", "1"], results=results)
+        assert "writing the results tree" in str(err.value) and str(first.resolve()) in str(err.value)
+        assert f'"pid": {holder.pid}' in str(err.value)
+    finally:
+        holder.communicate("")
+    assert guard(second, ["snakemake", "--cores", "1"], results=results) is not None  # free once it ended
