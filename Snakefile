@@ -3,12 +3,16 @@
 # Cluster: snakemake --profile slurm        (see README.md, "Running on a SLURM cluster")
 from snakemake.utils import min_version, validate
 
+from hpa_batch.config import check_config
+
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
 
 
+# a config error in one line per problem, naming the file (Snakemake's validate would dump the schema)
+check_config(config, workflow.overwrite_configfiles or ["config/config.yaml"])
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -82,21 +82,67 @@ def _with_defaults(validator_cls: Any) -> Any:
 _DefaultingValidator = _with_defaults(jsonschema.Draft202012Validator)
 
 
-def validate_config(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+def validate_config(raw: Mapping[str, Any] | None, *, source: str | None = None) -> dict[str, Any]:
     """Validate a (possibly partial) config and return a deep copy with defaults filled.
 
     Raises
     ------
     ConfigError
-        Listing every violation with its key path.
+        One line per violation: the key path, what is wrong, the allowed keys or values or a near match
+        ("`modles`: unknown key; did you mean `models`?"), and the file (``source``) when given.
     """
     data = copy.deepcopy(dict(raw or {}))
     validator = _DefaultingValidator(load_schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
+    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.path])
     if errors:
-        lines = [f"  {'.'.join(str(p) for p in e.path) or '<root>'}: {e.message}" for e in errors]
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+        lines = [f"  {line}" for e in errors for line in error_lines(e)]
+        where = f" in {source}" if source else ""
+        raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines))
     return data
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _near(word: str, choices: Sequence[str]) -> str:
+    import difflib
+
+    found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    if found:
+        return f"; did you mean `{found[0]}`?"
+    return f" (allowed: {', '.join(map(str, choices))})" if len(choices) <= 30 else ""
+
+
+def error_lines(error: jsonschema.ValidationError) -> list[str]:
+    """One line per problem of a schema violation, never the schema or the whole value."""
+    where = ".".join(str(p) for p in error.path)
+    prefix = f"{where}." if where else ""
+    schema: Any = error.schema
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(schema.get("properties", {}))
+        return [f"`{prefix}{k}`: unknown key{_near(k, allowed)}" for k in error.instance if k not in allowed]
+    if error.validator == "enum":
+        choices: Any = error.validator_value
+        return [f"`{where}`: {_short(error.instance)} is not allowed{_near(str(error.instance), list(choices))}"]
+    if error.validator == "required":
+        return [f"`{prefix or '<top level>'}`: {error.message.split(' is a required')[0]} is required"]
+    message = " ".join(error.message.split())
+    if len(message) > 200:
+        message = message[:197] + "..."
+    return [f"`{where or '<top level>'}`: {message}"]
+
+
+def check_config(raw: Mapping[str, Any], files: Sequence[str | Path] = ()) -> None:
+    """What the Snakefile runs before Snakemake's own ``validate``: a config error in one line per
+    problem, naming the config file(s), instead of the schema and config dumps.
+
+    Raises
+    ------
+    ConfigError
+    """
+    validate_config(raw, source=", ".join(map(str, files)) or None)
 
 
 @dataclass(frozen=True)
@@ -428,9 +474,9 @@ def check_heads(cfg: Config, *, encoders: bool = True) -> None:
             raise ConfigError(f"{where}: no encoder of that name in encoders (known: {sorted(names)})")
 
 
-def config_from_dict(raw: Mapping[str, Any] | None) -> Config:
-    """Validate ``raw`` (filling defaults) and build the typed view."""
-    d = validate_config(raw)
+def config_from_dict(raw: Mapping[str, Any] | None, *, source: str | None = None) -> Config:
+    """Validate ``raw`` (filling defaults; errors name ``source``, the config file) and build the typed view."""
+    d = validate_config(raw, source=source)
     cfg = _typed(d)
     if "models" in (raw or {}):  # a stage's subset (no models) leaves the default list unchecked
         check_unlabelled(cfg)
@@ -524,7 +570,7 @@ def load_config(path: str | Path | None = None, overrides_json: str | None = Non
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--config-json is not valid JSON: {exc}") from None
         raw = deep_merge(raw, extra)
-    return config_from_dict(raw)
+    return config_from_dict(raw, source=str(path) if path is not None else None)
 
 
 def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

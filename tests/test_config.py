@@ -127,7 +127,7 @@ def test_registry_names_are_the_schema_choices():
     from hpa_batch.results.classifiers import BASELINES
 
     assert model["enum"] == BASELINES.names()
-    with pytest.raises(ConfigError, match="'warmup_then_flat' is not one of"):
+    with pytest.raises(ConfigError, match="'warmup_then_flat' is not allowed"):
         config_from_dict({"models": [{"name": "m", "schedule": {"kind": "warmup_then_flat"}}]})
     register_schedule("warmup_then_flat")(lambda epochs, **kw: lambda e: 0.1)
     try:
@@ -194,7 +194,7 @@ def test_segmentation_backends_in_the_schema_are_the_registry():
 
     schema = load_schema()
     assert schema["properties"]["segmentation"]["properties"]["backend"]["enum"] == list_backends()
-    with pytest.raises(ConfigError, match="'watershedd' is not one of"):
+    with pytest.raises(ConfigError, match="'watershedd' is not allowed; did you mean `watershed`"):
         config_from_dict({"segmentation": {"backend": "watershedd"}})
 
 
@@ -231,3 +231,35 @@ def test_a_checkpoint_entry_round_trips_and_an_older_one_takes_the_defaults():
     assert again.drop_path == 0.0 and again.log_every_s == 30 and again.augment.flips and again.name == "m"
     with pytest.raises(ConfigError, match="arch"):
         model_spec_from_entry({**old, "arch": 5})
+
+
+def test_a_config_typo_is_one_line_naming_the_key_the_file_and_a_near_match(tmp_path):
+    """``modles:`` is named as an unknown key with the near match and the file, never with the schema or
+    the whole config; the Snakefile says the same before Snakemake's own validate would dump both."""
+    import subprocess
+
+    from conftest import tool_env
+
+    path = tmp_path / "my run.yaml"
+    path.write_text(yaml.safe_dump({"modles": [], "segmentation": {"backend": "watershd"}, "shard_size": "x"}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = str(err.value).splitlines()
+    assert lines == [
+        f"invalid configuration in {path}:",
+        "  `modles`: unknown key; did you mean `models`?",
+        "  `segmentation.backend`: 'watershd' is not allowed; did you mean `watershed`?",
+        "  `shard_size`: 'x' is not of type 'integer'",
+    ]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        ["snakemake", "-n", "--configfile", str(path)],
+        cwd=repo,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "`modles`: unknown key; did you mean `models`?" in out
+    assert str(path) in out and len(out.splitlines()) < 15, out
