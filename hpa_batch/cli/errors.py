@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -19,10 +20,23 @@ from hpa_batch.layout import (
 )
 
 
+def _record_outputs(args: argparse.Namespace) -> None:
+    """Write the receipts of a succeeded verb's outputs (:mod:`hpa_batch.core.receipts`); rank 0 only."""
+    from hpa_batch.core.receipts import record
+
+    if args.verb == "repair" or os.environ.get("RANK", "0") != "0":
+        return
+    for out in getattr(args, "outputs_", []):
+        record(out)
+
+
 def run_verb(args: argparse.Namespace) -> int:
     """The verb's function, its expected errors as one line."""
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if code == 0:
+            _record_outputs(args)
+        return code
     except ConfigError as exc:
         print(f"hpa-batch: {exc}", file=sys.stderr)
         return 2

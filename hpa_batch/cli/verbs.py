@@ -66,9 +66,13 @@ def writes(args: argparse.Namespace, *outputs: Path | str) -> None:
     args.outputs_ = [*getattr(args, "outputs_", []), *map(Path, outputs)]  # named if the disk fills up
     if os.environ.get("RANK", "0") != "0":
         return
+    from hpa_batch.core.receipts import drop
+
     for out in outputs:
         _mark_tree_of(args, Path(out))
         hold(out, what=f"hpa-batch {args.verb}")
+        if args.verb != "repair":
+            drop(out)  # rewritten now: its receipt comes back when the verb succeeds (cli.errors.run_verb)
 
 
 def _mark_tree_of(args: argparse.Namespace, out: Path) -> None:

@@ -440,6 +440,9 @@ def scan(results_dir: str | Path, *, deep: bool = False, root: str | Path | None
         reason = reason or _link_problem(path) or check_output(path, root, deep=deep)
         if reason:
             found.append(Damage(path, reason))
+    if folder == root:  # outputs changed since their stage wrote them, though they still decode
+        named = {d.path for d in found}
+        found += [d for d in receipt_damage(root, deep_when_unsure=not deep) if d.path not in named]
     return checked, sorted(set(found), key=lambda d: str(d.path))
 
 
@@ -447,6 +450,25 @@ def _link_problem(path: Path) -> str | None:
     if path.is_symlink() and not path.exists():
         return "a symbolic link to nothing"
     return None
+
+
+def receipt_damage(root: Path, *, deep_when_unsure: bool) -> list[Damage]:
+    """Outputs of the tree ``root`` that differ from their write receipts (:mod:`hpa_batch.core.receipts`).
+
+    An output whose mtime moved with no digest to compare is decoded whole when ``deep_when_unsure``
+    (and its receipt follows it when sound); otherwise it is left to the caller's own deep check."""
+    from hpa_batch.core.receipts import changed, receipts, refresh
+
+    found = []
+    for path, entry in receipts(root):
+        reason, unsure = changed(path, entry)
+        if reason is None and unsure and deep_when_unsure:
+            reason = check_output(path, root, deep=True)
+            if reason is None:
+                refresh(path)
+        if reason:
+            found.append(Damage(path, reason))
+    return found
 
 
 class DamagedOutputsError(Exception):
@@ -472,7 +494,9 @@ def _quick_problem(path: Path, root: Path) -> str | None:
 def refuse_damaged(results_dir: str | Path) -> None:
     """Refuse a run over damaged outputs, before Snakemake schedules a job: a consumer that failed on
     one would otherwise be rerun after its own good outputs were deleted. Checks what every reader
-    opens first (parquet footers, JSON, TSV, checkpoint archives, tile-store stamps), not the data.
+    opens first (parquet footers, JSON, TSV, checkpoint archives, tile-store stamps), and every output
+    against its write receipt (size, mtime, digest of small files, chunk sizes of tile and embedding
+    stores): damage that still decodes, such as bytes overwritten in place, is refused too.
 
     Raises
     ------
@@ -489,6 +513,8 @@ def refuse_damaged(results_dir: str | Path) -> None:
         reason = _quick_problem(path, root)
         if reason:
             found.append(Damage(path, reason))
+    named = {d.path for d in found}
+    found += [d for d in receipt_damage(root, deep_when_unsure=True) if d.path not in named]
     if found:
         lines = "\n".join(f"  {d}" for d in found)
         raise DamagedOutputsError(
