@@ -59,7 +59,7 @@ def _sha256(path: Path) -> str:
 
 def _file_entry(path: Path, *, digest: bool = True) -> dict:
     st = path.stat()
-    entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    entry: dict[str, int | str] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if digest and st.st_size <= SMALL_FILE:
         entry["sha256"] = _sha256(path)
     return entry
