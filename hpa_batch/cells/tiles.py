@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import zarr
 from PIL import Image
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from hpa_batch import CHANNELS, __version__
 from hpa_batch.cells.measure import (
@@ -262,7 +262,7 @@ def image_tiles(
 
 
 def _create(root: zarr.Group, n_cells: int, n_images: int, spec: TilesConfig) -> dict[str, zarr.Array]:
-    codec = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    codec = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]  # a flipped byte fails to decode
     s, si = spec.size, spec.image_size
     return {
         "cells": root.create_array(
@@ -270,17 +270,21 @@ def _create(root: zarr.Group, n_cells: int, n_images: int, spec: TilesConfig) ->
             shape=(n_cells, 4, s, s),
             dtype="uint8",
             chunks=(spec.chunk_tiles, 4, s, s),
-            compressors=[codec],
+            compressors=codec,
             dimension_names=("cell", "c", "y", "x"),
         ),
-        "cell_image": root.create_array("cell_image", shape=(n_cells,), dtype=str, chunks=(max(n_cells, 1),)),
-        "cell_id": root.create_array("cell_id", shape=(n_cells,), dtype="int32", chunks=(max(n_cells, 1),)),
+        "cell_image": root.create_array(
+            "cell_image", shape=(n_cells,), dtype=str, chunks=(max(n_cells, 1),), compressors=codec
+        ),
+        "cell_id": root.create_array(
+            "cell_id", shape=(n_cells,), dtype="int32", chunks=(max(n_cells, 1),), compressors=codec
+        ),
         "features": root.create_array(
             "features",
             shape=(n_cells, len(FEATURE_COLUMNS)),
             dtype="float32",
             chunks=(spec.chunk_tiles, len(FEATURE_COLUMNS)),
-            compressors=[codec],
+            compressors=codec,
             dimension_names=("cell", "feature"),
         ),
         "images": root.create_array(
@@ -288,15 +292,18 @@ def _create(root: zarr.Group, n_cells: int, n_images: int, spec: TilesConfig) ->
             shape=(n_images, 4, si, si),
             dtype="uint8",
             chunks=(1, 4, si, si),
-            compressors=[codec],
+            compressors=codec,
             dimension_names=("image", "c", "y", "x"),
         ),
-        "image_id": root.create_array("image_id", shape=(n_images,), dtype=str, chunks=(max(n_images, 1),)),
+        "image_id": root.create_array(
+            "image_id", shape=(n_images,), dtype=str, chunks=(max(n_images, 1),), compressors=codec
+        ),
         "image_features": root.create_array(
             "image_features",
             shape=(n_images, len(IMAGE_FEATURE_COLUMNS)),
             dtype="float32",
             chunks=(max(n_images, 1), len(IMAGE_FEATURE_COLUMNS)),
+            compressors=codec,
             dimension_names=("image", "feature"),
         ),
     }

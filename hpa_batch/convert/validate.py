@@ -153,7 +153,10 @@ def _check_pyramid(path: Path, group: zarr.Group) -> list[str]:
     names = level_paths(group)
     prev = None
     for name in names:
-        data = group[name][...]
+        try:
+            data = group[name][...]
+        except Exception as exc:  # noqa: BLE001 (a chunk that fails its checksum or codec is the problem)
+            return [f"{path}/{name}: does not decode: {' '.join(str(exc).split())[:200]}"]
         if prev is not None and not np.array_equal(downsample2x(prev), data):
             return [f"{path}/{name}: not the 2x mean of the level above"]
         prev = data

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from hpa_batch import __version__
 from hpa_batch.cells.tiles import ChunkedAppender, TileReader, crop_box, input_level, intensity_window, padded_crop
@@ -324,7 +324,7 @@ def embed_shard(
             shape=(reader.n, dim),
             dtype="float32",
             chunks=(reader.chunk, dim),
-            compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
+            compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()],
             dimension_names=("cell", "feature"),
         )
         appender = ChunkedAppender(array, reader.chunk)
@@ -332,8 +332,10 @@ def embed_shard(
         n = max(reader.n, 1)
         with reading(tiles):
             ids, cids = reader.group["cell_image"][:], reader.group["cell_id"][:]
-        root.create_array("cell_image", shape=(reader.n,), dtype=str, chunks=(n,))[:] = np.asarray(ids, dtype=object)
-        root.create_array("cell_id", shape=(reader.n,), dtype="int32", chunks=(n,))[:] = cids
+        checked = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+        ids_array = root.create_array("cell_image", shape=(reader.n,), dtype=str, chunks=(n,), compressors=checked)
+        ids_array[:] = np.asarray(ids, dtype=object)
+        root.create_array("cell_id", shape=(reader.n,), dtype="int32", chunks=(n,), compressors=checked)[:] = cids
         attrs["content_sha256"] = hashlib.sha256(
             f"{appender.digest}\n{reader.group.attrs.get('hpa_batch', {}).get('content_sha256', '')}".encode()
         ).hexdigest()  # the embedding rows and the tile store they index

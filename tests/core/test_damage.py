@@ -291,3 +291,30 @@ def test_a_damaged_image_chunk_is_named_by_the_stage_that_reads_it(run):
     assert f"{store} is damaged (" in err and f"run hpa-batch repair {store}" in err
     code, out, _ = hpa("repair", store)
     assert code == 0 and f"removed labels of {image.name}" in out and (image / "s0").is_dir()
+
+
+def flip(path: Path, at: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    k = int(len(data) * at)
+    data[k] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_a_tile_or_image_chunk_fails_to_decode_and_is_named(run):
+    """Chunks carry a CRC32C (zarr's crc32c codec after Blosc): one flipped bit in a tile chunk or in an
+    image's shard no longer decodes to other values silently but fails, named with its store."""
+    from hpa_batch.cells.tiles import TileReader
+
+    res = run["results"]
+    tiles = res / "tiles" / f"{run['shards'][0]}.zarr"
+    meta = json.loads((tiles / "cells" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"]][-1] == "crc32c"
+    flip(chunk_files(tiles, "cells")[0])
+    with pytest.raises(DamagedFileError, match="crc32c|checksum|Checksum"):
+        TileReader(tiles).read_rows(0, 4)
+    store = res / "zarr" / f"{run['shards'][1]}.zarr"
+    image = min(image_dirs(store))
+    shard = next(p for p in (image / "s0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    flip(shard, 0.1)  # inside the first chunks, not the index
+    problems = validate_store(store, deep=True).problems
+    assert problems and image.name in problems[0], problems
