@@ -222,7 +222,11 @@ def repair_store(store: Path, *, convert_summary: Path, segment_summary: Path) -
             shutil.rmtree(image / "labels")
             out.labels.append(image.name)
     record = read_group_attrs(store).get("hpa_batch", {}).get("images") or []
-    out.images += sorted(set(record) - {p.name for p in groups})
+    for name in sorted(set(record) - {p.name for p in groups}):
+        folder = store / name
+        if folder.is_dir() and not folder.is_symlink() and folder.parent == store:
+            shutil.rmtree(folder)  # recorded, but no longer an image group (an unreadable zarr.json): remove it
+        out.images.append(name)
     stale = ([convert_summary] if out.images else []) + ([segment_summary] if out.images or out.labels else [])
     for marker in stale:
         if Path(marker).is_file():

@@ -111,18 +111,11 @@ def acquire(workdir: str | Path = ".", results: str | Path | None = None) -> Pat
     key = str(path.resolve())
     if key in _HELD:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")  # noqa: SIM115 (held open for the driver's lifetime: the flock lives on it)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "unknown process"
-        fh.close()
-        raise DriverLockError(
-            f"another snakemake driver is running in {Path(workdir).resolve()} ({holder}); "
-            "wait for it to finish or stop it (a second driver would corrupt its bookkeeping)"
-        ) from None
+    fh = _exclusive(
+        path,
+        f"another snakemake driver is running in {Path(workdir).resolve()} ({{holder}}); "
+        "wait for it to finish or stop it (a second driver would corrupt its bookkeeping)",
+    )
     fh.seek(0)
     previous = parse_record(fh.read())
     if previous.get("state") == "running":
@@ -150,6 +143,26 @@ def acquire(workdir: str | Path = ".", results: str | Path | None = None) -> Pat
     return path
 
 
+def _exclusive(path: Path, refusal: str) -> IO[str]:
+    """Open ``path`` and take its exclusive flock, held as long as the returned file stays open.
+
+    Raises
+    ------
+    DriverLockError
+        ``refusal`` with ``{holder}`` replaced by the record of the process that holds it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")  # noqa: SIM115 (held open for the driver's lifetime: the flock lives on it)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown process"
+        fh.close()
+        raise DriverLockError(refusal.replace("{holder}", holder)) from None
+    return fh
+
+
 def _tree_lock(results: str | Path) -> Path:
     return tree_dir(results) / "driver.lock"
 
@@ -166,25 +179,22 @@ def _hold_tree(results: str | Path, record: dict) -> None:
     key = str(path.resolve())
     if key in _HELD:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")  # noqa: SIM115 (held for the driver's lifetime)
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "unknown process"
-        fh.close()
-        raise DriverLockError(
-            f"another snakemake driver is writing the results tree {Path(results).resolve()} ({holder}); "
-            "two drivers on one results tree would run the same jobs twice: wait for it to finish or stop it"
-        ) from None
+    fh = _exclusive(
+        path,
+        f"another snakemake driver is writing the results tree {Path(results).resolve()} ({{holder}}); "
+        "two drivers on one results tree would run the same jobs twice: wait for it to finish or stop it",
+    )
     _write(fh, record)
     _HELD[key] = fh
 
 
 def tree_holder(results: str | Path) -> str | None:
     """Who holds the driver lock of the results tree ``results`` (``None``: nobody, or this process)."""
-    path = _tree_lock(results)
+    return _holder(_tree_lock(results))
+
+
+def _holder(path: Path) -> str | None:
+    """The record of the process holding the flock of ``path`` (``None``: free, absent, or this process)."""
     if str(path.resolve()) in _HELD or not path.is_file():
         return None
     with open(path) as fh:
@@ -289,16 +299,7 @@ def guard(workdir: str | Path, argv: Sequence[str], results: str | Path | None =
 
 def holder_of(workdir: str | Path) -> str | None:
     """Who holds the driver lock of ``workdir`` (``None`` when it is free or held by this process)."""
-    path = Path(workdir) / ".snakemake" / "hpa_batch.core.driver.lock"
-    if str(path.resolve()) in _HELD or not path.is_file():
-        return None
-    with open(path) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return fh.read().strip() or "unknown process"
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
+    return _holder(Path(workdir) / ".snakemake" / "hpa_batch.core.driver.lock")
 
 
 def ignore_job_signals() -> None:

@@ -266,6 +266,11 @@ def store_problem(path: Path, *, deep: bool = False) -> str | None:
         return f"unreadable metadata ({type(exc).__name__}: {exc})"
     for kind in ("images", "labels"):
         for element in sorted((path / kind).iterdir()) if (path / kind).is_dir() else []:
+            if element.is_dir() and not element.name.startswith("."):
+                try:  # every element's own metadata (its levels' links are checked below)
+                    json.loads((element / "zarr.json").read_text())["attributes"]["ome"]
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    return f"{kind}/{element.name}/zarr.json unreadable ({type(exc).__name__}: {exc})"
             for link in sorted(element.iterdir()) if element.is_dir() else []:
                 if link.is_symlink() and not (link / "zarr.json").is_file():
                     return f"{kind}/{element.name}/{link.name} links to a missing array ({os.readlink(link)})"
