@@ -35,7 +35,11 @@ def test_run_then_add_cell_line_reruns_only_new_shards(dataset, workflow_dir):
     hela = sorted((res / "zarr").glob("hela-*.convert.json"))
     assert [p.name for p in hela] == ["hela-0000.convert.json", "hela-0001.convert.json", "hela-0002.convert.json"]
     assert (ds.root / "logs" / "convert" / "hela-0000.log").read_text().count("images") >= 1
-    mtimes = {p: p.stat().st_mtime_ns for p in res.rglob("*") if "hela" in p.name and p.is_file()}
+    mtimes = {  # the tree's own records (receipts refreshed after Snakemake touched an output) aside
+        p: p.stat().st_mtime_ns
+        for p in res.rglob("*")
+        if "hela" in p.name and p.is_file() and ".hpa_batch" not in p.parts
+    }
 
     assert planned_jobs(snakemake(wd, "-n", *targets, "--configfile", "run.yaml")) == []
     cfg["cell_lines"] = ["HeLa", "A549"]

@@ -14,6 +14,9 @@ without a receipt is checked as before, by what its readers open first. A receip
 :func:`changed` compares an output with its receipt: same size and mtime is sound; a size that differs
 or a file gone is damage; a new mtime with the same SHA-256 is a copy or a touch (the receipt follows);
 a new mtime without a digest to compare is left to the caller's deep check (:func:`refresh` then).
+Snakemake touches each output file after its job (``check_and_touch_output``), so the first check after
+a job re-hashes that job's small files (or decodes a large one) once and refreshes their receipts; the
+chunk files inside a store are not touched.
 
 Imports nothing of the package above :mod:`hpa_batch.core`.
 """

@@ -77,6 +77,14 @@ def refuse_damaged_outputs():
         refuse_damaged(RESULTS)
 
 
+def here(path):
+    """``path`` relative to the working directory when it lies in it (Snakemake makes config files absolute)."""
+    import os
+
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def acquire_driver_lock():
     """Refuse a second driver in this working directory (see hpa_batch.core.driver).
 
@@ -94,7 +102,7 @@ def acquire_driver_lock():
     if workflow.is_main_process:
         if guard(".", sys.argv, results=RESULTS) is not None:
             # the tree's marker: repair acts only in marked trees and prints the command with these files
-            mark_tree(RESULTS, configfiles=list(workflow.overwrite_configfiles or []))
+            mark_tree(RESULTS, configfiles=[here(c) for c in workflow.overwrite_configfiles or []])
     else:
         ignore_job_signals()  # a SLURM job: signals are for its command (a training saves and exits 75)
 
