@@ -20,7 +20,6 @@ config files of the run that wrote it. ``dry_run`` lists what would go and touch
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import socket
@@ -28,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpa_batch.core.damage import Damage, find_damaged, printable
+from hpa_batch.core.damage import Damage, find_damaged, leftover, printable
 from hpa_batch.core.driver import tree_holder
 from hpa_batch.core.tree import TREE_DIR, find_tree, read_marker
 from hpa_batch.layout import result, result_key
@@ -49,12 +48,6 @@ class Repaired:
     targets: list[Path] = field(default_factory=list)
     damaged: int = 0
     root: Path | None = None
-
-
-#: ``atomic_path``'s temporaries: ``.{name}.{pid}.tmp`` with the name's suffix kept or not.
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp(\.[\w.]+)?$")
-#: Staging folders of the stages that write a shard store: ``.{store}.staging``, ``.{store}.segment-staging``.
-_STAGING = re.compile(r"^\.(?P<name>.+\.zarr)\.(segment-)?staging$")
 
 
 def _forbidden(path: Path) -> bool:
@@ -114,14 +107,14 @@ def repair_root(path: str | Path, *, config_results: str | Path | None = None) -
 
 
 def _temporary_of(root: Path, path: Path) -> tuple[str, int | None] | None:
-    """(kind, pid) when ``path`` is a temporary of an output of ``root``; None otherwise."""
-    m = _TEMPORARY.match(path.name)
-    if m and result_key(root, path.with_name(m.group("name"))) is not None:
-        return "temporary", int(m.group("pid"))
-    m = _STAGING.match(path.name)
-    if m and result_key(root, path.with_name(m.group("name"))) == "store":
-        return "staging", None
-    return None
+    """(kind, pid) when ``path`` is a leftover of an output of ``root``; None otherwise."""
+    left = leftover(path)
+    if left is None:
+        return None
+    key = result_key(root, left.output)
+    if left.pid is None:  # a staging folder: of a shard store only
+        return ("staging", None) if key == "store" else None
+    return ("temporary", left.pid) if key is not None else None
 
 
 def _running(pid: int | None) -> bool:

@@ -261,8 +261,14 @@ def image_tiles(
     return tiles, rows["cell_id"].to_numpy(np.int32), whole, image_row
 
 
+def checked_codecs() -> list[BloscCodec | Crc32cCodec]:
+    """The bytes codecs of every row store (tiles, embeddings): Blosc zstd, then a CRC32C per chunk so a
+    flipped byte fails to decode instead of reading back as other values."""
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+
+
 def _create(root: zarr.Group, n_cells: int, n_images: int, spec: TilesConfig) -> dict[str, zarr.Array]:
-    codec = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]  # a flipped byte fails to decode
+    codec = checked_codecs()
     s, si = spec.size, spec.image_size
     return {
         "cells": root.create_array(

@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text", "temporary_of"]
+
+#: The name :func:`atomic_path` gives its temporary: ``.{name}.{pid}.tmp`` (``{suffix}`` kept or not).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp(\.[\w.]+)?$")
+
+
+def temporary_of(path: str | Path) -> tuple[Path, int] | None:
+    """(the path it stands for, the pid writing it) when ``path`` is named as an :func:`atomic_path`
+    temporary; None otherwise."""
+    path = Path(path)
+    m = _TEMPORARY.match(path.name)
+    return (path.with_name(m.group("name")), int(m.group("pid"))) if m else None
 
 
 def _remove(path: Path) -> None:
@@ -33,7 +45,9 @@ def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix if keep_suffix else ''}")
+    tmp = path.with_name(  # the name temporary_of parses
+        f".{path.name}.{os.getpid()}.tmp{path.suffix if keep_suffix else ''}"
+    )
     _remove(tmp)
     try:
         yield tmp

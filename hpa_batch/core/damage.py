@@ -414,12 +414,31 @@ def _outputs(results_dir: Path) -> Iterator[Path]:
                 yield entry
 
 
-def _leftover(path: Path) -> str | None:
-    name = path.name
-    if name.startswith(".") and name.endswith((".staging", ".segment-staging")):
-        return "staging directory left by an interrupted run"
-    if name.startswith(".") and ".tmp" in name:
-        return "temporary file left by an interrupted write"
+#: Staging folders of the stages that write a shard store: ``.{store}.staging``, ``.{store}.segment-staging``.
+_STAGING = re.compile(r"^\.(?P<name>.+\.zarr)\.(segment-)?staging$")
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """What an interrupted write left beside an output: the output it stands for, the pid that wrote it
+    (None for a staging folder), and why it is damage."""
+
+    output: Path
+    pid: int | None
+    reason: str
+
+
+def leftover(path: Path) -> Leftover | None:
+    """``path`` as a temporary of :func:`hpa_batch.core.atomic.atomic_path` or a stage's staging folder;
+    None for any other name (a user's hidden folder is not a leftover)."""
+    from hpa_batch.core.atomic import temporary_of
+
+    found = temporary_of(path)
+    if found is not None:
+        return Leftover(found[0], found[1], "temporary file left by an interrupted write")
+    m = _STAGING.match(path.name)
+    if m:
+        return Leftover(path.with_name(m.group("name")), None, "staging directory left by an interrupted run")
     return None
 
 
@@ -431,7 +450,8 @@ def scan(results_dir: str | Path, *, deep: bool = False, root: str | Path | None
     root = Path(root) if root is not None else folder
     checked, found = 0, []
     for path in _outputs(folder):
-        reason = _leftover(path)
+        left = leftover(path)
+        reason = left.reason if left is not None else None
         if reason is None and path.name.startswith("."):
             continue
         if path.is_symlink() and result_key(root, path) is None:

@@ -27,10 +27,17 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
 
 from hpa_batch import __version__
-from hpa_batch.cells.tiles import ChunkedAppender, TileReader, crop_box, input_level, intensity_window, padded_crop
+from hpa_batch.cells.tiles import (
+    ChunkedAppender,
+    TileReader,
+    checked_codecs,
+    crop_box,
+    input_level,
+    intensity_window,
+    padded_crop,
+)
 from hpa_batch.config import TilesConfig
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.damage import reading
@@ -324,7 +331,7 @@ def embed_shard(
             shape=(reader.n, dim),
             dtype="float32",
             chunks=(reader.chunk, dim),
-            compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()],
+            compressors=checked_codecs(),
             dimension_names=("cell", "feature"),
         )
         appender = ChunkedAppender(array, reader.chunk)
@@ -332,7 +339,7 @@ def embed_shard(
         n = max(reader.n, 1)
         with reading(tiles):
             ids, cids = reader.group["cell_image"][:], reader.group["cell_id"][:]
-        checked = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+        checked = checked_codecs()
         ids_array = root.create_array("cell_image", shape=(reader.n,), dtype=str, chunks=(n,), compressors=checked)
         ids_array[:] = np.asarray(ids, dtype=object)
         root.create_array("cell_id", shape=(reader.n,), dtype="int32", chunks=(n,), compressors=checked)[:] = cids

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,8 @@ class TileIndex:
         ``(n,)`` int8, the image's fold (``-1`` = always train).
     n_labels : numpy.ndarray
         ``(n,)`` int, number of labels of the image.
+    stamps : list of dict
+        Each store's ``hpa_batch`` stamp, as read when indexed (its content digest identifies the data).
     """
 
     stores: list[Path]
@@ -61,6 +63,7 @@ class TileIndex:
     y: np.ndarray
     fold: np.ndarray
     n_labels: np.ndarray
+    stamps: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -74,11 +77,9 @@ def _sha(*parts: bytes) -> str:
     return sha.hexdigest()[:16]
 
 
-def store_identity(path: Path) -> str:
+def store_identity(stamp: dict) -> str:
     """What identifies a tile or embedding store's content: its stamp's ``content_sha256`` (written with
     the rows), or for a store written before those existed the whole stamp."""
-    with reading(path):
-        stamp = dict(zarr.open_group(path, mode="r", zarr_format=3).attrs).get("hpa_batch", {})
     if stamp.get("content_sha256"):
         return str(stamp["content_sha256"])
     return _sha(json.dumps(stamp, sort_keys=True, default=str).encode())
@@ -114,8 +115,8 @@ def data_digest(index: TileIndex, train_pos: np.ndarray, val_pos: np.ndarray, cl
             np.ascontiguousarray(val_pos, np.int64).tobytes(),
         ),
     }
-    for path in index.stores:
-        out[f"store:{Path(path).name}"] = store_identity(Path(path))
+    for path, stamp in zip(index.stores, index.stamps, strict=True):
+        out[f"store:{Path(path).name}"] = store_identity(stamp)
     return out
 
 
@@ -140,10 +141,11 @@ def build_index(
     embedding stores of :mod:`hpa_batch.models.embed`, which index their cells the same way)."""
     array = array or ("cells" if level == "cell" else "images")
     meta = splits.set_index("image_id")
-    parts = []
+    parts, stamps = [], []
     for k, path in enumerate(stores):
         with reading(path):
             g = zarr.open_group(path, mode="r", zarr_format=3)
+            stamps.append(dict(g.attrs).get("hpa_batch", {}))
             ids = g["image_id"][:] if array == "images" else g["cell_image"][:]
             cids = np.full(len(ids), -1, np.int32) if array == "images" else g["cell_id"][:]
         parts.append(
@@ -177,6 +179,7 @@ def build_index(
         y=multi_hot(labels, n_classes).astype(np.float32),
         fold=meta.loc[table["image_id"], "fold"].to_numpy(np.int8),
         n_labels=np.array([len(v) for v in labels], int),
+        stamps=stamps,
     )
 
 
