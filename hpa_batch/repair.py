@@ -228,7 +228,8 @@ def redo_command(root: Path, targets: list[Path], *, configfile: str | Path | No
     as the tree's workflow was run: in its working directory, with its config files (``configfile``,
     the one repair was given, replaces them), the targets spelt as the config spells ``results_dir``.
 
-    A tree moved or copied since its marker was written gets the targets as found and no working
+    A project copied or moved whole (``results_dir`` relative, found from the current directory) is
+    run where it is now. A tree moved or copied on its own gets the targets as found and no working
     directory; its marker's config files are not the copy's, so only ``configfile`` is named (and a
     comment says to add the run's config file when none was given).
     """
@@ -237,13 +238,16 @@ def redo_command(root: Path, targets: list[Path], *, configfile: str | Path | No
     prefix, configs, note = "", [], ""
     if marker is not None:
         spelled = Path(marker.results_dir)
-        here = spelled if spelled.is_absolute() else Path(marker.workdir) / spelled
+        workdir = Path(marker.workdir)
+        if not spelled.is_absolute() and (Path.cwd() / spelled).resolve() == root.resolve():
+            workdir = Path.cwd()  # the project was copied or moved whole: its relative paths hold here
+        here = spelled if spelled.is_absolute() else workdir / spelled
         if here.resolve() == root.resolve():
             configs = list(marker.configfiles)
             if marker.writer == "snakemake":
                 names = [str(spelled / t.relative_to(root)) if _inside(root, t) else str(t) for t in targets]
-                if Path(marker.workdir).resolve() != Path.cwd().resolve():
-                    prefix = f"cd {shlex.quote(marker.workdir)} && "
+                if workdir.resolve() != Path.cwd().resolve():
+                    prefix = f"cd {shlex.quote(str(workdir))} && "
         elif configfile is None:
             note = "  # add --configfile <the run's config> (this tree was moved since it was written)"
     if configfile is not None:

@@ -449,3 +449,34 @@ def test_a_results_dir_with_a_control_character_is_refused(upstream_2021, tmp_pa
     (wd / "bad.yaml").write_text(yaml.safe_dump({**cfg, "results_dir": "res\nults"}))
     out = snakemake(wd, "-n", "--configfile", "bad.yaml", check=False)
     assert "results_dir" in out and "does not match" in out, out[-2000:]
+
+
+@pytest.mark.slow
+def test_an_image_missing_an_array_is_repaired_in_one_pass(upstream_2021, tmp_path):
+    """A pyramid level removed from one image of a copied project: one ``repair`` removes that image and
+    the stage files claiming it done; the printed command (run where the project now is, with its config
+    file) is accepted as printed, and redoing the shard's stages gives a store that validates deep."""
+    import shlex
+    import shutil
+
+    wd, _ = upstream_2021.fork(tmp_path)
+    store = sorted((wd / "results" / "zarr").glob("*.zarr"))[0]
+    image = max(image_dirs(store))
+    shutil.rmtree(image / "s1")
+    fix = subprocess.run(["hpa-batch", "repair", "results"], capture_output=True, text=True, env=tool_env(), cwd=wd)
+    assert fix.returncode == 0 and f"removed image {image.name}" in fix.stdout, fix.stdout + fix.stderr
+    command = next(ln.strip() for ln in fix.stdout.splitlines() if ln.strip().startswith("snakemake "))
+    shard = store.name.removesuffix(".zarr")
+    assert command == (
+        f"snakemake --cores all results/zarr/{shard}.convert.json results/zarr/{shard}.segment.json all "
+        "--configfile run.yaml"
+    )
+    words = shlex.split(command)[1:]
+    planned = planned_jobs(snakemake(wd, "-n", *words))  # accepted as printed: not refused
+    assert ("convert_shard", shard) in planned and ("segment_shard", shard) in planned
+    target = words.index("all", 2)  # the target `all` (not `--cores all`): its upstream part, `tiles`
+    snakemake(wd, *words[:target], "tiles", *words[target + 1 :])
+    check = subprocess.run(
+        ["hpa-batch", "validate", "--deep", str(store)], capture_output=True, text=True, env=tool_env()
+    )
+    assert check.returncode == 0 and image.is_dir(), check.stdout
