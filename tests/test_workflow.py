@@ -460,10 +460,12 @@ def test_an_image_missing_an_array_is_repaired_in_one_pass(upstream_2021, tmp_pa
     import shutil
 
     wd, _ = upstream_2021.fork(tmp_path)
-    store = sorted((wd / "results" / "zarr").glob("*.zarr"))[0]
+    store = min((wd / "results" / "zarr").glob("*.zarr"))
     image = max(image_dirs(store))
     shutil.rmtree(image / "s1")
-    fix = subprocess.run(["hpa-batch", "repair", "results"], capture_output=True, text=True, env=tool_env(), cwd=wd)
+    fix = subprocess.run(
+        ["hpa-batch", "repair", "results"], check=False, capture_output=True, text=True, env=tool_env(), cwd=wd
+    )
     assert fix.returncode == 0 and f"removed image {image.name}" in fix.stdout, fix.stdout + fix.stderr
     command = next(ln.strip() for ln in fix.stdout.splitlines() if ln.strip().startswith("snakemake "))
     shard = store.name.removesuffix(".zarr")
@@ -477,6 +479,6 @@ def test_an_image_missing_an_array_is_repaired_in_one_pass(upstream_2021, tmp_pa
     target = words.index("all", 2)  # the target `all` (not `--cores all`): its upstream part, `tiles`
     snakemake(wd, *words[:target], "tiles", *words[target + 1 :])
     check = subprocess.run(
-        ["hpa-batch", "validate", "--deep", str(store)], capture_output=True, text=True, env=tool_env()
+        ["hpa-batch", "validate", "--deep", str(store)], check=False, capture_output=True, text=True, env=tool_env()
     )
     assert check.returncode == 0 and image.is_dir(), check.stdout
