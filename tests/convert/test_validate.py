@@ -98,3 +98,21 @@ def test_label_levels_declare_where_their_pixels_are(segmented):
     areas = {p["label-value"]: p["area (pixels)"] for p in cells["image-label"]["properties"]}
     s0 = zarr.open_group(image / "labels" / "cells", mode="r")["s0"][...]
     assert areas[1] == int((s0 == 1).sum())
+
+
+def test_repair_removes_an_image_whose_metadata_no_longer_reads(segmented, tmp_path):
+    """An image group whose zarr.json is overwritten is no image group any more; the store's record still
+    lists it: repair removes its folder (it used to say "removed image" and leave it)."""
+    from hpa_batch.convert.validate import repair_store
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(segmented["results"] / "zarr" / f"{segmented['shards'][0]}.zarr", store)
+    convert_json, segment_json = tmp_path / "s.convert.json", tmp_path / "s.segment.json"
+    for marker in (convert_json, segment_json):
+        marker.write_text("{}")
+    victim = image_dirs(store)[0]
+    (victim / "zarr.json").write_bytes(b"\x00garbage")
+    fixed = repair_store(store, convert_summary=convert_json, segment_summary=segment_json)
+    assert fixed.images == [victim.name] and not victim.exists() and not convert_json.exists()
+    problems = validate_store(store).problems
+    assert len(problems) == 1 and f"{victim.name}: in the store's record of its images but missing" in problems[0]

@@ -71,6 +71,14 @@ def test_embeddings_follow_the_tile_store_rows_and_chunks(segmented, tmp_path):
     assert check_output(tmp_path / "e.zarr", deep=True) is None
     assert main(["validate", "--deep", str(tmp_path / "e.zarr")]) == 0
     chunk = next(p for p in (tmp_path / "e.zarr" / "embedding").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert len(stamp["content_sha256"]) == 64  # what a head's training records as its data
+    original = bytearray(chunk.read_bytes())
+    flipped = original.copy()
+    flipped[len(flipped) // 2] ^= 0x40  # one bit: it still decompresses, the chunk's CRC32C no longer matches
+    chunk.write_bytes(bytes(flipped))
+    problem = check_output(tmp_path / "e.zarr", deep=True) or ""
+    assert "embedding" in problem and "checksum" in problem, problem
+    chunk.write_bytes(bytes(original))
     chunk.write_bytes(chunk.read_bytes()[:10])
     assert "embedding" in (check_output(tmp_path / "e.zarr", deep=True) or "")
 

@@ -147,6 +147,17 @@ def test_a_broken_link_is_damage_named_by_the_store_check(stores, tmp_path):
     assert problem is not None and "links to a missing array" in problem
 
 
+def test_an_element_whose_metadata_does_not_read_is_damage(stores, tmp_path):
+    """A broken ``zarr.json`` inside one element (its levels' links intact) is named by the store check."""
+    path = next(iter(stores["stores"].values()))
+    copy = tmp_path / "results" / "spatialdata" / path.name
+    shutil.copytree(path, copy, symlinks=True)
+    element = min(p for p in (copy / "labels").iterdir() if p.is_dir())
+    (element / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
+    problem = store_problem(copy)
+    assert problem is not None and f"labels/{element.name}/zarr.json unreadable" in problem
+
+
 def test_spatialdata_reads_the_store_and_every_row_resolves_to_its_label(stores):
     for shard, path in stores["stores"].items():
         out = scverse_check("spatialdata", path, stores["tmp"] / "cells.parquet", shard)
