@@ -82,11 +82,18 @@ class _Shape:
 
 @dataclass
 class _CellGeom:
-    """Cell body, nucleus and mitotic state of one cell."""
+    """Cell body, nucleus (and a second one of a binucleate cell), mitotic state and whether the
+    cell is one of the big flat cells of a mixed field."""
 
     body: _Shape
     nucleus: _Shape
     mitotic: bool
+    nucleus2: _Shape | None = None
+    big: bool = False
+
+    def nuclei(self) -> list[_Shape]:
+        """The cell's nuclei (two for a binucleate cell)."""
+        return [self.nucleus] if self.nucleus2 is None else [self.nucleus, self.nucleus2]
 
 
 def _harmonics(rng: np.random.Generator, amp: float, ks: Sequence[int], decay: float = 0.8) -> np.ndarray:
@@ -98,12 +105,13 @@ def _harmonics(rng: np.random.Generator, amp: float, ks: Sequence[int], decay: f
 
 
 def _place_centres(
-    rng: np.random.Generator, size: int, radius: float, n: int, clustering: float
+    rng: np.random.Generator, size: int, radius: float, n: int, clustering: float, large_fraction: float = 0.0
 ) -> list[tuple[float, float, float]]:
     """Dart throwing with clustering; returns (cy, cx, r) per cell.
 
     Clustered cell lines place new cells next to existing ones and pack them more
-    tightly (the overlap is resolved when rasterising).
+    tightly (the overlap is resolved when rasterising). A ``large_fraction`` of the cells are
+    1.8-2.6x larger (nothing is drawn for it when 0, so other images stay as they were).
     """
     min_sep = 0.8 - 0.2 * clustering
     pts: list[tuple[float, float, float]] = []
@@ -112,6 +120,8 @@ def _place_centres(
     while len(pts) < n and tries < 60 * n:
         tries += 1
         r = radius * float(np.exp(rng.normal(0.0, 0.15)))
+        if large_fraction > 0 and rng.random() < large_fraction:
+            r *= float(rng.uniform(1.8, 2.6))  # a big flat cell among small ones (>= 1.6 x radius)
         if pts and rng.random() < clustering:
             j = int(rng.integers(len(pts)))
             ang = rng.uniform(0, 2 * np.pi)
@@ -138,8 +148,9 @@ def _cell_geom(
     profile: CellLineProfile,
     orientation: float,
     mitotic: bool,
+    big: bool = False,
 ) -> _CellGeom:
-    """Random body and nucleus shapes for one cell."""
+    """Random body and nucleus shapes for one cell (``big``: a big flat cell of a mixed field)."""
     if mitotic:
         r *= 0.6
         body = _Shape(cy, cx, r, 1.05, rng.uniform(0, np.pi), _harmonics(rng, 0.03, range(2, 5)))
@@ -159,6 +170,8 @@ def _cell_geom(
     else:
         angle = rng.uniform(0, np.pi)
     aspect = max(1.0, profile.aspect * float(np.exp(rng.normal(0, 0.12))))
+    if big:  # spread cells are rounder
+        aspect = max(1.0, 0.75 * aspect)
     harm = np.concatenate(
         [
             _harmonics(rng, profile.irregularity, range(2, 7)),
@@ -169,19 +182,33 @@ def _cell_geom(
     body = _Shape(cy, cx, r, aspect, angle, harm, spikes)
     amp = float(np.abs(harm[:, 1]).sum())
     rn = profile.nucleus_ratio * r * float(np.exp(rng.normal(0, 0.08)))
+    if big:  # a flat, spread cell: its nucleus is about that of its small neighbours
+        rn *= 0.5
     n_aspect = 1.0 + (aspect - 1.0) * 0.35 + abs(rng.normal(0, 0.12))
     n_harm = _harmonics(rng, 0.05, range(2, 5))
     n_amp = 1.0 + float(np.abs(n_harm[:, 1]).sum())
+    two = profile.binucleate_rate > 0 and rng.random() < profile.binucleate_rate
+    if two:  # two nuclei of ~0.6x the area each, side by side across the cell's short axis
+        rn *= 0.78
+        n_aspect = 1.0 + abs(rng.normal(0, 0.1))
     sa, sn = math.sqrt(aspect), math.sqrt(n_aspect)
+    pair = 2.2 if two else 1.0  # the pair's extent across the short axis, in nucleus radii
     room_long = max(0.0, 0.85 * r * sa * (1 - amp) - rn * sn * n_amp)
-    room_short = max(0.0, 0.85 * r / sa * (1 - amp) - rn * n_amp)
+    room_short = max(0.0, 0.85 * r / sa * (1 - amp) - pair * rn * n_amp)
     off = profile.nucleus_offset
     ol = room_long * rng.uniform(-off, off)
     os_ = room_short * rng.uniform(-off, off)
     c, s = math.cos(angle), math.sin(angle)
     ny, nx = cy + ol * s + os_ * c, cx + ol * c - os_ * s
-    nucleus = _Shape(ny, nx, rn, n_aspect, angle + rng.normal(0, 0.3), n_harm)
-    return _CellGeom(body, nucleus, False)
+    if not two:
+        nucleus = _Shape(ny, nx, rn, n_aspect, angle + rng.normal(0, 0.3), n_harm)
+        return _CellGeom(body, nucleus, False, big=big)
+    half = rn * float(rng.uniform(1.0, 1.2))  # centre to the pair's middle: gap 0-40 % of a radius
+    tilt = angle + math.pi / 2 + rng.normal(0, 0.3)
+    dy, dx = half * math.sin(tilt), half * math.cos(tilt)
+    first = _Shape(ny + dy, nx + dx, rn, n_aspect, rng.uniform(0, np.pi), n_harm)
+    second = _Shape(ny - dy, nx - dx, rn, n_aspect, rng.uniform(0, np.pi), _harmonics(rng, 0.05, range(2, 5)))
+    return _CellGeom(body, first, False, nucleus2=second, big=big)
 
 
 def _bbox(shape: _Shape, size: int) -> tuple[slice, slice] | None:
@@ -214,14 +241,16 @@ def _rasterize(geoms: list[_CellGeom], size: int) -> tuple[np.ndarray, np.ndarra
         score = g.body.distance(ys - F32(g.body.cy), xs - F32(g.body.cx))
         inside = score < 1
         nuc = np.zeros(score.shape, bool)
-        nsl = _bbox(g.nucleus, size)
-        if nsl is not None:
+        for shape in g.nuclei():
+            nsl = _bbox(shape, size)
+            if nsl is None:
+                continue
             wy = _local_window(nsl[0], sl[0])
             wx = _local_window(nsl[1], sl[1])
             if wy.start < wy.stop and wx.start < wx.stop:
-                dn = g.nucleus.distance(ys[wy] - F32(g.nucleus.cy), xs[:, wx] - F32(g.nucleus.cx))
-                nuc[wy, wx] = (dn < 1) & (score[wy, wx] < 0.92)
-                score[nuc] -= F32(2)
+                dn = shape.distance(ys[wy] - F32(shape.cy), xs[:, wx] - F32(shape.cx))
+                nuc[wy, wx] |= (dn < 1) & (score[wy, wx] < 0.92)
+        score[nuc] -= F32(2)
         upd = inside & (score < best[sl])
         cells[sl][upd] = k
         best[sl][upd] = score[upd]
@@ -283,8 +312,9 @@ def _make_geometry(
     best: tuple[np.ndarray, np.ndarray, list[_CellGeom]] | None = None
     for _attempt in range(8):
         n_target = profile.coverage * size * size / (math.pi * radius * radius)
+        n_target /= 1 + 3.9 * profile.large_fraction  # big cells hold ~4.9x the area of the others
         n_target = int(np.clip(round(n_target * rng.uniform(0.8, 1.2)), 3, 600))
-        pts = _place_centres(rng, size, radius, n_target, profile.clustering)
+        pts = _place_centres(rng, size, radius, n_target, profile.clustering, profile.large_fraction)
         mitotic = [bool(rng.random() < profile.mitotic_rate) for _ in pts]
         inner = [i for i, (cy, cx, r) in enumerate(pts) if min(cy, cx, size - cy, size - cx) > r]
         pool = inner or list(range(len(pts)))
@@ -293,7 +323,11 @@ def _make_geometry(
             for i in chosen:
                 mitotic[int(i)] = True
         orientation = rng.uniform(0, np.pi)
-        geoms = [_cell_geom(rng, cy, cx, r, profile, orientation, m) for (cy, cx, r), m in zip(pts, mitotic)]
+        big = [profile.large_fraction > 0 and r >= 1.6 * radius for _, _, r in pts]
+        geoms = [
+            _cell_geom(rng, cy, cx, r, profile, orientation, m and not b, big=b)
+            for (cy, cx, r), m, b in zip(pts, mitotic, big)
+        ]
         cells, nucflag = _rasterize(geoms, size)
         result = _clean(cells, nucflag, geoms)
         if result[2] and (not n_forced_mitotic or any(g.mitotic for g in result[2])):

@@ -114,11 +114,13 @@ def _render_cells(
             continue
         cell = cells[sl] == k
         nuc = nuclei[sl] == k
-        ctx = CellContext(
-            rng, s, cell, nuc, _sides(sl, size), geoms[k - 1], bank, sl, er_decay=er_decay, flatness=flatness
-        )
+        geom = geoms[k - 1]
+        # a big flat cell of a mixed field: thin, even cytoplasm, dimmer per pixel than its neighbours
+        flat_here = max(flatness, 0.75) if geom.big else flatness
+        ctx = CellContext(rng, s, cell, nuc, _sides(sl, size), geom, bank, sl, er_decay=er_decay, flatness=flat_here)
         canvas[blue][sl] += F32(levels[blue] * rng.uniform(0.8, 1.2)) * ctx.dna
         ref = 1.0 if cell_brightness <= 1 else float(cell_brightness ** rng.uniform(-0.5, 0.5))
+        ref *= 0.5 if geom.big else 1.0
         canvas[red][sl] += F32(levels[red] * ref * rng.uniform(0.7, 1.3)) * ctx.microtubules
         canvas[yellow][sl] += F32(levels[yellow] * ref * rng.uniform(0.7, 1.3)) * ctx.er
         g: np.ndarray = F32(green_af) * np.where(ctx.nuc, F32(0.6), ctx.thickness)

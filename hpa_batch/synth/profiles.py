@@ -44,6 +44,11 @@ class CellLineProfile:
     nucleus_offset : float
         How far off the cell centre a nucleus may sit, as a fraction of the room it has there
         (0 = centred, 1 = touching the cell edge); drawn uniformly up to this, per axis.
+    large_fraction : float
+        Share of cells that are big and flat (radius 1.8-2.6x, a proportionally small nucleus, dim
+        and even cytoplasm) among the others in the same field.
+    binucleate_rate : float
+        Probability that an interphase cell has two nuclei side by side (one cell).
     """
 
     name: str
@@ -57,6 +62,8 @@ class CellLineProfile:
     alignment: float
     mitotic_rate: float = 0.02
     nucleus_offset: float = 0.7
+    large_fraction: float = 0.0
+    binucleate_rate: float = 0.0
 
 
 def _profile(name: str, *values: float) -> CellLineProfile:

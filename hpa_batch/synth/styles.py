@@ -97,6 +97,11 @@ class SynthStyle:
         Multiplies the profile's outline irregularity.
     nucleus_offset : tuple of float, optional
         Replaces the profile's ``nucleus_offset`` (how far nuclei sit off the cell centre).
+    large_fraction : tuple of float, optional
+        Share of big flat cells among small rounded ones (replaces the profile's): their territories
+        grow with their own size, so boundaries lie far from the midpoint between nuclei.
+    binucleate_rate : tuple of float, optional
+        Share of interphase cells with two nuclei (replaces the profile's).
     """
 
     name: str
@@ -120,6 +125,8 @@ class SynthStyle:
     flatness: Range = (0.0, 0.0)
     irregularity_scale: Range = (1.0, 1.0)
     nucleus_offset: Range | None = None
+    large_fraction: Range | None = None
+    binucleate_rate: Range | None = None
 
 
 #: Built-in styles; ``vary`` draws every axis over its whole range independently.
@@ -154,6 +161,17 @@ STYLES: dict[str, SynthStyle] = {
             flatness=(0.0, 0.9),
         ),
         SynthStyle(
+            "mixed",
+            coverage=(0.9, 1.4),
+            clustering=(0.3, 0.8),
+            nucleus_offset=(0.8, 1.0),
+            cell_brightness=(2.0, 5.0),
+            flatness=(0.0, 0.8),
+            er_decay=(0.15, 0.5),
+            large_fraction=(0.15, 0.35),
+            binucleate_rate=(0.04, 0.1),
+        ),
+        SynthStyle(
             "vary",
             radius=(40.0, 215.0),
             coverage=(0.2, 0.85),
@@ -175,6 +193,8 @@ STYLES: dict[str, SynthStyle] = {
             flatness=(0.0, 0.6),
             irregularity_scale=(0.7, 2.0),
             nucleus_offset=(0.3, 1.0),
+            large_fraction=(0.0, 0.3),
+            binucleate_rate=(0.0, 0.08),
         ),
     )
 }
@@ -222,6 +242,8 @@ class StyleDraw:
             "er_decay": round(self.er_decay, 3),
             "flatness": round(self.flatness, 3),
             "nucleus_offset": round(p.nucleus_offset, 2),
+            "large_fraction": round(p.large_fraction, 3),
+            "binucleate_rate": round(p.binucleate_rate, 3),
         }
 
 
@@ -284,6 +306,10 @@ def draw_style(rng: np.random.Generator, style: SynthStyle, profile: CellLinePro
         changes["irregularity"] = profile.irregularity * _log_uniform(rng, style.irregularity_scale)
     if style.nucleus_offset is not None:
         changes["nucleus_offset"] = _uniform(rng, style.nucleus_offset)
+    if style.large_fraction is not None:
+        changes["large_fraction"] = _uniform(rng, style.large_fraction)
+    if style.binucleate_rate is not None:
+        changes["binucleate_rate"] = _uniform(rng, style.binucleate_rate)
     patterns = style.patterns[int(rng.integers(len(style.patterns)))] if len(style.patterns) > 1 else style.patterns[0]
     # vignette / gradient stay ranges for the camera (the standard draws happen there, in order)
     return StyleDraw(

@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from hpa_batch import CHANNELS
-from hpa_batch.cells.segment.watershed import distance_partition, flatten, nuclear_foreground
+from hpa_batch.cells.segment.watershed import contact_keys, distance_partition, flatten, nuclear_foreground
 from hpa_batch.config import SegmentationQCConfig
 
 #: Measures of :func:`image_qc`, in table order.
@@ -122,26 +122,6 @@ def reference_signal(image: np.ndarray) -> np.ndarray:
         level = float(np.median(flat[flat > np.median(flat)])) or 1.0
         total += flat / np.float32(abs(level))
     return ndi.gaussian_filter(total / np.float32(2), 1.0)
-
-
-def contact_keys(cells: np.ndarray) -> np.ndarray:
-    """Boundary pixels between two touching cells, keyed by their pair.
-
-    ``cells`` ``(h, w)`` int labels -> ``(h, w)`` int64: ``lo * (n + 1) + hi`` for the two cells
-    ``lo < hi`` that meet there (4-neighbours, both sides marked), 0 elsewhere.
-    """
-    n = int(cells.max())
-    keys = np.zeros(cells.shape, np.int64)
-    for a_sl, b_sl in (
-        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
-    ):
-        a, b = cells[a_sl].astype(np.int64), cells[b_sl].astype(np.int64)
-        touch = (a > 0) & (b > 0) & (a != b)
-        key = np.minimum(a, b) * (n + 1) + np.maximum(a, b)
-        keys[a_sl][touch] = key[touch]
-        keys[b_sl][touch] = key[touch]
-    return keys
 
 
 def unsupported_boundary_fraction(

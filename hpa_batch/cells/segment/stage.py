@@ -46,8 +46,9 @@ LABEL_NAMES: tuple[str, ...] = ("cells", "nuclei")
 #: Revision of what the stage computes beyond its settings (the built-in backend's algorithm, the QC
 #: measures stored with the labels); part of :func:`settings_digest`, so labels made by an older
 #: revision are redone rather than kept. 2: issue 24 (edge-aware partition, noise from neighbour
-#: differences, wrong-split QC measures).
-SEGMENT_REVISION = 2
+#: differences, wrong-split QC measures); 3: issue 35 (markers of touching nuclei 8-connected, finer
+#: smoothing, binucleate cells joined).
+SEGMENT_REVISION = 3
 
 
 def settings_digest(cfg: Config) -> str:
