@@ -210,6 +210,7 @@ class SegmentationQCConfig:
     max_unsupported_boundary_fraction: float
     max_size_outlier_fraction: float
     max_distance_disagreement: float
+    max_edge_disagreement: float
     outlier_mads: float
     outlier_measures: tuple[str, ...]
     min_images_for_outliers: int

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 import zarr
 from conftest import SMALL_SEGMENTATION, image_dirs, touching_pair
+from scipy import ndimage as ndi
 
 from hpa_batch.cells.segment import BackendUnavailable, create_segmenter, list_backends
 from hpa_batch.cells.segment.adapters import (
@@ -22,6 +23,7 @@ from hpa_batch.config import load_config
 from hpa_batch.core.labels import CATALOGS
 from hpa_batch.core.ngff import label_levels
 from hpa_batch.synth import STYLES, synthesize_image
+from hpa_batch.synth.styles import SynthStyle
 
 
 def synth(seed=0, size=384, line="A-431"):
@@ -362,3 +364,23 @@ def test_touching_cells_of_different_brightness_split_at_their_boundary(ratio):
 def test_unknown_boundary_method_is_named():
     with pytest.raises(ValueError, match="edges"):
         create_segmenter("watershed", boundary="voronoi")
+
+
+def test_a_binucleate_cell_stays_one_cell():
+    """Issue 35: a cell with two nuclei side by side and nothing between them is one cell (both
+    nuclei in its nucleus label), while its neighbours keep their own (seed 47, never tuned on)."""
+    two = SynthStyle("binucleate", binucleate_rate=(1.0, 1.0), coverage=(0.5, 0.5), radius=(150.0, 150.0))
+    image = synthesize_image(np.random.default_rng([47, 3]), 1024, "U-2 OS", "hpa2021", style=two)
+    truth = image.cells.astype(np.int64)
+    binucleate = [k for k in range(1, int(truth.max()) + 1) if ndi.label(image.nuclei == k)[1] == 2]
+    assert len(binucleate) >= 3  # the constructed field holds several
+    cells, nuclei = create_segmenter("watershed").segment(image.channels, 1.0)
+    iou = iou_matrix(truth, cells)
+    whole = [k for k in binucleate if iou[k - 1].max() > 0.75]
+    assert len(whole) >= 0.8 * len(binucleate), (len(whole), len(binucleate))
+    for k in whole:  # the predicted cell holds both nuclei under its own id (joined, or never split)
+        pred = int(np.argmax(iou[k - 1])) + 1
+        parts, n_parts = ndi.label(image.nuclei == k)
+        for j in range(1, n_parts + 1):
+            assert (nuclei[parts == j] == pred).mean() > 0.5
+    assert average_precision(truth, cells, 0.5) >= 0.9

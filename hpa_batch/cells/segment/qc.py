@@ -15,7 +15,10 @@ channel (its foreground, not split into nuclei) and with the other images of the
   ``size_outlier_fraction``, the share of cells whose area / nucleus area is 3x off the image's
   median (one cell took part of its neighbour); ``distance_disagreement``, the share of cells whose
   IoU with the distance-only (Voronoi) partition of the same foreground among the same nuclei is
-  below 0.5 (boundaries far from where geometry alone puts them);
+  below 0.5 (boundaries far from where geometry alone puts them); ``edge_disagreement``, the same
+  against the built-in image-driven (``edges``) partition of the same foreground among the same
+  nuclei (boundaries that ignore the image's steps and valleys; NaN for the built-in ``edges``
+  backend itself, whose cells are that partition);
 * outliers: the ``outlier_measures`` (default median cell area and cell/nucleus ratio; cell count and
   coverage on request) against the shard's median, in MADs.
 
@@ -33,7 +36,14 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from hpa_batch import CHANNELS
-from hpa_batch.cells.segment.watershed import contact_keys, distance_partition, flatten, nuclear_foreground
+from hpa_batch.cells.segment.watershed import (
+    WatershedSegmenter,
+    contact_keys,
+    distance_partition,
+    flatten,
+    nuclear_foreground,
+    perinuclear_rings,
+)
 from hpa_batch.config import SegmentationQCConfig
 
 #: Measures of :func:`image_qc`, in table order.
@@ -49,6 +59,7 @@ QC_MEASURES: tuple[str, ...] = (
     "unsupported_boundary_fraction",
     "size_outlier_fraction",
     "distance_disagreement",
+    "edge_disagreement",
 )
 #: Columns of ``results/qc/{shard}.segment.tsv``.
 SEGMENT_QC_COLUMNS: tuple[str, ...] = (
@@ -63,7 +74,9 @@ SEGMENT_QC_COLUMNS: tuple[str, ...] = (
 ZERO_CELLS = "zero cells"
 
 
-def image_qc(cells: np.ndarray, nuclei: np.ndarray, image: np.ndarray, scale: float) -> dict[str, float]:
+def image_qc(
+    cells: np.ndarray, nuclei: np.ndarray, image: np.ndarray, scale: float, *, edge_reference: bool = True
+) -> dict[str, float]:
     """QC measures of one segmented image.
 
     Parameters
@@ -74,6 +87,9 @@ def image_qc(cells: np.ndarray, nuclei: np.ndarray, image: np.ndarray, scale: fl
         ``(4, h, w)`` image at the same level, canonical channel order.
     scale : float
         Downsampling factor of that level (areas are reported at full resolution).
+    edge_reference : bool
+        Compare the cells with the built-in ``edges`` partition (``edge_disagreement``); False for
+        the built-in backend's own ``edges`` cells (NaN: they are that partition).
 
     Returns
     -------
@@ -110,6 +126,7 @@ def image_qc(cells: np.ndarray, nuclei: np.ndarray, image: np.ndarray, scale: fl
         "unsupported_boundary_fraction": unsupported_boundary_fraction(cells, reference_signal(image), nucleus_radius),
         "size_outlier_fraction": size_outlier_fraction(ratio),
         "distance_disagreement": distance_disagreement(cells, nuclei),
+        "edge_disagreement": edge_disagreement(cells, nuclei, image) if edge_reference else float("nan"),
     }
 
 
@@ -191,10 +208,36 @@ def distance_disagreement(cells: np.ndarray, nuclei: np.ndarray, min_iou: float 
     alone (:func:`~hpa_batch.cells.segment.watershed.distance_partition`); cell ``k`` is compared
     with part ``k``. ``(h, w)`` int labels with shared ids -> float.
     """
-    n = int(cells.max())
-    if n == 0:
+    if int(cells.max()) == 0:
         return float("nan")
-    part = distance_partition(nuclei, cells > 0)
+    return partition_disagreement(cells, distance_partition(nuclei, cells > 0), min_iou)
+
+
+def edge_disagreement(cells: np.ndarray, nuclei: np.ndarray, image: np.ndarray, min_iou: float = 0.5) -> float:
+    """Share of cells whose IoU with the built-in ``edges`` partition is below ``min_iou``.
+
+    The partition shares the same foreground (``cells > 0``) among the same nuclei along the
+    image's steps and valleys (:meth:`~hpa_batch.cells.segment.watershed.WatershedSegmenter.partition`
+    with the backend's defaults). ``(h, w)`` int labels with shared ids and the ``(4, h, w)`` image
+    -> float.
+    """
+    if int(cells.max()) == 0 or not nuclei.any():
+        return float("nan")
+    seg = WatershedSegmenter()
+    area = np.bincount(nuclei.ravel())[1:]
+    radius = float(np.sqrt(np.median(area[area > 0]) / np.pi))
+    rings = perinuclear_rings(nuclei, max(round(0.5 * radius), 2))
+    signal, _ = seg.cell_signal(image, rings, radius)
+    part = seg.partition(signal, nuclei, (cells > 0) | (nuclei > 0), radius)
+    return partition_disagreement(cells, np.where(cells > 0, part, 0), min_iou)
+
+
+def partition_disagreement(cells: np.ndarray, part: np.ndarray, min_iou: float = 0.5) -> float:
+    """Share of cells ``k`` whose IoU with part ``k`` of another partition is below ``min_iou``.
+
+    ``cells``, ``part``: ``(h, w)`` int labels, part ``k`` grown from cell ``k``'s nucleus -> float.
+    """
+    n = int(cells.max())
     a = np.bincount(cells.ravel(), minlength=n + 1)[1:]
     b = np.bincount(part.ravel(), minlength=n + 1)[1:]
     inter = np.bincount(cells[cells == part].ravel(), minlength=n + 1)[1:]
@@ -222,6 +265,7 @@ def _reasons(row: Any, opts: SegmentationQCConfig) -> list[str]:
     unsupported = float(getattr(row, "unsupported_boundary_fraction", float("nan")))
     size_outliers = float(getattr(row, "size_outlier_fraction", float("nan")))
     disagreement = float(getattr(row, "distance_disagreement", float("nan")))
+    edge = float(getattr(row, "edge_disagreement", float("nan")))
     if unsupported > opts.max_unsupported_boundary_fraction:
         out.append(
             f"{unsupported:.0%} of the boundary length between touching cells has no"
@@ -233,6 +277,11 @@ def _reasons(row: Any, opts: SegmentationQCConfig) -> list[str]:
         out.append(
             f"{disagreement:.0%} of cells disagree with the distance-only partition (IoU < 0.5):"
             " boundaries probably shifted into neighbours"
+        )
+    if edge > opts.max_edge_disagreement:
+        out.append(
+            f"{edge:.0%} of cells disagree with the image-driven partition (IoU < 0.5):"
+            " boundaries probably ignore the image's steps and valleys"
         )
     return out
 
