@@ -34,9 +34,14 @@ def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 def average_precision(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> float:
     """TP / (TP + FP + FN) at an IoU threshold >= 0.5 (1.0 when both images are empty)."""
+    return ap_from_iou(iou_matrix(truth, pred), threshold)
+
+
+def ap_from_iou(iou: np.ndarray, threshold: float = 0.5) -> float:
+    """:func:`average_precision` from an ``(n_truth, n_pred)`` IoU matrix (:func:`iou_matrix`), so
+    several thresholds share one matrix."""
     if threshold < 0.5:
         raise ValueError("matches are unique only for IoU thresholds >= 0.5")
-    iou = iou_matrix(truth, pred)
     n_true, n_pred = iou.shape
     tp = int((iou > threshold).sum())
     denom = tp + (n_pred - tp) + (n_true - tp)
