@@ -18,13 +18,14 @@ No size or intensity constant is tied to a dataset: every scale comes from the i
    differ in brightness and illumination), grown again from its nucleus so that fragments are dropped.
    The partition (``boundary``) is one of:
 
-   * ``edges`` (default): a compact watershed from the nuclei, grown past the blur of the smoothing,
-     on ``-log(signal) + edge_weight x R |grad log(signal)|`` plus ``compactness / R`` x the distance
-     from the nucleus (``R`` = median nucleus radius). The log makes every term relative, so a cell
-     3x brighter than its neighbour has no advantage: the step between them is a ridge of the
-     gradient term that its flood cannot cross before the dim neighbour has filled its own
-     territory; a valley between equal cells is a ridge of ``-log(signal)``; on an even plateau
-     the distance term splits by geometry (as the distance-only partition does).
+   * ``edges`` (default): a watershed from the nuclei, grown past the blur of the smoothing, on
+     ``-log(signal) + edge_weight x R |grad log(signal)|`` (``R`` = median nucleus radius; a
+     ``compactness / R`` x distance-from-the-nucleus term is available, 0 by default since issue 35:
+     it handed the far periphery of big flat cells to their small neighbours). The log makes every
+     term relative, so a cell 3x brighter than its neighbour has no advantage: the step between
+     them is a ridge of the gradient term that its flood cannot cross before the dim neighbour has
+     filled its own territory; a valley between equal cells is a ridge of ``-log(signal)``; on an
+     even plateau the two floods meet where they arrive together.
    * ``flood``: the watershed of ``-signal`` alone (before issue 24): on touching cells of
      different brightness the brighter one floods into its dimmer neighbour.
    * ``distance``: each foreground pixel goes to its nearest nucleus (a Voronoi partition, no
@@ -247,9 +248,9 @@ class WatershedSegmenter:
     min_nucleus_fraction: float = 0.03
     smoothing: float = 0.06
     boundary: str = "edges"
-    edge_weight: float = 1.0
+    edge_weight: float = 0.4
     edge_smoothing: float = 0.04
-    compactness: float = 0.1
+    compactness: float = 0.0
     binucleate_gap: float = 0.7
     binucleate_step: float = 1.25
     binucleate_valley: float = 0.95
@@ -412,9 +413,9 @@ def edge_partition(
     fg: np.ndarray,
     radius: float,
     *,
-    edge_weight: float = 1.0,
+    edge_weight: float = 0.4,
     smoothing: float = 0.08,
-    compactness: float = 0.1,
+    compactness: float = 0.0,
     seed_growth: float = 0.3,
 ) -> np.ndarray:
     """The ``edges`` partition (module docstring): ``(h, w)`` inputs -> ``(h, w)`` int32 nucleus ids.
