@@ -384,3 +384,16 @@ def test_a_binucleate_cell_stays_one_cell():
         for j in range(1, n_parts + 1):
             assert (nuclei[parts == j] == pred).mean() > 0.5
     assert average_precision(truth, cells, 0.5) >= 0.9
+
+
+def test_a_changed_backend_default_redoes_the_labels():
+    """The digest kept labels are checked against holds the backend's resolved parameters, so a
+    default changed in the code (not in the config) is not mistaken for the same settings."""
+    from hpa_batch.cells.segment.stage import settings_digest
+    from hpa_batch.cells.segment.watershed import WatershedSegmenter
+    from hpa_batch.config import config_from_dict
+
+    cfg = config_from_dict({})
+    same = settings_digest(cfg, WatershedSegmenter()), settings_digest(cfg, WatershedSegmenter())
+    assert same[0] == same[1]
+    assert settings_digest(cfg, WatershedSegmenter(edge_weight=0.5)) != same[0]

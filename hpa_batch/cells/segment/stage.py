@@ -13,7 +13,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,16 @@ LABEL_NAMES: tuple[str, ...] = ("cells", "nuclei")
 SEGMENT_REVISION = 3
 
 
-def settings_digest(cfg: Config) -> str:
-    """Hash of the segmentation settings and :data:`SEGMENT_REVISION`; labels made otherwise are redone."""
-    text = json.dumps({"segmentation": asdict(cfg.segmentation), "revision": SEGMENT_REVISION}, sort_keys=True)
+def settings_digest(cfg: Config, segmenter: Segmenter | None = None) -> str:
+    """Hash of the segmentation settings, the backend's resolved parameters (its defaults included,
+    so a changed default redoes the labels it made) and :data:`SEGMENT_REVISION`; labels made
+    otherwise are redone."""
+    resolved = asdict(segmenter) if segmenter is not None and is_dataclass(segmenter) else None
+    text = json.dumps(
+        {"segmentation": asdict(cfg.segmentation), "backend": resolved, "revision": SEGMENT_REVISION},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -114,7 +121,7 @@ def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: 
         "level": level,
         "n_cells": n_cells,
         "border_cells": border.tolist(),
-        "settings": settings_digest(cfg),
+        "settings": settings_digest(cfg, segmenter),
         "qc": {k: (None if np.isnan(v) else v) for k, v in qc.items()},
     }
     stage = staging / f"{image_id}.labels"
@@ -166,7 +173,7 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
     shard = store.name.removesuffix(".zarr")
     images = image_groups(store)
     segmenter = create_segmenter(cfg.segmentation.backend, **cfg.segmentation.options)
-    digest = settings_digest(cfg)
+    digest = settings_digest(cfg, segmenter)
     staging = store.parent / f".{store.name}.segment-staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
