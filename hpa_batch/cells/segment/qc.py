@@ -38,7 +38,7 @@ from scipy import ndimage as ndi
 from hpa_batch import CHANNELS
 from hpa_batch.cells.segment.watershed import (
     WatershedSegmenter,
-    contact_keys,
+    contacts,
     distance_partition,
     flatten,
     nuclear_foreground,
@@ -166,29 +166,13 @@ def unsupported_boundary_fraction(
     float
         In [0, 1]; 0 when no cells touch.
     """
-    keys = contact_keys(cells)
-    on = keys > 0
-    if not on.any():
+    found = contacts(cells, signal, (2.0, 2.0 + max(0.3 * nucleus_radius, 2.0)))
+    both = np.isfinite(found.sides).all(axis=1)
+    if not both.any():
         return 0.0
-    uniq, inverse = np.unique(keys[on], return_inverse=True)
-    m = uniq.size
-    length = np.bincount(inverse, minlength=m).astype(float)
-    ridge_mean = np.bincount(inverse, weights=signal[on], minlength=m) / length
-    dist, (iy, ix) = ndi.distance_transform_edt(~on, return_indices=True)
-    band = (dist >= 2) & (dist <= 2 + max(0.3 * nucleus_radius, 2.0)) & (cells > 0)
-    near = keys[iy[band], ix[band]]
-    pair_idx = np.searchsorted(uniq, near)
-    n1 = int(cells.max()) + 1
-    side = (cells[band] == near % n1).astype(np.int64)  # 1 on the higher-id cell's side
-    group = pair_idx * 2 + side
-    counts = np.bincount(group, minlength=2 * m).reshape(m, 2)
-    sums = np.bincount(group, weights=signal[band], minlength=2 * m).reshape(m, 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sides = sums / counts
-    both = (counts > 0).all(axis=1)
-    ridge = both & (ridge_mean > (1 - margin) * np.nanmax(np.where(counts > 0, sides, -np.inf), axis=1))
-    measured = length[both].sum()
-    return float(length[ridge].sum() / measured) if measured else 0.0
+    brighter = np.max(found.sides[both], axis=1)
+    ridge = found.boundary[both] > (1 - margin) * brighter
+    return float(found.length[both][ridge].sum() / found.length[both].sum())
 
 
 def size_outlier_fraction(ratio: np.ndarray, factor: float = 3.0) -> float:
