@@ -36,13 +36,14 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from hpa_batch import CHANNELS
+from hpa_batch.cells.segment.contacts import contacts
 from hpa_batch.cells.segment.watershed import (
     WatershedSegmenter,
-    contacts,
     distance_partition,
     flatten,
     nuclear_foreground,
     perinuclear_rings,
+    ring_levels,
 )
 from hpa_batch.config import SegmentationQCConfig
 
@@ -212,7 +213,8 @@ def edge_disagreement(cells: np.ndarray, nuclei: np.ndarray, image: np.ndarray, 
     radius = float(np.sqrt(np.median(area[area > 0]) / np.pi))
     rings = perinuclear_rings(nuclei, max(round(0.5 * radius), 2))
     signal, _ = seg.cell_signal(image, rings, radius)
-    part = seg.partition(signal, nuclei, (cells > 0) | (nuclei > 0), radius)
+    levels = ring_levels(np.minimum(signal, np.float32(seg.clip)), rings, int(nuclei.max()))
+    part = seg.partition(signal, nuclei, (cells > 0) | (nuclei > 0), radius, levels=levels)
     return partition_disagreement(cells, np.where(cells > 0, part, 0), min_iou)
 
 

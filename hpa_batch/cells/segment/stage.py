@@ -47,8 +47,9 @@ LABEL_NAMES: tuple[str, ...] = ("cells", "nuclei")
 #: measures stored with the labels); part of :func:`settings_digest`, so labels made by an older
 #: revision are redone rather than kept. 2: issue 24 (edge-aware partition, noise from neighbour
 #: differences, wrong-split QC measures); 3: issue 35 (markers of touching nuclei 8-connected, finer
-#: smoothing, binucleate cells joined).
-SEGMENT_REVISION = 3
+#: smoothing, binucleate cells joined); 4: issue 35 (nuclei no ridge in the edge landscape, edge
+#: weight 0.18).
+SEGMENT_REVISION = 4
 
 
 def settings_digest(cfg: Config, segmenter: Segmenter | None = None) -> str:
