@@ -6,7 +6,8 @@ Data: ``hpa-batch synth --style standard,all`` (every style: dots, dim, crowded,
 nuclear-ratio, uneven, saturated, mitotic, confluent, mixed, vary) for 4 cell lines, 2048, 1728 and
 3072 px (working levels s1, s1 and s2), seed 2026 (or ``--seed``). The backend's defaults were tuned on
 seed 101 (``synthesize_image`` at 2048 px, 3-6 images per style; the binucleate join and the QC
-bounds on the same images) and checked in tests on seeds 31, 47 and 61; seeds 2026 and 2027 are used
+bounds on the same images; the edge weight and nucleus lift also on seed 102: confluent, vary and
+mixed, 8 images each) and checked in tests on seeds 31, 47 and 61; seeds 2026, 2027 and 2028 are used
 only here.
 
 Peers, each on the same working level and scored the same way (full-resolution labels): ``distance``
