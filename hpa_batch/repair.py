@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpa_batch.core.atomic import STAGING, staging_path
 from hpa_batch.core.damage import Damage, find_damaged, leftover, printable
 from hpa_batch.core.driver import tree_holder
 from hpa_batch.core.tree import TREE_DIR, find_tree, read_marker
@@ -215,8 +216,8 @@ def _repair_store(
         f"removed image {printable(i)} of {where}: it will be reconverted and resegmented" for i in fixed.images
     ]
     out.lines += [f"removed labels of {printable(i)} in {where}: they will be resegmented" for i in fixed.labels]
-    for suffix in ("staging", "segment-staging"):
-        staging = item.path.parent / f".{item.path.name}.{suffix}"
+    for stage in STAGING:
+        staging = staging_path(item.path, stage)
         if staging.is_dir() and not staging.is_symlink():
             shutil.rmtree(staging)
             out.lines.append(f"removed {printable(staging)} (staging left by an interrupted run)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from hpa_batch.config import ConfigError
 from hpa_batch.convert.plan import PlanError
 from hpa_batch.core.damage import DamagedFileError, UnsafeCheckpointError, printable
 from hpa_batch.core.locks import OutputLockError
+from hpa_batch.core.process import is_rank0
 from hpa_batch.layout import (
     result,
 )
@@ -24,7 +24,7 @@ def _record_outputs(args: argparse.Namespace) -> None:
     """Write the receipts of a succeeded verb's outputs (:mod:`hpa_batch.core.receipts`); rank 0 only."""
     from hpa_batch.core.receipts import record
 
-    if args.verb == "repair" or os.environ.get("RANK", "0") != "0":
+    if args.verb == "repair" or not is_rank0():
         return
     for out in getattr(args, "outputs_", []):
         record(out)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from hpa_batch.config import Config, check_unlabelled, load_config, restrict
 from hpa_batch.convert.plan import PlanError
+from hpa_batch.core.process import is_rank0
 from hpa_batch.core.progress import get_logger
 from hpa_batch.layout import (
     HISTORY_FILE,
@@ -64,7 +64,7 @@ def writes(args: argparse.Namespace, *outputs: Path | str) -> None:
     from hpa_batch.core.locks import hold
 
     args.outputs_ = [*getattr(args, "outputs_", []), *map(Path, outputs)]  # named if the disk fills up
-    if os.environ.get("RANK", "0") != "0":
+    if not is_rank0():
         return
     from hpa_batch.core.receipts import drop
 

@@ -50,7 +50,7 @@ from hpa_batch.convert.manifest import (
     read_rejected,
     write_rejected,
 )
-from hpa_batch.core.atomic import atomic_write_text
+from hpa_batch.core.atomic import atomic_write_text, staging_path
 from hpa_batch.core.ngff import (
     COLLECTION_GROUP,
     channel_windows,
@@ -175,7 +175,7 @@ def _prepare_store(store: Path, shard: str, keep: set[str]) -> Path:
         if child.name not in keep and child.name != COLLECTION_GROUP:
             log.info("removing %s: not in shard %s any more", child, shard)
             shutil.rmtree(child)
-    staging = store.parent / f".{store.name}.staging"
+    staging = staging_path(store, "convert")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging
@@ -286,7 +286,7 @@ def convert_shard(
         manifest = read_manifest(manifest_path)
         shard = store.name.removesuffix(".zarr")
         rows = [r for _, r in manifest.iterrows()]
-        staging = store.parent / f".{store.name}.staging"
+        staging = staging_path(store, "convert")
         try:
             staging = _prepare_store(store, shard, {r["image_id"] for r in rows})
             progress = Progress(len(rows), f"convert {shard}")

@@ -14,6 +14,7 @@ import zarr
 from hpa_batch.config import Config
 from hpa_batch.convert.manifest import build_manifest
 from hpa_batch.convert.plan import plan_shards, read_metadata
+from hpa_batch.core.atomic import STAGING, staging_path
 from hpa_batch.core.ngff import (
     IncompleteImageError,
     count_files,
@@ -185,9 +186,10 @@ def validate_store(path: Path, deep: bool = False) -> Report:
     if record is not None:
         gone = sorted(set(record) - {p.name for p in groups})
         report.problems += [f"{path / i}: in the store's record of its images but missing" for i in gone]
-    staging = path.parent / f".{path.name}.staging"
-    if staging.exists():
-        report.problems.append(f"{staging}: staging directory left by an interrupted conversion")
+    for stage in STAGING:
+        staging = staging_path(path, stage)
+        if staging.exists():
+            report.problems.append(f"{staging}: staging directory left by an interrupted {stage} run")
     return report
 
 

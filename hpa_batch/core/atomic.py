@@ -68,3 +68,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+#: Staging folders beside a shard store, by the stage that writes through them (their on-disk names:
+#: ``.{store}.staging`` for the conversion, ``.{store}.segment-staging`` for the segmentation).
+STAGING: dict[str, str] = {"convert": "staging", "segment": "segment-staging"}
+
+
+def staging_path(store: Path, stage: str) -> Path:
+    """The folder beside ``store`` through which ``stage`` (a key of :data:`STAGING`) writes before it
+    publishes into the store."""
+    return store.parent / f".{store.name}.{STAGING[stage]}"

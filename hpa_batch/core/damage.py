@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpa_batch.core.atomic import STAGING
 from hpa_batch.layout import MODEL_FILE, result, result_key
 
 __all__ = [
@@ -415,7 +416,7 @@ def _outputs(results_dir: Path) -> Iterator[Path]:
 
 
 #: Staging folders of the stages that write a shard store: ``.{store}.staging``, ``.{store}.segment-staging``.
-_STAGING = re.compile(r"^\.(?P<name>.+\.zarr)\.(segment-)?staging$")
+_STAGING = re.compile(r"^\.(?P<name>.+\.zarr)\.(" + "|".join(map(re.escape, STAGING.values())) + ")$")
 
 
 @dataclass(frozen=True)

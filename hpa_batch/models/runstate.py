@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hpa_batch.core.atomic import atomic_write_text
+from hpa_batch.core.process import is_rank0
 
 
 @dataclass
@@ -48,7 +49,7 @@ class StopFlag:
     def __init__(self) -> None:
         self.raised = False
         # the test hooks act on rank 0 only, as a signal to one process of a DDP job would
-        rank0 = os.environ.get("RANK", "0") == "0"
+        rank0 = is_rank0()
         self.at_step = int(os.environ.get("HPA_BATCH_STOP_AT_STEP", "-1")) if rank0 else -1
         self.hold_file = Path(os.environ[HOLD_ENV]) if rank0 and os.environ.get(HOLD_ENV) else None
 

@@ -37,6 +37,7 @@ from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.driver import RESUME_HINT
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.metrics import summary, tune_thresholds
+from hpa_batch.core.process import local_rank, rank
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import read_parquet
 from hpa_batch.layout import BEST_STATE, HISTORY_FILE, LAST_STATE, MODEL_FILE, STATE_DIR, THRESHOLDS_FILE
@@ -115,7 +116,7 @@ class Trainer:
         self.spec, self.fold, self.out, self.catalog = spec, fold, out, catalog
         self.stopped_early: int | None = None  # epoch (1-based) at which early stopping ended training
         self.log = get_logger()
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank = rank()
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.world > 1:
@@ -203,7 +204,7 @@ class Trainer:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
         if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
+            local = local_rank()
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
 

@@ -30,6 +30,28 @@ def source_stack(ds, image_id, ext="png"):
     return np.stack([read_channel(ds.path(image_id, c, ext)) for c in CHANNELS])
 
 
+def test_a_leftover_staging_folder_of_either_stage_is_reported(dataset):
+    """Both stages that write a shard store stage through a folder beside it; the store check and the
+    damage scan name either one when an interrupted run left it (the store check once missed the
+    segmentation's)."""
+    from hpa_batch.convert.validate import validate_store
+    from hpa_batch.core.atomic import STAGING, staging_path
+    from hpa_batch.core.damage import leftover
+
+    dataset.add("a16", shape=(128, 128))
+    res, _ = convert(dataset)
+    store = res / "zarr" / "hela-0000.zarr"
+    assert validate_store(store).problems == []
+    for stage in STAGING:
+        folder = staging_path(store, stage)
+        folder.mkdir()
+        problems = validate_store(store).problems
+        assert len(problems) == 1 and str(folder) in problems[0] and stage in problems[0], problems
+        found = leftover(folder)
+        assert found is not None and found.output == store
+        folder.rmdir()
+
+
 def test_store_contents_refusals_and_summary(dataset):
     ds = dataset
     ds.add("a16", shape=(300, 280))

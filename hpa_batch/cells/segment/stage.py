@@ -28,7 +28,7 @@ from hpa_batch.cells.segment.qc import QC_MEASURES, SEGMENT_QC_COLUMNS, flag_ima
 from hpa_batch.cells.segment.watershed import consistent_labels
 from hpa_batch.config import Config
 from hpa_batch.convert.validate import image_groups
-from hpa_batch.core.atomic import atomic_path, atomic_write_text
+from hpa_batch.core.atomic import atomic_path, atomic_write_text, staging_path
 from hpa_batch.core.damage import reading
 from hpa_batch.core.ngff import (
     label_levels,
@@ -175,7 +175,7 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
     images = image_groups(store)
     segmenter = create_segmenter(cfg.segmentation.backend, **cfg.segmentation.options)
     digest = settings_digest(cfg, segmenter)
-    staging = store.parent / f".{store.name}.segment-staging"
+    staging = staging_path(store, "segment")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     progress = Progress(len(images), f"segment {shard}")
