@@ -25,6 +25,12 @@ class Segmenter(Protocol):
 
     name: str
 
+    @property
+    def image_partitioned(self) -> bool:
+        """True only for a backend whose cells are the QC's image-driven reference partition (the
+        built-in ``watershed`` with ``boundary: edges``): comparing them with it would say nothing."""
+        ...
+
     def segment(self, image: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Segment one image.
 

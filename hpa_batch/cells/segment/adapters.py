@@ -107,6 +107,7 @@ class HPACellSegSegmenter:
     """
 
     name = "hpacellseg"
+    image_partitioned = False
 
     def __init__(
         self,
@@ -166,6 +167,7 @@ class CellposeSegmenter:
     """
 
     name = "cellpose"
+    image_partitioned = False
 
     def __init__(
         self,

@@ -42,8 +42,6 @@ from hpa_batch.cells.segment.watershed import (
     distance_partition,
     flatten,
     nuclear_foreground,
-    perinuclear_rings,
-    ring_levels,
 )
 from hpa_batch.config import SegmentationQCConfig
 
@@ -211,9 +209,7 @@ def edge_disagreement(cells: np.ndarray, nuclei: np.ndarray, image: np.ndarray, 
     seg = WatershedSegmenter()
     area = np.bincount(nuclei.ravel())[1:]
     radius = float(np.sqrt(np.median(area[area > 0]) / np.pi))
-    rings = perinuclear_rings(nuclei, max(round(0.5 * radius), 2))
-    signal, _ = seg.cell_signal(image, rings, radius)
-    levels = ring_levels(np.minimum(signal, np.float32(seg.clip)), rings, int(nuclei.max()))
+    signal, _, levels = seg.signal_levels(image, nuclei, radius)
     part = seg.partition(signal, nuclei, (cells > 0) | (nuclei > 0), radius, levels=levels)
     return partition_disagreement(cells, np.where(cells > 0, part, 0), min_iou)
 

@@ -114,8 +114,7 @@ def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: 
     )
     n_cells, border = int(cells.max()), border_ids(cells)
     # rounded once, so a kept image (read back from its attributes) gives the same row as a fresh one
-    own_edges = getattr(segmenter, "boundary", None) == "edges"  # the built-in backend's own partition
-    measures = image_qc(cells, nuclei, image, scale, edge_reference=not own_edges)
+    measures = image_qc(cells, nuclei, image, scale, edge_reference=not segmenter.image_partitioned)
     qc = {k: float(round(v, 6)) for k, v in measures.items()}
     info = {
         "backend": segmenter.name,

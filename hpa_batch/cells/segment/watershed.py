@@ -326,16 +326,46 @@ class WatershedSegmenter:
         w = sum(weights.values())
         return total / F32(w), math.sqrt(noise2) / w
 
+    def signal_levels(
+        self, image: np.ndarray, nuclei: np.ndarray, radius: float
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """Cell-body signal, its noise and each nucleus's perinuclear level, for given nuclei.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            ``(4, h, w)`` image at the working level.
+        nuclei : numpy.ndarray
+            ``(h, w)`` int nucleus labels ``1..n``.
+        radius : float
+            Median nucleus radius (px).
+
+        Returns
+        -------
+        signal : numpy.ndarray
+            ``(h, w)`` float32 (:meth:`cell_signal`).
+        noise : float
+            Its noise sigma.
+        levels : numpy.ndarray
+            ``(n + 1,)`` float32 perinuclear level per nucleus id (:func:`ring_levels`).
+        """
+        rings = perinuclear_rings(nuclei, max(round(0.5 * radius), 2))
+        signal, noise = self.cell_signal(image, rings, radius)
+        levels = ring_levels(np.minimum(signal, F32(self.clip)), rings, int(nuclei.max()))
+        return signal, noise, levels
+
+    @property
+    def image_partitioned(self) -> bool:
+        """Whether its cells are the image-driven ``edges`` partition the QC compares other backends with."""
+        return self.boundary == "edges"
+
     def segment(self, image: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`hpa_batch.cells.segment.Segmenter` (``scale`` is not needed: sizes come from the image)."""
         nuclei, radius = self.nuclei(image[CHANNELS.index("blue")])
         if nuclei.max() == 0:
             return nuclei, nuclei.copy()
-        n = int(nuclei.max())
-        rings = perinuclear_rings(nuclei, max(round(0.5 * radius), 2))
-        signal, noise = self.cell_signal(image, rings, radius)
+        signal, noise, level = self.signal_levels(image, nuclei, radius)
         fg = (signal > 3 * noise) | (nuclei > 0)
-        level = ring_levels(np.minimum(signal, F32(self.clip)), rings, n)
         first = self.partition(signal, nuclei, fg, radius, levels=level)
         keep = (signal >= F32(self.cell_threshold) * level[first]) | (nuclei > 0)
         cells = attached_to_nucleus(np.where(keep, first, 0).astype(np.int32), nuclei)
