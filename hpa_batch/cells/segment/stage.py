@@ -49,7 +49,7 @@ LABEL_NAMES: tuple[str, ...] = ("cells", "nuclei")
 #: differences, wrong-split QC measures); 3: issue 35 (markers of touching nuclei 8-connected, finer
 #: smoothing, binucleate cells joined); 4: issue 35 (nuclei no ridge in the edge landscape, edge
 #: weight 0.18).
-SEGMENT_REVISION = 4
+SEGMENT_REVISION = 5
 
 
 def settings_digest(cfg: Config, segmenter: Segmenter | None = None) -> str:

@@ -9,7 +9,8 @@ No size or intensity constant is tied to a dataset: every scale comes from the i
    (dim nuclei next to bright mitotic ones are kept) and above the noise; holes filled. The median
    nucleus size found there sets every later scale: smoothing, the smallest nucleus kept
    (``min_nucleus_fraction`` of the median area) and the depth of the distance-transform maxima that
-   split touching nuclei (``nucleus_split`` x the median radius).
+   split touching nuclei (``nucleus_split`` x the median radius; ``nucleus_split_big`` for a clump of
+   at least ``nucleus_big_area`` typical nuclei, where nuclei pressed together leave a shallow neck).
 3. **Cell-body signal**: each reference channel (microtubules, ER; the protein channel only with a
    ``green_weight``) is divided by its own typical perinuclear level and clipped at ``clip``, so no
    channel and no saturated structure can dominate the mean; then smoothed.
@@ -170,14 +171,26 @@ def ring_levels(signal: np.ndarray, rings: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([[0.0], np.where(ok, levels, fill)]).astype(F32)
 
 
-def split_touching(mask: np.ndarray, radius: float, depth: float, solidity: float = 0.93) -> np.ndarray:
+def split_touching(
+    mask: np.ndarray,
+    radius: float,
+    depth: float,
+    solidity: float = 0.93,
+    *,
+    big_depth: float | None = None,
+    big_area: float = 1.5,
+) -> np.ndarray:
     """Split touching objects at distance-transform maxima deeper than ``depth`` px.
 
     Only components larger than a typical object (``radius``) that are not convex (area below
     ``solidity`` x their convex hull's: touching round nuclei leave a neck, one elongated nucleus does
-    not) are split. ``mask`` is ``(h, w)`` bool; returns ``(h, w)`` int32 labels. The h-maxima transform
-    runs per component on its bounding box, so its cost follows the objects' area.
+    not) are split. A component of at least ``big_area`` typical objects (``pi radius**2``) is most
+    likely several nuclei pressed together, whose neck is shallow: it is split at maxima deeper than
+    ``big_depth`` px instead (default ``depth``), so single irregular nuclei keep the stricter depth.
+    ``mask`` is ``(h, w)`` bool; returns ``(h, w)`` int32 labels. The h-maxima transform runs per
+    component on its bounding box, so its cost follows the objects' area.
     """
+    typical = math.pi * radius * radius
     dist = ndi.distance_transform_edt(mask).astype(F32)
     dist = ndi.gaussian_filter(dist, max(0.1 * radius, 0.7))
     comps, _ = ndi.label(mask)
@@ -190,10 +203,11 @@ def split_touching(mask: np.ndarray, radius: float, depth: float, solidity: floa
         own = comps[sl] == k
         area = int(own.sum())
         n = 1
-        if area >= 0.8 * math.pi * radius * radius and area < solidity * convex_hull_image(own).sum():
+        if area >= 0.8 * typical and area < solidity * convex_hull_image(own).sum():
             # larger than a typical nucleus and not convex: look for several maxima
+            h = big_depth if big_depth is not None and area >= big_area * typical else depth
             sub = np.where(own, dist[sl], 0).astype(np.float64)
-            markers, n = ndi.label(h_maxima(sub, depth).astype(bool) & own, structure=eight)
+            markers, n = ndi.label(h_maxima(sub, h).astype(bool) & own, structure=eight)
         if n > 1:
             lab = watershed(-dist[sl], markers, mask=own)
             out[sl] = np.where(lab > 0, lab + next_id - 1, out[sl])
@@ -223,6 +237,9 @@ class WatershedSegmenter:
     nucleus_split : float
         Touching nuclei are split at distance-transform maxima deeper than this fraction of the median
         nucleus radius.
+    nucleus_split_big, nucleus_big_area : float
+        A clump of at least ``nucleus_big_area`` median nucleus areas is split at maxima deeper than
+        ``nucleus_split_big`` radii (nuclei pressed together in packed fields leave a shallow neck).
     min_nucleus_fraction : float
         Nuclei smaller than this fraction of the median nucleus area are dropped.
     smoothing : float
@@ -253,6 +270,8 @@ class WatershedSegmenter:
     cell_threshold: float = 0.15
     clip: float = 3.0
     nucleus_split: float = 0.2
+    nucleus_split_big: float = 0.1
+    nucleus_big_area: float = 1.5
     min_nucleus_fraction: float = 0.03
     smoothing: float = 0.06
     boundary: str = "edges"
@@ -295,7 +314,13 @@ class WatershedSegmenter:
             return np.zeros(blue.shape, np.int32), 0.0
         mask = drop_small(mask, max(int(self.min_nucleus_fraction * area), 4))
         radius = math.sqrt(area / math.pi)
-        nuclei = split_touching(mask, radius, max(self.nucleus_split * radius, 0.5))
+        nuclei = split_touching(
+            mask,
+            radius,
+            max(self.nucleus_split * radius, 0.5),
+            big_depth=max(self.nucleus_split_big * radius, 0.5),
+            big_area=self.nucleus_big_area,
+        )
         nuclei = drop_small(nuclei, max(int(0.5 * self.min_nucleus_fraction * area), 3))
         return relabel_sequential(nuclei)[0].astype(np.int32), radius
 
