@@ -1,4 +1,4 @@
-"""Cost of the Snakefile's damage check (``hpa_batch.core.damage.refuse_damaged``), which every
+"""Cost of the Snakefile's damage check (``hpa_batch.integrity.refuse_damaged``), which every
 ``snakemake`` invocation pays before its DAG is scheduled, against a floor measured in the same run.
 
 A results tree of ``--shards`` shards is written with the real writers' file kinds: per shard a
@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from hpa_batch.core.damage import refuse_damaged
 from hpa_batch.core.receipts import record
 from hpa_batch.core.tree import mark_tree
+from hpa_batch.integrity import refuse_damaged
 from hpa_batch.layout import result
 
 

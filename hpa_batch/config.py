@@ -20,6 +20,7 @@ import jsonschema
 import yaml
 
 from hpa_batch.core.labels import LabelCatalog, get_catalog
+from hpa_batch.core.shards import CodecConfig
 from hpa_batch.spec import HEADS, EncoderSpec, Level, ModelSpec, encoder_from_entry, spec_from_entry
 
 
@@ -165,15 +166,6 @@ class QCConfig:
 
     max_pixels: int
     min_side: int
-
-
-@dataclass(frozen=True)
-class CodecConfig:
-    """Blosc settings for every chunk (zarr.codecs.BloscCodec)."""
-
-    cname: str
-    clevel: int
-    shuffle: str
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpa_batch.core.atomic import STAGING, staging_path
-from hpa_batch.core.damage import Damage, find_damaged, leftover, printable
 from hpa_batch.core.driver import tree_holder
+from hpa_batch.core.errors import printable
 from hpa_batch.core.tree import TREE_DIR, find_tree, read_marker
+from hpa_batch.integrity import Damage, find_damaged, leftover
 from hpa_batch.layout import result, result_key
 
 __all__ = ["RepairRefused", "Repaired", "redo_command", "repair", "repair_root"]
@@ -145,7 +146,7 @@ def repair(
     dry_run: bool = False,
     config_results: str | Path | None = None,
 ) -> Repaired:
-    """Remove exactly what :func:`~hpa_batch.core.damage.find_damaged` (deep) finds under ``path`` and
+    """Remove exactly what :func:`~hpa_batch.integrity.find_damaged` (deep) finds under ``path`` and
     may be removed (see the module docstring): damaged outputs, and in an image store only the damaged
     images / labels and the stage files claiming them done. ``hold(output)`` takes the output's writer
     lock first (refused if a job writes it).

@@ -70,6 +70,10 @@ class ThresholdRule:
         return {"min_positives": self.min_positives, "default": self.default, "low": self.low, "high": self.high}
 
 
+GUARD = ThresholdRule(min_positives=10, default=0.5, low=0.05, high=0.95)
+"""The threshold guard's defaults (a model spec's ``thresholds`` section; the baseline uses these)."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model: what it learns from, its architecture, its training schedule and its inference."""

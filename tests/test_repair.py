@@ -162,7 +162,7 @@ def test_the_printed_command_is_the_workflow_s_own(tmp_path, monkeypatch):
 
 def test_a_long_submission_row_is_not_damage(tmp_path):
     """A submission's PredictionString can exceed the csv module's default field limit (131,072)."""
-    from hpa_batch.core.damage import check_output
+    from hpa_batch.integrity import check_output
 
     path = tmp_path / "submission.csv"
     path.write_text("ID,ImageWidth,ImageHeight,PredictionString\na,2048,2048," + "0 1 eNoLAA== " * 20_000 + "\n")

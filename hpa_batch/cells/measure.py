@@ -32,8 +32,9 @@ from skimage.metrics import structural_similarity
 from hpa_batch import CHANNELS
 from hpa_batch.config import Config, MeasureConfig
 from hpa_batch.core.atomic import atomic_path
-from hpa_batch.core.damage import reading
+from hpa_batch.core.errors import reading
 from hpa_batch.core.progress import Progress, get_logger
+from hpa_batch.core.stamps import LabelsStamp
 from hpa_batch.core.tables import read_parquet, to_arrow
 
 STATS = ("mean", "median", "std", "integrated")
@@ -379,7 +380,7 @@ def load_image_and_masks(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
             group["s0"][...],
             labels["cells"]["s0"][...],
             labels["nuclei"]["s0"][...],
-            set(labels.attrs["hpa_batch"]["border_cells"]),
+            set(LabelsStamp.from_attrs(dict(labels.attrs)).border_cells),
         )
 
 

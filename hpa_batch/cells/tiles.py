@@ -43,9 +43,10 @@ from hpa_batch.cells.measure import (
 )
 from hpa_batch.config import Config, IntensityConfig, MeasureConfig, TilesConfig
 from hpa_batch.core.atomic import atomic_path
-from hpa_batch.core.damage import reading
+from hpa_batch.core.errors import reading
 from hpa_batch.core.ngff import level_paths
 from hpa_batch.core.progress import Progress, get_logger
+from hpa_batch.core.stamps import TileStamp
 from hpa_batch.core.tables import read_parquet
 
 
@@ -398,7 +399,7 @@ def _write_store(cfg: Config, store: Path, table: pd.DataFrame, image_ids: list[
         "complete": True,
         "version": __version__,
     }
-    root.attrs.update({"hpa_batch": attrs})
+    root.attrs.update(TileStamp.from_dict(attrs).to_attrs())
     return attrs
 
 

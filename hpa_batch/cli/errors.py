@@ -12,7 +12,7 @@ from pathlib import Path
 from hpa_batch.cli.verbs import config_of, shard_paths
 from hpa_batch.config import ConfigError
 from hpa_batch.convert.plan import PlanError
-from hpa_batch.core.damage import DamagedFileError, UnsafeCheckpointError, printable
+from hpa_batch.core.errors import DamagedFileError, UnsafeCheckpointError, printable
 from hpa_batch.core.locks import OutputLockError
 from hpa_batch.core.process import is_rank0
 from hpa_batch.layout import (
@@ -96,7 +96,7 @@ def _space_line(filename: object, args: argparse.Namespace) -> str:
 def _damaged_input(args: argparse.Namespace) -> str | None:
     """After an unexpected error: the first input of the verb (a path argument it does not write) that
     is damaged, as the one line a stage prints for it; None when every input is sound."""
-    from hpa_batch.core.damage import check_output, results_root
+    from hpa_batch.integrity import check_output, results_root
 
     written = {Path(p) for p in getattr(args, "outputs_", [])}
     given = [p for v in vars(args).values() for p in (v if isinstance(v, list) else [v]) if isinstance(p, Path)]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from hpa_batch.cli.verbs import config_of, writes
-from hpa_batch.core.damage import printable
+from hpa_batch.core.errors import printable
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     if _image_store(args.path):
         return _validate_store(args.path, deep=args.deep)
-    from hpa_batch.core.damage import find_damaged
+    from hpa_batch.integrity import find_damaged
 
     checked, damaged = find_damaged(args.path, deep=args.deep)
     for item in damaged:
@@ -38,14 +38,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _image_store(path: Path) -> bool:
     """True for a zarr group that is not another stage's store (a shard store, an image group, a stray
-    group); tile, embedding and SpatialData stores are checked as outputs."""
-    from hpa_batch.core.damage import results_root, zarr_kind
-    from hpa_batch.layout import result_key
+    group); tile, embedding and SpatialData stores are checked as outputs (:func:`is_image_store`)."""
+    from hpa_batch.integrity import is_image_store
 
-    if not (path.is_dir() and (path / "zarr.json").is_file()):
-        return False
-    key = (result_key(results_root(path), path) or ("", {}))[0] or zarr_kind(path)
-    return key not in ("tiles", "embeddings", "spatialdata")
+    return path.is_dir() and (path / "zarr.json").is_file() and is_image_store(path)
 
 
 def _validate_store(path: Path, *, deep: bool) -> int:

@@ -78,8 +78,8 @@ def writes(args: argparse.Namespace, *outputs: Path | str) -> None:
 def _mark_tree_of(args: argparse.Namespace, out: Path) -> None:
     """Mark the results tree an output of the contract is written into (a stage run by hand; a workflow
     run marks it in its driver), so that ``repair`` recognises the tree."""
-    from hpa_batch.core.damage import results_root
     from hpa_batch.core.tree import mark_tree
+    from hpa_batch.integrity import results_root
     from hpa_batch.layout import result_key
 
     root = results_root(out)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from hpa_batch.convert.manifest import REJECTED_COLUMNS, read_rejected, write_rejected
-from hpa_batch.core.damage import printable
+from hpa_batch.core.errors import printable
 
 
 def reason_kind(reason: str) -> str:

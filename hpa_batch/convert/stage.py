@@ -67,6 +67,7 @@ from hpa_batch.core.ngff import (
 )
 from hpa_batch.core.progress import Progress, get_logger
 from hpa_batch.core.shards import update_group_attributes
+from hpa_batch.core.stamps import ImageStamp, ShardStamp
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def reusable(path: Path, row: pd.Series) -> bool:
     if not is_complete(path):
         return False
     try:
-        stored = read_group_attrs(path)["hpa_batch"]["source"]
+        stored = ImageStamp.from_attrs(read_group_attrs(path)).source
         return stored == source_signature(row)
     except (KeyError, OSError):
         return False
@@ -169,7 +170,7 @@ def reusable(path: Path, row: pd.Series) -> bool:
 def _prepare_store(store: Path, shard: str, keep: set[str]) -> Path:
     """Create the shard's root group, drop images no longer in the shard, reset staging."""
     if not (store / "zarr.json").is_file():
-        zarr.open_group(store, mode="w", zarr_format=3, attributes={"hpa_batch": {"shard": shard}})
+        zarr.open_group(store, mode="w", zarr_format=3, attributes=ShardStamp(shard=shard).to_attrs())
     log = get_logger()
     for child in sorted(p for p in store.iterdir() if p.is_dir()):
         if child.name not in keep and child.name != COLLECTION_GROUP:
@@ -310,7 +311,7 @@ def convert_shard(
 
     done = sorted(r.image_id for r in results if r.status != "rejected")
     # the store's record of its images, through the one atomic-write helper (never half a zarr.json)
-    update_group_attributes(store, {"hpa_batch": {"shard": shard, "images": done, "version": __version__}})
+    update_group_attributes(store, ShardStamp(shard=shard, images=tuple(done), version=__version__).to_attrs())
     write_collection(store, done)  # the store as a collection of its images, for viewers
     summary = {
         "shard": shard,

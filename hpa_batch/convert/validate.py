@@ -23,6 +23,7 @@ from hpa_batch.core.ngff import (
     read_group_attrs,
     verify_image,
 )
+from hpa_batch.core.stamps import stamp_dict
 
 
 @dataclass
@@ -75,7 +76,7 @@ def image_problems(path: Path, deep: bool = False) -> list[str]:
         verify_image(path)
     except IncompleteImageError as exc:
         return [str(exc)]
-    if not read_group_attrs(path).get("hpa_batch", {}).get("complete"):
+    if not stamp_dict(read_group_attrs(path)).get("complete"):
         problems.append(f"{path}: not stamped complete")
     group = zarr.open_group(path, mode="r", zarr_format=3)
     try:
@@ -130,7 +131,7 @@ def _label_problems(path: Path, deep: bool) -> list[str]:
         return []
     problems = []
     attrs = read_group_attrs(labels)
-    sampled_from = attrs.get("hpa_batch", {}).get("level")
+    sampled_from = stamp_dict(attrs).get("level")
     for name in attrs.get("ome", {}).get("labels", []):
         try:
             verify_image(labels / name)
@@ -173,7 +174,7 @@ def validate_store(path: Path, deep: bool = False) -> Report:
         report.problems.append(f"{path}: not a zarr v3 store (no zarr.json)")
         return report
     groups = image_groups(path)
-    record = read_group_attrs(path).get("hpa_batch", {}).get("images")  # what conversion wrote
+    record = stamp_dict(read_group_attrs(path)).get("images")  # what conversion wrote
     if not groups and record is None:
         report.problems.append(
             f"{path}: not an image store: a zarr group with no OME-NGFF image group and no conversion record "
@@ -223,7 +224,7 @@ def repair_store(store: Path, *, convert_summary: Path, segment_summary: Path) -
         elif _label_problems(image, deep=True):
             shutil.rmtree(image / "labels")
             out.labels.append(image.name)
-    record = read_group_attrs(store).get("hpa_batch", {}).get("images") or []
+    record = stamp_dict(read_group_attrs(store)).get("images") or []
     for name in sorted(set(record) - {p.name for p in groups}):
         folder = store / name
         if folder.is_dir() and not folder.is_symlink() and folder.parent == store:
@@ -274,7 +275,7 @@ def describe_image(path: Path) -> dict[str, Any]:
                 "compressors": [c.to_dict() for c in arr.compressors],
             }
         )
-    stamp = attrs.get("hpa_batch", {})
+    stamp = stamp_dict(attrs)
     return {
         "image": Path(path).name,
         "path": str(path),  # an OME-Zarr image: what napari, ome-zarr-py, bioio and ome-zarr-models open
@@ -295,7 +296,7 @@ def describe_labels(image: Path) -> list[dict[str, Any]]:
     if not (labels / "zarr.json").is_file():
         return []
     attrs = read_group_attrs(labels)
-    stamp = attrs.get("hpa_batch", {})
+    stamp = stamp_dict(attrs)
     out = []
     for name in attrs.get("ome", {}).get("labels", []):
         block = (

@@ -10,8 +10,6 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from hpa_batch.spec import ThresholdRule
-
 
 def _present(y: np.ndarray) -> np.ndarray:
     """Classes with at least one positive and one negative (where AP/AUC are defined)."""
@@ -45,10 +43,6 @@ def macro_auc(y: np.ndarray, prob: np.ndarray) -> float:
     """Macro ROC AUC over classes with positives and negatives (nan if none)."""
     keep = _present(y)
     return float(roc_auc_score(y[:, keep], prob[:, keep], average="macro")) if len(keep) else float("nan")
-
-
-GUARD = ThresholdRule(min_positives=10, default=0.5, low=0.05, high=0.95)
-"""The threshold guard's defaults (a model spec's ``thresholds`` section; the baseline uses these)."""
 
 
 def tune_thresholds(

@@ -23,14 +23,15 @@ from typing import Any
 import numpy as np
 
 from hpa_batch import CHANNEL_COLORS, CHANNEL_STAINS, CHANNELS, __version__
-from hpa_batch.config import CodecConfig
 from hpa_batch.core.shards import (
+    CodecConfig,
     IncompleteShardError,
     check_shard_index,
     update_group_attributes,
     write_array,
     write_group,
 )
+from hpa_batch.core.stamps import ImageStamp, LabelsStamp, stamp_dict
 
 NGFF_VERSION = "0.5"
 #: The label images of every segmented image (``<image>/labels/<name>``).
@@ -310,14 +311,14 @@ def write_labels(
         ome = label_attrs(len(levels), name, pixel_size_um, sampled_from=sampled_from, full=levels[0])
         write_pyramid(path / name, levels, chunk=chunk, codec=codec, ome=ome)
         verify_image(path / name)
-    update_group_attributes(path, {"hpa_batch": {**info, "complete": True, "version": __version__}})
+    update_group_attributes(path, LabelsStamp.from_dict({**info, "complete": True, "version": __version__}).to_attrs())
 
 
 def labels_complete(image_path: Path, names: Sequence[str]) -> bool:
     """True if ``image_path/labels`` is stamped complete and every named label image verifies."""
     labels = Path(image_path) / "labels"
     try:
-        if not read_group_attrs(labels).get("hpa_batch", {}).get("complete"):
+        if not stamp_dict(read_group_attrs(labels)).get("complete"):
             return False
         for name in names:
             verify_image(labels / name)
@@ -392,14 +393,14 @@ def verify_image(path: Path) -> dict[str, Any]:
 
 
 def stamp_complete(path: Path, info: dict[str, Any]) -> None:
-    """Record in the group's attributes that the image was verified complete."""
-    update_group_attributes(path, {"hpa_batch": {**info, "complete": True, "version": __version__}})
+    """Record in the group's attributes that the image was verified complete (:class:`ImageStamp`)."""
+    update_group_attributes(path, ImageStamp.from_dict({**info, "complete": True, "version": __version__}).to_attrs())
 
 
 def is_complete(path: Path) -> bool:
     """True if the image group is stamped complete AND verifies."""
     try:
-        if not read_group_attrs(path).get("hpa_batch", {}).get("complete"):
+        if not stamp_dict(read_group_attrs(path)).get("complete"):
             return False
         verify_image(path)
     except IncompleteImageError:

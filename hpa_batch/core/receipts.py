@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from hpa_batch.core.stamps import EmbeddingStamp, TileStamp, store_kind
 from hpa_batch.core.tree import find_tree, tree_dir
 
 __all__ = ["SMALL_FILE", "changed", "drop", "receipts", "record", "refresh"]
@@ -84,11 +85,7 @@ def _store_files(store: Path) -> dict[str, list[int]]:
 
 def _is_chunk_store(path: Path) -> bool:
     """A tile or embedding store (stamped rows, written once): not an image or SpatialData store."""
-    try:
-        stamp = json.loads((path / "zarr.json").read_text())["attributes"]["hpa_batch"]
-    except Exception:  # noqa: BLE001 (no readable stamp: no receipt)
-        return False
-    return "n_cells" in stamp and ("encoder" in stamp or "n_images" in stamp)
+    return store_kind(path) in (TileStamp.kind, EmbeddingStamp.kind)
 
 
 def _entries(output: Path) -> Iterator[tuple[Path, dict]]:

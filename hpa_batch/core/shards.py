@@ -27,6 +27,7 @@ import json
 import math
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,6 @@ from zarr.core.group import GroupMetadata
 from zarr.core.indexing import morton_order_iter
 from zarr.storage import MemoryStore
 
-from hpa_batch.config import CodecConfig
 from hpa_batch.core.atomic import atomic_write_text
 
 EMPTY = np.uint64(2**64 - 1)  # index offset of a chunk absent from a shard
@@ -49,6 +49,15 @@ _SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle"
 
 class IncompleteShardError(RuntimeError):
     """A shard file that is missing, truncated, corrupt or lacks chunks."""
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Blosc settings for every chunk (zarr.codecs.BloscCodec)."""
+
+    cname: str
+    clevel: int
+    shuffle: str
 
 
 def zarr_blosc(codec: CodecConfig) -> BloscCodec:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hpa_batch.core.atomic import atomic_path
+from hpa_batch.core.errors import reason_of
 
 if TYPE_CHECKING:
     from hpa_batch.core.labels import LabelCatalog
@@ -81,8 +82,8 @@ def write_table(df: pd.DataFrame, schema: pa.Schema, path: str | Path) -> None:
 
 def read_parquet(path: str | Path, **kwargs: object) -> pd.DataFrame:
     """``pandas.read_parquet`` that names a damaged file: "<file> is damaged (<reason>): run hpa-batch
-    repair <file>" (:class:`hpa_batch.core.damage.DamagedFileError`) instead of a codec error."""
-    from hpa_batch.core.damage import reading
+    repair <file>" (:class:`hpa_batch.core.errors.DamagedFileError`) instead of a codec error."""
+    from hpa_batch.core.errors import reading
 
     with reading(path):
         return pd.read_parquet(path, **kwargs)
@@ -90,7 +91,7 @@ def read_parquet(path: str | Path, **kwargs: object) -> pd.DataFrame:
 
 def parquet_file(path: str | Path) -> pq.ParquetFile:
     """``pyarrow.parquet.ParquetFile`` (footer read) that names a damaged file (:func:`read_parquet`)."""
-    from hpa_batch.core.damage import reading
+    from hpa_batch.core.errors import reading
 
     with reading(path):
         return pq.ParquetFile(path)
@@ -98,7 +99,7 @@ def parquet_file(path: str | Path) -> pq.ParquetFile:
 
 def read_schema(path: str | Path) -> pa.Schema:
     """``pyarrow.parquet.read_schema`` that names a damaged file (:func:`read_parquet`)."""
-    from hpa_batch.core.damage import reading
+    from hpa_batch.core.errors import reading
 
     with reading(path):
         return pq.read_schema(path)
@@ -106,7 +107,50 @@ def read_schema(path: str | Path) -> pa.Schema:
 
 def read_arrow(path: str | Path, **kwargs: object) -> pa.Table:
     """``pyarrow.parquet.read_table`` that names a damaged file (:func:`read_parquet`)."""
-    from hpa_batch.core.damage import reading
+    from hpa_batch.core.errors import reading
 
     with reading(path):
         return pq.read_table(path, **kwargs)
+
+
+# --------------------------------------------------------------------------------------- checks
+def parquet_problem(path: str | Path, *, columns: tuple[str, ...] = (), deep: bool = False) -> str | None:
+    """Why the parquet table ``path`` is damaged, or None: its footer (every row group decoded with
+    ``deep``) and the ``columns`` its readers need."""
+    try:
+        pf = pq.ParquetFile(path)
+        names = set(pf.schema_arrow.names)
+        if deep:
+            for k in range(pf.num_row_groups):
+                pf.read_row_group(k)
+    except Exception as exc:  # noqa: BLE001 (any decoder failure is the damage to report)
+        return f"not a readable parquet table: {reason_of(exc)}"
+    missing = [c for c in columns if c not in names]
+    return f"no column {', '.join(missing)}" if missing else None
+
+
+def parquet_rows(path: str | Path) -> int | None:
+    """Rows of the parquet table ``path`` (its footer), None when it does not open."""
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception:  # noqa: BLE001 (the table's own check reports it)
+        return None
+
+
+def text_table_problem(path: str | Path, sep: str) -> str | None:
+    """Why the TSV (``sep`` tab) or CSV table ``path`` is damaged, or None: UTF-8, and every row as many
+    fields as its header (the csv module)."""
+    import csv
+
+    kind = "TSV" if sep == "\t" else "CSV"
+    csv.field_size_limit(2**31 - 1)  # a submission's PredictionString holds every cell of an image
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = csv.reader(f, delimiter=sep)
+            header = next(rows, None)
+            for k, row in enumerate(rows, start=2):
+                if header is not None and len(row) != len(header):
+                    return f"not a readable {kind} table: line {k} has {len(row)} fields, the header {len(header)}"
+    except (UnicodeDecodeError, csv.Error) as exc:
+        return f"not a readable {kind} table: {reason_of(exc)}"
+    return None

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from hpa_batch.core.atomic import atomic_path, atomic_write_text
-from hpa_batch.core.damage import DamagedFileError, UnsafeCheckpointError, printable
+from hpa_batch.core.errors import DamagedFileError, UnsafeCheckpointError, printable, reason_of
 from hpa_batch.core.labels import LabelCatalog
-from hpa_batch.layout import THRESHOLDS_FILE
+from hpa_batch.layout import MODEL_FILE, THRESHOLDS_FILE
 from hpa_batch.spec import ModelSpec
 
 THRESHOLD_RULE = (
@@ -49,7 +49,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     ------
     UnsafeCheckpointError
         "<file> is not a safe checkpoint (<global>)": the file asks to import code.
-    hpa_batch.core.damage.DamagedFileError
+    hpa_batch.core.errors.DamagedFileError
         The file is not a torch checkpoint (truncated, overwritten).
     """
     import pickle
@@ -241,7 +241,7 @@ def read_state(path: Path, map_location: Any = "cpu") -> TrainingState:
 
     Raises
     ------
-    hpa_batch.core.damage.DamagedFileError
+    hpa_batch.core.errors.DamagedFileError
         The file is a checkpoint without the training-state entries.
     """
     ckpt = load_checkpoint(path, map_location)
@@ -285,3 +285,41 @@ def read_best(path: Path, map_location: Any = "cpu") -> BestEpoch:
     if not isinstance(ckpt, dict) or not {"model", "thresholds", "epoch"} <= set(ckpt):
         raise DamagedFileError(path, "not a best-epoch state: no model, thresholds and epoch")
     return BestEpoch(ckpt["model"], ckpt["thresholds"], list(ckpt.get("threshold_reasons", [])), int(ckpt["epoch"]))
+
+
+# --------------------------------------------------------------------------------------- checks
+def checkpoint_problem(
+    path: Path, *, deep: bool = False, model: str | None = None, fold: str | None = None
+) -> str | None:
+    """Why the checkpoint ``path`` is damaged, or None.
+
+    Quick: a zip archive (no torch). ``deep``: loaded safely; a training state (``state/*.pt``) needs
+    no more, a ``model.pt`` must name the ``model`` and ``fold`` of its folder when they are given.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except Exception as exc:  # noqa: BLE001 (torch checkpoints are zip archives: this is the quick check)
+        return f"not a torch checkpoint archive: {reason_of(exc)}"
+    if not deep:
+        return None
+    try:
+        if path.name != MODEL_FILE:  # a training state (state/last.pt, best.pt): loadable is enough
+            load_checkpoint(path)
+            return None
+        ckpt = read_model(path)
+    except UnsafeCheckpointError as exc:
+        return str(exc).removeprefix(f"{path} ")
+    except DamagedFileError as exc:
+        return exc.reason
+    spec = ckpt.get("spec", {})
+    if model and spec.get("name") != model:
+        return f"holds model {spec.get('name')!r}, its folder is models/{model}"
+    if fold is not None and str(ckpt.get("fold", fold)) != fold:
+        return f"holds fold {ckpt.get('fold')}, its folder is fold{fold}"
+    return None
+
+
+def thresholds_problem(data: dict[str, Any]) -> str | None:
+    """Why a parsed ``thresholds.json`` object cannot be read by :func:`read_thresholds`, or None."""
+    return None if isinstance(data.get("thresholds"), list) else "no thresholds list"

@@ -40,8 +40,9 @@ from hpa_batch.cells.tiles import (
 )
 from hpa_batch.config import TilesConfig
 from hpa_batch.core.atomic import atomic_path
-from hpa_batch.core.damage import reading
+from hpa_batch.core.errors import reading
 from hpa_batch.core.progress import Progress, get_logger
+from hpa_batch.core.stamps import EmbeddingStamp
 from hpa_batch.core.tables import read_parquet
 from hpa_batch.models.encoders import create_encoder
 from hpa_batch.models.transforms import ChannelMap, channel_map, mix_channels
@@ -346,7 +347,7 @@ def embed_shard(
         attrs["content_sha256"] = hashlib.sha256(
             f"{appender.digest}\n{reader.group.attrs.get('hpa_batch', {}).get('content_sha256', '')}".encode()
         ).hexdigest()  # the embedding rows and the tile store they index
-        root.attrs.update({"hpa_batch": {**attrs, "complete": True}})
+        root.attrs.update(EmbeddingStamp.from_dict({**attrs, "complete": True}).to_attrs())
     get_logger().info("embed %s: %d cells x %d -> %s", spec.name, reader.n, dim, out)
     return {**attrs, "complete": True}
 

@@ -21,7 +21,8 @@ import torch
 import zarr
 
 from hpa_batch.cells.tiles import features_array
-from hpa_batch.core.damage import reading
+from hpa_batch.core.errors import reading
+from hpa_batch.core.stamps import stamp_dict
 from hpa_batch.models.split import multi_hot
 
 
@@ -145,7 +146,7 @@ def build_index(
     for k, path in enumerate(stores):
         with reading(path):
             g = zarr.open_group(path, mode="r", zarr_format=3)
-            stamps.append(dict(g.attrs).get("hpa_batch", {}))
+            stamps.append(stamp_dict(dict(g.attrs)))
             ids = g["image_id"][:] if array == "images" else g["cell_image"][:]
             cids = np.full(len(ids), -1, np.int32) if array == "images" else g["cell_id"][:]
         parts.append(

@@ -22,6 +22,7 @@ from hpa_batch.cells.tiles import TileReader
 from hpa_batch.config import model_spec_from_entry
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.progress import Progress, get_logger
+from hpa_batch.core.stamps import EmbeddingStamp
 from hpa_batch.core.tables import with_classes, with_predictions_about, write_table
 from hpa_batch.models.checkpoint import read_model
 from hpa_batch.models.factory import create_head, create_model, embed, feature_count, forward, num_features_of
@@ -183,7 +184,7 @@ def predict_shard(
         "thresholds": [float(t) for t in folds.thresholds],
     }
     if spec.on_embeddings:  # whether the encoder ran with published weights or a random init
-        about["random_init"] = bool(dict(group.attrs).get("hpa_batch", {}).get("random_init", False))
+        about["random_init"] = EmbeddingStamp.from_attrs(dict(group.attrs)).random_init
     write_table(table, with_predictions_about(schema, about), out)
     get_logger().info("predict %s: %d rows -> %s", model_name, len(table), out)
     return len(table)

@@ -172,7 +172,7 @@ def read_groups(metadata: Path, id_column: str, group_column: str) -> dict[str, 
     ValueError
         The table has no such column, naming the file and its columns.
     """
-    from hpa_batch.core.damage import reading
+    from hpa_batch.core.errors import reading
 
     with reading(metadata):
         head = pd.read_csv(metadata, nrows=0)

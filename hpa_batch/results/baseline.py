@@ -13,7 +13,7 @@ Features: geometry, morphology, the 4 channels' intensity statistics (``log1p``)
 and the seed study's localisation features (:data:`hpa_batch.cells.measure.FEATURES`); optionally the deep
 cell model's embeddings (``baseline.embeddings``). Per-class thresholds are tuned F1-optimally on
 out-of-fold predictions of the training cells (image-grouped K-fold), never on evaluated cells, with
-the deep models' default guard (:data:`hpa_batch.core.metrics.GUARD`).
+the deep models' default guard (:data:`hpa_batch.spec.GUARD`).
 ``n_jobs`` bounds every thread pool of the job (OpenMP/BLAS via threadpoolctl, or the one-vs-rest
 process pool), so a job uses the cores its rule asked for; fits and predictions of fewer than
 :data:`SERIAL_BELOW_ROWS` rows run on one thread, where thread pools cost more than they save. Prediction streams the cells table in record batches, so memory is bounded by ``max_train_cells``
@@ -42,11 +42,12 @@ from hpa_batch.cells.measure import FEATURE_COLUMNS, feature_matrix
 from hpa_batch.config import BaselineConfig
 from hpa_batch.core.atomic import atomic_path, atomic_write_text
 from hpa_batch.core.labels import LabelCatalog, format_labels
-from hpa_batch.core.metrics import GUARD, macro_f1, mean_ap, tune_thresholds
+from hpa_batch.core.metrics import macro_f1, mean_ap, tune_thresholds
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import parquet_file, read_arrow, read_parquet, read_schema, to_arrow, with_classes
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.classifiers import BASELINES
+from hpa_batch.spec import GUARD
 
 __all__ = ["BASELINES", "FEATURE_COLUMNS", "create_baseline", "features", "fit_baseline", "run_baseline"]
 

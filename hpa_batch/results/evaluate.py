@@ -20,7 +20,7 @@ import tifffile
 
 from hpa_batch.cells.segment.quality import iou_matrix
 from hpa_batch.config import EvaluationConfig
-from hpa_batch.core.damage import reading
+from hpa_batch.core.errors import reading
 from hpa_batch.core.labels import LabelCatalog, emitted_ids, format_labels
 from hpa_batch.core.metrics import macro_f1, mean_ap
 from hpa_batch.core.progress import get_logger

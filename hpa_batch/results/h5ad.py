@@ -33,9 +33,10 @@ import pandas as pd
 
 from hpa_batch.cells.measure import FEATURE_COLUMNS
 from hpa_batch.core.atomic import atomic_path
+from hpa_batch.core.errors import reason_of
 from hpa_batch.core.labels import LabelCatalog, emitted_ids
 from hpa_batch.core.tables import parquet_file
-from hpa_batch.results.spatialdata import INSTANCE_KEY, REGION_KEY, check_unique, region_name, table_attrs
+from hpa_batch.results.sdnames import INSTANCE_KEY, REGION_KEY, check_unique, region_name, table_attrs
 
 if TYPE_CHECKING:
     import anndata
@@ -101,7 +102,7 @@ def store_embeddings(table: pd.DataFrame, store: Path) -> np.ndarray:
     """
     import zarr
 
-    from hpa_batch.core.damage import reading
+    from hpa_batch.core.errors import reading
 
     with reading(store):
         group = zarr.open_group(store, mode="r", zarr_format=3)
@@ -253,3 +254,20 @@ def write_cells_h5ad(
                 concat_on_disk(parts, dest)
                 _write_uns(dest, catalog, regions, sources)  # concat_on_disk leaves uns out
     return source.metadata.num_rows
+
+
+def h5ad_problem(path: Path, *, deep: bool = False) -> str | None:
+    """Why ``cells.h5ad`` is damaged, or None: its HDF5 root opens (``deep``: anndata reads it whole)."""
+    try:
+        if deep:
+            import anndata
+
+            anndata.read_h5ad(path)
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                list(f.keys())
+    except Exception as exc:  # noqa: BLE001 (a file that does not open is the damage)
+        return f"not a readable h5ad file: {reason_of(exc)}"
+    return None

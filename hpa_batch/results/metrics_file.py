@@ -15,7 +15,7 @@ from typing import Any, NotRequired, TypedDict, cast
 import jsonschema
 
 from hpa_batch.core.atomic import atomic_write_text
-from hpa_batch.core.damage import DamagedFileError, reading
+from hpa_batch.core.errors import DamagedFileError, reading
 
 
 class RunMetrics(TypedDict, total=False):
@@ -100,7 +100,7 @@ def read_metrics(path: Path) -> Metrics:
 
     Raises
     ------
-    hpa_batch.core.damage.DamagedFileError
+    hpa_batch.core.errors.DamagedFileError
         Not JSON, or not what the schema describes (naming the first violation).
     """
     with reading(path):

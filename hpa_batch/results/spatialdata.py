@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,58 +33,21 @@ import pandas as pd
 from hpa_batch import __version__
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import LabelCatalog
-
-#: SpatialData's container format version (root ``spatialdata_attrs``).
-CONTAINER_FORMAT = "0.2"
-#: The raster element format spatialdata 0.7 writes and reads.
-RASTER_FORMAT = "0.3"
-RASTER_NGFF = "0.5-dev-spatialdata"
-#: The table element format, its encoding type and its keys.
-TABLE_FORMAT = "0.2"
-TABLE_NAME = "table"
-REGION_KEY = "region"
-INSTANCE_KEY = "instance_id"
-#: Label images of a stored image (``labels/{name}``) and the one the table annotates.
-LABELS = ("cells", "nuclei")
-ANNOTATED = "cells"
-_NAME_CHARS = frozenset("_-.")
-
-
-def element_name(image_id: str) -> str:
-    """The SpatialData element name of an image: ``image_id`` with every character spatialdata refuses
-    (anything but letters, digits, ``_``, ``-``, ``.``) as ``_``; a leading ``__`` or ``.`` gets an
-    ``i`` in front. HPA ids (``5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0``) pass unchanged."""
-    name = "".join(c if c.isalnum() or c in _NAME_CHARS else "_" for c in str(image_id))
-    return f"i{name}" if not name or name.startswith(("__", ".")) else name
-
-
-def region_name(image_id: str, label: str = ANNOTATED) -> str:
-    """The labels element of ``image_id``'s ``label`` image (the table's ``region`` value)."""
-    return f"{element_name(image_id)}_{label}"
-
-
-def check_unique(image_ids: Iterable[str]) -> None:
-    """Refuse ids whose element names coincide (spatialdata compares names ignoring case).
-
-    Raises
-    ------
-    ValueError
-        Naming both ids.
-    """
-    seen: dict[str, str] = {}
-    for image_id in image_ids:
-        key = element_name(image_id).lower()
-        if key in seen and seen[key] != image_id:
-            raise ValueError(
-                f"images {seen[key]!r} and {image_id!r} get the same SpatialData element name "
-                f"{element_name(image_id)!r}: rename one in the metadata table"
-            )
-        seen[key] = image_id
-
-
-def table_attrs(regions: Sequence[str]) -> dict[str, Any]:
-    """``uns["spatialdata_attrs"]`` of a table annotating the labels elements ``regions``."""
-    return {"region": list(regions), "region_key": REGION_KEY, "instance_key": INSTANCE_KEY}
+from hpa_batch.core.stamps import SpatialDataStamp
+from hpa_batch.results.sdnames import (
+    ANNOTATED,
+    CONTAINER_FORMAT,
+    LABELS,
+    RASTER_FORMAT,
+    RASTER_NGFF,
+    REGION_KEY,
+    TABLE_FORMAT,
+    TABLE_NAME,
+    check_unique,
+    element_name,
+    region_name,
+    table_attrs,
+)
 
 
 def _system(name: str, axes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -238,7 +201,7 @@ def write_spatialdata(
     with atomic_path(out, keep_suffix=True) as tmp:
         tmp.mkdir()
         root = {"spatialdata_attrs": {"version": CONTAINER_FORMAT, "spatialdata_software_version": "0.7.3"}}
-        _write_group(tmp, {**root, "hpa_batch": {"shard": shard, "version": __version__}})
+        _write_group(tmp, {**root, **SpatialDataStamp(shard=shard, version=__version__).to_attrs()})
         _write_group(tmp / "images", {})
         _write_group(
             tmp / "labels", {"ome": {"labels": [f"{element_name(i)}_{lab}" for i in image_ids for lab in LABELS]}}

@@ -36,7 +36,7 @@ def test_a_leftover_staging_folder_of_either_stage_is_reported(dataset):
     segmentation's)."""
     from hpa_batch.convert.validate import validate_store
     from hpa_batch.core.atomic import STAGING, staging_path
-    from hpa_batch.core.damage import leftover
+    from hpa_batch.integrity import leftover
 
     dataset.add("a16", shape=(128, 128))
     res, _ = convert(dataset)

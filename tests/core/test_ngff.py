@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import zarr
 
-from hpa_batch.config import CodecConfig
 from hpa_batch.core.ngff import (
     IncompleteImageError,
     count_files,
@@ -18,6 +17,7 @@ from hpa_batch.core.ngff import (
     verify_image,
     write_pyramid,
 )
+from hpa_batch.core.shards import CodecConfig
 
 CODEC = CodecConfig("zstd", 5, "bitshuffle")
 

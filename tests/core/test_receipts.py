@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from hpa_batch.core.damage import DamagedOutputsError, refuse_damaged, scan
 from hpa_batch.core.receipts import receipts
+from hpa_batch.integrity import DamagedOutputsError, refuse_damaged, scan
 
 
 @pytest.fixture

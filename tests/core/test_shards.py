@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from hpa_batch.config import CodecConfig
 from hpa_batch.core.shards import (
+    CodecConfig,
     IncompleteShardError,
     check_shard_index,
     chunk_compressor,

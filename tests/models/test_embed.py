@@ -15,7 +15,7 @@ import zarr
 from conftest import assert_upstream_reused, tool_env
 
 from hpa_batch.config import config_from_dict, load_config, load_schema
-from hpa_batch.core.damage import check_output
+from hpa_batch.integrity import check_output
 from hpa_batch.layout import result
 from hpa_batch.models.embed import cell_window, embed_shard
 from hpa_batch.models.encoders import ENCODERS, KEY_MAPS, EncoderWeightsError, create_encoder

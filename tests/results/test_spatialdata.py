@@ -18,14 +18,8 @@ from conftest import scverse_check
 
 from hpa_batch.core.labels import CATALOGS
 from hpa_batch.results.h5ad import write_cells_h5ad
-from hpa_batch.results.spatialdata import (
-    check_unique,
-    element_name,
-    region_name,
-    store_images,
-    store_problem,
-    write_spatialdata,
-)
+from hpa_batch.results.sdnames import check_unique, element_name, region_name
+from hpa_batch.results.spatialdata import store_images, store_problem, write_spatialdata
 
 CATALOG = CATALOGS["hpa2021"]
 

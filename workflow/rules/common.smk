@@ -71,7 +71,7 @@ def shard_files(pattern):
 def refuse_damaged_outputs():
     """Before the DAG is scheduled (main process only): refuse to start over damaged outputs, naming
     each; a consumer failing on one would have its good outputs deleted by Snakemake before it ran."""
-    from hpa_batch.core.damage import refuse_damaged
+    from hpa_batch.integrity import refuse_damaged
 
     if workflow.is_main_process:
         refuse_damaged(RESULTS)

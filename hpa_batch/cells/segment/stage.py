@@ -29,7 +29,7 @@ from hpa_batch.cells.segment.watershed import consistent_labels
 from hpa_batch.config import Config
 from hpa_batch.convert.validate import image_groups
 from hpa_batch.core.atomic import atomic_path, atomic_write_text, staging_path
-from hpa_batch.core.damage import reading
+from hpa_batch.core.errors import reading
 from hpa_batch.core.ngff import (
     label_levels,
     labels_complete,
@@ -39,6 +39,7 @@ from hpa_batch.core.ngff import (
     write_labels,
 )
 from hpa_batch.core.progress import Progress, get_logger
+from hpa_batch.core.stamps import LabelsStamp
 
 LABEL_NAMES: tuple[str, ...] = ("cells", "nuclei")
 
@@ -143,15 +144,18 @@ def segment_image(image_path: Path, segmenter: Segmenter, cfg: Config, staging: 
 def _kept_row(image_path: Path, digest: str) -> dict[str, Any] | None:
     if not labels_complete(image_path, LABEL_NAMES):
         return None
-    info = read_group_attrs(image_path / "labels")["hpa_batch"]
-    if info.get("settings") != digest or "qc" not in info:
+    try:
+        info = LabelsStamp.from_attrs(read_group_attrs(image_path / "labels"))
+    except TypeError:  # a stamp without its cells: not labels this stage can keep
         return None
-    qc = {k: np.nan if info["qc"].get(k) is None else float(info["qc"][k]) for k in QC_MEASURES}
+    if info.settings != digest or not info.qc:
+        return None
+    qc = {k: np.nan if info.qc.get(k) is None else float(info.qc[k]) for k in QC_MEASURES}  # type: ignore[arg-type]
     return {
         "image_id": image_path.name,
-        "n_cells": int(info["n_cells"]),
-        "n_border": len(info["border_cells"]),
-        "level": info["level"],
+        "n_cells": int(info.n_cells),
+        "n_border": len(info.border_cells),
+        "level": info.level,
         **qc,
     }
 

@@ -1,4 +1,4 @@
-"""Damaged outputs (hpa_batch.core.damage): found by ``validate --deep`` over the whole results tree,
+"""Damaged outputs (hpa_batch.integrity): found by ``validate --deep`` over the whole results tree,
 removed exactly by ``repair``, named in one line by the stage that reads them; hostile checkpoints,
 a full disk and ids that would forge lines."""
 
@@ -16,7 +16,8 @@ from conftest import image_dirs, tool_env
 
 from hpa_batch.cli import main
 from hpa_batch.convert.validate import validate_store
-from hpa_batch.core.damage import DamagedFileError, printable, scan
+from hpa_batch.core.errors import DamagedFileError, printable
+from hpa_batch.integrity import scan
 
 
 def hpa(*args, cwd=None):
@@ -77,7 +78,7 @@ def test_a_truncated_tile_chunk_is_found_named_and_repaired(run):
 
 
 def test_a_tile_store_with_a_missing_chunk_or_rows_off_its_table_is_damaged(run):
-    from hpa_batch.core.damage import check_output
+    from hpa_batch.integrity import check_output
 
     res = run["results"]
     first, second = run["shards"][:2]
@@ -271,7 +272,7 @@ def test_validate_says_why_a_path_does_not_exist(tmp_path, capsys):
 
 
 def test_json_summaries_are_checked(run):
-    from hpa_batch.core.damage import check_output
+    from hpa_batch.integrity import check_output
 
     summary = run["results"] / "zarr" / f"{run['shards'][0]}.convert.json"
     assert check_output(summary, run["results"]) is None
@@ -318,3 +319,38 @@ def test_a_flipped_byte_in_a_tile_or_image_chunk_fails_to_decode_and_is_named(ru
     flip(shard, 0.1)  # inside the first chunks, not the index
     problems = validate_store(store, deep=True).problems
     assert problems and image.name in problems[0], problems
+
+
+def test_every_output_kind_has_a_check_or_a_reason_for_none():
+    """A new entry in layout.RESULTS (or a new fold file) must get a check in integrity.CHECKS or a
+    reason in integrity.NO_CHECK; no kind is in both, and every reason says something."""
+    from hpa_batch.integrity import CHECKS, NO_CHECK
+    from hpa_batch.layout import FOLD_FILES, RESULTS
+
+    kinds = set(RESULTS) | {f"fold:{name}" for name in FOLD_FILES}
+    assert set(CHECKS) | set(NO_CHECK) == kinds
+    assert not set(CHECKS) & set(NO_CHECK)
+    assert all(len(reason) > 20 for reason in NO_CHECK.values())
+
+
+def test_a_copied_tile_store_is_told_by_its_stamp_and_checked(tmp_path):
+    """Outside a results tree the stamp picks the check: a tile store stamped incomplete is damage, the
+    same store stamped complete with matching rows is sound, and an unstamped group is an image store."""
+    import zarr
+
+    from hpa_batch.core.stamps import TileStamp, store_kind
+    from hpa_batch.integrity import check_output, is_image_store
+
+    store = tmp_path / "copy.zarr"
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    root.create_array("cells", shape=(3, 4), dtype="uint8", chunks=(2, 4))[:] = 1
+    root.create_array("images", shape=(1, 4), dtype="uint8", chunks=(1, 4))[:] = 1
+    root.attrs.update(TileStamp(n_cells=3, n_images=1, complete=False).to_attrs())
+    assert store_kind(store) == "tiles" and not is_image_store(store)
+    assert "not stamped complete" in check_output(store)
+    root.attrs.update(TileStamp(n_cells=3, n_images=1, complete=True).to_attrs())
+    assert check_output(store, deep=True) is None
+    root.attrs.update(TileStamp(n_cells=4, n_images=1, complete=True).to_attrs())
+    assert "array cells has 3 rows, the store's stamp says 4 cells" in check_output(store)
+    plain = zarr.open_group(tmp_path / "plain.zarr", mode="w", zarr_format=3)
+    assert plain is not None and is_image_store(tmp_path / "plain.zarr")
