@@ -27,9 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpa_batch.convert.validate import image_problems, label_problems
 from hpa_batch.core.atomic import STAGING, staging_path
 from hpa_batch.core.driver import tree_holder
 from hpa_batch.core.errors import printable
+from hpa_batch.core.ngff import image_groups, read_group_attrs
+from hpa_batch.core.stamps import stamp_dict
 from hpa_batch.core.tree import TREE_DIR, find_tree, read_marker
 from hpa_batch.integrity import Damage, find_damaged, leftover
 from hpa_batch.layout import result, result_key
@@ -199,7 +202,6 @@ def _repair_store(
     item: Damage, root: Path, out: Repaired, *, hold: Callable[[Path], None], dry_run: bool, verb: str
 ) -> None:
     """An image store: only its damaged images / labels go (and the stage files claiming them done)."""
-    from hpa_batch.convert.validate import repair_store
 
     shard = item.path.name.split(".")[0]
     where = printable(item.path)
@@ -258,3 +260,47 @@ def redo_command(root: Path, targets: list[Path], *, configfile: str | Path | No
     for config in configs:
         words += ["--configfile", config]
     return prefix + " ".join(shlex.quote(w) for w in words) + note
+
+
+@dataclass
+class Repair:
+    """What :func:`repair_store` removed so that the workflow redoes exactly that."""
+
+    images: list[str] = field(default_factory=list)  # image groups to reconvert (and resegment)
+    labels: list[str] = field(default_factory=list)  # label groups to resegment
+    markers: list[Path] = field(default_factory=list)  # stage outputs removed: Snakemake reruns those jobs
+
+
+def repair_store(store: Path, *, convert_summary: Path, segment_summary: Path) -> Repair:
+    """Remove the damaged parts of a shard store (every array decoded) and the stage outputs that
+    claim it complete, so that the next ``snakemake`` run reconverts exactly the damaged or missing
+    images, resegments exactly the images without valid labels (both stages keep every intact
+    image), and reruns what follows for that shard.
+
+    Parameters
+    ----------
+    convert_summary, segment_summary : Path
+        The shard's ``zarr/{shard}.convert.json`` and ``.segment.json`` (the rules' outputs).
+    """
+    store = Path(store)
+    out = Repair()
+    groups = image_groups(store)
+    for image in groups:
+        if image_problems(image, deep=True):
+            shutil.rmtree(image)
+            out.images.append(image.name)
+        elif label_problems(image, deep=True):
+            shutil.rmtree(image / "labels")
+            out.labels.append(image.name)
+    record = stamp_dict(read_group_attrs(store)).get("images") or []
+    for name in sorted(set(record) - {p.name for p in groups}):
+        folder = store / name
+        if folder.is_dir() and not folder.is_symlink() and folder.parent == store:
+            shutil.rmtree(folder)  # recorded, but no longer an image group (an unreadable zarr.json): remove it
+        out.images.append(name)
+    stale = ([convert_summary] if out.images else []) + ([segment_summary] if out.images or out.labels else [])
+    for marker in stale:
+        if Path(marker).is_file():
+            Path(marker).unlink()
+            out.markers.append(Path(marker))
+    return out

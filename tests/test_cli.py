@@ -142,12 +142,12 @@ def test_quiet_and_verbose_set_the_log_level(dataset, capsys):
 
 def test_every_rule_passes_exactly_the_config_sections_its_verb_reads():
     """Each rule's ``--config-json`` (``stage_config(...)`` / ``model_config``) names exactly the sections
-    its verb reads (``cli.verbs.READS``): one more would rerun the job for nothing on an edit, one less
+    its verb reads (``cli.common.READS``): one more would rerun the job for nothing on an edit, one less
     fails the job (a stage reading an unpassed section raises, config.restrict)."""
     import re
     from pathlib import Path
 
-    from hpa_batch.cli.verbs import READS, READS_WHEN
+    from hpa_batch.cli.common import READS, READS_WHEN
 
     rules = Path(__file__).resolve().parents[1] / "workflow" / "rules"
     seen = {}

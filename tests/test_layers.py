@@ -50,7 +50,13 @@ def imports(path: Path, root: Path) -> Iterator[str]:
             else:
                 name = node.module or ""
             if name.split(".")[0] == package:
-                yield name
+                yield from (_submodule(name, a.name, root) for a in node.names)
+
+
+def _submodule(module: str, name: str, root: Path) -> str:
+    """``from module import name``: the submodule ``module.name`` when it is one, else ``module``."""
+    folder = root.parent.joinpath(*module.split("."))
+    return f"{module}.{name}" if (folder / f"{name}.py").is_file() or (folder / name).is_dir() else module
 
 
 def floor_of(module: str) -> int:

@@ -393,7 +393,7 @@ def measure_shard(cfg: Config, store: Path, manifest: Path, out: Path, segment_q
     The file is written under a temporary name and renamed at the end.
     """
     from hpa_batch.cells.segment.qc import read_segment_qc
-    from hpa_batch.convert.validate import image_groups
+    from hpa_batch.core.ngff import image_groups
 
     shard = store.name.removesuffix(".zarr")
     lines = read_parquet(manifest, columns=["image_id", "cell_line"]).set_index("image_id")["cell_line"]

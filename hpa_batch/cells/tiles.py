@@ -333,7 +333,7 @@ def _iter_images(
 
 def tiles_shard(cfg: Config, store: Path, cells_path: Path, out: Path) -> dict[str, Any]:
     """Build ``results/tiles/{shard}.zarr`` from a segmented store and its per-cell table."""
-    from hpa_batch.convert.validate import image_groups
+    from hpa_batch.core.ngff import image_groups
 
     spec = cfg.tiles
     table = read_parquet(

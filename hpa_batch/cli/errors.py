@@ -9,7 +9,7 @@ import errno
 import sys
 from pathlib import Path
 
-from hpa_batch.cli.verbs import config_of, shard_paths
+from hpa_batch.cli.common import config_of, shard_paths
 from hpa_batch.config import ConfigError
 from hpa_batch.convert.plan import PlanError
 from hpa_batch.core.errors import DamagedFileError, UnsafeCheckpointError, printable

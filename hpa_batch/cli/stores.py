@@ -8,13 +8,18 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from hpa_batch.cli.verbs import config_of, writes
+import zarr
+
+from hpa_batch.cli.common import add_config_args, config_of, writes
 from hpa_batch.core.errors import printable
+from hpa_batch.core.ngff import count_files, image_groups, multiscale_datasets, read_group_attrs
+from hpa_batch.core.stamps import stamp_dict
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from hpa_batch.convert.validate import validate_dataset
+    from hpa_batch.convert.manifest import validate_dataset
 
     if args.path is None:
         report, _ = validate_dataset(config_of(args))
@@ -83,7 +88,6 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from hpa_batch.convert.validate import describe_store
 
     info = describe_store(args.path)
     if args.json:
@@ -108,3 +112,119 @@ def cmd_info(args: argparse.Namespace) -> int:
     if info["n_images"] > args.limit:
         print(f"  ... {info['n_images'] - args.limit} more")
     return 0
+
+
+def add_validate(sub: argparse._SubParsersAction) -> None:
+    """The ``validate`` verb's arguments."""
+    p = sub.add_parser(
+        "validate",
+        help="check outputs (PATH: the results folder, walked whole, or one store / table / checkpoint) or, "
+        "without PATH, the configured dataset",
+    )
+    add_config_args(p)
+    p.add_argument("path", nargs="?", type=Path, help="results folder, a store, an image group or one output file")
+    p.add_argument(
+        "--deep", action="store_true", help="decode everything: every chunk, parquet page, pyramid level, checkpoint"
+    )
+    p.set_defaults(func=cmd_validate)
+
+
+def add_repair(sub: argparse._SubParsersAction) -> None:
+    """The ``repair`` verb's arguments."""
+    p = sub.add_parser(
+        "repair",
+        help="remove what validate --deep finds damaged under PATH (a results folder, a store or a file; in an "
+        "image store only the damaged images / labels and the stage outputs that claim them done) and print the "
+        "command that redoes exactly those and what follows",
+    )
+    add_config_args(p)  # the config's results_dir is a results tree even before a workflow marked it
+    p.add_argument("path", type=Path, help="results folder, results/zarr/{shard}.zarr, a tile store or one file")
+    p.add_argument("--dry-run", "-n", action="store_true", help="list what would be removed; remove nothing")
+    p.set_defaults(func=cmd_repair)
+
+
+def add_info(sub: argparse._SubParsersAction) -> None:
+    """The ``info`` verb's arguments."""
+    p = sub.add_parser("info", help="what a store (or image group) holds")
+    p.add_argument("path", type=Path, help="a shard store (results/zarr/<shard>.zarr) or one image group in it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--limit", type=int, default=10, help="images listed at most")
+    p.set_defaults(func=cmd_info)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's verbs to the sub-command parser of ``hpa-batch``."""
+    for add in (
+        add_validate,
+        add_repair,
+        add_info,
+    ):
+        add(sub)
+
+
+def describe_image(path: Path) -> dict[str, Any]:
+    """What one image group holds: levels, shapes, chunking, codec, bytes, files."""
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    attrs = dict(group.attrs)
+    levels = []
+    for ds in multiscale_datasets(attrs):
+        arr = group[ds["path"]]
+        levels.append(
+            {
+                "path": ds["path"],
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "chunks": list(arr.chunks),
+                "shards": list(arr.shards) if arr.shards else None,
+                "compressors": [c.to_dict() for c in arr.compressors],
+            }
+        )
+    stamp = stamp_dict(attrs)
+    return {
+        "image": Path(path).name,
+        "path": str(path),  # an OME-Zarr image: what napari, ome-zarr-py, bioio and ome-zarr-models open
+        "labels": describe_labels(Path(path)),
+        "complete": bool(stamp.get("complete")),
+        "channels": [c["label"] for c in attrs["ome"].get("omero", {}).get("channels", [])],
+        "levels": levels,
+        "bytes": stamp.get("bytes"),
+        "files": count_files(path),
+        "source_dtype": stamp.get("source_dtype"),
+    }
+
+
+def describe_labels(image: Path) -> list[dict[str, Any]]:
+    """The label images of an image group: name, label values (colours listed), the level they were
+    made at, whether they are stamped complete."""
+    labels = image / "labels"
+    if not (labels / "zarr.json").is_file():
+        return []
+    attrs = read_group_attrs(labels)
+    stamp = stamp_dict(attrs)
+    out = []
+    for name in attrs.get("ome", {}).get("labels", []):
+        block = (
+            read_group_attrs(labels / name).get("ome", {}).get("image-label", {}) if (labels / name).is_dir() else {}
+        )
+        out.append(
+            {
+                "name": name,
+                "values": len(block["colors"]) - 1 if block.get("colors") else None,  # None: written without colours
+                "made_at_level": stamp.get("level"),
+                "complete": bool(stamp.get("complete")),
+            }
+        )
+    return out
+
+
+def describe_store(path: Path) -> dict[str, Any]:
+    """Summary of a shard store (or one image): images, levels, bytes, files per image."""
+    images = [describe_image(p) for p in image_groups(Path(path))]
+    return {
+        "store": str(path),
+        "n_images": len(images),
+        "n_complete": sum(i["complete"] for i in images),
+        "bytes": sum(i["bytes"] or 0 for i in images),
+        "files_per_image": sorted({i["files"] for i in images}),
+        "images": images,
+    }

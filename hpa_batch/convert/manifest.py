@@ -22,7 +22,8 @@ import pyarrow as pa
 from hpa_batch import CHANNELS
 from hpa_batch.config import Config
 from hpa_batch.convert.imageio import ImageHeader, ImageReadError, find_channel_file, probe
-from hpa_batch.convert.plan import Shard, check_images_dirs
+from hpa_batch.convert.plan import Shard, check_images_dirs, plan_shards, read_metadata
+from hpa_batch.convert.validate import Report
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.labels import LabelError, format_labels, parse_labels
 from hpa_batch.core.progress import get_logger
@@ -194,3 +195,23 @@ def read_rejected(path: Path) -> pd.DataFrame:
 def read_manifest(path: Path) -> pd.DataFrame:
     """Read a manifest parquet written by :func:`write_manifest`."""
     return read_parquet(path)
+
+
+def validate_dataset(cfg: Config) -> tuple[Report, pd.DataFrame]:
+    """Run the manifest checks over every planned shard of the configured dataset.
+
+    Returns
+    -------
+    Report, pandas.DataFrame
+        Report over all images; the refused rows (image_id, shard, cell_line, stage, reason).
+    """
+    meta = read_metadata(cfg.dataset)
+    report = Report()
+    refused = []
+    for shard in plan_shards(meta, cfg.cell_lines, cfg.shard_size):
+        manifest = build_manifest(cfg, shard, meta)
+        report.checked += len(shard.ids)
+        refused.append(manifest.rejected)
+        report.problems += [f"{r.image_id}: {r.reason}" for r in manifest.rejected.itertuples()]
+    table = pd.concat(refused, ignore_index=True) if refused else pd.DataFrame()
+    return report, table

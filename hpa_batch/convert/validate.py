@@ -1,23 +1,19 @@
-"""``validate`` and ``info``: check a dataset or a store and describe what a store holds."""
+"""Validation of a shard store: every image group and its label images complete, their NGFF metadata
+and transforms right, every level decoded with ``deep`` (``hpa-batch validate``, the integrity
+checker and ``repair`` use it)."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 import zarr
 
-from hpa_batch.config import Config
-from hpa_batch.convert.manifest import build_manifest
-from hpa_batch.convert.plan import plan_shards, read_metadata
 from hpa_batch.core.atomic import STAGING, staging_path
 from hpa_batch.core.ngff import (
     IncompleteImageError,
-    count_files,
+    image_groups,
     level_paths,
     multiscale_datasets,
     read_group_attrs,
@@ -39,26 +35,10 @@ class Report:
         return not self.problems
 
 
-def is_image_group(path: Path) -> bool:
-    """True if ``path`` is a zarr group with OME multiscales metadata."""
-    try:
-        return "multiscales" in read_group_attrs(path).get("ome", {})
-    except IncompleteImageError:
-        return False
-
-
-def image_groups(path: Path) -> list[Path]:
-    """The image groups of a shard store, or ``[path]`` if ``path`` is itself an image."""
-    path = Path(path)
-    if is_image_group(path):
-        return [path]
-    return sorted(p for p in path.iterdir() if p.is_dir() and is_image_group(p))
-
-
 def validate_image(path: Path, deep: bool = False) -> list[str]:
     """Problems of one stored image (:func:`image_problems`) and of its label images."""
     problems = image_problems(path, deep)
-    return problems or _label_problems(path, deep)
+    return problems or label_problems(path, deep)
 
 
 def image_problems(path: Path, deep: bool = False) -> list[str]:
@@ -122,7 +102,7 @@ def _label_metadata_problems(label: Path, sampled_from: int | None) -> list[str]
     return transform_problems(label, multiscale_datasets(group.attrs), sampled_from)
 
 
-def _label_problems(path: Path, deep: bool) -> list[str]:
+def label_problems(path: Path, deep: bool) -> list[str]:
     """Problems of an image's label images (``labels/{cells,nuclei}``): every level's shards and chunks
     complete (like the image's), and with ``deep`` every level decoded (a damaged shard fails its
     checksum)."""
@@ -192,135 +172,3 @@ def validate_store(path: Path, deep: bool = False) -> Report:
         if staging.exists():
             report.problems.append(f"{staging}: staging directory left by an interrupted {stage} run")
     return report
-
-
-@dataclass
-class Repair:
-    """What :func:`repair_store` removed so that the workflow redoes exactly that."""
-
-    images: list[str] = field(default_factory=list)  # image groups to reconvert (and resegment)
-    labels: list[str] = field(default_factory=list)  # label groups to resegment
-    markers: list[Path] = field(default_factory=list)  # stage outputs removed: Snakemake reruns those jobs
-
-
-def repair_store(store: Path, *, convert_summary: Path, segment_summary: Path) -> Repair:
-    """Remove the damaged parts of a shard store (every array decoded) and the stage outputs that
-    claim it complete, so that the next ``snakemake`` run reconverts exactly the damaged or missing
-    images, resegments exactly the images without valid labels (both stages keep every intact
-    image), and reruns what follows for that shard.
-
-    Parameters
-    ----------
-    convert_summary, segment_summary : Path
-        The shard's ``zarr/{shard}.convert.json`` and ``.segment.json`` (the rules' outputs).
-    """
-    store = Path(store)
-    out = Repair()
-    groups = image_groups(store)
-    for image in groups:
-        if image_problems(image, deep=True):
-            shutil.rmtree(image)
-            out.images.append(image.name)
-        elif _label_problems(image, deep=True):
-            shutil.rmtree(image / "labels")
-            out.labels.append(image.name)
-    record = stamp_dict(read_group_attrs(store)).get("images") or []
-    for name in sorted(set(record) - {p.name for p in groups}):
-        folder = store / name
-        if folder.is_dir() and not folder.is_symlink() and folder.parent == store:
-            shutil.rmtree(folder)  # recorded, but no longer an image group (an unreadable zarr.json): remove it
-        out.images.append(name)
-    stale = ([convert_summary] if out.images else []) + ([segment_summary] if out.images or out.labels else [])
-    for marker in stale:
-        if Path(marker).is_file():
-            Path(marker).unlink()
-            out.markers.append(Path(marker))
-    return out
-
-
-def validate_dataset(cfg: Config) -> tuple[Report, pd.DataFrame]:
-    """Run the manifest checks over every planned shard of the configured dataset.
-
-    Returns
-    -------
-    Report, pandas.DataFrame
-        Report over all images; the refused rows (image_id, shard, cell_line, stage, reason).
-    """
-    meta = read_metadata(cfg.dataset)
-    report = Report()
-    refused = []
-    for shard in plan_shards(meta, cfg.cell_lines, cfg.shard_size):
-        manifest = build_manifest(cfg, shard, meta)
-        report.checked += len(shard.ids)
-        refused.append(manifest.rejected)
-        report.problems += [f"{r.image_id}: {r.reason}" for r in manifest.rejected.itertuples()]
-    table = pd.concat(refused, ignore_index=True) if refused else pd.DataFrame()
-    return report, table
-
-
-def describe_image(path: Path) -> dict[str, Any]:
-    """What one image group holds: levels, shapes, chunking, codec, bytes, files."""
-    group = zarr.open_group(path, mode="r", zarr_format=3)
-    attrs = dict(group.attrs)
-    levels = []
-    for ds in multiscale_datasets(attrs):
-        arr = group[ds["path"]]
-        levels.append(
-            {
-                "path": ds["path"],
-                "shape": list(arr.shape),
-                "dtype": str(arr.dtype),
-                "chunks": list(arr.chunks),
-                "shards": list(arr.shards) if arr.shards else None,
-                "compressors": [c.to_dict() for c in arr.compressors],
-            }
-        )
-    stamp = stamp_dict(attrs)
-    return {
-        "image": Path(path).name,
-        "path": str(path),  # an OME-Zarr image: what napari, ome-zarr-py, bioio and ome-zarr-models open
-        "labels": describe_labels(Path(path)),
-        "complete": bool(stamp.get("complete")),
-        "channels": [c["label"] for c in attrs["ome"].get("omero", {}).get("channels", [])],
-        "levels": levels,
-        "bytes": stamp.get("bytes"),
-        "files": count_files(path),
-        "source_dtype": stamp.get("source_dtype"),
-    }
-
-
-def describe_labels(image: Path) -> list[dict[str, Any]]:
-    """The label images of an image group: name, label values (colours listed), the level they were
-    made at, whether they are stamped complete."""
-    labels = image / "labels"
-    if not (labels / "zarr.json").is_file():
-        return []
-    attrs = read_group_attrs(labels)
-    stamp = stamp_dict(attrs)
-    out = []
-    for name in attrs.get("ome", {}).get("labels", []):
-        block = (
-            read_group_attrs(labels / name).get("ome", {}).get("image-label", {}) if (labels / name).is_dir() else {}
-        )
-        out.append(
-            {
-                "name": name,
-                "values": len(block["colors"]) - 1 if block.get("colors") else None,  # None: written without colours
-                "made_at_level": stamp.get("level"),
-                "complete": bool(stamp.get("complete")),
-            }
-        )
-    return out
-
-
-def describe_store(path: Path) -> dict[str, Any]:
-    """Summary of a shard store (or one image): images, levels, bytes, files per image."""
-    images = [describe_image(p) for p in image_groups(Path(path))]
-    return {
-        "store": str(path),
-        "n_images": len(images),
-        "n_complete": sum(i["complete"] for i in images),
-        "bytes": sum(i["bytes"] or 0 for i in images),
-        "files_per_image": sorted({i["files"] for i in images}),
-        "images": images,
-    }

@@ -453,3 +453,19 @@ def write_collection(store: Path, image_ids: Sequence[str]) -> None:
     atomic_write_text(ome / "zarr.json", json.dumps(meta, indent=2))
     atomic_write_text(ome / "METADATA.ome.xml", collection_xml(image_ids))
     update_group_attributes(Path(store), {"ome": {"version": NGFF_VERSION, "bioformats2raw.layout": 3}})
+
+
+def is_image_group(path: Path) -> bool:
+    """True if ``path`` is a zarr group with OME multiscales metadata."""
+    try:
+        return "multiscales" in read_group_attrs(path).get("ome", {})
+    except IncompleteImageError:
+        return False
+
+
+def image_groups(path: Path) -> list[Path]:
+    """The image groups of a shard store, or ``[path]`` if ``path`` is itself an image."""
+    path = Path(path)
+    if is_image_group(path):
+        return [path]
+    return sorted(p for p in path.iterdir() if p.is_dir() and is_image_group(p))

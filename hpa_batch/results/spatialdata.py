@@ -152,7 +152,7 @@ def _write_table(adata: Any, path: Path, regions: Sequence[str]) -> None:
 
 def store_images(store: Path) -> list[str]:
     """The image ids of a shard store (its groups with multiscales), sorted."""
-    from hpa_batch.convert.validate import image_groups
+    from hpa_batch.core.ngff import image_groups
 
     return [p.name for p in image_groups(Path(store))]
 

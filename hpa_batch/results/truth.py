@@ -21,9 +21,8 @@ import tifffile
 import zarr
 
 from hpa_batch.cells.segment.quality import iou_matrix
-from hpa_batch.convert.validate import image_groups
 from hpa_batch.core.labels import LabelCatalog, parse_labels
-from hpa_batch.core.ngff import label_level
+from hpa_batch.core.ngff import image_groups, label_level
 from hpa_batch.core.tables import read_parquet, write_table
 
 TRUTH_PAIRS_SCHEMA = pa.schema(

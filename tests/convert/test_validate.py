@@ -23,7 +23,7 @@ def test_damaged_labels_and_missing_images_are_found(segmented, tmp_path):
 
 
 def test_repair_removes_exactly_the_damage_and_the_markers_that_claim_it_done(segmented, tmp_path):
-    from hpa_batch.convert.validate import repair_store
+    from hpa_batch.repair import repair_store
 
     store = tmp_path / "s.zarr"
     shutil.copytree(segmented["results"] / "zarr" / f"{segmented['shards'][0]}.zarr", store)
@@ -103,7 +103,7 @@ def test_label_levels_declare_where_their_pixels_are(segmented):
 def test_repair_removes_an_image_whose_metadata_no_longer_reads(segmented, tmp_path):
     """An image group whose zarr.json is overwritten is no image group any more; the store's record still
     lists it: repair removes its folder (it used to say "removed image" and leave it)."""
-    from hpa_batch.convert.validate import repair_store
+    from hpa_batch.repair import repair_store
 
     store = tmp_path / "s.zarr"
     shutil.copytree(segmented["results"] / "zarr" / f"{segmented['shards'][0]}.zarr", store)

@@ -135,7 +135,7 @@ def test_global_verbs_refuse_their_output_too(dataset, tmp_path, capsys):
 
 
 def test_ranks_past_zero_of_a_torchrun_job_take_no_lock(tmp_path, monkeypatch):
-    from hpa_batch.cli.verbs import writes
+    from hpa_batch.cli.common import writes
 
     out = tmp_path / "fold0"
     child = writer(out)

@@ -22,7 +22,7 @@ from skimage.measure import label as cc_label
 from skimage.segmentation import watershed
 
 from hpa_batch import CHANNELS
-from hpa_batch.cells.segment import BackendUnavailable, register_backend
+from hpa_batch.cells.segment.backends import BackendUnavailable, register_backend
 from hpa_batch.cells.segment.watershed import consistent_labels, drop_small
 
 

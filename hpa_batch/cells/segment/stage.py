@@ -27,10 +27,10 @@ from hpa_batch.cells.segment import Segmenter, create_segmenter
 from hpa_batch.cells.segment.qc import QC_MEASURES, SEGMENT_QC_COLUMNS, flag_images, image_qc
 from hpa_batch.cells.segment.watershed import consistent_labels
 from hpa_batch.config import Config
-from hpa_batch.convert.validate import image_groups
 from hpa_batch.core.atomic import atomic_path, atomic_write_text, staging_path
 from hpa_batch.core.errors import reading
 from hpa_batch.core.ngff import (
+    image_groups,
     label_levels,
     labels_complete,
     level_paths,

@@ -48,7 +48,7 @@ from skimage.morphology import convex_hull_image, h_maxima, remove_small_objects
 from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
 from hpa_batch import CHANNELS
-from hpa_batch.cells.segment import register_backend
+from hpa_batch.cells.segment.backends import register_backend
 from hpa_batch.cells.segment.contacts import merge_binucleate
 
 F32 = np.float32
