@@ -254,6 +254,28 @@ def run_images(
             return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
 
 
+def _write_refusals(
+    rows: list[pd.Series], results: list[ImageResult], store: Path, manifest_rejected: Path, rejected_out: Path
+) -> pd.DataFrame:
+    """Remove the images conversion refused from the store and write the shard's refusals (the
+    manifest's, then conversion's); returns conversion's."""
+    shard = store.name.removesuffix(".zarr")
+    by_id = {r["image_id"]: r for r in rows}
+    refused = pd.DataFrame(
+        [
+            (r.image_id, shard, by_id[r.image_id]["cell_line"], "convert", r.reason)
+            for r in results
+            if r.status == "rejected"
+        ],
+        columns=list(REJECTED_COLUMNS),
+    )
+    for r in results:
+        if r.status == "rejected":
+            shutil.rmtree(store / r.image_id, ignore_errors=True)
+    write_rejected(pd.concat([read_rejected(manifest_rejected), refused], ignore_index=True), rejected_out)
+    return refused
+
+
 def convert_shard(
     cfg: Config,
     manifest_path: Path,
@@ -295,19 +317,7 @@ def convert_shard(
         finally:  # a failed run (a full disk) leaves no staging behind; complete images stay in the store
             shutil.rmtree(staging, ignore_errors=True)
 
-    by_id = {r["image_id"]: r for r in rows}
-    refused = pd.DataFrame(
-        [
-            (r.image_id, shard, by_id[r.image_id]["cell_line"], "convert", r.reason)
-            for r in results
-            if r.status == "rejected"
-        ],
-        columns=list(REJECTED_COLUMNS),
-    )
-    for r in results:
-        if r.status == "rejected":
-            shutil.rmtree(store / r.image_id, ignore_errors=True)
-    write_rejected(pd.concat([read_rejected(manifest_rejected), refused], ignore_index=True), rejected_out)
+    refused = _write_refusals(rows, results, store, manifest_rejected, rejected_out)
 
     done = sorted(r.image_id for r in results if r.status != "rejected")
     # the store's record of its images, through the one atomic-write helper (never half a zarr.json)

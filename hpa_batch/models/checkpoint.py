@@ -96,6 +96,74 @@ def atomic_save(obj: Any, path: Path) -> None:
             raise
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """``model.pt``, typed: what :func:`write_model` writes and :func:`read_model` returns.
+
+    Attributes
+    ----------
+    weights : dict
+        State dict of the best epoch (``model`` on disk).
+    thresholds : torch.Tensor
+        ``(c,)`` float32 per-class thresholds.
+    spec : dict
+        The model's config entry (:meth:`hpa_batch.spec.ModelSpec.to_entry`).
+    catalog : str
+        Label catalog name.
+    mean, std : list of float
+        Per-input-channel normalisation.
+    summary : dict
+        The training result (JSON types only).
+    fold : int, optional
+        The fold, where a writer recorded it.
+    """
+
+    weights: dict[str, Any]
+    thresholds: Any
+    spec: dict[str, Any]
+    catalog: str
+    mean: list[float]
+    std: list[float]
+    summary: dict[str, Any]
+    fold: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping saved with ``torch.save`` (the weights under ``model``)."""
+        out = {
+            "model": self.weights,
+            "thresholds": self.thresholds,
+            "spec": self.spec,
+            "catalog": self.catalog,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "summary": self.summary,
+        }
+        return out if self.fold is None else {**out, "fold": self.fold}
+
+    @classmethod
+    def from_dict(cls, path: Path, raw: Any) -> ModelFile:
+        """The record of a loaded ``model.pt`` mapping.
+
+        Raises
+        ------
+        hpa_batch.core.errors.DamagedFileError
+            Not a mapping with the entries a model file has.
+        """
+        if not isinstance(raw, dict) or not {"model", "spec", "catalog"} <= set(raw):
+            raise DamagedFileError(path, "not a model.pt: no model, spec and catalog entries")
+        fold = raw.get("fold")
+        return cls(
+            weights=raw["model"],
+            thresholds=raw.get("thresholds"),
+            spec=dict(raw["spec"]),
+            catalog=str(raw["catalog"]),
+            mean=list(raw.get("mean", [])),
+            std=list(raw.get("std", [])),
+            summary=dict(raw.get("summary", {})),
+            fold=None if fold is None else int(fold),
+        )
+
+
 def write_model(
     path: Path,
     *,
@@ -107,22 +175,20 @@ def write_model(
     std: Sequence[float],
     summary: dict[str, Any],
 ) -> None:
-    """Write ``model.pt`` (see the module docstring; ``thresholds`` a ``(c,)`` tensor)."""
-    atomic_save(
-        {
-            "model": weights,
-            "thresholds": thresholds,
-            "spec": spec.to_entry(),
-            "catalog": catalog.name,
-            "mean": list(mean),
-            "std": list(std),
-            "summary": json.loads(json.dumps(summary)),
-        },
-        path,
+    """Write ``model.pt`` (:class:`ModelFile`; ``thresholds`` a ``(c,)`` tensor)."""
+    record = ModelFile(
+        weights=weights,
+        thresholds=thresholds,
+        spec=spec.to_entry(),
+        catalog=catalog.name,
+        mean=list(mean),
+        std=list(std),
+        summary=json.loads(json.dumps(summary)),
     )
+    atomic_save(record.to_dict(), path)
 
 
-def read_model(path: Path, *, catalog: LabelCatalog | None = None, level: str | None = None) -> dict[str, Any]:
+def read_model(path: Path, *, catalog: LabelCatalog | None = None, level: str | None = None) -> ModelFile:
     """Load ``model.pt`` on the CPU, checked against the run.
 
     Raises
@@ -130,16 +196,16 @@ def read_model(path: Path, *, catalog: LabelCatalog | None = None, level: str | 
     ValueError
         A checkpoint written for another label catalog than ``catalog`` or another level than
         ``level`` (e.g. a ``trained:`` folder of the wrong run), naming the file.
+    hpa_batch.core.errors.DamagedFileError
+        Not a model file.
     """
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or not {"model", "spec", "catalog"} <= set(ckpt):
-        raise DamagedFileError(path, "not a model.pt: no model, spec and catalog entries")
-    if catalog is not None and ckpt["catalog"] != catalog.name:
+    ckpt = ModelFile.from_dict(path, load_checkpoint(path))
+    if catalog is not None and ckpt.catalog != catalog.name:
         raise ValueError(
-            f"{path} was trained for label catalog {ckpt['catalog']!r}, this run uses {catalog.name!r} (labels.catalog)"
+            f"{path} was trained for label catalog {ckpt.catalog!r}, this run uses {catalog.name!r} (labels.catalog)"
         )
-    if level is not None and ckpt["spec"]["level"] != level:
-        raise ValueError(f"{path} is a {ckpt['spec']['level']}-level model; the config declares level: {level}")
+    if level is not None and ckpt.spec["level"] != level:
+        raise ValueError(f"{path} is a {ckpt.spec['level']}-level model; the config declares level: {level}")
     return ckpt
 
 
@@ -312,11 +378,10 @@ def checkpoint_problem(
         return str(exc).removeprefix(f"{path} ")
     except DamagedFileError as exc:
         return exc.reason
-    spec = ckpt.get("spec", {})
-    if model and spec.get("name") != model:
-        return f"holds model {spec.get('name')!r}, its folder is models/{model}"
-    if fold is not None and str(ckpt.get("fold", fold)) != fold:
-        return f"holds fold {ckpt.get('fold')}, its folder is fold{fold}"
+    if model and ckpt.spec.get("name") != model:
+        return f"holds model {ckpt.spec.get('name')!r}, its folder is models/{model}"
+    if fold is not None and ckpt.fold is not None and str(ckpt.fold) != fold:
+        return f"holds fold {ckpt.fold}, its folder is fold{fold}"
     return None
 
 

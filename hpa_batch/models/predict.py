@@ -87,16 +87,16 @@ def load_folds(
     models, thresholds = [], []
     for path in paths:
         ckpt = read_model(path, catalog=catalog, level=level)
-        spec = model_spec_from_entry(ckpt["spec"])
-        n = get_catalog(ckpt["catalog"]).n_classes
+        spec = model_spec_from_entry(ckpt.spec)
+        n = get_catalog(ckpt.catalog).n_classes
         if spec.on_embeddings:  # a head: its width is its stored standardisation's
-            model: torch.nn.Module = create_head(spec.arch, int(ckpt["model"]["mean"].shape[0]), n, spec.dropout)
+            model: torch.nn.Module = create_head(spec.arch, int(ckpt.weights["mean"].shape[0]), n, spec.dropout)
         else:
             model = create_model(spec.arch, spec.channels, n, None, spec.dropout, n_features=feature_count(spec))
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.weights)
         models.append(model.to(device).eval())
-        thresholds.append(ckpt["thresholds"].numpy())
-    return FoldEnsemble(models, spec, tuple(ckpt["mean"]), tuple(ckpt["std"]), np.mean(thresholds, axis=0))
+        thresholds.append(ckpt.thresholds.numpy())
+    return FoldEnsemble(models, spec, tuple(ckpt.mean), tuple(ckpt.std), np.mean(thresholds, axis=0))
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -200,6 +201,33 @@ def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) 
     return out
 
 
+def _refused_image_row(r: Any, shard: str, n: int) -> dict[str, Any]:
+    """The one images-table row of an image a stage refused (``r`` a row of the shard's refusals)."""
+    return {
+        "image_id": r.image_id,
+        "shard": shard,
+        "cell_line": r.cell_line,
+        "height": None,
+        "width": None,
+        "n_cells": 0,
+        "n_border": 0,
+        "border_fraction": 0.0,
+        "rejected": True,
+        "reject_reason": r.reason,
+        "zero_cells": False,
+        "coverage": np.nan,
+        "median_cell_area": np.nan,
+        "cell_nucleus_ratio": np.nan,
+        "doubtful": False,
+        "qc_flag": None,
+        "fold": REFUSED,  # never in the splits
+        **{f"image_prob_{k}": np.nan for k in range(n)},
+        **{f"cells_max_prob_{k}": np.nan for k in range(n)},
+        "predicted": None,
+        "labels": [],
+    }
+
+
 def _images(
     inp: ShardInputs,
     manifest: pd.DataFrame,
@@ -256,32 +284,7 @@ def _images(
                 "labels": list(r.labels),
             }
         )
-    for r in rejected.itertuples():
-        rows.append(
-            {
-                "image_id": r.image_id,
-                "shard": inp.name,
-                "cell_line": r.cell_line,
-                "height": None,
-                "width": None,
-                "n_cells": 0,
-                "n_border": 0,
-                "border_fraction": 0.0,
-                "rejected": True,
-                "reject_reason": r.reason,
-                "zero_cells": False,
-                "coverage": np.nan,
-                "median_cell_area": np.nan,
-                "cell_nucleus_ratio": np.nan,
-                "doubtful": False,
-                "qc_flag": None,
-                "fold": REFUSED,  # never in the splits
-                **{f"image_prob_{k}": np.nan for k in range(n)},
-                **{f"cells_max_prob_{k}": np.nan for k in range(n)},
-                "predicted": None,
-                "labels": [],
-            }
-        )
+    rows += [_refused_image_row(r, inp.name, n) for r in rejected.itertuples()]
     return pd.DataFrame(rows, columns=images_schema(n).names)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import tifffile
 
 from hpa_batch import CHANNELS
-from hpa_batch.core.labels import format_labels, get_catalog
+from hpa_batch.core.labels import LabelCatalog, format_labels, get_catalog
 from hpa_batch.synth.common import FORMATS
 from hpa_batch.synth.image import synthesize_image
 from hpa_batch.synth.profiles import DEFAULT_CELL_LINES
@@ -152,6 +152,103 @@ Images: ../images/{{ID}}_{{red,green,blue,yellow}}.{fmt} ({depth}).
 """
 
 
+def _checked(
+    n_images: int,
+    seed: int,
+    sizes: Sequence[int],
+    cell_lines: Sequence[str] | None,
+    fmt: str,
+    depth: int,
+    table: str,
+) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
+    """The arguments of :func:`synthesize_dataset` checked: the format's canonical name, the sizes and
+    the cell lines (``ValueError`` naming the bad one)."""
+    if depth not in (8, 16):
+        raise ValueError(f"depth must be 8 or 16, got {depth}")
+    if table not in ("hpa2021", "hpa2018"):
+        raise ValueError(f"table must be hpa2021 (ID,Label,Cell_line) or hpa2018 (Id,Target), got {table!r}")
+    fmt = fmt.lower().lstrip(".")
+    if fmt == "tiff":
+        fmt = "tif"
+    if fmt == "jpeg":
+        fmt = "jpg"
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if n_images < 0:
+        raise ValueError("n_images must be >= 0")
+    if seed < 0:
+        raise ValueError("seed must be >= 0")
+    sizes = tuple(int(v) for v in sizes)
+    if not sizes or min(sizes) < 32:
+        raise ValueError(f"sizes must be a non-empty sequence of ints >= 32, got {sizes}")
+    lines = tuple(cell_lines) if cell_lines is not None else DEFAULT_CELL_LINES[:3]
+    if not lines:
+        raise ValueError("cell_lines must not be empty")
+    return fmt, sizes, lines
+
+
+def _write_tables(root: Path, results: list, cat: LabelCatalog, table: str) -> tuple[Path, int]:
+    """Write ``train.csv`` (``table`` layout) and the truth tables ``truth/cells.csv`` and
+    ``truth/images.csv``; returns the metadata path and the number of cells."""
+    truth_dir = root / "truth"
+    metadata = root / "train.csv"
+    with metadata.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        if table == "hpa2018":  # the 2018 competition's train.csv: Id,Target (space-separated), no cell line
+            w.writerow(["Id", "Target"])
+            for image_id, label, _line, *_rest in results:
+                w.writerow([image_id, label.replace(cat.separator, " ")])
+        else:
+            w.writerow(["ID", "Label", "Cell_line"])
+            for image_id, label, line, *_rest in results:
+                w.writerow([image_id, label, line])
+    n_cells = 0
+    with (truth_dir / "cells.csv").open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["ID", "cell_id", "Label", "Cell_line", "area", "nucleus_area", "border"])
+        for *_head, rows, _image in results:
+            w.writerows(rows)
+            n_cells += len(rows)
+    image_rows = [r[-1] for r in results]
+    columns = list(image_rows[0]) if image_rows else ["ID", "Cell_line", "size", "n_cells", "style"]
+    with (truth_dir / "images.csv").open("w", newline="") as fh:
+        dw = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        dw.writeheader()
+        dw.writerows(image_rows)
+    return metadata, n_cells
+
+
+def _jobs(
+    n_images: int,
+    seed: int,
+    sizes: tuple[int, ...],
+    lines: tuple[str, ...],
+    styles: tuple[str, ...],
+    *,
+    fmt: str,
+    catalog: str,
+    root: Path,
+    depth: int,
+) -> list[_Job]:
+    """One job per image: its size, cell line and style cycled so that every line gets every size and style."""
+    nl = len(lines)
+    return [
+        _Job(
+            i,
+            int(seed),
+            sizes[(i + i // nl) % len(sizes)],
+            lines[i % nl],
+            fmt,
+            catalog,
+            root / "images",
+            root / "truth",
+            styles[(i // nl) % len(styles)],
+            depth,
+        )
+        for i in range(n_images)
+    ]
+
+
 def synthesize_dataset(
     out: str | Path,
     n_images: int,
@@ -201,79 +298,21 @@ def synthesize_dataset(
     -------
     SynthSummary
     """
-    if depth not in (8, 16):
-        raise ValueError(f"depth must be 8 or 16, got {depth}")
-    if table not in ("hpa2021", "hpa2018"):
-        raise ValueError(f"table must be hpa2021 (ID,Label,Cell_line) or hpa2018 (Id,Target), got {table!r}")
-    fmt = fmt.lower().lstrip(".")
-    if fmt == "tiff":
-        fmt = "tif"
-    if fmt == "jpeg":
-        fmt = "jpg"
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    fmt, sizes, lines = _checked(n_images, seed, sizes, cell_lines, fmt, depth, table)
     cat = get_catalog(catalog)
-    if n_images < 0:
-        raise ValueError("n_images must be >= 0")
-    if seed < 0:
-        raise ValueError("seed must be >= 0")
-    sizes = tuple(int(v) for v in sizes)
-    if not sizes or min(sizes) < 32:
-        raise ValueError(f"sizes must be a non-empty sequence of ints >= 32, got {sizes}")
-    lines = tuple(cell_lines) if cell_lines is not None else DEFAULT_CELL_LINES[:3]
-    if not lines:
-        raise ValueError("cell_lines must not be empty")
     styles = tuple(get_style(st).name for st in styles) or ("standard",)
     root = Path(out)
     images_dir, truth_dir = root / "images", root / "truth"
     images_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
-    nl = len(lines)
-    jobs = [
-        _Job(
-            i,
-            int(seed),
-            sizes[(i + i // nl) % len(sizes)],
-            lines[i % nl],
-            fmt,
-            cat.name,
-            images_dir,
-            truth_dir,
-            styles[(i // nl) % len(styles)],
-            depth,
-        )
-        for i in range(n_images)
-    ]
+    jobs = _jobs(n_images, seed, sizes, lines, styles, fmt=fmt, catalog=cat.name, root=root, depth=depth)
     if workers > 1 and n_images > 1:
         with ProcessPoolExecutor(max_workers=min(workers, n_images)) as ex:
             results = list(ex.map(_generate_one, jobs))
     else:
         results = [_generate_one(j) for j in jobs]
 
-    metadata = root / "train.csv"
-    with metadata.open("w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        if table == "hpa2018":  # the 2018 competition's train.csv: Id,Target (space-separated), no cell line
-            w.writerow(["Id", "Target"])
-            for image_id, label, _line, *_rest in results:
-                w.writerow([image_id, label.replace(cat.separator, " ")])
-        else:
-            w.writerow(["ID", "Label", "Cell_line"])
-            for image_id, label, line, *_rest in results:
-                w.writerow([image_id, label, line])
-    n_cells = 0
-    with (truth_dir / "cells.csv").open("w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["ID", "cell_id", "Label", "Cell_line", "area", "nucleus_area", "border"])
-        for *_head, rows, _image in results:
-            w.writerows(rows)
-            n_cells += len(rows)
-    image_rows = [r[-1] for r in results]
-    columns = list(image_rows[0]) if image_rows else ["ID", "Cell_line", "size", "n_cells", "style"]
-    with (truth_dir / "images.csv").open("w", newline="") as fh:
-        dw = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
-        dw.writeheader()
-        dw.writerows(image_rows)
+    metadata, n_cells = _write_tables(root, results, cat, table)
     negative = f'an all-negative cell is "{cat.negative}"' if cat.negative is not None else "empty for a negative cell"
     depth_text = "8-bit, ADU >> 7" if fmt == "jpg" or depth == 8 else "16-bit ADU"
     (truth_dir / "README.txt").write_text(

@@ -18,7 +18,7 @@ from hpa_batch.synth.geometry import _CellGeom, _make_geometry
 from hpa_batch.synth.labelling import _assign_cell_patterns, _draw_image_patterns, _Pattern
 from hpa_batch.synth.patterns import PATTERN_RENDERERS
 from hpa_batch.synth.profiles import cell_line_profile
-from hpa_batch.synth.styles import Range, SynthStyle, draw_style, get_style
+from hpa_batch.synth.styles import Range, StyleDraw, SynthStyle, draw_style, get_style
 
 # --------------------------------------------------------------------------------------
 # Image synthesis
@@ -212,6 +212,39 @@ def _camera(
     return out, offsets, vig
 
 
+def _stain_levels(rng: np.random.Generator, look: StyleDraw) -> np.ndarray:
+    """Photons of a bright structure per stain (red, green, blue, yellow) and of the green
+    autofluorescence, scaled by the image's drawn look: ``(5,)`` float64."""
+    gain_guess = 3.2  # levels are in photons; ~3.2 ADU per photon on average
+    levels = np.array(
+        [
+            rng.uniform(8000, 20000) / gain_guess,  # red
+            float(np.exp(rng.uniform(np.log(3000), np.log(20000)))) / gain_guess,  # green
+            rng.uniform(14000, 28000) / gain_guess,  # blue
+            rng.uniform(12000, 26000) / gain_guess,  # yellow
+            rng.uniform(40, 120) / gain_guess,  # green autofluorescence
+        ]
+    )
+    levels[[0, 3]] *= look.reference_scale
+    levels[1] *= look.green_scale
+    levels[4] *= look.green_af_scale
+    levels[:4] *= look.brightness
+    return levels
+
+
+def _labels(cell_patterns: list, catalog: LabelCatalog) -> tuple[dict[int, tuple[int, ...]], tuple[int, ...]]:
+    """Each cell's class ids (the catalog's Negative for a cell without a pattern) and the image's."""
+    neg = catalog.negative
+    cell_labels: dict[int, tuple[int, ...]] = {}
+    union: set[int] = set()
+    for k, pats in enumerate(cell_patterns, start=1):
+        ids = tuple(sorted({p.class_id for p in pats}))
+        union.update(ids)
+        cell_labels[k] = ids if ids or neg is None else (neg,)
+    image_labels = tuple(sorted(union)) if union or neg is None else (neg,)
+    return cell_labels, image_labels
+
+
 def synthesize_image(
     rng: np.random.Generator,
     size: int,
@@ -244,35 +277,19 @@ def synthesize_image(
     -------
     SynthImage
     """
-    if isinstance(catalog, str):
-        catalog = get_catalog(catalog)
-    size = int(size)
+    catalog, size = get_catalog(catalog) if isinstance(catalog, str) else catalog, int(size)
     if size < 32:
         raise ValueError(f"size must be >= 32, got {size}")
     look = draw_style(rng, get_style(style), cell_line_profile(cell_line))
-    profile = look.profile
     image_patterns = _draw_image_patterns(rng, catalog, patterns, look.patterns)
     n_spindle = 0
     if any(p.mitotic_only for p in image_patterns):
         n_spindle = 1 if rng.random() < 0.6 else 2
-    cells, nuclei, geoms = _make_geometry(rng, size, profile, n_spindle)
+    cells, nuclei, geoms = _make_geometry(rng, size, look.profile, n_spindle)
     mitotic = [g.mitotic for g in geoms]
     cell_patterns = _assign_cell_patterns(rng, mitotic, image_patterns, catalog)
 
-    gain_guess = 3.2  # levels are in photons; ~3.2 ADU per photon on average
-    levels = np.array(
-        [
-            rng.uniform(8000, 20000) / gain_guess,  # red
-            float(np.exp(rng.uniform(np.log(3000), np.log(20000)))) / gain_guess,  # green
-            rng.uniform(14000, 28000) / gain_guess,  # blue
-            rng.uniform(12000, 26000) / gain_guess,  # yellow
-            rng.uniform(40, 120) / gain_guess,  # green autofluorescence
-        ]
-    )
-    levels[[0, 3]] *= look.reference_scale
-    levels[1] *= look.green_scale
-    levels[4] *= look.green_af_scale
-    levels[:4] *= look.brightness
+    levels = _stain_levels(rng, look)
     photons = _render_cells(
         rng,
         size,
@@ -295,14 +312,7 @@ def synthesize_image(
         gradient=look.gradient[0],
     )
 
-    neg = catalog.negative
-    cell_labels: dict[int, tuple[int, ...]] = {}
-    union: set[int] = set()
-    for k, pats in enumerate(cell_patterns, start=1):
-        ids = tuple(sorted({p.class_id for p in pats}))
-        union.update(ids)
-        cell_labels[k] = ids if ids or neg is None else (neg,)
-    image_labels = tuple(sorted(union)) if union or neg is None else (neg,)
+    cell_labels, image_labels = _labels(cell_patterns, catalog)
     return SynthImage(
         channels=channels,
         cells=cells,
