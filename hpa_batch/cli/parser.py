@@ -22,5 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
     loud.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for group in (stages, training, tables, stores):
-        group.register(sub)
+        for add in group.VERBS:
+            add(sub)
     return parser

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from hpa_batch.cli.common import R, add_config_args, config_of, shard_paths, shard_verb, writes
@@ -252,16 +253,14 @@ def add_qc(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_qc)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's verbs to the sub-command parser of ``hpa-batch``."""
-    for add in (
-        add_synth,
-        add_plan,
-        add_manifest,
-        add_convert,
-        add_segment,
-        add_measure,
-        add_tiles,
-        add_qc,
-    ):
-        add(sub)
+VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_synth,
+    add_plan,
+    add_manifest,
+    add_convert,
+    add_segment,
+    add_measure,
+    add_tiles,
+    add_qc,
+)
+"""This module's verbs, in the order ``hpa-batch --help`` lists them."""

@@ -7,6 +7,7 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,14 +153,12 @@ def add_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_info)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's verbs to the sub-command parser of ``hpa-batch``."""
-    for add in (
-        add_validate,
-        add_repair,
-        add_info,
-    ):
-        add(sub)
+VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_validate,
+    add_repair,
+    add_info,
+)
+"""This module's verbs, in the order ``hpa-batch --help`` lists them."""
 
 
 def describe_image(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from hpa_batch.cli.common import R, config_of, held_out_args, shard_verb, tables_verb, writes
@@ -419,15 +420,13 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_submit)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's verbs to the sub-command parser of ``hpa-batch``."""
-    for add in (
-        add_merge,
-        add_evaluate,
-        add_report,
-        add_baseline,
-        add_h5ad,
-        add_spatialdata,
-        add_submit,
-    ):
-        add(sub)
+VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_merge,
+    add_evaluate,
+    add_report,
+    add_baseline,
+    add_h5ad,
+    add_spatialdata,
+    add_submit,
+)
+"""This module's verbs, in the order ``hpa-batch --help`` lists them."""

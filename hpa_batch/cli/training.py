@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from hpa_batch.cli.common import R, add_config_args, config_of, shard_paths, writes
@@ -211,12 +212,10 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_embed)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's verbs to the sub-command parser of ``hpa-batch``."""
-    for add in (
-        add_split,
-        add_train,
-        add_predict,
-        add_embed,
-    ):
-        add(sub)
+VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_split,
+    add_train,
+    add_predict,
+    add_embed,
+)
+"""This module's verbs, in the order ``hpa-batch --help`` lists them."""

@@ -67,7 +67,7 @@ from hpa_batch.core.ngff import (
 )
 from hpa_batch.core.progress import Progress, get_logger
 from hpa_batch.core.shards import update_group_attributes
-from hpa_batch.core.stamps import ImageStamp, ShardStamp
+from hpa_batch.core.stamps import ImageStamp, ShardStamp, stamp_dict
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,9 @@ def _prepare_store(store: Path, shard: str, keep: set[str]) -> Path:
     """Create the shard's root group, drop images no longer in the shard, reset staging."""
     if not (store / "zarr.json").is_file():
         zarr.open_group(store, mode="w", zarr_format=3, attributes=ShardStamp(shard=shard).to_attrs())
+    else:  # complete again only when this run ends (its record of images stays until then)
+        previous = stamp_dict(read_group_attrs(store))
+        update_group_attributes(store, ShardStamp.from_dict({**previous, "shard": shard, "complete": False}).to_attrs())
     log = get_logger()
     for child in sorted(p for p in store.iterdir() if p.is_dir()):
         if child.name not in keep and child.name != COLLECTION_GROUP:
@@ -321,7 +324,9 @@ def convert_shard(
 
     done = sorted(r.image_id for r in results if r.status != "rejected")
     # the store's record of its images, through the one atomic-write helper (never half a zarr.json)
-    update_group_attributes(store, ShardStamp(shard=shard, images=tuple(done), version=__version__).to_attrs())
+    update_group_attributes(
+        store, ShardStamp(shard=shard, images=tuple(done), complete=True, version=__version__).to_attrs()
+    )
     write_collection(store, done)  # the store as a collection of its images, for viewers
     summary = {
         "shard": shard,

@@ -201,7 +201,7 @@ def write_spatialdata(
     with atomic_path(out, keep_suffix=True) as tmp:
         tmp.mkdir()
         root = {"spatialdata_attrs": {"version": CONTAINER_FORMAT, "spatialdata_software_version": "0.7.3"}}
-        _write_group(tmp, {**root, **SpatialDataStamp(shard=shard, version=__version__).to_attrs()})
+        _write_group(tmp, {**root, **SpatialDataStamp(shard=shard, complete=True, version=__version__).to_attrs()})
         _write_group(tmp / "images", {})
         _write_group(
             tmp / "labels", {"ome": {"labels": [f"{element_name(i)}_{lab}" for i in image_ids for lab in LABELS]}}

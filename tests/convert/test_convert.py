@@ -17,6 +17,7 @@ from hpa_batch.cli import main
 from hpa_batch.convert.imageio import read_channel
 from hpa_batch.convert.manifest import read_rejected
 from hpa_batch.core.ngff import is_complete, verify_image
+from hpa_batch.core.stamps import ImageStamp, ShardStamp
 
 
 def convert(ds, shard="hela-0000", threads=2, **extra):
@@ -69,7 +70,9 @@ def test_store_contents_refusals_and_summary(dataset):
     b = zarr.open_group(store / "b8", mode="r")
     assert b["s0"].dtype == np.uint16
     assert np.array_equal(b["s0"][...], source_stack(ds, "b8").astype(np.uint16) * 257)
-    assert b.attrs["hpa_batch"]["source_dtype"] == "uint8"
+    assert ImageStamp.from_attrs(dict(b.attrs)).source_dtype == "uint8"
+    root = ShardStamp.from_attrs(dict(zarr.open_group(store, mode="r").attrs))  # the store's typed stamp
+    assert root.complete and root.images == ("a16", "b8") and root.shard == "hela-0000"
     assert not (store / "ctrunc").exists() and not (store / "dmissing").exists()
     assert not (res / "zarr" / ".hela-0000.zarr.staging").exists()
     rej = read_rejected(res / "qc" / "hela-0000.rejected.tsv").set_index("image_id")
