@@ -7,8 +7,9 @@ nuclear-ratio, uneven, saturated, mitotic, confluent, mixed, vary) for 4 cell li
 3072 px (working levels s1, s1 and s2), seed 2026 (or ``--seed``). The backend's defaults were tuned on
 seed 101 (``synthesize_image`` at 2048 px, 3-6 images per style; the binucleate join and the QC
 bounds on the same images; the edge weight and nucleus lift also on seed 102: confluent, vary and
-mixed, 8 images each) and checked in tests on seeds 31, 47 and 61; seeds 2026, 2027 and 2028 are used
-only here.
+mixed, 8 images each; the clump depth of nucleus splitting on seed 108: dense fields of big nuclei,
+and seeds 103-104: vary at 1728 px) and checked in tests on seeds 31, 47 and 61; seeds 2026 to 2029
+are used only here.
 
 Peers, each on the same working level and scored the same way (full-resolution labels): ``distance``
 (the backend's own nuclei and foreground, each pixel to its nearest nucleus: the floor a boundary
