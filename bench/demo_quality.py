@@ -151,6 +151,48 @@ def worst_images(
     return out
 
 
+def per_class(
+    views: dict[str, tuple[pd.DataFrame, pd.DataFrame]], held: set[str], stores: list[Path], truth: Path, catalog, ious
+) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Class by class on the held-out images, for each view (deep, baseline): the HPA-2021 instance AP
+    at IoU 0.6, the F1 of the emitted label sets on cells matched to true cells, and the number of
+    matched cells that truly hold the class."""
+    from sklearn.metrics import f1_score
+
+    from hpa_batch.models.split import multi_hot
+
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for name, (c, i) in views.items():
+        r = evaluate_run(c[c.image_id.isin(held)], i[i.image_id.isin(held)], ious, truth, catalog, iou_threshold=0.6)
+        m = c[c.image_id.isin(held) & (c.truth_cell_id > 0)]
+        n = catalog.n_classes
+        y = multi_hot([list(v) if len(v) else [catalog.negative] for v in m.truth_labels], n)
+        pred = multi_hot([predicted_ids(v, catalog) for v in m.predicted], n)
+        f1 = f1_score(y, pred, average=None, zero_division=0) if len(m) else np.zeros(n)
+        for k, cls in enumerate(catalog.classes):
+            row = out.setdefault(cls, {"positives": int(y[:, k].sum())})
+            ap = r.get("cell_ap_per_class", {}).get(cls)
+            row[f"{name}_ap"] = None if ap is None else round(float(ap), 4)
+            row[f"{name}_f1"] = round(float(f1[k]), 4)
+    return out
+
+
+def print_per_class(table: dict[str, dict[str, float | int | None]]) -> None:
+    """One line per class, most positive cells first; the worst class of each view by AP."""
+    print(
+        f"\n{'class (held-out, matched cells)':<44}{'pos':>6}{'deep AP':>9}{'base AP':>9}{'deep F1':>9}{'base F1':>9}"
+    )
+    for cls, v in sorted(table.items(), key=lambda kv: -int(kv[1]["positives"] or 0)):
+        cells = [v.get(k) for k in ("deep_ap", "baseline_ap", "deep_f1", "baseline_f1")]
+        print(f"{cls:<44}{v['positives']!s:>6}" + "".join(f"{'-' if x is None else f'{x:.3f}':>9}" for x in cells))
+    for view in ("deep", "baseline"):
+        scored = [
+            (v[f"{view}_ap"], c) for c, v in table.items() if v[f"{view}_ap"] is not None and v["positives"] >= 30
+        ]
+        if scored:
+            print(f"worst class with >= 30 positive cells, {view}: {min(scored)[1]} (AP {min(scored)[0]:.3f})")
+
+
 def main() -> None:
     args = parse()
     out = args.out.resolve()
@@ -216,6 +258,8 @@ def main() -> None:
         ids = {i for i in held if style_of.get(i) == style}
         result["per_style"][style] = side_by_side(cells, images, base, ids, stores, data / "truth", c.catalog, ious)
     result["per_image"] = worst_images(cells, base[0], held, style_of, c.catalog)
+    views = {"deep": (cells, images), "baseline": base}
+    result["per_class"] = per_class(views, held, stores, data / "truth", c.catalog, ious)
     metrics = json.loads((r / "metrics.json").read_text())
     result["prediction_guard"] = {k: metrics["prediction_guard"][k] for k in ("over_predicted", "single_prediction")}
     hist = pd.read_csv(r / "models/q/fold0/history.csv")
@@ -242,6 +286,7 @@ def main() -> None:
             f"  {s:<26}{v['deep']['cell_map']!s:>10}{v['baseline']['cell_map']!s:>10}   macro-F1 "
             f"{v['deep']['cell_macro_f1']} vs {v['baseline']['cell_macro_f1']}"
         )
+    print_per_class(result["per_class"])
 
 
 if __name__ == "__main__":
