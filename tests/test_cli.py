@@ -169,3 +169,22 @@ def test_every_rule_passes_exactly_the_config_sections_its_verb_reads():
             assert passed == set(READS[verb.group(1)]), (smk.name, verb.group(1), passed)
             assert optional <= set(READS_WHEN.get(verb.group(1), ())), verb.group(1)
     assert set(seen) == set(READS), set(READS) - set(seen)  # every stage verb has its rule
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(dataset):
+    """`hpa-batch plan --format names | head -1` (the Makefile's demo line): when the reader closes the
+    pipe first, the verb ends with status 1 and prints nothing on stderr."""
+    import subprocess
+    import sys
+
+    dataset.add("x1")
+    cfg = str(dataset.config_file())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpa_batch.cli", "plan", "--config", cfg, "--format", "names"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the interpreter has started: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

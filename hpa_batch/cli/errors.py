@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def run_verb(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"hpa-batch: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`hpa-batch plan --format names | head -1`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 1
     except (PlanError, OutputLockError) as exc:
         print(f"hpa-batch {args.verb}: error: {exc}", file=sys.stderr)
         return 1
