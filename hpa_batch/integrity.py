@@ -92,9 +92,15 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Column prefixes each table's readers need at least one column of.
+REQUIRED_PREFIXES: dict[str, tuple[str, ...]] = {"predictions": ("prob_",)}
+
+
 def _table(key: str) -> Check:
     def check(t: Target) -> str | None:
-        problem = parquet_problem(t.path, columns=REQUIRED_COLUMNS.get(key, ()), deep=t.deep)
+        problem = parquet_problem(
+            t.path, columns=REQUIRED_COLUMNS.get(key, ()), prefixes=REQUIRED_PREFIXES.get(key, ()), deep=t.deep
+        )
         return f"{problem} (a {key} table has it)" if problem and problem.startswith("no column") else problem
 
     return check
@@ -104,19 +110,15 @@ def _predictions(t: Target) -> str | None:
     """A predictions table: its columns, one ``prob_*`` per class and, ``deep``, one row per row of the
     shard's tile store (cells, or images for an image-level model)."""
     problem = _table("predictions")(t)
-    if problem is not None:
+    if problem is not None or not t.deep:
         return problem
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(t.path)
-    if not any(n.startswith("prob_") for n in pf.schema_arrow.names):
-        return "no prob_* column (a predictions table has one per class)"
-    if not t.deep:
-        return None
     tiles = result(t.root, "tiles", shard=t.shard)
     stamp = read_record(tiles, TileStamp)
     if stamp is None:
         return None
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(t.path)
     names = pf.schema_arrow.names
     cell_ids = pf.read(columns=["cell_id"]).column(0).to_numpy() if "cell_id" in names else None
     cells = cell_ids is not None and bool((cell_ids >= 0).any())  # -1: an image model's rows
@@ -188,8 +190,7 @@ def _thresholds(t: Target) -> str | None:
 
 # --------------------------------------------------------------------------------------- stores
 def _tiles(t: Target) -> str | None:
-    problem = chunk_store_problem(t.path, TileStamp, deep=t.deep)
-    stamp = read_record(t.path, TileStamp)
+    problem, stamp = chunk_store_problem(t.path, TileStamp, deep=t.deep)
     if problem is not None or stamp is None:
         return problem or "no readable stamp (zarr.json)"
     expected = _cells_rows(t.root, t.shard, include_border=bool(stamp.settings.get("include_border", True)))
@@ -207,8 +208,7 @@ def _tiles_quick(t: Target) -> str | None:
 
 def _embeddings(t: Target) -> str | None:
     """An embedding store: sound on its own, and as many cells as the shard's tile store."""
-    problem = chunk_store_problem(t.path, EmbeddingStamp, deep=t.deep)
-    stamp = read_record(t.path, EmbeddingStamp)
+    problem, stamp = chunk_store_problem(t.path, EmbeddingStamp, deep=t.deep)
     if problem is not None or stamp is None:
         return problem or "no readable stamp (zarr.json)"
     tiles = read_record(result(t.root, "tiles", shard=t.shard), TileStamp)

@@ -37,6 +37,7 @@ STAMP_KEY = "hpa_batch"
 """The group attribute every stage's stamp lives under."""
 
 S = TypeVar("S", bound="Stamp")
+C = TypeVar("C", "TileStamp", "EmbeddingStamp")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,10 +234,11 @@ def _rows_problem(arrays: list[tuple[str, Any]], n: Mapping[str, int], deep: boo
     return None
 
 
-def chunk_store_problem(path: Path, record: type[TileStamp | EmbeddingStamp], *, deep: bool = False) -> str | None:
-    """Why a tile or embedding store is damaged on its own, or None: it opens, is stamped complete, and
-    every array has one row per cell (image arrays one per image) with every chunk present (``deep``:
-    decoded). Counts against other files (the cells table, the tile store) are the caller's."""
+def chunk_store_problem(path: Path, record: type[C], *, deep: bool = False) -> tuple[str | None, C | None]:
+    """Why a tile or embedding store is damaged on its own (None: sound), and its stamp when it could be
+    read: it opens, is stamped complete, and every array has one row per cell (image arrays one per
+    image) with every chunk present (``deep``: decoded). Counts against other files (the cells table,
+    the tile store) are the caller's, with the stamp returned here (the store is opened once)."""
     import zarr
 
     what = "tile" if record is TileStamp else "embedding"
@@ -247,8 +249,8 @@ def chunk_store_problem(path: Path, record: type[TileStamp | EmbeddingStamp], *,
             arrays = list(group.arrays())
         stamp = record.from_attrs(dict(group.attrs))
         if not stamp.complete:
-            return "not stamped complete (an interrupted write)"
+            return "not stamped complete (an interrupted write)", stamp
         n_images = stamp.n_images if isinstance(stamp, TileStamp) else 0
-        return _rows_problem(arrays, {"cell": int(stamp.n_cells), "image": int(n_images)}, deep)
+        return _rows_problem(arrays, {"cell": int(stamp.n_cells), "image": int(n_images)}, deep), stamp
     except Exception as exc:  # noqa: BLE001 (a store that does not open is the damage)
-        return f"not a readable {what} store: {reason_of(exc)}"
+        return f"not a readable {what} store: {reason_of(exc)}", None

@@ -114,9 +114,12 @@ def read_arrow(path: str | Path, **kwargs: object) -> pa.Table:
 
 
 # --------------------------------------------------------------------------------------- checks
-def parquet_problem(path: str | Path, *, columns: tuple[str, ...] = (), deep: bool = False) -> str | None:
+def parquet_problem(
+    path: str | Path, *, columns: tuple[str, ...] = (), prefixes: tuple[str, ...] = (), deep: bool = False
+) -> str | None:
     """Why the parquet table ``path`` is damaged, or None: its footer (every row group decoded with
-    ``deep``) and the ``columns`` its readers need."""
+    ``deep``), the ``columns`` its readers need and at least one column starting with each of
+    ``prefixes`` (``prob_``: one per class)."""
     try:
         pf = pq.ParquetFile(path)
         names = set(pf.schema_arrow.names)
@@ -126,6 +129,7 @@ def parquet_problem(path: str | Path, *, columns: tuple[str, ...] = (), deep: bo
     except Exception as exc:  # noqa: BLE001 (any decoder failure is the damage to report)
         return f"not a readable parquet table: {reason_of(exc)}"
     missing = [c for c in columns if c not in names]
+    missing += [f"{p}*" for p in prefixes if not any(n.startswith(p) for n in names)]
     return f"no column {', '.join(missing)}" if missing else None
 
 
