@@ -306,12 +306,13 @@ _BY_STAMP: dict[str | None, OutputCheck] = {
 
 
 def output_check(path: Path, root: Path) -> tuple[OutputCheck | None, Target]:
-    """The check of ``path`` in the tree ``root`` (its layout key, else its suffix or stamp) and its target."""
+    """The check of ``path`` in the tree ``root`` (its layout key; else, for a zarr group, its stamp,
+    an image store when it has none of another stage; else its suffix) and its target."""
     key, fields = result_key(root, path) or (None, {})
     target = Target(path, root, fields)
     if key is not None:
         return CHECKS.get(key), target
-    if path.suffix == ".zarr" and path.is_dir():
+    if path.is_dir() and (path.suffix == ".zarr" or (path / "zarr.json").is_file()):
         return _BY_STAMP.get(store_kind(path), CHECKS["store"]), target
     return _BY_SUFFIX.get(path.suffix), target
 
@@ -319,10 +320,7 @@ def output_check(path: Path, root: Path) -> tuple[OutputCheck | None, Target]:
 def is_image_store(path: Path) -> bool:
     """Whether the zarr group ``path`` is checked as an image store (a shard store, an image group, a
     stray group), not as a tile, embedding or SpatialData store."""
-    found = result_key(results_root(path), path)
-    if found is not None:
-        return CHECKS.get(found[0]) is CHECKS["store"]
-    return store_kind(path) not in _BY_STAMP
+    return output_check(path, results_root(path))[0] is CHECKS["store"]
 
 
 def check_output(path: str | Path, results_dir: str | Path | None = None, *, deep: bool = False) -> str | None:
