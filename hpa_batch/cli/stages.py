@@ -4,12 +4,12 @@ each verb's parser beside the function that runs it."""
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from hpa_batch.cli.common import R, add_config_args, config_of, shard_paths, shard_verb, writes
 from hpa_batch.config import Config
+from hpa_batch.core.atomic import json_text
 from hpa_batch.core.progress import get_logger
 
 
@@ -89,7 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     shards = plan_from_config(config_of(args))
     if args.format == "json":
-        print(json.dumps([s.__dict__ for s in shards], indent=1))
+        print(json_text([s.__dict__ for s in shards]))
     elif args.format == "names":
         print("\n".join(s.name for s in shards))
     else:

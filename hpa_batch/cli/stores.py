@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 import zarr
 
 from hpa_batch.cli.common import add_config_args, config_of, writes
+from hpa_batch.core.atomic import json_text
 from hpa_batch.core.errors import printable
 from hpa_batch.core.ngff import count_files, image_groups, multiscale_datasets, read_group_attrs
 from hpa_batch.core.stamps import stamp_dict
@@ -92,7 +92,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     info = describe_store(args.path)
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(json_text(info))
         return 0
     print(
         f"{info['store']}: {info['n_images']} image(s), {info['n_complete']} complete, "

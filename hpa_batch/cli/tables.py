@@ -14,6 +14,7 @@ from pathlib import Path
 from hpa_batch.cli.common import R, config_of, held_out_args, shard_verb, tables_verb, writes
 from hpa_batch.config import Config
 from hpa_batch.convert.plan import PlanError
+from hpa_batch.core.atomic import json_text
 from hpa_batch.layout import (
     HISTORY_FILE,
     THRESHOLDS_FILE,
@@ -185,7 +186,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         baseline_summary=(args.baseline_summary or result(r, "baseline_summary")) if args.baseline else None,
         compare=_compared(cfg, args.compare),
     )
-    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
+    print(json_text({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
     return 0
 
 
@@ -287,7 +288,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         summary_out=args.summary or result(r, "baseline_summary"),
         model_out=args.model_out or result(r, "baseline_model"),
     )
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("features", "thresholds")}, indent=1))
+    print(json_text({k: v for k, v in summary.items() if k not in ("features", "thresholds")}))
     return 0
 
 

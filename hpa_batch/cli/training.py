@@ -4,13 +4,13 @@ function that runs it."""
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from hpa_batch.cli.common import R, add_config_args, config_of, shard_paths, writes
 from hpa_batch.config import Config, check_unlabelled
 from hpa_batch.convert.plan import PlanError
+from hpa_batch.core.atomic import json_text
 from hpa_batch.layout import (
     fold_files,
     predictions_file,
@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train_model(
         spec, args.fold, _input_stores(cfg, args.tiles, spec), splits, cfg.catalog, out=out, device=args.device
     )
-    print(json.dumps(summary, indent=1))
+    print(json_text(summary))
     return 0
 
 
@@ -194,7 +194,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         cells=(args.cells or paths["cells"]) if image else None,
         device=args.device,
     )
-    print(json.dumps({k: v for k, v in summary.items() if k != "encoder"}, indent=1))
+    print(json_text({k: v for k, v in summary.items() if k != "encoder"}))
     return 0
 
 

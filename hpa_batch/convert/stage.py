@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -50,7 +49,7 @@ from hpa_batch.convert.manifest import (
     read_rejected,
     write_rejected,
 )
-from hpa_batch.core.atomic import atomic_write_text, staging_path
+from hpa_batch.core.atomic import atomic_write_json, staging_path
 from hpa_batch.core.ngff import (
     COLLECTION_GROUP,
     channel_windows,
@@ -341,7 +340,7 @@ def convert_shard(
         "threads": threads,
         "version": __version__,
     }
-    atomic_write_text(summary_out, json.dumps(summary, indent=1))
+    atomic_write_json(summary_out, summary)
     get_logger().info(
         "convert %s: %d converted, %d kept, %d refused (see %s)",
         shard,

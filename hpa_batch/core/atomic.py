@@ -5,14 +5,17 @@ disk is reported as "no space left on <folder> (writing <file>)"."""
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "temporary_of"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "json_text", "strict", "temporary_of"]
 
 #: The name :func:`atomic_path` gives its temporary: ``.{name}.{pid}.tmp`` (``{suffix}`` kept or not).
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp(\.[\w.]+)?$")
@@ -68,6 +71,35 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def strict(obj: Any) -> Any:
+    """``obj`` with every float that is not finite (NaN, infinity; numpy scalars too) as None, tuples
+    as lists and numpy scalars as Python numbers: what strict JSON can hold ("a score that cannot be
+    computed is null")."""
+    if isinstance(obj, dict):
+        return {str(k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if hasattr(obj, "item") and not hasattr(obj, "__len__"):  # a numpy scalar
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
+
+
+def json_text(obj: Any, *, indent: int | None = 1, sort_keys: bool = False) -> str:
+    """Strict JSON of ``obj`` (:func:`strict`, then ``allow_nan=False``): no ``NaN`` or ``Infinity``
+    token a standard parser (``JSON.parse``, polars, duckdb) refuses. The one JSON writer of every file a
+    stage writes."""
+    return json.dumps(strict(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 1) -> None:
+    """Write ``obj`` as strict JSON (:func:`json_text`) to ``path`` with :func:`atomic_path`."""
+    atomic_write_text(path, json_text(obj, indent=indent))
 
 
 #: Staging folders beside a shard store, by the stage that writes through them (their on-disk names:

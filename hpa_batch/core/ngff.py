@@ -441,7 +441,7 @@ def write_collection(store: Path, image_ids: Sequence[str]) -> None:
     image groups named by the OME group's ``series`` instead of 0..n): the root's
     ``bioformats2raw.layout`` and ``OME/`` with ``series`` and ``METADATA.ome.xml``. napari-ome-zarr then
     opens the whole shard, each image with its labels; an image group alone stays a plain image."""
-    from hpa_batch.core.atomic import atomic_write_text
+    from hpa_batch.core.atomic import atomic_write_json, atomic_write_text
 
     ome = Path(store) / COLLECTION_GROUP
     ome.mkdir(exist_ok=True)
@@ -450,7 +450,7 @@ def write_collection(store: Path, image_ids: Sequence[str]) -> None:
         "node_type": "group",
         "attributes": {"ome": {"version": NGFF_VERSION, "series": list(image_ids)}},
     }
-    atomic_write_text(ome / "zarr.json", json.dumps(meta, indent=2))
+    atomic_write_json(ome / "zarr.json", meta, indent=2)
     atomic_write_text(ome / "METADATA.ome.xml", collection_xml(image_ids))
     update_group_attributes(Path(store), {"ome": {"version": NGFF_VERSION, "bioformats2raw.layout": 3}})
 

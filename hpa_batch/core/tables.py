@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hpa_batch.core.atomic import atomic_path
+from hpa_batch.core.atomic import atomic_path, json_text
 from hpa_batch.core.errors import reason_of
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ PREDICTIONS_KEY = b"hpa_batch.predictions"
 
 def with_predictions_about(schema: pa.Schema, about: dict[str, Any]) -> pa.Schema:
     """``schema`` with ``about`` (JSON values) as its :data:`PREDICTIONS_KEY` metadata."""
-    return schema.with_metadata({**(schema.metadata or {}), PREDICTIONS_KEY: json.dumps(about).encode()})
+    return schema.with_metadata({**(schema.metadata or {}), PREDICTIONS_KEY: json_text(about, indent=None).encode()})
 
 
 def read_predictions_about(path: str | Path) -> dict[str, Any]:

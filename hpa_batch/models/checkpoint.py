@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from hpa_batch.core.atomic import atomic_path, atomic_write_text
+from hpa_batch.core.atomic import atomic_path, atomic_write_json
 from hpa_batch.core.errors import DamagedFileError, UnsafeCheckpointError, printable, reason_of
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.layout import MODEL_FILE, THRESHOLDS_FILE
@@ -220,19 +220,16 @@ def write_thresholds(
     selection: str,
 ) -> None:
     """Write ``thresholds.json`` beside ``model.pt``."""
-    atomic_write_text(
+    atomic_write_json(
         path,
-        json.dumps(
-            {
-                "classes": list(catalog.classes),
-                "thresholds": [float(t) for t in thresholds],
-                "validation_positives": [int(v) for v in support],
-                "reasons": list(reasons),
-                "rule": {**rule, "tuned": THRESHOLD_RULE},
-                "selection": selection,
-            },
-            indent=1,
-        ),
+        {
+            "classes": list(catalog.classes),
+            "thresholds": [float(t) for t in thresholds],
+            "validation_positives": [int(v) for v in support],
+            "reasons": list(reasons),
+            "rule": {**rule, "tuned": THRESHOLD_RULE},
+            "selection": selection,
+        },
     )
 
 

@@ -4,7 +4,6 @@ state (saved and restored so a resumed run draws exactly what an uninterrupted o
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -16,7 +15,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from hpa_batch.core.atomic import atomic_write_text
+from hpa_batch.core.atomic import atomic_write_json
 from hpa_batch.core.process import is_rank0
 
 
@@ -71,7 +70,7 @@ class StopFlag:
         if self.hold_file is None or not self.hold_file.exists() or self.raised:
             return
         held = self.hold_file.with_name(self.hold_file.name + ".held")
-        atomic_write_text(held, json.dumps({"epoch": epoch, "pid": os.getpid()}))
+        atomic_write_json(held, {"epoch": epoch, "pid": os.getpid()}, indent=None)
         deadline = time.monotonic() + HOLD_LIMIT_S
         while self.hold_file.exists() and not self.raised and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -22,7 +22,6 @@ and the batch size, not by the size of the run.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from hpa_batch.cells.measure import FEATURE_COLUMNS, feature_matrix
 from hpa_batch.config import BaselineConfig
-from hpa_batch.core.atomic import atomic_path, atomic_write_text
+from hpa_batch.core.atomic import atomic_path, atomic_write_json
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.metrics import macro_f1, mean_ap, tune_thresholds
 from hpa_batch.core.progress import get_logger
@@ -245,7 +244,7 @@ def run_baseline(
         "thresholds": [float(t) for t in thresholds],
         "oof_weak_labels": cv,
     }
-    atomic_write_text(summary_out or out.with_name("summary.json"), json.dumps(summary, indent=1))
+    atomic_write_json(summary_out or out.with_name("summary.json"), summary)
     get_logger().info("baseline %s: trained on %d cells, predicted %d -> %s", options.model, len(train), rows, out)
     return summary
 

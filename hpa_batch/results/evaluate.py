@@ -202,13 +202,15 @@ def evaluate_run(
     result["cell_map"] = m
     result["iou_threshold"] = iou_threshold
     result["cell_ap_per_class"] = {catalog.classes[k]: v for k, v in per.items()}
-    lines = {}
+    lines, counts = {}, {}
     for line, idx in images.groupby("cell_line").groups.items():
         ids = set(images.loc[idx, "image_id"])
         sub_t = truth[truth["image_id"].isin(ids)]
         if len(sub_t):
             lines[line] = instance_map(pred[pred["image_id"].isin(ids)], sub_t, ious, n, iou_threshold)[0]
+            counts[str(line)] = len(sub_t)
     result["cell_map_per_cell_line"] = lines
+    result["cells_per_cell_line"] = counts  # the n beside each cell mAP
     if "truth_labels" in cells:
         matched = cells[cells["truth_cell_id"] > 0]
         truth_sets = [

@@ -14,7 +14,7 @@ from typing import Any, NotRequired, TypedDict, cast
 
 import jsonschema
 
-from hpa_batch.core.atomic import atomic_write_text
+from hpa_batch.core.atomic import atomic_write_text, json_text, strict
 from hpa_batch.core.errors import DamagedFileError, reading
 
 
@@ -32,6 +32,7 @@ class RunMetrics(TypedDict, total=False):
     iou_threshold: float
     cell_ap_per_class: dict[str, float]
     cell_map_per_cell_line: dict[str, float]
+    cells_per_cell_line: dict[str, int]
     cell_accuracy: float | None
     cell_macro_f1: float | None
     matched_cells: int
@@ -91,8 +92,9 @@ def metrics_schema() -> dict[str, Any]:
 
 def write_metrics(path: Path, metrics: Metrics) -> None:
     """Check ``metrics`` against the schema and write it atomically (``indent=1``)."""
-    jsonschema.validate(metrics, metrics_schema())
-    atomic_write_text(path, json.dumps(metrics, indent=1))
+    clean = strict(metrics)  # a score that cannot be computed (NaN) is null
+    jsonschema.validate(clean, metrics_schema())
+    atomic_write_text(path, json_text(clean))
 
 
 def read_metrics(path: Path) -> Metrics:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from hpa_batch import __version__
-from hpa_batch.core.atomic import atomic_path
+from hpa_batch.core.atomic import atomic_path, json_text
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.stamps import SpatialDataStamp
 from hpa_batch.results.sdnames import (
@@ -98,7 +98,7 @@ def cell_properties(rows: pd.DataFrame, catalog: LabelCatalog) -> list[dict[str,
 def _write_group(path: Path, attrs: Mapping[str, Any]) -> None:
     path.mkdir(parents=True, exist_ok=True)
     meta = {"zarr_format": 3, "node_type": "group", "attributes": dict(attrs)}
-    (path / "zarr.json").write_text(json.dumps(meta, indent=1))
+    (path / "zarr.json").write_text(json_text(meta))
 
 
 def _link_levels(source: Path, element: Path, final_element: Path, ome: Mapping[str, Any]) -> None:
@@ -147,7 +147,7 @@ def _write_table(adata: Any, path: Path, regions: Sequence[str]) -> None:
     meta["attributes"].update(
         {"spatialdata-encoding-type": "ngff:regions_table", **table_attrs(regions), "version": TABLE_FORMAT}
     )
-    meta_path.write_text(json.dumps(meta, indent=1))
+    meta_path.write_text(json_text(meta))
 
 
 def store_images(store: Path) -> list[str]:

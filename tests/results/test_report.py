@@ -1,4 +1,5 @@
-"""The HTML report's parts, the held-out view and the baseline view of the evaluation."""
+"""The HTML report's parts, the held-out view and the baseline view of the evaluation, and
+``metrics.json`` as strict JSON (a score that cannot be computed is ``null``, never a bare ``NaN``)."""
 
 import json
 import re
@@ -8,8 +9,10 @@ import pandas as pd
 import pytest
 
 from hpa_batch.config import ReportConfig
+from hpa_batch.core.atomic import json_text, strict
 from hpa_batch.core.labels import CATALOGS
 from hpa_batch.results.evaluate import baseline_view, evaluate_all, held_out_images
+from hpa_batch.results.metrics_file import read_metrics, write_metrics
 from hpa_batch.results.report import (
     SECTIONS,
     ReportInputs,
@@ -280,3 +283,32 @@ def test_the_umap_separates_what_the_embeddings_separate_and_names_its_source(tm
     assert body.index("standardised measurements (X)") < body.index("encoder a-vit")  # no cell model: X first
     off = umap_section(cells, tmp_path / "cells.h5ad", CAT, max_cells=0)
     assert "off" in off and "base64" not in off
+
+
+def strict_loads(text: str):
+    """A parser as strict as ``JSON.parse``: ``NaN`` / ``Infinity`` are refused."""
+
+    def refuse(token: str):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_strict_turns_non_finite_floats_into_null_at_any_depth():
+    obj = {"a": float("nan"), "b": [1.5, np.float32("inf"), {"c": np.float64("nan")}], "d": (np.int64(3), True)}
+    assert strict(obj) == {"a": None, "b": [1.5, None, {"c": None}], "d": [3, True]}
+    assert strict_loads(json_text(obj))["b"][1] is None
+    with pytest.raises(ValueError, match="NaN"):
+        strict_loads(json.dumps(obj["a"]))  # the check above can fail: the standard library writes NaN
+
+
+def test_metrics_with_a_score_that_cannot_be_computed_are_strict_json(tmp_path):
+    cells, images = tables()
+    result = evaluate_all(cells, images, [], None, CAT, trained_folds={0})
+    per_line = result["held_out"]["image_map_per_cell_line"]
+    assert any(np.isnan(v) for v in per_line.values())  # one held-out image: its line's mAP is NaN in memory
+    write_metrics(tmp_path / "metrics.json", result)
+    data = strict_loads((tmp_path / "metrics.json").read_text())
+    assert None in data["held_out"]["image_map_per_cell_line"].values()
+    assert data["held_out"]["images_per_cell_line"] == {"X": 1}  # the n beside it
+    assert read_metrics(tmp_path / "metrics.json")["images"] == 3

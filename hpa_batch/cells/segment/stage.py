@@ -27,7 +27,7 @@ from hpa_batch.cells.segment import Segmenter, create_segmenter
 from hpa_batch.cells.segment.qc import QC_MEASURES, SEGMENT_QC_COLUMNS, flag_images, image_qc
 from hpa_batch.cells.segment.watershed import consistent_labels
 from hpa_batch.config import Config
-from hpa_batch.core.atomic import atomic_path, atomic_write_text, staging_path
+from hpa_batch.core.atomic import atomic_path, atomic_write_json, staging_path
 from hpa_batch.core.errors import reading
 from hpa_batch.core.ngff import (
     image_groups,
@@ -211,7 +211,7 @@ def segment_shard(cfg: Config, store: Path, qc_out: Path, summary_out: Path, thr
         "threads": threads,
         "version": __version__,
     }
-    atomic_write_text(summary_out, json.dumps(summary, indent=1))
+    atomic_write_json(summary_out, summary)
     log = get_logger()
     log.info(
         "segment %s: %d images, %d cells, %d with zero cells, %d doubtful",

@@ -177,7 +177,8 @@ def ranking_flip(views: dict[str, dict[str, Any]]) -> str:
 
 
 def cell_line_table(metrics: Metrics) -> str:
-    """Per cell line: images, image mAP (all and held-out) and, with per-cell truth, cell mAP."""
+    """Per cell line, each score beside its n: images, image mAP (all and held-out) and, with per-cell
+    truth, cells and cell mAP."""
     lines = metrics.get("images_per_cell_line") or {}
     if not lines:
         return ""
@@ -188,10 +189,13 @@ def cell_line_table(metrics: Metrics) -> str:
         "image mAP, all images": [(metrics.get("image_map_per_cell_line") or {}).get(k) for k in lines],
     }
     if held:
+        cols["held-out images"] = [(held.get("images_per_cell_line") or {}).get(k, 0) for k in lines]
         cols["image mAP, held-out"] = [(held.get("image_map_per_cell_line") or {}).get(k) for k in lines]
     if "cell_map_per_cell_line" in metrics:
+        cols["cells"] = [(metrics.get("cells_per_cell_line") or {}).get(k) for k in lines]
         cols["cell mAP, all images"] = [metrics["cell_map_per_cell_line"].get(k) for k in lines]
         if held:
+            cols["held-out cells"] = [(held.get("cells_per_cell_line") or {}).get(k) for k in lines]
             cols["cell mAP, held-out"] = [(held.get("cell_map_per_cell_line") or {}).get(k) for k in lines]
     return "<h3>Per cell line</h3>" + html_table(pd.DataFrame(cols), sortable=True)
 
