@@ -89,3 +89,37 @@ def test_the_snakefile_exports_the_checkout_for_the_post_deploy_scripts():
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
     assert 'os.environ.setdefault("HPA_BATCH_SOURCE", str(Path(workflow.basedir).resolve()))' in common
     assert (REPO / "pyproject.toml").is_file()  # workflow.basedir (the Snakefile's folder) is installable
+
+
+GPU_RULES = ("train_model", "predict_shard", "embed_shard")
+
+
+def test_the_cpu_slurm_profile_is_the_slurm_profile_without_gpus():
+    """``profiles/slurm-cpu`` (a cluster without GPUs) says everything ``profiles/slurm`` says, except that
+    the rules that ask for a GPU ask for none and run on the CPU partition; a rule that asks for a GPU
+    in the Snakefile is one of them."""
+    gpu, cpu = (
+        yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text()) for name in ("slurm", "slurm-cpu")
+    )
+    assert {k: v for k, v in gpu.items() if k != "set-resources"} == {
+        k: v for k, v in cpu.items() if k != "set-resources"
+    }
+    assert set(gpu["set-resources"]) == set(cpu["set-resources"]) == set(GPU_RULES)
+    partition = cpu["default-resources"]["slurm_partition"]
+    for rule in GPU_RULES:
+        res = cpu["set-resources"][rule]
+        assert (
+            res["gpu"] == 0 and res["slurm_partition"] == partition and not any("gpu" in k for k in res if k != "gpu")
+        )
+        # what is not about GPUs stays as the GPU profile has it (the training's warning signal)
+        same = {k: v for k, v in gpu["set-resources"][rule].items() if "gpu" not in k and k != "slurm_partition"}
+        assert same.items() <= res.items()
+    asking = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        rule = None
+        for line in smk.read_text().splitlines():
+            if line.startswith("rule "):
+                rule = line.split()[1].rstrip(":")
+            elif line.strip().startswith("gpu=") and rule:
+                asking.add(rule)
+    assert asking == set(GPU_RULES)

@@ -22,19 +22,8 @@ from conftest import REPO, assert_upstream_reused, tiny_model, tool_env
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one worker: jobs counted
 HARNESS = REPO / "tests" / "slurm" / "harness.sh"
 SLURM_DIR = Path(os.environ.get("HPA_SLURM_DIR", "/tmp/hpa-batch-slurm"))
-CPU_OVERRIDE = [
-    "--set-resources",
-    "train_model:gpu=0",
-    "predict_shard:gpu=0",
-    "train_model:cpus_per_gpu=0",
-    "predict_shard:cpus_per_gpu=0",
-    "train_model:slurm_partition=cpu",
-    "predict_shard:slurm_partition=cpu",
-    "embed_shard:gpu=0",
-    "embed_shard:cpus_per_gpu=0",
-    "embed_shard:slurm_partition=cpu",
-    "train_model:mem_mb=4000",  # the test node has 24 GB; a retry would ask 2 x 16 GB
-]
+#: The test node has 24 GB; a retry of train_model would ask 2 x 16 GB. Everything else is the CPU profile's.
+TEST_NODE = ["--set-resources", "train_model:mem_mb=4000"]
 #: How often the driver asks squeue: the plugin waits its init seconds after a submission, then 10 s
 #: more after every check that found nothing finished. The profile's 5 s would make each step of these
 #: seconds-long jobs cost ~20 s; 1 s makes it ~12 s (on a real cluster the profile's value stands).
@@ -113,10 +102,10 @@ def test_workflow_through_slurm_equals_local_run(slurm, upstream_2021, local_run
         wd,
         slurm,
         "--profile",
-        "profiles/slurm",
+        "profiles/slurm-cpu",  # the documented way to run every rule on a cluster without GPUs
         "--configfile",
         "slurm.yaml",
-        *CPU_OVERRIDE,
+        *TEST_NODE,
         *POLL,
     )
     n_jobs = int(next(ln.split()[-1] for ln in reversed(out.splitlines()) if ln.startswith("total")))
@@ -169,7 +158,7 @@ def test_a_signalled_training_saves_exits_75_and_the_retry_resumes(slurm, upstre
     hold = tmp_path / "hold"
     hold.touch()
     log = open(wd / "driver.log", "w+")  # noqa: SIM115 (the background driver writes it)
-    args = ["--profile", "profiles/slurm", "--configfile", "run.yaml", *CPU_OVERRIDE]
+    args = ["--profile", "profiles/slurm-cpu", "--configfile", "run.yaml", *TEST_NODE]
     driver = subprocess.Popen(
         ["snakemake", *args, *POLL, "train"],
         cwd=wd,
