@@ -150,7 +150,7 @@ def trained(segmented, tmp_path_factory):
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     c = load_config(root / "config.yaml")
     manifests = [c.results_dir / "manifest" / f"{s}.parquet" for s in segmented["shards"]]
-    write_splits(make_splits(manifests, c.catalog, 3, 0, 1), root / "splits.parquet")
+    write_splits(make_splits(manifests, c.catalog, 3, 0, 1), root / "splits.parquet", c.catalog)
     stores = [c.results_dir / "tiles" / f"{s}.zarr" for s in segmented["shards"]]
     args = ["train", "--config", root / "config.yaml", "--model", "tiny", "--fold", "0"]
     code, _, err = hpa(*args, "--splits", root / "splits.parquet", "--out", root / "fold0", "--tiles", *stores)

@@ -22,8 +22,20 @@ from conftest import REPO, assert_upstream_reused, tiny_model, tool_env
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one worker: jobs counted
 HARNESS = REPO / "tests" / "slurm" / "harness.sh"
 SLURM_DIR = Path(os.environ.get("HPA_SLURM_DIR", "/tmp/hpa-batch-slurm"))
-#: The test node has 24 GB; a retry of train_model would ask 2 x 16 GB. Everything else is the CPU profile's.
-TEST_NODE = ["--set-resources", "train_model:mem_mb=4000"]
+
+
+def profile_resources(name: str, **extra: str) -> list[str]:
+    """``--set-resources`` restating profile ``name``'s own ``set-resources`` plus ``extra``
+    (``rule:resource`` -> value): a ``--set-resources`` on the command line replaces the profile's
+    whole list instead of adding to it."""
+    profile = yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text())
+    pairs = {f"{rule}:{k}": v for rule, res in profile["set-resources"].items() for k, v in res.items()}
+    pairs.update(extra)
+    return ["--set-resources", *(f"{k}={v}" for k, v in pairs.items())]
+
+
+#: The CPU profile, but the test node has 24 GB and a retry of train_model would ask 2 x 16 GB.
+TEST_NODE = profile_resources("slurm-cpu", **{"train_model:mem_mb": "4000"})
 #: How often the driver asks squeue: the plugin waits its init seconds after a submission, then 10 s
 #: more after every check that found nothing finished. The profile's 5 s would make each step of these
 #: seconds-long jobs cost ~20 s; 1 s makes it ~12 s (on a real cluster the profile's value stands).

@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import pytest
 import yaml
-from conftest import image_dirs, planned_jobs, tool_env
+from conftest import image_dirs, planned_jobs, scverse_check, tool_env
 
 
 def snakemake(wd, *args, check=True):
@@ -231,6 +231,8 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(upstream_2021, tmp_
 
     metrics = json.loads((res / "metrics.json").read_text())
     assert 0 <= metrics["cell_map"] <= 1 and metrics["iou_threshold"] == 0.6 and metrics["images"] == 6
+    # duckdb and polars read the tables by class name and metrics.json as strict JSON (TABLES.md's recipes)
+    assert "19 classes named in SQL, metrics.json strict" in scverse_check("tables", res)
     # one source of confidences: scoring the submission file alone gives the metrics' cell mAP
     from hpa_batch.core.labels import CATALOGS
     from hpa_batch.results.evaluate import score_submission
@@ -359,7 +361,7 @@ def test_image_level_only_workflow_runs_every_stage(upstream_2018, tmp_path):
     metrics = json.loads((res / "metrics.json").read_text())
     assert 0 <= metrics["image_map"] <= 1 and 0 <= metrics["cell_map"] <= 1
     ok = images_t[~images_t["rejected"]]
-    y = multi_hot([list(v) for v in ok["labels"]], 28)
+    y = multi_hot([list(v) for v in ok["image_labels"]], 28)
     pred = multi_hot([sub[i] for i in ok["image_id"]], 28).astype(float)
     assert macro_f1(y, pred, 0.5) == pytest.approx(metrics["image_macro_f1"])
     assert (res / "report.html").stat().st_size > 10_000

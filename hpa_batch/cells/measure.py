@@ -57,6 +57,41 @@ INTENSITIES = tuple(f"{c}_{where}_{s}" for where in ("cell", "nucleus") for c in
 FEATURE_COLUMNS = GEOMETRY + INTENSITIES + FEATURES
 """Columns of the per-cell table that make the hand-crafted design matrix (:func:`feature_matrix`)."""
 
+#: What each protein-pattern feature is: (channel, compartment, statistic, unit).
+_PATTERN = {
+    "green_nucleus_ratio": ("green", "nucleus / cell", "mean ratio, background-subtracted", "ratio"),
+    "ssim_green_red": ("green, red", "cell", "structural similarity", "index [-1, 1]"),
+    "ssim_green_yellow": ("green, yellow", "cell", "structural similarity", "index [-1, 1]"),
+    "ssim_green_blue": ("green, blue", "cell", "structural similarity", "index [-1, 1]"),
+    "green_yellow_ratio": ("green, yellow", "cell", "mean ratio", "ratio"),
+    "green_area_fraction": ("green", "cell", "area above background + 3 robust sigma", "fraction"),
+    "blob_count": ("green", "blobs", "count", "count"),
+    "blob_compactness": ("green", "blobs", "mean perimeter^2 / (4 pi area)", "ratio"),
+    "blob_eccentricity": ("green", "blobs", "mean major / minor axis", "ratio"),
+    "blob_nucleus_area_ratio": ("green", "blobs / nucleus", "total blob area / nucleus area", "ratio"),
+    "blob_nucleus_distance": ("green", "blobs", "mean distance to the nucleus", "pixels"),
+}
+_GEOMETRY = {
+    "area": ("", "cell", "area", "pixels^2 (full resolution)"),
+    "nucleus_area": ("blue", "nucleus", "area", "pixels^2 (full resolution)"),
+    "eccentricity": ("", "cell", "eccentricity", "index [0, 1]"),
+    "solidity": ("", "cell", "solidity", "fraction"),
+}
+
+
+def describe_feature(name: str) -> dict[str, str]:
+    """What a column of :data:`FEATURE_COLUMNS` measures: ``channel``, ``compartment``, ``statistic``
+    and ``unit`` (the ``var`` columns of ``cells.h5ad``); intensities are raw 16-bit values."""
+    keys = ("channel", "compartment", "statistic", "unit")
+    if name in _GEOMETRY:
+        return dict(zip(keys, _GEOMETRY[name], strict=True))
+    if name in _PATTERN:
+        return dict(zip(keys, _PATTERN[name], strict=True))
+    channel, where, stat = name.split("_")
+    unit = "intensity x pixels (16-bit)" if stat == "integrated" else "intensity (16-bit)"
+    return dict(zip(keys, (channel, where, stat, unit), strict=True))
+
+
 IMAGE_FEATURE_COLUMNS = tuple(f for f in FEATURES if f != "blob_count")  # the per-cell features but the count
 """Study 002's ten image features, in its order (:func:`image_feature_row`)."""
 

@@ -70,7 +70,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         doubtful=cfg.segmentation_qc.doubtful,
         groups=groups,
     )
-    write_splits(table, out)
+    write_splits(table, out, cfg.catalog)
     counts = table["fold"].value_counts().sort_index()
     if groups is not None:
         print(f"{table['group'].nunique()} groups by {sp.group_column!r}: images of a group share their fold")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -215,3 +216,8 @@ def parse_labels(text: object, catalog: LabelCatalog, separator: str = "auto") -
 def format_labels(ids: tuple[int, ...] | list[int], catalog: LabelCatalog) -> str:
     """Inverse of :func:`parse_labels` with the catalog's own separator."""
     return catalog.separator.join(str(i) for i in sorted(set(ids)))
+
+
+def label_names(ids: Iterable[int], catalog: LabelCatalog) -> list[str]:
+    """The class names of ``ids`` in class-id order (the ``*_names`` columns of the result tables)."""
+    return [catalog.classes[i] for i in sorted({int(i) for i in ids})]

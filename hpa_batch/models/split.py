@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from hpa_batch.core.labels import LabelCatalog
-from hpa_batch.core.tables import read_parquet, write_table
+from hpa_batch.core.tables import read_parquet, with_classes, write_table
 
 SPLITS_SCHEMA = pa.schema(
     [
@@ -188,6 +188,7 @@ def read_groups(metadata: Path, id_column: str, group_column: str) -> dict[str, 
     return dict(zip(t[id_column], t[group_column].str.strip()))
 
 
-def write_splits(table: pd.DataFrame, path: Path) -> None:
-    """Write ``results/splits.parquet`` with its fixed schema."""
-    write_table(table, SPLITS_SCHEMA, path)
+def write_splits(table: pd.DataFrame, path: Path, catalog: LabelCatalog) -> None:
+    """Write ``results/splits.parquet`` with its fixed schema, naming the catalog's classes in its
+    metadata (the ``labels`` ids; :func:`hpa_batch.core.tables.read_classes`)."""
+    write_table(table, with_classes(SPLITS_SCHEMA, catalog), path)

@@ -166,7 +166,7 @@ def evaluate_run(
 
     n = catalog.n_classes
     ok = images[~images["rejected"]]
-    y_img = multi_hot(ok["labels"].tolist(), n)
+    y_img = multi_hot(ok["image_labels"].tolist(), n)
     p_img = ok[[f"image_prob_{k}" for k in range(n)]].to_numpy(float)
     pred_img = multi_hot([predicted_ids(v, catalog) for v in ok["predicted"]], n)
     result: RunMetrics = {

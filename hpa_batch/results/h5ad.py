@@ -15,7 +15,13 @@ Layout (one row per cell, ``obs_names`` = ``<image_id>_<cell_id>``):
 * ``obsm["X_<model>"]`` (with ``embeddings: true`` on the cell model feeding the tables): the cell
   model's pooled features per cell, float32 ``(n_cells, d)``, read from its predictions shard by shard
   (what ``sc.pp.neighbors(adata, use_rep="X_<model>")`` and a UMAP take).
-* ``uns``: the label catalog's name and class names.
+* ``obsm["X_umap"]``: 2-D UMAP of the cell model's embedding (else the first encoder with weights,
+  else the measurements as ``log1p``; never a random-init encoder's), columns standardised, fitted on a seeded sample of at most :data:`UMAP_FIT_CELLS` cells and
+  applied to every cell shard by shard (what cellxgene shows first).
+* ``var``: what each measurement is (``channel``, ``compartment``, ``statistic``, ``unit``).
+* ``uns``: the label catalog's name and class names; ``embeddings`` (each ``X_*`` key -> what made
+  it, ", random init" when the encoder ran without a weights file), ``encoders`` (each encoder's arch,
+  weights SHA-256 and ``random_init``), ``umap`` (the key it was computed from, cells fitted).
 
 Memory does not grow with the cell count: each shard (one row group of ``cells.parquet``) becomes its
 own small AnnData file, and :func:`anndata.experimental.concat_on_disk` joins them on disk.
@@ -31,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from hpa_batch.cells.measure import FEATURE_COLUMNS
+from hpa_batch.cells.measure import FEATURE_COLUMNS, describe_feature
 from hpa_batch.core.atomic import atomic_path
 from hpa_batch.core.errors import reason_of
 from hpa_batch.core.labels import LabelCatalog, emitted_ids
@@ -45,8 +51,10 @@ if TYPE_CHECKING:
 OBS_CATEGORIES = ("image_id", "cell_line", "shard")
 #: Label-set columns of ``obs``: class names joined by ``|`` ("" = no class).
 OBS_LABELS = ("predicted", "image_labels", "truth_labels")
-#: Numeric and flag columns of ``obs``.
-OBS_VALUES = ("cell_id", "fold", "border", "truth_cell_id")
+#: Numeric and flag columns of ``obs`` (``fold`` is categorical: a fold is a group, not a quantity).
+OBS_VALUES = ("cell_id", "border", "truth_cell_id")
+#: At most this many cells (a seeded sample) fit the UMAP of ``obsm["X_umap"]``; the rest are placed by it.
+UMAP_FIT_CELLS = 20_000
 PROBABILITIES = ("fused_prob", "cell_prob", "image_prob")
 
 
@@ -138,6 +146,8 @@ def shard_anndata(
     for col in OBS_VALUES:
         if col in table:
             obs[col] = table[col].to_numpy()
+    if "fold" in table:
+        obs["fold"] = pd.Categorical([str(int(v)) for v in table["fold"]])
     region = [region_name(i) for i in table["image_id"]]
     regions = list(regions) if regions is not None else sorted(set(region))
     obs[REGION_KEY] = pd.Categorical(region, categories=regions)
@@ -154,9 +164,17 @@ def shard_anndata(
     return ad.AnnData(
         X=table[list(FEATURE_COLUMNS)].to_numpy(np.float32),
         obs=obs,
-        var=pd.DataFrame(index=pd.Index(FEATURE_COLUMNS, name="feature")),
+        var=feature_var(),
         obsm=obsm,
         uns=_uns(catalog, regions, sources),
+    )
+
+
+def feature_var() -> pd.DataFrame:
+    """``var``: one row per measurement of ``X`` (:data:`FEATURE_COLUMNS`) with its ``channel``,
+    ``compartment``, ``statistic`` and ``unit``."""
+    return pd.DataFrame(
+        [describe_feature(f) for f in FEATURE_COLUMNS], index=pd.Index(FEATURE_COLUMNS, name="feature")
     )
 
 
@@ -186,7 +204,12 @@ def _shard_obsm(
     return out
 
 
-def _uns(catalog: LabelCatalog, regions: Sequence[str], sources: Mapping[str, str] | None = None) -> dict[str, object]:
+def _uns(
+    catalog: LabelCatalog,
+    regions: Sequence[str],
+    sources: Mapping[str, str] | None = None,
+    about: Mapping[str, object] | None = None,
+) -> dict[str, object]:
     uns: dict[str, object] = {
         "catalog": catalog.name,
         "classes": list(catalog.classes),
@@ -194,19 +217,77 @@ def _uns(catalog: LabelCatalog, regions: Sequence[str], sources: Mapping[str, st
     }
     if sources:
         uns["embeddings"] = dict(sources)
+    uns.update(about or {})
     return uns
 
 
-def _write_uns(
-    path: Path, catalog: LabelCatalog, regions: Sequence[str], sources: Mapping[str, str] | None = None
-) -> None:
+def _write_uns(path: Path, uns: Mapping[str, object]) -> None:
     import h5py
     from anndata.io import write_elem
 
     with h5py.File(path, "a") as f:
         if "uns" in f:
             del f["uns"]
-        write_elem(f, "uns", _uns(catalog, regions, sources))
+        write_elem(f, "uns", dict(uns))
+
+
+def encoder_about(stores: Mapping[str, Path]) -> dict[str, object]:
+    """What made an encoder's embeddings, from the stamp of one of its stores: ``arch``,
+    ``weights_sha256`` ("" for none) and ``random_init`` (it ran without a weights file)."""
+    from hpa_batch.core.stamps import read_stamp
+
+    raw = next((r for r in (read_stamp(p) for p in stores.values()) if r), {}) if stores else {}
+    encoder = raw.get("encoder") or {}
+    return {
+        "arch": str(encoder.get("arch", "")),
+        "weights_sha256": str(raw.get("weights_sha256") or ""),
+        "random_init": bool(raw.get("random_init", False)),
+    }
+
+
+def _umap_rows(path: Path, key: str | None, rows: np.ndarray | slice) -> np.ndarray:
+    """Rows of a part's ``obsm[key]`` (``X`` as ``log1p`` when ``key`` is None), float64."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        x = np.asarray(f["obsm"][key][rows] if key else f["X"][rows], np.float64)
+    return x if key else np.log1p(np.maximum(x, 0))
+
+
+def add_umap(parts: Sequence[Path], key: str | None, *, seed: int = 0) -> dict[str, object]:
+    """Write ``obsm["X_umap"]`` ``(n, 2)`` float32 into every part: a UMAP of ``obsm[key]`` (``X`` when
+    None; columns standardised with the fit sample's statistics, constant ones dropped) fitted on a
+    seeded sample of at most :data:`UMAP_FIT_CELLS` cells and applied to each part in turn, so memory
+    holds the sample and one part. Returns what ``uns["umap"]`` records."""
+    import h5py
+    import umap
+    from anndata.io import write_elem
+
+    sizes = []
+    for part in parts:
+        with h5py.File(part, "r") as f:
+            sizes.append(int(f["X"].shape[0]))
+    total = sum(sizes)
+    if total < 10:
+        return {"skipped": f"{total} cells: too few for a map"}
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(total, size=min(total, UMAP_FIT_CELLS), replace=False))
+    starts = np.cumsum([0, *sizes])
+    sample = np.concatenate(
+        [_umap_rows(p, key, picked[(picked >= a) & (picked < b)] - a) for p, a, b in zip(parts, starts, starts[1:])]
+    )
+    mu, sd = sample.mean(0), sample.std(0)
+    keep = sd > 0
+    reducer = umap.UMAP(n_neighbors=min(15, len(sample) - 1), random_state=seed, n_jobs=1)
+    fitted = reducer.fit_transform((sample[:, keep] - mu[keep]) / sd[keep]).astype(np.float32)
+    for part, a, b in zip(parts, starts, starts[1:]):
+        if len(picked) == total:  # every cell was fitted: its place is the fit's
+            xy = fitted[a:b]
+        else:
+            xy = reducer.transform((_umap_rows(part, key, slice(None))[:, keep] - mu[keep]) / sd[keep])
+        with h5py.File(part, "a") as f:
+            write_elem(f, "obsm/X_umap", np.asarray(xy, np.float32))
+    return {"key": key or "X (log1p)", "fitted_cells": len(picked), "cells": total}
 
 
 def write_cells_h5ad(
@@ -230,7 +311,13 @@ def write_cells_h5ad(
     from anndata.experimental import concat_on_disk
 
     sources = {embedding_key: "cell model"} if embeddings is not None else {}
-    sources |= {f"X_{name}": f"encoder {name}" for name in encoders or {}}
+    about_encoders = {name: encoder_about(stores) for name, stores in (encoders or {}).items()}
+    sources |= {
+        f"X_{name}": f"encoder {name}" + (", random init" if about["random_init"] else "")
+        for name, about in about_encoders.items()
+    }
+    trained = [f"X_{name}" for name, about in sorted(about_encoders.items()) if not about["random_init"]]
+    umap_key = embedding_key if embeddings is not None else next(iter(trained), None)  # never a random init
     source = parquet_file(cells_table)
     check_unique(source.read(columns=["image_id"]).column(0).unique().to_pylist())
     out = Path(out)
@@ -247,12 +334,13 @@ def write_cells_h5ad(
         if not parts:  # no cell at all: an empty AnnData with the same layout
             parts.append(Path(tmp) / "empty.h5ad")
             shard_anndata(source.schema_arrow.empty_table().to_pandas(), catalog).write_h5ad(parts[-1])
+        about = {"encoders": about_encoders, "umap": add_umap(parts, umap_key)}
         with atomic_path(out, keep_suffix=True) as dest:
             if len(parts) == 1:
                 Path(parts[0]).replace(dest)
             else:
-                concat_on_disk(parts, dest)
-                _write_uns(dest, catalog, regions, sources)  # concat_on_disk leaves uns out
+                concat_on_disk(parts, dest, merge="same")  # var columns are the same in every part
+            _write_uns(dest, _uns(catalog, regions, sources, about))  # concat_on_disk leaves uns out
     return source.metadata.num_rows
 
 

@@ -7,11 +7,12 @@ cells.parquet
     every column of the per-cell table, ``fold``, ``cell_prob_k`` (the cell model), ``image_prob_k``
     (the image model, or the max over the image's cells when there is none), ``fused_prob_k``,
     ``predicted`` (fused probabilities against the cell model's thresholds fused the same way), ``image_labels``
-    (ground truth of the image) and, where per-cell truth exists, ``truth_cell_id`` / ``truth_labels``.
+    (ground truth of the image) and, where per-cell truth exists, ``truth_cell_id`` / ``truth_labels``;
+    each label set also as class names (``predicted_names``, ``image_label_names``, ``truth_label_names``).
 images.parquet
     one row per image of the shard plan, refused ones included: size, cell counts, QC flags,
     ``image_prob_k`` (image model), ``cells_max_prob_k`` (max over cells), ``predicted`` (image level),
-    ``labels`` (truth).
+    ``cells_predicted_names`` (every class its cells carry), ``image_labels`` (truth), with names.
 
 Fusion (``merge.fusion``): ``product`` = cell x image (the top 2021 solutions' choice),
 ``mean`` = weighted mean with ``merge.cell_weight``, ``cell`` = cell probabilities alone.
@@ -32,7 +33,7 @@ from hpa_batch.cells.measure import CELLS_SCHEMA
 from hpa_batch.cells.segment.qc import read_segment_qc
 from hpa_batch.config import MergeConfig
 from hpa_batch.core.atomic import atomic_path
-from hpa_batch.core.labels import LabelCatalog, format_labels
+from hpa_batch.core.labels import LabelCatalog, format_labels, label_names
 from hpa_batch.core.progress import get_logger
 from hpa_batch.core.tables import read_parquet, to_arrow, with_classes
 from hpa_batch.models.checkpoint import read_thresholds
@@ -52,6 +53,10 @@ class ShardInputs:
     image_predictions: Path | None
 
 
+#: A label set as class names (``list<string>``, class-id order): beside every label-id column.
+NAMES = pa.list_(pa.string())
+
+
 def prob_fields(prefix: str, n: int) -> list[tuple[str, pa.DataType]]:
     """``[(f"{prefix}_prob_{k}", float32) ...]``."""
     return [(f"{prefix}_prob_{k}", pa.float32()) for k in range(n)]
@@ -62,9 +67,11 @@ def cells_schema(n: int, with_truth: bool) -> pa.Schema:
     fields = list(CELLS_SCHEMA) + [pa.field("fold", pa.int8())]
     for prefix in ("cell", "image", "fused"):
         fields += [pa.field(*f) for f in prob_fields(prefix, n)]
-    fields += [pa.field("predicted", pa.string()), pa.field("image_labels", pa.list_(pa.int16()))]
+    fields += [pa.field("predicted", pa.string()), pa.field("predicted_names", NAMES)]
+    fields += [pa.field("image_labels", pa.list_(pa.int16())), pa.field("image_label_names", NAMES)]
     if with_truth:
         fields += [pa.field("truth_cell_id", pa.int32()), pa.field("truth_labels", pa.list_(pa.int16()))]
+        fields += [pa.field("truth_label_names", NAMES)]
     return pa.schema(fields)
 
 
@@ -92,7 +99,8 @@ def images_schema(n: int) -> pa.Schema:
         ]
         + prob_fields("image", n)
         + prob_fields("cells_max", n)
-        + [("predicted", pa.string()), ("labels", pa.list_(pa.int16()))]
+        + [("predicted", pa.string()), ("predicted_names", NAMES), ("cells_predicted_names", NAMES)]
+        + [("image_labels", pa.list_(pa.int16())), ("image_label_names", NAMES)]
     )
 
 
@@ -181,14 +189,28 @@ def merge_shard(
         cells[f"fused_prob_{catalog.negative}"] = fused[:, catalog.negative]
         fused_t = fused_t.copy()
         fused_t[catalog.negative] = np.nextafter(np.float32(0.5), np.float32(1))  # Negative iff no class
-    cells["predicted"] = [format_labels(np.flatnonzero(r >= fused_t).tolist(), catalog) for r in fused]
+    hits = [np.flatnonzero(r >= fused_t).tolist() for r in fused]
+    cells["predicted"] = [format_labels(h, catalog) for h in hits]
+    cells["predicted_names"] = [label_names(h, catalog) for h in hits]
     cells["image_labels"] = [list(labels.get(i, [])) for i in cells["image_id"]]
+    cells["image_label_names"] = [label_names(v, catalog) for v in cells["image_labels"]]
     if truth is not None:
         cells = cells.merge(truth, on=["image_id", "cell_id"], how="left")
         cells["truth_cell_id"] = cells["truth_cell_id"].fillna(-1).astype(np.int32)
         cells["truth_labels"] = [list(v) if isinstance(v, list | np.ndarray) else [] for v in cells["truth_labels"]]
+        cells["truth_label_names"] = [label_names(v, catalog) for v in cells["truth_labels"]]
     image_t = thresholds if image_thresholds is None else image_thresholds
-    return cells, _images(inp, manifest, cells, cp if has_cell else None, img_probs, folds, n, catalog, image_t)
+    negative = catalog.negative if options.negative == "derived" else None
+    return cells, _images(
+        inp,
+        manifest,
+        cells,
+        cp if has_cell else None,
+        img_probs,
+        folds,
+        catalog,
+        ImageCalls(image_t, negative),
+    )
 
 
 def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -224,7 +246,35 @@ def _refused_image_row(r: Any, shard: str, n: int) -> dict[str, Any]:
         **{f"image_prob_{k}": np.nan for k in range(n)},
         **{f"cells_max_prob_{k}": np.nan for k in range(n)},
         "predicted": None,
-        "labels": [],
+        "predicted_names": [],
+        "cells_predicted_names": [],
+        "image_labels": [],
+        "image_label_names": [],
+    }
+
+
+@dataclass(frozen=True)
+class ImageCalls:
+    """How an image's own ``predicted`` is called: per-class ``thresholds`` ``(c,)`` on its image
+    probabilities, and with ``negative`` (the Negative class under ``merge.negative: derived``) the
+    cells' rule: Negative exactly when no other class is predicted."""
+
+    thresholds: np.ndarray
+    negative: int | None
+
+
+def _image_labels(ip: np.ndarray, calls: ImageCalls, cell_names: pd.Series, catalog: LabelCatalog) -> dict[str, Any]:
+    """An image's ``predicted`` / ``predicted_names`` (``ip`` ``(c,)`` its probabilities) and
+    ``cells_predicted_names`` (every class one of its cells carries)."""
+    hits = np.flatnonzero(ip >= calls.thresholds).tolist()
+    if calls.negative is not None:
+        hits = [k for k in hits if k != calls.negative] or [calls.negative]
+    order = {name: k for k, name in enumerate(catalog.classes)}
+    carried = sorted({name for names in cell_names for name in names}, key=order.__getitem__)
+    return {
+        "predicted": format_labels(hits, catalog),
+        "predicted_names": label_names(hits, catalog),
+        "cells_predicted_names": carried,
     }
 
 
@@ -235,12 +285,12 @@ def _images(
     cp: np.ndarray | None,
     img_probs: dict[str, np.ndarray],
     folds: pd.Series,
-    n: int,
     catalog: LabelCatalog,
-    thresholds: np.ndarray,
+    calls: ImageCalls,
 ) -> pd.DataFrame:
     """Image rows; ``cp`` ``(n_cells, c)`` cell-model probabilities, None without a cell model
     (``cells_max_prob_k`` NaN)."""
+    n = catalog.n_classes
     qc = read_segment_qc(inp.segment_qc).drop_duplicates("image_id").set_index("image_id")
     rejected = pd.read_csv(inp.rejected, sep="\t", dtype=str, keep_default_na=False)
     rejected = rejected.drop_duplicates("image_id")
@@ -280,8 +330,9 @@ def _images(
                 "fold": int(folds.get(r.image_id, ALWAYS_TRAIN)),
                 **{f"image_prob_{k}": ip[k] for k in range(n)},
                 **{f"cells_max_prob_{k}": cmax[k] for k in range(n)},
-                "predicted": format_labels(np.flatnonzero(ip >= thresholds).tolist(), catalog),
-                "labels": list(r.labels),
+                **_image_labels(ip, calls, cells["predicted_names"].iloc[idx], catalog),
+                "image_labels": list(r.labels),
+                "image_label_names": label_names(r.labels, catalog),
             }
         )
     rows += [_refused_image_row(r, inp.name, n) for r in rejected.itertuples()]

@@ -308,8 +308,10 @@ def test_encoder_head_runs_end_to_end_and_is_compared_on_the_same_cells(upstream
     image, cell = adata.obs["image_id"].iloc[row], int(adata.obs["instance_id"].iloc[row])
     where = np.flatnonzero((emb["cell_image"][:] == image) & (emb["cell_id"][:] == cell))
     assert adata.obsm["X_tiny"].shape == (adata.n_obs, 192) and dict(adata.uns["embeddings"]) == {
-        "X_tiny": "encoder tiny"
+        "X_tiny": "encoder tiny, random init"
     }
+    assert adata.uns["encoders"]["tiny"]["random_init"] and adata.uns["encoders"]["tiny"]["weights_sha256"] == ""
+    assert adata.uns["umap"]["key"] == "X (log1p)" and adata.obsm["X_umap"].shape == (adata.n_obs, 2)
     np.testing.assert_array_equal(adata.obsm["X_tiny"][row], emb["embedding"][int(where[0])])
 
     # the head can feed the tables like any cell model: merge.cell_model picks it

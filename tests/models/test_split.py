@@ -53,10 +53,13 @@ def test_make_splits_from_manifests(tmp_path):
     table = make_splits([tmp_path / "b.parquet", tmp_path / "a.parquet"], CATALOGS["hpa2021"], 3, 0)
     assert table["image_id"].tolist() == sorted(rows["image_id"])
     assert table.loc[table.combination == "3|7|11", "fold"].item() == ALWAYS_TRAIN
-    write_splits(table, tmp_path / "splits.parquet")
+    write_splits(table, tmp_path / "splits.parquet", CATALOGS["hpa2021"])
     import pyarrow.parquet as pq
 
+    from hpa_batch.core.tables import read_classes
+
     assert pq.read_schema(tmp_path / "splits.parquet").equals(SPLITS_SCHEMA, check_metadata=False)
+    assert read_classes(tmp_path / "splits.parquet") == list(CATALOGS["hpa2021"].classes)  # names its label ids
 
 
 def test_too_few_images_means_all_training():

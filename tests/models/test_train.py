@@ -48,7 +48,7 @@ def trainable(segmented, tmp_path_factory):
     c = load_config(path)
     manifests = [c.results_dir / "manifest" / f"{s}.parquet" for s in segmented["shards"]]
     splits = make_splits(manifests, c.catalog, 3, 0, 1)
-    write_splits(splits, root / "splits.parquet")
+    write_splits(splits, root / "splits.parquet", c.catalog)
     stores = [c.results_dir / "tiles" / f"{s}.zarr" for s in segmented["shards"]]
     return {"root": root, "config": path, "splits": root / "splits.parquet", "stores": stores, "cfg": c}
 
@@ -569,7 +569,7 @@ def test_changed_training_data_starts_over_and_equals_a_fresh_training(trainable
         return set(frame.loc[frame.fold == 0, "image_id"])
 
     new = next(s for s in (make_splits(manifests, c.catalog, 3, k, 1) for k in range(1, 40)) if fold0(s) != fold0(old))
-    write_splits(new, tmp_path / "splits7.parquet")
+    write_splits(new, tmp_path / "splits7.parquet", c.catalog)
     reseeded = {**trainable, "splits": tmp_path / "splits7.parquet"}
     out = tmp_path / "fold0"
     run_train(trainable, out)

@@ -77,7 +77,7 @@ def test_predicted_strings_may_combine_negative_with_other_classes():
             "image_id": ["a", "b"],
             "rejected": [False, False],
             "cell_line": ["X", "X"],
-            "labels": [[0], [18]],
+            "image_labels": [[0], [18]],
             "predicted": ["0|18", ""],
             **{f"image_prob_{k}": [0.6 if k in (0, 18) else 0.1, 0.2] for k in range(19)},
         }

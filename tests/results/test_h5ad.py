@@ -68,6 +68,33 @@ def test_cells_h5ad_round_trips_against_the_parquet_shard_by_shard(tmp_path):
     assert attrs["region_key"] == "region" and attrs["instance_key"] == "instance_id"
     assert sorted(attrs["region"]) == sorted(set(a.obs["region"]))
     assert not list(tmp_path.glob(".cells.h5ad*"))  # the per-shard parts and the temporary are gone
+    # what cellxgene and scanpy show first: a 2-D map of every cell, categorical folds, described features
+    assert a.obsm["X_umap"].shape == (65, 2) and np.isfinite(a.obsm["X_umap"]).all()
+    assert a.obsm["X_umap"].std(0).min() > 0  # not collapsed onto a point
+    assert a.uns["umap"]["key"] == "X (log1p)" and a.uns["umap"]["fitted_cells"] == 65
+    assert a.obs["fold"].dtype == "category" and set(a.obs["fold"]) == {"1"}
+    assert list(a.var.columns) == ["channel", "compartment", "statistic", "unit"]
+    assert a.var.loc["green_nucleus_mean"].tolist() == ["green", "nucleus", "mean", "intensity (16-bit)"]
+    assert a.var.loc["area", "unit"].startswith("pixels^2")
+
+
+def test_the_umap_of_a_sample_places_every_cell(tmp_path, monkeypatch):
+    """More cells than the fit sample: the map is fitted on the sample and every other cell is placed
+    by it (its rows are the sample's where they were fitted, finite elsewhere)."""
+    import hpa_batch.results.h5ad as h5ad_module
+
+    monkeypatch.setattr(h5ad_module, "UMAP_FIT_CELLS", 30)
+    rng = np.random.default_rng(3)
+    src = tmp_path / "cells.parquet"
+    shards = [cells_table(rng, "a-0000", 40), cells_table(rng, "b-0000", 35)]
+    schema = pa.Table.from_pandas(shards[0], preserve_index=False).schema
+    with pq.ParquetWriter(src, schema) as w:
+        for t in shards:
+            w.write_table(pa.Table.from_pandas(t, schema=schema, preserve_index=False))
+    write_cells_h5ad(src, tmp_path / "cells.h5ad", CATALOG)
+    a = ad.read_h5ad(tmp_path / "cells.h5ad")
+    assert a.uns["umap"]["fitted_cells"] == 30 and a.uns["umap"]["cells"] == 75
+    assert a.obsm["X_umap"].shape == (75, 2) and np.isfinite(a.obsm["X_umap"]).all()
 
 
 def test_a_run_without_cells_writes_an_empty_anndata(tmp_path):

@@ -57,7 +57,7 @@ def test_merge_keeps_rejected_and_zero_cell_images(segmented, tmp_path):
     shards[0] = ShardInputs(
         *[extra if f == "rejected" else getattr(shards[0], f) for f in shards[0].__dataclass_fields__]
     )
-    write_splits(make_splits([s.manifest for s in shards], cat, 3, 0, 1), tmp_path / "splits.parquet")
+    write_splits(make_splits([s.manifest for s in shards], cat, 3, 0, 1), tmp_path / "splits.parquet", cat)
     opts = MergeConfig(cell_model=None, image_model=None, fusion="product", cell_weight=0.5, negative="derived")
     n_cells, n_images = merge_tables(
         shards,
@@ -92,7 +92,7 @@ def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
         tmp_path / "pred.parquet",
         None,
     )
-    write_splits(make_splits([shard.manifest], cat, 3, 0, 1), tmp_path / "splits.parquet")
+    write_splits(make_splits([shard.manifest], cat, 3, 0, 1), tmp_path / "splits.parquet", cat)
     for fusion, expected in (("product", "0"), ("cell", "0"), ("mean", "0")):
         merge_tables(
             [shard],
@@ -106,6 +106,55 @@ def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
         out = pd.read_parquet(tmp_path / "c.parquet")
         assert (out["predicted"] == expected).all(), fusion
         assert np.allclose(out["fused_prob_0"], {"product": 0.36, "cell": 0.6, "mean": 0.6}[fusion])
+
+
+def test_label_sets_carry_class_names_and_an_image_with_only_negative_cells_is_negative(segmented, tmp_path):
+    """Every label-id column has its names beside it; an image whose cells are all Negative is
+    predicted Negative too (the cells' rule), never an empty string beside labelled cells."""
+    from hpa_batch.models.split import make_splits, write_splits
+
+    res, cat, s = segmented["results"], CATALOGS["hpa2021"], segmented["shards"][0]
+    cells = pd.read_parquet(res / "cells" / f"{s}.parquet")
+    first = cells["image_id"] == cells["image_id"].iloc[0]  # one image's cells say Nucleoplasm, the rest nothing
+    pred = cells[["image_id", "cell_id"]].assign(
+        **{f"prob_{k}": np.where(first, 0.9, 0.1) if k == 0 else 0.1 for k in range(19)}
+    )
+    pred.to_parquet(tmp_path / "pred.parquet")
+    shard = ShardInputs(
+        s,
+        res / "manifest" / f"{s}.parquet",
+        res / "qc" / f"{s}.rejected.tsv",
+        res / "qc" / f"{s}.segment.tsv",
+        res / "cells" / f"{s}.parquet",
+        tmp_path / "pred.parquet",
+        None,
+    )
+    write_splits(make_splits([shard.manifest], cat, 3, 0, 1), tmp_path / "splits.parquet", cat)
+    merge_tables(
+        [shard],
+        tmp_path / "splits.parquet",
+        cat,
+        MergeConfig(cell_model=None, image_model=None, fusion="product", cell_weight=0.5, negative="derived"),
+        thresholds=np.full(19, 0.5),
+        out_cells=tmp_path / "c.parquet",
+        out_images=tmp_path / "i.parquet",
+    )
+    out = pd.read_parquet(tmp_path / "c.parquet")
+    names = out["predicted_names"].map(list)
+    assert names[first.to_numpy()].map(lambda v: v == ["Nucleoplasm"]).all()
+    assert names[~first.to_numpy()].map(lambda v: v == ["Negative"]).all()
+    assert [list(v) for v in out["image_label_names"]] == [[cat.classes[k] for k in v] for v in out["image_labels"]]
+    images = pd.read_parquet(tmp_path / "i.parquet").set_index("image_id")
+    top = cells["image_id"].iloc[0]
+    assert images.at[top, "predicted"] == "0" and list(images.at[top, "cells_predicted_names"]) == ["Nucleoplasm"]
+    for image_id in images.index.drop(top):
+        assert images.at[image_id, "predicted"] == "18", image_id  # was "" while its cells said Negative
+        assert (
+            list(images.at[image_id, "predicted_names"])
+            == list(images.at[image_id, "cells_predicted_names"])
+            == ["Negative"]
+        )
+    assert "labels" not in images and "image_labels" in images  # one name per idea, as in cells.parquet
 
 
 def test_image_refused_after_admission_appears_once_and_never_in_splits(segmented, tmp_path):
@@ -139,7 +188,7 @@ def test_image_refused_after_admission_appears_once_and_never_in_splits(segmente
     )
     splits = make_splits([shard.manifest], cat, 3, 0, 1, rejected=[tmp_path / "rejected.tsv"])
     assert victim not in set(splits["image_id"]) and len(splits) == len(manifest) - 1
-    write_splits(splits, tmp_path / "splits.parquet")
+    write_splits(splits, tmp_path / "splits.parquet", cat)
     merge_tables(
         [shard],
         tmp_path / "splits.parquet",

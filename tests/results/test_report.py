@@ -43,7 +43,7 @@ def tables():
             "zero_cells": [False, False, True, False],
             "reject_reason": [None, None, None, "missing channel: yellow"],
             "fold": [0, 1, 2, -1],
-            "labels": [[0], [16], [0, 16], []],
+            "image_labels": [[0], [16], [0, 16], []],
             "predicted": ["0", "16", "", None],
             **{f"image_prob_{k}": [0.9 if k == 0 else 0.1, 0.8 if k == 16 else 0.1, 0.1, np.nan] for k in range(N)},
         }

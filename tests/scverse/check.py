@@ -1,10 +1,11 @@
-"""Reads the pipeline's outputs with the scverse and bioio tools, in their own environment
+"""Reads the pipeline's outputs with the scverse, bioio, duckdb and polars tools, in their own environment
 (``make scverse-env``: the ``scverse`` extra; spatialdata needs an older dask and ome-zarr than the
 pipeline). Run by the tests with that environment's python; exits non-zero on the first failed check.
 
     check.py spatialdata STORE CELLS_PARQUET SHARD
     check.py scanpy CELLS_H5AD EMBEDDING_KEY
     check.py bioio IMAGE_GROUP
+    check.py tables RESULTS_DIR
 """
 
 from __future__ import annotations
@@ -78,6 +79,50 @@ def check_bioio(group: str) -> None:
     print(f"bioio: {image.dims}")
 
 
+def check_tables(results: str) -> None:
+    """duckdb and polars read the merged tables and metrics as TABLES.md's one-line recipes do: class
+    names from the schema metadata in SQL alone, label sets filtered by name, the same counts as the id
+    columns give; ``metrics.json`` parses as strict JSON."""
+    import json
+    from pathlib import Path
+
+    import duckdb
+    import polars as pl
+
+    res = Path(results)
+    cells, images = res / "tables" / "cells.parquet", res / "tables" / "images.parquet"
+    classes = [
+        row[0]
+        for row in duckdb.sql(
+            'SELECT unnest(from_json(decode(value), \'{"classes": ["VARCHAR"]}\').classes) '
+            f"FROM parquet_kv_metadata('{cells}') WHERE decode(key) = 'hpa_batch.classes'"
+        ).fetchall()
+    ]
+    assert len(classes) in (19, 28), classes
+    frame = pd.read_parquet(cells, columns=["predicted", "predicted_names"])
+    for k, name in enumerate(classes):
+        by_id = sum(str(k) in p.replace(" ", "|").split("|") for p in frame["predicted"])
+        by_name = duckdb.sql(
+            f"SELECT count(*) FROM '{cells}' WHERE list_contains(predicted_names, '{name}')"
+        ).fetchall()[0]
+        assert by_name[0] == by_id, (name, by_name, by_id)
+    named = pl.read_parquet(images).filter(pl.col("predicted_names").list.len() > 0)
+    assert named.height > 0 and {"image_labels", "image_label_names", "cells_predicted_names"} <= set(named.columns)
+    assert not set(pl.read_parquet(images)["predicted_names"].explode().drop_nulls()) - set(classes)
+    splits = duckdb.sql(
+        f"SELECT count(*) FROM parquet_kv_metadata('{res / 'splits.parquet'}') WHERE decode(key) = 'hpa_batch.classes'"
+    )
+    assert splits.fetchall()[0][0] == 1  # the splits name their classes too
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"metrics.json holds the non-standard token {token}")
+
+    metrics = json.loads((res / "metrics.json").read_text(), parse_constant=refuse)
+    assert pl.read_json(res / "metrics.json")["images"][0] == metrics["images"]
+    print(f"tables: {len(frame)} cells, {len(classes)} classes named in SQL, metrics.json strict")
+
+
 if __name__ == "__main__":
     verb, *rest = sys.argv[1:]
-    {"spatialdata": check_spatialdata, "scanpy": check_scanpy, "bioio": check_bioio}[verb](*rest)
+    checks = {"spatialdata": check_spatialdata, "scanpy": check_scanpy, "bioio": check_bioio, "tables": check_tables}
+    checks[verb](*rest)

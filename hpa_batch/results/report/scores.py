@@ -291,7 +291,7 @@ def confusion_section(
         what = f"{len(m)} cells matched to a true cell (IoU > 0.5)"
     else:
         ok = images[~images["rejected"]]
-        truth = [{int(v) for v in t} for t in ok["labels"]]
+        truth = [{int(v) for v in t} for t in ok["image_labels"]]
         pred = [set(predicted_ids(v, catalog)) for v in ok["predicted"]]
         what = f"{len(ok)} images (no per-cell truth)"
     mat = confusion_matrix(truth, pred, n)

@@ -41,7 +41,7 @@ from hpa_batch.results.viz import composite, store_overlay
 def labels_section(images: pd.DataFrame, catalog: LabelCatalog, figures: Figures | None = None) -> str:
     """Bar chart of images per class and the co-occurrence heatmap."""
     ok = images[~images["rejected"]]
-    y = multi_hot(ok["labels"].tolist(), catalog.n_classes).astype(np.int64)
+    y = multi_hot(ok["image_labels"].tolist(), catalog.n_classes).astype(np.int64)
     counts = y.sum(0)
     fig, ax = plt.subplots(figsize=(7, 0.22 * catalog.n_classes + 1))
     ax.barh(range(catalog.n_classes), counts, color=DEEP)
