@@ -173,9 +173,7 @@ def shard_anndata(
 def feature_var() -> pd.DataFrame:
     """``var``: one row per measurement of ``X`` (:data:`FEATURE_COLUMNS`) with its ``channel``,
     ``compartment``, ``statistic`` and ``unit``."""
-    return pd.DataFrame(
-        [describe_feature(f) for f in FEATURE_COLUMNS], index=pd.Index(FEATURE_COLUMNS, name="feature")
-    )
+    return pd.DataFrame([describe_feature(f) for f in FEATURE_COLUMNS], index=pd.Index(FEATURE_COLUMNS, name="feature"))
 
 
 def _shard_obsm(
