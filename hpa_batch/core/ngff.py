@@ -469,3 +469,26 @@ def image_groups(path: Path) -> list[Path]:
     if is_image_group(path):
         return [path]
     return sorted(p for p in path.iterdir() if p.is_dir() and is_image_group(p))
+
+
+#: Empty full-resolution pixels between neighbouring images of a shard laid out as a grid.
+GRID_GAP = 128
+
+
+def grid_offsets(shapes: Sequence[tuple[int, int]], gap: int = GRID_GAP) -> list[tuple[int, int]]:
+    """Where each image of a shard goes when the shard is shown as one layout: ``(y, x)`` of its top-left
+    corner in full-resolution pixels, row by row in the order given, ``ceil(sqrt(n))`` images per row,
+    each in a cell as large as the largest image plus ``gap`` (so no two images overlap whatever their
+    sizes). The napari reader and the SpatialData ``global`` coordinate system use the same layout.
+
+    Parameters
+    ----------
+    shapes : sequence of (int, int)
+        ``(height, width)`` of each image at full resolution.
+    """
+    if not shapes:
+        return []
+    columns = math.ceil(math.sqrt(len(shapes)))
+    cell_h = max(h for h, _ in shapes) + gap
+    cell_w = max(w for _, w in shapes) + gap
+    return [((i // columns) * cell_h, (i % columns) * cell_w) for i in range(len(shapes))]
