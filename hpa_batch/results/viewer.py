@@ -164,4 +164,3 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str | Path], list[Laye
     except Exception:  # noqa: BLE001 (not a store this reader knows)
         return None
     return shard_layers if groups else None
-
