@@ -102,6 +102,25 @@ def result(results_dir: str | Path, key: str, **fields: object) -> Path:
     return _fill(results_dir, RESULTS[key], fields)
 
 
+#: Outputs Snakemake knows by one file inside them instead of as a folder: Snakemake writes a
+#: ``.snakemake_timestamp`` file into every folder output, a foreign file spatialdata warns about on each
+#: read. The stage still writes the whole folder at once.
+TRACKED: dict[str, str] = {"spatialdata": "zarr.json"}
+
+
+def tracked(results_dir: str | Path, key: str, **fields: object) -> Path:
+    """What a rule declares as output for :data:`RESULTS` ``key``: its path, or the file inside it that
+    :data:`TRACKED` names."""
+    path = result(results_dir, key, **fields)
+    return path / TRACKED[key] if key in TRACKED else path
+
+
+def snakemake_target(results_dir: str | Path, path: str | Path) -> Path:
+    """The Snakemake target that redoes output ``path`` (:func:`tracked`'s file for a tracked folder)."""
+    found = result_key(results_dir, path)
+    return Path(path) / TRACKED[found[0]] if found and found[0] in TRACKED else Path(path)
+
+
 def _pattern(template: str) -> re.Pattern[str]:
     parts = re.split(r"(\{\w+\})", template)
     regex = "".join(f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts)

@@ -35,7 +35,7 @@ from hpa_batch.core.ngff import image_groups, read_group_attrs
 from hpa_batch.core.stamps import stamp_dict
 from hpa_batch.core.tree import TREE_DIR, find_tree, read_marker
 from hpa_batch.integrity import Damage, find_damaged, leftover
-from hpa_batch.layout import result, result_key
+from hpa_batch.layout import result, result_key, snakemake_target
 
 __all__ = ["RepairRefused", "Repaired", "redo_command", "repair", "repair_root"]
 
@@ -195,7 +195,7 @@ def _repair_one(
         _remove(item.path)
     out.lines.append(f"{verb} {item}" + (" (the link only)" if link else ""))
     if key:
-        out.targets.append(item.path)
+        out.targets.append(snakemake_target(root, item.path))
 
 
 def _repair_store(

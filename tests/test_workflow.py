@@ -210,6 +210,9 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(upstream_2021, tmp_
     spatial = sorted((res / "spatialdata").glob("*.zarr"))  # one SpatialData store per shard, links only
     assert [p.stem for p in spatial] == sorted({p.stem for p in cells})
     assert all(store_problem(p, deep=True) is None for p in spatial)
+    # Snakemake tracks each store by its zarr.json: no foreign .snakemake_timestamp inside for spatialdata
+    assert not [p for p in spatial if (p / ".snakemake_timestamp").exists()]
+    assert adata.obsm["X_umap"].shape == (len(cells_t), 2) and adata.uns["umap"]["key"] == "X_tiny"
     assert pq.read_schema(res / "tables" / "images.parquet").equals(images_schema(19), check_metadata=False)
     assert sorted(images_t["image_id"]) == sorted(pd.read_csv(synth_data / "train.csv")["ID"])
     image_preds = pd.concat([pd.read_parquet(p) for p in (res / "predictions" / "img").glob("*.parquet")])

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpa_batch.cli.common import R, config_of, held_out_args, shard_verb, tables_verb, writes
 from hpa_batch.config import Config
@@ -24,6 +25,9 @@ from hpa_batch.layout import (
     shard_of,
 )
 from hpa_batch.spec import Level, ModelSpec
+
+if TYPE_CHECKING:
+    from hpa_batch.results.h5ad import Embeddings
 
 
 def _pick_model(cfg: Config, level: Level) -> ModelSpec | None:
@@ -83,15 +87,29 @@ def _compared(cfg: Config, given: list[Path] | None) -> list[Path]:
     return [predictions_file(cfg.results_dir, m.name, s) for m in cfg.compared_models() for s in shards]
 
 
-def _encoder_stores(cfg: Config, given: list[Path] | None) -> dict[str, dict[str, Path]] | None:
-    """Encoder -> shard -> embedding store, from given store paths (``results/embeddings/{encoder}/
-    {shard}.zarr``, their folder names the encoder)."""
-    if not given:
-        return None
-    out: dict[str, dict[str, Path]] = {}
-    for path in given:
-        out.setdefault(Path(path).parent.name, {})[shard_of(path)] = Path(path)
-    return out
+def _embeddings(args: argparse.Namespace) -> Embeddings:
+    """The embeddings a table verb was given: the cell model's predictions (``--embeddings``, one per
+    shard, obsm ``--embedding-key``) and encoder stores (``--encoder-stores``: ``results/embeddings/
+    {encoder}/{shard}.zarr``, their folder names the encoder)."""
+    from hpa_batch.results.h5ad import Embeddings
+
+    stores: dict[str, dict[str, Path]] = {}
+    for path in args.encoder_stores or []:
+        stores.setdefault(Path(path).parent.name, {})[shard_of(path)] = Path(path)
+    predictions = {shard_of(p): Path(p) for p in args.embeddings} if args.embeddings else None
+    return Embeddings(predictions=predictions, key=args.embedding_key, encoders=stores)
+
+
+def embedding_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--embeddings``, ``--embedding-key`` and ``--encoder-stores`` (``what``: which shards)."""
+    p.add_argument("--embeddings", nargs="+", type=Path, help=f"the cell model's predictions with embeddings, {what}")
+    p.add_argument("--embedding-key", default="X_cell_model", help="their obsm key (X_<model>)")
+    p.add_argument(
+        "--encoder-stores",
+        nargs="*",
+        type=Path,
+        help=f"embedding stores of foundation encoders ({R['embeddings']}), {what}: obsm X_<encoder>",
+    )
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -310,12 +328,7 @@ def cmd_h5ad(args: argparse.Namespace) -> int:
     out = args.out or result(cfg.results_dir, "cells_h5ad")
     writes(args, out)
     n = write_cells_h5ad(
-        args.cells or result(cfg.results_dir, "cells_table"),
-        out,
-        cfg.catalog,
-        embeddings={shard_of(p): p for p in args.embeddings} if args.embeddings else None,
-        embedding_key=args.embedding_key,
-        encoders=_encoder_stores(cfg, args.encoder_stores),
+        args.cells or result(cfg.results_dir, "cells_table"), out, cfg.catalog, embeddings=_embeddings(args)
     )
     print(f"{n} cells -> {out}")
     return 0
@@ -325,16 +338,7 @@ def add_h5ad(sub: argparse._SubParsersAction) -> None:
     """The ``h5ad`` verb's arguments."""
     p = tables_verb(sub, "h5ad", f"{R['cells_table']} as AnnData ({R['cells_h5ad']}), shard by shard", cmd_h5ad)
     p.add_argument("--out", type=Path, help=f"default {R['cells_h5ad']}")
-    p.add_argument(
-        "--embeddings", nargs="+", type=Path, help="the cell model's predictions with embeddings, one per shard"
-    )
-    p.add_argument("--embedding-key", default="X_cell_model", help="their obsm key (X_<model>)")
-    p.add_argument(
-        "--encoder-stores",
-        nargs="*",
-        type=Path,
-        help=f"embedding stores of foundation encoders ({R['embeddings']}), every shard of each: obsm X_<encoder>",
-    )
+    embedding_args(p, "every shard")
 
 
 def cmd_spatialdata(args: argparse.Namespace) -> int:
@@ -350,7 +354,8 @@ def cmd_spatialdata(args: argparse.Namespace) -> int:
         shard=args.shard,
         out=out,
         catalog=cfg.catalog,
-        embeddings=(args.embedding_key, args.embeddings) if args.embeddings else None,
+        embeddings=_embeddings(args),
+        h5ad=args.h5ad,
     )
     print(f"{counts['images']} images, {counts['cells']} cells -> {out}")
     return 0
@@ -365,8 +370,8 @@ def add_spatialdata(sub: argparse._SubParsersAction) -> None:
         "and its cells table annotating the cells labels",
     )
     p.add_argument("--cells", type=Path, help=f"the merged cells table (default {R['cells_table']})")
-    p.add_argument("--embeddings", type=Path, help="the cell model's predictions of this shard, with embeddings")
-    p.add_argument("--embedding-key", default="X_cell_model", help="their obsm key (X_<model>)")
+    p.add_argument("--h5ad", type=Path, help=f"{R['cells_h5ad']}: the table's X_umap rows come from it")
+    embedding_args(p, "of this shard")
     p.add_argument("--out", type=Path, help=f"default {R['spatialdata']}")
     p.set_defaults(func=cmd_spatialdata)
 

@@ -492,3 +492,18 @@ def grid_offsets(shapes: Sequence[tuple[int, int]], gap: int = GRID_GAP) -> list
     cell_h = max(h for h, _ in shapes) + gap
     cell_w = max(w for _, w in shapes) + gap
     return [((i // columns) * cell_h, (i % columns) * cell_w) for i in range(len(shapes))]
+
+
+def series_groups(store: Path) -> list[Path]:
+    """The image groups of a shard store in its collection's ``series`` order (the order a layout
+    places them; the store's own order without a collection description); an image group: itself."""
+    store = Path(store)
+    groups = image_groups(store)
+    if len(groups) == 1 and groups[0] == store:
+        return groups
+    try:
+        series = read_group_attrs(store / COLLECTION_GROUP)["ome"]["series"]
+    except Exception:  # noqa: BLE001 (no collection description: the store's own order)
+        return groups
+    found = {g.name: g for g in groups}
+    return [found[s] for s in series if s in found]

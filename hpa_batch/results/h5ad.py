@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 #: Categorical columns of ``obs`` (missing values become "").
 OBS_CATEGORIES = ("image_id", "cell_line", "shard")
-#: Label-set columns of ``obs``: class names joined by ``|`` ("" = no class).
+#: Label-set columns of ``obs`` (categorical): class names joined by ``|`` ("" = no class).
 OBS_LABELS = ("predicted", "image_labels", "truth_labels")
 #: Numeric and flag columns of ``obs`` (``fold`` is categorical: a fold is a group, not a quantity).
 OBS_VALUES = ("cell_id", "border", "truth_cell_id")
@@ -127,12 +128,12 @@ def shard_anndata(
     embeddings: Mapping[str, np.ndarray] | None = None,
     *,
     regions: Sequence[str] | None = None,
-    sources: Mapping[str, str] | None = None,
+    uns: Mapping[str, object] | None = None,
 ) -> anndata.AnnData:
     """One shard's cells (rows of the merged cells table) as an :class:`anndata.AnnData`;
     ``embeddings`` = obsm key -> ``(n, d)`` array; ``regions``: the labels
-    elements the table annotates (default: those of its rows' images); ``sources``: obsm key -> what
-    made that embedding (``uns["embeddings"]``)."""
+    elements the table annotates (default: those of its rows' images); ``uns``: entries beside the
+    catalog's (:meth:`Embeddings.provenance`)."""
     import anndata as ad
 
     n = catalog.n_classes
@@ -140,9 +141,9 @@ def shard_anndata(
     for col in OBS_CATEGORIES:
         if col in table:
             obs[col] = pd.Categorical([_text(v) for v in table[col]])
-    for col in OBS_LABELS:
+    for col in OBS_LABELS:  # categorical: a plot gives each label set one colour in every image
         if col in table:
-            obs[col] = [label_names(v, catalog) for v in table[col]]
+            obs[col] = pd.Categorical([label_names(v, catalog) for v in table[col]])
     for col in OBS_VALUES:
         if col in table:
             obs[col] = table[col].to_numpy()
@@ -166,7 +167,7 @@ def shard_anndata(
         obs=obs,
         var=feature_var(),
         obsm=obsm,
-        uns=_uns(catalog, regions, sources),
+        uns=_uns(catalog, regions, uns),
     )
 
 
@@ -176,46 +177,60 @@ def feature_var() -> pd.DataFrame:
     return pd.DataFrame([describe_feature(f) for f in FEATURE_COLUMNS], index=pd.Index(FEATURE_COLUMNS, name="feature"))
 
 
-def _shard_obsm(
-    table: pd.DataFrame,
-    embeddings: Mapping[str, Path] | None,
-    embedding_key: str,
-    encoders: Mapping[str, Mapping[str, Path]] | None,
-) -> dict[str, np.ndarray]:
-    """The embeddings of one shard's rows of the cells table, by obsm key.
+@dataclass(frozen=True)
+class Embeddings:
+    """Where a cells table's embeddings come from: the cell model's ``predictions`` (shard -> its
+    predictions with embeddings, obsm ``key``) and each encoder's stores (name -> shard -> store, obsm
+    ``X_<name>``). ``cells.h5ad`` and the SpatialData tables take the same."""
 
-    Raises
-    ------
-    ValueError
-        A source without a file for the shard, naming both.
-    """
-    shard = str(table["shard"].iat[0])
-    out = {}
-    if embeddings is not None:
-        if shard not in embeddings:
-            raise ValueError(f"no predictions with embeddings given for shard {shard}")
-        out[embedding_key] = shard_embeddings(table, embeddings[shard])
-    for name, stores in (encoders or {}).items():
-        if shard not in stores:
-            raise ValueError(f"no embedding store of encoder {name!r} given for shard {shard}")
-        out[f"X_{name}"] = store_embeddings(table, stores[shard])
-    return out
+    predictions: Mapping[str, Path] | None = None
+    key: str = "X_cell_model"
+    encoders: Mapping[str, Mapping[str, Path]] = field(default_factory=dict)
+
+    def provenance(self) -> dict[str, object]:
+        """``uns`` entries: ``embeddings`` (obsm key -> what made it, ", random init" for an encoder run
+        without weights) and ``encoders`` (:func:`encoder_about` of each)."""
+        about = {name: encoder_about(stores) for name, stores in sorted(self.encoders.items())}
+        made = {self.key: "cell model"} if self.predictions is not None else {}
+        made |= {f"X_{n}": f"encoder {n}" + (", random init" if a["random_init"] else "") for n, a in about.items()}
+        return {"embeddings": made, "encoders": about} if made else {"encoders": about}
+
+    def umap_key(self) -> str | None:
+        """The embedding ``X_umap`` maps: the cell model's, else the first encoder with weights, else
+        None (the measurements); never a random init."""
+        if self.predictions is not None:
+            return self.key
+        trained = [n for n, stores in sorted(self.encoders.items()) if not encoder_about(stores)["random_init"]]
+        return f"X_{trained[0]}" if trained else None
+
+    def obsm(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The embeddings of one shard's rows of the cells table, by obsm key.
+
+        Raises
+        ------
+        ValueError
+            A source without a file for the shard, naming both.
+        """
+        shard = str(table["shard"].iat[0])
+        out = {}
+        if self.predictions is not None:
+            if shard not in self.predictions:
+                raise ValueError(f"no predictions with embeddings given for shard {shard}")
+            out[self.key] = shard_embeddings(table, self.predictions[shard])
+        for name, stores in self.encoders.items():
+            if shard not in stores:
+                raise ValueError(f"no embedding store of encoder {name!r} given for shard {shard}")
+            out[f"X_{name}"] = store_embeddings(table, stores[shard])
+        return out
 
 
-def _uns(
-    catalog: LabelCatalog,
-    regions: Sequence[str],
-    sources: Mapping[str, str] | None = None,
-    about: Mapping[str, object] | None = None,
-) -> dict[str, object]:
+def _uns(catalog: LabelCatalog, regions: Sequence[str], extra: Mapping[str, object] | None = None) -> dict[str, object]:
     uns: dict[str, object] = {
         "catalog": catalog.name,
         "classes": list(catalog.classes),
         "spatialdata_attrs": table_attrs(regions),
     }
-    if sources:
-        uns["embeddings"] = dict(sources)
-    uns.update(about or {})
+    uns.update(extra or {})
     return uns
 
 
@@ -289,17 +304,10 @@ def add_umap(parts: Sequence[Path], key: str | None, *, seed: int = 0) -> dict[s
 
 
 def write_cells_h5ad(
-    cells_table: Path,
-    out: Path,
-    catalog: LabelCatalog,
-    *,
-    embeddings: Mapping[str, Path] | None = None,
-    embedding_key: str = "X_cell_model",
-    encoders: Mapping[str, Mapping[str, Path]] | None = None,
+    cells_table: Path, out: Path, catalog: LabelCatalog, *, embeddings: Embeddings | None = None
 ) -> int:
-    """Write ``cells_table`` (the merged ``cells.parquet``) as AnnData to ``out``, shard by shard;
-    ``embeddings`` (shard -> the cell model's predictions with embeddings) fill ``obsm[embedding_key]``,
-    ``encoders`` (encoder name -> shard -> its embedding store) fill ``obsm["X_<encoder>"]``.
+    """Write ``cells_table`` (the merged ``cells.parquet``) as AnnData to ``out``, shard by shard, with
+    ``embeddings``' obsm entries and ``X_umap`` (:func:`add_umap`).
 
     Returns
     -------
@@ -308,14 +316,8 @@ def write_cells_h5ad(
     """
     from anndata.experimental import concat_on_disk
 
-    sources = {embedding_key: "cell model"} if embeddings is not None else {}
-    about_encoders = {name: encoder_about(stores) for name, stores in (encoders or {}).items()}
-    sources |= {
-        f"X_{name}": f"encoder {name}" + (", random init" if about["random_init"] else "")
-        for name, about in about_encoders.items()
-    }
-    trained = [f"X_{name}" for name, about in sorted(about_encoders.items()) if not about["random_init"]]
-    umap_key = embedding_key if embeddings is not None else next(iter(trained), None)  # never a random init
+    embeddings = embeddings or Embeddings()
+    provenance = embeddings.provenance()
     source = parquet_file(cells_table)
     check_unique(source.read(columns=["image_id"]).column(0).unique().to_pylist())
     out = Path(out)
@@ -327,19 +329,47 @@ def write_cells_h5ad(
             if len(table):
                 regions += sorted({region_name(i) for i in table["image_id"]})
                 parts.append(Path(tmp) / f"{group:05d}.h5ad")
-                obsm = _shard_obsm(table, embeddings, embedding_key, encoders)
-                shard_anndata(table, catalog, obsm, sources=sources).write_h5ad(parts[-1])
+                shard_anndata(table, catalog, embeddings.obsm(table), uns=provenance).write_h5ad(parts[-1])
         if not parts:  # no cell at all: an empty AnnData with the same layout
             parts.append(Path(tmp) / "empty.h5ad")
             shard_anndata(source.schema_arrow.empty_table().to_pandas(), catalog).write_h5ad(parts[-1])
-        about = {"encoders": about_encoders, "umap": add_umap(parts, umap_key)}
+        extra = {**provenance, "umap": add_umap(parts, embeddings.umap_key())}
         with atomic_path(out, keep_suffix=True) as dest:
             if len(parts) == 1:
                 Path(parts[0]).replace(dest)
             else:
                 concat_on_disk(parts, dest, merge="same")  # var columns are the same in every part
-            _write_uns(dest, _uns(catalog, regions, sources, about))  # concat_on_disk leaves uns out
+            _write_uns(dest, _uns(catalog, regions, extra))  # concat_on_disk leaves uns out
     return source.metadata.num_rows
+
+
+def read_umap(h5ad: Path, shard: str, obs_names: Sequence[str]) -> tuple[np.ndarray, dict[str, object]]:
+    """``shard``'s rows of ``h5ad``'s ``obsm["X_umap"]`` in the order of ``obs_names``: ``(n, 2)``
+    float32, and its ``uns["umap"]``. Only the shard's rows are read (h5py: the ``shard`` codes, then
+    those rows' names and map positions), so memory follows the shard, not the run.
+
+    Raises
+    ------
+    ValueError
+        ``h5ad`` has no ``X_umap`` or lacks one of the cells, naming it.
+    """
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(h5ad, "r") as f:
+        if "X_umap" not in f.get("obsm", {}):
+            raise ValueError(f"{h5ad}: no obsm/X_umap (written by an older h5ad stage?)")
+        obs = f["obs"]
+        categories = [_text(c.decode() if isinstance(c, bytes) else c) for c in obs["shard"]["categories"][()]]
+        code = categories.index(shard) if shard in categories else -1
+        rows = np.flatnonzero(obs["shard"]["codes"][()] == code)
+        names = pd.Index([n.decode() if isinstance(n, bytes) else str(n) for n in obs[obs.attrs["_index"]][rows]])
+        where = names.get_indexer(pd.Index(obs_names))
+        if (where < 0).any():
+            raise ValueError(f"{h5ad}: {int((where < 0).sum())} cells of shard {shard} are not in it")
+        xy = np.asarray(f["obsm"]["X_umap"][rows] if len(rows) else np.zeros((0, 2)), np.float32)[where]
+        about = read_elem(f["uns"]["umap"]) if "umap" in f["uns"] else {}
+    return xy, dict(about)
 
 
 def h5ad_problem(path: Path, *, deep: bool = False) -> str | None:

@@ -15,11 +15,19 @@ RASTER_NGFF = "0.5-dev-spatialdata"
 #: The table element format, its encoding type and its keys.
 TABLE_FORMAT = "0.2"
 TABLE_NAME = "table"
+#: The table annotating the nuclei labels: the same cells' ids and predictions, so a plot coloured by a
+#: column (``pl.render_labels(color="predicted")``) finds a table for every labels element.
+NUCLEI_TABLE = "nuclei"
+#: The columns of ``obs`` the nuclei table repeats.
+NUCLEI_OBS = ("image_id", "cell_id", "cell_line", "predicted", "fold")
 REGION_KEY = "region"
 INSTANCE_KEY = "instance_id"
 #: Label images of a stored image (``labels/{name}``) and the one the table annotates.
 LABELS = ("cells", "nuclei")
 ANNOTATED = "cells"
+#: The coordinate system every element of a store shares: the shard's images side by side
+#: (:func:`hpa_batch.core.ngff.grid_offsets`, the napari reader's layout).
+GLOBAL = "global"
 _NAME_CHARS = frozenset("_-.")
 
 

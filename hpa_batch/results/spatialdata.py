@@ -4,12 +4,15 @@ A store is what ``spatialdata.read_zarr`` opens (container format 0.2, element f
 spatialdata 0.7), one per shard (spatialdata slows down past ~10k elements in one object):
 
 * ``images/<element>``: each image of the shard, in its own coordinate system named like the element
-  (fields of view do not share coordinates);
+  (fields of view do not share coordinates) and in ``global``, where the shard's images lie side by
+  side as the napari reader shows them (:func:`hpa_batch.core.ngff.grid_offsets`); spatial axes in
+  micrometres when ``conversion.pixel_size_um`` is set, else in ``pixel``;
 * ``labels/<element>_cells`` and ``labels/<element>_nuclei``: its segmentation; ``image-label``
   ``properties`` carry each cell's area, predicted classes (names) and confidence, so a viewer shows
   the prediction when the pointer is over a cell;
-* ``tables/table``: the shard's rows of ``cells.h5ad`` (:mod:`hpa_batch.results.h5ad`), annotating the
-  cells labels: ``obs["region"]`` names the labels element, ``obs["instance_id"]`` is the label value
+* ``tables/nuclei``: the same cells annotating the nuclei labels (ids, cell line, predicted, fold);
+* ``tables/table``: the shard's rows of ``cells.h5ad`` (:mod:`hpa_batch.results.h5ad`: the same obs,
+  obsm and uns, ``X_umap`` read from the run's ``cells.h5ad``), annotating the cells labels: ``obs["region"]`` names the labels element, ``obs["instance_id"]`` is the label value
   (``cell_id``), as SpatialData's ``TableModel`` expects.
 
 No pixel is copied: each element is a small group of metadata whose level arrays (``s0``, ``s1``, ...)
@@ -34,10 +37,15 @@ from hpa_batch import __version__
 from hpa_batch.core.atomic import atomic_path, json_text
 from hpa_batch.core.labels import LabelCatalog
 from hpa_batch.core.stamps import SpatialDataStamp
+from hpa_batch.results.h5ad import Embeddings
 from hpa_batch.results.sdnames import (
     ANNOTATED,
     CONTAINER_FORMAT,
+    GLOBAL,
+    INSTANCE_KEY,
     LABELS,
+    NUCLEI_OBS,
+    NUCLEI_TABLE,
     RASTER_FORMAT,
     RASTER_NGFF,
     REGION_KEY,
@@ -55,21 +63,28 @@ def _system(name: str, axes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"name": name, "axes": [{"unit": "pixel", **a} if a.get("type") == "space" else dict(a) for a in axes]}
 
 
-def element_attrs(ome: Mapping[str, Any], system: str) -> dict[str, Any]:
+def element_attrs(ome: Mapping[str, Any], system: str, offset: Sequence[int] = (0, 0)) -> dict[str, Any]:
     """A stored image's or label's ``ome`` block as a SpatialData raster element: its levels and their
-    transforms unchanged, plus the transform from the element's pixels to coordinate system ``system``:
-    the identity (unit ``pixel``), or, with a known pixel size, the scale to micrometres."""
+    transforms unchanged, plus two transforms from the element's pixels: to its own coordinate system
+    ``system`` (the identity, unit ``pixel``, or with a known pixel size the scale to micrometres), and
+    to :data:`GLOBAL`, the same placed at ``offset`` (``(y, x)`` full-resolution pixels: the image's
+    place in the shard's grid)."""
     ms = dict(ome["multiscales"][0])
     axes = ms["axes"]
     intrinsic = "".join(a["name"] for a in axes)
     ends = {"input": _system(intrinsic, [{k: v for k, v in a.items() if k != "unit"} for a in axes])}
-    ends["output"] = _system(system, axes)
-    first = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+    first = [float(v) for v in ms["datasets"][0]["coordinateTransformations"][0]["scale"]]
     if any(a.get("unit") not in (None, "pixel") for a in axes) and any(v != 1 for v in first):
         # physical units known (conversion.pixel_size_um): full-resolution pixels -> micrometres
-        ms["coordinateTransformations"] = [{"type": "scale", "scale": list(first), **ends}]
+        own: dict[str, Any] = {"type": "scale", "scale": first}
     else:
-        ms["coordinateTransformations"] = [{"type": "identity", **ends}]
+        own, first = {"type": "identity"}, [1.0] * len(axes)
+    shift = [0.0] * (len(axes) - 2) + [float(o) * s for o, s in zip(offset, first[-2:], strict=True)]
+    placed = [[s if j == i else 0.0 for j in range(len(axes))] + [shift[i]] for i, s in enumerate(first)]
+    ms["coordinateTransformations"] = [
+        {**own, **ends, "output": _system(system, axes)},
+        {"type": "affine", "affine": placed, **ends, "output": _system(GLOBAL, axes)},
+    ]
     block = {k: v for k, v in ome.items() if k not in ("multiscales", "version")}
     return {
         "ome": {**block, "version": RASTER_NGFF, "multiscales": [ms]},
@@ -114,15 +129,19 @@ def _read_ome(group: Path) -> dict[str, Any]:
     return dict(read_group_attrs(group)["ome"])
 
 
-def _write_image(store: Path, image_id: str, rows: pd.DataFrame, tmp: Path, out: Path, catalog: LabelCatalog) -> None:
+def _write_image(
+    store: Path, image_id: str, rows: pd.DataFrame, where: tuple[Path, Path, tuple[int, int]], catalog: LabelCatalog
+) -> None:
+    """One image's elements: ``where`` = (the store being written, its final path, the image's offset)."""
+    tmp, out, offset = where
     name = element_name(image_id)
     ome = _read_ome(store / image_id)
-    _write_group(tmp / "images" / name, element_attrs(ome, name))
+    _write_group(tmp / "images" / name, element_attrs(ome, name, offset))
     _link_levels(store / image_id, tmp / "images" / name, out / "images" / name, ome)
     for label in LABELS:
         source = store / image_id / "labels" / label
         lab = _read_ome(source)
-        attrs = element_attrs(lab, name)
+        attrs = element_attrs(lab, name, offset)
         if label == ANNOTATED:
             # no "source": ome-zarr-py would then read the image as a second node of the element,
             # which spatialdata refuses
@@ -150,6 +169,25 @@ def _write_table(adata: Any, path: Path, regions: Sequence[str]) -> None:
     meta_path.write_text(json_text(meta))
 
 
+def _full_shape(image: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image group's full-resolution level, from its metadata."""
+    ds = _read_ome(image)["multiscales"][0]["datasets"][0]["path"]
+    shape = json.loads((image / ds / "zarr.json").read_text())["shape"]
+    return int(shape[-2]), int(shape[-1])
+
+
+def nuclei_table(cells: Any, regions: Sequence[str]) -> Any:
+    """The table annotating the nuclei labels: one row per cell of ``cells`` (the cells table's
+    AnnData), its :data:`NUCLEI_OBS` columns, ``region`` = its image's nuclei element, ``instance_id``
+    = its nucleus' label value (the cell id)."""
+    import anndata as ad
+
+    obs = cells.obs[[c for c in NUCLEI_OBS if c in cells.obs]].copy()
+    obs[REGION_KEY] = pd.Categorical([region_name(i, "nuclei") for i in obs["image_id"]], categories=list(regions))
+    obs[INSTANCE_KEY] = cells.obs[INSTANCE_KEY].to_numpy()
+    return ad.AnnData(obs=obs, uns={"spatialdata_attrs": table_attrs(regions)})
+
+
 def store_images(store: Path) -> list[str]:
     """The image ids of a shard store (its groups with multiscales), sorted."""
     from hpa_batch.core.ngff import image_groups
@@ -164,7 +202,8 @@ def write_spatialdata(
     shard: str,
     out: Path,
     catalog: LabelCatalog,
-    embeddings: tuple[str, Path] | None = None,
+    embeddings: Embeddings | None = None,
+    h5ad: Path | None = None,
 ) -> dict[str, int]:
     """Write the SpatialData store of one shard (see the module docstring).
 
@@ -174,27 +213,36 @@ def write_spatialdata(
         ``results/zarr/{shard}.zarr`` (segmented: every image has ``labels/cells`` and ``labels/nuclei``).
     cells_table : Path
         The merged ``cells.parquet``; the rows of ``shard`` become the table.
-    embeddings : (str, Path), optional
-        ``obsm`` key and the cell model's predictions of this shard holding embeddings.
+    embeddings : Embeddings, optional
+        The cell model's predictions and the encoders' stores of this shard (the same obsm and uns
+        entries as ``cells.h5ad``).
+    h5ad : Path, optional
+        The run's ``cells.h5ad``: its ``X_umap`` rows of this shard (the map is fitted over the run).
 
     Returns
     -------
     dict
         ``{"images": n, "cells": n}``.
     """
+    from hpa_batch.core.ngff import grid_offsets, series_groups
     from hpa_batch.core.tables import read_parquet
-    from hpa_batch.results.h5ad import shard_anndata, shard_embeddings
+    from hpa_batch.results.h5ad import read_umap, shard_anndata
 
     store, out = Path(store), Path(out)
-    image_ids = store_images(store)
+    image_ids = [g.name for g in series_groups(store)]  # the order the grid (and napari) places them
     check_unique(image_ids)
     table = read_parquet(cells_table, filters=[("shard", "==", shard)])
     unknown = sorted(set(table["image_id"]) - set(image_ids))
     if unknown:
         raise ValueError(f"{cells_table}: cells of images not in {store}: {', '.join(unknown[:5])}")
-    emb = None if embeddings is None else {embeddings[0]: shard_embeddings(table, embeddings[1])}
+    embeddings = embeddings or Embeddings()
+    obsm, uns = (embeddings.obsm(table) if len(table) else {}), embeddings.provenance()
+    if h5ad is not None:
+        obsm["X_umap"], uns["umap"] = read_umap(
+            h5ad, shard, list(table["image_id"] + "_" + table["cell_id"].astype(str))
+        )
     regions = [region_name(i) for i in image_ids]
-    adata = shard_anndata(table, catalog, emb, regions=regions)
+    adata = shard_anndata(table, catalog, obsm, regions=regions, uns=uns)
     by_image = dict(tuple(table.groupby("image_id", sort=False)))
     empty = table.iloc[:0]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,9 +255,12 @@ def write_spatialdata(
             tmp / "labels", {"ome": {"labels": [f"{element_name(i)}_{lab}" for i in image_ids for lab in LABELS]}}
         )
         _write_group(tmp / "tables", {})
-        for image_id in image_ids:
-            _write_image(store, image_id, by_image.get(image_id, empty), tmp, out, catalog)
+        offsets = grid_offsets([_full_shape(store / i) for i in image_ids])
+        for image_id, offset in zip(image_ids, offsets, strict=True):
+            _write_image(store, image_id, by_image.get(image_id, empty), (tmp, out, offset), catalog)
         _write_table(adata, tmp / "tables" / TABLE_NAME, regions)
+        nuclei = [region_name(i, "nuclei") for i in image_ids]
+        _write_table(nuclei_table(adata, nuclei), tmp / "tables" / NUCLEI_TABLE, nuclei)
     return {"images": len(image_ids), "cells": len(table)}
 
 

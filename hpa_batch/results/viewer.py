@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from hpa_batch import CHANNELS
-from hpa_batch.core.ngff import LABEL_NAMES, grid_offsets, image_groups, read_group_attrs
+from hpa_batch.core.ngff import LABEL_NAMES, grid_offsets, image_groups, read_group_attrs, series_groups
 
 #: What napari takes from a reader: (data, layer keyword arguments, layer type).
 LayerData = tuple[Any, dict[str, Any], str]
@@ -39,19 +39,6 @@ def _levels(group: Path) -> tuple[list[Any], list[float]]:
 def _units(group: Path) -> str | None:
     axes = read_group_attrs(group)["ome"]["multiscales"][0]["axes"]
     return next((a.get("unit") for a in axes if a.get("type") == "space" and a.get("unit")), None)
-
-
-def _series(store: Path) -> list[Path]:
-    """The image groups of a shard store in the collection's ``series`` order (an image: itself)."""
-    groups = image_groups(store)
-    if len(groups) == 1 and groups[0] == store:
-        return groups
-    try:
-        series = read_group_attrs(store / "OME")["ome"]["series"]
-    except Exception:  # noqa: BLE001 (no collection description: the store's own order)
-        return groups
-    found = {g.name: g for g in groups}
-    return [found[s] for s in series if s in found]
 
 
 def cell_features(store: Path) -> Callable[[str, Path], pd.DataFrame]:
@@ -95,7 +82,7 @@ def shard_layers(path: str | Path) -> list[LayerData]:
         label image, all translated to the image's place in the grid (in the store's units).
     """
     store = Path(path)
-    groups = _series(store)
+    groups = series_groups(store)
     shapes = [tuple(_levels(g)[0][0].shape[-2:]) for g in groups]
     offsets = grid_offsets(shapes) if len(groups) > 1 else [(0, 0)] * len(groups)
     features = cell_features(store if len(groups) > 1 else store.parent)

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from hpa_batch.cells.measure import FEATURE_COLUMNS
 from hpa_batch.core.labels import CATALOGS
-from hpa_batch.results.h5ad import write_cells_h5ad
+from hpa_batch.results.h5ad import Embeddings, write_cells_h5ad
 
 CATALOG = CATALOGS["hpa2021"]
 
@@ -125,12 +125,13 @@ def test_the_cell_models_embeddings_become_an_obsm_representation(tmp_path):
         preds[t["shard"].iat[0]] = tmp_path / f"{t['shard'].iat[0]}.parquet"
         p.to_parquet(preds[t["shard"].iat[0]])
     out = tmp_path / "cells.h5ad"
-    assert write_cells_h5ad(src, out, CATALOG, embeddings=preds, embedding_key="X_m") == 14
+    assert write_cells_h5ad(src, out, CATALOG, embeddings=Embeddings(preds, "X_m")) == 14
     a = ad.read_h5ad(out)
     assert a.obsm["X_m"].shape == (14, 8) and np.array_equal(a.obsm["X_m"], np.concatenate(expected))
+    assert a.uns["umap"]["key"] == "X_m" and dict(a.uns["embeddings"]) == {"X_m": "cell model"}  # the map is of it
     short = pd.read_parquet(preds["b-0000"]).iloc[1:]
     short.to_parquet(preds["b-0000"])
     import pytest
 
     with pytest.raises(ValueError, match=r"b-0000.parquet: no embedding for 1 cells"):
-        write_cells_h5ad(src, tmp_path / "again.h5ad", CATALOG, embeddings=preds, embedding_key="X_m")
+        write_cells_h5ad(src, tmp_path / "again.h5ad", CATALOG, embeddings=Embeddings(preds, "X_m"))

@@ -17,7 +17,7 @@ import pytest
 from conftest import scverse_check
 
 from hpa_batch.core.labels import CATALOGS
-from hpa_batch.results.h5ad import write_cells_h5ad
+from hpa_batch.results.h5ad import Embeddings, write_cells_h5ad
 from hpa_batch.results.sdnames import check_unique, element_name, region_name
 from hpa_batch.results.spatialdata import store_images, store_problem, write_spatialdata
 
@@ -75,7 +75,7 @@ def stores(segmented, tmp_path_factory):
             shard=shard,
             out=out[shard],
             catalog=CATALOG,
-            embeddings=("X_tiny", tmp / f"pred-{shard}.parquet"),
+            embeddings=Embeddings({shard: tmp / f"pred-{shard}.parquet"}, "X_tiny"),
         )
         assert counts == {"images": len(set(rows["image_id"])), "cells": len(rows)}
     return {"tmp": tmp, "table": table, "stores": out, "results": results}
@@ -133,6 +133,36 @@ def test_label_properties_carry_each_cells_prediction_for_a_viewer(stores):
     assert props[int(first["cell_id"])]["area (pixels)"] == first["area"]
 
 
+def test_the_table_carries_the_runs_map_and_a_nuclei_table_annotates_the_nuclei(stores, tmp_path):
+    """The table's ``X_umap`` rows are ``cells.h5ad``'s (the map is fitted over the run, not per shard);
+    the nuclei labels have their own table with the same cells, so every labels element is annotated."""
+    import anndata as ad
+
+    tmp = stores["tmp"]
+    write_cells_h5ad(tmp / "cells.parquet", tmp_path / "map.h5ad", CATALOG)
+    shard = next(iter(stores["stores"]))
+    out = tmp_path / "results" / "spatialdata" / f"{shard}.zarr"
+    write_spatialdata(
+        store=stores["results"] / "zarr" / f"{shard}.zarr",
+        cells_table=tmp / "cells.parquet",
+        shard=shard,
+        out=out,
+        catalog=CATALOG,
+        h5ad=tmp_path / "map.h5ad",
+    )
+    table, full = ad.read_zarr(out / "tables" / "table"), ad.read_h5ad(tmp_path / "map.h5ad")
+    assert 0 < table.n_obs < full.n_obs
+    np.testing.assert_array_equal(table.obsm["X_umap"], full[table.obs_names].obsm["X_umap"])
+    assert dict(table.uns["umap"]) == dict(full.uns["umap"])
+    nuclei = ad.read_zarr(out / "tables" / "nuclei")
+    assert list(nuclei.obs["instance_id"]) == list(table.obs["instance_id"])
+    assert list(nuclei.obs["region"]) == [r.replace("_cells", "_nuclei") for r in table.obs["region"]]
+    assert list(nuclei.obs["predicted"]) == list(table.obs["predicted"])
+    meta = json.loads((out / "tables" / "nuclei" / "zarr.json").read_text())["attributes"]
+    assert meta["region_key"] == "region" and all(r.endswith("_nuclei") for r in meta["region"])
+    assert not (out / ".snakemake_timestamp").exists()
+
+
 def test_a_broken_link_is_damage_named_by_the_store_check(stores, tmp_path):
     path = next(iter(stores["stores"].values()))
     copy = tmp_path / "moved" / "results" / "spatialdata" / path.name
@@ -162,7 +192,7 @@ def test_spatialdata_reads_the_store_and_every_row_resolves_to_its_label(stores)
 def test_scanpy_builds_a_umap_on_the_embeddings_with_class_names_as_legend(stores):
     tmp = stores["tmp"]
     embeddings = {shard: tmp / f"pred-{shard}.parquet" for shard in stores["stores"]}
-    write_cells_h5ad(tmp / "cells.parquet", tmp / "cells.h5ad", CATALOG, embeddings=embeddings, embedding_key="X_tiny")
+    write_cells_h5ad(tmp / "cells.parquet", tmp / "cells.h5ad", CATALOG, embeddings=Embeddings(embeddings, "X_tiny"))
     assert "UMAP on X_tiny" in scverse_check("scanpy", tmp / "cells.h5ad", "X_tiny")
 
 
@@ -178,11 +208,15 @@ def test_an_element_is_in_micrometres_when_the_pixel_size_is_known():
     from hpa_batch.core.ngff import multiscales_attrs
     from hpa_batch.results.spatialdata import element_attrs
 
-    known = element_attrs(multiscales_attrs(3, "img", 0.08), "img")["ome"]["multiscales"][0]
-    (t,) = known["coordinateTransformations"]
+    known = element_attrs(multiscales_attrs(3, "img", 0.08), "img", (100, 200))["ome"]["multiscales"][0]
+    t, placed = known["coordinateTransformations"]
     assert t["type"] == "scale" and t["scale"] == [1.0, 0.08, 0.08] and t["output"]["name"] == "img"
     assert [a.get("unit") for a in t["output"]["axes"]] == [None, "micrometer", "micrometer"]
+    # the same scale into `global`, shifted to the image's place in the grid (in micrometres)
+    assert placed["output"]["name"] == "global" and placed["type"] == "affine"
+    assert np.allclose(placed["affine"], [[1, 0, 0, 0], [0, 0.08, 0, 8.0], [0, 0, 0.08, 16.0]])
     unknown = element_attrs(multiscales_attrs(3, "img", None), "img")
-    (t,) = unknown["ome"]["multiscales"][0]["coordinateTransformations"]
+    t, placed = unknown["ome"]["multiscales"][0]["coordinateTransformations"]
     assert t["type"] == "identity" and [a.get("unit") for a in t["output"]["axes"]] == [None, "pixel", "pixel"]
+    assert np.allclose(placed["affine"], [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
     assert unknown["ome"]["version"] == "0.5-dev-spatialdata" and unknown["spatialdata_attrs"] == {"version": "0.3"}

@@ -46,7 +46,26 @@ def check_spatialdata(store: str, cells: str, shard: str) -> None:
             sdata.images[image], get_all=True
         ), image
     assert checked == len(table)
-    print(f"spatialdata: {len(sdata.images)} images, {len(sdata.labels)} labels, {checked} cells resolved")
+    for name in sdata.labels:  # every labels element has a table (a plot coloured by a column needs one)
+        assert sd.get_element_annotators(sdata, name), name
+    # one `global` coordinate system lays the images out side by side (as the napari reader does);
+    # each element's labels lie exactly on its image there
+    boxes = {}
+    for name, image in sdata.images.items():
+        assert "global" in sd.transformations.get_transformation(image, get_all=True), name
+        ext = sd.get_extent(image, coordinate_system="global")
+        boxes[name] = (ext["y"], ext["x"])
+        cells = sd.get_extent(sdata.labels[f"{name}_cells"], coordinate_system="global")
+        assert np.allclose([*ext["y"], *ext["x"]], [*cells["y"], *cells["x"]]), (name, ext, cells)
+    for a, (ay, ax) in boxes.items():
+        for b, (by, bx) in boxes.items():
+            if a < b:
+                apart = ay[1] <= by[0] or by[1] <= ay[0] or ax[1] <= bx[0] or bx[1] <= ax[0]
+                assert apart, (a, b, boxes[a], boxes[b])
+    whole = sd.get_extent(sdata, coordinate_system="global")
+    print(
+        f"spatialdata: {len(sdata.images)} images, {len(sdata.labels)} labels, {checked} cells resolved, global {whole}"
+    )
 
 
 def check_scanpy(h5ad: str, key: str) -> None:

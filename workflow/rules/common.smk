@@ -34,6 +34,12 @@ def results_file(key, **fields):
     return str(layout.result(RESULTS, key, **fields))
 
 
+def tracked_file(key, **fields):
+    """What a rule declares for output ``key``: its path, or the file inside it Snakemake tracks
+    (hpa_batch.layout.TRACKED: no .snakemake_timestamp written into the folder)."""
+    return str(layout.tracked(RESULTS, key, **fields))
+
+
 def log_file(key, **fields):
     """A job log under logs_dir (hpa_batch.layout.LOGS); unfilled fields stay wildcards."""
     return str(layout.log(LOGS, key, **fields))
@@ -282,11 +288,14 @@ def h5ad_inputs(wildcards):
 
 
 def spatialdata_inputs(wildcards):
-    """The shard's segmented store (its summary), the merged cells table and, when the cell model
-    stores embeddings, its predictions of the shard."""
+    """The shard's segmented store (its summary), the merged cells table, cells.h5ad (its X_umap),
+    every encoder's store of the shard and, when the cell model stores embeddings, its predictions of
+    the shard."""
     inputs = {
         "segmented": results_file("segment_summary", shard=wildcards.shard),
         "cells": results_file("cells_table"),
+        "h5ad": results_file("cells_h5ad"),
+        "encoders": [results_file("embeddings", encoder=e.name, shard=wildcards.shard) for e in CFG.encoders],
     }
     if EMBEDDED:
         inputs["embeddings"] = results_file("predictions", model=EMBEDDED.name, shard=wildcards.shard)

@@ -60,7 +60,7 @@ rule spatialdata_shard:
     input:
         unpack(spatialdata_inputs),
     output:
-        directory(results_file("spatialdata")),
+        tracked_file("spatialdata"),
     log:
         log_file("spatialdata"),
     conda:
@@ -70,6 +70,7 @@ rule spatialdata_shard:
         runtime=lambda wildcards, attempt: 20 * attempt,
     params:
         store=lambda wildcards: results_file("store", shard=wildcards.shard),
+        out=lambda wildcards: results_file("spatialdata", shard=wildcards.shard),
         cfg=stage_config("labels"),
         embeddings=lambda wildcards, input: (
             ["--embeddings", input.embeddings, "--embedding-key", EMBEDDING_KEY]
@@ -78,13 +79,14 @@ rule spatialdata_shard:
         ),
     shell:
         "hpa-batch spatialdata --shard {wildcards.shard:q} --config-json {params.cfg:q}"
-        " --store {params.store:q} --cells {input.cells:q} {params.embeddings:q} --out {output:q} > {log:q} 2>&1"
+        " --store {params.store:q} --cells {input.cells:q} --h5ad {input.h5ad:q} {params.embeddings:q}"
+        " --encoder-stores {input.encoders:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule spatialdata:
     input:
         METADATA,
-        shard_files(results_file("spatialdata")),
+        shard_files(tracked_file("spatialdata")),
 
 
 rule submit:
