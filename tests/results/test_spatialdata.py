@@ -171,6 +171,25 @@ def test_a_broken_link_is_damage_named_by_the_store_check(stores, tmp_path):
     assert problem is not None and "links to a missing array" in problem
 
 
+def test_a_copy_with_links_followed_stands_alone(stores, tmp_path):
+    """TABLES.md's self-contained copy (``cp -rL``: links followed) holds no link, passes the store
+    check and reads in spatialdata once the shard store it was made from is gone."""
+    shard = next(iter(stores["stores"]))
+    source = tmp_path / "results" / "zarr" / f"{shard}.zarr"
+    shutil.copytree(stores["results"] / "zarr" / f"{shard}.zarr", source)  # a shard store this test may remove
+    linked = tmp_path / "results" / "spatialdata" / f"{shard}.zarr"
+    write_spatialdata(
+        store=source, cells_table=stores["tmp"] / "cells.parquet", shard=shard, out=linked, catalog=CATALOG
+    )
+    copy = tmp_path / "elsewhere" / linked.name
+    shutil.copytree(linked, copy, symlinks=False)  # what cp -rL does
+    shutil.rmtree(source)
+    assert store_problem(linked) is not None and "links to a missing array" in store_problem(linked)
+    assert not [p for p in copy.rglob("*") if p.is_symlink()]
+    assert store_problem(copy, deep=True) is None
+    assert "cells resolved" in scverse_check("spatialdata", copy, stores["tmp"] / "cells.parquet", shard)
+
+
 def test_an_element_whose_metadata_does_not_read_is_damage(stores, tmp_path):
     """A broken ``zarr.json`` inside one element (its levels' links intact) is named by the store check."""
     path = next(iter(stores["stores"].values()))

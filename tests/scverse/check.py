@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,6 +64,17 @@ def check_spatialdata(store: str, cells: str, shard: str) -> None:
                 apart = ay[1] <= by[0] or by[1] <= ay[0] or ax[1] <= bx[0] or bx[1] <= ax[0]
                 assert apart, (a, b, boxes[a], boxes[b])
     whole = sd.get_extent(sdata, coordinate_system="global")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # the plot a user makes first: every labels element coloured by the predicted classes, laid out
+    import tempfile
+
+    import spatialdata_plot  # noqa: F401 (registers sdata.pl)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sdata.pl.render_labels(color="predicted").pl.show(coordinate_systems="global", save=str(Path(tmp) / "p.png"))
+        assert (Path(tmp) / "p.png").stat().st_size > 1000
     print(
         f"spatialdata: {len(sdata.images)} images, {len(sdata.labels)} labels, {checked} cells resolved, global {whole}"
     )
@@ -103,7 +115,6 @@ def check_tables(results: str) -> None:
     names from the schema metadata in SQL alone, label sets filtered by name, the same counts as the id
     columns give; ``metrics.json`` parses as strict JSON."""
     import json
-    from pathlib import Path
 
     import duckdb
     import polars as pl
