@@ -35,7 +35,7 @@ def results_file(key, **fields):
 
 
 def tracked_file(key, **fields):
-    """What a rule declares for output ``key``: its path, or the file inside it Snakemake tracks
+    """The declared output for ``key``: its path, or the file inside it Snakemake tracks
     (hpa_batch.layout.TRACKED: no .snakemake_timestamp written into the folder)."""
     return str(layout.tracked(RESULTS, key, **fields))
 
