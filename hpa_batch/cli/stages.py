@@ -24,7 +24,7 @@ def _run_manifest(cfg: Config, shard_name: str, out: Path, rejected: Path, expec
             f"(digest {shard.digest} != {expect}); rerun snakemake"
         )
     manifest = build_manifest(cfg, shard, meta)
-    write_manifest(manifest, out, rejected)
+    write_manifest(manifest, out, rejected, cfg.catalog)
     get_logger().info(
         "manifest %s: %d admitted, %d refused (%s)",
         shard_name,

@@ -25,9 +25,9 @@ from hpa_batch.convert.imageio import ImageHeader, ImageReadError, find_channel_
 from hpa_batch.convert.plan import Shard, check_images_dirs, plan_shards, read_metadata
 from hpa_batch.convert.validate import Report
 from hpa_batch.core.atomic import atomic_path
-from hpa_batch.core.labels import LabelError, format_labels, parse_labels
+from hpa_batch.core.labels import LabelCatalog, LabelError, format_labels, parse_labels
 from hpa_batch.core.progress import get_logger
-from hpa_batch.core.tables import read_parquet, write_table
+from hpa_batch.core.tables import read_parquet, with_classes, write_table
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -175,9 +175,10 @@ def build_manifest(cfg: Config, shard: Shard, meta: pd.DataFrame) -> ShardManife
     )
 
 
-def write_manifest(manifest: ShardManifest, parquet_path: Path, rejected_path: Path) -> None:
-    """Write the admitted table (parquet) and the refused table (TSV), each atomically."""
-    write_table(manifest.admitted, MANIFEST_SCHEMA, parquet_path)
+def write_manifest(manifest: ShardManifest, parquet_path: Path, rejected_path: Path, catalog: LabelCatalog) -> None:
+    """Write the admitted table (parquet, naming ``catalog``'s classes of its ``labels`` in its metadata)
+    and the refused table (TSV), each atomically."""
+    write_table(manifest.admitted, with_classes(MANIFEST_SCHEMA, catalog), parquet_path)
     write_rejected(manifest.rejected, rejected_path)
 
 

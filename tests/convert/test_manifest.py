@@ -13,6 +13,8 @@ from hpa_batch.convert.manifest import (
     write_manifest,
 )
 from hpa_batch.convert.plan import plan_shards, read_metadata
+from hpa_batch.core.labels import CATALOGS
+from hpa_batch.core.tables import read_classes
 
 
 def run(ds, **cfg_extra):
@@ -92,9 +94,10 @@ def test_manifest_round_trip_types(dataset, tmp_path):
     dataset.add("b", dtype="uint8", label="3")
     _, manifests = run(dataset)
     m = manifests["hela-0000"]
-    write_manifest(m, tmp_path / "m.parquet", tmp_path / "r.tsv")
+    write_manifest(m, tmp_path / "m.parquet", tmp_path / "r.tsv", CATALOGS["hpa2021"])
     back = read_manifest(tmp_path / "m.parquet")
     assert list(back.columns) == MANIFEST_SCHEMA.names
+    assert read_classes(tmp_path / "m.parquet") == list(CATALOGS["hpa2021"].classes)  # names its label ids
     assert back["labels"].map(list).tolist() == [[0, 16], [3]]
     assert back["source_dtype"].tolist() == ["uint16", "uint8"] and back["height"].tolist() == [300, 300]
     assert read_rejected(tmp_path / "r.tsv").empty
@@ -105,7 +108,7 @@ def test_empty_manifest_keeps_schema(dataset, tmp_path):
     _, manifests = run(dataset)
     m = manifests["hela-0000"]
     assert m.admitted.empty and len(m.rejected) == 1
-    write_manifest(m, tmp_path / "m.parquet", tmp_path / "r.tsv")
+    write_manifest(m, tmp_path / "m.parquet", tmp_path / "r.tsv", CATALOGS["hpa2021"])
     import pyarrow.parquet as pq
 
     assert pq.read_schema(tmp_path / "m.parquet").equals(MANIFEST_SCHEMA, check_metadata=False)
