@@ -184,6 +184,7 @@ def evaluate_run(
             if y_img[:, k].any() and not y_img[:, k].all()
         },
     }
+    result["images_per_class"] = {catalog.classes[k]: int(v) for k, v in enumerate(y_img.sum(0)) if v}
     lines_of = ok["cell_line"].fillna("").to_numpy()
     result["images_per_cell_line"] = {str(k): int(v) for k, v in zip(*np.unique(lines_of, return_counts=True))}
     result["image_map_per_cell_line"] = {
@@ -202,6 +203,8 @@ def evaluate_run(
     result["cell_map"] = m
     result["iou_threshold"] = iou_threshold
     result["cell_ap_per_class"] = {catalog.classes[k]: v for k, v in per.items()}
+    positives = multi_hot([list(v) for v in truth["labels"]], n).sum(0) if len(truth) else np.zeros(n)
+    result["cells_per_class"] = {catalog.classes[k]: int(v) for k, v in enumerate(positives) if v}
     lines, counts = {}, {}
     for line, idx in images.groupby("cell_line").groups.items():
         ids = set(images.loc[idx, "image_id"])

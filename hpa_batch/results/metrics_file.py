@@ -33,6 +33,8 @@ class RunMetrics(TypedDict, total=False):
     cell_ap_per_class: dict[str, float]
     cell_map_per_cell_line: dict[str, float]
     cells_per_cell_line: dict[str, int]
+    images_per_class: dict[str, int]
+    cells_per_class: dict[str, int]
     cell_accuracy: float | None
     cell_macro_f1: float | None
     matched_cells: int

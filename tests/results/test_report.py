@@ -312,3 +312,9 @@ def test_metrics_with_a_score_that_cannot_be_computed_are_strict_json(tmp_path):
     assert None in data["held_out"]["image_map_per_cell_line"].values()
     assert data["held_out"]["images_per_cell_line"] == {"X": 1}  # the n beside it
     assert read_metrics(tmp_path / "metrics.json")["images"] == 3
+    # every per-class score has its n beside it, in metrics.json and in the report's table
+    assert data["images_per_class"] == {CAT.classes[0]: 2, CAT.classes[16]: 2}
+    from hpa_batch.results.report.scores import class_table
+
+    html = class_table(result, None, CAT)
+    assert "images" in html and CAT.classes[16] in html and html.count("<tr") == 3  # header + 2 classes

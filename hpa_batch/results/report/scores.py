@@ -252,8 +252,31 @@ def per_class_section(metrics: Metrics, catalog: LabelCatalog, figures: Figures 
     return html_section(
         "per-class",
         "Per-class F1 and AP: deep model vs baseline",
-        html_note(f"On {which}.") + fig_png(fig, figures, "per-class"),
+        html_note(f"On {which}.") + fig_png(fig, figures, "per-class") + class_table(deep, base, catalog),
     )
+
+
+def class_table(deep: RunMetrics, base: RunMetrics | None, catalog: LabelCatalog) -> str:
+    """Each class's scores beside their n: images with the class, image F1, and with per-cell truth the
+    true cells of the class and the cell AP (deep model, baseline)."""
+    images = deep.get("images_per_class") or {}
+    cells = deep.get("cells_per_class") or {}
+    names = [c for c in catalog.classes if c in images or c in cells]
+    if not names:
+        return ""
+    cols: dict[str, list[Any]] = {
+        "class": names,
+        "images": [images.get(c, 0) for c in names],
+        "image F1": [deep.get("image_per_class_f1", {}).get(c) for c in names],
+    }
+    if base:
+        cols["image F1, baseline"] = [base.get("image_per_class_f1", {}).get(c) for c in names]
+    if "cell_ap_per_class" in deep:
+        cols["true cells"] = [cells.get(c, 0) for c in names]
+        cols["cell AP"] = [deep["cell_ap_per_class"].get(c) for c in names]
+        if base:
+            cols["cell AP, baseline"] = [(base.get("cell_ap_per_class") or {}).get(c) for c in names]
+    return html_table(pd.DataFrame(cols), sortable=True)
 
 
 def confusion_matrix(true_sets: list[set[int]], pred_sets: list[set[int]], n: int) -> np.ndarray:
