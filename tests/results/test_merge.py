@@ -75,13 +75,10 @@ def test_merge_keeps_rejected_and_zero_cell_images(segmented, tmp_path):
     assert (images.drop("bad1")["n_cells"] > 0).all() and not images["zero_cells"].any()
 
 
-def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
-    """cell 0.6 x image 0.6 = 0.36 passes the threshold 0.5 fused the same way (0.25), not 0.5 itself."""
+def one_shard_with_predictions(res, s, pred, tmp_path):
+    """Shard ``s`` of the segmented results with ``pred`` as its cell model's predictions, and splits."""
     from hpa_batch.models.split import make_splits, write_splits
 
-    res, cat, s = segmented["results"], CATALOGS["hpa2021"], segmented["shards"][0]
-    cells = pd.read_parquet(res / "cells" / f"{s}.parquet")
-    pred = cells[["image_id", "cell_id"]].assign(**{f"prob_{k}": 0.6 if k == 0 else 0.1 for k in range(19)})
     pred.to_parquet(tmp_path / "pred.parquet")
     shard = ShardInputs(
         s,
@@ -92,7 +89,18 @@ def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
         tmp_path / "pred.parquet",
         None,
     )
+    cat = CATALOGS["hpa2021"]
     write_splits(make_splits([shard.manifest], cat, 3, 0, 1), tmp_path / "splits.parquet", cat)
+    return shard
+
+
+def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
+    """cell 0.6 x image 0.6 = 0.36 passes the threshold 0.5 fused the same way (0.25), not 0.5 itself."""
+
+    res, cat, s = segmented["results"], CATALOGS["hpa2021"], segmented["shards"][0]
+    cells = pd.read_parquet(res / "cells" / f"{s}.parquet")
+    pred = cells[["image_id", "cell_id"]].assign(**{f"prob_{k}": 0.6 if k == 0 else 0.1 for k in range(19)})
+    shard = one_shard_with_predictions(res, s, pred, tmp_path)
     for fusion, expected in (("product", "0"), ("cell", "0"), ("mean", "0")):
         merge_tables(
             [shard],
@@ -111,7 +119,6 @@ def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
 def test_label_sets_carry_class_names_and_an_image_with_only_negative_cells_is_negative(segmented, tmp_path):
     """Every label-id column has its names beside it; an image whose cells are all Negative is
     predicted Negative too (the cells' rule), never an empty string beside labelled cells."""
-    from hpa_batch.models.split import make_splits, write_splits
 
     res, cat, s = segmented["results"], CATALOGS["hpa2021"], segmented["shards"][0]
     cells = pd.read_parquet(res / "cells" / f"{s}.parquet")
@@ -119,17 +126,7 @@ def test_label_sets_carry_class_names_and_an_image_with_only_negative_cells_is_n
     pred = cells[["image_id", "cell_id"]].assign(
         **{f"prob_{k}": np.where(first, 0.9, 0.1) if k == 0 else 0.1 for k in range(19)}
     )
-    pred.to_parquet(tmp_path / "pred.parquet")
-    shard = ShardInputs(
-        s,
-        res / "manifest" / f"{s}.parquet",
-        res / "qc" / f"{s}.rejected.tsv",
-        res / "qc" / f"{s}.segment.tsv",
-        res / "cells" / f"{s}.parquet",
-        tmp_path / "pred.parquet",
-        None,
-    )
-    write_splits(make_splits([shard.manifest], cat, 3, 0, 1), tmp_path / "splits.parquet", cat)
+    shard = one_shard_with_predictions(res, s, pred, tmp_path)
     merge_tables(
         [shard],
         tmp_path / "splits.parquet",
