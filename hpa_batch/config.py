@@ -271,6 +271,7 @@ class BaselineConfig:
     cv_folds: int
     n_jobs: int
     seed: int
+    trained: Path | None = None  # another run's results/baseline folder, applied instead of training
 
 
 @dataclass(frozen=True)
@@ -517,7 +518,9 @@ def _typed(d: dict[str, Any]) -> Config:
         splits=SplitsConfig(**d["splits"]),
         models=tuple(spec_from_entry(m) for m in d["models"]),
         merge=MergeConfig(**d["merge"]),
-        baseline=BaselineConfig(**d["baseline"]),
+        baseline=BaselineConfig(
+            **{**d["baseline"], "trained": Path(d["baseline"]["trained"]) if d["baseline"]["trained"] else None}
+        ),
         evaluation=EvaluationConfig(
             truth_dir=Path(d["evaluation"]["truth_dir"]) if d["evaluation"]["truth_dir"] else None,
             max_class_share=d["evaluation"]["max_class_share"],

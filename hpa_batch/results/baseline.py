@@ -209,31 +209,18 @@ def run_baseline(
 
     Writes ``out`` (``cells.parquet``: image_id, cell_id, ``prob_k``, predicted, n_predicted), the
     fitted model (``model_out``, default ``model.joblib`` beside ``out``) and the summary (``summary_out``,
-    default ``summary.json`` beside it: features, thresholds, out-of-fold scores), each atomically.
-    Returns the summary.
+    default ``summary.json`` beside it: features, thresholds, out-of-fold scores, the model file's
+    SHA-256), each atomically. Returns the summary.
     """
-    n = catalog.n_classes
     train = training_cells(cells_path, set(held_out) | set(excluded), options.max_train_cells, options.seed)
     emb_dir = predictions if options.embeddings else None
     emb = embeddings_of(emb_dir, train)
     model, thresholds, cv = fit_baseline(train, catalog, options, emb)
-    schema, rows = with_classes(baseline_schema(n), catalog), 0
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for batch in parquet_file(cells_path).iter_batches(
-            batch_size=batch_size, columns=["image_id", "cell_id", "shard", *FEATURE_COLUMNS]
-        ):
-            cells = batch.to_pandas()
-            x = features(cells, embeddings_of(emb_dir, cells))
-            prob = predict_proba(model, x, fit_threads(options, len(x)))
-            table = cells[["image_id", "cell_id"]].copy()
-            for k in range(n):
-                table[f"prob_{k}"] = prob[:, k]
-            hits = prob >= thresholds
-            table["predicted"] = [format_labels(np.flatnonzero(h).tolist(), catalog) for h in hits]
-            table["n_predicted"] = hits.sum(1).astype(np.int16)
-            writer.write_table(to_arrow(table, schema))
-            rows += len(table)
-    with atomic_path(model_out or out.with_name("model.joblib")) as tmp:
+    rows = predict_cells(
+        model, thresholds, cells_path, out, catalog, options=options, predictions=emb_dir, batch_size=batch_size
+    )
+    model_out = model_out or out.with_name("model.joblib")
+    with atomic_path(model_out) as tmp:
         joblib.dump(model, tmp)
     summary = {
         "model": options.model,
@@ -243,9 +230,115 @@ def run_baseline(
         "cells": rows,
         "thresholds": [float(t) for t in thresholds],
         "oof_weak_labels": cv,
+        "model_sha256": file_sha256(model_out),
+        "catalog": catalog.name,
     }
     atomic_write_json(summary_out or out.with_name("summary.json"), summary)
     get_logger().info("baseline %s: trained on %d cells, predicted %d -> %s", options.model, len(train), rows, out)
+    return summary
+
+
+def predict_cells(
+    model: Pipeline,
+    thresholds: np.ndarray,
+    cells_path: Path,
+    out: Path,
+    catalog: LabelCatalog,
+    *,
+    options: BaselineConfig,
+    predictions: Mapping[str, Path] | None,
+    batch_size: int = 65536,
+) -> int:
+    """Write ``out``: the baseline's probabilities ``prob_k`` and label set (``thresholds`` ``(c,)``) of
+    every cell of ``cells_path``, streamed batch by batch. Returns the rows written."""
+    n = catalog.n_classes
+    schema, rows = with_classes(baseline_schema(n), catalog), 0
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for batch in parquet_file(cells_path).iter_batches(
+            batch_size=batch_size, columns=["image_id", "cell_id", "shard", *FEATURE_COLUMNS]
+        ):
+            cells = batch.to_pandas()
+            x = features(cells, embeddings_of(predictions, cells))
+            prob = predict_proba(model, x, fit_threads(options, len(x)))
+            table = cells[["image_id", "cell_id"]].copy()
+            for k in range(n):
+                table[f"prob_{k}"] = prob[:, k]
+            hits = prob >= thresholds
+            table["predicted"] = [format_labels(np.flatnonzero(h).tolist(), catalog) for h in hits]
+            table["n_predicted"] = hits.sum(1).astype(np.int16)
+            writer.write_table(to_arrow(table, schema))
+            rows += len(table)
+    return rows
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def apply_baseline(
+    trained: Path,
+    cells_path: Path,
+    catalog: LabelCatalog,
+    options: BaselineConfig,
+    out: Path,
+    *,
+    predictions: Mapping[str, Path] | None = None,
+    summary_out: Path | None = None,
+    model_out: Path | None = None,
+) -> dict[str, Any]:
+    """Apply another run's baseline (``trained``: its ``results/baseline`` folder) to every cell of
+    ``cells_path``: its model and thresholds, nothing trained. Its ``model.joblib`` must have the
+    SHA-256 its ``summary.json`` records and its catalog must be this run's; a copy of it becomes this
+    run's model file, so the outputs are those of a training.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder has no model file.
+    DamagedFileError
+        Its summary does not read, or the model is not the file the summary describes.
+    ValueError
+        The summary predates model checksums, or the baseline was made for another label catalog or
+        with embeddings this run does not give.
+    """
+    import json
+    import shutil
+
+    from hpa_batch.core.errors import DamagedFileError, reading
+
+    trained = Path(trained)
+    summary_path, model_path = trained / "summary.json", trained / "model.joblib"
+    with reading(summary_path):
+        told = json.loads(summary_path.read_text())
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: no model file (baseline.trained names a run's results/baseline folder)")
+    if "model_sha256" not in told:
+        raise ValueError(f"{summary_path}: written before baselines recorded their model's SHA-256; rerun its baseline")
+    if told["model_sha256"] != file_sha256(model_path):
+        raise DamagedFileError(model_path, f"not the model {summary_path} describes (SHA-256 differs)")
+    if told.get("catalog", catalog.name) != catalog.name or len(told["thresholds"]) != catalog.n_classes:
+        raise ValueError(f"{trained}: a baseline of catalog {told.get('catalog')}, this run uses {catalog.name}")
+    uses_embeddings = "embedding" in told["features"]
+    if uses_embeddings and not predictions:
+        raise ValueError(f"{trained}: the baseline appends the cell model's embeddings; give baseline.embeddings: true")
+    with reading(model_path):
+        model = joblib.load(model_path)
+    thresholds = np.asarray(told["thresholds"], np.float64)
+    emb = predictions if uses_embeddings else None
+    rows = predict_cells(model, thresholds, cells_path, out, catalog, options=options, predictions=emb)
+    model_out = model_out or out.with_name("model.joblib")
+    with atomic_path(model_out) as tmp:
+        shutil.copyfile(model_path, tmp)
+    summary = {**told, "cells": rows, "trained": str(trained), "train_cells": 0, "held_out_images": None}
+    atomic_write_json(summary_out or out.with_name("summary.json"), summary)
+    get_logger().info("baseline of %s applied: %d cells -> %s", trained, rows, out)
     return summary
 
 
@@ -264,10 +357,21 @@ def baseline_stage(
 ) -> dict[str, Any]:
     """The baseline stage: the held-out images (those no deep model of the run trained on, from the
     images table's folds) and the doubtful-segmentation ones are left out of training, then
-    :func:`run_baseline`. Returns its summary."""
+    :func:`run_baseline`; with ``baseline.trained``, :func:`apply_baseline` instead. Returns its summary."""
     from hpa_batch.models.split import EXCLUDED
     from hpa_batch.results.evaluate import held_out_images
 
+    if options.trained is not None:  # another run's baseline, like a models[] entry with trained:
+        return apply_baseline(
+            options.trained,
+            cells_path,
+            catalog,
+            options,
+            out,
+            predictions=predictions,
+            summary_out=summary_out,
+            model_out=model_out,
+        )
     images = read_parquet(images_path, columns=["image_id", "fold", "rejected"])
     held = held_out_images(images, trained_folds, all_unseen=all_unseen)
     excluded = set(images.loc[images["fold"] == EXCLUDED, "image_id"])

@@ -109,6 +109,54 @@ def test_streamed_prediction_equals_one_batch_and_is_written_with_summary(tmp_pa
     assert not list((tmp_path / "a").glob(".*tmp"))
 
 
+def test_a_trained_baseline_is_applied_to_another_set_unchanged(tmp_path):
+    """``baseline.trained``: another run's model and thresholds score a new set of cells exactly as that
+    run's model would; a swapped model file, another catalog or a missing file is refused by name."""
+    from hpa_batch.core.errors import DamagedFileError
+    from hpa_batch.results.baseline import apply_baseline, baseline_stage
+
+    first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
+    synthetic_cells(seed=0).to_parquet(first)
+    synthetic_cells(seed=1).to_parquet(second)  # a set the baseline never saw
+    trained = tmp_path / "run-a" / "baseline"
+    told = run_baseline(first, set(), CAT, OPTIONS, trained / "cells.parquet")
+    # the same model scoring the second set directly, for comparison
+    reference = run_baseline(second, set(), CAT, OPTIONS, tmp_path / "ref" / "cells.parquet")
+    images = tmp_path / "images.parquet"
+    pd.DataFrame({"image_id": ["x"], "fold": [0], "rejected": [False]}).to_parquet(images)
+    out = tmp_path / "run-b" / "baseline" / "cells.parquet"
+    summary = baseline_stage(
+        second,
+        images,
+        CAT,
+        replace(OPTIONS, trained=trained),
+        out,
+        trained_folds=set(),
+        all_unseen=True,  # every image unseen: the run could not train a baseline of its own
+        predictions=None,
+        summary_out=out.with_name("summary.json"),
+        model_out=out.with_name("model.joblib"),
+    )
+    assert summary["trained"] == str(trained) and summary["thresholds"] == told["thresholds"]
+    assert summary["train_cells"] == 0 and summary["cells"] == len(pd.read_parquet(second))
+    import joblib
+
+    model = joblib.load(trained / "model.joblib")
+    probs = pd.read_parquet(out).filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(probs, model.predict_proba(features(pd.read_parquet(second))), atol=1e-6)
+    assert not np.allclose(probs, pd.read_parquet(tmp_path / "ref" / "cells.parquet").filter(like="prob_").to_numpy())
+    assert reference["train_cells"] > 0
+    (out.parent / "x").mkdir()
+    with pytest.raises(ValueError, match="catalog hpa2021, this run uses hpa2018"):
+        apply_baseline(trained, second, CATALOGS["hpa2018"], OPTIONS, out.parent / "x" / "c.parquet")
+    (trained / "model.joblib").write_bytes((trained / "model.joblib").read_bytes()[:-10] + b"0" * 10)
+    with pytest.raises(DamagedFileError, match="SHA-256 differs"):
+        apply_baseline(trained, second, CAT, OPTIONS, out.parent / "x" / "c.parquet")
+    (trained / "model.joblib").unlink()
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        apply_baseline(trained, second, CAT, OPTIONS, out.parent / "x" / "c.parquet")
+
+
 def test_embeddings_are_appended_or_missing_ones_named(tmp_path):
     cells = synthetic_cells(6, 4)
     path = tmp_path / "cells.parquet"

@@ -303,8 +303,11 @@ def spatialdata_inputs(wildcards):
 
 
 def baseline_inputs(wildcards):
-    """The merged tables, and the cell model's predictions when the baseline appends embeddings."""
+    """The merged tables, the cell model's predictions when the baseline appends embeddings, and the
+    trained baseline's files when baseline.trained applies another run's."""
     inputs = {"cells": results_file("cells_table"), "images": results_file("images_table")}
+    if CFG.baseline.trained is not None:
+        inputs["trained"] = [str(CFG.baseline.trained / n) for n in ("model.joblib", "summary.json")]
     if CFG.baseline.embeddings:
         inputs["predictions"] = merge_inputs(wildcards)["cell_predictions"]
     return inputs
