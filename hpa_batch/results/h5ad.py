@@ -343,22 +343,24 @@ def write_cells_h5ad(
     return source.metadata.num_rows
 
 
-def read_umap(h5ad: Path, shard: str, obs_names: Sequence[str]) -> tuple[np.ndarray, dict[str, object]]:
+def read_umap(h5ad: Path, shard: str, obs_names: Sequence[str]) -> tuple[np.ndarray | None, dict[str, object]]:
     """``shard``'s rows of ``h5ad``'s ``obsm["X_umap"]`` in the order of ``obs_names``: ``(n, 2)``
-    float32, and its ``uns["umap"]``. Only the shard's rows are read (h5py: the ``shard`` codes, then
-    those rows' names and map positions), so memory follows the shard, not the run.
+    float32, and its ``uns["umap"]``; None for the rows when the run has no map (too few cells: its
+    ``uns["umap"]`` says so). Only the shard's rows are read (h5py: the ``shard`` codes, then those
+    rows' names and map positions), so memory follows the shard, not the run.
 
     Raises
     ------
     ValueError
-        ``h5ad`` has no ``X_umap`` or lacks one of the cells, naming it.
+        ``h5ad`` lacks one of the cells, naming it.
     """
     import h5py
     from anndata.io import read_elem
 
     with h5py.File(h5ad, "r") as f:
+        about = dict(read_elem(f["uns"]["umap"])) if "umap" in f.get("uns", {}) else {}
         if "X_umap" not in f.get("obsm", {}):
-            raise ValueError(f"{h5ad}: no obsm/X_umap (written by an older h5ad stage?)")
+            return None, about or {"skipped": f"{h5ad} has no X_umap"}
         obs = f["obs"]
         categories = [_text(c.decode() if isinstance(c, bytes) else c) for c in obs["shard"]["categories"][()]]
         code = categories.index(shard) if shard in categories else -1
@@ -368,8 +370,7 @@ def read_umap(h5ad: Path, shard: str, obs_names: Sequence[str]) -> tuple[np.ndar
         if (where < 0).any():
             raise ValueError(f"{h5ad}: {int((where < 0).sum())} cells of shard {shard} are not in it")
         xy = np.asarray(f["obsm"]["X_umap"][rows] if len(rows) else np.zeros((0, 2)), np.float32)[where]
-        about = read_elem(f["uns"]["umap"]) if "umap" in f["uns"] else {}
-    return xy, dict(about)
+    return xy, about
 
 
 def h5ad_problem(path: Path, *, deep: bool = False) -> str | None:

@@ -238,9 +238,9 @@ def write_spatialdata(
     embeddings = embeddings or Embeddings()
     obsm, uns = (embeddings.obsm(table) if len(table) else {}), embeddings.provenance()
     if h5ad is not None:
-        obsm["X_umap"], uns["umap"] = read_umap(
-            h5ad, shard, list(table["image_id"] + "_" + table["cell_id"].astype(str))
-        )
+        xy, uns["umap"] = read_umap(h5ad, shard, list(table["image_id"] + "_" + table["cell_id"].astype(str)))
+        if xy is not None:  # no map when the run has too few cells (uns["umap"] says so)
+            obsm["X_umap"] = xy
     regions = [region_name(i) for i in image_ids]
     adata = shard_anndata(table, catalog, obsm, regions=regions, uns=uns)
     by_image = dict(tuple(table.groupby("image_id", sort=False)))

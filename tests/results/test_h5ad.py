@@ -97,6 +97,21 @@ def test_the_umap_of_a_sample_places_every_cell(tmp_path, monkeypatch):
     assert a.obsm["X_umap"].shape == (75, 2) and np.isfinite(a.obsm["X_umap"]).all()
 
 
+def test_too_few_cells_get_no_map_and_say_so(tmp_path):
+    """Under 10 cells UMAP has no neighbours to work with: no ``X_umap``, ``uns["umap"]`` says why, and
+    a SpatialData table built from the file goes without (``read_umap`` returns None)."""
+    from hpa_batch.results.h5ad import read_umap
+
+    src = tmp_path / "cells.parquet"
+    table = cells_table(np.random.default_rng(2), "a-0000", 5)
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), src)
+    write_cells_h5ad(src, tmp_path / "cells.h5ad", CATALOG)
+    a = ad.read_h5ad(tmp_path / "cells.h5ad")
+    assert "X_umap" not in a.obsm and "too few" in a.uns["umap"]["skipped"]
+    xy, about = read_umap(tmp_path / "cells.h5ad", "a-0000", list(a.obs_names))
+    assert xy is None and "too few" in about["skipped"]
+
+
 def test_a_run_without_cells_writes_an_empty_anndata(tmp_path):
     src = tmp_path / "cells.parquet"
     one = cells_table(np.random.default_rng(1), "a-0000", 1)
