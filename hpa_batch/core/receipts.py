@@ -53,7 +53,9 @@ def _receipt_file(root: Path, rel: Path) -> Path:
     return tree_dir(root) / _RECEIPT / f"{rel}.json"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, read in 1 MiB blocks: the one file digest of the package (receipts,
+    encoder weight files, a trained baseline's model)."""
     sha = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -65,7 +67,7 @@ def _file_entry(path: Path, *, digest: bool = True) -> dict:
     st = path.stat()
     entry: dict[str, int | str] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if digest and st.st_size <= SMALL_FILE:
-        entry["sha256"] = _sha256(path)
+        entry["sha256"] = file_sha256(path)
     return entry
 
 
@@ -173,7 +175,7 @@ def changed(path: Path, entry: dict) -> tuple[str | None, bool]:
     if st.st_mtime_ns == entry.get("mtime_ns"):
         return None, False
     if "sha256" in entry:
-        if _sha256(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             return "changed since it was written: same size, other content (overwritten in place)", False
         refresh(path)
         return None, False

@@ -264,13 +264,9 @@ def autocast_for(device: torch.device, precision: str) -> Any:
 
 def weights_digest(path: str | None) -> str | None:
     """SHA-256 of a weight file (None for a random-init encoder)."""
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(Path(path).expanduser(), "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from hpa_batch.core.receipts import file_sha256
+
+    return None if path is None else file_sha256(Path(path).expanduser())
 
 
 def embed_shard(

@@ -43,6 +43,7 @@ from hpa_batch.core.atomic import atomic_path, atomic_write_json
 from hpa_batch.core.labels import LabelCatalog, format_labels
 from hpa_batch.core.metrics import macro_f1, mean_ap, tune_thresholds
 from hpa_batch.core.progress import get_logger
+from hpa_batch.core.receipts import file_sha256
 from hpa_batch.core.tables import parquet_file, read_arrow, read_parquet, read_schema, to_arrow, with_classes
 from hpa_batch.models.split import multi_hot
 from hpa_batch.results.classifiers import BASELINES
@@ -269,17 +270,6 @@ def predict_cells(
             writer.write_table(to_arrow(table, schema))
             rows += len(table)
     return rows
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def apply_baseline(
