@@ -335,6 +335,13 @@ def _level_meta(array_path: Path) -> dict[str, Any]:
         raise IncompleteImageError(f"{meta_path}: unreadable array metadata ({exc})") from None
 
 
+def full_shape(group: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image or label group's full-resolution level, from the metadata alone."""
+    level = multiscale_datasets(read_group_attrs(group))[0]["path"]
+    shape = _level_meta(Path(group) / level)["shape"]
+    return int(shape[-2]), int(shape[-1])
+
+
 def verify_level(array_path: Path) -> int:
     """Check every shard of one level array; return its total bytes on disk."""
     meta = _level_meta(array_path)

@@ -49,12 +49,17 @@ def with_classes(schema: pa.Schema, catalog: LabelCatalog) -> pa.Schema:
     return schema.with_metadata(meta)
 
 
+def read_class_metadata(path: str | Path) -> dict[str, Any] | None:
+    """What a table's metadata records of its classes (:func:`with_classes`): ``catalog`` (its name)
+    and ``classes`` (names in ``k`` order); None when it records nothing."""
+    meta = read_schema(path).metadata or {}
+    return dict(json.loads(meta[CLASSES_KEY])) if CLASSES_KEY in meta else None
+
+
 def read_classes(path: str | Path) -> list[str] | None:
     """The class names a table's metadata records (:func:`with_classes`), or None."""
-    meta = read_schema(path).metadata or {}
-    if CLASSES_KEY not in meta:
-        return None
-    return list(json.loads(meta[CLASSES_KEY])["classes"])
+    about = read_class_metadata(path)
+    return None if about is None else list(about["classes"])
 
 
 #: Schema metadata of a predictions table (``results/predictions/{model}/{shard}.parquet``): the model,

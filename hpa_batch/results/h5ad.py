@@ -32,6 +32,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -187,10 +188,15 @@ class Embeddings:
     key: str = "X_cell_model"
     encoders: Mapping[str, Mapping[str, Path]] = field(default_factory=dict)
 
+    @cached_property
+    def about(self) -> dict[str, dict[str, object]]:
+        """:func:`encoder_about` of each encoder, by name (each store stamp read once)."""
+        return {name: encoder_about(stores) for name, stores in sorted(self.encoders.items())}
+
     def provenance(self) -> dict[str, object]:
         """``uns`` entries: ``embeddings`` (obsm key -> what made it, ", random init" for an encoder run
-        without weights) and ``encoders`` (:func:`encoder_about` of each)."""
-        about = {name: encoder_about(stores) for name, stores in sorted(self.encoders.items())}
+        without weights) and ``encoders`` (:attr:`about`)."""
+        about = self.about
         made = {self.key: "cell model"} if self.predictions is not None else {}
         made |= {f"X_{n}": f"encoder {n}" + (", random init" if a["random_init"] else "") for n, a in about.items()}
         return {"embeddings": made, "encoders": about} if made else {"encoders": about}
@@ -200,7 +206,7 @@ class Embeddings:
         None (the measurements); never a random init."""
         if self.predictions is not None:
             return self.key
-        trained = [n for n, stores in sorted(self.encoders.items()) if not encoder_about(stores)["random_init"]]
+        trained = [n for n, about in self.about.items() if not about["random_init"]]
         return f"X_{trained[0]}" if trained else None
 
     def obsm(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -362,7 +368,7 @@ def read_umap(h5ad: Path, shard: str, obs_names: Sequence[str]) -> tuple[np.ndar
         if "X_umap" not in f.get("obsm", {}):
             return None, about or {"skipped": f"{h5ad} has no X_umap"}
         obs = f["obs"]
-        categories = [_text(c.decode() if isinstance(c, bytes) else c) for c in obs["shard"]["categories"][()]]
+        categories = [c.decode() if isinstance(c, bytes) else str(c) for c in obs["shard"]["categories"][()]]
         code = categories.index(shard) if shard in categories else -1
         rows = np.flatnonzero(obs["shard"]["codes"][()] == code)
         names = pd.Index([n.decode() if isinstance(n, bytes) else str(n) for n in obs[obs.attrs["_index"]][rows]])

@@ -14,7 +14,7 @@ from typing import Any, NotRequired, TypedDict, cast
 
 import jsonschema
 
-from hpa_batch.core.atomic import atomic_write_text, json_text, strict
+from hpa_batch.core.atomic import atomic_write_json, strict
 from hpa_batch.core.errors import DamagedFileError, reading
 
 
@@ -96,7 +96,7 @@ def write_metrics(path: Path, metrics: Metrics) -> None:
     """Check ``metrics`` against the schema and write it atomically (``indent=1``)."""
     clean = strict(metrics)  # a score that cannot be computed (NaN) is null
     jsonschema.validate(clean, metrics_schema())
-    atomic_write_text(path, json_text(clean))
+    atomic_write_json(path, clean)
 
 
 def read_metrics(path: Path) -> Metrics:

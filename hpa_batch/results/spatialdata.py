@@ -169,13 +169,6 @@ def _write_table(adata: Any, path: Path, regions: Sequence[str]) -> None:
     meta_path.write_text(json_text(meta))
 
 
-def _full_shape(image: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image group's full-resolution level, from its metadata."""
-    ds = _read_ome(image)["multiscales"][0]["datasets"][0]["path"]
-    shape = json.loads((image / ds / "zarr.json").read_text())["shape"]
-    return int(shape[-2]), int(shape[-1])
-
-
 def nuclei_table(cells: Any, regions: Sequence[str]) -> Any:
     """The table annotating the nuclei labels: one row per cell of ``cells`` (the cells table's
     AnnData), its :data:`NUCLEI_OBS` columns, ``region`` = its image's nuclei element, ``instance_id``
@@ -224,7 +217,7 @@ def write_spatialdata(
     dict
         ``{"images": n, "cells": n}``.
     """
-    from hpa_batch.core.ngff import grid_offsets, series_groups
+    from hpa_batch.core.ngff import full_shape, grid_offsets, series_groups
     from hpa_batch.core.tables import read_parquet
     from hpa_batch.results.h5ad import read_umap, shard_anndata
 
@@ -255,7 +248,7 @@ def write_spatialdata(
             tmp / "labels", {"ome": {"labels": [f"{element_name(i)}_{lab}" for i in image_ids for lab in LABELS]}}
         )
         _write_group(tmp / "tables", {})
-        offsets = grid_offsets([_full_shape(store / i) for i in image_ids])
+        offsets = grid_offsets([full_shape(store / i) for i in image_ids])
         for image_id, offset in zip(image_ids, offsets, strict=True):
             _write_image(store, image_id, by_image.get(image_id, empty), (tmp, out, offset), catalog)
         _write_table(adata, tmp / "tables" / TABLE_NAME, regions)

@@ -20,52 +20,48 @@ from typing import Any
 import pandas as pd
 
 from hpa_batch import CHANNELS
-from hpa_batch.core.ngff import LABEL_NAMES, grid_offsets, image_groups, read_group_attrs, series_groups
+from hpa_batch.core.ngff import LABEL_NAMES, full_shape, grid_offsets, image_groups, read_group_attrs, series_groups
 
 #: What napari takes from a reader: (data, layer keyword arguments, layer type).
 LayerData = tuple[Any, dict[str, Any], str]
 
 
-def _levels(group: Path) -> tuple[list[Any], list[float]]:
-    """The lazy pyramid of an image or label group and its level-0 ``(y, x)`` scale (px or micrometres)."""
+def _levels(group: Path, ome: dict[str, Any]) -> tuple[list[Any], list[float], str | None]:
+    """The lazy pyramid of an image or label group (``ome``: its attributes' ``ome`` block), its level-0
+    ``(y, x)`` scale and the unit of its spatial axes (None: pixels)."""
     import dask.array as da
 
-    ms = read_group_attrs(group)["ome"]["multiscales"][0]
+    ms = ome["multiscales"][0]
     data = [da.from_zarr(str(group / ds["path"])) for ds in ms["datasets"]]
     scale = next(t["scale"] for t in ms["datasets"][0]["coordinateTransformations"] if t["type"] == "scale")
-    return data, [float(v) for v in scale[-2:]]
+    unit = next((a.get("unit") for a in ms["axes"] if a.get("type") == "space" and a.get("unit")), None)
+    return data, [float(v) for v in scale[-2:]], unit
 
 
-def _units(group: Path) -> str | None:
-    axes = read_group_attrs(group)["ome"]["multiscales"][0]["axes"]
-    return next((a.get("unit") for a in axes if a.get("type") == "space" and a.get("unit")), None)
-
-
-def cell_features(store: Path) -> Callable[[str, Path], pd.DataFrame]:
-    """For one shard store: image id and its ``labels/cells`` group -> the napari ``features`` of its
+def cell_features(store: Path) -> Callable[[str, dict[str, Any]], pd.DataFrame]:
+    """For one shard store: image id and the ``ome`` block of its ``labels/cells`` -> the napari ``features`` of its
     cells (``index`` = label value, ``area (pixels)``; with the run's merged ``cells.parquet``,
     ``predicted`` (class names) and ``confidence``)."""
     from hpa_batch import layout
     from hpa_batch.core.labels import get_catalog
-    from hpa_batch.core.tables import read_classes, read_parquet, read_schema
+    from hpa_batch.core.tables import read_class_metadata, read_parquet
     from hpa_batch.results.spatialdata import cell_properties
 
     table = layout.result(store.parent.parent, "cells_table")
     by_image: dict[str, pd.DataFrame] = {}
     catalog = None
-    if table.is_file() and read_classes(table):
-        import json
-
-        catalog = get_catalog(json.loads(read_schema(table).metadata[b"hpa_batch.classes"])["catalog"])
+    about = read_class_metadata(table) if table.is_file() else None
+    if about is not None:
+        catalog = get_catalog(about["catalog"])
         cols = ["image_id", "cell_id", "area", "predicted", *(f"fused_prob_{k}" for k in range(catalog.n_classes))]
         rows = read_parquet(table, columns=cols, filters=[("shard", "==", store.name.removesuffix(".zarr"))])
         by_image = dict(tuple(rows.groupby("image_id", sort=False)))
 
-    def features(image_id: str, cells: Path) -> pd.DataFrame:
+    def features(image_id: str, cells: dict[str, Any]) -> pd.DataFrame:
         if catalog is not None and image_id in by_image:
             props = cell_properties(by_image[image_id], catalog)
         else:  # not merged yet: what the labels record (their areas)
-            props = [p for p in read_group_attrs(cells)["ome"]["image-label"].get("properties", []) if p["label-value"]]
+            props = [p for p in cells["image-label"].get("properties", []) if p["label-value"]]
         frame = pd.DataFrame(props).rename(columns={"label-value": "index"})
         return pd.concat([pd.DataFrame({"index": [0]}), frame], ignore_index=True)  # 0: the background
 
@@ -83,14 +79,14 @@ def shard_layers(path: str | Path) -> list[LayerData]:
     """
     store = Path(path)
     groups = series_groups(store)
-    shapes = [tuple(_levels(g)[0][0].shape[-2:]) for g in groups]
-    offsets = grid_offsets(shapes) if len(groups) > 1 else [(0, 0)] * len(groups)
+    offsets = grid_offsets([full_shape(g) for g in groups]) if len(groups) > 1 else [(0, 0)] * len(groups)
     features = cell_features(store if len(groups) > 1 else store.parent)
     layers: list[LayerData] = []
     for group, (oy, ox) in zip(groups, offsets, strict=True):
-        data, scale = _levels(group)
+        ome = read_group_attrs(group)["ome"]
+        data, scale, unit = _levels(group, ome)
         translate = [oy * scale[0], ox * scale[1]]
-        omero = read_group_attrs(group)["ome"].get("omero", {}).get("channels", [])
+        omero = ome.get("omero", {}).get("channels", [])
         windows = [[c["window"]["start"], c["window"]["end"]] for c in omero] or None
         layers.append(
             (
@@ -103,7 +99,7 @@ def shard_layers(path: str | Path) -> list[LayerData]:
                     "contrast_limits": windows,
                     "scale": scale,
                     "translate": translate,
-                    "units": _units(group),
+                    "units": unit,
                     "multiscale": True,
                 },
                 "image",
@@ -114,14 +110,15 @@ def shard_layers(path: str | Path) -> list[LayerData]:
 
 
 def _label_layers(
-    group: Path, translate: Sequence[float], features: Callable[[str, Path], pd.DataFrame]
+    group: Path, translate: Sequence[float], features: Callable[[str, dict[str, Any]], pd.DataFrame]
 ) -> list[LayerData]:
     out: list[LayerData] = []
     for name in LABEL_NAMES:
         labels = group / "labels" / name
         if not (labels / "zarr.json").is_file():
             continue
-        data, scale = _levels(labels)
+        ome = read_group_attrs(labels)["ome"]
+        data, scale, _ = _levels(labels, ome)
         kwargs: dict[str, Any] = {
             "name": f"{group.name} {name}",
             "scale": scale,
@@ -131,7 +128,7 @@ def _label_layers(
             "opacity": 0.5 if name == "cells" else 0.35,
         }
         if name == "cells":
-            kwargs["features"] = features(group.name, labels)
+            kwargs["features"] = features(group.name, ome)
         out.append((data, kwargs, "labels"))
     return out
 

@@ -94,6 +94,20 @@ def one_shard_with_predictions(res, s, pred, tmp_path):
     return shard
 
 
+def merge_one(shard, tmp_path, cat, fusion="product"):
+    """Merge one shard against ``tmp_path/splits.parquet`` with thresholds 0.5 and derived Negative,
+    into ``tmp_path/c.parquet`` and ``tmp_path/i.parquet``."""
+    merge_tables(
+        [shard],
+        tmp_path / "splits.parquet",
+        cat,
+        MergeConfig(cell_model=None, image_model=None, fusion=fusion, cell_weight=0.5, negative="derived"),
+        thresholds=np.full(19, 0.5),
+        out_cells=tmp_path / "c.parquet",
+        out_images=tmp_path / "i.parquet",
+    )
+
+
 def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
     """cell 0.6 x image 0.6 = 0.36 passes the threshold 0.5 fused the same way (0.25), not 0.5 itself."""
 
@@ -102,15 +116,7 @@ def test_product_fusion_thresholds_are_fused_too(segmented, tmp_path):
     pred = cells[["image_id", "cell_id"]].assign(**{f"prob_{k}": 0.6 if k == 0 else 0.1 for k in range(19)})
     shard = one_shard_with_predictions(res, s, pred, tmp_path)
     for fusion, expected in (("product", "0"), ("cell", "0"), ("mean", "0")):
-        merge_tables(
-            [shard],
-            tmp_path / "splits.parquet",
-            cat,
-            MergeConfig(cell_model=None, image_model=None, fusion=fusion, cell_weight=0.5, negative="derived"),
-            thresholds=np.full(19, 0.5),
-            out_cells=tmp_path / "c.parquet",
-            out_images=tmp_path / "i.parquet",
-        )
+        merge_one(shard, tmp_path, cat, fusion)
         out = pd.read_parquet(tmp_path / "c.parquet")
         assert (out["predicted"] == expected).all(), fusion
         assert np.allclose(out["fused_prob_0"], {"product": 0.36, "cell": 0.6, "mean": 0.6}[fusion])
@@ -127,15 +133,7 @@ def test_label_sets_carry_class_names_and_an_image_with_only_negative_cells_is_n
         **{f"prob_{k}": np.where(first, 0.9, 0.1) if k == 0 else 0.1 for k in range(19)}
     )
     shard = one_shard_with_predictions(res, s, pred, tmp_path)
-    merge_tables(
-        [shard],
-        tmp_path / "splits.parquet",
-        cat,
-        MergeConfig(cell_model=None, image_model=None, fusion="product", cell_weight=0.5, negative="derived"),
-        thresholds=np.full(19, 0.5),
-        out_cells=tmp_path / "c.parquet",
-        out_images=tmp_path / "i.parquet",
-    )
+    merge_one(shard, tmp_path, cat)
     out = pd.read_parquet(tmp_path / "c.parquet")
     names = out["predicted_names"].map(list)
     assert names[first.to_numpy()].map(lambda v: v == ["Nucleoplasm"]).all()
@@ -186,15 +184,7 @@ def test_image_refused_after_admission_appears_once_and_never_in_splits(segmente
     splits = make_splits([shard.manifest], cat, 3, 0, 1, rejected=[tmp_path / "rejected.tsv"])
     assert victim not in set(splits["image_id"]) and len(splits) == len(manifest) - 1
     write_splits(splits, tmp_path / "splits.parquet", cat)
-    merge_tables(
-        [shard],
-        tmp_path / "splits.parquet",
-        cat,
-        MergeConfig(cell_model=None, image_model=None, fusion="product", cell_weight=0.5, negative="derived"),
-        thresholds=np.full(19, 0.5),
-        out_cells=tmp_path / "c.parquet",
-        out_images=tmp_path / "i.parquet",
-    )
+    merge_one(shard, tmp_path, cat)
     images = pd.read_parquet(tmp_path / "i.parquet")
     assert images["image_id"].is_unique and len(images) == len(manifest)
     row = images.set_index("image_id").loc[victim]
