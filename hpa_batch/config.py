@@ -283,6 +283,13 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class H5adConfig:
+    """What ``cells.h5ad`` holds beyond the cells table and embeddings."""
+
+    umap_cells: int
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """What the HTML report shows."""
 
@@ -320,6 +327,7 @@ class Config:
     merge: MergeConfig
     baseline: BaselineConfig
     evaluation: EvaluationConfig
+    h5ad: H5adConfig
     report: ReportConfig
     encoders: tuple[EncoderSpec, ...] = ()
     passed: frozenset[str] | None = None
@@ -411,6 +419,7 @@ _SECTION_OF: dict[str, str] = {
     "merge": "merge",
     "baseline": "baseline",
     "evaluation": "evaluation",
+    "h5ad": "h5ad",
     "report": "report",
 }
 
@@ -525,6 +534,7 @@ def _typed(d: dict[str, Any]) -> Config:
             truth_dir=Path(d["evaluation"]["truth_dir"]) if d["evaluation"]["truth_dir"] else None,
             max_class_share=d["evaluation"]["max_class_share"],
         ),
+        h5ad=H5adConfig(**d["h5ad"]),
         report=ReportConfig(**d["report"]),
         encoders=tuple(encoder_from_entry(e) for e in d["encoders"]),
     )

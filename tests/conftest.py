@@ -168,6 +168,7 @@ def synth_config(root: Path, data: Path, **extra: object) -> dict:
         "tiles": dict(SYNTH_TILES),
         # UMAP compiles its numba kernels in every process (~16 s): on only where a test checks the map
         "report": {"umap_cells": 0},
+        "h5ad": {"umap_cells": 0},
     }
     cfg.update(extra)
     return cfg

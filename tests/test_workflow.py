@@ -153,6 +153,7 @@ def test_full_workflow_on_synthetic_data_trains_and_predicts(upstream_2021, tmp_
         models=models,
         evaluation={"truth_dir": str(synth_data / "truth")},
         report={"umap_cells": 400},
+        h5ad={"umap_cells": 400},
     )
     out = snakemake(wd, "--cores", "2", "--configfile", "run.yaml")
     assert "steps (100%) done" in out

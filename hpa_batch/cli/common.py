@@ -32,7 +32,7 @@ READS: dict[str, tuple[str, ...]] = {
     "predict": ("labels", "models"),
     "embed": ("encoders", "tiles"),
     "merge": ("merge", "labels", "evaluation"),
-    "h5ad": ("labels",),
+    "h5ad": ("labels", "h5ad"),
     "spatialdata": ("labels",),
     "baseline": ("baseline", "labels"),
     "evaluate": ("evaluation", "labels", "dataset"),

@@ -328,7 +328,11 @@ def cmd_h5ad(args: argparse.Namespace) -> int:
     out = args.out or result(cfg.results_dir, "cells_h5ad")
     writes(args, out)
     n = write_cells_h5ad(
-        args.cells or result(cfg.results_dir, "cells_table"), out, cfg.catalog, embeddings=_embeddings(args)
+        args.cells or result(cfg.results_dir, "cells_table"),
+        out,
+        cfg.catalog,
+        embeddings=_embeddings(args),
+        umap_cells=cfg.h5ad.umap_cells,
     )
     print(f"{n} cells -> {out}")
     return 0

@@ -16,8 +16,9 @@ Layout (one row per cell, ``obs_names`` = ``<image_id>_<cell_id>``):
   model's pooled features per cell, float32 ``(n_cells, d)``, read from its predictions shard by shard
   (what ``sc.pp.neighbors(adata, use_rep="X_<model>")`` and a UMAP take).
 * ``obsm["X_umap"]``: 2-D UMAP of the cell model's embedding (else the first encoder with weights,
-  else the measurements as ``log1p``; never a random-init encoder's), columns standardised, fitted on a seeded sample of at most :data:`UMAP_FIT_CELLS` cells and
-  applied to every cell shard by shard (what cellxgene shows first).
+  else the measurements as ``log1p``; never a random-init encoder's), columns standardised, fitted on a seeded
+  sample of at most ``h5ad.umap_cells`` cells and applied to every cell shard by shard (what cellxgene
+  shows first); absent when that is 0 or there are under 10 cells (``uns["umap"]["skipped"]`` says why).
 * ``var``: what each measurement is (``channel``, ``compartment``, ``statistic``, ``unit``).
 * ``uns``: the label catalog's name and class names; ``embeddings`` (each ``X_*`` key -> what made
   it, ", random init" when the encoder ran without a weights file), ``encoders`` (each encoder's arch,
@@ -55,8 +56,6 @@ OBS_CATEGORIES = ("image_id", "cell_line", "shard")
 OBS_LABELS = ("predicted", "image_labels", "truth_labels")
 #: Numeric and flag columns of ``obs`` (``fold`` is categorical: a fold is a group, not a quantity).
 OBS_VALUES = ("cell_id", "border", "truth_cell_id")
-#: At most this many cells (a seeded sample) fit the UMAP of ``obsm["X_umap"]``; the rest are placed by it.
-UMAP_FIT_CELLS = 20_000
 PROBABILITIES = ("fused_prob", "cell_prob", "image_prob")
 
 
@@ -273,13 +272,12 @@ def _umap_rows(path: Path, key: str | None, rows: np.ndarray | slice) -> np.ndar
     return x if key else np.log1p(np.maximum(x, 0))
 
 
-def add_umap(parts: Sequence[Path], key: str | None, *, seed: int = 0) -> dict[str, object]:
+def add_umap(parts: Sequence[Path], key: str | None, *, fit_cells: int, seed: int = 0) -> dict[str, object]:
     """Write ``obsm["X_umap"]`` ``(n, 2)`` float32 into every part: a UMAP of ``obsm[key]`` (``X`` when
     None; columns standardised with the fit sample's statistics, constant ones dropped) fitted on a
-    seeded sample of at most :data:`UMAP_FIT_CELLS` cells and applied to each part in turn, so memory
+    seeded sample of at most ``fit_cells`` cells (0: no map) and applied to each part in turn, so memory
     holds the sample and one part. Returns what ``uns["umap"]`` records."""
     import h5py
-    import umap
     from anndata.io import write_elem
 
     sizes = []
@@ -287,10 +285,14 @@ def add_umap(parts: Sequence[Path], key: str | None, *, seed: int = 0) -> dict[s
         with h5py.File(part, "r") as f:
             sizes.append(int(f["X"].shape[0]))
     total = sum(sizes)
+    if fit_cells == 0:
+        return {"skipped": "h5ad.umap_cells is 0 in the config"}
     if total < 10:
         return {"skipped": f"{total} cells: too few for a map"}
+    import umap
+
     rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(total, size=min(total, UMAP_FIT_CELLS), replace=False))
+    picked = np.sort(rng.choice(total, size=min(total, fit_cells), replace=False))
     starts = np.cumsum([0, *sizes])
     sample = np.concatenate(
         [_umap_rows(p, key, picked[(picked >= a) & (picked < b)] - a) for p, a, b in zip(parts, starts, starts[1:])]
@@ -310,10 +312,16 @@ def add_umap(parts: Sequence[Path], key: str | None, *, seed: int = 0) -> dict[s
 
 
 def write_cells_h5ad(
-    cells_table: Path, out: Path, catalog: LabelCatalog, *, embeddings: Embeddings | None = None
+    cells_table: Path,
+    out: Path,
+    catalog: LabelCatalog,
+    *,
+    embeddings: Embeddings | None = None,
+    umap_cells: int = 20_000,
 ) -> int:
     """Write ``cells_table`` (the merged ``cells.parquet``) as AnnData to ``out``, shard by shard, with
-    ``embeddings``' obsm entries and ``X_umap`` (:func:`add_umap`).
+    ``embeddings``' obsm entries and ``X_umap`` fitted on at most ``umap_cells`` cells (:func:`add_umap`;
+    ``h5ad.umap_cells`` of the config).
 
     Returns
     -------
@@ -339,7 +347,7 @@ def write_cells_h5ad(
         if not parts:  # no cell at all: an empty AnnData with the same layout
             parts.append(Path(tmp) / "empty.h5ad")
             shard_anndata(source.schema_arrow.empty_table().to_pandas(), catalog).write_h5ad(parts[-1])
-        extra = {**provenance, "umap": add_umap(parts, embeddings.umap_key())}
+        extra = {**provenance, "umap": add_umap(parts, embeddings.umap_key(), fit_cells=umap_cells)}
         with atomic_path(out, keep_suffix=True) as dest:
             if len(parts) == 1:
                 Path(parts[0]).replace(dest)

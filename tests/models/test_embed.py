@@ -311,7 +311,7 @@ def test_encoder_head_runs_end_to_end_and_is_compared_on_the_same_cells(upstream
         "X_tiny": "encoder tiny, random init"
     }
     assert adata.uns["encoders"]["tiny"]["random_init"] and adata.uns["encoders"]["tiny"]["weights_sha256"] == ""
-    assert adata.uns["umap"]["key"] == "X (log1p)" and adata.obsm["X_umap"].shape == (adata.n_obs, 2)
+    assert "X_umap" not in adata.obsm and "umap_cells is 0" in adata.uns["umap"]["skipped"]  # the test config's
     np.testing.assert_array_equal(adata.obsm["X_tiny"][row], emb["embedding"][int(where[0])])
 
     # the head can feed the tables like any cell model: merge.cell_model picks it

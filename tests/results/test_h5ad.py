@@ -1,5 +1,7 @@
 """results/tables/cells.h5ad: the cells table as AnnData, read back with anndata."""
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -78,12 +80,9 @@ def test_cells_h5ad_round_trips_against_the_parquet_shard_by_shard(tmp_path):
     assert a.var.loc["area", "unit"].startswith("pixels^2")
 
 
-def test_the_umap_of_a_sample_places_every_cell(tmp_path, monkeypatch):
+def test_the_umap_of_a_sample_places_every_cell(tmp_path):
     """More cells than the fit sample: the map is fitted on the sample and every other cell is placed
     by it (its rows are the sample's where they were fitted, finite elsewhere)."""
-    import hpa_batch.results.h5ad as h5ad_module
-
-    monkeypatch.setattr(h5ad_module, "UMAP_FIT_CELLS", 30)
     rng = np.random.default_rng(3)
     src = tmp_path / "cells.parquet"
     shards = [cells_table(rng, "a-0000", 40), cells_table(rng, "b-0000", 35)]
@@ -91,7 +90,7 @@ def test_the_umap_of_a_sample_places_every_cell(tmp_path, monkeypatch):
     with pq.ParquetWriter(src, schema) as w:
         for t in shards:
             w.write_table(pa.Table.from_pandas(t, schema=schema, preserve_index=False))
-    write_cells_h5ad(src, tmp_path / "cells.h5ad", CATALOG)
+    write_cells_h5ad(src, tmp_path / "cells.h5ad", CATALOG, umap_cells=30)
     a = ad.read_h5ad(tmp_path / "cells.h5ad")
     assert a.uns["umap"]["fitted_cells"] == 30 and a.uns["umap"]["cells"] == 75
     assert a.obsm["X_umap"].shape == (75, 2) and np.isfinite(a.obsm["X_umap"]).all()
@@ -110,6 +109,30 @@ def test_too_few_cells_get_no_map_and_say_so(tmp_path):
     assert "X_umap" not in a.obsm and "too few" in a.uns["umap"]["skipped"]
     xy, about = read_umap(tmp_path / "cells.h5ad", "a-0000", list(a.obs_names))
     assert xy is None and "too few" in about["skipped"]
+
+
+def test_a_map_switched_off_is_absent_and_says_why(tmp_path):
+    """``h5ad.umap_cells: 0``: enough cells, yet no ``X_umap``; ``uns["umap"]`` names the setting."""
+    from hpa_batch.results.h5ad import read_umap
+
+    src = tmp_path / "cells.parquet"
+    table = cells_table(np.random.default_rng(2), "a-0000", 40)
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), src)
+    write_cells_h5ad(src, tmp_path / "cells.h5ad", CATALOG, umap_cells=0)
+    a = ad.read_h5ad(tmp_path / "cells.h5ad")
+    assert "X_umap" not in a.obsm and "umap_cells is 0" in a.uns["umap"]["skipped"]
+    assert read_umap(tmp_path / "cells.h5ad", "a-0000", list(a.obs_names))[0] is None
+
+
+def test_the_map_is_of_the_cell_model_else_a_trained_encoder_never_a_random_init():
+    def embeddings(predictions, **random_init):
+        e = Embeddings(predictions, "X_m", encoders={n: {} for n in random_init})
+        e.__dict__["about"] = {n: {"random_init": r} for n, r in random_init.items()}  # the stamps' word
+        return e
+
+    assert embeddings({"a-0000": Path("p")}, vit=False).umap_key() == "X_m"
+    assert embeddings(None, rand=True, vit=False).umap_key() == "X_vit"
+    assert embeddings(None, rand=True).umap_key() is None  # the measurements, log1p
 
 
 def test_a_run_without_cells_writes_an_empty_anndata(tmp_path):

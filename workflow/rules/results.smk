@@ -45,7 +45,7 @@ rule h5ad:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
-        cfg=stage_config("labels"),
+        cfg=stage_config("labels", "h5ad"),
         embeddings=lambda wildcards, input: (
             ["--embeddings", *input.embeddings, "--embedding-key", EMBEDDING_KEY]
             if "embeddings" in input.keys()
