@@ -1,6 +1,7 @@
 """Segmentation QC: the measures, the doubtful flag on constructed failures, the policy in splits."""
 
 import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
