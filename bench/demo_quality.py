@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -237,7 +238,9 @@ def run_workflow(cfg_path: Path) -> float:
     t0 = time.monotonic()
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cfg_path)]
     cmd += ["--directory", str(Path.cwd()), "--snakefile", "Snakefile", "report"]
-    subprocess.run(cmd, check=True)
+    # the rules call `hpa-batch`: this interpreter's environment, activated or not
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    subprocess.run(cmd, check=True, env={**os.environ, "PATH": path})
     return time.monotonic() - t0
 
 
