@@ -258,6 +258,7 @@ class MergeConfig:
     fusion: str
     cell_weight: float
     negative: str
+    negative_confidence: str = "model"
 
 
 @dataclass(frozen=True)

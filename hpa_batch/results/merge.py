@@ -184,12 +184,7 @@ def merge_shard(
     for k in range(n):
         cells[f"image_prob_{k}"] = ip[:, k]
         cells[f"fused_prob_{k}"] = fused[:, k]
-    if catalog.negative is not None and options.negative == "derived":
-        fused = derive_negative(fused, fused_t, catalog.negative)
-        cells[f"fused_prob_{catalog.negative}"] = fused[:, catalog.negative]
-        fused_t = fused_t.copy()
-        fused_t[catalog.negative] = np.nextafter(np.float32(0.5), np.float32(1))  # Negative iff no class
-    hits = [np.flatnonzero(r >= fused_t).tolist() for r in fused]
+    hits = _calls(cells, fused, fused_t, catalog, options)
     cells["predicted"] = [format_labels(h, catalog) for h in hits]
     cells["predicted_names"] = [label_names(h, catalog) for h in hits]
     cells["image_labels"] = [list(labels.get(i, [])) for i in cells["image_id"]]
@@ -211,6 +206,25 @@ def merge_shard(
         catalog,
         ImageCalls(image_t, negative),
     )
+
+
+def _calls(
+    cells: pd.DataFrame, fused: np.ndarray, fused_t: np.ndarray, catalog: LabelCatalog, options: MergeConfig
+) -> list[list[int]]:
+    """Each cell's predicted class ids from its ``(n, c)`` fused probabilities against the ``(c,)``
+    fused thresholds; under ``merge.negative: derived`` Negative exactly when no protein class is
+    predicted, and the Negative column of ``cells`` becomes its confidence: the model's own fused
+    Negative (``negative_confidence: model``, what ranks Negative cells) or :func:`derive_negative`'s."""
+    neg = catalog.negative
+    if neg is None or options.negative != "derived":
+        return [np.flatnonzero(r >= fused_t).tolist() for r in fused]
+    derived = derive_negative(fused, fused_t, neg)
+    fused_t = fused_t.copy()
+    fused_t[neg] = np.nextafter(np.float32(0.5), np.float32(1))  # the derived column: >= 0.5 iff no class
+    hits = [np.flatnonzero(r >= fused_t).tolist() for r in derived]
+    if options.negative_confidence == "derived":
+        cells[f"fused_prob_{neg}"] = derived[:, neg]
+    return hits
 
 
 def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) -> dict[str, np.ndarray]:

@@ -94,14 +94,14 @@ def one_shard_with_predictions(res, s, pred, tmp_path):
     return shard
 
 
-def merge_one(shard, tmp_path, cat, fusion="product"):
+def merge_one(shard, tmp_path, cat, fusion="product", negative_confidence="model"):
     """Merge one shard against ``tmp_path/splits.parquet`` with thresholds 0.5 and derived Negative,
     into ``tmp_path/c.parquet`` and ``tmp_path/i.parquet``."""
     merge_tables(
         [shard],
         tmp_path / "splits.parquet",
         cat,
-        MergeConfig(cell_model=None, image_model=None, fusion=fusion, cell_weight=0.5, negative="derived"),
+        MergeConfig(None, None, fusion, 0.5, "derived", negative_confidence),
         thresholds=np.full(19, 0.5),
         out_cells=tmp_path / "c.parquet",
         out_images=tmp_path / "i.parquet",
@@ -191,6 +191,38 @@ def test_image_refused_after_admission_appears_once_and_never_in_splits(segmente
     assert row["rejected"] and row["reject_reason"] == "red: truncated PNG" and row["fold"] == REFUSED
     assert {"coverage", "median_cell_area", "cell_nucleus_ratio", "doubtful", "qc_flag"} <= set(images.columns)
     assert not images.loc[~images["rejected"], "doubtful"].any()
+
+
+def test_negative_membership_is_derived_and_its_confidence_is_the_models_own(segmented, tmp_path):
+    """Under ``negative: derived`` a cell is Negative exactly when no protein class reaches its
+    threshold, whatever the model's Negative says; the column the submission ranks by is the model's
+    fused Negative (``negative_confidence: model``) or the derived confidence (``derived``)."""
+    res, cat, s = segmented["results"], CATALOGS["hpa2021"], segmented["shards"][0]
+    cells = pd.read_parquet(res / "cells" / f"{s}.parquet")
+    rng = np.random.default_rng(5)
+    own = rng.uniform(0.0, 1.0, len(cells)).astype(np.float32)  # the model's Negative, unrelated to the rest
+    protein = np.where(np.arange(len(cells)) % 2 == 0, 0.9, 0.1).astype(np.float32)  # class 0 on every other cell
+    pred = cells[["image_id", "cell_id"]].assign(
+        **{f"prob_{k}": (protein if k == 0 else own if k == 18 else 0.05) for k in range(19)}
+    )
+    shard = one_shard_with_predictions(res, s, pred, tmp_path)
+    merge_one(shard, tmp_path, cat, "cell")
+    out = (
+        pd.read_parquet(tmp_path / "c.parquet")
+        .set_index(["image_id", "cell_id"])
+        .loc[list(zip(pred["image_id"], pred["cell_id"]))]
+    )
+    expected = np.where(protein > 0.5, "0", "18")
+    assert (out["predicted"].to_numpy() == expected).all()  # membership: derived, not the model's own
+    np.testing.assert_allclose(out["fused_prob_18"], own, atol=1e-6)  # confidence: the model's own
+    merge_one(shard, tmp_path, cat, "cell", negative_confidence="derived")
+    out = (
+        pd.read_parquet(tmp_path / "c.parquet")
+        .set_index(["image_id", "cell_id"])
+        .loc[list(zip(pred["image_id"], pred["cell_id"]))]
+    )
+    assert (out["predicted"].to_numpy() == expected).all()
+    np.testing.assert_allclose(out["fused_prob_18"], np.where(protein > 0.5, 0.1, 0.9), atol=1e-6)  # 1 - r / 2
 
 
 def test_negative_is_derived_from_the_protein_classes():
