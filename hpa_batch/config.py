@@ -178,6 +178,7 @@ class ConversionConfig:
     codec: CodecConfig
     pixel_size_um: float | None
     parallelism: str = "threads"
+    max_saturated_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -515,6 +516,7 @@ def _typed(d: dict[str, Any]) -> Config:
             codec=CodecConfig(**conv["codec"]),
             pixel_size_um=conv["pixel_size_um"],
             parallelism=conv["parallelism"],
+            max_saturated_fraction=conv["max_saturated_fraction"],
         ),
         segmentation=SegmentationConfig(**d["segmentation"]),
         segmentation_qc=SegmentationQCConfig(

@@ -25,6 +25,7 @@ def reason_kind(reason: str) -> str:
         (r"dtype", "unsupported dtype"),
         (r"shapes differ", "channel shapes differ"),
         (r"max_pixels|min_side", "size limit"),
+        (r"^saturated:", "saturated channel"),
     ]
     for pattern, kind in rules:
         if re.search(pattern, reason):

@@ -116,6 +116,22 @@ def load_channels(row: pd.Series) -> np.ndarray:
     return np.stack(planes)
 
 
+def saturated_fractions(image: np.ndarray) -> dict[str, float]:
+    """Per channel, the share of pixels at the 16-bit maximum (65535; an 8-bit source's 255 scales
+    to it): ``image`` ``(4, height, width)`` uint16 in :data:`CHANNELS` order."""
+    top = np.iinfo(np.uint16).max
+    return {c: round(float((plane == top).mean()), 4) for c, plane in zip(CHANNELS, image)}
+
+
+def saturation_problem(saturated: dict[str, float], limit: float) -> str:
+    """The refusal reason of an image whose channels are saturated over more than ``limit`` of their
+    pixels (an over-exposed protein channel holds no pattern to localise), or ``""``."""
+    over = [f"{c} {f:.0%}" for c, f in saturated.items() if f > limit]
+    if not over:
+        return ""
+    return f"saturated: {', '.join(over)} of pixels at the maximum (conversion.max_saturated_fraction={limit:g})"
+
+
 def build_levels(image: np.ndarray, min_level_size: int, max_levels: int | None) -> list[np.ndarray]:
     """Pyramid of ``image`` (``(c, y, x)``) by repeated :func:`hpa_batch.core.ngff.downsample2x`."""
     shapes = level_shapes(image.shape[1], image.shape[2], min_level_size, max_levels)
@@ -137,6 +153,9 @@ def convert_image(row: pd.Series, store: Path, staging: Path, conv: ConversionCo
         image = load_channels(row)
     except (ImageReadError, OSError) as exc:
         return ImageResult(image_id, "rejected", f"decode: {exc}")
+    saturated = saturated_fractions(image)
+    if problem := saturation_problem(saturated, conv.max_saturated_fraction):
+        return ImageResult(image_id, "rejected", problem)
     try:
         levels = build_levels(image, conv.min_level_size, conv.max_levels)
         ome = multiscales_attrs(len(levels), image_id, conv.pixel_size_um, windows=channel_windows(levels[-1]))
@@ -144,7 +163,13 @@ def convert_image(row: pd.Series, store: Path, staging: Path, conv: ConversionCo
         info = verify_image(stage_path)
         stamp_complete(
             stage_path,
-            {"image_id": image_id, "source": signature, "source_dtype": row["source_dtype"], **info},
+            {
+                "image_id": image_id,
+                "source": signature,
+                "source_dtype": row["source_dtype"],
+                "saturated": saturated,
+                **info,
+            },
         )
         publish(stage_path, store / image_id)
     except Exception as exc:
@@ -155,15 +180,16 @@ def convert_image(row: pd.Series, store: Path, staging: Path, conv: ConversionCo
     return ImageResult(image_id, "converted", "", int(row["source_bytes"]), info["bytes"], info["levels"])
 
 
-def reusable(path: Path, row: pd.Series) -> bool:
-    """True if ``path`` holds a complete, verified image made from the row's current files."""
+def reusable(path: Path, row: pd.Series) -> ImageStamp | None:
+    """The stamp of ``path`` if it holds a complete, verified image made from the row's current files
+    (with its saturation measured), else None."""
     if not is_complete(path):
-        return False
+        return None
     try:
-        stored = ImageStamp.from_attrs(read_group_attrs(path)).source
-        return stored == source_signature(row)
+        stamp = ImageStamp.from_attrs(read_group_attrs(path))
     except (KeyError, OSError):
-        return False
+        return None
+    return stamp if stamp.saturated is not None and stamp.source == source_signature(row) else None
 
 
 def _prepare_store(store: Path, shard: str, keep: set[str]) -> Path:
@@ -186,9 +212,12 @@ def _prepare_store(store: Path, shard: str, keep: set[str]) -> Path:
 
 def image_task(row: pd.Series, store: Path, staging: Path, conv: ConversionConfig) -> ImageResult:
     """One image: kept if the store already holds it from the same files, else converted."""
-    if reusable(store / row["image_id"], row):
-        return ImageResult(row["image_id"], "kept")
-    return convert_image(row, store, staging, conv)
+    kept = reusable(store / row["image_id"], row)
+    if kept is None:
+        return convert_image(row, store, staging, conv)
+    if problem := saturation_problem(dict(kept.saturated or {}), conv.max_saturated_fraction):
+        return ImageResult(row["image_id"], "rejected", problem)  # a limit lowered since: removed from the store
+    return ImageResult(row["image_id"], "kept")
 
 
 def _worker_init() -> None:

@@ -96,7 +96,8 @@ class ShardStamp(Stamp):
 
 @dataclass(frozen=True, kw_only=True)
 class ImageStamp(Stamp):
-    """One converted image: its id, the source files' signature and dtype, its levels and bytes."""
+    """One converted image: its id, the source files' signature and dtype, its levels and bytes, and
+    each channel's share of saturated pixels."""
 
     kind: ClassVar[str] = "image"
     image_id: str = ""
@@ -105,6 +106,7 @@ class ImageStamp(Stamp):
     levels: int = 0
     bytes: int = 0
     shapes: Any = None
+    saturated: Mapping[str, float] | None = None  # per channel, share of pixels at the maximum
 
 
 @dataclass(frozen=True, kw_only=True)

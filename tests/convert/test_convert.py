@@ -205,3 +205,32 @@ def test_worker_processes_write_the_same_files_as_threads(dataset):
             for doc in (ja, jb):
                 doc.get("attributes", {}).get("hpa_batch", {}).pop("written", None)
             assert ja == jb, rel
+
+
+def test_an_over_exposed_channel_is_refused_with_its_share_and_the_limit_is_rechecked_on_reruns(dataset):
+    """A channel with more than ``conversion.max_saturated_fraction`` of its pixels at the maximum
+    (65535, or 255 in an 8-bit file) refuses its image with the channel and the share; a bright image
+    with clipped structures is kept, its shares in the stamp; a later run with another limit refuses
+    or admits the kept images without reading them again."""
+    import imagecodecs
+
+    ds = dataset
+    rng = np.random.default_rng(4)
+    for image_id, dtype, share in (("sat", "uint16", 0.9), ("sat8", "uint8", 0.6), ("bright", "uint16", 0.3)):
+        ds.add(image_id, dtype=dtype)
+        top = np.iinfo(dtype).max
+        green = rng.integers(0, top // 2, (300, 280)).astype(dtype)
+        green[rng.random((300, 280)) < share] = top
+        ds.path(image_id, "green").write_bytes(imagecodecs.png_encode(green))
+    res, summary = convert(ds)
+    store = res / "zarr" / "hela-0000.zarr"
+    assert summary["images"] == ["bright"] and summary["n_rejected"] == 2
+    rej = read_rejected(res / "qc" / "hela-0000.rejected.tsv").set_index("image_id")
+    assert rej.at["sat", "reason"].startswith("saturated: green 90% of pixels") and rej.at["sat", "stage"] == "convert"
+    assert "green 60%" in rej.at["sat8", "reason"] and "max_saturated_fraction=0.5" in rej.at["sat8", "reason"]
+    saturated = ImageStamp.from_attrs(dict(zarr.open_group(store / "bright", mode="r").attrs)).saturated
+    assert saturated["green"] == pytest.approx(0.3, abs=0.01) and saturated["red"] < 0.01
+    _, stricter = convert(ds, conversion={"min_level_size": 128, "chunk": 128, "max_saturated_fraction": 0.2})
+    assert stricter["images"] == [] and stricter["n_converted"] == 0 and not (store / "bright").exists()
+    _, looser = convert(ds, conversion={"min_level_size": 128, "chunk": 128, "max_saturated_fraction": 0.95})
+    assert looser["images"] == ["bright", "sat", "sat8"]
