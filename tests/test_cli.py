@@ -163,7 +163,7 @@ def test_every_rule_passes_exactly_the_config_sections_its_verb_reads():
             else:
                 call = re.search(r"stage_config\(([^)]*)\)", block)
                 assert call, f"{smk.name}: rule {block.split(':')[0]} passes no stage_config"
-                passed = {k.split(".")[0] for k in re.findall(r'"([a-z_.]+)"', call.group(1))}
+                passed = {k.split(".")[0] for k in re.findall(r'"([a-z0-9_.]+)"', call.group(1))}
                 optional = set(READS_WHEN.get(verb.group(1), ())) if "*" in call.group(1) else set()
             seen[verb.group(1)] = passed
             assert passed == set(READS[verb.group(1)]), (smk.name, verb.group(1), passed)
