@@ -184,7 +184,9 @@ def merge_shard(
     for k in range(n):
         cells[f"image_prob_{k}"] = ip[:, k]
         cells[f"fused_prob_{k}"] = fused[:, k]
-    hits = _calls(cells, fused, fused_t, catalog, options)
+    hits, negative_column = _calls(fused, fused_t, catalog, options)
+    if negative_column is not None:
+        cells[f"fused_prob_{catalog.negative}"] = negative_column
     cells["predicted"] = [format_labels(h, catalog) for h in hits]
     cells["predicted_names"] = [label_names(h, catalog) for h in hits]
     cells["image_labels"] = [list(labels.get(i, [])) for i in cells["image_id"]]
@@ -209,22 +211,21 @@ def merge_shard(
 
 
 def _calls(
-    cells: pd.DataFrame, fused: np.ndarray, fused_t: np.ndarray, catalog: LabelCatalog, options: MergeConfig
-) -> list[list[int]]:
+    fused: np.ndarray, fused_t: np.ndarray, catalog: LabelCatalog, options: MergeConfig
+) -> tuple[list[list[int]], np.ndarray | None]:
     """Each cell's predicted class ids from its ``(n, c)`` fused probabilities against the ``(c,)``
-    fused thresholds; under ``merge.negative: derived`` Negative exactly when no protein class is
-    predicted, and the Negative column of ``cells`` becomes its confidence: the model's own fused
-    Negative (``negative_confidence: model``, what ranks Negative cells) or :func:`derive_negative`'s."""
+    fused thresholds, and the ``(n,)`` Negative column to write instead of the fused one (None: keep
+    it). Under ``merge.negative: derived`` Negative is predicted exactly when no protein class is; its
+    confidence stays the model's own fused Negative (``negative_confidence: model``, what ranks Negative
+    cells) or becomes :func:`derive_negative`'s."""
     neg = catalog.negative
     if neg is None or options.negative != "derived":
-        return [np.flatnonzero(r >= fused_t).tolist() for r in fused]
+        return [np.flatnonzero(r >= fused_t).tolist() for r in fused], None
     derived = derive_negative(fused, fused_t, neg)
     fused_t = fused_t.copy()
     fused_t[neg] = np.nextafter(np.float32(0.5), np.float32(1))  # the derived column: >= 0.5 iff no class
     hits = [np.flatnonzero(r >= fused_t).tolist() for r in derived]
-    if options.negative_confidence == "derived":
-        cells[f"fused_prob_{neg}"] = derived[:, neg]
-    return hits
+    return hits, (derived[:, neg] if options.negative_confidence == "derived" else None)
 
 
 def _image_probs(inp: ShardInputs, cells: pd.DataFrame, cp: np.ndarray, n: int) -> dict[str, np.ndarray]:
